@@ -1,0 +1,28 @@
+"""Errors a user can act on. The CLI prints them as one line, never as a traceback."""
+from __future__ import annotations
+
+
+class LoradeckError(Exception):
+    """Something the user must fix: a bad config value, a missing file, a corrupt image.
+
+    The message is one line saying what is wrong and where. Exit status 1.
+    """
+
+    exit_status = 1
+
+
+class UsageError(LoradeckError):
+    """Bad command-line usage. Exit status 2."""
+
+    exit_status = 2
+
+
+class ConfigError(LoradeckError):
+    """A config value that is not allowed. `field` is the dotted name, e.g. `network.alpha`."""
+
+    def __init__(self, field: str, message: str, source: str = ""):
+        self.field = field
+        self.reason = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {message}")

@@ -1,0 +1,75 @@
+"""A workspace folder: images, the config, runs, and loradeck's own remembered state.
+
+    <workspace>/
+      img/<repeats>_<class>/...   training images and captions (Kohya layout)
+      loradeck.toml               the workspace config (engine.config)
+      runs/<output_name>/         run folders (engine.rundir)
+      .loradeck/                  app state (last screen, theme, review marks, drafts)
+
+Light module.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.atomic import atomic_write_text
+
+CONFIG_NAME = "loradeck.toml"
+STATE_DIR = ".loradeck"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> "Workspace":
+        return cls(Path(path).expanduser().resolve())
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def _config(self):
+        from engine.config import load_config
+
+        try:
+            return load_config(self.config_path)
+        except Exception:
+            return None
+
+    @property
+    def image_dir(self) -> Path:
+        config = self._config()
+        name = config.dataset.image_dir if config else "img"
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def runs_dir(self) -> Path:
+        config = self._config()
+        name = config.saving.output_dir if config else "runs"
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def exists(self) -> bool:
+        return self.config_path.exists() or (self.root / "img").is_dir()
+
+    # ---- remembered app state: small JSON documents under .loradeck/
+
+    def load_state(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.state_dir / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_state(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write_text(self.state_dir / f"{name}.json", json.dumps(data, indent=1, sort_keys=True))

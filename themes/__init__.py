@@ -1,0 +1,1 @@
+"""Shipped Textual themes, one TOML file per theme."""

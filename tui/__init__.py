@@ -1,0 +1,1 @@
+"""loradeck's terminal app. Never imports torch or the Hugging Face stack."""

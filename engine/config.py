@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -628,7 +629,9 @@ def field_spec(key: str) -> FieldSpec:
 
 def parse_resolution(text: str | int) -> tuple[int, int]:
     """'512' -> (512, 512); '768,512' -> (768, 512). Raises ValueError."""
-    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
+    parts = [p.strip() for p in re.split(r"[,x×]", str(text).strip())]
+    if not all(parts):
+        raise ValueError("expected W,H or one number")
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2:
@@ -776,8 +779,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     except ValueError as error:
         problems.append(("dataset.resolution", f"{data.resolution!r}: {error}"))
     else:
-        if width % 8 or height % 8:
-            problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8"))
+        if not data.enable_buckets and (width % 8 or height % 8):
+            # with buckets the resolution only sets the area; without, it is the image size
+            problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8 when buckets are off"))
         if data.enable_buckets and max(width, height) > data.max_bucket_resolution:
             problems.append(
                 (

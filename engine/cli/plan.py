@@ -1,0 +1,60 @@
+"""`loradeck plan CONFIG [--json]`: what the run will do, before it starts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.config import load_config
+from engine.plan import Plan, make_plan
+
+HELP = "Show images, repeats, buckets, steps per epoch and total steps of a config."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path, help="training config (TOML)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def format_plan(plan: Plan) -> str:
+    lines = ["Folders"]
+    for folder in plan.folders:
+        kind = " (regularisation)" if folder.is_reg else ""
+        lines.append(
+            f"  {folder.name}{kind}: {folder.images} images x {folder.repeats} repeats"
+            f" = {folder.instances}  ({folder.captioned} captioned)"
+        )
+    lines.append(f"Images            {plan.images}")
+    lines.append(f"Images x repeats  {plan.image_repeats}")
+    if plan.reg_images:
+        lines.append(f"Regularisation    {plan.reg_images} images, {plan.reg_instances} per epoch")
+    lines.append("Buckets")
+    for bucket in plan.buckets:
+        lines.append(f"  {bucket.width}x{bucket.height}: {bucket.count} images, {bucket.batches} batches")
+    lines.append(f"Batch size        {plan.batch_size} x {plan.gradient_accumulation_steps} accumulation")
+    lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
+    lines.append(f"Epochs            {plan.epochs}")
+    lines.append(f"Total steps       {plan.total_steps}")
+    saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
+    lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
+    lines.append(f"LoRA file         {human_size(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
+    for problem in plan.problems:
+        lines.append(f"warning: {problem}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    config = load_config(args.config)
+    plan = make_plan(config, args.config.resolve().parent)
+    if args.json:
+        print(json.dumps(plan.as_json(), indent=1))
+    else:
+        print(format_plan(plan))
+    return 0

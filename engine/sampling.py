@@ -1,0 +1,397 @@
+"""Sample images while a LoRA trains, without disturbing the training.
+
+`TrainingSampler.sample(epoch, step)` renders every prompt of the config through a diffusers
+`StableDiffusionPipeline` built around the modules the trainer already holds (so the LoRA
+layers peft injected are active and nothing is loaded twice), writes one PNG per prompt
+into `samples/` with A1111's `parameters` text, and emits a `sample` event per image.
+
+Training must go on exactly as if no sample had been taken: every RNG the trainer draws
+from (torch CPU/CUDA, Python `random`, NumPy) is saved before and restored after, each
+prompt draws its noise from its own `torch.Generator`, and the train/eval flag of every
+submodule and the device of every model are put back as they were.
+
+The pieces the grid command shares (scheduler choice, pipeline assembly, rendering, PNG
+text) are module-level functions here.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+
+from engine.atomic import atomic_path
+from engine.config import TrainConfig
+from engine.errors import LoradeckError
+from engine.events import SAMPLE, WARNING, EventWriter
+from engine.prompts import SamplePrompt, load_prompts
+from engine.rundir import RunDir
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from diffusers import StableDiffusionPipeline
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def make_scheduler(sampler: str, base_config: Any, *, v_prediction: bool = False) -> Any:
+    """A fresh diffusers scheduler for one of engine.config.SAMPLERS, from the model's config.
+
+    `from_config` keeps the model's betas, timestep count and spacing, so the sampler
+    walks the same noise schedule the model was trained on.
+    """
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    overrides: dict[str, Any] = {}
+    if v_prediction:
+        overrides["prediction_type"] = "v_prediction"
+    if sampler == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(base_config, **overrides)
+    if sampler == "euler":
+        return EulerDiscreteScheduler.from_config(base_config, **overrides)
+    if sampler == "ddim":
+        # a DDPM training config says clip_sample=True, which SD's latents must not get
+        return DDIMScheduler.from_config(base_config, clip_sample=False, set_alpha_to_one=False, **overrides)
+    if sampler in ("dpm++_2m", "dpm++_2m_karras"):
+        return DPMSolverMultistepScheduler.from_config(
+            base_config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            use_karras_sigmas=sampler == "dpm++_2m_karras",
+            **overrides,
+        )
+    if sampler == "pndm":
+        return PNDMScheduler.from_config(base_config, skip_prk_steps=True, **overrides)
+    raise LoradeckError(f"unknown sampler {sampler!r}")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def unwrap_module(module: Any) -> Any:
+    """The plain diffusers/transformers module inside DDP, torch.compile or a PeftModel."""
+    while True:
+        if hasattr(module, "_orig_mod"):  # torch.compile
+            module = module._orig_mod
+        elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "get_base_model") and hasattr(module, "peft_config"):
+            module = module.get_base_model()  # PeftModel; the LoRA layers stay injected inside
+        else:
+            return module
+
+
+def build_pipeline(model: Any, scheduler: Any) -> "StableDiffusionPipeline":
+    """A pipeline sharing the model's modules (no copy, no load), without a safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=unwrap_module(model.vae),
+        text_encoder=unwrap_module(model.text_encoder),
+        tokenizer=model.tokenizer,
+        unet=unwrap_module(model.unet),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def render(
+    pipeline: "StableDiffusionPipeline",
+    prompt: SamplePrompt,
+    *,
+    base_scheduler_config: Any,
+    clip_skip: int = 1,
+    v_prediction: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> "Image.Image":
+    """One image for one prompt, with the prompt's sampler, seed, size, steps and CFG.
+
+    The noise comes from a CPU generator seeded with the prompt's seed, so a seed gives
+    the same starting noise on any GPU or on the CPU (in A1111: RNG source = CPU).
+    """
+    pipeline.scheduler = make_scheduler(prompt.sampler, base_scheduler_config, v_prediction=v_prediction)
+    generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
+    device = torch.device(device)
+    use_autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        positive = encode_text(pipeline, prompt.prompt, clip_skip)
+        negative = encode_text(pipeline, prompt.negative_prompt, clip_skip)
+        result = pipeline(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            width=prompt.width,
+            height=prompt.height,
+            num_inference_steps=prompt.steps,
+            guidance_scale=prompt.cfg,
+            generator=generator,
+            output_type="pil",
+        )
+    return result.images[0]
+
+
+def encode_text(pipeline: "StableDiffusionPipeline", text: str, clip_skip: int = 1) -> torch.Tensor:
+    """CLIP embeddings of one prompt, with sd-scripts' clip skip (1 = the last layer).
+
+    Done here rather than with the pipeline's `clip_skip`, which reaches for
+    `text_encoder.text_model`, a level transformers 5 no longer has. Skipping works as in
+    sd-scripts and A1111: the Nth-from-last layer's output through the final layer norm.
+    """
+    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+    tokens = tokenizer(
+        text,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(pipeline.device)
+    if clip_skip <= 1:
+        return text_encoder(tokens)[0]
+    hidden = text_encoder(tokens, output_hidden_states=True).hidden_states[-clip_skip]
+    final_layer_norm = getattr(text_encoder, "final_layer_norm", None)
+    if final_layer_norm is None:  # transformers 4.x keeps it one level down
+        final_layer_norm = text_encoder.text_model.final_layer_norm
+    return final_layer_norm(hidden)
+
+
+# --------------------------------------------------------------------------- PNG files
+
+
+def _infotext_value(value: object) -> str:
+    """A value as A1111 writes it: quoted JSON when it holds a comma, colon or newline."""
+    text = str(value)
+    if any(mark in text for mark in (",", ":", "\n", '"')):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def a1111_parameters(prompt: SamplePrompt, *, model_name: str = "", clip_skip: int = 1, **extra: object) -> str:
+    """The `parameters` PNG text AUTOMATIC1111 writes, so A1111, ComfyUI and viewers read it."""
+    lines = [prompt.prompt]
+    if prompt.negative_prompt:
+        lines.append(f"Negative prompt: {prompt.negative_prompt}")
+    fields: dict[str, object] = {
+        "Steps": prompt.steps,
+        "Sampler": prompt.sampler_label,
+        "CFG scale": f"{prompt.cfg:g}",
+        "Seed": prompt.seed,
+        "Size": f"{prompt.width}x{prompt.height}",
+    }
+    if model_name:
+        fields["Model"] = model_name
+    if clip_skip > 1:
+        fields["Clip skip"] = clip_skip
+    fields["RNG"] = "CPU"
+    fields.update({key: value for key, value in extra.items() if value not in (None, "")})
+    lines.append(", ".join(f"{key}: {_infotext_value(value)}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+def save_png(image: "Image.Image", path: Path, parameters: str, extra_text: dict[str, str] | None = None) -> None:
+    """Write the PNG atomically with a `parameters` text chunk (and any extra chunks)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt("parameters", parameters)
+    for key, value in (extra_text or {}).items():
+        info.add_itxt(key, value)
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=info)
+
+
+def model_name(pretrained_model: str) -> str:
+    """What A1111's `Model:` field shows: the checkpoint's file or folder name without suffix."""
+    text = pretrained_model.rstrip("/\\")
+    name = Path(text).name or text
+    return name.removesuffix(".safetensors").removesuffix(".ckpt")
+
+
+def sample_file_name(epoch: int, step: int, prompt_index: int) -> str:
+    return f"e{epoch:04d}-s{step:06d}-p{prompt_index:02d}.png"
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG state training draws from (reading CUDA's never initialises CUDA)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _module_device(module: torch.nn.Module) -> torch.device | None:
+    for parameter in module.parameters():
+        return parameter.device
+    return None
+
+
+@contextlib.contextmanager
+def inference_mode_for(modules: list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+    """Eval mode on `device` for the block; then every flag, device and RNG state as before.
+
+    Train/eval flags are restored per submodule: a trainer may keep parts (a frozen text
+    encoder, the VAE) in eval mode on purpose, or offload them to the CPU.
+    """
+    rng_state = capture_rng_state()
+    flags = [(sub, sub.training) for module in modules for sub in module.modules()]
+    moved: list[tuple[torch.nn.Module, torch.device]] = []
+    try:
+        for module in modules:
+            module.eval()
+            where = _module_device(module)
+            if where is not None and where != device:
+                moved.append((module, where))
+                module.to(device)
+        yield
+    finally:
+        for module, where in moved:
+            module.to(where)
+        for sub, training in flags:
+            sub.training = training
+        restore_rng_state(rng_state)
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+class TrainingSampler:
+    """Renders the config's sample prompts with the LoRA as it is at this step."""
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        config: TrainConfig,
+        base_dir: Path,
+        model: Any,
+        events: EventWriter,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
+        self.run_dir = run_dir
+        self.config = config
+        self.base_dir = Path(base_dir)
+        self.model = model
+        self.events = events
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._pipeline: StableDiffusionPipeline | None = None
+        # A prompt without --d keeps the seed chosen the first time it was seen, so the
+        # same prompt is comparable from epoch to epoch even though the file is re-read.
+        self._chosen_seeds: dict[tuple, int] = {}
+        self._reported: set[str] = set()
+
+    def prompts(self) -> list[SamplePrompt]:
+        """The prompts as of now (the file is re-read); new problems become warning events."""
+        try:
+            prompts, warnings = load_prompts(self.config, self.base_dir)
+        except LoradeckError as error:
+            prompts, warnings = [], [f"no samples: {error}"]
+        for message in warnings:
+            if message not in self._reported:
+                self._reported.add(message)
+                self.events.emit(WARNING, message=message, code="sample_prompts")
+        return [self._stable_seed(prompt) for prompt in prompts]
+
+    def _stable_seed(self, prompt: SamplePrompt) -> SamplePrompt:
+        if prompt.seed_given:
+            return prompt
+        key = (prompt.prompt, prompt.negative_prompt, prompt.width, prompt.height, prompt.steps, prompt.cfg, prompt.sampler)
+        seed = self._chosen_seeds.setdefault(key, prompt.seed)
+        return prompt if seed == prompt.seed else dataclasses.replace(prompt, seed=seed)
+
+    def sample(self, epoch: int, step: int) -> list[Path]:
+        """One PNG per prompt in `samples/`, and a `sample` event for each; their paths."""
+        prompts = self.prompts()
+        if not prompts:
+            return []
+        modules = [unwrap_module(m) for m in (self.model.unet, self.model.text_encoder, self.model.vae)]
+        paths: list[Path] = []
+        with inference_mode_for(modules, self.device):
+            pipeline = self._get_pipeline()
+            for index, prompt in enumerate(prompts):
+                try:
+                    image = render(
+                        pipeline,
+                        prompt,
+                        base_scheduler_config=self.model.noise_scheduler.config,
+                        clip_skip=self.config.model.clip_skip,
+                        v_prediction=self.config.model.v_parameterization,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    # a sample too large for what training leaves free must not end the run
+                    torch.cuda.empty_cache()
+                    self.events.emit(
+                        WARNING,
+                        message=f"sample {index} ({prompt.width}x{prompt.height}) ran out of GPU memory; skipped",
+                        code="sample_out_of_memory",
+                    )
+                    continue
+                path = self.run_dir.samples / sample_file_name(epoch, step, index)
+                save_png(image, path, self._parameters(prompt, epoch, step))
+                paths.append(path)
+                self.events.emit(
+                    SAMPLE,
+                    path=path.relative_to(self.run_dir.path).as_posix(),
+                    epoch=epoch,
+                    step=step,
+                    prompt_index=index,
+                    prompt=prompt.prompt,
+                    negative_prompt=prompt.negative_prompt,
+                    seed=prompt.seed,
+                    width=image.width,
+                    height=image.height,
+                    steps=prompt.steps,
+                    cfg=prompt.cfg,
+                    sampler=prompt.sampler,
+                )
+        return paths
+
+    def _get_pipeline(self) -> "StableDiffusionPipeline":
+        if self._pipeline is None:
+            scheduler = make_scheduler(self.config.sampling.sampler, self.model.noise_scheduler.config)
+            self._pipeline = build_pipeline(self.model, scheduler)
+        return self._pipeline
+
+    def _parameters(self, prompt: SamplePrompt, epoch: int, step: int) -> str:
+        return a1111_parameters(
+            prompt,
+            model_name=model_name(self.config.model.pretrained_model),
+            clip_skip=self.config.model.clip_skip,
+            Lora=self.config.saving.output_name,
+            Epoch=epoch,
+            Step=step,
+        )
+

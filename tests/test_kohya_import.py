@@ -1,0 +1,81 @@
+"""Kohya GUI JSON configs in the shapes they are saved in the wild."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.config import loads_config
+from engine.errors import LoradeckError
+from engine.kohya_import import import_kohya, import_kohya_file
+from tests.datasets import plan_dataset
+from tui.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
+
+
+def test_strings_and_empty_values():
+    result = import_kohya_file(FIXTURES / "lora_gui_strings.json")
+    config = result.config
+    assert config.network.rank == 64 and config.network.alpha == 56.0
+    assert config.optimizer.learning_rate == 1e-4
+    assert config.optimizer.unet_lr == 1e-4 and config.optimizer.text_encoder_lr == 5e-5
+    assert config.optimizer.optimizer == "Adafactor"
+    assert config.optimizer_kwargs == {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+    assert config.dataset.resolution == "512,650"
+    assert config.resolution_size == (512, 650)
+    assert config.precision.attention == "xformers"
+    assert config.precision.cache_latents == "memory"
+    assert config.optimizer.lr_warmup_percent == 10.0
+    assert config.optimizer.lr_scheduler_num_cycles == 1  # "" = unset
+    assert config.training.seed == 1234 and config.training.batch_size == 2
+    assert config.model.clip_skip == 1 and config.captions.keep_tokens == 1
+    assert config.precision.mixed_precision == "bf16" and config.training.min_snr_gamma == 5.0
+    assert config.saving.output_name == "city-v2"
+    assert config.dataset.image_dir == "/home/me/lora/img"
+    assert "logging_dir" in result.ignored and "use_wandb" in result.ignored
+    assert "network_dim" not in result.ignored
+
+
+def test_native_types_percentages_and_overrides(tmp_path):
+    plan_dataset(tmp_path)
+    shutil.copy(FIXTURES / "lora_gui_native.json", tmp_path / "k.json")
+    result = import_kohya_file(tmp_path / "k.json")
+    config = result.config
+    assert config.precision.attention == "xformers"
+    assert config.precision.cache_latents == "disk"
+    assert config.training.epochs == 6  # max_train_epochs overrides epoch
+    assert config.training.seed == 42  # "" keeps the default
+    assert config.optimizer.text_encoder_lr is None and config.optimizer.unet_lr is None
+    assert config.optimizer.lr_scheduler_num_cycles == 3
+    assert config.resolution_size == (768, 768)
+    # 50% of the planned total steps (batch 1: 36 instances per epoch, 6 epochs = 216)
+    assert config.training.stop_text_encoder_training == 108
+    assert any("50%" in note for note in result.notes)
+
+
+def test_percent_without_dataset_is_noted_not_fatal():
+    result = import_kohya_file(FIXTURES / "lora_gui_native.json")
+    assert result.config.training.stop_text_encoder_training == 0
+    assert any("not converted" in note for note in result.notes)
+
+
+def test_unsupported_network_type_fails_with_one_line(capsys):
+    assert main(["import-kohya", str(FIXTURES / "locon.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "LyCORIS/LoCon" in err and "standard LoRA only" in err
+
+
+def test_bad_number_names_the_key():
+    with pytest.raises(LoradeckError, match="network_dim"):
+        import_kohya({"network_dim": "lots", "pretrained_model_name_or_path": "x"})
+
+
+def test_command_writes_toml_that_loads(tmp_path, capsys):
+    out = tmp_path / "c.toml"
+    assert main(["import-kohya", str(FIXTURES / "lora_gui_strings.json"), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "ignored" in captured.err
+    config = loads_config(out.read_text())
+    assert config.network.rank == 64
+    assert main(["import-kohya", str(FIXTURES / "lora_gui_strings.json"), "-o", str(out)]) == 2

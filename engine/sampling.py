@@ -204,13 +204,12 @@ def a1111_parameters(prompt: SamplePrompt, *, model_name: str = "", clip_skip: i
     return "\n".join(lines)
 
 
-def save_png(image: "Image.Image", path: Path, parameters: str, extra_text: dict[str, str] | None = None) -> None:
-    """Write the PNG atomically with a `parameters` text chunk (and any extra chunks)."""
+def save_png(image: "Image.Image", path: Path, text_chunks: dict[str, str]) -> None:
+    """Write the PNG atomically with text chunks (UTF-8 iTXt), e.g. A1111's `parameters`."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_itxt("parameters", parameters)
-    for key, value in (extra_text or {}).items():
+    for key, value in text_chunks.items():
         info.add_itxt(key, value)
     with atomic_path(path) as temp:
         image.save(temp, format="PNG", pnginfo=info)
@@ -360,7 +359,7 @@ class TrainingSampler:
                     )
                     continue
                 path = self.run_dir.samples / sample_file_name(epoch, step, index)
-                save_png(image, path, self._parameters(prompt, epoch, step))
+                save_png(image, path, {"parameters": self._parameters(prompt, epoch, step)})
                 paths.append(path)
                 self.events.emit(
                     SAMPLE,

@@ -6,16 +6,16 @@ workspace: `SomeScreen(workspace)`. The app never imports torch or the HF stack.
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from pathlib import Path
+from typing import Iterable
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import Screen
 
 from engine.workspace import Workspace
-
-# textual-image asks the terminal about graphics support when imported; that only works
-# before Textual takes over stdin, so the shared image widget is imported here, early.
-import tui.widgets.image_preview  # noqa: E402,F401
+from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {
@@ -23,6 +23,12 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "captions": ("tui.screens.captions", "CaptionsScreen", "2", "Captions"),
     "config": ("tui.screens.config", "ConfigScreen", "3", "Config"),
     "runs": ("tui.screens.runs", "RunsScreen", "4", "Runs"),
+}
+SCREEN_HELP = {
+    "health": "Find corrupt, rotated, duplicate and low-resolution images; fix or quarantine them",
+    "captions": "Review and edit every caption with the image on screen; auto-caption",
+    "config": "Every training setting, checked as you type, with the run's numbers",
+    "runs": "Runs of this workspace; attach to the live dashboard",
 }
 
 
@@ -40,40 +46,103 @@ class LoradeckApp(App):
     TITLE = "loradeck"
     CSS_PATH = "app.tcss"
     BINDINGS = [
-        Binding(key, f"show('{mode}')", title, priority=False)
-        for mode, (_m, _c, key, title) in SCREENS.items()
+        Binding(key, f"show('{mode}')", title)
+        for mode, (_module, _class, key, title) in SCREENS.items()
     ] + [
-        Binding("question_mark", "show_help", "Keys"),
+        Binding("question_mark", "keys", "Keys"),
+        Binding("ctrl+p", "command_palette", "Palette", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
     def __init__(self, workspace: Workspace, *, start_screen: str | None = None,
-                 image_protocol: str | None = None, attach_run: Path | None = None):
+                 image_protocol: str | None = None, attach_run: Path | None = None,
+                 theme: str | None = None):
         super().__init__()
         self.workspace = workspace
         self.image_protocol = image_protocol
         self.attach_run = attach_run
-        self.start_screen = start_screen or "health"
+        remembered = workspace.load_state("app").get("screen")
+        self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
+        self.theme_problems = []
+        self._requested_theme = theme
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
 
+    # ---- start-up
+
     def on_mount(self) -> None:
+        themes, self.theme_problems = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        wanted = self._requested_theme or load_settings().get("theme") or DEFAULT_THEME
+        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
+        for problem in self.theme_problems:
+            self.notify(f"{problem.path}: {problem.message}", title="Theme not loaded", severity="warning")
         self.switch_mode(self.start_screen)
+        if not self.workspace.config_path.exists() and self.attach_run is None:
+            from tui.screens.welcome import WelcomeScreen
+
+            self.push_screen(WelcomeScreen(self.workspace), self._after_welcome)
+
+    def _after_welcome(self, created: bool | None) -> None:
+        if created:
+            self.notify(f"Workspace ready: {self.workspace.config_path}", title="loradeck")
+
+    def watch_theme(self, theme: str) -> None:
+        if self.is_mounted and theme in self.available_themes:
+            save_setting("theme", theme)
+
+    # ---- navigation
 
     def action_show(self, mode: str) -> None:
         if self.current_mode != mode:
             self.switch_mode(mode)
+        self.workspace_state_set(screen=mode)
 
-    def action_show_help(self) -> None:
-        self.action_show_help_panel()
+    def workspace_state_set(self, **values) -> None:
+        state = self.workspace.load_state("app")
+        state.update(values)
+        try:
+            self.workspace.save_state("app", state)
+        except OSError:
+            pass  # a read-only workspace can still be viewed
+
+    def action_keys(self) -> None:
+        from tui.screens.help import KeysScreen
+
+        if not isinstance(self.screen, KeysScreen):
+            self.push_screen(KeysScreen(self.screen))
+
+    # ---- command palette: every screen, every theme, every key of the current screen
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for mode, (_module, _class, key, title) in SCREENS.items():
+            yield SystemCommand(f"Go to {title}", f"{SCREEN_HELP[mode]}  [{key}]", partial(self.action_show, mode))
+        for name in sorted(self.available_themes):
+            yield SystemCommand(f"Theme: {name}", "Switch theme (remembered)", partial(setattr, self, "theme", name))
+        seen = {"show", "keys", "quit", "command_palette"}
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            action = binding.action
+            if not binding.description or action.split("(")[0] in seen:
+                continue
+            seen.add(action.split("(")[0])
+            yield SystemCommand(
+                binding.description,
+                f"key: {self.get_key_display(binding)}",
+                partial(self.run_action, action, active.node),
+            )
 
 
 def make_app(workspace: str | Path, *, start_screen: str | None = None,
-             image_protocol: str | None = None, attach_run: str | Path | None = None) -> LoradeckApp:
+             image_protocol: str | None = None, attach_run: str | Path | None = None,
+             theme: str | None = None) -> LoradeckApp:
     """The one factory used by the CLI and by tests."""
     return LoradeckApp(
         Workspace.at(workspace),
         start_screen=start_screen,
         image_protocol=image_protocol,
         attach_run=Path(attach_run) if attach_run else None,
+        theme=theme,
     )

@@ -1,0 +1,87 @@
+"""Guided start for an empty or new workspace: images, base model, preset -> loradeck.toml."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from engine.config import ConfigError, replace_setting, save_config, validate
+from engine.workspace import Workspace
+
+
+class WelcomeScreen(ModalScreen[bool]):
+    """Three questions, then the workspace exists: img/, loradeck.toml."""
+
+    CSS_PATH = "welcome.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "create", "Create workspace"),
+        Binding("escape", "skip", "Skip"),
+    ]
+
+    def __init__(self, workspace: Workspace):
+        super().__init__()
+        self.workspace = workspace
+
+    def compose(self) -> ComposeResult:
+        from engine.presets import list_presets
+
+        presets = list_presets()
+        with Vertical(id="welcome-box"):
+            yield Static(f"New workspace: {self.workspace.root}", id="welcome-title")
+            yield Static(
+                "Three answers and loradeck writes loradeck.toml here. Everything can be changed "
+                "later on the config screen (3).",
+                classes="hint",
+            )
+            yield Label("Where are the training images? (a folder holding <repeats>_<class> subfolders)")
+            yield Input(value="img", id="welcome-images")
+            yield Label("Base model: a diffusers folder, a .safetensors file, or a hub id")
+            yield Input(value="runwayml/stable-diffusion-v1-5", id="welcome-model")
+            yield Label("Start from preset")
+            yield Select([(p.title, p.name) for p in presets], value=presets[0].name, allow_blank=False,
+                         id="welcome-preset")
+            yield Static("", id="welcome-error")
+            yield Button("Create (ctrl+s)", id="welcome-create", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#welcome-images", Input).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "welcome-create":
+            self.action_create()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.focus_next()
+
+    def action_skip(self) -> None:
+        self.dismiss(False)
+
+    def action_create(self) -> None:
+        from engine.presets import load_preset
+
+        error = self.query_one("#welcome-error", Static)
+        images = self.query_one("#welcome-images", Input).value.strip() or "img"
+        model = self.query_one("#welcome-model", Input).value.strip()
+        preset = self.query_one("#welcome-preset", Select).value
+        config = load_preset(str(preset))
+        config = replace_setting(config, "model.pretrained_model", model)
+        config = replace_setting(config, "dataset.image_dir", images)
+        config = replace_setting(config, "saving.output_name", f"{self.workspace.root.name}-v1")
+        problems = validate(config)
+        if problems:
+            key, reason = problems[0]
+            error.update(f"{key}: {reason}")
+            return
+        image_dir = Path(images).expanduser()
+        image_dir = image_dir if image_dir.is_absolute() else self.workspace.root / image_dir
+        try:
+            image_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.workspace.config_path)
+        except (OSError, ConfigError) as failure:
+            error.update(f"cannot create the workspace: {failure}")
+            return
+        self.dismiss(True)

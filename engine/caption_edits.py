@@ -242,6 +242,15 @@ class CaptionSession:
             self._frequency = counts
         return self._frequency
 
+    @property
+    def frequency_ready(self) -> bool:
+        """Counted already, or cheap to count (every caption read)."""
+        return self._frequency is not None or all(entry.loaded for entry in self.entries)
+
+    def take_frequency(self, counts: Counter[str]) -> None:
+        """Counts made elsewhere (a worker) from the texts this session holds."""
+        self._frequency = counts
+
     def _count_change(self, old_keys: set[str], new_keys: set[str]) -> None:
         if self._frequency is None:
             return

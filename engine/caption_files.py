@@ -45,6 +45,48 @@ class CaptionFile:
     has_caption: bool  # as seen when listed
 
 
+@dataclass(frozen=True)
+class CaptionFolder:
+    """Where a dataset's captions are and how they are written."""
+
+    root: Path
+    caption_extension: str = ".txt"
+    keep_tokens: int = 0
+
+
+def caption_folder_of(path: str | Path) -> CaptionFolder:
+    """A plain folder is itself; a workspace means its image folder and caption settings.
+
+    The workspace config is read leniently: captioning comes before choosing a base
+    model, so a config that does not validate yet must still give these three values.
+    """
+    import tomllib
+
+    from engine.config import CaptionSettings, DatasetSettings
+    from engine.workspace import CONFIG_NAME
+
+    path = Path(path).expanduser()
+    config_path = path / CONFIG_NAME
+    if not config_path.exists():
+        return CaptionFolder(path)
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = {}
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
+    captions = data.get("captions") if isinstance(data.get("captions"), dict) else {}
+    image_dir = dataset.get("image_dir")
+    image_dir = Path(image_dir if isinstance(image_dir, str) and image_dir else DatasetSettings().image_dir)
+    extension = captions.get("caption_extension")
+    if not (isinstance(extension, str) and extension.startswith(".")):
+        extension = CaptionSettings().caption_extension
+    keep_tokens = captions.get("keep_tokens")
+    if not (isinstance(keep_tokens, int) and keep_tokens >= 0):
+        keep_tokens = CaptionSettings().keep_tokens
+    root = image_dir.expanduser() if image_dir.expanduser().is_absolute() else path / image_dir
+    return CaptionFolder(root, extension, keep_tokens)
+
+
 def _natural_key(text: str) -> list:
     """img2 before img10, as a file manager sorts."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]

@@ -137,27 +137,31 @@ class EventTail:
     _inode: int | None = field(default=None, repr=False)
 
     def read_new(self, max_bytes: int | None = None) -> list[dict[str, Any]]:
+        events, damaged = parse_lines(self.read_new_lines(max_bytes))
+        self.skipped_lines += damaged
+        return events
+
+    def read_new_lines(self, max_bytes: int | None = None) -> bytes:
+        """The complete lines appended since the last call, unparsed (b"" when none)."""
         path = Path(self.path)
         try:
             stat = path.stat()
         except FileNotFoundError:
-            return []
+            return b""
         if (self._inode is not None and stat.st_ino != self._inode) or stat.st_size < self.offset:
             self.offset = 0
         self._inode = stat.st_ino
         if stat.st_size == self.offset:
-            return []
+            return b""
         with open(path, "rb") as handle:
             handle.seek(self.offset)
             data = handle.read() if max_bytes is None else handle.read(max_bytes)
         end = data.rfind(b"\n")
         if end < 0:
-            return []
+            return b""
         complete = data[: end + 1]
         self.offset += len(complete)
-        events, damaged = parse_lines(complete)
-        self.skipped_lines += damaged
-        return events
+        return complete
 
 
 def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:

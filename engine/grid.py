@@ -62,7 +62,7 @@ class GridRow:
         p = self.prompt
         return (
             f"{p.prompt}\nweight {self.weight:g} | seed {p.seed}\n"
-            f"{p.sampler} {p.steps} steps | CFG {p.cfg:g} | {p.width}x{p.height}"
+            f"{p.sampler} {p.steps} step{'' if p.steps == 1 else 's'} | CFG {p.cfg:g} | {p.width}x{p.height}"
         )
 
 
@@ -260,7 +260,7 @@ def render_grid(
     dtype = torch.float32
     if target.type == "cuda" and config.precision.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if config.precision.mixed_precision == "fp16" else torch.bfloat16
-    model = load_base_model(config, device=target, dtype=dtype)
+    model = load_base_model(config, run.path, device=target, dtype=dtype)
     pipeline = build_pipeline(model, make_scheduler(config.sampling.sampler, model.noise_scheduler.config))
 
     rows = [GridRow(prompt, weight) for prompt in prompts for weight in weights]

@@ -155,7 +155,8 @@ def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFac
     for signature, name in SIGNATURES.items():
         if data.startswith(signature):
             if name in EXTENSION_FORMATS[extension]:
-                return _error("corrupt", f"damaged {name} header: {_first_line(error)}")
+                reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else _first_line(error)
+            return _error("corrupt", f"damaged {name} header: {reason}")
             return _error("unreadable", f"the content looks like {name} but the name says {extension}")
     return _error("unreadable", f"not an image (the content is not {EXTENSION_FORMATS[extension][0]})")
 
@@ -225,7 +226,7 @@ def _unusual_color_mode(image: Image.Image) -> str:
         "1": "1-bit black and white", "I": "32-bit integer", "F": "floating point",
     }
     if mode.startswith("I;16"):
-        return "16-bit grayscale"
+        return "16-bit grayscale (a plain Pillow convert to RGB clips it to white)"
     return names.get(mode, mode)
 
 
@@ -255,7 +256,13 @@ def _pixel_hash(pixels: Image.Image, orientation: int) -> str:
 
 def _working_copy(pixels: Image.Image) -> Image.Image:
     """A grayscale copy whose longer side is at most WORKING_SIDE."""
-    gray = pixels if pixels.mode == "L" else pixels.convert("L")
+    if pixels.mode.startswith("I") or pixels.mode == "F":
+        # Pillow's convert("L") clips 16- and 32-bit values at 255: scale them instead.
+        values = np.asarray(pixels, dtype=np.float32)
+        top = 65535.0 if pixels.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        gray = Image.fromarray((values * (255.0 / top)).clip(0, 255).astype(np.uint8))
+    else:
+        gray = pixels if pixels.mode == "L" else pixels.convert("L")
     width, height = gray.size
     scale = WORKING_SIDE / max(width, height)
     if scale < 1:
@@ -356,6 +363,15 @@ def _inspect_in_pool(paths, on_result, max_pixels, workers, should_stop) -> set[
 def _isolate_crash(paths, on_result, max_pixels, done: set[str]) -> None:
     pool = ProcessPoolExecutor(1, mp_context=_pool_context())
     try:
+        try:
+            pool.submit(os.getpid).result()
+        except BrokenProcessPool:
+            # Workers cannot start at all (e.g. a script without a __main__ guard): that
+            # says nothing about the files, so decode them here instead.
+            for path in paths:
+                on_result(path, inspect_image(path, max_pixels))
+                done.add(path)
+            return
         for path in paths:
             try:
                 facts = pool.submit(inspect_image, path, max_pixels).result()

@@ -52,14 +52,15 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
     if not value:
         raise LoradeckError("model.pretrained_model: no base model given (a folder, .safetensors file or hub id)")
     path = resolve_path(base_dir, value)
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
     if path is not None and path.is_dir():
-        parts = _load_diffusers(str(path), local_only=True)
+        parts = _load_diffusers(str(path), local_only=True, dtype=dtype, vae_dtype=vae_dtype)
         source = str(path)
     elif path is not None and path.is_file():
         parts = _load_single_file(path, allow_ckpt=config.model.allow_ckpt)
         source = str(path)
     elif looks_like_hub_id(value) and not Path(value).expanduser().is_absolute():
-        parts = _load_diffusers(value, local_only=False)
+        parts = _load_diffusers(value, local_only=False, dtype=dtype, vae_dtype=vae_dtype)
         source = value
     else:
         raise LoradeckError(f"model.pretrained_model: {path} does not exist")
@@ -67,10 +68,11 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
     if config.model.vae.strip():
         parts["vae"] = load_vae_override(resolve_path(base_dir, config.model.vae.strip()), parts["vae"])
 
-    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    parts["unet"].to(device, dtype=dtype)
-    parts["text_encoder"].to(device, dtype=dtype)
-    parts["vae"].to(device, dtype=vae_dtype)
+    for part, wanted in (("unet", dtype), ("text_encoder", dtype), ("vae", vae_dtype)):
+        module = parts[part]
+        if module.dtype != wanted:
+            module.to(dtype=wanted)
+        module.to(device)
     for module in (parts["unet"], parts["text_encoder"], parts["vae"]):
         module.requires_grad_(False)
     return BaseModel(
@@ -94,17 +96,21 @@ def training_scheduler(scheduler_config: Any, v_parameterization: bool) -> Any:
     return DDPMScheduler.from_config(scheduler_config, **overrides)
 
 
-def _load_diffusers(source: str, *, local_only: bool) -> dict[str, Any]:
+def _load_diffusers(source: str, *, local_only: bool, dtype: torch.dtype, vae_dtype: torch.dtype) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if local_only and not (Path(source) / "unet").is_dir():
         raise LoradeckError(f"model.pretrained_model: {source} is not a diffusers model folder (no unet/ inside)")
     loaders = {
-        "unet": lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", local_files_only=local_only),
-        "vae": lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=local_only),
+        "unet": lambda: UNet2DConditionModel.from_pretrained(
+            source, subfolder="unet", local_files_only=local_only, torch_dtype=dtype
+        ),
+        "vae": lambda: AutoencoderKL.from_pretrained(
+            source, subfolder="vae", local_files_only=local_only, torch_dtype=vae_dtype
+        ),
         "text_encoder": lambda: CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", local_files_only=local_only
+            source, subfolder="text_encoder", local_files_only=local_only, dtype=dtype
         ),
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only),
         "scheduler": lambda: DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only),

@@ -41,6 +41,7 @@ SAMPLER_ALIASES = {
     "euler_ancestral": "euler_a",
     "k_euler": "euler",
     "dpmsolver++": "dpm++_2m",
+    "dpmsolver": "dpm++_2m",  # sd-scripts' 2nd-order multistep DPM-Solver; ++ is its stabler form
     "dpm++2m": "dpm++_2m",
     "dpmpp_2m": "dpm++_2m",
     "k_dpmpp_2m": "dpm++_2m",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -131,44 +132,61 @@ def render(
     device = torch.device(device)
     use_autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
-        positive = encode_text(pipeline, prompt.prompt, clip_skip)
-        negative = encode_text(pipeline, prompt.negative_prompt, clip_skip)
-        result = pipeline(
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            width=prompt.width,
-            height=prompt.height,
-            num_inference_steps=prompt.steps,
-            guidance_scale=prompt.cfg,
-            generator=generator,
-            output_type="pil",
-        )
-    return result.images[0]
+    with torch.no_grad():
+        with autocast:
+            positive, negative = encode_prompts(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
+            latents = pipeline(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                width=prompt.width,
+                height=prompt.height,
+                num_inference_steps=prompt.steps,
+                guidance_scale=prompt.cfg,
+                generator=generator,
+                output_type="latent",
+            ).images
+        # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
+        # fp32 under fp16 training because SD's VAE overflows in fp16.
+        vae = pipeline.vae
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True])[0]
 
 
-def encode_text(pipeline: "StableDiffusionPipeline", text: str, clip_skip: int = 1) -> torch.Tensor:
-    """CLIP embeddings of one prompt, with sd-scripts' clip skip (1 = the last layer).
+MAX_PROMPT_WINDOWS = 3  # 225 tokens, sd-scripts' limit for long sample prompts
 
-    Done here rather than with the pipeline's `clip_skip`, which reaches for
-    `text_encoder.text_model`, a level transformers 5 no longer has. Skipping works as in
-    sd-scripts and A1111: the Nth-from-last layer's output through the final layer norm.
+
+def encode_prompts(
+    pipeline: "StableDiffusionPipeline", prompt: str, negative_prompt: str, clip_skip: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP conditioning of a prompt and its negative, as sd-scripts' samples and A1111 make it.
+
+    A1111 emphasis, `(tag:1.3)`, `(tag)`, `[tag]`, is applied; a prompt over 75 tokens is
+    encoded in 75-token windows (both prompts get as many windows as the longer needs);
+    clip skip counts from 1 = last layer. A plain prompt of up to 75 tokens gives exactly
+    what diffusers' pipeline computes. (The pipeline's own `clip_skip` cannot be used: it
+    reaches for `text_encoder.text_model`, which transformers 5 removed.)
     """
+    from engine.text_conditioning import WINDOW, encode_tokens, parse_emphasis, tokenize_caption
+
     tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-    tokens = tokenizer(
-        text,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(pipeline.device)
-    if clip_skip <= 1:
-        return text_encoder(tokens)[0]
-    hidden = text_encoder(tokens, output_hidden_states=True).hidden_states[-clip_skip]
-    final_layer_norm = getattr(text_encoder, "final_layer_norm", None)
-    if final_layer_norm is None:  # transformers 4.x keeps it one level down
-        final_layer_norm = text_encoder.text_model.final_layer_norm
-    return final_layer_norm(hidden)
+
+    def token_count(text: str) -> int:
+        return sum(len(tokenizer(part, add_special_tokens=False).input_ids) for part, _ in parse_emphasis(text))
+
+    longest = max(token_count(prompt), token_count(negative_prompt))
+    windows = min(MAX_PROMPT_WINDOWS, max(1, math.ceil(longest / WINDOW)))
+    encoded = []
+    for text in (prompt, negative_prompt):
+        ids, weights = tokenize_caption(tokenizer, text, windows * WINDOW, weighted=True)
+        encoded.append(
+            encode_tokens(
+                text_encoder,
+                ids.unsqueeze(0).to(pipeline.device),
+                clip_skip=clip_skip,
+                weights=weights.unsqueeze(0).to(pipeline.device),
+            )
+        )
+    return encoded[0], encoded[1]
 
 
 # --------------------------------------------------------------------------- PNG files
@@ -213,13 +231,6 @@ def save_png(image: "Image.Image", path: Path, text_chunks: dict[str, str]) -> N
         info.add_itxt(key, value)
     with atomic_path(path) as temp:
         image.save(temp, format="PNG", pnginfo=info)
-
-
-def model_name(pretrained_model: str) -> str:
-    """What A1111's `Model:` field shows: the checkpoint's file or folder name without suffix."""
-    text = pretrained_model.rstrip("/\\")
-    name = Path(text).name or text
-    return name.removesuffix(".safetensors").removesuffix(".ckpt")
 
 
 def sample_file_name(epoch: int, step: int, prompt_index: int) -> str:
@@ -309,6 +320,7 @@ class TrainingSampler:
         # same prompt is comparable from epoch to epoch even though the file is re-read.
         self._chosen_seeds: dict[tuple, int] = {}
         self._reported: set[str] = set()
+        self._last: tuple[tuple[int, int], list[SamplePrompt], list[Path]] | None = None
 
     def prompts(self) -> list[SamplePrompt]:
         """The prompts as of now (the file is re-read); new problems become warning events."""
@@ -330,10 +342,17 @@ class TrainingSampler:
         return prompt if seed == prompt.seed else dataclasses.replace(prompt, seed=seed)
 
     def sample(self, epoch: int, step: int) -> list[Path]:
-        """One PNG per prompt in `samples/`, and a `sample` event for each; their paths."""
+        """One PNG per prompt in `samples/`, and a `sample` event for each; their paths.
+
+        Asked again at the same epoch and step with the same prompts (a step that is also
+        an epoch end, a sample-now request), the images would be identical: the files
+        already written are returned.
+        """
         prompts = self.prompts()
         if not prompts:
             return []
+        if self._last is not None and self._last[:2] == ((epoch, step), prompts):
+            return list(self._last[2])
         modules = [unwrap_module(m) for m in (self.model.unet, self.model.text_encoder, self.model.vae)]
         paths: list[Path] = []
         with inference_mode_for(modules, self.device):
@@ -376,6 +395,7 @@ class TrainingSampler:
                     cfg=prompt.cfg,
                     sampler=prompt.sampler,
                 )
+        self._last = ((epoch, step), prompts, paths)
         return paths
 
     def _get_pipeline(self) -> "StableDiffusionPipeline":
@@ -387,7 +407,7 @@ class TrainingSampler:
     def _parameters(self, prompt: SamplePrompt, epoch: int, step: int) -> str:
         return a1111_parameters(
             prompt,
-            model_name=model_name(self.config.model.pretrained_model),
+            model_name=self.model.name,
             clip_skip=self.config.model.clip_skip,
             Lora=self.config.saving.output_name,
             Epoch=epoch,

@@ -7,8 +7,8 @@
 Loading needs no network at all: the SD 1.x and SD 2.x model configs and CLIP's BPE
 vocabulary ship in `engine/assets/` as diffusers folders hold them, and the keys are
 converted by diffusers' own single-file functions (`diffusers.loaders.single_file_utils`).
-Models are built on the meta device and the checkpoint's tensors assigned into them, so a
-4 GB checkpoint is never held twice. A `.ckpt` is only read with torch's weights-only
+Models are built on the meta device and the checkpoint's tensors assigned into them, so no
+memory or time goes into random initialisation. A `.ckpt` is only read with torch's weights-only
 loader, and only when the caller allows it: nothing is ever unpickled.
 """
 from __future__ import annotations
@@ -104,7 +104,10 @@ def detect_family(state: dict[str, Any], path: str | Path) -> str:
         )
     if not any(key.startswith(VAE_PREFIX) for key in state):
         raise LoradeckError(f"{path}: has no VAE weights ({VAE_PREFIX}*); it is not a complete SD checkpoint")
+    # Some SD 1.x merges were saved by old transformers, without the `text_model.` level.
     token_embedding = state.get(CLIP_PREFIX + "text_model.embeddings.token_embedding.weight")
+    if token_embedding is None:
+        token_embedding = state.get(CLIP_PREFIX + "embeddings.token_embedding.weight")
     if token_embedding is not None:
         return "sd2" if token_embedding.shape[-1] == 1024 else "sd15"
     if OPEN_CLIP_PREFIX + "token_embedding.weight" in state:
@@ -191,9 +194,11 @@ def _text_encoder_to_diffusers(state: dict[str, Any], text_encoder) -> dict[str,
         converted = convert_open_clip_checkpoint(text_encoder, state, prefix=OPEN_CLIP_PREFIX)
     else:
         converted = convert_ldm_clip_checkpoint({k: v for k, v in state.items() if k.startswith(CLIP_PREFIX)})
-    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older ones keep it.
-    if not hasattr(text_encoder, "text_model"):
-        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older ones keep
+    # it, and so do most checkpoints: strip it, then add it back where the model has it.
+    converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    if hasattr(text_encoder, "text_model"):
+        converted = {f"text_model.{key}": value for key, value in converted.items()}
     return converted
 
 
@@ -206,7 +211,7 @@ def _assign(model, weights: dict[str, Any], what: str, path: Path, config_source
     missing = [key for key in expected if key not in weights]
     if missing:
         raise LoradeckError(
-            f"{path}: {len(missing)} {what} weights missing for the layout of {config_source} "
+            f"{path}: does not fit the {what} config in {config_source}: {len(missing)} weights missing "
             f"(first: {missing[0]}); the file is incomplete or another architecture"
         )
     for key, target in expected.items():
@@ -272,9 +277,10 @@ def load_single_file(
 
     `config_dir` is a diffusers folder whose configs (and tokenizer) describe the model;
     by default the shipped SD 1.5 or SD 2.x configs, picked from the checkpoint's keys.
-    `prediction_type` ("epsilon" / "v_prediction") overrides the scheduler's, since the
-    weights cannot tell SD 2.x 512-base (epsilon) from 768-v. Weights are cast to `dtype`
-    (default float32, as `from_pretrained` gives).
+    `prediction_type` ("epsilon" / "v_prediction") overrides the scheduler's: the weights
+    cannot tell SD 2.x 512-base from 768-v, so the shipped SD 2.x config says epsilon and a
+    768-v model needs "v_prediction" (what `model.v_parameterization` means). Weights are
+    cast to `dtype` (default float32, as `from_pretrained` gives).
     """
     import torch
 
@@ -283,13 +289,20 @@ def load_single_file(
     state = read_checkpoint(path, allow_ckpt=allow_ckpt)
     family = detect_family(state, path)
     folder = _config_dir(config_dir, family)
-    components = {
-        "unet": _build_unet(state, folder, path, dtype),
-        "vae": _build_vae(state, folder, path, dtype),
-        "text_encoder": _build_text_encoder(state, folder, path, dtype),
-        "tokenizer": load_tokenizer(folder),
-        "scheduler": _load_scheduler(folder, prediction_type),
-    }
+    components = {}
+    for name, build, source_prefixes in (
+        ("unet", _build_unet, (UNET_PREFIX, "model_ema.")),
+        ("vae", _build_vae, (VAE_PREFIX,)),
+        ("text_encoder", _build_text_encoder, ("cond_stage_model.",)),
+    ):
+        components[name] = build(state, folder, path, dtype)
+        # Drop what this model was built from: when the file's precision differs from
+        # `dtype` the model holds copies, and a .ckpt's originals can go now (a
+        # .safetensors file is memory-mapped copy-on-write, so its pages cost little).
+        for key in [key for key in state if key.startswith(source_prefixes)]:
+            del state[key]
+    components["tokenizer"] = load_tokenizer(folder)
+    components["scheduler"] = _load_scheduler(folder, prediction_type)
     log.info("loaded %s checkpoint %s with configs from %s", family, path, folder)
     return components
 

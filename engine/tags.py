@@ -289,16 +289,6 @@ def join_tags(names: Iterable[str], separator: str = ", ") -> str:
     return separator.join(name.strip() for name in names if name.strip())
 
 
-def merge_captions(existing: str, generated: str) -> str:
-    """Append generated tags to an existing caption, skipping tags already there."""
-    caption = parse_caption(existing)
-    if not caption.tags:
-        return generated + caption.trailing
-    for tag in parse_caption(generated).tags:
-        caption = caption.add(tag.raw)
-    return caption.render()
-
-
 def tag_frequency(captions: Iterable[str]) -> Counter[str]:
     """How many captions carry each tag (a tag twice in one caption counts once)."""
     counts: Counter[str] = Counter()

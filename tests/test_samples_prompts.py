@@ -74,6 +74,7 @@ def test_a_repeated_flag_keeps_the_last_value_like_sd_scripts():
         ("k_euler", "euler"),
         ("DDIM", "ddim"),
         ("dpmsolver++", "dpm++_2m"),
+        ("dpmsolver", "dpm++_2m"),
         ("DPM++ 2M", "dpm++_2m"),
         ("dpmpp_2m", "dpm++_2m"),
         ("DPM++ 2M Karras", "dpm++_2m_karras"),

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from engine.events import as_float
+
 DEFAULT_CAPACITY = 512
 _INF = math.inf
 
@@ -95,6 +97,57 @@ class SeriesSummary:
             self.low = value
         if value > self.high:
             self.high = value
+
+    def extend(self, xs: list[int], values: list) -> None:
+        """`add` for a batch (replaying history): same result, a fraction of the time.
+
+        Values may be None (skipped), numbers, or the strings "nan"/"inf" of events.
+        """
+        if not xs:
+            return
+        top = max(xs)
+        while top // self.bin_width >= self.capacity:
+            self._halve()  # merging early is exact: a bin's stats merge associatively
+        width = self.bin_width
+        count, total, low, high, bad = self._count, self._total, self._low, self._high, self._bad
+        first, last = self.capacity, -1
+        added = nonfinite = 0
+        last_value = last_x = None
+        for x, value in zip(xs, values):
+            if value is None:
+                continue
+            if type(value) is not float:
+                value = as_float(value)
+                if value is None:
+                    continue
+            index = x // width if x > 0 else 0
+            if index < first:
+                first = index
+            if index > last:
+                last = index
+            last_value, last_x = value, x
+            if value - value != 0.0:  # NaN or infinite
+                nonfinite += 1
+                bad[index] = True
+                continue
+            added += 1
+            count[index] += 1
+            total[index] += value
+            if value < low[index]:
+                low[index] = value
+            if value > high[index]:
+                high[index] = value
+        if last_x is None:
+            return
+        self.count += added
+        self.nonfinite += nonfinite
+        self.last, self.last_x = last_value, max(0, last_x)
+        self.max_x = max(self.max_x, max(xs))
+        self.first_bin = first if self.first_bin is None else min(first, self.first_bin)
+        self.last_bin = max(last, self.last_bin)
+        if added:
+            self.low = min(self.low, min(low[first:last + 1]))
+            self.high = max(self.high, max(high[first:last + 1]))
 
     def _halve(self) -> None:
         """Merge bins pairwise: half the resolution, twice the span, same memory."""

@@ -5,7 +5,8 @@ False, which shows the pixels the way a trainer that ignores EXIF sees them) and
 to the widget's pixel size in a thread worker, so the UI never waits on a decode. The
 picture is drawn with textual-image: Kitty graphics or Sixel where the terminal has them,
 coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal.
-`app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode".
+`app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode",
+or "none" for the text line only.
 A one-line label under the picture names the file, its pixel size and bytes; when no
 picture can be drawn (undecodable file, textual-image missing) that text is all there is.
 
@@ -41,7 +42,7 @@ MAX_DECODE_PIXELS = 1600
 DEFAULT_DECODE_PIXELS = 1024
 CACHE_SIZE = 12
 
-PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode")
+PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 
 
 def image_widget_class(protocol: str | None):
@@ -49,6 +50,8 @@ def image_widget_class(protocol: str | None):
     if _image_widgets is None:
         return None
     name = (protocol or "auto").lower()
+    if name == "none":
+        return None  # the user asked for text only
     classes = {
         "auto": _image_widgets.Image,
         "kitty": _image_widgets.TGPImage,

@@ -1,0 +1,129 @@
+"""Health-scan speed: our scan (cold and warm cache) against a single-process Pillow decode.
+
+    /work/venv/bin/python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER]
+                                              [--workers N] [--keep]
+
+1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, edges and mild noise,
+   about 100 KB each at 1024x768) into a temporary folder, or uses --dir as it is.
+2. Times a plain single-process Pillow full decode of every file (`open` + `load`):
+   what a one-thread checker that only asks "does it decode?" costs.
+3. Times `engine.health.scan` with no cache (strict libjpeg decode, pixel hash,
+   perceptual hash, sharpness, over every core), then again with the cache it wrote.
+Prints a table of seconds and images per second. Not a test: numbers to read.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def photo(seed: int, size: tuple[int, int]):
+    """A picture that compresses like a photo: smooth fields, a few hard edges, grain."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    image = coarse.resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        radius = int(rng.integers(height // 20, height // 4))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    grain = rng.normal(0, 3, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
+
+
+def _write_some(args: tuple[Path, range, tuple[int, int]]) -> None:
+    folder, seeds, size = args
+    for seed in seeds:
+        path = folder / f"{seed:06d}.jpg"
+        photo(seed, size).save(path, quality=90)
+        path.with_suffix(".txt").write_text("a photo", encoding="utf-8")
+
+
+def generate(folder: Path, count: int, size: tuple[int, int]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    workers = os.cpu_count() or 1
+    step = max(1, count // (workers * 4))
+    parts = [(folder, range(start, min(start + step, count)), size) for start in range(0, count, step)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_some, parts))
+
+
+def pillow_decode(paths: list[Path]) -> float:
+    from PIL import Image
+
+    started = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+    return time.perf_counter() - started
+
+
+def timed_scan(target, workers: int | None) -> tuple[float, int]:
+    from engine.health import scan
+
+    started = time.perf_counter()
+    report = scan(target, workers=workers)
+    return time.perf_counter() - started, len(report.findings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of generated images")
+    parser.add_argument("--dir", type=Path, help="scan this folder instead of generating one")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated folder")
+    args = parser.parse_args()
+
+    from engine.health import target_for
+    from engine.health_checks import CANDIDATE_EXTENSIONS
+
+    temporary = None
+    if args.dir:
+        folder = args.dir.resolve()
+    else:
+        temporary = Path(tempfile.mkdtemp(prefix="loradeck-scan-bench-"))
+        folder = temporary / "pictures"
+        width, height = (int(side) for side in args.size.lower().split("x"))
+        started = time.perf_counter()
+        generate(folder, args.count, (width, height))
+        print(f"generated {args.count} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
+    try:
+        target = target_for(folder)
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CANDIDATE_EXTENSIONS
+                       and "_quarantine" not in p.parts)
+        megabytes = sum(p.stat().st_size for p in paths) / 1e6
+        target.cache_path.unlink(missing_ok=True)
+        pillow = pillow_decode(paths)
+        cold, findings = timed_scan(target, args.workers)
+        warm, _ = timed_scan(target, args.workers)
+        count = len(paths)
+        print(f"\n{count} images, {megabytes:.0f} MB, {os.cpu_count()} cores, "
+              f"{args.workers or os.cpu_count()} scan workers, {findings} findings\n")
+        print(f"{'':38}{'seconds':>10}{'images/s':>12}{'vs Pillow':>11}")
+        for label, seconds in (("Pillow full decode, one process", pillow),
+                               ("loradeck scan, cold (no cache)", cold),
+                               ("loradeck scan, warm (cache)", warm)):
+            print(f"{label:38}{seconds:>10.2f}{count / seconds:>12.0f}{pillow / seconds:>10.1f}x")
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary:
+            print(f"\nkept {folder}")
+
+
+if __name__ == "__main__":  # worker processes import this file; they must not run it
+    main()

@@ -1,0 +1,36 @@
+"""`loradeck stop|save-now|sample-now RUN_DIR`: requests to a running engine.
+
+The engine handles a request at its next step boundary: stop finishes the step, saves the
+LoRA and state and exits; save-now saves them and goes on; sample-now renders samples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import LoradeckError
+
+ACTIONS = {"stop": "stop", "save-now": "save", "sample-now": "sample"}
+HELP = {
+    "stop": "Stop a run gracefully: finish the step, save the LoRA and state, exit.",
+    "save-now": "Ask a running engine to save the LoRA and its state now.",
+    "sample-now": "Ask a running engine to render its sample prompts now.",
+}
+
+
+def add_arguments(parser, command_name: str) -> None:
+    parser.add_argument("run_dir", type=Path, help="the run folder (runs/<name>)")
+    parser.set_defaults(_action=ACTIONS[command_name])
+
+
+def run(args) -> int:
+    from engine.rundir import RunDir
+
+    run_dir = RunDir(args.run_dir.expanduser().resolve())
+    if not run_dir.is_run():
+        raise LoradeckError(f"{run_dir.path}: not a run folder")
+    if not run_dir.engine_alive():
+        # a request left for a dead engine would fire when the run is next resumed
+        raise LoradeckError(f"{run_dir.path}: no engine is running for this run")
+    run_dir.request(args._action)
+    print(f"{args._action} requested; the engine handles it at its next step ({run_dir.path})")
+    return 0

@@ -1,0 +1,30 @@
+"""`loradeck train CONFIG [--detach] [--resume RUN_DIR]`: train a LoRA; prints the run folder last."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import UsageError
+
+HELP = "Train a LoRA from a config; prints the run folder as its last line."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", nargs="?", type=Path,
+                        help="training config (TOML); with --resume, optional new settings for the run")
+    parser.add_argument("--detach", action="store_true",
+                        help="return at once; the engine keeps running in its own session")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue a stopped or crashed run from its last saved state")
+
+
+def run(args) -> int:
+    from engine.launch import start_training
+
+    if args.config is None and args.resume is None:
+        raise UsageError("give a CONFIG to start a run, or --resume RUN_DIR")
+    run_dir = start_training(args.config, detach=args.detach, resume=args.resume)
+    if args.detach:
+        print(f"training in the background; follow it with `loradeck attach {run_dir}` or stop it with "
+              f"`loradeck stop {run_dir}`")
+    print(run_dir)
+    return 0

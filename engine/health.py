@@ -1,0 +1,262 @@
+"""Dataset health: find every image that would break or quietly spoil a training run.
+
+    report = scan(target_for(Path("ws/img")), progress=print)
+    report.findings  -> [Finding(path="10_cat/a.jpg", code="corrupt", severity="error", ...)]
+
+Each image is decoded once, in worker processes on every core (engine.health_checks);
+what a decode tells is cached by path, size and mtime (engine.health_cache), so
+scanning an unchanged dataset again only lists files and compares numbers. The
+dataset-wide comparisons (duplicates, blur, captions, folders) are redone each time
+from the facts (engine.health_findings). Fixes live in engine.exif_fix and
+engine.quarantine. Light module: no torch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.config import TrainConfig, load_config, parse_resolution
+from engine.dataset import QUARANTINE_DIR, parse_folder_name, read_caption
+from engine.errors import LoradeckError
+from engine.health_cache import load_cache, save_cache
+from engine.health_checks import CANDIDATE_EXTENSIONS, MAX_PIXELS, ImageFacts, inspect_files
+from engine.workspace import CONFIG_NAME, Workspace
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    severity: str
+    title: str
+
+
+# Every finding code, in the order reports list them.
+CHECKS: dict[str, Check] = {check.code: check for check in (
+    Check("corrupt", ERROR, "Corrupt or truncated"),
+    Check("unreadable", ERROR, "Not a usable image"),
+    Check("too_large", ERROR, "Too large to decode"),
+    Check("bad_folder_name", ERROR, "Folder without <repeats>_"),
+    Check("exif_rotated", WARNING, "EXIF-rotated"),
+    Check("low_resolution", WARNING, "Low resolution"),
+    Check("duplicate", WARNING, "Duplicate"),
+    Check("animated", WARNING, "Animated"),
+    Check("missing_caption", WARNING, "Missing caption"),
+    Check("empty_caption", WARNING, "Empty caption"),
+    Check("near_duplicate", INFO, "Near-duplicate"),
+    Check("blurry", INFO, "Blurry"),
+    Check("color_mode", INFO, "Unusual colour mode"),
+    Check("alpha", INFO, "Transparency"),
+    Check("orphan_caption", INFO, "Caption without image"),
+)}
+CODE_ORDER = {code: index for index, code in enumerate(CHECKS)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str  # relative to the scanned root, with forward slashes
+    code: str
+    severity: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"path": self.path, "code": self.code, "severity": self.severity, "message": self.message}
+
+
+def finding(path: str, code: str, message: str) -> Finding:
+    return Finding(path, code, CHECKS[code].severity, message)
+
+
+@dataclass
+class ScanReport:
+    root: Path
+    images: int
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.findings:
+            counts[item.code] = counts.get(item.code, 0) + 1
+        return {code: counts[code] for code in CHECKS if code in counts}
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [item for item in self.findings if item.severity == ERROR]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "images": self.images,
+            "findings": [item.as_json() for item in self.findings],
+            "summary": self.summary,
+        }
+
+
+class ScanCancelled(Exception):
+    """The caller's `should_stop` asked the scan to stop; what was decoded is cached."""
+
+
+# ---- what to scan, with which rules
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    resolution: tuple[int, int] = (512, 512)
+    enable_buckets: bool = True
+    min_bucket_side: int = 256
+    caption_extension: str = ".txt"
+    kohya_layout: bool = True  # subfolders must be named <repeats>_<class tokens>
+    max_pixels: int = MAX_PIXELS
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, *, kohya_layout: bool) -> "ScanSettings":
+        data = config.dataset
+        try:
+            resolution = parse_resolution(data.resolution)
+        except ValueError:
+            resolution = parse_resolution(TrainConfig().dataset.resolution)
+        return cls(
+            resolution=resolution,
+            enable_buckets=data.enable_buckets,
+            min_bucket_side=data.min_bucket_resolution,
+            caption_extension=config.captions.caption_extension,
+            kohya_layout=kohya_layout,
+        )
+
+
+@dataclass(frozen=True)
+class ScanTarget:
+    root: Path  # the image folder
+    settings: ScanSettings
+    cache_path: Path
+    workspace: Workspace | None = None
+    config_problem: str = ""  # why the workspace config was not used (defaults were)
+
+
+def target_for_workspace(workspace: Workspace) -> ScanTarget:
+    config, problem = TrainConfig(), ""
+    if workspace.config_path.exists():
+        # A broken config is the config screen's business; the images can still be checked.
+        try:
+            config = load_config(workspace.config_path)
+        except LoradeckError as error:
+            problem = f"{error}; checking with the default dataset settings"
+    return ScanTarget(
+        root=workspace.image_dir,
+        settings=ScanSettings.from_config(config, kohya_layout=True),
+        cache_path=workspace.state_dir / "health-cache.json",
+        workspace=workspace,
+        config_problem=problem,
+    )
+
+
+def target_for(path: str | os.PathLike) -> ScanTarget:
+    """DIR of `loradeck scan DIR`: a workspace, a workspace's image folder, or any folder."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise LoradeckError(f"{path}: not a folder")
+    if (path / CONFIG_NAME).exists() or (path / "img").is_dir():
+        return target_for_workspace(Workspace(path))
+    parent = Workspace(path.parent)
+    if parent.exists() and parent.image_dir == path:
+        return target_for_workspace(parent)
+    # A bare folder follows the Kohya layout when it is called img or any subfolder
+    # already has the <repeats>_ prefix; otherwise its subfolders are just folders.
+    kohya = path.name == "img" or any(
+        entry.is_dir() and parse_folder_name(entry.name) is not None for entry in os.scandir(path)
+    )
+    return ScanTarget(
+        root=path,
+        settings=ScanSettings.from_config(TrainConfig(), kohya_layout=kohya),
+        cache_path=path / ".loradeck-scan-cache",
+    )
+
+
+# ---- the files
+
+
+@dataclass
+class DatasetFiles:
+    images: list[str] = field(default_factory=list)  # relative paths, sorted
+    captions: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # direct subfolders of the root
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+
+
+def list_files(root: Path, caption_extension: str) -> DatasetFiles:
+    """Every image and caption under root; hidden folders and _quarantine/ are skipped."""
+    files = DatasetFiles()
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda item: item.name):
+                relative = prefix + entry.name
+                if entry.is_dir(follow_symlinks=True):
+                    if entry.name.startswith(".") or (not prefix and entry.name == QUARANTINE_DIR):
+                        continue
+                    if not prefix:
+                        files.folders.append(entry.name)
+                    walk(entry.path, relative + "/")
+                elif entry.name.lower().endswith(CANDIDATE_EXTENSIONS):
+                    stat = entry.stat()
+                    files.images.append(relative)
+                    files.stats[relative] = (stat.st_size, stat.st_mtime_ns)
+                elif entry.name.endswith(caption_extension):
+                    files.captions.append(relative)
+
+    walk(str(root), "")
+    return files
+
+
+# ---- the scan
+
+
+def scan(
+    target: ScanTarget,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScanReport:
+    """Check every image under target.root. `progress(done, total)` is called as files finish."""
+    from engine.health_findings import dataset_findings  # it builds on the types above
+
+    root, settings = target.root, target.settings
+    if not root.is_dir():
+        raise LoradeckError(f"{root}: image folder does not exist")
+    files = list_files(root, settings.caption_extension)
+    cached = load_cache(target.cache_path, root, settings.max_pixels)
+    facts: dict[str, ImageFacts] = {}
+    todo: list[str] = []
+    for relative in files.images:
+        entry = cached.get(relative)
+        if entry is not None and entry[0] == files.stats[relative]:
+            facts[relative] = entry[1]
+        else:
+            todo.append(relative)
+    total = len(files.images)
+    report = progress or (lambda done, count: None)
+    report(len(facts), total)
+    relative_of = {str(root / relative): relative for relative in todo}
+
+    def on_result(path: str, result: ImageFacts) -> None:
+        facts[relative_of[path]] = result
+        report(len(facts), total)
+
+    finished = inspect_files(
+        list(relative_of), on_result, max_pixels=settings.max_pixels, workers=workers,
+        should_stop=should_stop or (lambda: False),
+    )
+    if todo or len(cached) != len(facts):
+        # Saved even when stopped early: the files decoded so far need no second decode.
+        save_cache(target.cache_path, root, settings.max_pixels,
+                   {relative: (files.stats[relative], facts[relative]) for relative in facts})
+    if not finished:
+        raise ScanCancelled()
+    captions = {relative: read_caption(root / relative) for relative in files.captions}
+    return ScanReport(root, total, dataset_findings(files, facts, captions, settings))

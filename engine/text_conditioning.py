@@ -1,0 +1,128 @@
+"""Captions to CLIP token ids, and token ids to the U-Net's conditioning, as sd-scripts does.
+
+* Long captions (`max_token_length` 150 or 225) are cut into 75-token windows, each
+  wrapped in <BOS> ... <EOS> and encoded separately; the windows' states are joined with
+  one <BOS> state in front and one <EOS> state at the end (sd-scripts' SD1.x rule).
+* Clip skip N (1 = last layer) takes CLIP's Nth-from-last hidden state through the final
+  layer norm, as sd-scripts and AUTOMATIC1111 do.
+* Weighted captions read A1111's emphasis, `(tag:1.3)`, `(tag)` = 1.1, `[tag]` = 1/1.1,
+  scale each token's state by its weight and restore the mean (sd-scripts' rule).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+WINDOW = 75  # caption tokens per CLIP pass (77 with <BOS> and <EOS>)
+
+_ATTENTION = re.compile(
+    r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:",
+)
+
+
+def parse_emphasis(text: str) -> list[tuple[str, float]]:
+    """A1111's prompt-attention parser: `a (b:1.5) [c]` -> [("a ", 1), ("b", 1.5), (" ", 1), ("c", 0.909)]."""
+    result: list[list] = []
+    round_brackets: list[int] = []
+    square_brackets: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for item in result[start:]:
+            item[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\"):
+            result.append([token[1:], 1.0])
+        elif token == "(":
+            round_brackets.append(len(result))
+        elif token == "[":
+            square_brackets.append(len(result))
+        elif weight is not None and round_brackets:
+            multiply(round_brackets.pop(), float(weight))
+        elif token == ")" and round_brackets:
+            multiply(round_brackets.pop(), 1.1)
+        elif token == "]" and square_brackets:
+            multiply(square_brackets.pop(), 1 / 1.1)
+        else:
+            result.append([token, 1.0])
+    for start in round_brackets:
+        multiply(start, 1.1)
+    for start in square_brackets:
+        multiply(start, 1 / 1.1)
+    merged: list[list] = []
+    for text_part, weight in result:
+        if merged and merged[-1][1] == weight:
+            merged[-1][0] += text_part
+        else:
+            merged.append([text_part, weight])
+    return [(part, weight) for part, weight in merged if part] or [("", 1.0)]
+
+
+def _windows(body: list[int], weights: list[float], tokenizer, max_token_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Body tokens (no specials) padded to `max_token_length`, cut into <BOS> w <EOS> windows."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    body, weights = body[:max_token_length], weights[:max_token_length]
+    # SD1.x's tokenizer pads with <EOS>; the first padding position is the real <EOS>
+    full = body + [eos] + [pad] * (max_token_length - len(body))
+    weights = weights + [1.0] * (max_token_length + 1 - len(weights))
+    id_windows, weight_windows = [], []
+    for start in range(0, max_token_length, WINDOW):
+        # every window ends like the whole padded sequence does (sd-scripts' rule)
+        ids = [bos] + full[start : start + WINDOW] + [full[-1]]
+        if pad != eos:  # SD2's tokenizer pads with "!": each window must still end in <EOS>
+            if ids[-2] not in (eos, pad):
+                ids[-1] = eos
+            if ids[1] == pad:
+                ids[1] = eos
+        id_windows.append(ids)
+        weight_windows.append([1.0] + weights[start : start + WINDOW] + [1.0])
+    return torch.tensor(id_windows, dtype=torch.long), torch.tensor(weight_windows, dtype=torch.float32)
+
+
+def tokenize_caption(tokenizer, caption: str, max_token_length: int = WINDOW, weighted: bool = False):
+    """(input_ids, weights), each (windows, 77); weights are all 1 unless `weighted`."""
+    parts = parse_emphasis(caption) if weighted else [(caption, 1.0)]
+    body: list[int] = []
+    weights: list[float] = []
+    for text, weight in parts:
+        ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+        body += ids
+        weights += [weight] * len(ids)
+    return _windows(body, weights, tokenizer, max_token_length)
+
+
+def _final_layer_norm(text_encoder):
+    norm = getattr(text_encoder, "final_layer_norm", None)
+    if norm is None:  # transformers 4.x keeps it one level down
+        norm = text_encoder.text_model.final_layer_norm
+    return norm
+
+
+def encode_tokens(
+    text_encoder, input_ids: torch.Tensor, *, clip_skip: int = 1, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """U-Net conditioning for (batch, windows, 77) token ids: (batch, 77 or 2 + 75 × windows, width)."""
+    batch, windows, length = input_ids.shape
+    flat = input_ids.reshape(batch * windows, length)
+    if clip_skip <= 1:
+        states = text_encoder(flat)[0]
+    else:
+        hidden = text_encoder(flat, output_hidden_states=True).hidden_states[-clip_skip]
+        states = _final_layer_norm(text_encoder)(hidden)
+    states = states.reshape(batch, windows * length, states.shape[-1])
+    if weights is not None and not torch.all(weights == 1):
+        weights = weights.reshape(batch, windows * length, 1).to(states)
+        previous_mean = states.float().mean(dim=(1, 2), keepdim=True)
+        states = states * weights
+        states = states * (previous_mean / states.float().mean(dim=(1, 2), keepdim=True)).to(states)
+    if windows == 1:
+        return states
+    pieces = [states[:, :1]]  # <BOS>
+    for window in range(windows):
+        start = window * length + 1
+        pieces.append(states[:, start : start + WINDOW])
+    pieces.append(states[:, -1:])  # <EOS>
+    return torch.cat(pieces, dim=1)

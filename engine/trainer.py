@@ -1,0 +1,552 @@
+"""The training loop: a prepared run folder in, LoRA checkpoints and an event stream out.
+
+    train(run_dir, resume=False) -> exit status
+
+The run folder holds the frozen config (absolute paths); everything the run does is
+written beside it (engine.rundir's layout): events.jsonl, checkpoints/, state/, samples/,
+tb/. Under `accelerate launch` every process trains its share of the batches and only
+the main process writes files.
+
+Reading order: `train` (errors become events), `_train` (setup, then the loop), the step
+itself in `diffusion_loss`/`loss_from_noise`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoints import Checkpointer, lora_file_name
+from engine.config import TrainConfig, config_to_dict, load_config
+from engine.errors import LoradeckError
+from engine.events import CONTROL, ERROR, RUN_END, RUN_START, WARNING, EventWriter
+from engine.lora_metadata import training_metadata
+from engine.lora_network import LoraNetwork
+from engine.model_loading import BaseModel, load_base_model
+from engine.optimizers import make_lr_scheduler, make_optimizer, scheduler_name
+from engine.rundir import CONTROL_REQUESTS, RunDir
+from engine.text_conditioning import encode_tokens
+from engine.train_data import (
+    EpochBatchSampler,
+    ExampleRules,
+    LatentCache,
+    TrainingImages,
+    check_images,
+    encode_pixels,
+    make_loader,
+)
+from engine.train_log import NonFiniteLoss, StepLog
+from engine.train_state import load_state, restore_rng
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved with every state, restored by --resume."""
+
+    step: int = 0  # optimizer steps done (global, never restarts)
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # this process's micro-batches done in the epoch in progress
+    started_at: float = field(default_factory=time.time)
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class _NoEvents:
+    """What processes other than the main one write: nothing."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM ask for a graceful stop at the next step boundary; a second one aborts."""
+
+    def __init__(self):
+        self.triggered = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "_StopSignal":
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread: the caller handles stopping
+                pass
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.triggered:
+            raise KeyboardInterrupt
+        self.triggered = True
+
+    def uninstall(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def train(run_dir: str | Path, *, resume: bool = False) -> int:
+    """Train the run in `run_dir` (config.toml inside); returns the process exit status."""
+    run = RunDir(run_dir)
+    try:
+        config = load_config(run.config)
+        accelerator = make_accelerator(config)
+    except LoradeckError as error:
+        with EventWriter(run.path) as events:
+            _fail(events, Progress(), str(error), "")
+        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
+        return error.exit_status
+    main = accelerator.is_main_process
+    events = EventWriter(run.path) if main else _NoEvents()
+    stop_signal = _StopSignal().install()
+    progress = Progress()
+    if main:
+        run.create()
+        run.write_pid()
+        if resume:
+            for action in CONTROL_REQUESTS:
+                run.clear_request(action)  # meant for the engine that is gone, not for this one
+    try:
+        return _train(run, config, accelerator, events, stop_signal, progress, resume)
+    except LoradeckError as error:
+        _fail(events, progress, str(error), "")
+        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
+        return error.exit_status
+    except NonFiniteLoss as error:
+        message = (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
+                   f"instead of fp16; the last good checkpoint is in {run.checkpoints}")
+        _fail(events, progress, message, "")
+        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        _fail(events, progress, "interrupted twice: stopped without saving", "")
+        return 130
+    except Exception as error:
+        _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
+        traceback.print_exc()
+        return 1
+    finally:
+        stop_signal.uninstall()
+        events.close()
+        if main:
+            run.clear_pid()
+
+
+def _fail(events, progress: Progress, message: str, trace: str) -> None:
+    events.emit(ERROR, message=message, traceback=trace)
+    events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.epoch, message=message)
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cuda = torch.cuda.is_available()
+    precision = config.precision.mixed_precision if cuda else "no"  # the CPU trains in fp32
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise LoradeckError("precision.mixed_precision: this GPU has no bf16; use fp16")
+    # a text encoder frozen mid-run leaves DDP with parameters that get no gradient
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.training.stop_text_encoder_training else []
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.training.gradient_accumulation_steps,
+        cpu=not cuda,
+        kwargs_handlers=handlers,
+    )
+
+
+def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _StopSignal,
+           progress: Progress, resume: bool) -> int:
+    from accelerate.data_loader import prepare_data_loader
+    from accelerate.utils import set_seed
+
+    main = accelerator.is_main_process
+    log = (lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)) if main else (lambda text: None)
+    base_dir = run.path  # the frozen config's paths are absolute; anything relative is the run's
+    device = accelerator.device
+    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
+    seed = config.training.seed
+    set_seed(seed)
+
+    # ---- dataset: refuse to start on images that cannot be read, not hours in
+    from engine.dataset import scan_dataset
+    from engine.plan import make_plan
+
+    dataset = scan_dataset(config, base_dir)
+    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items])
+    if unreadable:
+        listed = "; ".join(message for _, message in unreadable)
+        raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
+    instances = dataset.training_instances()
+    if not instances:
+        raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
+    plan = make_plan(config, base_dir, dataset)
+    sampler = EpochBatchSampler(instances, config.training.batch_size, seed, accelerator.num_processes,
+                                accelerator.process_index)
+    batches_per_epoch = sampler.full_length()
+    steps_per_epoch = math.ceil(batches_per_epoch / config.training.gradient_accumulation_steps)
+    if config.training.max_steps:
+        total_steps = config.training.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs = config.training.epochs
+        total_steps = epochs * steps_per_epoch
+
+    saved = load_state(run.state) if resume else None
+    if resume and saved is None:
+        raise LoradeckError(f"{run.path}: nothing to resume, {run.state} holds no saved state")
+    if saved is not None:
+        for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
+            setattr(progress, name, saved.progress[name])
+    plan_json = {**plan.as_json(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "epochs": epochs}
+    events.emit(
+        RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan_json, start_step=progress.step,
+        start_epoch=progress.epoch, resumed=resume, device=str(device), precision=accelerator.mixed_precision,
+        pid=os.getpid(),
+    )
+    log(f"{plan.images} images, {len(instances)} instances per epoch in {len(plan.buckets)} buckets; "
+        f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
+        f"{accelerator.num_processes} processes; {steps_per_epoch} steps per epoch, {total_steps} steps in "
+        f"{epochs} epochs; {device}, {accelerator.mixed_precision}")
+
+    # ---- base model and LoRA
+    model = load_base_model(config, base_dir, device=device, dtype=weight_dtype)
+    unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
+    train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
+    network = LoraNetwork.attach(
+        model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
+        train_unet=config.network.train_unet, train_text_encoder=train_text_encoder,
+    )
+    _apply_memory_settings(model, config, device, train_text_encoder)
+    optimizer = make_optimizer(config, network.param_groups(unet_lr, text_encoder_lr), device)
+    lr_scheduler = make_lr_scheduler(config, optimizer, total_steps)
+
+    step_log = StepLog(
+        events, steps_per_epoch=steps_per_epoch, log=log,
+        images_per_step=config.training.batch_size * config.training.gradient_accumulation_steps * accelerator.num_processes,
+        tensorboard_dir=run.tensorboard if (main and config.logging.tensorboard) else None,
+    )
+    metadata = lambda epoch, step: training_metadata(  # noqa: E731 - read at each save
+        config, plan, dataset, model_name=model.name, session_id=progress.session_id,
+        started_at=progress.started_at, epoch=epoch, step=step, optimizer_name=config.optimizer.optimizer,
+        scheduler_name=scheduler_name(config), num_processes=accelerator.num_processes,
+    )
+    checkpointer = Checkpointer(run, config, events, network, metadata, log)
+
+    # ---- resume: weights, optimizer, schedule, RNG and counters as they were saved
+    if saved is not None:
+        try:
+            network.load_state_dict(saved.lora)
+            optimizer.load_state_dict(saved.optimizer)
+            lr_scheduler.load_state_dict(saved.lr_scheduler)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise LoradeckError(f"{saved.folder}: the saved state does not fit this config ({error})") from None
+        restore_rng(saved.rng)
+        step_log.load_state_dict(saved.progress.get("step_log", {}))
+        checkpointer.saved = saved.progress.get("checkpoints", [])
+        checkpointer.last_saved_step = progress.step
+        log(f"resuming from {saved.folder.name}: step {progress.step}, epoch {progress.epoch}")
+    stop_text_encoder_at = config.training.stop_text_encoder_training
+    text_encoder_active = train_text_encoder and not (stop_text_encoder_at and progress.step >= stop_text_encoder_at)
+    if train_text_encoder and not text_encoder_active:
+        network.freeze_text_encoder()
+
+    unet = accelerator.prepare(model.unet) if network.has_unet else model.unet
+    text_encoder = accelerator.prepare(model.text_encoder) if train_text_encoder else model.text_encoder
+    optimizer = accelerator.prepare(optimizer)
+    trained_modules = [m for m, on in ((unet, network.has_unet), (text_encoder, train_text_encoder)) if on]
+    unet.train()
+    text_encoder.train(text_encoder_active)
+    model.vae.eval()
+    forward_unet = torch.compile(unet) if config.precision.compile_unet else unet
+
+    # ---- latents: encode every image once when no augmentation changes the pixels
+    latents = None
+    skip: set[Path] = set()
+    if config.latents_cacheable:
+        on_disk = config.precision.cache_latents == "disk"
+        latents = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
+        if main or not on_disk:
+            log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
+            skip = latents.fill(
+                dataset.items, model.vae, batch_size=config.training.batch_size, with_flipped=config.augmentation.flip,
+                on_failure=lambda path, message: events.emit(WARNING, message=message, code="unreadable_image", path=str(path)),
+            )
+        accelerator.wait_for_everyone()
+    images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip)
+    workers = 0 if (latents is not None and latents.folder is None) else config.precision.dataloader_workers
+    # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
+    # accumulation still makes an optimizer step; batches are already sharded per process
+    loader = prepare_data_loader(
+        make_loader(images, sampler, workers=workers, pin_memory=device.type == "cuda"),
+        num_processes=1, process_index=0, put_on_device=False,
+    )
+
+    # ---- samples (engine.sampling), only when prompts are configured
+    training_sampler = _make_sampler(run, config, base_dir, model, events, device, weight_dtype) if main else None
+
+    def sample(epoch: int, step: int) -> int:
+        count = len(training_sampler.sample(epoch, step)) if training_sampler is not None else 0
+        accelerator.wait_for_everyone()
+        step_log.restart_clock()
+        return count
+
+    def save(name: str, *, final: bool = False) -> None:
+        step_log.flush()  # a NaN must surface before its weights are saved
+        if checkpointer.last_saved_step == progress.step and not final:
+            return  # saved at this step already (an epoch save, then a stop request)
+        if main:
+            checkpointer.save(
+                epoch=progress.epoch + (1 if progress.batch_in_epoch else 0),  # mid-epoch: the epoch in progress
+                step=progress.step, name=name, final=final,
+                optimizer=optimizer, lr_scheduler=lr_scheduler,
+                progress={**asdict(progress), "step_log": step_log.state_dict()},
+            )
+        accelerator.wait_for_everyone()
+        step_log.restart_clock()
+
+    if config.sampling.at_start and progress.step == 0:
+        sample(0, 0)
+
+    # ---- the loop
+    generator = torch.Generator(device=device)
+    step_log.restart_clock()
+    warned: set[str] = set()
+    saving = config.saving
+    while progress.epoch < epochs and progress.step < total_steps:
+        epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
+        sampler.resume_at(progress.epoch, progress.batch_in_epoch)
+        loader.set_epoch(progress.epoch)
+        step_loss, micro_batches = None, 0
+        for batch in loader:
+            batch_index = progress.batch_in_epoch
+            progress.batch_in_epoch += 1
+            for path, message in batch["failed"]:
+                if path not in warned:
+                    warned.add(path)
+                    events.emit(WARNING, message=message, code="unreadable_image", path=path)
+            if not batch["count"]:
+                continue
+            with accelerator.accumulate(*trained_modules):
+                # noise and timesteps depend only on (seed, epoch, batch): a resumed run draws the same
+                generator.manual_seed(hash((seed, progress.epoch, batch_index, accelerator.process_index)) & (2**63 - 1))
+                loss = diffusion_loss(
+                    model, forward_unet, text_encoder, batch, config=config, generator=generator,
+                    train_text_encoder=text_encoder_active,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.optimizer.max_grad_norm:
+                    accelerator.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            micro_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- after each optimizer step: log, stop the text encoder, sample, save, obey requests
+            progress.step += 1
+            lr_unet, lr_text_encoder = _learning_rates(optimizer, lr_scheduler, network, text_encoder_active)
+            step_log.add(progress.step, epoch, step_loss / micro_batches, lr_unet, lr_text_encoder)
+            step_loss, micro_batches = None, 0
+            if text_encoder_active and stop_text_encoder_at and progress.step >= stop_text_encoder_at:
+                network.freeze_text_encoder()
+                text_encoder.train(False)
+                text_encoder_active = False
+                log(f"text encoder training stopped at step {progress.step}")
+            if progress.step % config.logging.log_every_n_steps == 0:
+                step_log.flush()
+            last_step = progress.step >= total_steps
+            if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
+                sample(epoch, progress.step)
+            if saving.save_every_n_steps and progress.step % saving.save_every_n_steps == 0 and not last_step:
+                save(lora_file_name(saving.output_name, step=progress.step))
+            if _obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save):
+                return _stopped(loader, events, progress, step_log, log)
+            if last_step:
+                break
+        _release(loader)
+
+        # ---- epoch end (an epoch cut short by max_steps does not count as done)
+        if progress.batch_in_epoch < batches_per_epoch:
+            break
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        step_log.end_epoch(progress.epoch, progress.step)
+        final_epoch = progress.epoch >= epochs or progress.step >= total_steps
+        if saving.save_every_n_epochs and progress.epoch % saving.save_every_n_epochs == 0 and not final_epoch:
+            save(lora_file_name(saving.output_name, epoch=progress.epoch))
+        if config.sampling.every_n_epochs and progress.epoch % config.sampling.every_n_epochs == 0:
+            sample(progress.epoch, progress.step)
+        if not final_epoch and _obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save,
+                                              epoch_end=True):
+            return _stopped(loader, events, progress, step_log, log)
+
+    # ---- the end
+    save(lora_file_name(saving.output_name), final=True)
+    step_log.close()
+    events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.epoch, message="")
+    log(f"finished: {progress.step} steps, {progress.epoch} epochs")
+    return 0
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def diffusion_loss(model: BaseModel, unet, text_encoder, batch: dict[str, Any], *, config: TrainConfig,
+                   generator: torch.Generator, train_text_encoder: bool) -> torch.Tensor:
+    """Noise the batch's latents at random timesteps and score the U-Net's prediction."""
+    device = generator.device
+    if "latents" in batch:
+        latents = batch["latents"].to(device, non_blocking=True)
+    else:
+        latents = encode_pixels(model.vae, batch["pixels"])
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    if config.training.noise_offset:
+        # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
+        # an image's mean brightness, which plain noise almost never asks of it
+        noise = noise + config.training.noise_offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=device
+        )
+    timesteps = torch.randint(
+        0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device
+    )
+    return loss_from_noise(model, unet, text_encoder, latents, batch["input_ids"], batch["token_weights"], noise,
+                           timesteps, config=config, train_text_encoder=train_text_encoder)
+
+
+def loss_from_noise(model: BaseModel, unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor,
+                    token_weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor, *,
+                    config: TrainConfig, train_text_encoder: bool) -> torch.Tensor:
+    """The training loss for given noise and timesteps (tests score a fixed batch with it)."""
+    scheduler = model.noise_scheduler
+    device = latents.device
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    weights = token_weights.to(device) if config.captions.weighted_captions and token_weights is not None else None
+    with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
+        states = encode_tokens(text_encoder, input_ids.to(device), clip_skip=config.model.clip_skip, weights=weights)
+    prediction = unet(noisy_latents, timesteps, states).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    gamma = config.training.min_snr_gamma
+    if gamma:
+        # Min-SNR weighting (Hang et al. 2023, eq. 8): cap each timestep's weight at gamma / SNR
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(scheduler, timesteps)
+        divisor = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+        loss = loss * torch.clamp(snr, max=gamma) / divisor
+    return loss.mean()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _apply_memory_settings(model: BaseModel, config: TrainConfig, device: torch.device, train_text_encoder: bool) -> None:
+    precision = config.precision
+    if precision.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            model.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if precision.attention == "xformers":
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except Exception as error:  # missing package or unsupported GPU: both are the user's to fix
+            raise LoradeckError(f"precision.attention: xformers cannot be used here ({error}); use sdpa") from None
+    if precision.channels_last and device.type == "cuda":
+        model.unet.to(memory_format=torch.channels_last)
+
+
+def _learning_rates(optimizer, lr_scheduler, network: LoraNetwork, text_encoder_active: bool) -> tuple[float, float]:
+    """(U-Net LR, text-encoder LR) as applied; Prodigy's LR is scaled by its estimate d."""
+    rates = {}
+    last = lr_scheduler.get_last_lr()
+    for index, group in enumerate(optimizer.param_groups):
+        rate = last[index] if index < len(last) else group.get("lr") or 0.0
+        rates[group.get("name")] = float(rate or 0.0) * float(group.get("d", 1.0))
+    return rates.get("unet", 0.0), rates.get("text_encoder", 0.0) if text_encoder_active else 0.0
+
+
+def _obey_requests(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _StopSignal,
+                   progress: Progress, sample, save, epoch_end: bool = False) -> bool:
+    """Handle control requests at a step boundary; True when the run must stop now.
+
+    One listdir per step on one GPU; with several processes the decision is broadcast,
+    only at log points so the GPUs do not wait on each other every step.
+    """
+    several = accelerator.num_processes > 1
+    if several and not epoch_end and progress.step % config.logging.log_every_n_steps:
+        return False
+    requests = set(run.pending_requests()) if accelerator.is_main_process else set()
+    if stop_signal.triggered:
+        requests.add("stop")
+    if several:
+        from accelerate.utils import broadcast_object_list
+
+        box = [sorted(requests)]
+        broadcast_object_list(box)
+        requests = set(box[0])
+    if not requests:
+        return False
+    name = lora_file_name(config.saving.output_name, step=progress.step)
+    if "sample" in requests:
+        count = sample(progress.epoch + (0 if epoch_end else 1), progress.step)
+        run.clear_request("sample")
+        outcome = f"{count} sample(s) written" if count else "no sample prompts configured"
+        events.emit(CONTROL, request="sample", outcome=outcome)
+    if "save" in requests:
+        save(name)
+        run.clear_request("save")
+        events.emit(CONTROL, request="save", outcome=f"saved at step {progress.step}")
+    if "stop" in requests:
+        save(name)
+        run.clear_request("stop")
+        events.emit(CONTROL, request="stop", outcome=f"stopped after step {progress.step}")
+        return True
+    return False
+
+
+def _stopped(loader, events, progress: Progress, step_log: StepLog, log) -> int:
+    _release(loader)
+    step_log.close()
+    events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.epoch,
+                message=f"stopped at step {progress.step}; resume with --resume")
+    log(f"stopped at step {progress.step}")
+    return 0
+
+
+def _release(loader) -> None:
+    """Tell accelerate a loader left early is done (it only notices at the end itself)."""
+    if loader in loader.gradient_state.dataloader_references:
+        loader.end()
+
+
+def _make_sampler(run, config, base_dir, model, events, device, dtype):
+    if not (config.sampling.prompts.strip() or config.sampling.prompts_file.strip()):
+        return None
+    try:
+        from engine.sampling import TrainingSampler
+    except ModuleNotFoundError as error:
+        if error.name != "engine.sampling":
+            raise
+        events.emit(WARNING, message="sampling is not available in this build; no samples", code="no_sampling")
+        return None
+    return TrainingSampler(run, config, Path(base_dir), model, events, device, dtype)

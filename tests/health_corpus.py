@@ -1,0 +1,224 @@
+"""A generated dataset holding every case the health check knows, with the codes each
+file must get (and nothing else).
+
+    build_corpus(workspace) -> {path relative to img/: {codes}}
+
+Every picture has its own random content (smooth colour fields plus fine noise), so
+no two are near-duplicates by accident and all are equally sharp unless blurred on
+purpose. Clean images are 576x512, above the default 512x512 training area.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFilter
+
+SIZE = (576, 512)
+SUBJECT = "10_subject"
+ORIENTATION_TAG = 0x0112
+
+
+def picture(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
+    width, height = size
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (max(2, height // 32), max(2, width // 32), 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.integers(-24, 25, (height, width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=options.pop("quality", 90), **options)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def scan_data_start(jpeg: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (just after the SOS header)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+
+
+def garbage_in_scan_data(jpeg: bytes, seed: int = 0) -> bytes:
+    """64 random bytes written over the middle of the entropy-coded data."""
+    middle = (scan_data_start(jpeg) + len(jpeg)) // 2
+    garbage = np.random.default_rng(seed).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    return jpeg[:middle] + garbage + jpeg[middle + 64:]
+
+
+def end_marker_in_middle(jpeg: bytes) -> bytes:
+    middle = (scan_data_start(jpeg) + len(jpeg)) // 2
+    return jpeg[:middle] + b"\xff\xd9" + jpeg[middle:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def handmade_png(width: int, height: int, bit_depth: int, color_type: int, rows: list[bytes] | None) -> bytes:
+    """A PNG written chunk by chunk: for what Pillow cannot write (16-bit RGB, bombs).
+
+    rows=None writes all-zero rows without holding them in memory.
+    """
+    compressor = zlib.compressobj(6)
+    channels = {0: 1, 2: 3, 6: 4}[color_type]
+    row_bytes = (width * channels * bit_depth + 7) // 8
+    parts = []
+    zero_row = b"\x00" * (row_bytes + 1)
+    for index in range(height):
+        parts.append(compressor.compress(zero_row if rows is None else b"\x00" + rows[index]))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"".join(parts))
+            + png_chunk(b"IEND", b""))
+
+
+def exif_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    return exif.tobytes()
+
+
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def build_corpus(workspace: Path) -> dict[str, set[str]]:
+    """Write the corpus under workspace/img and return the expected codes per path."""
+    img = workspace / "img"
+    subject = img / SUBJECT
+    subject.mkdir(parents=True)
+    expected: dict[str, set[str]] = {}
+    seeds = iter(range(1000))
+
+    def put(name: str, data: bytes, codes: set[str], caption: str | None = "a photo, subject") -> Path:
+        path = subject / name
+        path.write_bytes(data)
+        expected[f"{SUBJECT}/{name}"] = codes
+        if caption is not None:
+            path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+        return path
+
+    # -- clean images: no finding at all
+    put("clean_a.jpg", jpeg_bytes(picture(next(seeds)), icc_profile=SRGB_PROFILE), set())
+    put("clean_b.png", png_bytes(picture(next(seeds))), set())
+    buffer = io.BytesIO()
+    picture(next(seeds)).save(buffer, "WEBP", lossless=True)
+    put("clean_c.webp", buffer.getvalue(), set())
+    buffer = io.BytesIO()
+    picture(next(seeds)).save(buffer, "BMP")
+    put("clean_d.bmp", buffer.getvalue(), set())
+    put("clean_e_progressive.jpg", jpeg_bytes(picture(next(seeds)), progressive=True), set())
+    put("clean_f_opaque_rgba.png", png_bytes(picture(next(seeds)).convert("RGBA")), set())
+
+    # -- corrupt: damaged data, two kinds that Pillow decodes without complaint
+    put("corrupt_garbage_in_scan.jpg", garbage_in_scan_data(jpeg_bytes(picture(next(seeds)))), {"corrupt"})
+    put("corrupt_end_marker_in_middle.jpg", end_marker_in_middle(jpeg_bytes(picture(next(seeds)))), {"corrupt"})
+    data = jpeg_bytes(picture(next(seeds)))
+    put("corrupt_truncated.jpg", data[: len(data) * 6 // 10], {"corrupt"})
+    data = png_bytes(picture(next(seeds)))
+    put("corrupt_truncated.png", data[: len(data) * 6 // 10], {"corrupt"})
+    damaged = bytearray(png_bytes(picture(next(seeds))))
+    damaged[len(damaged) // 2] ^= 0xFF  # a flipped byte in the compressed pixels
+    put("corrupt_flipped_byte.png", bytes(damaged), {"corrupt"})
+    put("corrupt_empty.jpg", b"", {"corrupt"})
+    put("corrupt_header.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 2, {"corrupt"})
+    buffer = io.BytesIO()
+    picture(next(seeds)).save(buffer, "WEBP", quality=90)
+    put("corrupt_truncated.webp", buffer.getvalue()[: len(buffer.getvalue()) // 2], {"corrupt"})
+
+    # -- unreadable: not an image, a lying extension, formats the trainer skips
+    put("unreadable_text.jpg", b"this is a note, not a photo\n", {"unreadable"})
+    put("unreadable_png_named.jpg", png_bytes(picture(next(seeds))), {"unreadable"})
+    buffer = io.BytesIO()
+    picture(next(seeds), (64, 64)).save(buffer, "GIF")
+    put("unreadable_format.gif", buffer.getvalue(), {"unreadable"})
+    put("unreadable_format.heic", b"\x00\x00\x00\x18ftypheic" + bytes(64), {"unreadable"})
+
+    # -- too large: 100 MP (above Pillow's warning limit) and 400 MP (above its error limit)
+    put("too_large_100mp.png", handmade_png(10_000, 10_000, 1, 0, None), {"too_large"})
+    put("too_large_400mp.png", handmade_png(20_000, 20_000, 1, 0, None), {"too_large"})
+
+    # -- EXIF orientation: all eight values; 1 is upright and clean
+    for orientation in range(1, 9):
+        image = picture(next(seeds))
+        options = {"exif": exif_with_orientation(orientation)}
+        if orientation == 6:
+            options["icc_profile"] = SRGB_PROFILE
+        codes = set() if orientation == 1 else {"exif_rotated"}
+        put(f"orientation_{orientation}.jpg", jpeg_bytes(image, **options), codes)
+    put("orientation_6.png", png_bytes(picture(next(seeds)), exif=exif_with_orientation(6)), {"exif_rotated"})
+
+    # -- low resolution: too few pixels; a side below the smallest bucket
+    put("low_resolution_small.jpg", jpeg_bytes(picture(next(seeds), (300, 300))), {"low_resolution"})
+    put("low_resolution_thin.png", png_bytes(picture(next(seeds), (480, 200))), {"low_resolution"})
+
+    # -- duplicates: same bytes; same pixels in a different file; a resized recompressed copy
+    original = picture(next(seeds))
+    put("dup_original.png", png_bytes(original), set())
+    put("dup_same_bytes.png", png_bytes(original), {"duplicate"})
+    put("dup_same_pixels.png", png_bytes(original, dpi=(300, 300)), {"duplicate"})
+    near = original.resize((540, 480), Image.Resampling.LANCZOS).resize(SIZE, Image.Resampling.LANCZOS)
+    put("dup_zz_near.jpg", jpeg_bytes(near, quality=70), {"near_duplicate"})
+
+    # -- blurry: unlike every other picture here
+    put("blurry.jpg", jpeg_bytes(picture(next(seeds)).filter(ImageFilter.GaussianBlur(4))), {"blurry"})
+
+    # -- colour modes and transparency
+    put("mode_cmyk.jpg", jpeg_bytes(picture(next(seeds)).convert("CMYK")), {"color_mode"})
+    put("mode_gray.jpg", jpeg_bytes(picture(next(seeds)).convert("L")), {"color_mode"})
+    put("mode_palette.png", png_bytes(picture(next(seeds)).quantize(256)), {"color_mode"})
+    deep = (np.asarray(picture(next(seeds)), dtype=np.uint16) * 257).astype(">u2")
+    put("mode_16bit_rgb.png", handmade_png(SIZE[0], SIZE[1], 16, 2, [row.tobytes() for row in deep]), {"color_mode"})
+    gray16 = np.asarray(picture(next(seeds)).convert("L"), dtype=np.uint16) * 257
+    put("mode_16bit_gray.png", png_bytes(Image.fromarray(gray16)), {"color_mode"})
+    rgba = picture(next(seeds)).convert("RGBA")
+    rgba.paste((0, 0, 0, 0), (0, 0, 200, 200))
+    put("alpha_rgba.png", png_bytes(rgba), {"alpha"})
+    palette = picture(next(seeds)).quantize(255)
+    palette.putpalette(palette.getpalette()[: 255 * 3] + [0, 0, 0])  # entry 255: the transparent one
+    palette.paste(255, (0, 0, 100, 100))
+    put("alpha_palette.png", png_bytes(palette, transparency=255), {"alpha", "color_mode"})
+
+    # -- animated: APNG and animated WebP
+    frames = [picture(next(seeds)) for _ in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+    put("animated.png", buffer.getvalue(), {"animated"})
+    frames = [picture(next(seeds)) for _ in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    put("animated.webp", buffer.getvalue(), {"animated"})
+
+    # -- captions
+    put("caption_missing.jpg", jpeg_bytes(picture(next(seeds))), {"missing_caption"}, caption=None)
+    put("caption_empty.jpg", jpeg_bytes(picture(next(seeds))), {"empty_caption"}, caption="  \n\n")
+    (subject / "caption_orphan.txt").write_text("a caption for nothing", encoding="utf-8")
+    expected[f"{SUBJECT}/caption_orphan.txt"] = {"orphan_caption"}
+
+    # -- a folder without <repeats>_: the folder is the finding, its image is fine
+    misc = img / "misc"
+    misc.mkdir()
+    (misc / "inside.jpg").write_bytes(jpeg_bytes(picture(next(seeds))))
+    (misc / "inside.txt").write_text("a photo", encoding="utf-8")
+    expected["misc"] = {"bad_folder_name"}
+    expected["misc/inside.jpg"] = set()
+    return expected
+
+
+SILENT_JPEG_DAMAGE = ("corrupt_garbage_in_scan.jpg", "corrupt_end_marker_in_middle.jpg")
+
+
+def copy_corpus(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target

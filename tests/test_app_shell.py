@@ -1,0 +1,126 @@
+"""The app shell: screens by key and palette, themes remembered, keys screen, guided start."""
+from __future__ import annotations
+
+import pytest
+
+from engine.config import load_config, save_config, config_from_dict
+from tui.app import SCREENS, make_app
+from tui.themes import load_settings, load_themes
+
+SIZE = (120, 40)
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    root = tmp_path / "ws"
+    (root / "img" / "2_thing").mkdir(parents=True)
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
+    return root
+
+
+def test_shipped_themes_load():
+    themes, problems = load_themes()
+    names = {theme.name for theme in themes}
+    assert {"loradeck-dark", "loradeck-light", "high-contrast", "tmux-256"} <= names
+    assert problems == []
+
+
+async def test_every_screen_is_one_key_away(workspace):
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        for mode, (_module, class_name, key, _title) in SCREENS.items():
+            await pilot.press("escape")
+            app.set_focus(None)
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.current_mode == mode
+            assert type(app.screen).__name__ == class_name
+    # the last screen is remembered for this workspace
+    again = make_app(workspace)
+    assert again.start_screen == "runs"
+
+
+async def test_every_screen_is_in_the_palette(workspace):
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        for title, mode in [("Captions", "captions"), ("Config", "config"), ("Runs", "runs"), ("Health", "health")]:
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*f"go to {title.lower()}")
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            assert app.current_mode == mode, title
+
+
+async def test_theme_switch_is_remembered(workspace, user_config):
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.theme == "loradeck-dark"
+        await pilot.press("ctrl+p")
+        await pilot.press(*"theme: tmux-256")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.theme == "tmux-256"
+    assert load_settings()["theme"] == "tmux-256"
+    again = make_app(workspace, start_screen="health")
+    async with again.run_test(size=SIZE):
+        assert again.theme == "tmux-256"
+
+
+async def test_user_theme_files_are_picked_up(workspace, user_config):
+    themes_dir = user_config / "loradeck" / "themes"
+    themes_dir.mkdir(parents=True)
+    (themes_dir / "mine.toml").write_text('name = "mine"\nprimary = "#ff00ff"\ndark = true\n')
+    (themes_dir / "broken.toml").write_text('name = "broken"\nprimary = 3\nbogus = 1\n')
+    app = make_app(workspace, start_screen="health", theme="mine")
+    async with app.run_test(size=SIZE):
+        assert app.theme == "mine"
+        assert [p.path.name for p in app.theme_problems] == ["broken.toml"]
+
+
+async def test_keys_screen_lists_bindings(workspace):
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_focus(None)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        from textual.widgets import DataTable
+
+        table = app.screen.query_one(DataTable)
+        actions = {str(table.get_row_at(i)[1]) for i in range(table.row_count)}
+        assert {"Health", "Captions", "Config", "Runs", "Quit"} <= actions
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "HealthScreen"
+
+
+async def test_guided_start_writes_a_valid_workspace(tmp_path):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    app = make_app(root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert type(app.screen).__name__ == "WelcomeScreen"
+        images = app.screen.query_one("#welcome-images")
+        images.value = ""
+        await pilot.click("#welcome-images")
+        await pilot.press(*"pictures", "enter")
+        model = app.screen.query_one("#welcome-model")
+        model.value = ""
+        model.focus()
+        await pilot.press(*"/models/v1-5.safetensors")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert type(app.screen).__name__ != "WelcomeScreen"
+    config = load_config(root / "loradeck.toml")
+    assert config.model.pretrained_model == "/models/v1-5.safetensors"
+    assert config.dataset.image_dir == "pictures"
+    assert (root / "pictures").is_dir()
+    assert config.saving.output_name == "fresh-v1"

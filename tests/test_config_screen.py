@@ -1,0 +1,345 @@
+"""Config screen (3): keyboard edits, save/reload, inline problems, Kohya import, presets,
+drafts, naming, and a plan panel that agrees with `loradeck plan`."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Select, TextArea
+
+from tests.datasets import write_caption, write_image
+from engine.config import dumps_config, load_config, replace_setting, save_config
+from engine.events import EventWriter
+from engine.plan import make_plan
+from engine.presets import load_preset
+from tui.app import make_app
+from tui.cli import main as loradeck
+from tui.widgets.config_form import editor_id
+from tui.widgets.plan_panel import PLAN_DELAY_S
+
+SIZE = (120, 40)
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """Two folders with different repeats and aspect ratios, and the general preset."""
+    root = tmp_path / "ws"
+    city = root / "img" / "5_city"
+    write_caption(write_image(city / "a.png", (64, 64)), "city, night")
+    write_image(city / "b.png", (96, 64))
+    write_image(city / "c.png", (64, 96))
+    write_image(root / "img" / "2_arch" / "d.png", (80, 60))
+    write_image(root / "img" / "2_arch" / "e.png", (60, 80))
+    save_config(load_preset("sd15-general"), root / "loradeck.toml")
+    return root
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list[Path]:
+    """A stand-in for engine.launch: records the config it was asked to train."""
+    calls: list[Path] = []
+
+    def start_training(config_path, *, detach=True, resume=None):
+        calls.append(Path(config_path))
+        config = load_config(config_path)
+        run_dir = Path(config_path).parent / config.saving.output_dir / config.saving.output_name
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    module = types.ModuleType("engine.launch")
+    module.start_training = start_training
+    monkeypatch.setitem(sys.modules, "engine.launch", module)
+    return calls
+
+
+# ---- helpers
+
+
+async def settle(pilot) -> None:
+    """Let the debounced plan and every worker finish."""
+    await pilot.pause(PLAN_DELAY_S + 0.1)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def jump(pilot, query: str, key: str) -> None:
+    """`/`, type part of a setting's name, enter: the setting's editor has focus."""
+    await pilot.press("escape")
+    await pilot.press("slash")
+    await pilot.pause()
+    await pilot.press(*query)
+    await pilot.pause(0.4)
+    await pilot.press("enter")
+    await pilot.pause()
+    assert pilot.app.focused is editor(pilot.app, key), f"{query!r} did not reach {key}"
+
+
+async def type_into(pilot, query: str, key: str, text: str) -> None:
+    await jump(pilot, query, key)
+    await pilot.press("end", "ctrl+u", *text)
+    await pilot.pause()
+
+
+def editor(app, key: str):
+    return app.screen.query_one(f"#{editor_id(key)}")
+
+
+def row_message(app, key: str) -> str:
+    return str(app.screen.form.rows[key].query_one(".setting-message").visual)
+
+
+def notifications(app) -> str:
+    return "\n".join(f"{n.title}: {n.message}" for n in app._notifications)
+
+
+# ---- tests
+
+
+async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
+    path = workspace / "loradeck.toml"
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_into(pilot, "rank", "network.rank", "48")
+        await type_into(pilot, "alpha", "network.alpha", "24")
+        await type_into(pilot, "resolution", "dataset.resolution", "640,512")
+        await jump(pilot, "optimizer", "optimizer.optimizer")
+        await pilot.press("enter", "down", "down", "enter")  # AdamW -> AdamW8bit -> Adafactor
+        await jump(pilot, "flip", "augmentation.flip")
+        await pilot.press("space")
+        await jump(pilot, "sample prompts", "sampling.prompts")
+        await pilot.press(*"a city at night")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        shown = app.screen.state.config
+        assert not app.screen.state.dirty
+    config = load_config(path)
+    assert config.network.rank == 48 and config.network.alpha == 24.0
+    assert config.dataset.resolution == "640,512"
+    assert config.optimizer.optimizer == "Adafactor"
+    assert config.augmentation.flip is True
+    assert config.sampling.prompts == "a city at night"
+    saved = path.read_text()
+    assert saved == dumps_config(config)
+
+    again = make_app(workspace, start_screen="config")
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert again.screen.state.config == shown and not again.screen.state.dirty
+        assert editor(again, "network.rank").value == "48"
+        assert editor(again, "optimizer.optimizer").value == "Adafactor"
+        assert editor(again, "sampling.prompts").text == "a city at night"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert path.read_text() == saved
+
+
+async def test_invalid_values_are_flagged_inline_and_block_start(workspace, launches):
+    path = workspace / "loradeck.toml"
+    before = path.read_text()
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_into(pilot, "alpha", "network.alpha", "64")
+        await type_into(pilot, "epochs", "training.epochs", "ten")
+        form = app.screen.form
+        assert form.rows["network.alpha"].has_class("-invalid")
+        assert "alpha 64 is above rank 32" in row_message(app, "network.alpha")
+        assert "'ten' is not a whole number" in row_message(app, "training.epochs")
+        # the focused setting's help panel names the reason too
+        assert "not a whole number" in str(app.screen.query_one("#setting-help").visual)
+
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert launches == []
+        assert "Cannot start training" in notifications(app)
+        assert "alpha 64 is above rank 32" in notifications(app)
+        assert app.focused is editor(app, "network.alpha")  # taken to the first problem
+        assert "cannot train: network.alpha" in str(app.screen.query_one("#config-status").visual)
+
+        await pilot.press("ctrl+s")  # an invalid config is not saved either
+        await pilot.pause()
+        assert path.read_text() == before
+
+        await type_into(pilot, "alpha", "network.alpha", "16")
+        await type_into(pilot, "epochs", "training.epochs", "3")
+        assert not form.rows["network.alpha"].has_class("-invalid")
+        assert row_message(app, "training.epochs") == ""
+
+
+async def test_kohya_json_import_fills_the_form(workspace):
+    kohya = {
+        "LoRA_type": "Standard",
+        "pretrained_model_name_or_path": "/models/v1-5-pruned-emaonly.safetensors",
+        "train_data_dir": str(workspace / "img"),
+        "network_dim": "64.0",
+        "network_alpha": "56.0",
+        "optimizer": "Adafactor",
+        "optimizer_args": "scale_parameter=False relative_step=False warmup_init=False",
+        "learning_rate": "0.0001",
+        "max_resolution": "512,650",
+        "train_batch_size": 2,
+        "epoch": "4",
+        "output_name": "city-v2",
+        "xformers": "xformers",
+        "mixed_precision": "bf16",
+        "logging_dir": "/home/me/log",
+    }
+    (workspace / "kohya.json").write_text(json.dumps(kohya))
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("end", "up", "enter")  # "Import a Kohya GUI JSON config…"
+        await pilot.pause()
+        await pilot.press(*"kohya.json", "enter")
+        await settle(pilot)
+        assert editor(app, "model.pretrained_model").value == "/models/v1-5-pruned-emaonly.safetensors"
+        assert editor(app, "network.rank").value == "64"
+        assert editor(app, "network.alpha").value == "56.0"
+        assert editor(app, "optimizer.optimizer").value == "Adafactor"
+        assert editor(app, "optimizer.optimizer_args").value == kohya["optimizer_args"]
+        assert editor(app, "dataset.resolution").value == "512,650"
+        assert editor(app, "training.epochs").value == "4"
+        assert editor(app, "saving.output_name").value == "city-v2"
+        assert editor(app, "precision.attention").value == "xformers"
+        assert app.screen.state.dirty
+        assert "logging_dir" in notifications(app)  # the keys it did not use are listed
+        assert app.screen.plan_panel.plan.epochs == 4
+
+
+async def test_plan_panel_equals_loradeck_plan(workspace, capsys):
+    path = workspace / "loradeck.toml"
+    # a previous run on this machine gives the speed for the estimate
+    run = workspace / "runs" / "city-v1"
+    with EventWriter(run, fsync=False) as events:
+        events.emit("run_start", run_name="city-v1", plan={"total_steps": 4, "epochs": 1})
+        for step, speed in enumerate((1.0, 2.0, 2.0, 2.0), start=1):
+            events.emit("step", step=step, epoch=1, loss=0.1, steps_per_s=speed)
+
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        panel = app.screen.plan_panel
+        assert loradeck(["plan", str(path), "--json"]) == 0
+        assert panel.plan.as_json() == json.loads(capsys.readouterr().out)
+        assert panel.plan.image_repeats == 3 * 5 + 2 * 2
+        assert len(panel.plan.buckets) >= 3
+
+        await type_into(pilot, "batch size", "training.batch_size", "3")
+        await type_into(pilot, "gradient accumulation", "training.gradient_accumulation_steps", "2")
+        await type_into(pilot, "save every n epochs", "saving.save_every_n_epochs", "3")
+        await settle(pilot)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        plan = panel.plan
+        assert loradeck(["plan", str(path), "--json"]) == 0
+        assert plan.as_json() == json.loads(capsys.readouterr().out)
+        assert plan.as_json() == make_plan(load_config(path), workspace).as_json()
+
+        text = panel.plan_text()
+        assert " 5_city: 3 × 5 = 15" in text
+        assert " 2_arch: 2 × 2 = 4" in text
+        assert f"Steps per epoch {plan.steps_per_epoch}" in text
+        assert f"Total steps {plan.total_steps}" in text
+        assert f"Checkpoints {len(plan.checkpoints)}:" in text
+        for bucket in plan.buckets:
+            assert f"{bucket.width}×{bucket.height}: {bucket.count} images, {bucket.batches} batches" in text
+        assert "LoRA file 36.1 MiB" in text
+        expected = plan.total_steps / 2.0  # the median speed of city-v1
+        assert f"Estimated {int(expected // 60)}m {round(expected % 60):02d}s" in text or \
+            f"Estimated {round(expected)}s" in text
+        assert "city-v1 on this machine" in text
+
+
+async def test_preset_replaces_settings_but_keeps_model_and_folders(workspace):
+    path = workspace / "loradeck.toml"
+    config = replace_setting(load_config(path), "model.pretrained_model", "/models/mine.safetensors")
+    save_config(config, path)
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("down", "down", "down", "enter")  # the fourth preset: seed workflow
+        await settle(pilot)
+        assert editor(app, "optimizer.optimizer").value == "Adafactor"
+        assert editor(app, "network.rank").value == "64"
+        assert editor(app, "network.alpha").value == "56.0"
+        assert editor(app, "model.pretrained_model").value == "/models/mine.safetensors"
+        assert app.screen.plan_panel.planned_config.network.rank == 64
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    saved = load_config(path)
+    assert saved.optimizer.optimizer_args == load_preset("seed-workflow").optimizer.optimizer_args
+    assert saved.model.pretrained_model == "/models/mine.safetensors"
+
+
+async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
+    path = workspace / "loradeck.toml"
+    before = path.read_text()
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_into(pilot, "rank", "network.rank", "40")
+        await type_into(pilot, "epochs", "training.epochs", "1x")  # even an invalid value is kept
+        await pilot.press("escape", "q")
+        await pilot.pause()
+    assert path.read_text() == before
+
+    again = make_app(workspace, start_screen="config")
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert editor(again, "network.rank").value == "40"
+        assert editor(again, "training.epochs").value == "1x"
+        assert again.screen.state.dirty
+        assert "Restored unsaved changes" in notifications(again)
+        await type_into(pilot, "epochs", "training.epochs", "12")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert load_config(path).network.rank == 40
+    assert json.loads((workspace / ".loradeck" / "config_draft.json").read_text()) == {}
+
+
+async def test_start_refuses_an_existing_run_then_trains_under_the_suggested_name(workspace, launches):
+    (workspace / "runs" / "lora-v1").mkdir(parents=True)  # the preset's output name
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert "already exists" in row_message(app, "saving.output_name")
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert launches == []
+        assert app.focused is editor(app, "saving.output_name")
+
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        await pilot.press("enter")  # lora-v2: new images
+        await pilot.pause()
+        assert editor(app, "saving.output_name").value == "lora-v2"
+        assert "a new run folder" in row_message(app, "saving.output_name")
+        await pilot.press("ctrl+t")
+        await settle(pilot)
+        assert launches == [workspace / "loradeck.toml"]
+        assert load_config(workspace / "loradeck.toml").saving.output_name == "lora-v2"
+        assert "Training started" in notifications(app)
+
+
+async def test_a_broken_config_file_is_shown_with_its_problems(workspace):
+    path = workspace / "loradeck.toml"
+    path.write_text(path.read_text().replace("alpha = 16.0", "alpha = 99.0").replace("rank = 32", "rank = 32\nwidth = 3"))
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert editor(app, "network.alpha").value == "99.0"
+        assert "above rank" in row_message(app, "network.alpha")
+        assert "network.width: unknown setting" in notifications(app)

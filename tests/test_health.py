@@ -1,0 +1,319 @@
+"""Dataset health end to end: a generated corpus with every case, the exact codes each
+file gets, the cache, `loradeck scan` (JSON and exit statuses), the EXIF fix, the
+quarantine and its undo, and a fuzz run that must never crash."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import engine.health as health
+from engine.config import config_from_dict, save_config
+from engine.exif_fix import estimate_jpeg_quality, fix_orientation
+from engine.health import ScanSettings, scan, target_for
+from engine.health_checks import inspect_image
+from engine.health_findings import low_resolution_message
+from engine.quarantine import read_manifest, undo_quarantine
+from tests.health_corpus import (
+    SILENT_JPEG_DAMAGE, SUBJECT, build_corpus, jpeg_bytes, picture, png_bytes,
+)
+from tui.cli import main as loradeck
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "ws"
+    expected = build_corpus(root)
+    return root, expected
+
+
+@pytest.fixture
+def workspace(corpus, tmp_path):
+    """A private copy of the corpus for tests that change files."""
+    source, expected = corpus
+    return shutil.copytree(source, tmp_path / "ws", ignore=shutil.ignore_patterns(".loradeck")), expected
+
+
+def codes_by_path(report) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for item in report.findings:
+        found.setdefault(item.path, set()).add(item.code)
+    return found
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and ".loradeck" not in path.parts and path.name != "manifest.json"
+    }
+
+
+# ---- every case gets exactly its codes
+
+
+def test_every_file_gets_exactly_its_expected_codes(workspace):
+    root, expected = workspace
+    report = scan(target_for(root), workers=2)  # the process pool path
+    found = codes_by_path(report)
+    wanted = {path: codes for path, codes in expected.items() if codes}
+    assert found == wanted
+    clean = [path for path, codes in expected.items() if not codes]
+    assert clean and not set(clean) & set(found)
+    assert report.images == sum(1 for path in expected if "." in path and not path.endswith(".txt"))
+    for item in report.findings:
+        assert item.severity == health.CHECKS[item.code].severity
+        assert item.message and "\n" not in item.message
+
+
+def test_silent_jpeg_damage_is_silent_in_pillow_but_found(corpus):
+    root, _expected = corpus
+    for name in SILENT_JPEG_DAMAGE:
+        path = root / "img" / SUBJECT / name
+        with Image.open(path) as image:
+            image.load()  # Pillow decodes it without complaint: the trainer would too
+        facts = inspect_image(path)
+        assert facts.error_code == "corrupt" and facts.error.startswith("libjpeg: Corrupt JPEG data")
+
+
+def test_in_process_scan_agrees_with_the_pool(workspace):
+    root, expected = workspace
+    report = scan(target_for(root), workers=1)
+    assert codes_by_path(report) == {path: codes for path, codes in expected.items() if codes}
+
+
+def test_messages_name_the_relation(corpus):
+    root, _expected = corpus
+    report = scan(target_for(root), workers=1)
+    messages = {(item.path, item.code): item.message for item in report.findings}
+    assert messages[(f"{SUBJECT}/dup_same_bytes.png", "duplicate")] == f"same pixels as {SUBJECT}/dup_original.png"
+    assert messages[(f"{SUBJECT}/dup_zz_near.jpg", "near_duplicate")].startswith(f"looks like {SUBJECT}/dup_original.png")
+    assert "EXIF Orientation 6 (rotated 90° clockwise)" in messages[(f"{SUBJECT}/orientation_6.jpg", "exif_rotated")]
+    assert "the content is PNG but the name says .jpg" in messages[(f"{SUBJECT}/unreadable_png_named.jpg", "unreadable")]
+    assert "the trainer skips 1 image" in messages[("misc", "bad_folder_name")]
+
+
+def test_low_resolution_follows_the_config(tmp_path):
+    buckets = ScanSettings(resolution=(768, 768), min_bucket_side=320)
+    assert low_resolution_message((700, 700), buckets)  # fewer pixels than 768x768
+    assert low_resolution_message((2000, 300), buckets)  # a side below the smallest bucket
+    assert not low_resolution_message((1024, 768), buckets)
+    cropped = ScanSettings(resolution=(512, 512), enable_buckets=False)
+    assert low_resolution_message((1024, 500), cropped)
+    assert not low_resolution_message((512, 512), cropped)
+    # a workspace's config is what the scan uses
+    workspace = tmp_path / "ws"
+    (workspace / "img" / "1_x").mkdir(parents=True)
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}, "dataset": {"resolution": "1024"},
+                                  "captions": {"caption_extension": ".caption"}}), workspace / "loradeck.toml")
+    image = workspace / "img" / "1_x" / "a.png"
+    image.write_bytes(png_bytes(picture(7)))
+    image.with_suffix(".caption").write_text("a photo")
+    report = scan(target_for(workspace), workers=1)
+    assert codes_by_path(report) == {"1_x/a.png": {"low_resolution"}}
+
+
+# ---- cache
+
+
+def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
+    root, _expected = workspace
+    first = scan(target_for(root), workers=1)
+    assert (root / ".loradeck" / "health-cache.json").is_file()
+    decoded: list[str] = []
+    real = health.inspect_files
+
+    def counting(paths, on_result, **options):
+        decoded.extend(paths)
+        return real(paths, on_result, **options)
+
+    monkeypatch.setattr(health, "inspect_files", counting)
+    assert scan(target_for(root), workers=1).findings == first.findings
+    assert decoded == []
+    touched = root / "img" / SUBJECT / "clean_a.jpg"
+    touched.write_bytes(touched.read_bytes() + b"")  # same bytes, new mtime
+    scan(target_for(root), workers=1)
+    assert decoded == [str(touched)]
+
+
+def test_bare_folder_keeps_its_cache_in_the_folder(tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg_bytes(picture(1)))
+    (folder / "sub").mkdir()  # not a Kohya layout: no folder finding
+    report = scan(target_for(folder), workers=1)
+    assert codes_by_path(report) == {"a.jpg": {"missing_caption"}}
+    assert (folder / ".loradeck-scan-cache").is_file()
+    assert scan(target_for(folder), workers=1).images == 1
+
+
+# ---- the command
+
+
+def test_scan_command_json_and_exit_status(corpus, capsys):
+    root, expected = corpus
+    status = loradeck(["scan", str(root / "img"), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert set(document) == {"root", "images", "findings", "summary"}
+    assert document["root"] == str((root / "img").resolve())
+    assert all(set(item) == {"path", "code", "severity", "message"} for item in document["findings"])
+    assert document["summary"]["exif_rotated"] == 8
+    assert sum(document["summary"].values()) == len(document["findings"])
+    assert {item["path"] for item in document["findings"]} == {p for p, codes in expected.items() if codes}
+
+
+def test_scan_command_clean_folder_and_bad_usage(tmp_path, capsys):
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    image = folder / "a.png"
+    image.write_bytes(png_bytes(picture(3)))
+    image.with_suffix(".txt").write_text("a photo")
+    assert loradeck(["scan", str(folder)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    assert loradeck(["scan", str(tmp_path / "missing")]) == 2
+    assert loradeck(["scan", str(folder), "--quarantine", "--undo-quarantine"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+
+
+# ---- fixes
+
+
+def test_estimate_jpeg_quality():
+    for quality in (40, 75, 90, 95):
+        with Image.open(io.BytesIO(jpeg_bytes(picture(1, (64, 64)), quality=quality))) as image:
+            assert estimate_jpeg_quality(image.quantization) == quality
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_fix_exif_bakes_every_orientation(workspace, orientation):
+    root, _expected = workspace
+    img = root / "img"
+    relative = f"{SUBJECT}/orientation_{orientation}.jpg"
+    original_bytes = (img / relative).read_bytes()
+    with Image.open(img / relative) as original:
+        upright = np.asarray(ImageOps.exif_transpose(original), dtype=np.int16)
+        tables, icc = original.quantization, original.info.get("icc_profile")
+    fixed = fix_orientation(img, relative)
+    assert fixed.original == f"_quarantine/{relative}"
+    assert (img / fixed.original).read_bytes() == original_bytes
+    with Image.open(img / relative) as result:
+        assert result.getexif().get(0x0112) is None
+        pixels = np.asarray(result, dtype=np.int16)
+        assert pixels.shape == upright.shape
+        assert np.abs(pixels - upright).mean() < 3  # one more JPEG generation, same tables
+        assert result.quantization == tables
+        assert result.info.get("icc_profile") == icc
+    assert "exif_rotated" not in codes_by_path(scan(target_for(root), workers=1)).get(relative, set())
+    undo_quarantine(img)
+    assert (img / relative).read_bytes() == original_bytes
+
+
+def test_fix_exif_png_is_lossless(workspace):
+    root, _expected = workspace
+    img = root / "img"
+    relative = f"{SUBJECT}/orientation_6.png"
+    with Image.open(img / relative) as original:
+        upright = np.asarray(ImageOps.exif_transpose(original))
+    fix_orientation(img, relative)
+    with Image.open(img / relative) as result:
+        assert np.array_equal(np.asarray(result), upright)
+        assert result.getexif().get(0x0112) is None
+
+
+def test_cli_fix_quarantine_and_undo_lose_nothing(workspace, capsys):
+    root, expected = workspace
+    img = root / "img"
+    before = file_digests(img)
+    status = loradeck(["scan", str(root), "--fix-exif", "--quarantine", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    # only the folder error is left: a folder is renamed by its owner, never moved
+    assert status == 1
+    assert [item["code"] for item in report["findings"] if item["severity"] == "error"] == ["bad_folder_name"]
+    assert "exif_rotated" not in report["summary"]
+    quarantine = img / "_quarantine"
+    for path, codes in expected.items():
+        if codes & {"corrupt", "unreadable", "too_large"}:
+            assert not (img / path).exists() and (quarantine / path).exists(), path
+    assert not (img / SUBJECT / "corrupt_truncated.txt").exists()  # captions travel along
+    assert (quarantine / SUBJECT / "corrupt_truncated.txt").exists()
+    kinds = {entry.kind for entry in read_manifest(img)}
+    assert kinds == {"moved", "original"}
+    # every byte of every original is still somewhere: nothing was deleted
+    assert set(before.values()) <= set(file_digests(img).values())
+    assert loradeck(["scan", str(img), "--undo-quarantine"]) == 1
+    assert file_digests(img) == before
+    assert read_manifest(img) == []
+
+
+def test_quarantined_files_are_not_scanned_and_names_never_collide(workspace):
+    root, _expected = workspace
+    img = root / "img"
+    from engine.quarantine import quarantine_files
+
+    relative = f"{SUBJECT}/corrupt_empty.jpg"
+    quarantine_files(img, [(relative, "corrupt")], ".txt")
+    (img / relative).write_bytes(b"")  # the same broken file turns up again
+    quarantine_files(img, [(relative, "corrupt")], ".txt")
+    stored = sorted(entry.stored for entry in read_manifest(img))
+    assert stored == [f"_quarantine/{SUBJECT}/corrupt_empty (2).jpg", f"_quarantine/{SUBJECT}/corrupt_empty.jpg",
+                      f"_quarantine/{SUBJECT}/corrupt_empty.txt"]
+    paths = {item.path for item in scan(target_for(root), workers=1).findings}
+    assert not any(path.startswith("_quarantine") for path in paths)
+
+
+def test_undo_leaves_a_file_edited_after_the_fix(workspace):
+    root, _expected = workspace
+    img = root / "img"
+    relative = f"{SUBJECT}/orientation_8.jpg"
+    fix_orientation(img, relative)
+    (img / relative).write_bytes(jpeg_bytes(picture(99)))  # the user edits the fixed file
+    result = undo_quarantine(img)
+    assert result.restored == [] and result.skipped[0][0] == relative
+    assert (img / "_quarantine" / relative).exists()
+
+
+# ---- never crash
+
+
+def test_scan_survives_damaged_files_of_every_format(tmp_path):
+    rng = np.random.default_rng(5)
+    sources = {
+        ".jpg": jpeg_bytes(picture(1, (96, 80))),
+        ".png": png_bytes(picture(2, (96, 80))),
+        ".webp": _webp(picture(3, (96, 80))),
+        ".bmp": _bmp(picture(4, (96, 80))),
+    }
+    folder = tmp_path / "fuzz"
+    folder.mkdir()
+    count = 0
+    for extension, data in sources.items():
+        for trial in range(12):
+            damaged = bytearray(data)
+            if trial % 3 == 0:
+                damaged = damaged[: rng.integers(1, len(damaged))]
+            for _ in range(int(rng.integers(1, 8))):
+                damaged[int(rng.integers(0, len(damaged)))] = int(rng.integers(0, 256))
+            (folder / f"f{count:03d}{extension}").write_bytes(bytes(damaged))
+            count += 1
+    report = scan(target_for(folder), workers=1)
+    assert report.images == count
+    assert {item.code for item in report.findings} <= set(health.CHECKS)
+
+
+def _webp(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()
+
+
+def _bmp(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "BMP")
+    return buffer.getvalue()

@@ -1,0 +1,128 @@
+"""The health screen driven by keys: scan, filter, quarantine, fix, rescan, undo."""
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from engine.config import config_from_dict, save_config
+from tests.health_corpus import end_marker_in_middle, exif_with_orientation, jpeg_bytes, picture, png_bytes
+from tui.app import make_app
+from tui.widgets.image_preview import ImagePreview
+
+SIZE = (120, 40)
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    root = tmp_path / "ws"
+    folder = root / "img" / "5_cat"
+    folder.mkdir(parents=True)
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
+    files = {
+        "a.jpg": jpeg_bytes(picture(1)),
+        "b.png": png_bytes(picture(2)),
+        "broken1.jpg": end_marker_in_middle(jpeg_bytes(picture(3))),
+        "broken2.png": png_bytes(picture(4))[:5000],
+        "rot.jpg": jpeg_bytes(picture(5), exif=exif_with_orientation(6)),
+        "nocap.jpg": jpeg_bytes(picture(6)),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        if name != "nocap.jpg":
+            (folder / name).with_suffix(".txt").write_text("a cat, sitting")
+    return root
+
+
+async def settle(pilot, condition, seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        await pilot.pause(0.05)
+        if condition():
+            return
+    raise AssertionError("the screen did not settle")
+
+
+def summary(screen) -> dict[str, int]:
+    table = screen.query_one("#health-summary", DataTable)
+    return {str(row.value): int(table.get_row(row)[2]) for row in table.rows}
+
+
+def listed(screen) -> list[tuple[str, str]]:
+    table = screen.query_one("#health-findings", DataTable)
+    return [(str(table.get_row(row)[1]), str(table.get_row(row)[2])) for row in table.rows]
+
+
+def idle(screen) -> bool:
+    return screen.report is not None and not screen.scanning and not any(
+        worker.is_running for worker in screen.workers)
+
+
+async def test_scan_filter_quarantine_fix_rescan_undo(workspace):
+    img = workspace / "img"
+    quarantine = img / "_quarantine" / "5_cat"
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, lambda: idle(screen))
+        assert summary(screen) == {"corrupt": 2, "exif_rotated": 1, "missing_caption": 1}
+        assert "6 images" in str(screen.query_one("#health-status", Static).render())
+
+        # filter by severity: only the two errors
+        await pilot.press("s")
+        assert screen.severity_filter == "error"
+        assert listed(screen) == [("corrupt", "5_cat/broken1.jpg"), ("corrupt", "5_cat/broken2.png")]
+        assert "2 of 4 findings" in str(screen.query_one("#health-filter", Static).render())
+
+        # quarantine the selected one: it and its caption move, the folder is scanned again
+        await pilot.press("x")
+        await settle(pilot, lambda: idle(screen) and summary(screen).get("corrupt") == 1)
+        assert (quarantine / "broken1.jpg").exists() and (quarantine / "broken1.txt").exists()
+        assert not (img / "5_cat" / "broken1.jpg").exists()
+        assert listed(screen) == [("corrupt", "5_cat/broken2.png")]
+
+        # quarantine every finding of the code, after confirming
+        await pilot.press("X")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(pilot, lambda: idle(screen) and "corrupt" not in summary(screen))
+        assert (quarantine / "broken2.png").exists()
+        assert listed(screen) == []
+
+        # the rotated image: as stored beside as the trainer sees it; f bakes it upright
+        await pilot.press("a", "c")
+        assert screen.code_filter == "exif_rotated"
+        assert listed(screen) == [("exif_rotated", "5_cat/rot.jpg")]
+        stored = screen.query_one("#health-stored", ImagePreview)
+        trainer = screen.query_one("#health-preview", ImagePreview)
+        assert stored.display and stored.path == img / "5_cat" / "rot.jpg" and not stored.apply_exif
+        assert trainer.path == img / "5_cat" / "rot.jpg" and trainer.apply_exif
+        await pilot.press("f")
+        await settle(pilot, lambda: idle(screen) and "exif_rotated" not in summary(screen))
+        assert (quarantine / "rot.jpg").exists()
+        assert screen.code_filter is None  # the code is gone, so is its filter
+
+        # a rescan finds the same; undo brings everything back
+        await pilot.press("r")
+        await settle(pilot, lambda: idle(screen))
+        assert summary(screen) == {"missing_caption": 1}
+        await pilot.press("u")
+        await settle(pilot, lambda: idle(screen) and summary(screen).get("corrupt") == 2)
+        assert summary(screen) == {"corrupt": 2, "exif_rotated": 1, "missing_caption": 1}
+        assert (img / "5_cat" / "broken1.txt").exists()
+
+
+async def test_missing_image_folder_is_explained(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
+    app = make_app(root, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        status = str(app.screen.query_one("#health-status", Static).render())
+        assert "No image folder" in status
+        await pilot.press("x")  # nothing to act on: a notice, no crash
+        await pilot.pause()

@@ -1,0 +1,616 @@
+"""Caption editor: every image beside its tags, reviewed and fixed from the keyboard.
+
+The list appears at once (file names only); captions are read and tags counted in a
+worker, images decoded in the preview's worker with the next ones prefetched. Every
+edit goes through engine.caption_edits: planned, checked against the file on disk
+(changed since loaded -> the user is asked), written atomically, recorded for undo.
+Auto-captioning runs `python -m engine.cli.caption --progress-json` as a subprocess
+(the TUI never imports torch) and reads its progress lines in a worker.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, OptionList, ProgressBar, Static
+from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
+
+from engine.caption_edits import CaptionSession, EditPlan, operation_for
+from engine.caption_files import caption_folder_of
+from engine.errors import LoradeckError
+from engine.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tags_past_window
+from engine.workspace import Workspace
+from tui.widgets.caption_dialogs import AutoCaptionDialog, CaptionTextEditor, ConflictDialog, TagPrompt
+from tui.widgets.caption_list import CaptionFileList
+from tui.widgets.image_preview import ImagePreview
+
+FREQUENCY_SHOWN = 300
+PREFETCH_AHEAD = 2
+STATE_NAME = "captions"
+
+
+class CaptionsLoaded(Message):
+    """Every caption read and its tags counted (from the load worker)."""
+
+    def __init__(self, results: list, counts: Counter, generation: int) -> None:
+        super().__init__()
+        self.results = results
+        self.counts = counts
+        self.generation = generation
+
+
+class JobProgress(Message):
+    def __init__(self, done: int, total: int, text: str) -> None:
+        super().__init__()
+        self.done, self.total, self.text = done, total, text
+
+    def can_replace(self, message: Message) -> bool:
+        # A fast captioner emits many lines; only the newest matters to the bar.
+        return isinstance(message, JobProgress)
+
+
+class JobFinished(Message):
+    def __init__(self, status: int, summary: str) -> None:
+        super().__init__()
+        self.status, self.summary = status, summary
+
+
+class CaptionsScreen(Screen):
+    CSS_PATH = "captions.tcss"
+    # The footer has room for the review loop; the other keys are named in the panel
+    # headings beside what they act on (and all are listed by `?`).
+    BINDINGS = [
+        Binding("j", "step(1)", "Next"),
+        Binding("k", "step(-1)", "Prev"),
+        Binding("n", "next_unreviewed", "Unreviewed"),
+        Binding("space", "accept", "Accept"),
+        Binding("a", "add_tag", "Add"),
+        Binding("x", "remove_tag", "Remove"),
+        Binding("e", "edit_raw", "Edit"),
+        Binding("b", "bulk", "Bulk"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("ctrl+z", "undo", "Undo"),
+        Binding("c", "auto_caption", "Caption"),
+        Binding("C", "stop_job", "Stop captioning"),
+        Binding("left_square_bracket", "move_tag(-1)", "Tag up", show=False),
+        Binding("right_square_bracket", "move_tag(1)", "Tag down", show=False),
+        Binding("f", "move_tag_first", "Tag first", show=False),
+        Binding("u", "toggle_filter('is:unreviewed')", "Only unreviewed", show=False),
+        Binding("U", "toggle_filter('is:uncaptioned')", "Only uncaptioned", show=False),
+        Binding("t", "focus_frequency", "Tag counts", show=False),
+        Binding("ctrl+y", "redo", "Redo", show=False),
+    ]
+
+    job_running: reactive[bool] = reactive(False)
+
+    def __init__(self, workspace: Workspace):
+        super().__init__()
+        self.workspace = workspace
+        self.session: CaptionSession | None = None
+        self.keep_tokens = 0
+        self.caption_extension = ".txt"
+        self.filter_text = ""
+        self._generation = 0  # bumps on every edit: a late frequency count is stale
+        self._job: subprocess.Popen | None = None
+        self._shown_relative: str | None = None  # remembered for the next visit
+
+    # ---- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="captions-body"):
+            with Vertical(id="captions-left"):
+                yield Input(placeholder="/ filter: tag:x, -tag:y, text:z, is:…", id="captions-filter")
+                yield CaptionFileList(id="captions-files")
+                yield Static("", id="captions-count")
+            with Vertical(id="captions-center"):
+                yield ImagePreview(id="captions-image")
+            with Vertical(id="captions-right"):
+                yield Static("", id="captions-title")
+                yield Label("tab: tags · x remove · [ ] move · f first", classes="captions-keys")
+                yield OptionList(id="captions-tags")
+                yield Static("", id="captions-raw")
+                yield Label("t: dataset tags · enter filters · u/U only unreviewed/uncaptioned · ^y redo",
+                            id="captions-frequency-title", classes="captions-keys")
+                yield OptionList(id="captions-frequency")
+        with Horizontal(id="captions-job"):
+            yield ProgressBar(id="captions-job-progress", show_eta=True)
+            yield Static("", id="captions-job-status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        folder = caption_folder_of(self.workspace.root)
+        self.keep_tokens, self.caption_extension = folder.keep_tokens, folder.caption_extension
+        try:
+            self.session = CaptionSession(folder.root, self.caption_extension)
+        except LoradeckError as error:
+            self.query_one("#captions-count", Static).update(str(error))
+            return
+        files = self.query_one(CaptionFileList)
+        start = self._remembered_row()
+        files.show_rows(self.session, list(range(len(self.session))), start)
+        files.focus()
+        self._update_count()
+        self._load_captions(self._generation)
+
+    def _remembered_row(self) -> int:
+        relative = self.workspace.load_state(STATE_NAME).get("current")
+        if not relative or self.session is None:
+            return 0
+        for index, entry in enumerate(self.session.entries):
+            if entry.relative == relative:
+                return index
+        return 0
+
+    def on_unmount(self) -> None:
+        self._stop_job_process()
+        if self._shown_relative is not None:
+            state = self.workspace.load_state(STATE_NAME)
+            state["current"] = self._shown_relative
+            try:
+                self.workspace.save_state(STATE_NAME, state)
+            except OSError:
+                pass  # a read-only workspace can still be reviewed
+
+    # ---- background caption load
+
+    @work(thread=True, exclusive=True, group="captions-load")
+    def _load_captions(self, generation: int) -> None:
+        session = self.session
+        results = session.read_all()
+        if get_current_worker().is_cancelled:
+            return
+        counts = tag_frequency(text or "" for text, _stamp in results)
+        self.post_message(CaptionsLoaded(results, counts, generation))
+
+    def on_captions_loaded(self, message: CaptionsLoaded) -> None:
+        self.session.accept_read(message.results)
+        # Edits made while the worker counted make its numbers stale: count again.
+        if message.generation == self._generation:
+            self.session.take_frequency(message.counts)
+        self._update_frequency()
+        self._update_count()
+        self.query_one(CaptionFileList).refresh()
+
+    # ---- the current image
+
+    @property
+    def files(self) -> CaptionFileList:
+        return self.query_one(CaptionFileList)
+
+    @property
+    def current_index(self) -> int | None:
+        return self.files.current_index
+
+    def on_caption_file_list_cursor_moved(self, message: CaptionFileList.CursorMoved) -> None:
+        self._show_current()
+        rows = self.files.rows
+        ahead = [self.session.entries[rows[row]].file.image
+                 for row in range(message.row + 1, min(len(rows), message.row + 1 + PREFETCH_AHEAD))]
+        if message.row > 0:
+            ahead.append(self.session.entries[rows[message.row - 1]].file.image)
+        self.query_one(ImagePreview).prefetch(ahead)
+
+    def _show_current(self, tag_highlight: int | None = None) -> None:
+        index = self.current_index
+        title = self.query_one("#captions-title", Static)
+        tags = self.query_one("#captions-tags", OptionList)
+        raw = self.query_one("#captions-raw", Static)
+        preview = self.query_one(ImagePreview)
+        if index is None:
+            title.update("no image matches the filter" if self.session and len(self.session) else "no images")
+            tags.clear_options()
+            raw.update("")
+            preview.path = None
+            return
+        if self.session.refresh_from_disk(index):
+            self.notify(f"{self.session.entries[index].relative}: changed on disk, reloaded")
+        entry = self.session.entries[index]
+        self._shown_relative = entry.relative
+        caption = entry.caption
+        text = entry.text or ""
+        tokens = approximate_clip_tokens(text)
+        reviewed = "✓ reviewed" if self.session.is_reviewed(index) else "not reviewed"
+        title.update(Text.assemble(
+            (entry.relative, "bold"), "\n",
+            f"{reviewed} · {len(caption.tags)} tags · ≈{tokens}/{CLIP_TOKEN_WINDOW} tokens",
+            (" · past the window", "bold") if tokens > CLIP_TOKEN_WINDOW else "",
+        ))
+        past = tags_past_window(caption)
+        previous = tags.highlighted if tag_highlight is None else tag_highlight
+        tags.clear_options()
+        tags.add_options(
+            Option(Text(tag.raw, style="dim strike" if position >= past else ""))
+            for position, tag in enumerate(caption.tags)
+        )
+        if caption.tags:
+            tags.highlighted = min(previous or 0, len(caption.tags) - 1)
+        raw.update(Text(text.strip()) if entry.text is not None else Text("(no caption file)", style="italic"))
+        preview.path = entry.file.image
+
+    def _update_count(self) -> None:
+        if self.session is None:
+            return
+        total = len(self.session)
+        shown = len(self.files.rows)
+        reviewed = len(self.session.marks)
+        where = f"{shown:,} of {total:,}" if self.filter_text else f"{total:,} images"
+        self.query_one("#captions-count", Static).update(f"{where} · {reviewed:,} reviewed")
+
+    def _update_frequency(self) -> None:
+        if self.session is None or not self.session.frequency_ready:
+            return
+        panel = self.query_one("#captions-frequency", OptionList)
+        highlighted = panel.highlighted
+        panel.clear_options()
+        panel.add_options(
+            Option(Text.assemble((f"{count:>6} ", "dim"), tag), id=tag)
+            for tag, count in self.session.frequency().most_common(FREQUENCY_SHOWN)
+        )
+        if highlighted is not None and panel.option_count:
+            panel.highlighted = min(highlighted, panel.option_count - 1)
+
+    def _schedule_frequency_update(self) -> None:
+        # A burst of edits (holding x) redraws the count panel once.
+        timer = getattr(self, "_frequency_timer", None)
+        if timer is not None:
+            timer.stop()
+        self._frequency_timer = self.set_timer(0.25, self._update_frequency)
+
+    def _highlighted_tag(self) -> tuple[int, str] | None:
+        index = self.current_index
+        tags = self.query_one("#captions-tags", OptionList)
+        if index is None or tags.highlighted is None:
+            return None
+        caption = self.session.entries[index].caption
+        if tags.highlighted >= len(caption.tags):
+            return None
+        return tags.highlighted, caption.tags[tags.highlighted].name
+
+    def _suggestions(self) -> list[tuple[str, int]]:
+        if self.session is None:
+            return []
+        if not self.session.frequency_ready:
+            return []
+        return self.session.frequency().most_common()
+
+    # ---- navigation
+
+    def action_step(self, step: int) -> None:
+        self.files.cursor += step
+
+    def action_next_unreviewed(self) -> None:
+        if self.session is None or not self.files.rows:
+            return
+        rows = self.files.rows
+        start = self.files.cursor
+        for offset in range(1, len(rows) + 1):
+            row = (start + offset) % len(rows)
+            if not self.session.is_reviewed(rows[row]):
+                self.files.cursor = row
+                return
+        self.notify("Every image in the list is reviewed")
+
+    def action_accept(self) -> None:
+        index = self.current_index
+        if index is None:
+            return
+        self.session.set_reviewed(index, True)
+        self.files.refresh_index(index)
+        self._update_count()
+        if self.files.cursor < len(self.files.rows) - 1:
+            self.files.cursor += 1
+        else:
+            self._show_current()
+
+    # ---- filter
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#captions-filter", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "captions-filter":
+            self._apply_filter(event.value)
+            self.files.focus()
+
+    def on_key(self, event) -> None:
+        if event.key == "escape" and self.focused is self.query_one("#captions-filter", Input):
+            self.files.focus()
+            event.stop()
+
+    def action_toggle_filter(self, term: str) -> None:
+        terms = [piece.strip() for piece in self.filter_text.split(",") if piece.strip()]
+        terms = [piece for piece in terms if piece != term] if term in terms else terms + [term]
+        self._apply_filter(", ".join(terms))
+
+    def _apply_filter(self, text: str) -> None:
+        if self.session is None:
+            return
+        try:
+            rows = self.session.matching(text)
+        except LoradeckError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.filter_text = text.strip()
+        self.query_one("#captions-filter", Input).value = self.filter_text
+        current = self.current_index
+        cursor = rows.index(current) if current in rows else 0
+        self.files.show_rows(self.session, rows, cursor)
+        self._update_count()
+
+    def action_focus_frequency(self) -> None:
+        self.query_one("#captions-frequency", OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "captions-frequency" and event.option.id:
+            self._apply_filter(f"tag:{event.option.id}")
+            self.files.focus()
+
+    # ---- edits of the current caption
+
+    def action_add_tag(self) -> None:
+        index = self.current_index
+        if index is None:
+            return
+        name = self.session.entries[index].relative
+
+        def add(value: str | None) -> None:
+            if value:
+                label, operation = operation_for("add", value)
+                self._run_plan(self.session.plan_operation([index], label, operation))
+
+        self.app.push_screen(TagPrompt(f"Add a tag to {name}", "↓↑ choose · tab completes · enter adds",
+                                       self._suggestions()), add)
+
+    def action_remove_tag(self) -> None:
+        chosen = self._highlighted_tag()
+        if chosen is None:
+            return
+        label, operation = operation_for("remove", chosen[1])
+        self._run_plan(self.session.plan_operation([self.current_index], label, operation),
+                       tag_highlight=chosen[0])
+
+    def action_move_tag(self, step: int) -> None:
+        chosen = self._highlighted_tag()
+        if chosen is None:
+            return
+        position, name = chosen
+        plan = self.session.plan_operation([self.current_index], f"move {name}",
+                                           lambda caption: caption.move(name, step))
+        self._run_plan(plan, tag_highlight=max(0, position + step))
+
+    def action_move_tag_first(self) -> None:
+        chosen = self._highlighted_tag()
+        if chosen is None:
+            return
+        label, operation = operation_for("move-first", chosen[1], self.keep_tokens)
+        self._run_plan(self.session.plan_operation([self.current_index], label, operation))
+
+    def action_edit_raw(self) -> None:
+        index = self.current_index
+        if index is None:
+            return
+        entry = self.session.entries[index]
+        original = entry.text or ""
+        body = original.rstrip()
+        ending = original[len(body):]
+
+        def save(text: str | None) -> None:
+            if text is None:
+                return
+            # The editor shows the caption without its final newline; put it back.
+            new_text = text if text != text.rstrip() else text + ending
+            self._run_plan(self.session.plan_text(index, new_text))
+
+        self.app.push_screen(CaptionTextEditor(f"Caption of {entry.relative} · ctrl+s saves", body), save)
+
+    def action_bulk(self) -> None:
+        if self.session is None or not self.files.rows:
+            return
+        rows = list(self.files.rows)
+        count = len(rows)
+        scope = f"the {count:,} images in the filter" if self.filter_text else f"all {count:,} images"
+
+        def bulk(value: str | None) -> None:
+            if not value:
+                return
+            try:
+                action, argument = _bulk_action(value)
+                label, operation = operation_for(action, argument, self.keep_tokens)
+            except LoradeckError as error:
+                self.notify(str(error), severity="error")
+                return
+            self._run_plan(self.session.plan_operation(rows, f"{label} on {count:,} images", operation))
+
+        self.app.push_screen(TagPrompt(
+            f"Bulk edit {scope}",
+            "+tag adds · -tag removes · old=new replaces · ^tag moves first · enter applies",
+            self._suggestions()), bulk)
+
+    # ---- writing, conflicts, undo
+
+    def _run_plan(self, plan: EditPlan | None, kind: str = "edit", tag_highlight: int | None = None) -> None:
+        if plan is None:
+            self.notify(f"Nothing to {kind}")
+            return
+        if plan.empty:
+            self.notify(f"{plan.label}: nothing changes")
+            return
+        if not plan.conflicts:
+            self._write(plan, False, kind, tag_highlight)
+            return
+        names = [self.session.entries[index].relative for index in plan.conflicts]
+
+        def answer(choice: str | None) -> None:
+            if choice in ("overwrite", "keep"):
+                self._write(plan, choice == "overwrite", kind, tag_highlight)
+            else:
+                self._show_current()
+
+        self.app.push_screen(ConflictDialog(names, plan.label), answer)
+
+    def _write(self, plan: EditPlan, overwrite: bool, kind: str, tag_highlight: int | None) -> None:
+        commit = {"edit": self.session.commit, "undo": self.session.commit_undo,
+                  "redo": self.session.commit_redo}[kind]
+        try:
+            written = commit(plan, overwrite)
+        except LoradeckError as error:
+            self.notify(str(error), severity="error")
+            self._show_current()
+            return
+        self._generation += 1
+        skipped = len(plan.changes) - len(written)
+        verb = {"edit": "", "undo": "undone: ", "redo": "redone: "}[kind]
+        message = f"{verb}{plan.label}"
+        if len(plan.changes) > 1 or skipped:
+            message += f" · {len(written):,} file{'s' if len(written) != 1 else ''} written"
+        if skipped:
+            message += f", {skipped:,} kept as on disk"
+        self.notify(message, timeout=3)
+        self._show_current(tag_highlight)
+        self.files.refresh()
+        self._schedule_frequency_update()
+
+    def action_undo(self) -> None:
+        if self.session is not None:
+            self._run_plan(self.session.plan_undo(), "undo")
+
+    def action_redo(self) -> None:
+        if self.session is not None:
+            self._run_plan(self.session.plan_redo(), "redo")
+
+    # ---- auto-caption job
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "stop_job":
+            return self.job_running
+        if action == "auto_caption":
+            return not self.job_running
+        return True
+
+    def watch_job_running(self, running: bool) -> None:
+        self.set_class(running, "job-running")
+        self.refresh_bindings()
+
+    def action_auto_caption(self) -> None:
+        if self.session is None or self.job_running:
+            return
+        settings = self.workspace.load_state("autocaption")
+
+        def start(choice: dict | None) -> None:
+            if not choice:
+                return
+            self.workspace.save_state("autocaption", choice)
+            try:
+                command = self._caption_command(choice)
+            except ValueError as error:
+                self.notify(f"more options: {error}", severity="error")
+                return
+            self.job_running = True
+            self.query_one("#captions-job-status", Static).update("starting…")
+            self.query_one("#captions-job-progress", ProgressBar).update(total=None, progress=0)
+            self._caption_job(command)
+
+        self.app.push_screen(AutoCaptionDialog(str(self.session.root), settings), start)
+
+    def _caption_command(self, choice: dict) -> list[str]:
+        command = [sys.executable, "-m", "engine.cli.caption", str(self.session.root),
+                   "--model", choice["model"], "--mode", choice["mode"],
+                   "--caption-extension", self.caption_extension, "--progress-json"]
+        if choice.get("kind") and choice["kind"] != "auto":
+            command += ["--kind", choice["kind"]]
+        if choice.get("prefix"):
+            command += ["--prefix", choice["prefix"]]
+        if choice.get("suffix"):
+            command += ["--suffix", choice["suffix"]]
+        return command + shlex.split(choice.get("extra") or "")
+
+    @work(thread=True, exclusive=True, group="captions-job")
+    def _caption_job(self, command: list[str]) -> None:
+        try:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        except OSError as error:
+            self.post_message(JobFinished(1, f"cannot start the captioner: {error}"))
+            return
+        self._job = process
+        last_line, summary = "", ""
+        for line in process.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                last_line = line  # a library's log line; the last one explains a failure
+                continue
+            kind = event.get("event")
+            if kind == "progress":
+                self.post_message(JobProgress(event["done"], event["total"], event.get("path", "")))
+            elif kind == "start":
+                self.post_message(JobProgress(0, event["total"], f"{event.get('model', '')} loaded"))
+            elif kind == "done":
+                summary = (f"auto-caption: {event['written']:,} written, {event['skipped']:,} skipped, "
+                           f"{event['failed']:,} failed")
+            elif kind == "error":
+                last_line = event.get("message", "")
+        status = process.wait()
+        self._job = None
+        if status != 0 and not summary:
+            summary = f"auto-caption failed: {last_line or f'exit status {status}'}"
+        self.post_message(JobFinished(status, summary))
+
+    def on_job_progress(self, message: JobProgress) -> None:
+        self.query_one("#captions-job-progress", ProgressBar).update(total=message.total, progress=message.done)
+        self.query_one("#captions-job-status", Static).update(
+            Text(f"{message.done:,}/{message.total:,} {message.text}"))
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        self.job_running = False
+        self.notify(message.summary, severity="information" if message.status == 0 else "error",
+                    timeout=8)
+        # The captioner wrote files behind our back: take every changed one from disk.
+        if self.session is not None:
+            for index in range(len(self.session)):
+                self.session.refresh_from_disk(index)
+            self._generation += 1
+            self._show_current()
+            self.files.refresh()
+            self._schedule_frequency_update()
+
+    def action_stop_job(self) -> None:
+        if self._stop_job_process():
+            self.notify("Stopping auto-caption…")
+
+    def _stop_job_process(self) -> bool:
+        process = self._job
+        if process is None or process.poll() is not None:
+            return False
+        process.terminate()
+        return True
+
+
+def _bulk_action(value: str) -> tuple[str, str]:
+    """`+tag` add, `-tag` remove, `^tag` move first, `old=new` replace."""
+    value = value.strip()
+    if value.startswith("+"):
+        return "add", value[1:]
+    if value.startswith("-"):
+        return "remove", value[1:]
+    if value.startswith("^"):
+        return "move-first", value[1:]
+    if "=" in value:
+        return "replace", value
+    raise LoradeckError(f"bulk `{value}`: start with + (add), - (remove), ^ (move first) or write old=new")

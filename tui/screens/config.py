@@ -1,0 +1,519 @@
+"""Config screen (3): every training setting as a keyboard form, checked as you type,
+with the run's numbers beside it before it starts.
+
+    form (generated from engine.config's schema)   | the focused setting: help, advice, limits
+                                                    | plan: images × repeats, buckets, steps,
+                                                    |       checkpoints, LoRA size, duration
+    status: saved or not, problems, what blocks a start
+
+The form's state lives in `tui.config_state.ConfigFormState`; widgets are mounted once
+and only their values and messages change. Unsaved edits are kept as a draft under
+`.loradeck/config_draft.json` and restored next time, so quitting never loses them.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal, Vertical
+from textual.markup import escape
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Static
+
+from engine.config import GROUPS, FieldSpec, resolve_path, save_config
+from engine.errors import LoradeckError
+from engine.naming import existing_run_names, run_folder_problem, suggest_names
+from engine.presets import list_presets, load_preset
+from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
+from tui.widgets.config_form import ConfigForm
+from tui.widgets.plan_panel import PlanPanel, RunSpeed, recent_speed
+
+DRAFT_STATE = "config_draft"
+DRAFT_DELAY_S = 0.5
+START_PRESET = "sd15-general"
+# what a preset does not replace: where the model, images and runs are, and the run's name
+LOCATION_KEYS = (
+    "model.pretrained_model", "model.vae", "model.v2", "model.v_parameterization", "model.clip_skip",
+    "dataset.image_dir", "dataset.reg_dir", "sampling.prompts", "sampling.prompts_file",
+    "saving.output_dir", "saving.output_name",
+)
+NAME_KEY = "saving.output_name"
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def allowed_values(spec: FieldSpec) -> str:
+    """What a setting accepts, in words."""
+    kind = editor_kind(spec)
+    if kind == SWITCH:
+        text = "on or off"
+    elif kind == SELECT:
+        text = "one of " + ", ".join(str(choice) for choice in spec.choices)
+    elif spec.type in (int, float):
+        text = "a whole number" if spec.type is int else "a number"
+        if spec.minimum is not None and spec.maximum is not None:
+            text += f" from {spec.minimum:g} to {spec.maximum:g}"
+        elif spec.minimum is not None:
+            text += f", at least {spec.minimum:g}"
+        elif spec.maximum is not None:
+            text += f", at most {spec.maximum:g}"
+    elif spec.path:
+        text = "a path (relative to the workspace folder)"
+    elif kind == MULTILINE:
+        text = "text, one entry per line"
+    else:
+        text = "text"
+    if spec.optional:
+        text += "; empty = unset"
+    default = "empty" if spec.default in ("", None) else repr(spec.default) if isinstance(spec.default, str) else spec.default
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    return f"{text} · default {default}"
+
+
+class SettingsProvider(Provider):
+    """`/` and the command palette: jump to any setting by label or key, fuzzily."""
+
+    def _specs(self) -> list[FieldSpec]:
+        screen = self.screen
+        return list(screen.state.specs.values()) if isinstance(screen, ConfigScreen) else []
+
+    async def discover(self) -> Hits:
+        for spec in self._specs():
+            yield DiscoveryHit(
+                f"{spec.label} · {spec.key}", partial(self.screen.focus_setting, spec.key), help=spec.help
+            )
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for spec in self._specs():
+            text = f"{spec.label} · {spec.key}"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), partial(self.screen.focus_setting, spec.key),
+                          text=text, help=spec.help)
+
+
+class ConfigScreen(Screen):
+    CSS_PATH = "config.tcss"
+    COMMANDS = {SettingsProvider}
+    BINDINGS = [
+        Binding("slash", "jump", "Jump to setting"),
+        Binding("ctrl+g", "jump", "Jump to setting", show=False, priority=True),
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+o", "open", "Preset/import", priority=True),
+        Binding("ctrl+n", "next_name", "Next name", priority=True),
+        Binding("ctrl+t", "start", "Train", priority=True),
+        Binding("escape", "leave_field", "Leave field", show=False),
+    ]
+
+    class RunsScanned(Message):
+        def __init__(self, names: set[str], speed: RunSpeed | None):
+            super().__init__()
+            self.names = names
+            self.speed = speed
+
+    class Imported(Message):
+        def __init__(self, path: Path, result: Any):
+            super().__init__()
+            self.path = path
+            self.result = result
+
+    class Started(Message):
+        def __init__(self, run_dir: Path):
+            super().__init__()
+            self.run_dir = run_dir
+
+    class Failed(Message):
+        """A background job (import, start) failed with a message for the user."""
+
+        def __init__(self, title: str, reason: str):
+            super().__init__()
+            self.title = title
+            self.reason = reason
+
+    def __init__(self, workspace):
+        super().__init__()
+        self.workspace = workspace
+        self.base_dir: Path = workspace.root
+        self.state = ConfigFormState()
+        self._notes = self._load_from_disk()
+        self._restore_draft()
+        self._run_names: set[str] = set()
+        self._blockers: dict[str, str] = {}  # start-only problems: existing run folder, empty dataset
+        self._focused_key: str | None = None
+        self._draft_timer: Timer | None = None
+        self._shown_once = False
+
+    # ---- loading
+
+    def _load_from_disk(self) -> list[str]:
+        """Fill the state from loradeck.toml (even an invalid one); notes for the user."""
+        path = self.workspace.config_path
+        self._disk_stamp = _file_stamp(path)
+        if not path.exists():
+            self.state.load(load_preset(START_PRESET), saved=False)
+            return [f"No {path.name} yet: this is the {START_PRESET} preset. ctrl+s saves it, ctrl+o picks another."]
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            self.state.load(load_preset(START_PRESET), saved=False)
+            return [f"{path}: cannot be read ({error}); showing the {START_PRESET} preset. Saving replaces the file."]
+        return self.state.load_data(data, str(path))
+
+    def _restore_draft(self) -> None:
+        draft = self.workspace.load_state(DRAFT_STATE)
+        if self.state.restore_draft(draft) and self.state.dirty:
+            self._notes.append("Restored unsaved changes from last time. ctrl+s saves them; "
+                               "ctrl+o → reload discards them.")
+
+    # ---- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="config-main"):
+            yield ConfigForm(self.state.specs.values(), self.state.raw, self.base_dir, id="config-form")
+            with Vertical(id="config-side"):
+                yield Static("", id="setting-help")
+                yield PlanPanel(self.base_dir, id="plan-panel")
+        yield Static("", id="config-status")
+        yield Footer()
+
+    @property
+    def form(self) -> ConfigForm:
+        return self.query_one(ConfigForm)
+
+    @property
+    def plan_panel(self) -> PlanPanel:
+        return self.query_one(PlanPanel)
+
+    def on_mount(self) -> None:
+        self.query_one("#setting-help").border_title = "Setting"
+        self.plan_panel.border_title = "Plan"
+        self.form.focus()
+        self._refresh_messages()
+        self._render_help()
+        self.plan_panel.schedule(self.state.config, now=True)
+        for note in self._notes:
+            self.notify(note, title="Config", timeout=8)
+        if self.state.dirty:
+            self._schedule_draft()
+
+    def on_screen_resume(self) -> None:
+        if self._shown_once:
+            # images, captions or the file may have changed on another screen or in an editor
+            if _file_stamp(self.workspace.config_path) != self._disk_stamp and not self.state.dirty:
+                self._reload()
+            self.plan_panel.rescan()
+        self._shown_once = True
+        self._scan_runs()
+
+    def on_unmount(self) -> None:
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+            self._write_draft()
+
+    # ---- editing
+
+    def on_config_form_edited(self, message: ConfigForm.Edited) -> None:
+        if self.state.set(message.key, message.raw):
+            self._after_change([message.key])
+
+    def on_config_form_field_focused(self, message: ConfigForm.FieldFocused) -> None:
+        self._focused_key = message.key
+        self._render_help()
+
+    def _show_values(self, keys: list[str]) -> None:
+        """Put state values into the editors of `keys` (after a preset, import or reload)."""
+        for key in keys:
+            self.form.set_raw(key, self.state.raw[key])
+        self._after_change(keys)
+
+    def _after_change(self, keys: list[str]) -> None:
+        self._refresh_messages()
+        if "saving.output_dir" in keys:
+            self._scan_runs()
+        self.plan_panel.schedule(self.state.config)
+        self._schedule_draft()
+
+    def _runs_dir(self) -> Path:
+        return resolve_path(self.base_dir, self.state.config.saving.output_dir) or self.base_dir
+
+    def _refresh_messages(self) -> None:
+        """Inline reasons under every setting, the help panel and the status line."""
+        problems = self.state.problems()
+        self._blockers = self._start_blockers()
+        for key in self.state.specs:
+            if key in problems:
+                self.form.show_message(key, problems[key], "error")
+            elif key in self._blockers:
+                self.form.show_message(key, self._blockers[key], "error")
+            elif key == NAME_KEY:
+                name = self.state.config.saving.output_name
+                self.form.show_message(
+                    key, f"a new run folder: {Path(self.state.config.saving.output_dir) / name} · "
+                    "ctrl+n suggests the next version", "hint")
+            else:
+                self.form.show_message(key, "")
+        self._render_help(problems)
+        self._render_status(problems)
+
+    def _start_blockers(self) -> dict[str, str]:
+        blockers: dict[str, str] = {}
+        name_problem = run_folder_problem(self.state.config.saving.output_name, self._runs_dir(), self._run_names)
+        if name_problem:
+            blockers[NAME_KEY] = name_problem
+        panel = self.plan_panel
+        if panel.is_current:
+            if panel.error is not None:
+                key, _, reason = panel.error.partition(": ")
+                blockers[key if key in self.state.specs else "dataset.image_dir"] = reason if key in self.state.specs else panel.error
+            elif panel.plan is not None and panel.plan.total_steps == 0:
+                blockers["dataset.image_dir"] = ("no training images: put images in <repeats>_<class> "
+                                                 "subfolders of the image folder")
+        return blockers
+
+    def _render_help(self, problems: dict[str, str] | None = None) -> None:
+        help_panel = self.query_one("#setting-help", Static)
+        key = self._focused_key
+        if key is None:
+            help_panel.update(
+                "[$text-muted]tab / shift+tab move between settings, / jumps to one by name.\n"
+                "Each setting's help and advice show here.[/]")
+            return
+        spec = self.state.specs[key]
+        problems = self.state.problems() if problems is None else problems
+        lines = [f"[b]{escape(spec.label)}[/b]  [$text-muted]{key} · {GROUPS[spec.group]}[/]", escape(spec.help)]
+        if spec.advice:
+            lines.append(f"[i]{escape(spec.advice)}[/i]")
+        lines.append(f"[$text-muted]{escape(allowed_values(spec))}[/]")
+        reason = problems.get(key) or self._blockers.get(key)
+        if reason:
+            lines.append(f"[$error]✗ {escape(reason)}[/]")
+        help_panel.update("\n".join(lines))
+
+    def _render_status(self, problems: dict[str, str]) -> None:
+        parts = [str(self.workspace.config_path.name)]
+        parts.append("unsaved changes (kept as a draft)" if self.state.dirty else "saved")
+        blockers = {**problems, **{k: v for k, v in self._blockers.items() if k not in problems}}
+        if blockers:
+            key, reason = next(iter(blockers.items()))
+            more = f" (+{len(blockers) - 1} more)" if len(blockers) > 1 else ""
+            parts.append(f"[$error]cannot train: {key}: {escape(reason)}{more}[/]")
+        else:
+            parts.append("[$success]ready: ctrl+t starts training[/]")
+        status = self.query_one("#config-status", Static)
+        status.update(" · ".join(parts))
+        status.set_class(bool(blockers), "-blocked")
+
+    def focus_setting(self, key: str) -> None:
+        self.form.focus_setting(key)
+
+    # ---- plan and runs
+
+    def on_plan_panel_planned(self, message: PlanPanel.Planned) -> None:
+        self.call_after_refresh(self._refresh_messages)
+
+    def on_plan_panel_failed(self, message: PlanPanel.Failed) -> None:
+        self.call_after_refresh(self._refresh_messages)
+
+    @work(thread=True, exclusive=True, group="config-runs")
+    def _scan_runs(self) -> None:
+        runs_dir = self._runs_dir()
+        self.post_message(self.RunsScanned(existing_run_names(runs_dir), recent_speed(runs_dir)))
+
+    def on_config_screen_runs_scanned(self, message: RunsScanned) -> None:
+        self._run_names = message.names
+        self.plan_panel.speed = message.speed
+        self._refresh_messages()
+
+    # ---- drafts
+
+    def _schedule_draft(self) -> None:
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._draft_timer = self.set_timer(DRAFT_DELAY_S, self._write_draft)
+
+    def _write_draft(self) -> None:
+        self._draft_timer = None
+        try:
+            if self.state.dirty:
+                self.workspace.save_state(DRAFT_STATE, self.state.draft())
+            elif (self.workspace.state_dir / f"{DRAFT_STATE}.json").exists():
+                self.workspace.save_state(DRAFT_STATE, {})
+        except OSError as error:
+            self.notify(f"Cannot keep a draft of unsaved changes: {error}", severity="warning")
+
+    # ---- actions
+
+    def action_jump(self) -> None:
+        from textual.command import CommandPalette
+
+        self.app.push_screen(CommandPalette(providers=[SettingsProvider], placeholder="Jump to a setting…"))
+
+    def action_leave_field(self) -> None:
+        self.form.focus()
+
+    def action_save(self) -> bool:
+        problems = self.state.problems()
+        if problems:
+            key, reason = next(iter(problems.items()))
+            self.notify(f"{key}: {reason}", title=f"Not saved: {len(problems)} setting(s) to fix", severity="error")
+            self.focus_setting(key)
+            return False
+        path = self.workspace.config_path
+        try:
+            save_config(self.state.config, path)
+        except OSError as error:
+            self.notify(f"{path}: {error}", title="Not saved", severity="error")
+            return False
+        self._disk_stamp = _file_stamp(path)
+        self.state.mark_saved()
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._write_draft()
+        self._refresh_messages()
+        self.notify(f"Saved {path}", title="Config")
+        return True
+
+    def action_open(self) -> None:
+        options = [(f"preset:{p.name}", f"Preset: {p.title} — {p.description}") for p in list_presets()]
+        options.append(("kohya", "Import a Kohya GUI JSON config…"))
+        options.append(("reload", f"Reload {self.workspace.config_path.name} from disk"))
+        from tui.screens.config_dialogs import ChoiceDialog
+
+        self.app.push_screen(
+            ChoiceDialog("Start from", options,
+                         "A preset keeps your base model, folders, prompts and output name."),
+            self._opened,
+        )
+
+    def _opened(self, choice: str | None) -> None:
+        if choice is None:
+            return
+        if choice.startswith("preset:"):
+            name = choice.removeprefix("preset:")
+            keep = tuple(key for key in LOCATION_KEYS
+                         if self.state.values[key] != self.state.specs[key].default)
+            changed = self.state.apply(load_preset(name), keep)
+            self._show_values(changed)
+            self.notify(f"{len(changed)} setting(s) changed; not saved yet (ctrl+s).", title=f"Preset {name}")
+        elif choice == "kohya":
+            from tui.screens.config_dialogs import PathDialog
+
+            self.app.push_screen(PathDialog("Kohya GUI JSON config to import", self.base_dir), self._import_path)
+        elif choice == "reload":
+            if self.state.dirty:
+                from tui.screens.confirm import ConfirmScreen
+
+                self.app.push_screen(
+                    ConfirmScreen(f"Drop the unsaved changes and reload {self.workspace.config_path.name}?"),
+                    lambda yes: self._reload() if yes else None,
+                )
+            else:
+                self._reload()
+
+    def _reload(self) -> None:
+        before = dict(self.state.raw)
+        for note in self._load_from_disk():
+            self.notify(note, title="Config", severity="warning")
+        self._show_values([key for key, raw in self.state.raw.items() if before.get(key) != raw])
+        self._write_draft()
+
+    def _import_path(self, text: str | None) -> None:
+        if not text:
+            return
+        path = Path(text).expanduser()
+        self._import_kohya(path if path.is_absolute() else self.base_dir / path)
+
+    @work(thread=True, exclusive=True, group="config-import")
+    def _import_kohya(self, path: Path) -> None:
+        from engine.kohya_import import import_kohya_file
+
+        try:
+            result = import_kohya_file(path, dataset_base=self.base_dir)
+        except LoradeckError as error:
+            self.post_message(self.Failed("Kohya import failed", str(error)))
+        else:
+            self.post_message(self.Imported(path, result))
+
+    def on_config_screen_imported(self, message: Imported) -> None:
+        result = message.result
+        changed = self.state.apply(result.config)
+        self._show_values(changed)
+        lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s)."]
+        if result.ignored:
+            shown = ", ".join(result.ignored[:8]) + (" …" if len(result.ignored) > 8 else "")
+            lines.append(f"{len(result.ignored)} Kohya key(s) not used: {shown}")
+        lines += result.notes
+        self.notify("\n".join(lines), title=f"Imported {message.path.name}", timeout=10)
+
+    def on_config_screen_failed(self, message: Failed) -> None:
+        self.notify(message.reason, title=message.title, severity="error", timeout=10)
+        self._refresh_messages()
+
+    def action_next_name(self) -> None:
+        self._run_names = existing_run_names(self._runs_dir())
+        names = suggest_names(self.state.config.saving.output_name, self._run_names)
+        from tui.screens.config_dialogs import ChoiceDialog
+
+        options = [(names.new_images, f"{names.new_images}  — new images (next number)")]
+        if names.new_settings != names.new_images:
+            options.append((names.new_settings, f"{names.new_settings}  — same images, new settings (next letter)"))
+        self.app.push_screen(ChoiceDialog("Output name for the next run", options), self._set_name)
+
+    def _set_name(self, name: str | None) -> None:
+        if name and self.state.set(NAME_KEY, name):
+            self._show_values([NAME_KEY])
+
+    def action_start(self) -> None:
+        self._run_names = existing_run_names(self._runs_dir())
+        self._refresh_messages()
+        blockers = {**self.state.problems(), **self._blockers}
+        if blockers:
+            key, reason = next(iter(blockers.items()))
+            label = self.state.specs[key].label
+            self.notify(f"{label} ({key}): {reason}", title="Cannot start training", severity="error", timeout=10)
+            self.focus_setting(key)
+            return
+        if not self.action_save():
+            return
+        self.query_one("#config-status", Static).update("starting the engine…")
+        self._start_training(self.workspace.config_path)
+
+    @work(thread=True, exclusive=True, group="config-start")
+    def _start_training(self, config_path: Path) -> None:
+        from engine.launch import start_training
+
+        try:
+            run_dir = start_training(config_path, detach=True)
+        except LoradeckError as error:
+            self.post_message(self.Failed("Training not started", str(error)))
+        else:
+            self.post_message(self.Started(Path(run_dir)))
+
+    async def on_config_screen_started(self, message: Started) -> None:
+        from tui.screens.dashboard import DashboardScreen
+
+        self._run_names.add(message.run_dir.name)
+        self._refresh_messages()
+        self.notify(f"Training started in {message.run_dir}", title="Config")
+        await self.app.switch_mode("runs")
+        await self.app.push_screen(DashboardScreen(self.workspace, message.run_dir))

@@ -1,0 +1,214 @@
+"""RunsScreen: every run of the workspace with its status, refreshed while shown.
+
+A thread worker keeps one `RunFollower` per run folder, so a refresh reads only what
+each engine appended since the last one (a stat per run when nothing moved), and posts
+the summaries; rows update in place. Enter opens the dashboard, `t` starts training the
+workspace config, `r` resumes and `x` stops the run under the cursor. When the app was
+opened with `loradeck attach RUN_DIR`, the dashboard of that run opens on top at once.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import get_current_worker
+
+from engine.cli.runs import COLUMNS, summary_row
+from engine.errors import LoradeckError
+from engine.rundir import CRASHED, FAILED, RUNNING, STOPPED, RunDir, RunFollower, RunSummary
+from engine.workspace import Workspace
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.dashboard import DashboardScreen
+
+REFRESH_SECONDS = 2.0
+RESUMABLE = (STOPPED, CRASHED, FAILED)
+
+
+class RunsScreen(Screen):
+    CSS_PATH = "runs.tcss"
+
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("t", "train", "Train"),
+        Binding("r", "resume", "Resume"),
+        Binding("x", "stop", "Stop"),
+    ]
+
+    class Refreshed(Message):
+        """The newest summaries of every run; an older pending one is dropped."""
+
+        def __init__(self, runs: list[RunSummary]) -> None:
+            super().__init__()
+            self.runs = runs
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, RunsScreen.Refreshed)
+
+    def __init__(self, workspace: Workspace) -> None:
+        super().__init__()
+        self.workspace = workspace
+        self.runs: list[RunSummary] = []
+        self._wake = threading.Event()
+        self._shown = threading.Event()  # the worker idles while a dashboard covers the list
+        self._shown.set()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="runs-where")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="runs-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        for column in COLUMNS:
+            table.add_column(column.lower(), key=column)
+        self.query_one("#runs-where", Static).update(f"runs in {self.workspace.runs_dir}")
+        self._refresh_runs()
+        attach = getattr(self.app, "attach_run", None)
+        if attach:
+            self.app.attach_run = None  # once: coming back to the list must not re-open it
+            self.app.push_screen(DashboardScreen(self.workspace, attach))
+
+    def on_screen_suspend(self) -> None:
+        self._shown.clear()
+
+    def on_screen_resume(self) -> None:
+        self._shown.set()
+        self._wake.set()
+
+    def on_unmount(self) -> None:
+        self._shown.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ refreshing
+
+    @work(thread=True, exclusive=True, group="runs-refresh")
+    def _refresh_runs(self) -> None:
+        worker = get_current_worker()
+        followers: dict[Path, RunFollower] = {}
+        while not worker.is_cancelled:
+            runs_dir = self.workspace.runs_dir
+            try:
+                folders = [runs_dir / name for name in os.listdir(runs_dir)]
+            except OSError:
+                folders = []
+            current = {folder for folder in folders if folder.is_dir() and RunDir(folder).is_run()}
+            for gone in set(followers) - current:
+                del followers[gone]
+            for folder in current - set(followers):
+                followers[folder] = RunFollower(folder)
+            runs = [follower.refresh() for follower in followers.values()]
+            runs.sort(key=lambda run: run.started or 0.0, reverse=True)
+            self.post_message(self.Refreshed(runs))
+            self._wake.wait(REFRESH_SECONDS)
+            self._wake.clear()
+            while not self._shown.wait(0.5):
+                if worker.is_cancelled:
+                    return
+
+    def on_runs_screen_refreshed(self, message: Refreshed) -> None:
+        self.runs = message.runs
+        table = self.query_one("#runs-table", DataTable)
+        wanted = [str(run.path) for run in message.runs]
+        existing = [str(key.value) for key in table.rows]
+        if wanted != existing:
+            selected = self.selected_run()
+            table.clear()
+            for run in message.runs:
+                table.add_row(*summary_row(run), key=str(run.path))
+            if selected is not None and str(selected.path) in wanted:
+                table.move_cursor(row=wanted.index(str(selected.path)))
+        else:
+            for run in message.runs:
+                for column, value in zip(COLUMNS, summary_row(run)):
+                    if table.get_cell(str(run.path), column) != value:
+                        table.update_cell(str(run.path), column, value)
+        empty = self.query_one("#runs-empty", Static)
+        empty.display = not message.runs
+        if not message.runs:
+            empty.update("No runs yet. Press t to start training the workspace config "
+                         f"({self.workspace.config_path.name}).")
+        self.refresh_bindings()
+
+    def selected_run(self) -> RunSummary | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self.runs or table.cursor_row is None or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return next((run for run in self.runs if str(run.path) == key), None)
+
+    def on_data_table_row_highlighted(self) -> None:
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("open", "resume", "stop"):
+            run = self.selected_run() if self.is_mounted else None
+            if run is None:
+                return False
+            if action == "resume":
+                return run.status in RESUMABLE
+            if action == "stop":
+                return run.status == RUNNING
+        return True
+
+    def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        message.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        run = self.selected_run()
+        if run is not None:
+            self.app.push_screen(DashboardScreen(self.workspace, run.path))
+
+    def action_stop(self) -> None:
+        run = self.selected_run()
+        if run is None or run.status != RUNNING:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                RunDir(run.path).request("stop")
+                self.notify(f"Stop requested for {run.name}.")
+                self._wake.set()
+
+        self.app.push_screen(ConfirmScreen(
+            f"Stop {run.name} gracefully?\n\nThe engine finishes the current step, saves the LoRA "
+            "and its state, and exits."), answered)
+
+    def action_train(self) -> None:
+        config = self.workspace.config_path
+        if not config.exists():
+            self.notify(f"No {config.name} in {self.workspace.root}: make one on the Config screen (3).",
+                        severity="error")
+            return
+        self.notify(f"Starting training from {config.name}…")
+        self._launch(config, None)
+
+    def action_resume(self) -> None:
+        run = self.selected_run()
+        if run is None or run.status not in RESUMABLE:
+            return
+        self.notify(f"Resuming {run.name}…")
+        self._launch(RunDir(run.path).config, run.path)
+
+    @work(thread=True, exclusive=True, group="runs-launch")
+    def _launch(self, config: Path, resume: Path | None) -> None:
+        from engine.launch import start_training
+
+        try:
+            run_dir = start_training(config, detach=True, resume=resume)
+        except (LoradeckError, OSError) as error:
+            self.app.call_from_thread(self.notify, f"could not start: {error}", severity="error")
+            return
+        self._wake.set()
+        self.app.call_from_thread(self.app.push_screen, DashboardScreen(self.workspace, run_dir))

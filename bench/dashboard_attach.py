@@ -2,15 +2,16 @@
 
     /work/venv/bin/python bench/dashboard_attach.py [--steps 100000] [--follow-seconds 20]
 
-1. Writes a run folder with STEPS logged steps (plus epochs, samples, checkpoints).
-2. Opens the app headless (pilot, 120x40) with `attach_run` = that folder and measures
-   the time until the dashboard shows the last step (history fully replayed), and the
-   time until its first paint.
+1. Writes a run folder with STEPS logged steps (plus epochs, samples, checkpoints), and
+   one a tenth as long.
+2. Opens the app headless (pilot, 120x40) in a fresh process with `attach_run` = that
+   folder and measures, from the app's creation: the dashboard mounted, its first paint
+   (a preview from the head and tail of the history), and the whole history shown.
 3. Follows the run while it is idle for FOLLOW seconds, then while a separate writer
    process appends 10 steps a second, and reports this process's CPU time per second
    (all threads: UI, tailer) as a percentage of one core.
-4. Reports the peak resident memory and the size of the folded run state, which must
-   not depend on the number of steps.
+4. Reports resident memory after attaching and after following, and the size of the
+   folded run state (fixed: 512 bins per curve whatever the number of steps).
 Not a test: numbers to read, not assertions.
 """
 from __future__ import annotations
@@ -97,6 +98,12 @@ with open(path, "a") as handle:
 """
 
 
+def resident_mib() -> float:
+    """Resident memory now (Linux); the peak is set by Textual's start-up, not by the run."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 async def measure(run_dir: Path, steps: int, follow_seconds: float) -> dict:
     from tui.app import make_app
     from tui.screens.dashboard import DashboardScreen
@@ -105,19 +112,29 @@ async def measure(run_dir: Path, steps: int, follow_seconds: float) -> dict:
     started = time.perf_counter()
     app = make_app(run_dir.parent.parent, start_screen="runs", attach_run=run_dir)
     async with app.run_test(size=(120, 40)) as pilot:
-        first_paint = None
+        first_paint = mounted = None
         while True:
             screen = app.screen
             if isinstance(screen, DashboardScreen):
+                if mounted is None and screen.is_mounted:
+                    mounted = time.perf_counter()
                 if first_paint is None and screen.view is not None:
                     first_paint = time.perf_counter() - started
                 if screen.view is not None and screen.view.replayed is None and screen.view.state.step == steps:
                     break
             await pilot.pause(0.01)
-        await pilot.pause()  # let the frame with the full history paint
+        full_history = time.perf_counter() - started
         results["first_paint_s"] = round(first_paint, 3)
-        results["full_history_s"] = round(time.perf_counter() - started, 3)
-        results["rss_after_attach_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        results["full_history_s"] = round(full_history, 3)
+        results["app_start_to_dashboard_mount_s"] = round(mounted - started, 3)
+        results["mount_to_first_paint_s"] = round(first_paint - (mounted - started), 3)
+        results["mount_to_full_history_s"] = round(full_history - (mounted - started), 3)
+        results["rss_after_attach_mib"] = resident_mib()
+        state = app.screen.view.state
+        results["loss_summary_bins"] = state.loss_series.capacity
+        results["loss_summary_steps_per_bin"] = state.loss_series.bin_width
+        if not follow_seconds:
+            return results
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(follow_seconds)
@@ -133,26 +150,45 @@ async def measure(run_dir: Path, steps: int, follow_seconds: float) -> dict:
         results["live_follow_10_steps_per_s_cpu_percent"] = round(100 * cpu / wall, 2)
         await pilot.pause(1.0)
         results["steps_shown_after_follow"] = app.screen.view.state.step
-        state = app.screen.view.state
-        results["state_series_bins"] = state.loss_series.capacity
-        results["state_bin_width_steps"] = state.loss_series.bin_width
+        results["rss_after_follow_mib"] = resident_mib()
+        results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
+
+
+def measure_in_subprocess(run_dir: Path, steps: int, follow_seconds: float) -> dict:
+    """A fresh interpreter per measurement: its peak memory is the app's alone."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--measure", str(run_dir), "--steps", str(steps),
+         "--follow-seconds", str(follow_seconds)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--follow-seconds", type=float, default=20.0)
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(asyncio.run(measure(args.measure, args.steps, args.follow_seconds))))
+        return
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as temp:
-        workspace = Path(temp)
-        (workspace / "img").mkdir()
-        run_dir = write_run(workspace / "runs" / "bench", args.steps)
-        size = (run_dir / "events.jsonl").stat().st_size
-        print(f"events.jsonl: {args.steps} steps, {size / 2**20:.1f} MiB")
-        results = asyncio.run(measure(run_dir, args.steps, args.follow_seconds))
-        for key, value in results.items():
-            print(f"{key:40s} {value}")
+        rows = []
+        # a run a tenth as long shows what does (and does not) grow with length
+        for steps, follow in ((args.steps // 10, 0.0), (args.steps, args.follow_seconds)):
+            workspace = Path(temp) / f"ws{steps}"
+            (workspace / "img").mkdir(parents=True)
+            run_dir = write_run(workspace / "runs" / "bench", steps)
+            size = (run_dir / "events.jsonl").stat().st_size
+            print(f"\n{steps} steps, events.jsonl {size / 2**20:.1f} MiB")
+            results = measure_in_subprocess(run_dir, steps, follow)
+            for key, value in results.items():
+                print(f"  {key:42s} {value}")
+            rows.append(results)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

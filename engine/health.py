@@ -13,6 +13,7 @@ engine.quarantine. Light module: no torch.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -134,7 +135,6 @@ class ScanTarget:
     root: Path  # the image folder
     settings: ScanSettings
     cache_path: Path
-    workspace: Workspace | None = None
     config_problem: str = ""  # why the workspace config was not used (defaults were)
 
 
@@ -150,7 +150,6 @@ def target_for_workspace(workspace: Workspace) -> ScanTarget:
         root=workspace.image_dir,
         settings=ScanSettings.from_config(config, kohya_layout=True),
         cache_path=workspace.state_dir / "health-cache.json",
-        workspace=workspace,
         config_problem=problem,
     )
 
@@ -224,6 +223,16 @@ def scan(
     should_stop: Callable[[], bool] | None = None,
 ) -> ScanReport:
     """Check every image under target.root. `progress(done, total)` is called as files finish."""
+    # One scan at a time: a rescan started while a cancelled one winds down waits for
+    # it to save its cache, and then decodes only what that one had not reached.
+    with _one_scan_at_a_time:
+        return _scan(target, workers, progress, should_stop)
+
+
+_one_scan_at_a_time = threading.Lock()
+
+
+def _scan(target, workers, progress, should_stop) -> ScanReport:
     from engine.health_findings import dataset_findings  # it builds on the types above
 
     root, settings = target.root, target.settings

@@ -18,6 +18,7 @@ import io
 import multiprocessing
 import os
 import re
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -140,14 +141,16 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
                 format=image.format, width=width, height=height,
             )
         color_mode = _unusual_color_mode(image)  # before load(), which drops the tile
+        raw = None
         try:
             if image.format in ("JPEG", "MPO"):
-                pixels = Image.fromarray(_decode_jpeg_strictly(data, image))
+                raw = _decode_jpeg_strictly(data, image)
+                pixels = Image.fromarray(raw)
             else:
                 pixels = _decode_with_pillow(data, image)
         except _Damaged as error:
             return _error("corrupt", str(error), format=image.format, width=width, height=height)
-        return _describe(image, pixels, color_mode)
+        return _describe(image, pixels, color_mode, raw)
 
 
 def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFacts:
@@ -189,8 +192,9 @@ def _decode_with_pillow(data: bytes, image: Image.Image) -> Image.Image:
     return image
 
 
-def _describe(image: Image.Image, pixels: Image.Image, color_mode: str) -> ImageFacts:
-    """Facts of a file that decoded cleanly. `pixels` is the decoded first frame."""
+def _describe(image: Image.Image, pixels: Image.Image, color_mode: str, raw: np.ndarray | None) -> ImageFacts:
+    """Facts of a file that decoded cleanly. `pixels` is the decoded first frame, `raw`
+    the same pixels as an array when the decoder gave one (hashing it skips a copy)."""
     orientation = _orientation(image)
     working = _working_copy(pixels)
     upright = working.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else working
@@ -202,8 +206,8 @@ def _describe(image: Image.Image, pixels: Image.Image, color_mode: str) -> Image
         color_mode=color_mode,
         transparent_fraction=_transparent_fraction(image),
         frames=_frame_count(image),
-        pixel_hash=_pixel_hash(pixels, orientation),
-        perceptual_hash=str(imagehash.phash(upright)),
+        pixel_hash=_pixel_hash(pixels, orientation, raw),
+        perceptual_hash=_perceptual_hash(upright),
         sharpness=_sharpness(working),
     )
 
@@ -246,12 +250,20 @@ def _frame_count(image: Image.Image) -> int:
     return int(getattr(image, "n_frames", 1) or 1)
 
 
-def _pixel_hash(pixels: Image.Image, orientation: int) -> str:
-    digest = hashlib.sha1(f"{pixels.mode} {pixels.size} {orientation}".encode())
+def _pixel_hash(pixels: Image.Image, orientation: int, raw: np.ndarray | None) -> str:
+    # sha256 rather than sha1: CPUs with SHA extensions hash it twice as fast.
+    digest = hashlib.sha256(f"{pixels.mode} {pixels.size} {orientation}".encode())
     if pixels.mode in ("P", "PA"):
-        digest.update(pixels.getpalette() and bytes(pixels.getpalette()) or b"")
-    digest.update(pixels.tobytes())
+        digest.update(bytes(pixels.getpalette() or []))
+    digest.update(raw if raw is not None else pixels.tobytes())
     return digest.hexdigest()
+
+
+def _perceptual_hash(gray: Image.Image) -> str:
+    # pHash looks at a 32x32 Lanczos thumbnail; a box reduction to about 128 px first
+    # makes that resize cheap without changing what the 32x32 holds.
+    factor = max(gray.size) // 128
+    return str(imagehash.phash(gray.reduce(factor) if factor > 1 else gray))
 
 
 def _working_copy(pixels: Image.Image) -> Image.Image:
@@ -262,6 +274,10 @@ def _working_copy(pixels: Image.Image) -> Image.Image:
         top = 65535.0 if pixels.mode.startswith("I;16") else max(float(values.max()), 1.0)
         gray = Image.fromarray((values * (255.0 / top)).clip(0, 255).astype(np.uint8))
     else:
+        # A box reduction by a whole factor first: the cheapest way to most of the way down.
+        factor = max(pixels.size) // WORKING_SIDE
+        if factor > 1 and pixels.mode in ("RGB", "L"):
+            pixels = pixels.reduce(factor)
         gray = pixels if pixels.mode == "L" else pixels.convert("L")
     width, height = gray.size
     scale = WORKING_SIDE / max(width, height)
@@ -294,9 +310,40 @@ def _pool_context():
     # imported this module once hands out workers in milliseconds.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        return context
-    return multiprocessing.get_context("spawn")
+        # imagehash's phash imports scipy.fftpack on first use: once here, not per worker.
+        context.set_forkserver_preload([__name__, "scipy.fftpack"])
+    else:
+        context = multiprocessing.get_context("spawn")
+    _start_helper_processes(context)
+    return context
+
+
+def _start_helper_processes(context) -> None:
+    """Start multiprocessing's resource tracker (and forkserver) with a usable stderr.
+
+    Inside the TUI, Textual has replaced sys.stderr with an object whose fileno() is
+    -1; the resource tracker hands that number to its child, and starting it fails.
+    What the helpers could print would only garble the screen, so they get /dev/null.
+    """
+    from multiprocessing import resource_tracker
+
+    try:
+        usable = sys.stderr.fileno() >= 0
+    except Exception:  # no fileno at all: multiprocessing copes with that itself
+        usable = True
+    if usable:
+        return
+    saved = sys.stderr
+    with open(os.devnull, "w") as quiet:
+        sys.stderr = quiet
+        try:
+            resource_tracker.ensure_running()
+            if context.get_start_method() == "forkserver":
+                from multiprocessing import forkserver
+
+                forkserver.ensure_running()
+        finally:
+            sys.stderr = saved
 
 
 def inspect_files(
@@ -341,7 +388,8 @@ def _chunks(paths: list[str], size: int) -> Iterable[list[str]]:
 def _inspect_in_pool(paths, on_result, max_pixels, workers, should_stop) -> set[str] | None:
     """Returns the paths done (all unless a worker died), or None when stopped."""
     done: set[str] = set()
-    chunk = max(1, min(32, len(paths) // (workers * 8)))
+    # Small tasks: a cancelled scan waits only for the few files already handed out.
+    chunk = max(1, min(8, len(paths) // (workers * 8)))
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
     try:
         futures = {pool.submit(inspect_batch, part, max_pixels): part for part in _chunks(paths, chunk)}

@@ -57,7 +57,7 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         parts = _load_diffusers(str(path), local_only=True, dtype=dtype, vae_dtype=vae_dtype)
         source = str(path)
     elif path is not None and path.is_file():
-        parts = _load_single_file(path, allow_ckpt=config.model.allow_ckpt)
+        parts = _load_single_file(path, config, dtype)
         source = str(path)
     elif looks_like_hub_id(value) and not Path(value).expanduser().is_absolute():
         parts = _load_diffusers(value, local_only=False, dtype=dtype, vae_dtype=vae_dtype)
@@ -66,7 +66,10 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         raise LoradeckError(f"model.pretrained_model: {path} does not exist")
 
     if config.model.vae.strip():
-        parts["vae"] = load_vae_override(resolve_path(base_dir, config.model.vae.strip()), parts["vae"])
+        base_folder = path if path is not None and path.is_dir() else None
+        parts["vae"] = load_vae_override(
+            resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
+        )
 
     for part, wanted in (("unet", dtype), ("text_encoder", dtype), ("vae", vae_dtype)):
         module = parts[part]
@@ -125,7 +128,8 @@ def _load_diffusers(source: str, *, local_only: bool, dtype: torch.dtype, vae_dt
     return parts
 
 
-def _load_single_file(path: Path, *, allow_ckpt: bool) -> dict[str, Any]:
+def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:
+    allow_ckpt = config.model.allow_ckpt
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise LoradeckError(f"model.pretrained_model: {path} is neither a folder, a .safetensors nor a .ckpt file")
     if path.suffix.lower() == ".ckpt" and not allow_ckpt:
@@ -135,11 +139,18 @@ def _load_single_file(path: Path, *, allow_ckpt: bool) -> dict[str, Any]:
         )
     from engine.single_file import load_single_file
 
-    return load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None)
+    prediction = "v_prediction" if config.model.v_parameterization else None
+    # fp16 comes later, for the U-Net and CLIP only: the VAE stays fp32 (see load_base_model)
+    load_dtype = torch.float32 if dtype == torch.float16 else dtype
+    return load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None, prediction_type=prediction, dtype=load_dtype)
 
 
-def load_vae_override(path: Path | None, base_vae: Any) -> Any:
-    """A VAE from a diffusers folder or a single `.safetensors` (LDM or diffusers keys)."""
+def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt: bool) -> Any:
+    """A VAE from a diffusers folder or a single file (engine.single_file reads its layouts).
+
+    A file's VAE is built with the base model's VAE config when the base is a diffusers
+    folder, else with SD1.5's (every SD1.x/2.x VAE has that shape).
+    """
     from diffusers import AutoencoderKL
 
     if path is None or not path.exists():
@@ -150,23 +161,12 @@ def load_vae_override(path: Path | None, base_vae: Any) -> Any:
             return AutoencoderKL.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
         except (OSError, ValueError) as error:
             raise LoradeckError(f"model.vae: cannot load {path}: {_first_line(error)}") from None
-    if path.suffix.lower() != ".safetensors":
-        raise LoradeckError(f"model.vae: {path} must be a diffusers folder or a .safetensors file")
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    from safetensors.torch import load_file
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise LoradeckError(f"model.vae: {path} must be a diffusers folder, a .safetensors or a .ckpt file")
+    from engine.single_file import load_single_file_vae
 
-    try:
-        checkpoint = load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise LoradeckError(f"model.vae: {path} is not a readable .safetensors file ({_first_line(error)})") from None
-    vae = AutoencoderKL.from_config(base_vae.config)
-    if not any(key.startswith("encoder.down_blocks.") for key in checkpoint):
-        checkpoint = convert_ldm_vae_checkpoint(checkpoint, dict(vae.config))
-    missing, unexpected = vae.load_state_dict(checkpoint, strict=False)
-    if missing:
-        raise LoradeckError(f"model.vae: {path} does not fit this model's VAE ({len(missing)} weights missing, e.g. {missing[0]})")
-    del unexpected  # EMA copies and loss-network weights some VAE files carry are not needed
-    return vae
+    config_dir = base_folder if base_folder is not None and (base_folder / "vae" / "config.json").is_file() else None
+    return load_single_file_vae(path, allow_ckpt=allow_ckpt, config_dir=config_dir)
 
 
 def _first_line(error: BaseException) -> str:

@@ -47,6 +47,12 @@ def make_optimizer(config: TrainConfig, param_groups: list[dict[str, Any]], devi
         if name == "Prodigy":
             from prodigyopt import Prodigy
 
+            if len({group["lr"] for group in param_groups}) > 1:
+                raise LoradeckError(
+                    "optimizer: Prodigy needs one learning rate for U-Net and text encoder (usually 1.0); "
+                    "leave unet_lr and text_encoder_lr unset"
+                )
+
             return Prodigy(param_groups, lr=lr, **kwargs)
         if name == "Lion":
             from lion_pytorch import Lion

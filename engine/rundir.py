@@ -337,7 +337,9 @@ def _summary_events(tail: EventTail) -> list[dict[str, Any]]:
     kept: list[bytes] = []
     pending_step = None
     for line in data.splitlines():
-        if _STEP_MARK in line:
+        # the writer puts "type" right after v, seq and time: look only there, so a
+        # config value that happens to read "type":"step" is not taken for a step
+        if _STEP_MARK in line[:96]:
             pending_step = line
             continue
         if pending_step is not None:

@@ -61,6 +61,11 @@ class Progress:
     started_at: float = field(default_factory=time.time)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    @property
+    def last_epoch(self) -> int:
+        """The 1-based epoch of the last step (events and checkpoints name epochs so)."""
+        return self.epoch + (1 if self.batch_in_epoch else 0)
+
 
 class _NoEvents:
     """What processes other than the main one write: nothing."""
@@ -146,7 +151,7 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
 
 def _fail(events, progress: Progress, message: str, trace: str) -> None:
     events.emit(ERROR, message=message, traceback=trace)
-    events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.epoch, message=message)
+    events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.last_epoch, message=message)
 
 
 def make_accelerator(config: TrainConfig):
@@ -180,18 +185,10 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
     seed = config.training.seed
     set_seed(seed)
 
-    # ---- dataset: refuse to start on images that cannot be read, not hours in
-    from engine.dataset import scan_dataset
+    # ---- dataset and the numbers of the run
     from engine.plan import make_plan
 
-    dataset = scan_dataset(config, base_dir)
-    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items])
-    if unreadable:
-        listed = "; ".join(message for _, message in unreadable)
-        raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
-    instances = dataset.training_instances()
-    if not instances:
-        raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
+    dataset, instances = load_dataset(config, base_dir)
     plan = make_plan(config, base_dir, dataset)
     sampler = EpochBatchSampler(instances, config.training.batch_size, seed, accelerator.num_processes,
                                 accelerator.process_index)
@@ -273,18 +270,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
     forward_unet = torch.compile(unet) if config.precision.compile_unet else unet
 
     # ---- latents: encode every image once when no augmentation changes the pixels
-    latents = None
-    skip: set[Path] = set()
-    if config.latents_cacheable:
-        on_disk = config.precision.cache_latents == "disk"
-        latents = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
-        if main or not on_disk:
-            log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
-            skip = latents.fill(
-                dataset.items, model.vae, batch_size=config.training.batch_size, with_flipped=config.augmentation.flip,
-                on_failure=lambda path, message: events.emit(WARNING, message=message, code="unreadable_image", path=str(path)),
-            )
-        accelerator.wait_for_everyone()
+    latents, skip = _cache_latents(run, config, model, dataset, accelerator, events, log)
     images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip)
     workers = 0 if (latents is not None and latents.folder is None) else config.precision.dataloader_workers
     # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
@@ -309,11 +295,11 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
             return  # saved at this step already (an epoch save, then a stop request)
         if main:
             checkpointer.save(
-                epoch=progress.epoch + (1 if progress.batch_in_epoch else 0),  # mid-epoch: the epoch in progress
-                step=progress.step, name=name, final=final,
+                epoch=progress.last_epoch, step=progress.step, name=name, final=final,
                 optimizer=optimizer, lr_scheduler=lr_scheduler,
                 progress={**asdict(progress), "step_log": step_log.state_dict()},
             )
+        checkpointer.last_saved_step = progress.step  # on every process: they must skip the same saves
         accelerator.wait_for_everyone()
         step_log.restart_clock()
 
@@ -399,7 +385,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
     # ---- the end
     save(lora_file_name(saving.output_name), final=True)
     step_log.close()
-    events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.epoch, message="")
+    events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
     log(f"finished: {progress.step} steps, {progress.epoch} epochs")
     return 0
 
@@ -457,7 +443,53 @@ def loss_from_noise(model: BaseModel, unet, text_encoder, latents: torch.Tensor,
     return loss.mean()
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- setup helpers
+
+
+def load_dataset(config: TrainConfig, base_dir: Path):
+    """The dataset and one epoch's instances; refuses to start on images that cannot be
+    read (a corrupt file must stop the run now, not hours in)."""
+    from engine.dataset import scan_dataset
+
+    dataset = scan_dataset(config, base_dir)
+    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items])
+    if unreadable:
+        listed = "; ".join(message for _, message in unreadable)
+        raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
+    instances = dataset.training_instances()
+    if not instances:
+        raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
+    return dataset, instances
+
+
+def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log):
+    """(LatentCache or None, paths that failed to encode). On disk, the main process writes."""
+    if not config.latents_cacheable:
+        return None, set()
+    on_disk = config.precision.cache_latents == "disk"
+    cache = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
+    failed: set[Path] = set()
+    if accelerator.is_main_process or not on_disk:
+        log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
+        last_report = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last_report[0] > 10:
+                last_report[0] = time.monotonic()
+                log(f"cached {done}/{total} latents")
+
+        failed = cache.fill(
+            dataset.items, model.vae, batch_size=config.training.batch_size, with_flipped=config.augmentation.flip,
+            on_failure=lambda path, message: events.emit(WARNING, message=message, code="unreadable_image", path=str(path)),
+            on_progress=progress,
+        )
+    accelerator.wait_for_everyone()
+    if on_disk and not accelerator.is_main_process:
+        failed = {item.path for item in dataset.items if not cache.has(item)}
+    return cache, failed
+
+
+# --------------------------------------------------------------------------- loop helpers
 
 
 def _apply_memory_settings(model: BaseModel, config: TrainConfig, device: torch.device, train_text_encoder: bool) -> None:
@@ -465,7 +497,11 @@ def _apply_memory_settings(model: BaseModel, config: TrainConfig, device: torch.
     if precision.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if train_text_encoder:
-            model.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            encoder = model.text_encoder
+            if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5
+                encoder.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if precision.attention == "xformers":
         try:
             model.unet.enable_xformers_memory_efficient_attention()
@@ -508,7 +544,7 @@ def _obey_requests(run: RunDir, config: TrainConfig, accelerator, events, stop_s
         return False
     name = lora_file_name(config.saving.output_name, step=progress.step)
     if "sample" in requests:
-        count = sample(progress.epoch + (0 if epoch_end else 1), progress.step)
+        count = sample(progress.last_epoch, progress.step)
         run.clear_request("sample")
         outcome = f"{count} sample(s) written" if count else "no sample prompts configured"
         events.emit(CONTROL, request="sample", outcome=outcome)
@@ -527,7 +563,7 @@ def _obey_requests(run: RunDir, config: TrainConfig, accelerator, events, stop_s
 def _stopped(loader, events, progress: Progress, step_log: StepLog, log) -> int:
     _release(loader)
     step_log.close()
-    events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.epoch,
+    events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.last_epoch,
                 message=f"stopped at step {progress.step}; resume with --resume")
     log(f"stopped at step {progress.step}")
     return 0

@@ -230,12 +230,13 @@ async def test_auto_caption_job_runs_in_the_background(workspace, tmp_path_facto
         await pilot.press("tab", "tab", "tab")  # kind, mode, prefix
         await type_text(pilot, "ohwx")
         await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert app.screen.job_running
-        for _ in range(200):
+        # the job runs in a subprocess; its end is announced
+        for _ in range(300):
             await pilot.pause(0.1)
-            if not app.screen.job_running:
+            if any("auto-caption" in str(note.message) for note in app._notifications):
                 break
+        assert [str(note.message) for note in app._notifications][-1] == \
+            "auto-caption: 2 written, 4 skipped, 0 failed"
         assert not app.screen.job_running
         folder = workspace / "img" / "10_city"
         # skip mode: only the two images without a caption got one

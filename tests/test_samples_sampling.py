@@ -14,7 +14,13 @@ from engine.events import EventWriter, read_events
 from engine.lora_network import LoraNetwork, save_lora_file
 from engine.model_loading import load_base_model
 from engine.rundir import RunDir
-from engine.sampling import TrainingSampler, a1111_parameters, encode_prompts, make_scheduler
+from engine.sampling import (
+    TrainingSampler,
+    a1111_parameters,
+    encode_prompts,
+    inference_mode_for,
+    make_scheduler,
+)
 from engine.prompts import SamplePrompt
 from engine.tiny_model import make_tiny_model
 
@@ -215,3 +221,17 @@ def test_prompt_encoding_plain_long_and_weighted(tiny_dir):
     weighted, _ = encode_prompts(pipeline, "a photo of a (cat:1.4)", "")
     plain, _ = encode_prompts(pipeline, "a photo of a cat", "")
     assert weighted.shape == plain.shape and not torch.allclose(weighted, plain)
+
+
+def test_inference_mode_restores_every_rng_and_train_flag():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    module.train()
+    module[1].train(False)  # a part the trainer keeps in eval mode on purpose
+    torch.manual_seed(9), random.seed(9), np.random.seed(9)
+    expected = rng_draws()
+    torch.manual_seed(9), random.seed(9), np.random.seed(9)
+    with inference_mode_for([module], torch.device("cpu")):
+        assert not any(sub.training for sub in module.modules())
+        rng_draws(), rng_draws()  # whatever sampling draws from the global generators
+    assert rng_draws() == expected
+    assert module.training and module[0].training and not module[1].training

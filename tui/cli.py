@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "caption": "engine.cli.caption",
     "tags": "engine.cli.tags",
     "grid": "engine.cli.grid",
+    "presets": "engine.cli.presets",
     "attach": "tui.cli_app",
     "demo": "tui.cli_app",
 }

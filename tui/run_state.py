@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.events import as_float
-from engine.run_format import format_clock
+from engine.run_format import format_clock, format_duration
 from engine.rundir import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from tui.series_summary import SeriesSummary
 
@@ -27,11 +27,13 @@ MAX_CHECKPOINTS = 200
 MAX_NOTICES = 200
 MAX_TRACEBACK_LINES = 40
 
-# A step interval is "usual" after this many steps; a run is stalled when nothing has
-# happened for STALL_FACTOR usual intervals, and never sooner than STALL_MIN_SECONDS
-# (sampling and saving pause the steps legitimately).
+# A run is stalled when nothing has happened for STALL_FACTOR usual gaps between step
+# events, and never sooner than STALL_MIN_SECONDS (sampling and saving pause the steps
+# legitimately). The engine writes steps in bursts (one per logging flush), so only gaps
+# of at least GAP_MIN_SECONDS count as "usual": a burst's own gaps are microseconds.
 STALL_FACTOR = 10
 STALL_MIN_SECONDS = 120.0
+GAP_MIN_SECONDS = 1.0
 # Before the first steps (loading the model, caching latents) only a long silence counts.
 STALL_BEFORE_STEPS_SECONDS = 30 * 60.0
 # Free space below this (or below twice the biggest file the run writes) is flagged.
@@ -106,7 +108,7 @@ class RunState:
     gpu_memory_total_mb: float | None = None
     gpu_util: float | None = None
     last_step_time: float | None = None
-    step_interval: float | None = None  # smoothed seconds between step events
+    step_gap: float | None = None  # smoothed seconds between bursts of step events
     nan_step: int | None = None  # first step with a non-finite loss
     # the rest
     last_event_time: float | None = None
@@ -212,7 +214,7 @@ class RunState:
             self.status = str(event.get("status") or FINISHED)
             self.ended = when
             self.step = _int(event.get("step"), self.step)
-            self.epoch = _int(event.get("epoch"), self.epoch)
+            self.epoch = self._epoch_of(_int(event.get("epoch"), self.epoch))
             self.end_message = str(event.get("message") or "")
             text = f"run {self.status}" + (f": {self.end_message}" if self.end_message else "")
             self._notice(when, "error" if self.status == FAILED else "info", text)
@@ -231,7 +233,7 @@ class RunState:
         self.device = str(event.get("device") or self.device)
         self.precision = str(event.get("precision") or self.precision)
         self.step = _int(event.get("start_step"), self.step)
-        self.epoch = _int(event.get("start_epoch"), self.epoch)
+        self.epoch = self._epoch_of(_int(event.get("start_epoch"), self.epoch))
         if self.started is None:
             self.started = when
         # a resumed run is live again: forget the previous end and its failure
@@ -244,6 +246,13 @@ class RunState:
         self.last_step_time = when  # the silence before the first step counts from here
         if self.starts > 1:
             self._notice(when, "info", f"resumed at step {self.step}")
+
+    def _epoch_of(self, completed: int) -> int:
+        """The epoch the dashboard shows, from run_start's and run_end's count of completed
+        epochs: a run that stopped mid-epoch is in the next one, as its steps say."""
+        if self.steps_per_epoch and self.step > completed * self.steps_per_epoch:
+            return completed + 1
+        return completed
 
     def _fold_steps(self, steps: list[dict[str, Any]]) -> None:
         """A run of step events: the hot path (100,000s of them when attaching)."""
@@ -260,18 +269,19 @@ class RunState:
                 if loss is not None and not math.isfinite(loss):
                     self.nan_step = x
                     break
-        # the usual time per step, smoothed so one slow step (a save) barely moves it
-        interval, previous_step, previous_time = self.step_interval, self.step, self.last_step_time
-        for x, event in zip(xs, steps):
+        # the usual silence between step events, smoothed so one slow step (a save)
+        # barely moves it
+        gap_average, previous_time = self.step_gap, self.last_step_time
+        for event in steps:
             when = event.get("time")
             if type(when) is not float:
                 when = as_float(when)
-            if when is not None and previous_time is not None and x > previous_step:
-                gap = (when - previous_time) / (x - previous_step)
-                if gap >= 0:
-                    interval = gap if interval is None else 0.9 * interval + 0.1 * gap
-            previous_step, previous_time = x, when
-        self.step_interval = interval
+            if when is not None and previous_time is not None and when - previous_time >= GAP_MIN_SECONDS:
+                gap = when - previous_time
+                gap_average = gap if gap_average is None else 0.9 * gap_average + 0.1 * gap
+            if when is not None:
+                previous_time = when
+        self.step_gap = gap_average
         self.last_step_time = previous_time
         self.events += len(steps)
         # what the dashboard shows as "now" comes from the newest step only
@@ -327,8 +337,6 @@ class RunState:
         remaining = max(0, self.total_steps - self.step)
         if self.steps_per_s and self.steps_per_s > 0:
             return remaining / self.steps_per_s
-        if self.step_interval:
-            return remaining * self.step_interval
         return None
 
 
@@ -388,13 +396,17 @@ def check_health(state: RunState, *, alive: bool, now: float, last_activity: flo
         activity = max(t for t in (state.last_step_time, state.last_event_time, last_activity, state.started, 0.0)
                        if t is not None)
         silence = now - activity if activity else 0.0
-        if state.step_interval is not None and state.step > 0:
-            limit = max(STALL_MIN_SECONDS, STALL_FACTOR * state.step_interval)
+        if state.step > 0:
+            limit = max(STALL_MIN_SECONDS, STALL_FACTOR * (state.step_gap or 0.0))
         else:
             limit = STALL_BEFORE_STEPS_SECONDS
         if activity and silence > limit:
             stalled_for = silence
-            usual = f"usual {state.step_interval:.1f}s" if state.step_interval else "no step yet"
+            if not state.step:
+                usual = "no step yet"
+            else:
+                usual = f"steps usually every {format_duration(state.step_gap)}" if state.step_gap \
+                    else "steps usually under a second apart"
             # the time of the last sign of life, not a growing duration: the text stays put
             alerts.append(("warning", f"STALLED: no progress since {format_clock(activity)} ({usual})"))
     can_resume = has_config and status in (STOPPED, CRASHED, FAILED)

@@ -203,7 +203,9 @@ class CaptionsScreen(Screen):
             ahead.append(self.session.entries[rows[message.row - 1]].file.image)
         self.query_one(ImagePreview).prefetch(ahead)
 
-    def _show_current(self, tag_highlight: int | None = None) -> None:
+    def _show_current(self, tag_highlight: int | str | None = None) -> None:
+        """Show the current image and caption; `tag_highlight` is the tag row (or the
+        name of the tag) to highlight, by default the row highlighted before."""
         index = self.current_index
         title = self.query_one("#captions-title", Static)
         tags = self.query_one("#captions-tags", OptionList)
@@ -229,6 +231,8 @@ class CaptionsScreen(Screen):
             (" · past the window", "bold") if tokens > CLIP_TOKEN_WINDOW else "",
         ))
         past = tags_past_window(caption)
+        if isinstance(tag_highlight, str):
+            tag_highlight = max(0, caption.index(tag_highlight))
         previous = tags.highlighted if tag_highlight is None else tag_highlight
         tags.clear_options()
         tags.add_options(
@@ -259,8 +263,8 @@ class CaptionsScreen(Screen):
             Option(Text.assemble((f"{count:>6} ", "dim"), tag), id=tag)
             for tag, count in self.session.frequency().most_common(FREQUENCY_SHOWN)
         )
-        if highlighted is not None and panel.option_count:
-            panel.highlighted = min(highlighted, panel.option_count - 1)
+        if panel.option_count:
+            panel.highlighted = min(highlighted or 0, panel.option_count - 1)
 
     def _schedule_frequency_update(self) -> None:
         # A burst of edits (holding x) redraws the count panel once.
@@ -386,17 +390,18 @@ class CaptionsScreen(Screen):
         chosen = self._highlighted_tag()
         if chosen is None:
             return
-        position, name = chosen
+        _position, name = chosen
         plan = self.session.plan_operation([self.current_index], f"move {name}",
                                            lambda caption: caption.move(name, step))
-        self._run_plan(plan, tag_highlight=max(0, position + step))
+        self._run_plan(plan, tag_highlight=name)
 
     def action_move_tag_first(self) -> None:
         chosen = self._highlighted_tag()
         if chosen is None:
             return
         label, operation = operation_for("move-first", chosen[1], self.keep_tokens)
-        self._run_plan(self.session.plan_operation([self.current_index], label, operation))
+        self._run_plan(self.session.plan_operation([self.current_index], label, operation),
+                       tag_highlight=chosen[1])
 
     def action_edit_raw(self) -> None:
         index = self.current_index
@@ -441,7 +446,7 @@ class CaptionsScreen(Screen):
 
     # ---- writing, conflicts, undo
 
-    def _run_plan(self, plan: EditPlan | None, kind: str = "edit", tag_highlight: int | None = None) -> None:
+    def _run_plan(self, plan: EditPlan | None, kind: str = "edit", tag_highlight: int | str | None = None) -> None:
         if plan is None:
             self.notify(f"Nothing to {kind}")
             return
@@ -461,7 +466,7 @@ class CaptionsScreen(Screen):
 
         self.app.push_screen(ConflictDialog(names, plan.label), answer)
 
-    def _write(self, plan: EditPlan, overwrite: bool, kind: str, tag_highlight: int | None) -> None:
+    def _write(self, plan: EditPlan, overwrite: bool, kind: str, tag_highlight: int | str | None) -> None:
         commit = {"edit": self.session.commit, "undo": self.session.commit_undo,
                   "redo": self.session.commit_redo}[kind]
         try:

@@ -57,8 +57,8 @@ class DashboardScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Runs"),
         Binding("x", "stop", "Stop"),
-        Binding("c", "save", "Save now"),
-        Binding("n", "sample", "Sample now"),
+        Binding("c", "save", "Save"),
+        Binding("n", "sample", "Sample"),
         Binding("r", "resume", "Resume"),
         Binding("g", "plot", "Plot"),
         # one footer entry per pair: the footer must fit 80 columns
@@ -139,6 +139,8 @@ class DashboardScreen(Screen):
             self.refresh_bindings()
         if self._plot is not None and self._plot.is_attached:
             self._plot.show_state(state)
+        if view.replayed is not None:
+            self.call_after_refresh(self._tailer.drawn)
 
     def _tick(self) -> None:
         if self.view is not None and self.view.health.status == RUNNING:
@@ -152,7 +154,8 @@ class DashboardScreen(Screen):
             badge.set_classes(f"-{status}")
         parts = [state.run_name or self.run.name]
         if state.device:
-            parts.append(" ".join(p for p in (state.device, state.precision) if p))
+            precision = "fp32" if state.precision in ("no", "") else state.precision  # accelerate's "no"
+            parts.append(f"{state.device} {precision}")
         if state.started is not None:
             end = state.ended if state.ended is not None else (time.time() if status == RUNNING else state.last_event_time)
             parts.append(f"started {format_clock(state.started)}, {format_duration((end or state.started) - state.started)}")
@@ -274,8 +277,18 @@ class DashboardScreen(Screen):
             return
         self._log_version = view.log_version
         log = self.query_one("#dash-log", Log)
+        # keep following the end unless the reader has scrolled up to read something
+        at_end = log.scroll_y >= log.max_scroll_y - 1 or not log.region.height
         log.clear()
-        log.write_lines(view.log_lines)
+        log.write_lines(view.log_lines, scroll_end=False)
+        if at_end:
+            log.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-log":
+            # a log filled while its tab was hidden opens at its newest lines
+            log = self.query_one("#dash-log", Log)
+            self.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
 
     def action_next_tab(self) -> None:
         tabs = self.query_one("#dash-tabs", TabbedContent)
@@ -323,7 +336,7 @@ class DashboardScreen(Screen):
         from engine.launch import start_training
 
         try:
-            start_training(self.run.config, detach=True, resume=self.run.path)
+            start_training(None, detach=True, resume=self.run.path)  # with its frozen config
         except (LoradeckError, OSError) as error:
             self.app.call_from_thread(self.notify, f"resume failed: {error}", severity="error")
             return

@@ -71,11 +71,13 @@ class RunsScreen(Screen):
         for column in COLUMNS:
             table.add_column(column.lower(), key=column)
         self.query_one("#runs-where", Static).update(f"runs in {self.workspace.runs_dir}")
-        self._refresh_runs()
         attach = getattr(self.app, "attach_run", None)
         if attach:
             self.app.attach_run = None  # once: coming back to the list must not re-open it
+            # the list waits until it is shown: the dashboard gets the CPU to itself
+            self._shown.clear()
             self.app.push_screen(DashboardScreen(self.workspace, attach))
+        self._refresh_runs()
 
     def on_screen_suspend(self) -> None:
         self._shown.clear()
@@ -95,6 +97,9 @@ class RunsScreen(Screen):
         worker = get_current_worker()
         followers: dict[Path, RunFollower] = {}
         while not worker.is_cancelled:
+            while not self._shown.wait(0.5):
+                if worker.is_cancelled:
+                    return
             runs_dir = self.workspace.runs_dir
             try:
                 folders = [runs_dir / name for name in os.listdir(runs_dir)]
@@ -110,9 +115,6 @@ class RunsScreen(Screen):
             self.post_message(self.Refreshed(runs))
             self._wake.wait(REFRESH_SECONDS)
             self._wake.clear()
-            while not self._shown.wait(0.5):
-                if worker.is_cancelled:
-                    return
 
     def on_runs_screen_refreshed(self, message: Refreshed) -> None:
         self.runs = message.runs
@@ -199,10 +201,10 @@ class RunsScreen(Screen):
         if run is None or run.status not in RESUMABLE:
             return
         self.notify(f"Resuming {run.name}…")
-        self._launch(RunDir(run.path).config, run.path)
+        self._launch(None, run.path)  # the run's frozen config
 
     @work(thread=True, exclusive=True, group="runs-launch")
-    def _launch(self, config: Path, resume: Path | None) -> None:
+    def _launch(self, config: Path | None, resume: Path | None) -> None:
         from engine.launch import start_training
 
         try:

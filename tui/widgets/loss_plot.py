@@ -35,9 +35,6 @@ def braille_rows(summary: SeriesSummary, width: int, height: int) -> tuple[list[
     y_low, y_high = min(lows), max(highs)
     span = (y_high - y_low) or 1.0
     dot_rows = height * 4
-    # few columns (a short run): spread them over the whole width
-    stretch = max(1, (width * 2) // max(1, len(columns)))
-
     def to_row(value: float) -> int:
         return min(dot_rows - 1, max(0, int(round((y_high - value) / span * (dot_rows - 1)))))
 
@@ -48,22 +45,24 @@ def braille_rows(summary: SeriesSummary, width: int, height: int) -> tuple[list[
         bits, mean = cells[cell_y][cell_x]
         cells[cell_y][cell_x] = (bits | _DOT_BITS[y % 4][x % 2], mean or is_mean)
 
+    # every dot column shows the summary column under it: a short run is spread over
+    # the whole width, a long one was already folded into width * 2 columns
+    count, dot_columns = len(columns), width * 2
     previous = None
-    for index in range(len(columns)):
+    for x in range(dot_columns):
+        index = x * count // dot_columns
         mean, low, high = columns.mean[index], columns.low[index], columns.high[index]
         if mean is None:
             previous = None
             continue
-        for repeat in range(stretch):
-            x = index * stretch + repeat
-            for y in range(to_row(high), to_row(low) + 1):
-                set_dot(x, y, False)
-            row = to_row(mean)
-            # join to the previous mean so a steep drop stays one line
-            start, stop = (row, row) if previous is None else (min(row, previous), max(row, previous))
-            for y in range(start, stop + 1):
-                set_dot(x, y, True)
-            previous = row
+        for y in range(to_row(high), to_row(low) + 1):
+            set_dot(x, y, False)
+        row = to_row(mean)
+        # join to the previous mean so a steep drop stays one line
+        start, stop = (row, row) if previous is None else (min(row, previous), max(row, previous))
+        for y in range(start, stop + 1):
+            set_dot(x, y, True)
+        previous = row
     return cells, y_low, y_high, columns.x_first, columns.x_last
 
 

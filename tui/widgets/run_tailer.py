@@ -27,11 +27,13 @@ from engine.rundir import RunDir
 from tui.run_state import Health, RunState, check_health
 
 POLL_SECONDS = 0.5
-REPLAY_CHUNK_BYTES = 4 * 1024 * 1024
+REPLAY_CHUNK_BYTES = 1024 * 1024
 # histories bigger than this (about 8,000 steps) get a preview while they replay
 PREVIEW_MIN_BYTES = 2 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 64 * 1024
 PREVIEW_TAIL_BYTES = 512 * 1024
+# how long the replay waits for the preview to be painted (see `drawn`)
+PREVIEW_DRAW_SECONDS = 1.0
 # while a long history replays, say how far it got this often
 REPLAY_PROGRESS_SECONDS = 0.25
 PID_CHECK_SECONDS = 2.0
@@ -105,9 +107,11 @@ class RunTailer(Widget):
         self.run_dir = Path(run_dir)
         self.poll_seconds = poll_seconds
         self._wake = threading.Event()
+        self._drawn = threading.Event()
 
     def on_mount(self) -> None:
-        self._follow()
+        # start once the screen has painted: its first frame need not share the CPU
+        self.call_after_refresh(self._follow)
 
     def on_unmount(self) -> None:
         self._wake.set()  # let the worker see its cancellation now, not after a poll
@@ -115,6 +119,10 @@ class RunTailer(Widget):
     def poke(self) -> None:
         """Look again now (after a control request, so its pending mark shows at once)."""
         self._wake.set()
+
+    def drawn(self) -> None:
+        """The owner has painted the preview: the full replay may take the CPU now."""
+        self._drawn.set()
 
     @work(thread=True, exclusive=True, group="run-tailer")
     def _follow(self) -> None:
@@ -135,6 +143,7 @@ class RunTailer(Widget):
         if preview is not None:
             watcher.check(preview, force=True)
             publish(preview, 0.0)
+            self._drawn.wait(PREVIEW_DRAW_SECONDS)
         last_progress = time.monotonic()
         while not worker.is_cancelled:
             before = tail.offset

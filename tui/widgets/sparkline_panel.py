@@ -18,7 +18,7 @@ from engine.run_format import format_loss, format_lr
 from tui.series_summary import Columns, SeriesSummary
 
 BLOCKS = "▁▂▃▄▅▆▇█"
-LABEL_WIDTH = 9
+LABEL_WIDTH = 11
 VALUE_WIDTH = 10
 
 

@@ -28,8 +28,11 @@ class TextLine(Widget):
 
     def show(self, text: str | Text) -> None:
         if text != self._text:
+            old_length = len(self._text)
             self._text = text
-            self.refresh()
+            # an auto-width line (a badge) needs a layout pass only when its length changes
+            width = self.styles.width
+            self.refresh(layout=width is not None and width.is_auto and len(text) != old_length)
 
     def render(self) -> Text:
         text = self._text if isinstance(self._text, Text) else Text(self._text)

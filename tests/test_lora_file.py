@@ -1,0 +1,134 @@
+"""Our LoRA files load in diffusers' `StableDiffusionPipeline.load_lora_weights` with no key
+left over, and change the pipeline's output exactly as the LoRA did inside the trainer."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from engine.lora_network import (
+    ADAPTER_NAME,
+    LoraNetwork,
+    attach_lora_file,
+    lora_layers,
+    network_shape,
+    read_lora_file,
+    save_lora_file,
+)
+from engine.trainer import train
+
+
+@pytest.fixture
+def pipeline_factory(tiny_model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    def make():
+        pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return make
+
+
+def render(pipeline) -> np.ndarray:
+    generator = torch.Generator().manual_seed(0)
+    return pipeline("sks dog, red", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=generator).images[0]
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def load_in_diffusers(pipeline, path) -> list[str]:
+    """Load with diffusers; every warning it logs or raises (leftover or missing keys)."""
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "peft", "transformers")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipeline.load_lora_weights(str(path))  # raises on keys it cannot rename
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    return handler.messages + [str(w.message) for w in caught if "key" in str(w.message).lower()]
+
+
+def randomized_network(pipeline, **kwargs) -> LoraNetwork:
+    network = LoraNetwork.attach(pipeline.unet, pipeline.text_encoder, rank=4, alpha=2.0, **kwargs)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return network
+
+
+@pytest.mark.parametrize("train_text_encoder", [True, False])
+def test_saved_file_loads_in_diffusers_and_matches(tmp_path, pipeline_factory, train_text_encoder):
+    ours = pipeline_factory()
+    network = randomized_network(ours, train_text_encoder=train_text_encoder)
+    path = tmp_path / "lora.safetensors"
+    save_lora_file(path, network.state_dict(torch.float32), {"ss_network_dim": "4"})
+
+    tensors, metadata = read_lora_file(path)
+    assert metadata == {"ss_network_dim": "4"}
+    assert network_shape(tensors) == (4, 2.0, True, train_text_encoder)
+    assert all(key.startswith(("lora_unet_", "lora_te_text_model_")) for key in tensors)
+    assert all(key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for key in tensors)
+    assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape == (4, 32, 1, 1)
+    assert float(tensors["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"]) == 2.0
+
+    fresh = pipeline_factory()
+    base = render(fresh)
+    messages = load_in_diffusers(fresh, path)
+    if not train_text_encoder:  # diffusers notes a U-Net-only file; nothing is wrong
+        messages = [m for m in messages if not m.startswith("No LoRA keys associated to CLIPTextModel")]
+    assert messages == []
+    assert len(list(lora_layers_of_any_adapter(fresh.unet))) == len(list(lora_layers(ours.unet)))
+    loaded = render(fresh)
+    assert np.abs(loaded - base).max() > 1e-3  # the LoRA does something
+    np.testing.assert_allclose(loaded, render(ours), atol=1e-5)  # and the same as in training
+
+
+def lora_layers_of_any_adapter(model):
+    from peft.tuners.lora import LoraLayer
+
+    return (module for module in model.modules() if isinstance(module, LoraLayer) and module.lora_A)
+
+
+def test_fp16_file_and_round_trip(tmp_path, pipeline_factory):
+    ours = pipeline_factory()
+    network = randomized_network(ours)
+    path = tmp_path / "half.safetensors"
+    save_lora_file(path, network.state_dict(torch.float16))
+    assert all(t.dtype == torch.float16 for t in read_lora_file(path)[0].values())
+    fresh = pipeline_factory()
+    assert load_in_diffusers(fresh, path) == []
+
+    # our own loader (resume, grid) puts the same numbers back
+    again = pipeline_factory()
+    loaded = attach_lora_file(again.unet, again.text_encoder, path)
+    for (name, layer), (_, original) in zip(lora_layers(again.unet), lora_layers(ours.unet)):
+        torch.testing.assert_close(layer.lora_A[ADAPTER_NAME].weight,
+                                   original.lora_A[ADAPTER_NAME].weight.half().float(), msg=name)
+    assert loaded.rank == 4 and loaded.alpha == 2.0
+
+
+def test_trained_checkpoint_loads_in_diffusers(tmp_path, tiny_dataset, make_run, pipeline_factory):
+    run = make_run(tiny_dataset, "interop", training={"epochs": 1},
+                   precision={"save_precision": "fp16"}, optimizer={"learning_rate": 5e-3})
+    assert train(run.path) == 0
+    fresh = pipeline_factory()
+    base = render(fresh)
+    assert load_in_diffusers(fresh, run.checkpoints / "interop.safetensors") == []
+    assert np.abs(render(fresh) - base).max() > 0

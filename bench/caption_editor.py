@@ -74,6 +74,8 @@ async def bench_app(root: Path, steps: int) -> None:
     from tui.app import make_app
     from tui.screens.captions import CaptionsScreen
 
+    # Start at the first image, not where the last run stopped.
+    (root / ".loradeck" / "captions.json").unlink(missing_ok=True)
     started = time.perf_counter()
     app = make_app(root, start_screen="captions", image_protocol="halfcell")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -34,7 +34,7 @@ from engine.caption_files import (
     write_caption,
 )
 from engine.errors import UsageError
-from engine.tags import Caption, parse_caption, tag_key
+from engine.tags import Caption, caption_keys, parse_caption, tag_key
 
 # ---- entries
 
@@ -46,6 +46,7 @@ class CaptionEntry:
     stamp: Stamp = None
     loaded: bool = False
     _parsed: Caption | None = field(default=None, repr=False)
+    _keys: set[str] | None = field(default=None, repr=False)
 
     @property
     def relative(self) -> str:
@@ -58,11 +59,18 @@ class CaptionEntry:
         return self._parsed
 
     @property
+    def keys(self) -> set[str]:
+        """Tag names, without building the whole parsed caption when it is plain."""
+        if self._keys is None:
+            self._keys = caption_keys(self.text or "")
+        return self._keys
+
+    @property
     def is_captioned(self) -> bool:
         return bool(self.text and self.text.strip())
 
     def set_text(self, text: str | None, stamp: Stamp) -> None:
-        self.text, self.stamp, self.loaded, self._parsed = text, stamp, True, None
+        self.text, self.stamp, self.loaded, self._parsed, self._keys = text, stamp, True, None, None
 
 
 # ---- filters
@@ -97,7 +105,7 @@ def parse_filter(query: str) -> list[FilterTerm]:
 
 def _term_matches(term: FilterTerm, entry: CaptionEntry, reviewed: bool) -> bool:
     if term.kind == "tag":
-        found = term.value in entry.caption.keys()
+        found = term.value in entry.keys
     elif term.kind == "text":
         found = term.value in (entry.text or "").lower()
     elif term.kind == "is":
@@ -179,13 +187,13 @@ class CaptionSession:
     def load(self, index: int) -> CaptionEntry:
         entry = self.entries[index]
         if not entry.loaded:
-            text, stamp = read_caption(entry.file.caption)
+            text, stamp = read_caption(entry.file.caption_path)
             entry.set_text(text, stamp)
         return entry
 
     def read_all(self) -> list[tuple[str | None, Stamp]]:
         """Read every caption not yet loaded (safe from a worker thread: no mutation)."""
-        return [read_caption(entry.file.caption) if not entry.loaded else (entry.text, entry.stamp)
+        return [read_caption(entry.file.caption_path) if not entry.loaded else (entry.text, entry.stamp)
                 for entry in self.entries]
 
     def accept_read(self, results: list[tuple[str | None, Stamp]]) -> None:
@@ -204,12 +212,12 @@ class CaptionSession:
         if not entry.loaded:
             self.load(index)
             return False
-        if caption_stamp(entry.file.caption) == entry.stamp:
+        if caption_stamp(entry.file.caption_path) == entry.stamp:
             return False
-        old_keys = set(entry.caption.keys())
-        text, stamp = read_caption(entry.file.caption)
+        old_keys = entry.keys
+        text, stamp = read_caption(entry.file.caption_path)
         entry.set_text(text, stamp)
-        self._count_change(old_keys, set(entry.caption.keys()))
+        self._count_change(old_keys, entry.keys)
         return True
 
     # ---- queries
@@ -238,7 +246,7 @@ class CaptionSession:
         if self._frequency is None:
             counts: Counter[str] = Counter()
             for index in range(len(self.entries)):
-                counts.update(set(self.load(index).caption.keys()))
+                counts.update(self.load(index).keys)
             self._frequency = counts
         return self._frequency
 
@@ -264,7 +272,7 @@ class CaptionSession:
 
     def _conflicts(self, indices: Iterable[int]) -> list[int]:
         return [index for index in indices
-                if caption_stamp(self.entries[index].file.caption) != self.entries[index].stamp]
+                if caption_stamp(self.entries[index].file.caption_path) != self.entries[index].stamp]
 
     def plan_operation(self, indices: Iterable[int], label: str, operation: Operation) -> EditPlan:
         changes = []
@@ -303,9 +311,9 @@ class CaptionSession:
                 # Changed between planning and writing: treat as a conflict left alone.
                 self.refresh_from_disk(change.index)
                 continue
-            old_keys = set(entry.caption.keys())
+            old_keys = entry.keys
             entry.set_text(change.after, stamp)
-            self._count_change(old_keys, set(entry.caption.keys()))
+            self._count_change(old_keys, entry.keys)
             written.append(change)
         if written:
             step = UndoStep(plan.label, tuple(written))

@@ -37,12 +37,21 @@ class CaptionChanged(LoradeckError):
         super().__init__(f"{path}: changed on disk since it was loaded")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaptionFile:
-    image: Path
-    caption: Path
+    # Plain strings: making 20,000 Path objects would be most of a 10,000-image listing.
+    image_path: str
+    caption_path: str
     relative: str  # image path relative to the dataset root, with "/" separators
     has_caption: bool  # as seen when listed
+
+    @property
+    def image(self) -> Path:
+        return Path(self.image_path)
+
+    @property
+    def caption(self) -> Path:
+        return Path(self.caption_path)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ def list_caption_files(root: str | Path, caption_extension: str = ".txt") -> lis
     if not root.is_dir():
         raise LoradeckError(f"{root}: not a folder")
     found: list[CaptionFile] = []
-    pending = [(root, "")]
+    pending = [(str(root), "")]
     while pending:
         folder, prefix = pending.pop()
         try:
@@ -112,22 +121,19 @@ def list_caption_files(root: str | Path, caption_extension: str = ".txt") -> lis
                 continue
             if entry.is_dir():
                 if name != QUARANTINE_DIR:
-                    pending.append((Path(entry.path), f"{prefix}{name}/"))
+                    pending.append((entry.path, f"{prefix}{name}/"))
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             caption_name = name[: name.rfind(".")] + caption_extension
             found.append(CaptionFile(
-                image=Path(entry.path),
-                caption=folder / caption_name,
-                relative=prefix + name,
-                has_caption=caption_name in names,
+                entry.path, os.path.join(folder, caption_name), prefix + name, caption_name in names,
             ))
     found.sort(key=lambda item: _natural_key(item.relative))
     return found
 
 
-def caption_stamp(path: Path) -> Stamp:
+def caption_stamp(path: str | Path) -> Stamp:
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -135,7 +141,7 @@ def caption_stamp(path: Path) -> Stamp:
     return (stat.st_mtime_ns, stat.st_size)
 
 
-def read_caption(path: Path) -> tuple[str | None, Stamp]:
+def read_caption(path: str | Path) -> tuple[str | None, Stamp]:
     """The whole caption text (None when there is no file) and the stamp it was read at."""
     try:
         with open(path, "rb") as handle:

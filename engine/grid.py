@@ -34,6 +34,7 @@ GRID_TEXT_KEY = "loradeck_grid"
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 PADDING = 8
+GUTTER = 4
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,12 @@ def grid_prompts(run: RunDir, config: Any, prompts_file: Path | None) -> tuple[l
     else:
         try:
             text = Path(prompts_file).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            raise LoradeckError(f"{prompts_file}: cannot read the prompts file ({error})") from None
+        except FileNotFoundError:
+            raise LoradeckError(f"{prompts_file}: no such prompts file (--prompts)") from None
+        except UnicodeDecodeError:
+            raise LoradeckError(f"{prompts_file}: the prompts file is not UTF-8 text (--prompts)") from None
+        except OSError as error:
+            raise LoradeckError(f"{prompts_file}: cannot read the prompts file: {error.strerror}") from None
         prompts, warnings = parse_prompts(text, default_sampler=config.sampling.sampler, source=Path(prompts_file).name)
     recorded: dict[tuple[str, str], int] = {}
     for event in read_events(run.events):
@@ -156,12 +161,19 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _wrap(text: str, font: Any, width: int) -> list[str]:
-    """Lines of `text` no wider than `width` pixels (explicit newlines kept)."""
+def _wrap(text: str, font: Any, width: int, *, first_paragraph_lines: int = 0) -> list[str]:
+    """Lines of `text` no wider than `width` pixels (explicit newlines kept).
+
+    `first_paragraph_lines` caps the first paragraph (a long prompt), ending it with '…'.
+    """
     per_line = max(4, int(width / max(1.0, font.getlength("n"))))
     lines: list[str] = []
-    for paragraph in text.split("\n"):
-        lines.extend(textwrap.wrap(paragraph, per_line, break_long_words=True) or [""])
+    for number, paragraph in enumerate(text.split("\n")):
+        wrapped = textwrap.wrap(paragraph, per_line, break_long_words=True) or [""]
+        if number == 0 and first_paragraph_lines and len(wrapped) > first_paragraph_lines:
+            wrapped = wrapped[:first_paragraph_lines]
+            wrapped[-1] = wrapped[-1][: per_line - 1] + "…"
+        lines.extend(wrapped)
     return lines
 
 
@@ -171,23 +183,29 @@ def compose_grid(
     """One image: column labels on top, row labels on the left, cells[row][column] in between.
 
     Rows may differ in image size (each prompt has its own); a column is as wide as its
-    widest cell. Returns the image and its layout (labels and each cell's box).
+    widest cell, a row as tall as its tallest cell or its label. Returns the image and its
+    layout (labels and each cell's box as [left, top, width, height]).
     """
     from PIL import Image, ImageDraw
 
     if not cells or not cells[0]:
         raise LoradeckError("nothing to put in the grid")
     column_widths = [max(row[c].width for row in cells) for c in range(len(column_labels))]
-    row_heights = [max(image.height for image in row) for row in cells]
-    font_size = max(12, min(28, min(row_heights) // 16))
+    font_size = max(12, min(28, min(image.height for row in cells for image in row) // 16))
     font = _font(font_size)
     line_height = font_size + 4
     label_width = max(160, min(480, 14 * font_size))
-    column_lines = [_wrap(label, font, width - 2 * PADDING) for label, width in zip(column_labels, column_widths)]
+    column_lines = [_wrap(label, font, width - PADDING) for label, width in zip(column_labels, column_widths)]
+    row_lines = [_wrap(label, font, label_width - 2 * PADDING, first_paragraph_lines=4) for label in row_labels]
     header_height = 2 * PADDING + line_height * max(len(lines) for lines in column_lines)
+    row_heights = [
+        max(max(image.height for image in row), 2 * PADDING + line_height * len(lines))
+        for row, lines in zip(cells, row_lines)
+    ]
 
-    width = label_width + sum(column_widths)
-    height = header_height + sum(row_heights)
+    # a gutter between cells keeps neighbouring images apart
+    width = label_width + sum(column_widths) + GUTTER * (len(column_widths) - 1)
+    height = header_height + sum(row_heights) + GUTTER * (len(row_heights) - 1)
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     boxes: list[list[list[int]]] = []
@@ -195,12 +213,10 @@ def compose_grid(
     x = label_width
     for lines, column_width in zip(column_lines, column_widths):
         for number, line in enumerate(lines):
-            draw.text((x + PADDING, PADDING + number * line_height), line, fill=INK, font=font)
-        x += column_width
+            draw.text((x + PADDING // 2, PADDING + number * line_height), line, fill=INK, font=font)
+        x += column_width + GUTTER
     y = header_height
-    for row, label, row_height in zip(cells, row_labels, row_heights):
-        max_lines = max(1, (row_height - 2 * PADDING) // line_height)
-        lines = _wrap(label, font, label_width - 2 * PADDING)[:max_lines]
+    for row, lines, row_height in zip(cells, row_lines, row_heights):
         for number, line in enumerate(lines):
             draw.text((PADDING, y + PADDING + number * line_height), line, fill=INK, font=font)
         x = label_width
@@ -209,9 +225,9 @@ def compose_grid(
             left = x + (column_width - image.width) // 2
             grid.paste(image.convert("RGB"), (left, y))
             row_boxes.append([left, y, image.width, image.height])
-            x += column_width
+            x += column_width + GUTTER
         boxes.append(row_boxes)
-        y += row_height
+        y += row_height + GUTTER
     layout = {
         "columns": column_labels,
         "rows": row_labels,
@@ -223,6 +239,21 @@ def compose_grid(
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def pick_device(name: str) -> Any:
+    """`auto` (CUDA when present, else the CPU) or a torch device name the machine has."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LoradeckError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoradeckError(f"--device: {name} asked for, but this machine has no usable CUDA GPU")
+    return device
 
 
 def render_grid(
@@ -256,7 +287,7 @@ def render_grid(
         raise LoradeckError(f"no sample prompts in {source}; give some with --prompts FILE")
     weights = weights or [1.0]
 
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = pick_device(device)
     dtype = torch.float32
     if target.type == "cuda" and config.precision.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if config.precision.mixed_precision == "fp16" else torch.bfloat16

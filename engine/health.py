@@ -190,8 +190,13 @@ class DatasetFiles:
 def list_files(root: Path, caption_extension: str) -> DatasetFiles:
     """Every image and caption under root; hidden folders and _quarantine/ are skipped."""
     files = DatasetFiles()
+    seen: set[tuple[int, int]] = set()  # folders walked, so a symlink loop ends
 
     def walk(folder: str, prefix: str) -> None:
+        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        if identity in seen:
+            return
+        seen.add(identity)
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda item: item.name):
                 relative = prefix + entry.name
@@ -267,5 +272,12 @@ def _scan(target, workers, progress, should_stop) -> ScanReport:
                    {relative: (files.stats[relative], facts[relative]) for relative in facts})
     if not finished:
         raise ScanCancelled()
-    captions = {relative: read_caption(root / relative) for relative in files.captions}
+    captions = {relative: _caption_text(root / relative) for relative in files.captions}
     return ScanReport(root, total, dataset_findings(files, facts, captions, settings))
+
+
+def _caption_text(path: Path) -> str | None:
+    try:
+        return read_caption(path)
+    except OSError:
+        return ""  # unreadable (permissions): to the trainer it is as good as empty

@@ -145,7 +145,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                pixels = Image.fromarray(raw)
+                pixels = _image_over(raw)
             else:
                 pixels = _decode_with_pillow(data, image)
         except _Damaged as error:
@@ -157,15 +157,16 @@ def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFac
     """A file Pillow cannot open: a damaged header, or not an image at all."""
     for signature, name in SIGNATURES.items():
         if data.startswith(signature):
-            if name in EXTENSION_FORMATS[extension]:
-                reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else _first_line(error)
+            if name not in EXTENSION_FORMATS[extension]:
+                return _error("unreadable", f"the content looks like {name} but the name says {extension}")
+            reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else _first_line(error)
             return _error("corrupt", f"damaged {name} header: {reason}")
-            return _error("unreadable", f"the content looks like {name} but the name says {extension}")
     return _error("unreadable", f"not an image (the content is not {EXTENSION_FORMATS[extension][0]})")
 
 
 def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
-    colorspace = "GRAY" if image.mode == "L" else "RGB"
+    # RGBX is Pillow's own memory layout for RGB, so the pixels are shared, not copied.
+    colorspace = "GRAY" if image.mode == "L" else "RGBX"
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=True, fastupsample=True, strict=True)
     except ValueError as error:
@@ -173,8 +174,15 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
         if "unsupported" not in message.lower():
             raise _Damaged(f"libjpeg: {message}") from None
         # A JPEG variant simplejpeg's API lacks (e.g. 12-bit): Pillow decides.
-        return np.asarray(_decode_with_pillow(data, image))
+        return np.asarray(_decode_with_pillow(data, image).convert("RGBX"))
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+
+
+def _image_over(pixels: np.ndarray) -> Image.Image:
+    """A Pillow image sharing the memory of a contiguous L or RGBX array."""
+    pixels = np.ascontiguousarray(pixels)
+    mode = "L" if pixels.ndim == 2 else "RGBX"
+    return Image.frombuffer(mode, (pixels.shape[1], pixels.shape[0]), pixels, "raw", mode, 0, 1)
 
 
 def _decode_with_pillow(data: bytes, image: Image.Image) -> Image.Image:
@@ -276,7 +284,7 @@ def _working_copy(pixels: Image.Image) -> Image.Image:
     else:
         # A box reduction by a whole factor first: the cheapest way to most of the way down.
         factor = max(pixels.size) // WORKING_SIDE
-        if factor > 1 and pixels.mode in ("RGB", "L"):
+        if factor > 1 and pixels.mode in ("RGB", "RGBX", "L"):
             pixels = pixels.reduce(factor)
         gray = pixels if pixels.mode == "L" else pixels.convert("L")
     width, height = gray.size
@@ -289,12 +297,12 @@ def _working_copy(pixels: Image.Image) -> Image.Image:
 
 def _sharpness(gray: Image.Image) -> float:
     """Variance of the 4-neighbour Laplacian: low when edges are soft."""
-    values = np.asarray(gray, dtype=np.float32)
+    values = np.asarray(gray).astype(np.int16)  # the sum spans -1020..1020: int16 holds it
     if values.shape[0] < 3 or values.shape[1] < 3:
         return -1.0
     laplacian = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1]
                  - 4 * values[1:-1, 1:-1])
-    return float(laplacian.var())
+    return float(laplacian.var(dtype=np.float64))
 
 
 # ---- over every core
@@ -373,11 +381,19 @@ def inspect_files(
             return False
         remaining = [path for path in remaining if path not in done]
         if remaining:
-            # A decoder crashed a worker. Go on one file at a time in a single worker,
-            # so the file that crashes it again is known and reported, not retried.
-            _isolate_crash(remaining, on_result, max_pixels, done)
+            # A decoder crashed a worker. The culprit is among the first files not done
+            # (tasks are handed out in order, at most one queued beyond one per worker):
+            # those go one at a time through a single worker, so the file that crashes
+            # it again is known and reported, not retried. The rest go back to the pool.
+            window = remaining[: (workers + 1) * _chunk_size(len(remaining), workers)]
+            _isolate_crash(window, on_result, max_pixels, done)
             remaining = [path for path in remaining if path not in done]
     return True
+
+
+def _chunk_size(count: int, workers: int) -> int:
+    # Small tasks: a cancelled scan waits only for the few files already handed out.
+    return max(1, min(8, count // (workers * 8)))
 
 
 def _chunks(paths: list[str], size: int) -> Iterable[list[str]]:
@@ -388,8 +404,7 @@ def _chunks(paths: list[str], size: int) -> Iterable[list[str]]:
 def _inspect_in_pool(paths, on_result, max_pixels, workers, should_stop) -> set[str] | None:
     """Returns the paths done (all unless a worker died), or None when stopped."""
     done: set[str] = set()
-    # Small tasks: a cancelled scan waits only for the few files already handed out.
-    chunk = max(1, min(8, len(paths) // (workers * 8)))
+    chunk = _chunk_size(len(paths), workers)
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
     try:
         futures = {pool.submit(inspect_batch, part, max_pixels): part for part in _chunks(paths, chunk)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 import traceback
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from engine.checkpoints import Checkpointer, lora_file_name
 from engine.config import TrainConfig, config_to_dict, load_config
 from engine.errors import LoradeckError
-from engine.events import CONTROL, ERROR, RUN_END, RUN_START, WARNING, EventWriter
+from engine.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.lora_metadata import training_metadata
 from engine.lora_network import LoraNetwork
 from engine.model_loading import BaseModel, load_base_model
@@ -45,6 +44,7 @@ from engine.train_data import (
     encode_pixels,
     make_loader,
 )
+from engine.train_control import StopSignal, obey_requests
 from engine.train_log import NonFiniteLoss, StepLog
 from engine.train_state import load_state, restore_rng
 
@@ -77,31 +77,6 @@ class _NoEvents:
         pass
 
 
-class _StopSignal:
-    """SIGINT/SIGTERM ask for a graceful stop at the next step boundary; a second one aborts."""
-
-    def __init__(self):
-        self.triggered = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> "_StopSignal":
-        for number in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[number] = signal.signal(number, self._handle)
-            except ValueError:  # not the main thread: the caller handles stopping
-                pass
-        return self
-
-    def _handle(self, number: int, frame: Any) -> None:
-        if self.triggered:
-            raise KeyboardInterrupt
-        self.triggered = True
-
-    def uninstall(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-
 def train(run_dir: str | Path, *, resume: bool = False) -> int:
     """Train the run in `run_dir` (config.toml inside); returns the process exit status."""
     run = RunDir(run_dir)
@@ -115,7 +90,7 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
         return error.exit_status
     main = accelerator.is_main_process
     events = EventWriter(run.path) if main else _NoEvents()
-    stop_signal = _StopSignal().install()
+    stop_signal = StopSignal().install()
     progress = Progress()
     if main:
         run.create()
@@ -172,7 +147,7 @@ def make_accelerator(config: TrainConfig):
     )
 
 
-def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _StopSignal,
+def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
            progress: Progress, resume: bool) -> int:
     from accelerate.data_loader import prepare_data_loader
     from accelerate.utils import set_seed
@@ -361,7 +336,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
                 sample(epoch, progress.step)
             if saving.save_every_n_steps and progress.step % saving.save_every_n_steps == 0 and not last_step:
                 save(lora_file_name(saving.output_name, step=progress.step))
-            if _obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save):
+            if obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save):
                 return _stopped(loader, events, progress, step_log, log)
             if last_step:
                 break
@@ -378,7 +353,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _
             save(lora_file_name(saving.output_name, epoch=progress.epoch))
         if config.sampling.every_n_epochs and progress.epoch % config.sampling.every_n_epochs == 0:
             sample(progress.epoch, progress.step)
-        if not final_epoch and _obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save,
+        if not final_epoch and obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save,
                                               epoch_end=True):
             return _stopped(loader, events, progress, step_log, log)
 
@@ -519,45 +494,6 @@ def _learning_rates(optimizer, lr_scheduler, network: LoraNetwork, text_encoder_
         rate = last[index] if index < len(last) else group.get("lr") or 0.0
         rates[group.get("name")] = float(rate or 0.0) * float(group.get("d", 1.0))
     return rates.get("unet", 0.0), rates.get("text_encoder", 0.0) if text_encoder_active else 0.0
-
-
-def _obey_requests(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: _StopSignal,
-                   progress: Progress, sample, save, epoch_end: bool = False) -> bool:
-    """Handle control requests at a step boundary; True when the run must stop now.
-
-    One listdir per step on one GPU; with several processes the decision is broadcast,
-    only at log points so the GPUs do not wait on each other every step.
-    """
-    several = accelerator.num_processes > 1
-    if several and not epoch_end and progress.step % config.logging.log_every_n_steps:
-        return False
-    requests = set(run.pending_requests()) if accelerator.is_main_process else set()
-    if stop_signal.triggered:
-        requests.add("stop")
-    if several:
-        from accelerate.utils import broadcast_object_list
-
-        box = [sorted(requests)]
-        broadcast_object_list(box)
-        requests = set(box[0])
-    if not requests:
-        return False
-    name = lora_file_name(config.saving.output_name, step=progress.step)
-    if "sample" in requests:
-        count = sample(progress.last_epoch, progress.step)
-        run.clear_request("sample")
-        outcome = f"{count} sample(s) written" if count else "no sample prompts configured"
-        events.emit(CONTROL, request="sample", outcome=outcome)
-    if "save" in requests:
-        save(name)
-        run.clear_request("save")
-        events.emit(CONTROL, request="save", outcome=f"saved at step {progress.step}")
-    if "stop" in requests:
-        save(name)
-        run.clear_request("stop")
-        events.emit(CONTROL, request="stop", outcome=f"stopped after step {progress.step}")
-        return True
-    return False
 
 
 def _stopped(loader, events, progress: Progress, step_log: StepLog, log) -> int:

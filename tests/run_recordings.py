@@ -1,5 +1,7 @@
 """Recorded run folders for the runs list and dashboard tests, written by hand.
 
+Import the `workspace` fixture from here to use it.
+
 `RecordedRun` writes `events.jsonl` lines in the engine's schema (engine.events) with
 chosen times, so a test can replay a healthy run, a crash, a failure, a stall or a
 100,000-step history without a trainer, and can append to it while the dashboard follows.
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from PIL import Image
 
 from engine.config import config_from_dict, save_config
@@ -138,6 +141,16 @@ def healthy_run(workspace: Path, name: str = "healthy") -> RecordedRun:
     recorded.log("loading the base model\nstep 10 epoch 1 loss 0.2\n"
                  "\x1b[32mcaching latents 50%\rcaching latents 100%\x1b[0m\nrun finished\n")
     return recorded.write()
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A workspace with a config and no runs; app settings kept inside the test folder."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "ws"
+    (root / "img").mkdir(parents=True)
+    write_workspace_config(root)
+    return root
 
 
 def write_workspace_config(workspace: Path) -> None:

@@ -247,3 +247,42 @@ async def test_auto_caption_job_runs_in_the_background(workspace, tmp_path_facto
                 assert (folder / name).with_suffix(".txt").read_bytes() == caption
         counts = str(app.screen.query_one("#captions-frequency").get_option_at_index(0).prompt)
         assert "ohwx" in counts
+
+
+async def test_image_preview_decodes_in_the_background_and_says_what_it_shows(tmp_path):
+    """The shared widget (health screen, dashboard): EXIF on or off, text when it cannot draw."""
+    from textual.app import App
+
+    from tui.widgets.image_preview import ImagePreview
+
+    sideways = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = sideways.getexif()
+    exif[0x0112] = 6
+    sideways.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+
+    class Viewer(App):
+        image_protocol = "halfcell"
+
+        def compose(self):
+            yield ImagePreview(tmp_path / "phone.jpg")
+
+    app = Viewer()
+    async with app.run_test(size=(80, 30)) as pilot:
+        preview = app.query_one(ImagePreview)
+        label = app.query_one("#image-preview-label")
+        await settle(pilot)
+        size = (tmp_path / "phone.jpg").stat().st_size
+        assert str(label.render()) == f"phone.jpg · 20×40 · {size} B · EXIF orientation 6"
+        assert type(preview._picture_widget).__name__ == "HalfcellImage"
+        preview.apply_exif = False  # as a trainer that ignores EXIF sees it
+        await settle(pilot)
+        assert str(label.render()).startswith("phone.jpg · 40×20")
+        preview.path = tmp_path / "broken.png"
+        await settle(pilot)
+        assert preview._picture_widget is None
+        message = str(app.query_one("#image-preview-message").render())
+        assert message.startswith("broken.png\n15 B\ncannot decode")
+        preview.path = None
+        await settle(pilot)
+        assert str(label.render()) == ""

@@ -2,6 +2,8 @@
 drafts, naming, and a plan panel that agrees with `loradeck plan`."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import types
@@ -94,6 +96,14 @@ def editor(app, key: str):
 
 def row_message(app, key: str) -> str:
     return str(app.screen.form.rows[key].query_one(".setting-message").visual)
+
+
+def plan_json(config_path: Path) -> dict:
+    """`loradeck plan CONFIG --json`, as a user would run it."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert loradeck(["plan", str(config_path), "--json"]) == 0
+    return json.loads(out.getvalue())
 
 
 def notifications(app) -> str:
@@ -217,7 +227,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         assert app.screen.plan_panel.plan.epochs == 4
 
 
-async def test_plan_panel_equals_loradeck_plan(workspace, capsys):
+async def test_plan_panel_equals_loradeck_plan(workspace):
     path = workspace / "loradeck.toml"
     # a previous run on this machine gives the speed for the estimate
     run = workspace / "runs" / "city-v1"
@@ -230,8 +240,7 @@ async def test_plan_panel_equals_loradeck_plan(workspace, capsys):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         panel = app.screen.plan_panel
-        assert loradeck(["plan", str(path), "--json"]) == 0
-        assert panel.plan.as_json() == json.loads(capsys.readouterr().out)
+        assert panel.plan.as_json() == plan_json(path)
         assert panel.plan.image_repeats == 3 * 5 + 2 * 2
         assert len(panel.plan.buckets) >= 3
 
@@ -242,8 +251,7 @@ async def test_plan_panel_equals_loradeck_plan(workspace, capsys):
         await pilot.press("ctrl+s")
         await pilot.pause()
         plan = panel.plan
-        assert loradeck(["plan", str(path), "--json"]) == 0
-        assert plan.as_json() == json.loads(capsys.readouterr().out)
+        assert plan.as_json() == plan_json(path)
         assert plan.as_json() == make_plan(load_config(path), workspace).as_json()
 
         text = panel.plan_text()
@@ -328,10 +336,17 @@ async def test_start_refuses_an_existing_run_then_trains_under_the_suggested_nam
         assert editor(app, "saving.output_name").value == "lora-v2"
         assert "a new run folder" in row_message(app, "saving.output_name")
         await pilot.press("ctrl+t")
-        await settle(pilot)
+        # not settle(): the dashboard's followers run until the app exits
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if type(app.screen).__name__ == "DashboardScreen":
+                break
         assert launches == [workspace / "loradeck.toml"]
         assert load_config(workspace / "loradeck.toml").saving.output_name == "lora-v2"
         assert "Training started" in notifications(app)
+        assert app.current_mode == "runs"
+        assert type(app.screen).__name__ == "DashboardScreen"
+        assert app.screen.run.path == (workspace / "runs" / "lora-v2").resolve()
 
 
 async def test_a_broken_config_file_is_shown_with_its_problems(workspace):
@@ -343,3 +358,19 @@ async def test_a_broken_config_file_is_shown_with_its_problems(workspace):
         assert editor(app, "network.alpha").value == "99.0"
         assert "above rank" in row_message(app, "network.alpha")
         assert "network.width: unknown setting" in notifications(app)
+
+
+async def test_a_config_written_while_away_is_shown(tmp_path):
+    """A new workspace: the welcome screen writes loradeck.toml over the config screen."""
+    root = tmp_path / "new"
+    write_image(root / "img" / "3_thing" / "a.png", (64, 64))
+    app = make_app(root, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert type(app.screen).__name__ == "WelcomeScreen"
+        save_config(load_preset("seed-workflow"), root / "loradeck.toml")
+        await pilot.press("escape")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ConfigScreen"
+        assert editor(app, "network.rank").value == "64"
+        assert not app.screen.state.dirty

@@ -18,7 +18,7 @@ from tests.run_recordings import (
     healthy_run,
     screen_text,
     wait_until,
-    write_workspace_config,
+    workspace,  # noqa: F401 - the fixture
 )
 from tui.app import make_app
 from tui.run_state import RunState
@@ -32,19 +32,6 @@ from tui.widgets.sparkline_panel import spark_characters
 
 SIZE = (120, 40)
 SMALL = (80, 24)
-
-
-@pytest.fixture(autouse=True)
-def user_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-
-
-@pytest.fixture
-def workspace(tmp_path):
-    root = tmp_path / "ws"
-    (root / "img").mkdir(parents=True)
-    write_workspace_config(root)
-    return root
 
 
 def attach(workspace, run_dir):
@@ -392,3 +379,19 @@ def test_run_state_snapshot_is_independent():
     assert snapshot.step == 1 and snapshot.loss_series.count == 1
     assert state.step == 2 and state.loss_series.count == 2
     assert state.epoch_step == (2, 5)
+
+
+async def test_starting_engine_then_one_that_died_before_its_first_event(workspace):
+    recorded = RecordedRun(workspace, "early")
+    recorded.log("loading the base model\n").engine_alive()  # no events.jsonl yet
+    app = attach(workspace, recorded.path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await dashboard_ready(pilot)
+        assert badge(screen) == "STARTING"
+        assert screen.check_action("stop", ()) is True
+    recorded.log("ModuleNotFoundError: No module named 'diffusers'\n").engine_dead()
+    app = attach(workspace, recorded.path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await dashboard_ready(pilot)
+        assert badge(screen) == "CRASHED"
+        assert screen.query_one("#dash-log", Log).lines == ["ModuleNotFoundError: No module named 'diffusers'"]

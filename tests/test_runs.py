@@ -8,7 +8,14 @@ from textual.widgets import DataTable
 
 from engine.events import read_events
 from engine.rundir import RunFollower, RunSummary, fold_event, summarize_run
-from tests.run_recordings import RecordedRun, dashboard_ready, healthy_run, screen_text, wait_until, write_workspace_config
+from tests.run_recordings import (  # noqa: F401 - workspace is a fixture
+    RecordedRun,
+    dashboard_ready,
+    healthy_run,
+    screen_text,
+    wait_until,
+    workspace,
+)
 from tui.app import make_app
 from tui.cli import main
 from tui.screens import runs as runs_screen
@@ -16,31 +23,19 @@ from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
 
 
-@pytest.fixture(autouse=True)
-def user_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-
-
-@pytest.fixture
-def workspace(tmp_path):
-    root = tmp_path / "ws"
-    (root / "img").mkdir(parents=True)
-    write_workspace_config(root)
-    return root
-
-
 def five_runs(workspace):
-    """finished, crashed, failed, running, stopped, started an hour apart."""
+    """finished, crashed, failed, running, stopped, started an hour apart; the running one."""
     healthy_run(workspace, "a_finished")
     RecordedRun(workspace, "b_crashed", start=1_700_000_000).start().steps(1, 12).write().engine_dead()
     failed = RecordedRun(workspace, "c_failed", start=1_700_003_600).start().steps(1, 2)
     failed.event("error", message="ValueError: bad bucket", traceback="Traceback...\nValueError: bad bucket")
     failed.event("run_end", status="failed", step=2, epoch=0, message="ValueError: bad bucket")
     failed.write()
-    RecordedRun(workspace, "d_running", start=1_700_007_200).start().steps(1, 5).write().engine_alive()
+    running = RecordedRun(workspace, "d_running", start=1_700_007_200).start().steps(1, 5).write().engine_alive()
     stopped = RecordedRun(workspace, "e_stopped", start=1_700_010_800).start().steps(1, 7)
     stopped.event("run_end", status="stopped", step=7, epoch=0, message="stopped at step 7")
     stopped.write()
+    return running
 
 
 def test_runs_json_lists_every_status(workspace, capsys):
@@ -116,7 +111,7 @@ def test_a_config_value_that_looks_like_a_step_is_not_skipped(workspace):
 
 async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, monkeypatch):
     monkeypatch.setattr(runs_screen, "REFRESH_SECONDS", 0.1)
-    five_runs(workspace)
+    running = five_runs(workspace)
     app = make_app(workspace, start_screen="runs")
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
@@ -136,8 +131,9 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
         table.move_cursor(row=row)
         await pilot.pause()
         assert screen.check_action("stop", ()) is True and screen.check_action("resume", ()) is False
-        recorded = RecordedRun(workspace, "d_running", start=1_700_007_200).start().steps(1, 9)
-        recorded.write()
+        since = len(running.lines)
+        running.steps(6, 9)
+        running.flush_new(since)
         await wait_until(pilot, lambda: table.get_row_at(row)[1].startswith("9/30"), what="step 9")
         # enter opens that run's dashboard
         await pilot.press("enter")

@@ -15,18 +15,13 @@ from engine.grid import GRID_TEXT_KEY, compose_grid, find_checkpoints, parse_wei
 from engine.lora_network import LoraNetwork, save_lora_file
 from engine.model_loading import load_base_model
 from engine.rundir import RunDir
-from engine.tiny_model import make_tiny_model
 from tui.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd15")
 
-
-def make_run(tmp_path, tiny_dir, prompts: str) -> RunDir:
+def finished_run(tmp_path, tiny_model_dir, prompts: str) -> RunDir:
     """A finished run's folder: frozen config, two LoRA files with Kohya metadata, a sample event."""
-    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_dir))
+    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_model_dir))
     config = replace_setting(config, "sampling.prompts", prompts)
     config = replace_setting(config, "saving.output_name", "tiny-lora")
     run = RunDir(tmp_path / "runs" / "tiny-lora")
@@ -52,8 +47,8 @@ def make_run(tmp_path, tiny_dir, prompts: str) -> RunDir:
     return run
 
 
-def test_grid_rows_columns_and_labels(tmp_path, tiny_dir, capsys):
-    run = make_run(tmp_path, tiny_dir, "a red house --w 64 --h 64 --s 1\na city street --w 64 --h 96 --s 1 --d 5 --ss ddim")
+def test_grid_rows_columns_and_labels(tmp_path, tiny_model_dir, capsys):
+    run = finished_run(tmp_path, tiny_model_dir, "a red house --w 64 --h 64 --s 1\na city street --w 64 --h 96 --s 1 --d 5 --ss ddim")
     out = tmp_path / "compare.png"
     assert main(["grid", str(run.path), "--weights", "0,1.0", "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
@@ -76,7 +71,14 @@ def test_grid_rows_columns_and_labels(tmp_path, tiny_dir, capsys):
     assert [len(row) for row in cells] == [2, 2, 2, 2]
     assert [box[2:] for box in cells[0]] == [[64, 64], [64, 64]]
     assert [box[2:] for box in cells[3]] == [[64, 96], [64, 96]]
-    assert grid.size == (layout["label_width"] + 2 * 64, layout["header_height"] + 64 + 64 + 96 + 96)
+    # rows top to bottom, columns left to right, all inside the image, none overlapping
+    for row in cells:
+        assert len({box[1] for box in row}) == 1
+        assert row[0][0] + row[0][2] < row[1][0]
+    tops = [row[0][1] for row in cells]
+    assert all(tops[i] + cells[i][0][3] <= tops[i + 1] for i in range(3))
+    assert tops[0] >= layout["header_height"] and cells[0][0][0] >= layout["label_width"]
+    assert cells[3][1][0] + 64 <= grid.width and tops[3] + 96 <= grid.height
 
     pixels = np.asarray(grid.convert("RGB")).astype(int)
 
@@ -97,8 +99,8 @@ def test_grid_rows_columns_and_labels(tmp_path, tiny_dir, capsys):
         assert (pixels[y : y + h, : layout["label_width"]] < 128).any()
 
 
-def test_grid_with_a_prompts_file_and_default_output(tmp_path, tiny_dir, capsys):
-    run = make_run(tmp_path, tiny_dir, "")
+def test_grid_with_a_prompts_file_and_default_output(tmp_path, tiny_model_dir, capsys):
+    run = finished_run(tmp_path, tiny_model_dir, "")
     prompts = tmp_path / "grid-prompts.txt"
     prompts.write_text("# one prompt\na dog --w 64 --h 64 --s 1 --d 3 --frames 4\n", encoding="utf-8")
     assert main(["grid", str(run.path), "--prompts", str(prompts)]) == 0
@@ -109,10 +111,10 @@ def test_grid_with_a_prompts_file_and_default_output(tmp_path, tiny_dir, capsys)
     assert len(layout["rows"]) == 1 and len(layout["columns"]) == 2
 
 
-def test_grid_refuses_clearly(tmp_path, tiny_dir, capsys):
+def test_grid_refuses_clearly(tmp_path, tiny_model_dir, capsys):
     assert main(["grid", str(tmp_path / "nowhere")]) == 1
     assert "not a run folder" in capsys.readouterr().err
-    run = make_run(tmp_path, tiny_dir, "")
+    run = finished_run(tmp_path, tiny_model_dir, "")
     assert main(["grid", str(run.path)]) == 1
     assert "no sample prompts" in capsys.readouterr().err
     assert main(["grid", str(run.path), "--weights", "0.5,x"]) == 1
@@ -129,8 +131,8 @@ def test_parse_weights():
         parse_weights(" , ")
 
 
-def test_find_checkpoints_orders_by_step(tmp_path, tiny_dir):
-    run = make_run(tmp_path, tiny_dir, "")
+def test_find_checkpoints_orders_by_step(tmp_path, tiny_model_dir):
+    run = finished_run(tmp_path, tiny_model_dir, "")
     assert [(c.epoch, c.step) for c in find_checkpoints(run)] == [(1, 8), (2, 16)]
 
 
@@ -138,7 +140,19 @@ def test_compose_grid_sizes_mixed_rows():
     red = Image.new("RGB", (64, 32), (255, 0, 0))
     blue = Image.new("RGB", (48, 80), (0, 0, 255))
     grid, layout = compose_grid([[red, red, red], [blue, blue, blue]], ["r0", "r1"], ["a", "b", "c"])
-    assert grid.size == (layout["label_width"] + 3 * 64, layout["header_height"] + 32 + 80)
+    gutter = 4
+    assert grid.size == (layout["label_width"] + 3 * 64 + 2 * gutter, layout["header_height"] + 32 + 80 + gutter)
     x, y, w, h = layout["cells"][1][2]
     assert (w, h) == (48, 80)
     assert grid.getpixel((x + 1, y + 1)) == (0, 0, 255)
+
+
+def test_compose_grid_rows_grow_to_fit_their_labels():
+    small = Image.new("RGB", (64, 16), (255, 0, 0))
+    label = "a very long prompt " * 30 + "\nweight 1 | seed 5\neuler_a 30 steps | CFG 7.5 | 64x16"
+    grid, layout = compose_grid([[small], [small]], [label, "short"], ["only column"])
+    first_top, second_top = layout["cells"][0][0][1], layout["cells"][1][0][1]
+    assert second_top - first_top > 16 + 4  # the first row is as tall as its label, not its image
+    pixels = np.asarray(grid.convert("L"))
+    label_band = pixels[first_top:second_top, : layout["label_width"]]
+    assert (label_band[-30:] < 128).any()  # the last label line (sampler, size) is drawn

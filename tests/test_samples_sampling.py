@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -13,6 +12,7 @@ from engine.config import SAMPLERS, TrainConfig, replace_setting
 from engine.events import EventWriter, read_events
 from engine.lora_network import LoraNetwork, save_lora_file
 from engine.model_loading import load_base_model
+from engine.prompts import SamplePrompt
 from engine.rundir import RunDir
 from engine.sampling import (
     TrainingSampler,
@@ -21,18 +21,11 @@ from engine.sampling import (
     inference_mode_for,
     make_scheduler,
 )
-from engine.prompts import SamplePrompt
-from engine.tiny_model import make_tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd15")
-
-
-def load_model(tiny_dir, *, lora_seed: int = 1):
+def load_model(tiny_model_dir, *, lora_seed: int = 1):
     """The base model as the trainer loads it, with a LoRA whose weights are far from zero."""
-    model = load_base_model(make_config(tiny_dir), tiny_dir, device="cpu", dtype=torch.float32)
+    model = load_base_model(make_config(tiny_model_dir), tiny_model_dir, device="cpu", dtype=torch.float32)
     network = LoraNetwork.attach(model.unet, model.text_encoder, rank=4, alpha=4.0)
     generator = torch.Generator().manual_seed(lora_seed)
     with torch.no_grad():
@@ -43,19 +36,19 @@ def load_model(tiny_dir, *, lora_seed: int = 1):
     return model, network
 
 
-def make_config(tiny_dir, **settings) -> TrainConfig:
-    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_dir))
+def make_config(tiny_model_dir, **settings) -> TrainConfig:
+    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_model_dir))
     config = replace_setting(config, "saving.output_name", "tiny-lora")
     for key, value in settings.items():
         config = replace_setting(config, key.replace("__", "."), value)
     return config
 
 
-def make_sampler(tmp_path, tiny_dir, model, **settings):
+def make_sampler(tmp_path, tiny_model_dir, model, **settings):
     run = RunDir(tmp_path / "run")
     run.create()
     events = EventWriter(run.path, fsync=False)
-    config = make_config(tiny_dir, **settings)
+    config = make_config(tiny_model_dir, **settings)
     return TrainingSampler(run, config, tmp_path, model, events, "cpu", torch.float32), run
 
 
@@ -63,11 +56,11 @@ def rng_draws() -> tuple:
     return torch.rand(3).tolist(), random.random(), float(np.random.rand())
 
 
-def test_samples_files_metadata_events_and_training_state(tmp_path, tiny_dir):
-    model, _ = load_model(tiny_dir)
+def test_samples_files_metadata_events_and_training_state(tmp_path, tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
     model.vae.eval()  # a trainer keeps the frozen VAE in eval mode: it must stay so
     prompts = "# two prompts\na cat --w 64 --h 96 --s 2 --d 11 --n ugly, blurry --l 5\na dog --w 72 --h 64 --s 3 --ss dpm++_2m_karras --cn x\n"
-    sampler, run = make_sampler(tmp_path, tiny_dir, model, sampling__prompts=prompts, model__clip_skip=2)
+    sampler, run = make_sampler(tmp_path, tiny_model_dir, model, sampling__prompts=prompts, model__clip_skip=2)
 
     torch.manual_seed(3), random.seed(3), np.random.seed(3)
     expected = rng_draws()
@@ -104,10 +97,10 @@ def test_samples_files_metadata_events_and_training_state(tmp_path, tiny_dir):
     assert f"Seed: {samples[1]['seed']}," in second.text["parameters"]  # the random seed is written down
 
 
-def test_every_sampler_renders(tmp_path, tiny_dir):
-    model, _ = load_model(tiny_dir)
+def test_every_sampler_renders(tmp_path, tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
     prompts = "\n".join(f"a cat --w 64 --h 64 --s 3 --d 5 --ss {name}" for name in SAMPLERS)
-    sampler, _ = make_sampler(tmp_path, tiny_dir, model, sampling__prompts=prompts)
+    sampler, _ = make_sampler(tmp_path, tiny_model_dir, model, sampling__prompts=prompts)
     paths = sampler.sample(1, 1)
     arrays = [np.asarray(Image.open(p)) for p in paths]
     assert len(arrays) == len(SAMPLERS)
@@ -116,11 +109,11 @@ def test_every_sampler_renders(tmp_path, tiny_dir):
     assert len({a.tobytes() for a in arrays}) == len(SAMPLERS)
 
 
-def test_unseeded_prompt_keeps_its_seed_and_file_is_reread(tmp_path, tiny_dir):
-    model, _ = load_model(tiny_dir)
+def test_unseeded_prompt_keeps_its_seed_and_file_is_reread(tmp_path, tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("a cat --w 64 --h 64 --s 2\n", encoding="utf-8")
-    sampler, run = make_sampler(tmp_path, tiny_dir, model, sampling__prompts_file="prompts.txt")
+    sampler, run = make_sampler(tmp_path, tiny_model_dir, model, sampling__prompts_file="prompts.txt")
     sampler.sample(1, 10)
     prompts_file.write_text("a cat --w 64 --h 64 --s 2\na dog --w 64 --h 64 --s 2 --d 4 --zz 1\n", encoding="utf-8")
     sampler.sample(2, 20)
@@ -145,17 +138,17 @@ def test_unseeded_prompt_keeps_its_seed_and_file_is_reread(tmp_path, tiny_dir):
     assert "prompts file not found" in warnings[1]
 
 
-def test_sample_matches_diffusers_loading_the_saved_lora(tmp_path, tiny_dir):
+def test_sample_matches_diffusers_loading_the_saved_lora(tmp_path, tiny_model_dir):
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
-    model, network = load_model(tiny_dir, lora_seed=7)
+    model, network = load_model(tiny_model_dir, lora_seed=7)
     prompt = "a photo of a red house --n blurry --w 64 --h 64 --s 4 --l 6 --d 1234 --ss euler_a"
-    sampler, run = make_sampler(tmp_path, tiny_dir, model, sampling__prompts=prompt)
+    sampler, run = make_sampler(tmp_path, tiny_model_dir, model, sampling__prompts=prompt)
     ours = np.asarray(Image.open(sampler.sample(1, 8)[0]), dtype=np.float32)
 
     lora_file = tmp_path / "tiny-lora.safetensors"
     save_lora_file(lora_file, network.state_dict(torch.float32))
-    fresh = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None)
+    fresh = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
     fresh.scheduler = EulerAncestralDiscreteScheduler.from_config(fresh.scheduler.config)
     fresh.set_progress_bar_config(disable=True)
     base = fresh(
@@ -172,22 +165,22 @@ def test_sample_matches_diffusers_loading_the_saved_lora(tmp_path, tiny_dir):
     assert np.abs(ours - base).mean() > 5 * np.abs(ours - theirs).mean() + 1.0  # the LoRA shows
 
 
-def test_clip_skip_changes_the_text_embedding(tmp_path, tiny_dir):
-    model, _ = load_model(tiny_dir)
+def test_clip_skip_changes_the_text_embedding(tmp_path, tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
     images = []
     for clip_skip in (1, 2):
         sampler, _ = make_sampler(
-            tmp_path / str(clip_skip), tiny_dir, model, sampling__prompts="a cat --w 64 --h 64 --s 2 --d 3",
+            tmp_path / str(clip_skip), tiny_model_dir, model, sampling__prompts="a cat --w 64 --h 64 --s 2 --d 3",
             model__clip_skip=clip_skip,
         )
         images.append(np.asarray(Image.open(sampler.sample(1, 1)[0])))
     assert not np.array_equal(images[0], images[1])
 
 
-def test_schedulers_keep_the_model_schedule(tiny_dir):
+def test_schedulers_keep_the_model_schedule(tiny_model_dir):
     from diffusers import DDPMScheduler
 
-    base = DDPMScheduler.from_pretrained(tiny_dir, subfolder="scheduler").config
+    base = DDPMScheduler.from_pretrained(tiny_model_dir, subfolder="scheduler").config
     for name in SAMPLERS:
         scheduler = make_scheduler(name, base)
         assert scheduler.config.beta_schedule == "scaled_linear"
@@ -206,10 +199,10 @@ def test_a1111_parameters_quote_values_with_commas():
     )
 
 
-def test_prompt_encoding_plain_long_and_weighted(tiny_dir):
+def test_prompt_encoding_plain_long_and_weighted(tiny_model_dir):
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
     positive, negative = encode_prompts(pipeline, "a photo of a cat", "blurry")
     theirs, their_negative = pipeline.encode_prompt("a photo of a cat", "cpu", 1, True, "blurry")
     assert torch.equal(positive, theirs) and torch.equal(negative, their_negative)

@@ -6,20 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.config import config_from_dict, save_config, with_absolute_paths
 from engine.events import read_events
 from engine.lora_network import read_lora_file
-from engine.rundir import RunDir
-from engine.tiny_model import make_tiny_model
 from engine.trainer import train
-from tests.datasets import write_caption, write_image
 
 PROMPTS = "a cat --w 64 --h 64 --s 2 --d 3\n# unseeded: a random seed, kept for the whole run\na dog --w 64 --h 96 --s 2 --ss ddim\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd15")
 
 
 @pytest.fixture
@@ -32,42 +23,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def start_run(root, tiny_dir, name: str, sampling: dict) -> RunDir:
-    folder = root / "img" / "2_cat"
-    for index, color in enumerate(((200, 80, 40), (40, 90, 210))):
-        write_caption(write_image(folder / f"{index}.png", (64, 64), color=color), "a photo of a cat, red")
-    config = config_from_dict(
-        {
-            "model": {"pretrained_model": str(tiny_dir)},
-            "dataset": {"image_dir": "img", "resolution": "64", "min_bucket_resolution": 64,
-                        "max_bucket_resolution": 128, "bucket_step": 64},
-            "captions": {"shuffle_caption": True, "caption_dropout_rate": 0.2},
-            "augmentation": {"flip": True},
-            "network": {"rank": 4, "alpha": 4.0},
-            "optimizer": {"learning_rate": 1e-3, "lr_scheduler": "constant"},
-            "training": {"epochs": 2, "batch_size": 1, "seed": 7},
-            "precision": {"mixed_precision": "no", "dataloader_workers": 0},
-            "sampling": sampling,
-            "saving": {"output_name": name, "save_every_n_epochs": 1, "save_state": False},
-            "logging": {"tensorboard": False, "log_every_n_steps": 1},
-        }
-    )
-    run = RunDir(root / "runs" / name)
-    run.create()
-    save_config(with_absolute_paths(config, root), run.config)
-    return run
+# caption shuffle, dropout and flip: the trainer draws randomness all along the run
+AUGMENTED = {
+    "captions": {"shuffle_caption": True, "caption_dropout_rate": 0.2},
+    "augmentation": {"flip": True},
+}
 
 
-def test_run_with_samples_trains_exactly_like_one_without(tmp_path, tiny_dir, one_thread):
-    with_samples = start_run(
-        tmp_path, tiny_dir, "with-samples",
-        {"prompts": PROMPTS, "at_start": True, "every_n_epochs": 1, "every_n_steps": 2},
-    )
-    without = start_run(tmp_path, tiny_dir, "without", {"prompts": "", "every_n_epochs": 0})
+def test_run_with_samples_trains_exactly_like_one_without(tmp_path, tiny_dataset, make_run, one_thread):
+    sampling = {"prompts": PROMPTS, "at_start": True, "every_n_epochs": 1, "every_n_steps": 2}
+    with_samples = make_run(tmp_path, "with-samples", sampling=sampling, **AUGMENTED)
+    without = make_run(tmp_path, "without", sampling={"prompts": "", "every_n_epochs": 0}, **AUGMENTED)
     assert train(with_samples.path) == 0
     assert train(without.path) == 0
 
-    # 2 images x 2 repeats = 4 steps per epoch, 2 epochs
+    # 4 images x 2 repeats in batches of 2 = 4 steps per epoch, 2 epochs
     names = sorted(p.name for p in with_samples.samples.glob("*.png"))
     points = ["e0000-s000000", "e0001-s000002", "e0001-s000004", "e0002-s000006", "e0002-s000008"]
     assert names == [f"{point}-p{index:02d}.png" for point in points for index in (0, 1)]
@@ -94,3 +64,16 @@ def test_run_with_samples_trains_exactly_like_one_without(tmp_path, tiny_dir, on
     theirs, _ = read_lora_file(without.checkpoints / "without.safetensors")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_sample_now_request_samples_at_the_next_step(tmp_path, tiny_dataset, make_run):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog --w 64 --h 64 --s 1 --d 5\n", encoding="utf-8")
+    run = make_run(tmp_path, "asked", training={"epochs": 1}, sampling={"prompts_file": str(prompts), "every_n_epochs": 0})
+    run.request("sample")  # as `loradeck sample-now RUN_DIR` does; seen at the first step boundary
+    assert train(run.path) == 0
+    assert sorted(p.name for p in run.samples.iterdir()) == ["e0001-s000001-p00.png"]
+    events = list(read_events(run.events))
+    control = [e for e in events if e["type"] == "control"]
+    assert [(e["request"], e["outcome"]) for e in control] == [("sample", "1 sample(s) written")]
+    assert Image.open(run.samples / "e0001-s000001-p00.png").text["parameters"].startswith("a dog\nSteps: 1, Sampler: Euler a")

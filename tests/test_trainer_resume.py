@@ -87,8 +87,17 @@ def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_d
     assert_same_weights(tensors, reference)
 
 
-def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make_run, reference):
+def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make_run, reference, monkeypatch):
     """`loradeck stop` from another terminal (here a thread) stops mid-epoch; resume continues."""
+    import engine.trainer
+
+    real_loss = engine.trainer.loss_from_noise
+
+    def slow_loss(*args, **kwargs):  # steps slow enough for the requests to land mid-run
+        time.sleep(0.25)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine.trainer, "loss_from_noise", slow_loss)
     run = make_run(tiny_dataset, "stop-cli", **SETTINGS)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("status", train(run.path)))

@@ -372,14 +372,15 @@ class Health:
 
 
 def check_health(state: RunState, *, alive: bool, now: float, last_activity: float | None,
-                 free_bytes: int | None, has_config: bool) -> Health:
-    """Status after the pid check, and the alerts: failure, crash, NaN, stall, disk."""
+                 free_bytes: int | None, has_config: bool, engine_started: bool = True) -> Health:
+    """Status after the pid check, and the alerts: failure, crash, NaN, stall, disk.
+
+    `engine_started`: the folder shows an engine was started (events or a pid file); a
+    run without a run end whose engine is gone is then crashed (as engine.rundir says).
+    """
     status = state.status
-    if status in (RUNNING, STARTING):
-        if alive:
-            status = RUNNING
-        elif state.events or status == RUNNING:
-            status = CRASHED
+    if status in (RUNNING, STARTING) and not alive and (status == RUNNING or state.events or engine_started):
+        status = CRASHED
     alerts: list[tuple[str, str]] = []
     if status == FAILED:
         alerts.append(("error", f"FAILED: {state.error_message or state.end_message or 'the engine reported a failure'}"))
@@ -392,7 +393,7 @@ def check_health(state: RunState, *, alive: bool, now: float, last_activity: flo
     elif free_bytes is not None and free_bytes < max(LOW_DISK_BYTES, 2 * state.largest_file_bytes):
         alerts.append(("warning", f"disk nearly full: {free_bytes / 2**20:.0f} MiB free in the run folder"))
     stalled_for = None
-    if status == RUNNING:
+    if status in (RUNNING, STARTING):
         activity = max(t for t in (state.last_step_time, state.last_event_time, last_activity, state.started, 0.0)
                        if t is not None)
         silence = now - activity if activity else 0.0

@@ -97,7 +97,7 @@ def _print_stats(session, indices: list[int], args) -> int:
         if not entry.is_captioned:
             uncaptioned += 1
             continue
-        counts.update(set(entry.caption.keys()))
+        counts.update(entry.keys)
         if approximate_clip_tokens(entry.text) > CLIP_TOKEN_WINDOW:
             over_window += 1
     reviewed = sum(1 for index in indices if session.is_reviewed(index))

@@ -4,17 +4,11 @@ The list appears at once (file names only); captions are read and tags counted i
 worker, images decoded in the preview's worker with the next ones prefetched. Every
 edit goes through engine.caption_edits: planned, checked against the file on disk
 (changed since loaded -> the user is asked), written atomically, recorded for undo.
-Auto-captioning runs `python -m engine.cli.caption --progress-json` as a subprocess
-(the TUI never imports torch) and reads its progress lines in a worker.
+Auto-captioning runs as a subprocess in the job bar (tui/widgets/caption_job.py).
 """
 from __future__ import annotations
 
-import json
-import shlex
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -22,9 +16,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, OptionList, ProgressBar, Static
+from textual.widgets import Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
@@ -34,6 +27,7 @@ from engine.errors import LoradeckError
 from engine.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tags_past_window
 from engine.workspace import Workspace
 from tui.widgets.caption_dialogs import AutoCaptionDialog, CaptionTextEditor, ConflictDialog, TagPrompt
+from tui.widgets.caption_job import CaptionJobBar, caption_command
 from tui.widgets.caption_list import CaptionFileList
 from tui.widgets.image_preview import ImagePreview
 
@@ -45,27 +39,12 @@ STATE_NAME = "captions"
 class CaptionsLoaded(Message):
     """Every caption read and its tags counted (from the load worker)."""
 
-    def __init__(self, results: list, counts: Counter, generation: int) -> None:
+    def __init__(self, session: CaptionSession, results: list, counts: Counter, generation: int) -> None:
         super().__init__()
+        self.session = session
         self.results = results
         self.counts = counts
         self.generation = generation
-
-
-class JobProgress(Message):
-    def __init__(self, done: int, total: int, text: str) -> None:
-        super().__init__()
-        self.done, self.total, self.text = done, total, text
-
-    def can_replace(self, message: Message) -> bool:
-        # A fast captioner emits many lines; only the newest matters to the bar.
-        return isinstance(message, JobProgress)
-
-
-class JobFinished(Message):
-    def __init__(self, status: int, summary: str) -> None:
-        super().__init__()
-        self.status, self.summary = status, summary
 
 
 class CaptionsScreen(Screen):
@@ -92,9 +71,8 @@ class CaptionsScreen(Screen):
         Binding("U", "toggle_filter('is:uncaptioned')", "Only uncaptioned", show=False),
         Binding("t", "focus_frequency", "Tag counts", show=False),
         Binding("ctrl+y", "redo", "Redo", show=False),
+        Binding("ctrl+r", "rescan", "Read the folder again", show=False),
     ]
-
-    job_running: reactive[bool] = reactive(False)
 
     def __init__(self, workspace: Workspace):
         super().__init__()
@@ -104,7 +82,6 @@ class CaptionsScreen(Screen):
         self.caption_extension = ".txt"
         self.filter_text = ""
         self._generation = 0  # bumps on every edit: a late frequency count is stale
-        self._job: subprocess.Popen | None = None
         self._shown_relative: str | None = None  # remembered for the next visit
 
     # ---- layout
@@ -125,28 +102,45 @@ class CaptionsScreen(Screen):
                 yield Label("t: dataset tags · enter filters · u/U only unreviewed/uncaptioned · ^y redo",
                             id="captions-frequency-title", classes="captions-keys")
                 yield OptionList(id="captions-frequency")
-        with Horizontal(id="captions-job"):
-            yield ProgressBar(id="captions-job-progress", show_eta=True)
-            yield Static("", id="captions-job-status")
+        yield CaptionJobBar(id="captions-job")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self._open()
+
+    def on_screen_resume(self) -> None:
+        # The config screen may have pointed the workspace at another image folder.
+        if self.session is not None and caption_folder_of(self.workspace.root).root != self.session.root:
+            self._open()
+
+    def action_rescan(self) -> None:
+        self._open()
+        self.notify("Folder read again (undo history starts over)")
+
+    def _open(self) -> None:
         folder = caption_folder_of(self.workspace.root)
         self.keep_tokens, self.caption_extension = folder.keep_tokens, folder.caption_extension
+        self.filter_text = ""
+        self.query_one("#captions-filter", Input).value = ""
+        self.query_one("#captions-frequency", OptionList).clear_options()
         try:
             self.session = CaptionSession(folder.root, self.caption_extension)
         except LoradeckError as error:
-            self.query_one("#captions-count", Static).update(str(error))
+            self.session = None
+            self.files.show_rows(None, [], 0)
+            self.query_one("#captions-count", Static).update(
+                f"{error} · set dataset.image_dir on the config screen (3)")
             return
-        files = self.query_one(CaptionFileList)
         start = self._remembered_row()
-        files.show_rows(self.session, list(range(len(self.session))), start)
-        files.focus()
+        self.files.show_rows(self.session, list(range(len(self.session))), start)
+        self.files.focus()
         self._update_count()
-        self._load_captions(self._generation)
+        self._generation += 1
+        # Read every caption after the first paint: the list shows first.
+        self.call_after_refresh(self._load_captions, self._generation)
 
     def _remembered_row(self) -> int:
-        relative = self.workspace.load_state(STATE_NAME).get("current")
+        relative = self._shown_relative or self.workspace.load_state(STATE_NAME).get("current")
         if not relative or self.session is None:
             return 0
         for index, entry in enumerate(self.session.entries):
@@ -155,7 +149,6 @@ class CaptionsScreen(Screen):
         return 0
 
     def on_unmount(self) -> None:
-        self._stop_job_process()
         if self._shown_relative is not None:
             state = self.workspace.load_state(STATE_NAME)
             state["current"] = self._shown_relative
@@ -169,13 +162,17 @@ class CaptionsScreen(Screen):
     @work(thread=True, exclusive=True, group="captions-load")
     def _load_captions(self, generation: int) -> None:
         session = self.session
+        if session is None:
+            return
         results = session.read_all()
         if get_current_worker().is_cancelled:
             return
         counts = tag_frequency(text or "" for text, _stamp in results)
-        self.post_message(CaptionsLoaded(results, counts, generation))
+        self.post_message(CaptionsLoaded(session, results, counts, generation))
 
     def on_captions_loaded(self, message: CaptionsLoaded) -> None:
+        if message.session is not self.session:
+            return  # read for a folder no longer open
         self.session.accept_read(message.results)
         # Edits made while the worker counted make its numbers stale: count again.
         if message.generation == self._generation:
@@ -376,7 +373,7 @@ class CaptionsScreen(Screen):
                 self._run_plan(self.session.plan_operation([index], label, operation))
 
         self.app.push_screen(TagPrompt(f"Add a tag to {name}", "↓↑ choose · tab completes · enter adds",
-                                       self._suggestions()), add)
+                                       self._suggestions(), exclude=self.session.entries[index].keys), add)
 
     def action_remove_tag(self) -> None:
         chosen = self._highlighted_tag()
@@ -498,16 +495,19 @@ class CaptionsScreen(Screen):
 
     # ---- auto-caption job
 
-    def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "stop_job":
-            return self.job_running
-        if action == "auto_caption":
-            return not self.job_running
-        return True
+    @property
+    def job(self) -> CaptionJobBar:
+        return self.query_one(CaptionJobBar)
 
-    def watch_job_running(self, running: bool) -> None:
-        self.set_class(running, "job-running")
-        self.refresh_bindings()
+    @property
+    def job_running(self) -> bool:
+        return self.job.running
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action in ("stop_job", "auto_caption"):
+            running = self.is_mounted and self.job_running
+            return running if action == "stop_job" else not running
+        return True
 
     def action_auto_caption(self) -> None:
         if self.session is None or self.job_running:
@@ -519,73 +519,23 @@ class CaptionsScreen(Screen):
                 return
             self.workspace.save_state("autocaption", choice)
             try:
-                command = self._caption_command(choice)
+                command = caption_command(self.session.root, choice, self.caption_extension)
             except ValueError as error:
                 self.notify(f"more options: {error}", severity="error")
                 return
-            self.job_running = True
-            self.query_one("#captions-job-status", Static).update("starting…")
-            self.query_one("#captions-job-progress", ProgressBar).update(total=None, progress=0)
-            self._caption_job(command)
+            self.job.start(command)
+            self.refresh_bindings()
 
         self.app.push_screen(AutoCaptionDialog(str(self.session.root), settings), start)
 
-    def _caption_command(self, choice: dict) -> list[str]:
-        command = [sys.executable, "-m", "engine.cli.caption", str(self.session.root),
-                   "--model", choice["model"], "--mode", choice["mode"],
-                   "--caption-extension", self.caption_extension, "--progress-json"]
-        if choice.get("kind") and choice["kind"] != "auto":
-            command += ["--kind", choice["kind"]]
-        if choice.get("prefix"):
-            command += ["--prefix", choice["prefix"]]
-        if choice.get("suffix"):
-            command += ["--suffix", choice["suffix"]]
-        return command + shlex.split(choice.get("extra") or "")
+    def on_caption_job_bar_progress(self, message: CaptionJobBar.Progress) -> None:
+        index = self.current_index
+        if index is not None and message.path == self.session.entries[index].relative:
+            self._show_current()  # the caption on screen was just written: show it
 
-    @work(thread=True, exclusive=True, group="captions-job")
-    def _caption_job(self, command: list[str]) -> None:
-        try:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, text=True, bufsize=1)
-        except OSError as error:
-            self.post_message(JobFinished(1, f"cannot start the captioner: {error}"))
-            return
-        self._job = process
-        last_line, summary = "", ""
-        for line in process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                last_line = line  # a library's log line; the last one explains a failure
-                continue
-            kind = event.get("event")
-            if kind == "progress":
-                self.post_message(JobProgress(event["done"], event["total"], event.get("path", "")))
-            elif kind == "start":
-                self.post_message(JobProgress(0, event["total"], f"{event.get('model', '')} loaded"))
-            elif kind == "done":
-                summary = (f"auto-caption: {event['written']:,} written, {event['skipped']:,} skipped, "
-                           f"{event['failed']:,} failed")
-            elif kind == "error":
-                last_line = event.get("message", "")
-        status = process.wait()
-        self._job = None
-        if status != 0 and not summary:
-            summary = f"auto-caption failed: {last_line or f'exit status {status}'}"
-        self.post_message(JobFinished(status, summary))
-
-    def on_job_progress(self, message: JobProgress) -> None:
-        self.query_one("#captions-job-progress", ProgressBar).update(total=message.total, progress=message.done)
-        self.query_one("#captions-job-status", Static).update(
-            Text(f"{message.done:,}/{message.total:,} {message.text}"))
-
-    def on_job_finished(self, message: JobFinished) -> None:
-        self.job_running = False
-        self.notify(message.summary, severity="information" if message.status == 0 else "error",
-                    timeout=8)
+    def on_caption_job_bar_finished(self, message: CaptionJobBar.Finished) -> None:
+        self.refresh_bindings()
+        self.notify(message.summary, severity="information" if message.status == 0 else "error", timeout=8)
         # The captioner wrote files behind our back: take every changed one from disk.
         if self.session is not None:
             for index in range(len(self.session)):
@@ -596,15 +546,8 @@ class CaptionsScreen(Screen):
             self._schedule_frequency_update()
 
     def action_stop_job(self) -> None:
-        if self._stop_job_process():
+        if self.job.stop():
             self.notify("Stopping auto-caption…")
-
-    def _stop_job_process(self) -> bool:
-        process = self._job
-        if process is None or process.poll() is not None:
-            return False
-        process.terminate()
-        return True
 
 
 def _bulk_action(value: str) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.message import Message
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
@@ -161,7 +161,8 @@ class ConfigScreen(Screen):
         self._blockers: dict[str, str] = {}  # start-only problems: existing run folder, empty dataset
         self._focused_key: str | None = None
         self._draft_timer: Timer | None = None
-        self._shown_once = False
+        self._loaded_raw = dict(self.state.raw)  # what the screen opened with (file + draft)
+        self._left = False
 
     # ---- loading
 
@@ -211,19 +212,30 @@ class ConfigScreen(Screen):
         self._refresh_messages()
         self._render_help()
         self.plan_panel.schedule(self.state.config, now=True)
+        self._scan_runs()
         for note in self._notes:
             self.notify(note, title="Config", timeout=8)
         if self.state.dirty:
             self._schedule_draft()
 
+    def on_screen_suspend(self) -> None:
+        # a dialog of ours on top is not leaving; another screen (or mode) is
+        self._left = not isinstance(self.app.screen, ModalScreen)
+
     def on_screen_resume(self) -> None:
-        if self._shown_once:
-            # images, captions or the file may have changed on another screen or in an editor
-            if _file_stamp(self.workspace.config_path) != self._disk_stamp and not self.state.dirty:
+        if _file_stamp(self.workspace.config_path) != self._disk_stamp:
+            # written by the welcome screen, another loradeck or an editor
+            if not self.state.dirty or self.state.raw == self._loaded_raw:
                 self._reload()
+            else:
+                self.notify(f"{self.workspace.config_path.name} changed on disk; ctrl+o → reload shows it "
+                            "(and drops your unsaved changes).", title="Config", severity="warning")
+                self._disk_stamp = _file_stamp(self.workspace.config_path)
+        if self._left:
+            # images or captions may have changed on another screen
             self.plan_panel.rescan()
-        self._shown_once = True
-        self._scan_runs()
+            self._scan_runs()
+        self._left = False
 
     def on_unmount(self) -> None:
         if self._draft_timer is not None:
@@ -260,18 +272,18 @@ class ConfigScreen(Screen):
         """Inline reasons under every setting, the help panel and the status line."""
         problems = self.state.problems()
         self._blockers = self._start_blockers()
+        form = self.form
         for key in self.state.specs:
             if key in problems:
-                self.form.show_message(key, problems[key], "error")
+                form.show_message(key, problems[key], "error")
             elif key in self._blockers:
-                self.form.show_message(key, self._blockers[key], "error")
+                form.show_message(key, self._blockers[key], "error")
             elif key == NAME_KEY:
-                name = self.state.config.saving.output_name
-                self.form.show_message(
-                    key, f"a new run folder: {Path(self.state.config.saving.output_dir) / name} · "
-                    "ctrl+n suggests the next version", "hint")
+                saving = self.state.config.saving
+                form.show_message(key, f"a new run folder: {Path(saving.output_dir) / saving.output_name} · "
+                                  "ctrl+n suggests the next version", "hint")
             else:
-                self.form.show_message(key, "")
+                form.show_message(key, "")
         self._render_help(problems)
         self._render_status(problems)
 
@@ -434,6 +446,7 @@ class ConfigScreen(Screen):
         before = dict(self.state.raw)
         for note in self._load_from_disk():
             self.notify(note, title="Config", severity="warning")
+        self._loaded_raw = dict(self.state.raw)
         self._show_values([key for key, raw in self.state.raw.items() if before.get(key) != raw])
         self._write_draft()
 
@@ -504,16 +517,18 @@ class ConfigScreen(Screen):
 
         try:
             run_dir = start_training(config_path, detach=True)
-        except LoradeckError as error:
+        except (LoradeckError, OSError) as error:
             self.post_message(self.Failed("Training not started", str(error)))
         else:
             self.post_message(self.Started(Path(run_dir)))
 
-    async def on_config_screen_started(self, message: Started) -> None:
+    def on_config_screen_started(self, message: Started) -> None:
         from tui.screens.dashboard import DashboardScreen
 
         self._run_names.add(message.run_dir.name)
         self._refresh_messages()
         self.notify(f"Training started in {message.run_dir}", title="Config")
-        await self.app.switch_mode("runs")
-        await self.app.push_screen(DashboardScreen(self.workspace, message.run_dir))
+        # the dashboard goes on the runs screen's stack, so `4` and escape lead to the run
+        # list. Not awaited: this screen's own queue must keep running while it is suspended.
+        self.app.switch_mode("runs")
+        self.app.push_screen(DashboardScreen(self.workspace, message.run_dir))

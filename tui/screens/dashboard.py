@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPa
 
 from engine.errors import LoradeckError
 from engine.run_format import format_bytes, format_clock, format_duration, format_speed
-from engine.rundir import CRASHED, FAILED, RUNNING, RunDir
+from engine.rundir import CRASHED, FAILED, RUNNING, STARTING, RunDir
 from engine.workspace import Workspace
 from tui.run_state import RunState, SampleRecord
 from tui.screens.confirm import ConfirmScreen
@@ -112,6 +112,7 @@ class DashboardScreen(Screen):
         table = self.query_one("#dash-checkpoints", DataTable)
         table.add_columns("file", "epoch", "step", "size")
         self._tailer = self.query_one("#dash-tailer", RunTailer)
+        self.query_one("#dash-samples", SamplePanel).border_title = "samples"
         # elapsed time and "last step Ns ago" move with the clock, not with events
         self.set_interval(1.0, self._tick)
 
@@ -143,7 +144,7 @@ class DashboardScreen(Screen):
             self.call_after_refresh(self._tailer.drawn)
 
     def _tick(self) -> None:
-        if self.view is not None and self.view.health.status == RUNNING:
+        if self.view is not None and self.view.health.status in (RUNNING, STARTING):
             self._show_status(self.view)
 
     def _show_status(self, view: RunView) -> None:
@@ -297,8 +298,8 @@ class DashboardScreen(Screen):
     # ------------------------------------------------------------------ control
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in LIVE_ACTIONS:
-            return self.view is not None and self.view.health.status == RUNNING
+        if action in LIVE_ACTIONS:  # a starting engine handles them at its first step
+            return self.view is not None and self.view.health.status in (RUNNING, STARTING)
         if action == "resume":
             return self.view is not None and self.view.health.can_resume
         return True

@@ -23,7 +23,10 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
-from engine.health import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanCancelled, ScanReport, ScanTarget
+from engine.health import (
+    CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanCancelled, ScanReport, ScanTarget, scan,
+    target_for_workspace,
+)
 from engine.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.image_preview import ImagePreview
@@ -57,9 +60,9 @@ class HealthScreen(Screen):
     CSS_PATH = "health.tcss"
     BINDINGS = [
         Binding("r", "rescan", "Rescan"),
-        Binding("c", "cycle_code", "Code"),
-        Binding("s", "cycle_severity", "Severity"),
-        Binding("a", "clear_filters", "All"),
+        Binding("c", "cycle_code", "By code"),
+        Binding("s", "cycle_severity", "By severity"),
+        Binding("a", "clear_filters", "Show all"),
         Binding("f", "fix", "Fix"),
         Binding("F", "fix_all", "Fix all"),
         Binding("x", "quarantine", "Quarantine"),
@@ -104,9 +107,7 @@ class HealthScreen(Screen):
     # ---- scanning
 
     def _target(self) -> ScanTarget:
-        from engine.health import target_for_workspace
-
-        return target_for_workspace(self.workspace)
+        return target_for_workspace(self.workspace)  # read each time: the config may have changed
 
     def action_rescan(self) -> None:
         target = self._target()
@@ -122,8 +123,6 @@ class HealthScreen(Screen):
 
     @work(thread=True, exclusive=True, group="health-scan")
     def _scan(self, target: ScanTarget) -> None:
-        from engine.health import scan
-
         worker = get_current_worker()
         started = time.monotonic()
         try:
@@ -294,6 +293,8 @@ class HealthScreen(Screen):
         item = self._selected()
         if item is None:
             self.notify("No finding selected")
+        elif item.code == "bad_folder_name":
+            self.notify(f"{item.path}: folders are not moved; rename it to <repeats>_{item.path}")
         else:
             self._apply("quarantine", [item])
 
@@ -301,9 +302,12 @@ class HealthScreen(Screen):
         findings = self._findings_of_selected_code()
         if not findings:
             self.notify("No finding selected")
-            return
-        self._confirm(f"Move the {len(findings)} files with {findings[0].code} (and their captions) "
-                      "to _quarantine/?\nu undoes.", "quarantine", findings)
+        elif findings[0].code == "bad_folder_name":
+            self.notify("Folders are not moved; rename them to <repeats>_<name>")
+        else:
+            files = f"{len(findings)} files" if len(findings) > 1 else "the file"
+            self._confirm(f"Move {files} with {findings[0].code} (and captions) to _quarantine/?\n"
+                          "u undoes.", "quarantine", findings)
 
     def _confirm(self, question: str, kind: str, findings: list[Finding]) -> None:
         def answered(yes: bool | None) -> None:

@@ -3,6 +3,7 @@ on-disk conflict question, auto-caption settings. Each is a ModalScreen that dis
 with its answer; the screen decides what to do with it."""
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -58,15 +59,18 @@ class TagPrompt(ModalScreen[str | None]):
         Binding("escape", "cancel", "Cancel"),
         Binding("down", "suggestion(1)", "Next suggestion", show=False),
         Binding("up", "suggestion(-1)", "Previous suggestion", show=False),
-        Binding("tab", "complete", "Complete", priority=True),
-        Binding("enter", "accept", "Accept", priority=True),
+        Binding("tab", "complete", "Complete"),
     ]
+    # No priority bindings here: a priority enter runs before keys typed just ahead
+    # of it are delivered, and those would then land on the screen underneath.
 
-    def __init__(self, title: str, hint: str, tags: list[tuple[str, int]], value: str = ""):
+    def __init__(self, title: str, hint: str, tags: list[tuple[str, int]], value: str = "",
+                 exclude: set[str] = frozenset()):
         super().__init__()
         self.title_text = title
         self.hint = hint
-        self.tags = tags
+        # Suggesting a tag the caption already has would only add nothing.
+        self.tags = [(tag, count) for tag, count in tags if tag not in exclude]
         self.initial = value
         self._chosen = False  # the user moved into the suggestion list
 
@@ -90,7 +94,7 @@ class TagPrompt(ModalScreen[str | None]):
         _head, fragment = completion_target(value)
         suggestions = self.query_one("#prompt-suggestions", OptionList)
         suggestions.clear_options()
-        suggestions.add_options(Option(f"{tag}  [dim]{count}[/]", id=tag)
+        suggestions.add_options(Option(Text.assemble(tag, (f"  {count}", "dim")), id=tag)
                                 for tag, count in matching_tags(fragment, self.tags))
         suggestions.display = suggestions.option_count > 0
         suggestions.highlighted = None
@@ -130,6 +134,10 @@ class TagPrompt(ModalScreen[str | None]):
         value = self._completed(tag) if tag else self.query_one(Input).value
         self.dismiss(value.strip() or None)
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_accept()
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self._completed(event.option.id or ""))
 
@@ -142,7 +150,7 @@ class CaptionTextEditor(ModalScreen[str | None]):
 
     CSS_PATH = "caption_dialogs.tcss"
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+s", "save", "Save"),
         Binding("escape", "cancel", "Cancel"),
     ]
 
@@ -201,8 +209,8 @@ class ConflictDialog(ModalScreen[str]):
 
 CAPTIONER_KINDS = [("auto (from the model)", "auto"), ("BLIP", "blip"), ("Florence-2", "florence2"),
                    ("WD14 tagger (ONNX)", "wd14")]
-EXISTING_MODES = [("skip images that have a caption", "skip"), ("append new tags", "append"),
-                  ("overwrite", "overwrite")]
+EXISTING_MODES = [("skip captioned images", "skip"), ("append new tags", "append"),
+                  ("overwrite captions", "overwrite")]
 
 
 class AutoCaptionDialog(ModalScreen[dict | None]):
@@ -210,7 +218,7 @@ class AutoCaptionDialog(ModalScreen[dict | None]):
 
     CSS_PATH = "caption_dialogs.tcss"
     BINDINGS = [
-        Binding("ctrl+s", "start", "Start", priority=True),
+        Binding("ctrl+s", "start", "Start"),
         Binding("escape", "cancel", "Cancel"),
     ]
 

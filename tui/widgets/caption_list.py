@@ -73,7 +73,7 @@ class CaptionFileList(ScrollView, can_focus=True):
 
     # ---- data from the screen
 
-    def show_rows(self, session: CaptionSession, rows: list[int], cursor: int = 0) -> None:
+    def show_rows(self, session: CaptionSession | None, rows: list[int], cursor: int = 0) -> None:
         self.session = session
         self.rows = rows
         self.virtual_size = Size(self.size.width, len(rows))

@@ -40,7 +40,7 @@ except Exception:  # pragma: no cover - textual-image missing or the terminal qu
 MAX_DECODE_PIXELS = 1600
 # Before the widget has a size, decode for a typical half-screen panel.
 DEFAULT_DECODE_PIXELS = 1024
-CACHE_SIZE = 12
+CACHE_SIZE = 8
 
 PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 

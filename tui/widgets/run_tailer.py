@@ -101,11 +101,11 @@ class RunTailer(Widget):
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, RunTailer.Updated) and message.view.run_dir == self.view.run_dir
 
-    def __init__(self, run_dir: str | Path, *, poll_seconds: float = POLL_SECONDS,
+    def __init__(self, run_dir: str | Path, *, poll_seconds: float | None = None,
                  id: str | None = None) -> None:
         super().__init__(id=id)
         self.run_dir = Path(run_dir)
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
         self._wake = threading.Event()
         self._drawn = threading.Event()
 
@@ -238,7 +238,8 @@ class _FolderWatcher:
         self.pending = pending
         changed |= self._check_log()
         health = check_health(state, alive=self.alive, now=time.time(), last_activity=self._log_mtime,
-                              free_bytes=self.free_bytes, has_config=self.run.config.exists())
+                              free_bytes=self.free_bytes, has_config=self.run.config.exists(),
+                              engine_started=self.run.events.exists() or self.run.pid_file.exists())
         changed |= self.health is None or health.key() != self.health.key()
         self.health = health
         return changed

@@ -81,17 +81,19 @@ class ModelSettings:
         "Optional VAE to use instead of the base model's (folder or .safetensors).",
         label="VAE override",
         path=True,
-        advice="Only needed when the base model's own VAE gives washed-out or broken colours (some merges); latents are cached with the VAE chosen here.",
+        advice="Only needed when the base model's own VAE gives washed-out or broken colours (some "
+        "merges); latents are cached with the VAE chosen here.",
     )
     v2: bool = setting(
         False, "The base model is Stable Diffusion 2.x.", label="SD 2.x model",
-        advice='SD 2.x uses a different text encoder (OpenCLIP): a LoRA trained on one family does not load on the other.',
+        advice="SD 2.x uses a different text encoder (OpenCLIP): a LoRA trained on one family does "
+        "not load on the other.",
     )
     v_parameterization: bool = setting(
         False,
         "The base model predicts v instead of noise (SD 2.x 768-v models).",
         label="v-parameterization",
-        advice='Only for the 768-v SD 2.x models; the 512 base models predict noise.',
+        advice="Only for the 768-v SD 2.x models; the 512 base models predict noise.",
     )
     clip_skip: int = setting(
         1,
@@ -106,7 +108,8 @@ class ModelSettings:
         False,
         "Allow a .ckpt base model, loaded with torch's weights-only loader (never unpickled).",
         label="Allow .ckpt",
-        advice='Convert .ckpt files to .safetensors when you can: a .safetensors file cannot carry code.',
+        advice="Convert .ckpt files to .safetensors when you can: a .safetensors file cannot carry "
+        "code.",
     )
 
 
@@ -125,7 +128,8 @@ class DatasetSettings:
         "Optional regularisation image folder, same layout; balanced to the training count.",
         label="Regularisation folder",
         path=True,
-        advice='Images of the class (other people, other dogs) keep the class from drifting toward your subject; they double the steps per epoch. Styles rarely need them.',
+        advice="Images of the class (other people, other dogs) keep the class from drifting toward "
+        "your subject; they double the steps per epoch. Styles rarely need them.",
     )
     resolution: str = setting(
         "512,512",
@@ -142,24 +146,27 @@ class DatasetSettings:
     )
     min_bucket_resolution: int = setting(
         256, "Smallest bucket side in pixels.", label="Min bucket side", minimum=64, maximum=4096,
-        advice='Limits how thin a bucket may get: 256 at 512 allows aspect ratios up to about 1:4.',
+        advice="Limits how thin a bucket may get: 256 at 512 allows aspect ratios up to about 1:4.",
     )
     max_bucket_resolution: int = setting(
         1024, "Largest bucket side in pixels.", label="Max bucket side", minimum=64, maximum=8192,
-        advice="At least the resolution's longer side; 1024 at 512 leaves room for tall and wide images.",
+        advice="At least the resolution's longer side; 1024 at 512 leaves room for tall and wide "
+        "images.",
     )
     bucket_step: int = setting(
         64,
         "Bucket sides are multiples of this many pixels.",
         label="Bucket step",
         choices=(8, 16, 32, 64, 128),
-        advice="64 (Kohya's default) keeps few buckets and few half-empty batches; a smaller step crops less but makes more buckets.",
+        advice="64 (Kohya's default) keeps few buckets and few half-empty batches; a smaller step "
+        "crops less but makes more buckets.",
     )
     bucket_no_upscale: bool = setting(
         False,
         "Never upscale: small images get a bucket of their own size (rounded down to the step).",
         label="No upscale",
-        advice='Turn on when many images are smaller than the resolution and should train at their own size rather than upscaled and soft.',
+        advice="Turn on when many images are smaller than the resolution and should train at their "
+        "own size rather than upscaled and soft.",
     )
 
 
@@ -167,7 +174,8 @@ class DatasetSettings:
 class CaptionSettings:
     caption_extension: str = setting(
         ".txt", "Extension of the caption file beside each image.", label="Caption extension",
-        advice='The captions screen and auto-captioning write this extension; .txt is what Kohya and most taggers use.',
+        advice="The captions screen and auto-captioning write this extension; .txt is what Kohya and"
+        " most taggers use.",
     )
     shuffle_caption: bool = setting(
         False,
@@ -181,7 +189,8 @@ class CaptionSettings:
         label="Keep tokens",
         minimum=0,
         maximum=255,
-        advice='1 keeps a trigger word first while the rest is shuffled; it counts comma-separated tags, not words.',
+        advice="1 keeps a trigger word first while the rest is shuffled; it counts comma-separated "
+        "tags, not words.",
     )
     caption_dropout_rate: float = setting(
         0.0,
@@ -189,20 +198,22 @@ class CaptionSettings:
         label="Caption dropout",
         minimum=0.0,
         maximum=1.0,
-        advice='A little (0.05-0.1) lets the LoRA work without its trigger words; 0 keeps it strictly prompt-driven.',
+        advice="A little (0.05-0.1) lets the LoRA work without its trigger words; 0 keeps it "
+        "strictly prompt-driven.",
     )
     weighted_captions: bool = setting(
         False,
         "Read (tag:1.2) weights in captions and scale those tokens' embeddings.",
         label="Weighted captions",
-        advice='Only for captions written with (tag:1.2) weights; plain tag lists do not need it.',
+        advice="Only for captions written with (tag:1.2) weights; plain tag lists do not need it.",
     )
     max_token_length: int = setting(
         75,
         "Caption length in CLIP tokens: 75, or 150/225 using several 75-token windows.",
         label="Max token length",
         choices=(75, 150, 225),
-        advice='75 covers most tag lists; long natural-language captions are cut at 75 tokens unless this is raised.',
+        advice="75 covers most tag lists; long natural-language captions are cut at 75 tokens unless"
+        " this is raised.",
     )
 
 
@@ -212,19 +223,21 @@ class AugmentationSettings:
         False,
         "Randomly mirror images left-right (not for asymmetric subjects or text).",
         label="Flip",
-        advice='Free variety for styles and symmetric objects; off for faces with a parting, logos, text or anything one-sided.',
+        advice="Free variety for styles and symmetric objects; off for faces with a parting, logos, "
+        "text or anything one-sided.",
     )
     color: bool = setting(
         False,
         "Randomly shift hue slightly. Disables latent caching.",
         label="Colour augmentation",
-        advice='Rarely worth it: every epoch sees different pixels, so latents cannot be cached and training is much slower.',
+        advice="Rarely worth it: every epoch sees different pixels, so latents cannot be cached and "
+        "training is much slower.",
     )
     random_crop: bool = setting(
         False,
         "Crop at a random position instead of the centre. Disables latent caching.",
         label="Random crop",
-        advice='Rarely worth it with buckets: latents cannot be cached and training is much slower.',
+        advice="Rarely worth it with buckets: latents cannot be cached and training is much slower.",
     )
 
 
@@ -256,7 +269,8 @@ class NetworkSettings:
     )
     train_unet: bool = setting(
         True, "Train LoRA on the U-Net.", label="Train U-Net",
-        advice='Keep on: the U-Net learns what things look like; the text encoder only what words mean.',
+        advice="Keep on: the U-Net learns what things look like; the text encoder only what words "
+        "mean.",
     )
     train_text_encoder: bool = setting(
         True,
@@ -294,7 +308,9 @@ class OptimizerSettings:
         "",
         "Extra optimizer arguments, Kohya style: `key=value key=value`.",
         label="Optimizer args",
-        advice='Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True use_bias_correction=True safeguard_warmup=True.',
+        advice="Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your "
+        "learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True "
+        "use_bias_correction=True safeguard_warmup=True.",
     )
     learning_rate: float = setting(
         1e-4,
@@ -302,11 +318,14 @@ class OptimizerSettings:
         label="Learning rate",
         minimum=0.0,
         maximum=10.0,
-        advice='1e-4 is a safe start for AdamW and for Adafactor with a fixed step; Prodigy wants 1.0. Lower it if samples burn (oversaturated, noisy); raise it if nothing changes after a few epochs.',
+        advice="1e-4 is a safe start for AdamW and for Adafactor with a fixed step; Prodigy wants "
+        "1.0. Lower it if samples burn (oversaturated, noisy); raise it if nothing changes "
+        "after a few epochs.",
     )
     unet_lr: float | None = setting(
         None, "U-Net learning rate (unset = learning rate).", label="U-Net LR", minimum=0.0, maximum=10.0,
-        advice='Leave empty to use the learning rate; set it with the text-encoder LR to train the two at different speeds.',
+        advice="Leave empty to use the learning rate; set it with the text-encoder LR to train the "
+        "two at different speeds.",
     )
     text_encoder_lr: float | None = setting(
         None,
@@ -314,11 +333,13 @@ class OptimizerSettings:
         label="Text encoder LR",
         minimum=0.0,
         maximum=10.0,
-        advice="About half the U-Net's (e.g. 5e-5): a text encoder that learns too fast makes the trigger word overpower the rest of a prompt.",
+        advice="About half the U-Net's (e.g. 5e-5): a text encoder that learns too fast makes the "
+        "trigger word overpower the rest of a prompt.",
     )
     lr_scheduler: str = setting(
         "cosine", "Learning-rate schedule.", label="LR scheduler", choices=SCHEDULERS,
-        advice="cosine or constant_with_warmup suit most runs; constant makes epochs easiest to compare; adafactor only with Adafactor's own relative step.",
+        advice="cosine or constant_with_warmup suit most runs; constant makes epochs easiest to "
+        "compare; adafactor only with Adafactor's own relative step.",
     )
     lr_scheduler_num_cycles: int = setting(
         1, "Restarts of cosine_with_restarts.", label="Scheduler cycles", minimum=1, maximum=1000
@@ -331,7 +352,8 @@ class OptimizerSettings:
         "Warm-up steps with a rising learning rate (or use warm-up percent).",
         label="Warm-up steps",
         minimum=0,
-        advice='A short warm-up (5-10% of the steps) steadies the first updates, most useful with high learning rates or large batches.',
+        advice="A short warm-up (5-10% of the steps) steadies the first updates, most useful with "
+        "high learning rates or large batches.",
     )
     lr_warmup_percent: float = setting(
         0.0,
@@ -339,14 +361,14 @@ class OptimizerSettings:
         label="Warm-up %",
         minimum=0.0,
         maximum=100.0,
-        advice='5-10% steadies the first updates; the plan panel shows the total it is taken from.',
+        advice="5-10% steadies the first updates; the plan panel shows the total it is taken from.",
     )
     max_grad_norm: float = setting(
         1.0,
         "Clip the gradient norm to this value (0 = no clipping).",
         label="Max grad norm",
         minimum=0.0,
-        advice='1.0 keeps one bad batch from wrecking the LoRA; 0 turns clipping off.',
+        advice="1.0 keeps one bad batch from wrecking the LoRA; 0 turns clipping off.",
     )
 
 
@@ -354,18 +376,22 @@ class OptimizerSettings:
 class TrainingSettings:
     batch_size: int = setting(
         1, "Images per batch (per GPU).", label="Batch size", minimum=1, maximum=1024,
-        advice='Bigger batches give smoother updates and more images per second but fewer steps; add epochs or learning rate to match. Each bucket is batched on its own, so small buckets give part-empty batches.',
+        advice="Bigger batches give smoother updates and more images per second but fewer steps; add"
+        " epochs or learning rate to match. Each bucket is batched on its own, so small "
+        "buckets give part-empty batches.",
     )
     epochs: int = setting(
         10, "Number of epochs (passes over images × repeats).", label="Epochs", minimum=1, maximum=100000,
-        advice='Save every epoch and compare the samples: the best LoRA is often not the last. 1,500-3,000 total steps is a common range for one subject.',
+        advice="Save every epoch and compare the samples: the best LoRA is often not the last. "
+        "1,500-3,000 total steps is a common range for one subject.",
     )
     max_steps: int = setting(
         0,
         "Stop after this many optimizer steps (0 = run all epochs).",
         label="Max steps",
         minimum=0,
-        advice='When set it wins over epochs: the run stops after this many optimizer steps (the plan panel shows the epochs it takes).',
+        advice="When set it wins over epochs: the run stops after this many optimizer steps (the "
+        "plan panel shows the epochs it takes).",
     )
     gradient_accumulation_steps: int = setting(
         1,
@@ -373,18 +399,21 @@ class TrainingSettings:
         label="Gradient accumulation",
         minimum=1,
         maximum=1024,
-        advice='A bigger batch when VRAM is short: batch 2 × 4 accumulation updates like batch 8 at batch-2 memory, with a quarter of the steps.',
+        advice="A bigger batch when VRAM is short: batch 2 × 4 accumulation updates like batch 8 at "
+        "batch-2 memory, with a quarter of the steps.",
     )
     seed: int = setting(
         42, "Random seed; the same seed and data train the same LoRA.", label="Seed", minimum=0,
-        advice='Keep it fixed while comparing settings, so differences come from the settings and not from chance.',
+        advice="Keep it fixed while comparing settings, so differences come from the settings and "
+        "not from chance.",
     )
     stop_text_encoder_training: int = setting(
         0,
         "Stop training the text encoder after this step (0 = never).",
         label="Stop text encoder at",
         minimum=0,
-        advice='Freezing the text encoder part-way (e.g. at half the steps) keeps the trigger word from overpowering prompts.',
+        advice="Freezing the text encoder part-way (e.g. at half the steps) keeps the trigger word "
+        "from overpowering prompts.",
     )
     noise_offset: float = setting(
         0.0,
@@ -392,7 +421,8 @@ class TrainingSettings:
         label="Noise offset",
         minimum=0.0,
         maximum=1.0,
-        advice='0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the mid-tones.',
+        advice="0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the "
+        "mid-tones.",
     )
     min_snr_gamma: float = setting(
         0.0,
@@ -420,13 +450,15 @@ class PrecisionSettings:
         "Precision of the saved LoRA weights.",
         label="Save precision",
         choices=("float", "fp16", "bf16"),
-        advice='fp16 halves the file and loads everywhere (AUTOMATIC1111, ComfyUI, diffusers); float only to train further from it.',
+        advice="fp16 halves the file and loads everywhere (AUTOMATIC1111, ComfyUI, diffusers); float"
+        " only to train further from it.",
     )
     gradient_checkpointing: bool = setting(
         False,
         "Recompute activations in the backward pass: much less VRAM, about 20-30% slower.",
         label="Gradient checkpointing",
-        advice='Turn it on when VRAM runs out (768 px, a large rank or batch); it costs speed, not quality.',
+        advice="Turn it on when VRAM runs out (768 px, a large rank or batch); it costs speed, not "
+        "quality.",
     )
     cache_latents: str = setting(
         "memory",
@@ -446,7 +478,8 @@ class PrecisionSettings:
         "Attention kernel: PyTorch SDPA (flash / memory-efficient) or xformers.",
         label="Attention",
         choices=("sdpa", "xformers"),
-        advice='sdpa is built into PyTorch and as fast as xformers on current cards; xformers only where it is installed.',
+        advice="sdpa is built into PyTorch and as fast as xformers on current cards; xformers only "
+        "where it is installed.",
     )
     channels_last: bool = setting(
         True, "Use channels-last memory format for the U-Net on CUDA.", label="Channels last"
@@ -456,11 +489,13 @@ class PrecisionSettings:
     )
     compile_unet: bool = setting(
         False, "torch.compile the U-Net (faster after a slow first step).", label="Compile U-Net",
-        advice='Pays off on long runs on a recent GPU; the first steps take minutes while it compiles.',
+        advice="Pays off on long runs on a recent GPU; the first steps take minutes while it "
+        "compiles.",
     )
     dataloader_workers: int = setting(
         2, "Data-loading worker processes.", label="Loader workers", minimum=0, maximum=64,
-        advice='2 is plenty with cached latents; more helps only when images are decoded every step (no caching, augmentation on).',
+        advice="2 is plenty with cached latents; more helps only when images are decoded every step "
+        "(no caching, augmentation on).",
     )
 
 
@@ -474,7 +509,8 @@ class SamplingSettings:
         "Sample prompts, one per line, sd-scripts syntax: `prompt --n neg --w 512 --h 512 --d 1`.",
         label="Sample prompts",
         multiline=True,
-        advice='Use the trigger word, plus one prompt without it to see how much the LoRA leaks; fix the seed (--d) so epochs compare.',
+        advice="Use the trigger word, plus one prompt without it to see how much the LoRA leaks; fix"
+        " the seed (--d) so epochs compare.",
     )
     prompts_file: str = setting(
         "",
@@ -484,7 +520,8 @@ class SamplingSettings:
     )
     every_n_epochs: int = setting(
         1, "Sample every N epochs (0 = never).", label="Sample every N epochs", minimum=0,
-        advice='Each sampling point costs a few seconds per prompt; every epoch suits short runs, every few epochs long ones.',
+        advice="Each sampling point costs a few seconds per prompt; every epoch suits short runs, "
+        "every few epochs long ones.",
     )
     every_n_steps: int = setting(
         0, "Sample every N steps (0 = never).", label="Sample every N steps", minimum=0
@@ -494,7 +531,8 @@ class SamplingSettings:
     )
     sampler: str = setting(
         "euler_a", "Default sampler (a prompt's --ss overrides it).", label="Sampler", choices=SAMPLERS,
-        advice='euler_a at 20-30 steps is fast and forgiving; samples are for comparing epochs, not for final quality.',
+        advice="euler_a at 20-30 steps is fast and forgiving; samples are for comparing epochs, not "
+        "for final quality.",
     )
 
 
@@ -511,7 +549,8 @@ class SavingSettings:
     )
     save_every_n_epochs: int = setting(
         1, "Save the LoRA every N epochs (0 = only at the end).", label="Save every N epochs", minimum=0,
-        advice='Every epoch lets you pick the best LoRA by its samples; it costs only disk (the plan panel shows the file size).',
+        advice="Every epoch lets you pick the best LoRA by its samples; it costs only disk (the plan"
+        " panel shows the file size).",
     )
     save_every_n_steps: int = setting(
         0, "Save the LoRA every N steps (0 = never).", label="Save every N steps", minimum=0
@@ -521,13 +560,14 @@ class SavingSettings:
         "Keep only the last N intermediate LoRA files (0 = keep all).",
         label="Keep last N",
         minimum=0,
-        advice='0 keeps every saved LoRA; set it when disk space is short.',
+        advice="0 keeps every saved LoRA; set it when disk space is short.",
     )
     save_state: bool = setting(
         True,
         "Save resumable trainer state with each LoRA, so a stopped or crashed run resumes.",
         label="Save state",
-        advice='Lets a stopped or crashed run resume exactly; the state is several times the size of the LoRA.',
+        advice="Lets a stopped or crashed run resume exactly; the state is several times the size of"
+        " the LoRA.",
     )
 
 
@@ -535,7 +575,7 @@ class SavingSettings:
 class LoggingSettings:
     tensorboard: bool = setting(
         True, "Write TensorBoard scalars to the run's tb/ folder.", label="TensorBoard",
-        advice='`tensorboard --logdir runs` compares the loss curves of all runs side by side.',
+        advice="`tensorboard --logdir runs` compares the loss curves of all runs side by side.",
     )
     log_every_n_steps: int = setting(
         10,

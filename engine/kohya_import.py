@@ -18,13 +18,13 @@ from typing import Any, Callable
 from engine.config import (
     CONFIG_VERSION,
     OPTIMIZERS,
-    SAMPLERS,
     SCHEDULERS,
     TrainConfig,
     config_from_dict,
     replace_setting,
 )
 from engine.errors import ConfigError, LoradeckError
+from engine.prompts import normalize_sampler
 
 _UNSET = object()
 
@@ -145,13 +145,6 @@ SPECIAL_KEYS = {
     "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn",
 }
 
-# Kohya's sampler names -> ours
-SAMPLER_ALIASES = {
-    "euler_a": "euler_a", "k_euler_a": "euler_a", "euler": "euler", "k_euler": "euler",
-    "ddim": "ddim", "pndm": "pndm", "dpmsolver++": "dpm++_2m", "dpmsolver": "dpm++_2m",
-    "k_dpm_2": "dpm++_2m_karras", "dpm++_2m": "dpm++_2m", "dpm++_2m_karras": "dpm++_2m_karras",
-}
-
 SUPPORTED_NETWORK_TYPES = ("standard", "")
 
 
@@ -248,8 +241,8 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
     if "sample_sampler" in data:
         sampler = _text(data["sample_sampler"])
         if sampler is not _UNSET:
-            ours = SAMPLER_ALIASES.get(sampler.lower())
-            if ours is None or ours not in SAMPLERS:
+            ours = normalize_sampler(sampler)
+            if ours is None:
                 notes.append(f"sample_sampler {sampler!r} has no equivalent; using euler_a")
             else:
                 put("sampling.sampler", ours)

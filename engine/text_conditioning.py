@@ -105,6 +105,17 @@ def encode_tokens(
     text_encoder, input_ids: torch.Tensor, *, clip_skip: int = 1, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """U-Net conditioning for (batch, windows, 77) token ids: (batch, 77 or 2 + 75 × windows, width)."""
+    if weights is not None and bool(torch.all(weights == 1)):
+        weights = None
+    return condition_on_tokens(text_encoder, input_ids, clip_skip=clip_skip, weights=weights)
+
+
+def condition_on_tokens(
+    text_encoder, input_ids: torch.Tensor, *, clip_skip: int = 1, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`encode_tokens` for a caller that already knows whether the weights matter: given
+    weights are applied without asking the device whether they are all 1 (the training
+    step decides that on the CPU, so the GPU never waits for the host)."""
     batch, windows, length = input_ids.shape
     flat = input_ids.reshape(batch * windows, length)
     if clip_skip <= 1:
@@ -113,7 +124,7 @@ def encode_tokens(
         hidden = text_encoder(flat, output_hidden_states=True).hidden_states[-clip_skip]
         states = _final_layer_norm(text_encoder)(hidden)
     states = states.reshape(batch, windows * length, states.shape[-1])
-    if weights is not None and not torch.all(weights == 1):
+    if weights is not None:
         weights = weights.reshape(batch, windows * length, 1).to(states)
         previous_mean = states.float().mean(dim=(1, 2), keepdim=True)
         states = states * weights
@@ -126,3 +137,64 @@ def encode_tokens(
         pieces.append(states[:, start : start + WINDOW])
     pieces.append(states[:, -1:])  # <EOS>
     return torch.cat(pieces, dim=1)
+
+
+# --------------------------------------------------------------------------- cached outputs
+
+
+def text_cache_refusal(config, train_text_encoder: bool) -> str | None:
+    """Why the text encoder's outputs cannot be cached for this config; None when they can."""
+    if not config.precision.cache_text_encoder_outputs:
+        return "precision.cache_text_encoder_outputs is off"
+    if train_text_encoder:
+        return "the text encoder is trained"
+    if config.captions.shuffle_caption:
+        return "captions are shuffled (captions.shuffle_caption)"
+    if config.captions.caption_dropout_rate:
+        return "captions are dropped at random (captions.caption_dropout_rate)"
+    return None
+
+
+class TextStateCache:
+    """The U-Net's conditioning for every distinct caption, computed once.
+
+    Valid only while the text encoder is frozen and every epoch sees the same caption text
+    (`text_cache_refusal` says when): the states then never change, and a step skips CLIP
+    altogether. Kept on the CPU in the dtype the text encoder gives (bf16 under bf16, about
+    120 KB a caption) and copied to the GPU with each batch.
+    """
+
+    def __init__(self):
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def get(self, caption: str) -> torch.Tensor:
+        return self.states[caption]
+
+    @torch.no_grad()
+    def fill(self, captions, tokenizer, text_encoder, *, max_token_length: int, weighted: bool, clip_skip: int,
+             batch_size: int = 64, autocast=None) -> None:
+        """Encode every caption not cached yet, `batch_size` at a time, under `autocast` (the
+        training step's mixed-precision context, so cached and live states agree)."""
+        import contextlib
+
+        todo = sorted(set(captions) - set(self.states))
+        device = text_encoder.device
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            tokens = [tokenize_caption(tokenizer, caption, max_token_length, weighted) for caption in chunk]
+            ids = torch.stack([ids for ids, _ in tokens]).to(device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                for index, (caption, (_, weights)) in enumerate(zip(chunk, tokens)):
+                    if weighted and not bool(torch.all(weights == 1)):
+                        # weighting renormalises each caption on its own: encode it alone
+                        states = condition_on_tokens(text_encoder, ids[index : index + 1], clip_skip=clip_skip,
+                                                     weights=weights[None].to(device))
+                        self.states[caption] = states[0].cpu()
+                plain = [index for index, caption in enumerate(chunk) if caption not in self.states]
+                if plain:
+                    states = condition_on_tokens(text_encoder, ids[plain], clip_skip=clip_skip)
+                    for index, row in zip(plain, states.cpu()):
+                        self.states[chunk[index]] = row.clone()

@@ -180,7 +180,7 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
 def _scan_root(dataset: Dataset, root: Path, is_reg: bool, caption_ext: str, assigner: BucketAssigner) -> None:
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     for entry in entries:
-        if entry.is_file() and is_image_file(entry.name):
+        if entry.is_file() and is_image_file(entry.name) and not entry.name.startswith("."):
             dataset.problems.append(
                 DatasetProblem(
                     Path(entry.path),
@@ -207,7 +207,8 @@ def _scan_root(dataset: Dataset, root: Path, is_reg: bool, caption_ext: str, ass
 
 def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg: bool,
                  caption_ext: str, assigner: BucketAssigner) -> None:
-    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
+    # dotfiles (macOS `._x.jpg` resource forks, editors' temp files) are never images
+    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith("."))
     present = set(names)
     images = captioned = 0
     for name in names:

@@ -31,9 +31,7 @@ def make_optimizer(config: TrainConfig, param_groups: list[dict[str, Any]], devi
     on_cuda = torch.device(device).type == "cuda"
     try:
         if name == "AdamW":
-            if config.precision.fused_optimizer and on_cuda:
-                kwargs.setdefault("fused", True)
-            return torch.optim.AdamW(param_groups, lr=lr, **kwargs)
+            return torch.optim.AdamW(param_groups, lr=lr, **_kernel_choice(config, kwargs, on_cuda))
         if name == "AdamW8bit":
             return _adamw_8bit(param_groups, lr, kwargs, on_cuda)
         if name == "Adafactor":
@@ -59,13 +57,32 @@ def make_optimizer(config: TrainConfig, param_groups: list[dict[str, Any]], devi
 
             return Lion(param_groups, lr=lr, **kwargs)
         if name == "SGD":
-            return torch.optim.SGD(param_groups, lr=lr, **kwargs)
+            return torch.optim.SGD(param_groups, lr=lr, **_kernel_choice(config, kwargs, on_cuda))
     except TypeError as error:
         # an unknown keyword in optimizer_args
         raise LoradeckError(f"optimizer.optimizer_args: {name} does not take these arguments ({error})") from None
     except (ValueError, AssertionError) as error:
         raise LoradeckError(f"optimizer: {name} refused its settings ({error or 'invalid value'})") from None
     raise LoradeckError(f"optimizer.optimizer: unknown optimizer {name!r}")
+
+
+def _kernel_choice(config: TrainConfig, kwargs: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
+    """`precision.fused_optimizer`: one fused kernel for all parameters on CUDA, else
+    `foreach` (a few batched kernels instead of one small kernel per LoRA tensor: a LoRA has
+    hundreds); off means the plain per-tensor loop. `optimizer_args` may still choose."""
+    if "fused" in kwargs or "foreach" in kwargs:
+        return kwargs
+    if not config.precision.fused_optimizer:
+        return {**kwargs, "foreach": False}
+    return {**kwargs, "fused": True} if on_cuda else {**kwargs, "foreach": True}
+
+
+def optimizer_kernel(optimizer: torch.optim.Optimizer) -> str:
+    """"fused", "foreach" or "plain": how a torch optimizer steps (others say their class)."""
+    defaults = getattr(optimizer, "defaults", {})
+    if type(optimizer).__module__.startswith("torch.optim"):
+        return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else "plain"
+    return type(optimizer).__name__
 
 
 def _adamw_8bit(param_groups, lr: float, kwargs: dict[str, Any], on_cuda: bool) -> torch.optim.Optimizer:

@@ -28,6 +28,7 @@ from engine.buckets import epoch_batches
 from engine.text_conditioning import tokenize_caption
 
 HUE_SHIFT = 11  # of 256 hue steps, about ±16°, as sd-scripts' colour augmentation
+PREFETCH_BATCHES = 4  # per loader worker: covers a slow image (a big PNG) without an empty queue
 
 
 # --------------------------------------------------------------------------- pre-flight check
@@ -269,15 +270,23 @@ class ExampleRules:
 
 
 class TrainingImages(torch.utils.data.Dataset):
-    """One example per training instance (repeats included). Set `epoch` before each pass."""
+    """One example per training instance (repeats included).
+
+    An index is an instance number (the epoch is `self.epoch`) or an (epoch, instance)
+    pair, which is what `EpochBatchSampler` yields: loader workers that live across
+    epochs then still draw each epoch's augmentation, without being told the epoch.
+    With `text_states` (engine.text_conditioning.TextStateCache) an example carries the
+    text encoder's output for its caption instead of token ids.
+    """
 
     def __init__(self, instances: Sequence, rules: ExampleRules, tokenizer, latents: LatentCache | None = None,
-                 skip: set[Path] | None = None):
+                 skip: set[Path] | None = None, text_states=None):
         self.instances = list(instances)
         self.rules = rules
         self.tokenizer = tokenizer
         self.latents = latents
         self.skip = skip or set()
+        self.text_states = text_states
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -286,10 +295,11 @@ class TrainingImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.instances)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         item = self.instances[index]
         rules = self.rules
-        rng = random.Random(f"{rules.seed}:{self.epoch}:{index}")
+        rng = random.Random(f"{rules.seed}:{epoch}:{index}")
         flip = rules.flip and rng.random() < 0.5
         hue_shift = rng.randint(-HUE_SHIFT, HUE_SHIFT) if rules.color else 0
         crop_rng = random.Random(rng.random()) if rules.random_crop else None
@@ -306,8 +316,12 @@ class TrainingImages(torch.utils.data.Dataset):
                 image = {"pixels": prepare_pixels(item, flip=flip, hue_shift=hue_shift, rng_crop=crop_rng)}
         except Exception as error:  # the file changed or broke after the pre-flight check
             return {"failed": (str(item.path), f"{item.path}: cannot read image ({error}); skipped")}
-        input_ids, weights = tokenize_caption(self.tokenizer, caption, rules.max_token_length, rules.weighted_captions)
-        return {**image, "input_ids": input_ids, "token_weights": weights, "caption": caption, "path": str(item.path)}
+        if self.text_states is not None:
+            text = {"text_states": self.text_states.get(caption)}
+        else:
+            input_ids, weights = tokenize_caption(self.tokenizer, caption, rules.max_token_length, rules.weighted_captions)
+            text = {"input_ids": input_ids, "token_weights": weights}
+        return {**image, **text, "caption": caption, "path": str(item.path)}
 
 
 def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -320,10 +334,9 @@ def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "paths": [example["path"] for example in good],
     }
     if good:
-        key = "latents" if "latents" in good[0] else "pixels"
-        batch[key] = torch.stack([example[key] for example in good])
-        batch["input_ids"] = torch.stack([example["input_ids"] for example in good])
-        batch["token_weights"] = torch.stack([example["token_weights"] for example in good])
+        for key in ("latents", "pixels", "text_states", "input_ids", "token_weights"):
+            if key in good[0]:
+                batch[key] = torch.stack([example[key] for example in good])
     return batch
 
 
@@ -365,7 +378,8 @@ class EpochBatchSampler:
         return padded[self.process_index :: self.num_processes]
 
     def __iter__(self):
-        return iter(self.epoch_batches())
+        # (epoch, index) pairs: the dataset in a persistent worker does not know the epoch
+        return iter([[(self.epoch, index) for index in batch] for batch in self.epoch_batches()])
 
     def __len__(self) -> int:
         return len(self.epoch_batches())
@@ -376,11 +390,15 @@ class EpochBatchSampler:
 
 
 def make_loader(dataset: TrainingImages, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool):
+    """Batches decoded by `workers` processes that live for the whole run (no start-up
+    pause at each epoch) and keep `PREFETCH_BATCHES` batches each ready; pinned memory lets
+    the step copy a batch to the GPU without waiting for it."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate_examples,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=False,  # the dataset's epoch must reach the workers each pass
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
     )

@@ -3,7 +3,11 @@
 Losses stay on the device as tensors until `flush()`, which copies them to the CPU in one
 transfer: the GPU never waits on the host inside a step. The trainer flushes every
 `logging.log_every_n_steps` steps and before anything that must see the real numbers
-(epoch end, a save, a stop). Each step still gets its own `step` event.
+(epoch end, a save, a stop). Each step still gets its own `step` event. Nothing else in
+a step reads a device value, so the host queues work ahead of the GPU between flushes.
+
+`timed(loader)` counts the time the loop waits for batches: `data_wait` in a step event
+is that share of the interval (near 0 when the loader keeps up).
 
 TensorBoard tags are the ones sd-scripts users know: loss/current, loss/average
 (mean over the last epoch's worth of steps), loss/epoch, lr/unet, lr/textencoder.
@@ -49,6 +53,7 @@ class StepLog:
         self.pending: list[_Pending] = []
         self.log = log
         self._interval_start: float | None = None
+        self._data_wait = 0.0  # seconds spent waiting for batches since the last flush
         self._writer = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -71,6 +76,19 @@ class StepLog:
         """Time from now: called when training (re)starts and after a pause to save or sample."""
         if not self.pending:
             self._interval_start = time.perf_counter()
+            self._data_wait = 0.0
+
+    def timed(self, loader):
+        """Iterate `loader`, counting the time spent waiting for each batch."""
+        iterator = iter(loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self._data_wait += time.perf_counter() - start
+            yield batch
 
     def add(self, step: int, epoch: int, loss: torch.Tensor, lr_unet: float, lr_text_encoder: float) -> None:
         if self._interval_start is None:
@@ -85,8 +103,9 @@ class StepLog:
         now = time.perf_counter()
         elapsed = max(now - (self._interval_start or now), 1e-9)
         steps_per_s = len(self.pending) / elapsed
+        data_wait = min(1.0, self._data_wait / elapsed)
         extra = _gpu_memory()
-        pending, self.pending, self._interval_start = self.pending, [], now
+        pending, self.pending, self._interval_start, self._data_wait = self.pending, [], now, 0.0
         for entry, value in zip(pending, values):
             if not math.isfinite(value):
                 raise NonFiniteLoss(entry.step, value)
@@ -104,6 +123,7 @@ class StepLog:
                 lr_text_encoder=entry.lr_text_encoder,
                 steps_per_s=steps_per_s,
                 images_per_s=steps_per_s * self.images_per_step,
+                data_wait=data_wait,
                 **extra,
             )
             if self._writer is not None:
@@ -114,7 +134,7 @@ class StepLog:
         last = pending[-1]
         self.log(
             f"step {last.step} epoch {last.epoch} loss {values[-1]:.4f} avg {sum(self.window) / len(self.window):.4f} "
-            f"lr {last.lr_unet:.3g} {steps_per_s:.2f} it/s"
+            f"lr {last.lr_unet:.3g} {steps_per_s:.2f} it/s, waiting for data {data_wait:.0%}"
         )
 
     def end_epoch(self, epoch: int, step: int) -> float:

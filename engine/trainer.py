@@ -7,8 +7,9 @@ written beside it (engine.rundir's layout): events.jsonl, checkpoints/, state/, 
 tb/. Under `accelerate launch` every process trains its share of the batches and only
 the main process writes files.
 
-Reading order: `train` (errors become events), `_train` (setup, then the loop), the step
-itself in `diffusion_loss`/`loss_from_noise`.
+Reading order: `train` (errors become events), `_train` (setup, then the loop); the step
+itself (forward, loss, backward, optimizer) is engine.train_step, which the speed bench
+runs too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from engine.checkpoints import Checkpointer, lora_file_name
 from engine.config import TrainConfig, config_to_dict, load_config
@@ -32,21 +32,15 @@ from engine.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.lora_metadata import training_metadata
 from engine.lora_network import LoraNetwork
 from engine.model_loading import BaseModel, load_base_model
-from engine.optimizers import make_lr_scheduler, make_optimizer, scheduler_name
+from engine.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.rundir import CONTROL_REQUESTS, RunDir
-from engine.text_conditioning import encode_tokens
-from engine.train_data import (
-    EpochBatchSampler,
-    ExampleRules,
-    LatentCache,
-    TrainingImages,
-    check_images,
-    encode_pixels,
-    make_loader,
-)
+from engine.text_conditioning import TextStateCache, text_cache_refusal
 from engine.train_control import StopSignal, obey_requests
+from engine.train_data import EpochBatchSampler, ExampleRules, LatentCache, TrainingImages, check_images, make_loader
 from engine.train_log import NonFiniteLoss, StepLog
 from engine.train_state import load_state, restore_rng
+from engine.train_step import TrainStep, apply_speed_settings
+from engine.vram import estimate_vram, out_of_memory_advice
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -113,6 +107,12 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
     except KeyboardInterrupt:
         _fail(events, progress, "interrupted twice: stopped without saving", "")
         return 130
+    except torch.cuda.OutOfMemoryError:
+        # one line that says what to change, not a CUDA allocator traceback
+        message = out_of_memory_advice(config, run.path, progress.step)
+        _fail(events, progress, message, "")
+        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
+        return 1
     except Exception as error:
         _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
         traceback.print_exc()
@@ -183,15 +183,17 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
         for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
             setattr(progress, name, saved.progress[name])
     plan_json = {**plan.as_json(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "epochs": epochs}
+    vram = estimate_vram(config, base_dir)
     events.emit(
         RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan_json, start_step=progress.step,
         start_epoch=progress.epoch, resumed=resume, device=str(device), precision=accelerator.mixed_precision,
-        pid=os.getpid(),
+        pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 2),
     )
     log(f"{plan.images} images, {len(instances)} instances per epoch in {len(plan.buckets)} buckets; "
         f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
         f"{accelerator.num_processes} processes; {steps_per_epoch} steps per epoch, {total_steps} steps in "
         f"{epochs} epochs; {device}, {accelerator.mixed_precision}")
+    log(f"VRAM estimate on a GPU: {vram.summary()}")
 
     # ---- base model and LoRA
     model = load_base_model(config, base_dir, device=device, dtype=weight_dtype)
@@ -201,8 +203,9 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
         model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
         train_unet=config.network.train_unet, train_text_encoder=train_text_encoder,
     )
-    _apply_memory_settings(model, config, device, train_text_encoder)
+    apply_speed_settings(model, config, device, train_text_encoder)
     optimizer = make_optimizer(config, network.param_groups(unet_lr, text_encoder_lr), device)
+    optimizer_steps = optimizer_kernel(optimizer)
     lr_scheduler = make_lr_scheduler(config, optimizer, total_steps)
 
     step_log = StepLog(
@@ -234,19 +237,16 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     text_encoder_active = train_text_encoder and not (stop_text_encoder_at and progress.step >= stop_text_encoder_at)
     if train_text_encoder and not text_encoder_active:
         network.freeze_text_encoder()
+    train_step = TrainStep.prepare(accelerator, model, network, optimizer, lr_scheduler, config,
+                                   train_text_encoder=train_text_encoder, text_encoder_active=text_encoder_active)
+    optimizer = train_step.optimizer
 
-    unet = accelerator.prepare(model.unet) if network.has_unet else model.unet
-    text_encoder = accelerator.prepare(model.text_encoder) if train_text_encoder else model.text_encoder
-    optimizer = accelerator.prepare(optimizer)
-    trained_modules = [m for m, on in ((unet, network.has_unet), (text_encoder, train_text_encoder)) if on]
-    unet.train()
-    text_encoder.train(text_encoder_active)
-    model.vae.eval()
-    forward_unet = torch.compile(unet) if config.precision.compile_unet else unet
-
-    # ---- latents: encode every image once when no augmentation changes the pixels
+    # ---- caches: latents when no augmentation changes the pixels, text-encoder outputs
+    # when the text encoder is frozen and the captions fixed; each spares the step a model
     latents, skip = _cache_latents(run, config, model, dataset, accelerator, events, log)
-    images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip)
+    text_states = _cache_text_states(config, model, instances, train_text_encoder, accelerator, log)
+    images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip, text_states)
+    # latents in memory make an example a dictionary lookup: worker processes would only add copies
     workers = 0 if (latents is not None and latents.folder is None) else config.precision.dataloader_workers
     # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
     # accumulation still makes an optimizer step; batches are already sharded per process
@@ -254,6 +254,12 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
         make_loader(images, sampler, workers=workers, pin_memory=device.type == "cuda"),
         num_processes=1, process_index=0, put_on_device=False,
     )
+    log(f"speed: latents {'cached (' + config.precision.cache_latents + ')' if latents is not None else 'encoded every step'}, "
+        f"text encoder outputs {'cached' if text_states is not None else 'computed every step'}, "
+        f"attention {config.precision.attention}, channels_last "
+        f"{'on' if config.precision.channels_last and device.type == 'cuda' else 'off'}, optimizer {optimizer_steps}, "
+        f"U-Net {'compiled' if config.precision.compile_unet else 'eager'}, {workers} loader workers, "
+        f"losses to the CPU every {config.logging.log_every_n_steps} steps")
 
     # ---- samples (engine.sampling), only when prompts are configured
     training_sampler = _make_sampler(run, config, base_dir, model, events, device, weight_dtype) if main else None
@@ -291,7 +297,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
         sampler.resume_at(progress.epoch, progress.batch_in_epoch)
         loader.set_epoch(progress.epoch)
         step_loss, micro_batches = None, 0
-        for batch in loader:
+        for batch in step_log.timed(loader):  # time spent waiting for data shows in the log
             batch_index = progress.batch_in_epoch
             progress.batch_in_epoch += 1
             for path, message in batch["failed"]:
@@ -300,37 +306,24 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
                     events.emit(WARNING, message=message, code="unreadable_image", path=path)
             if not batch["count"]:
                 continue
-            with accelerator.accumulate(*trained_modules):
-                # noise and timesteps depend only on (seed, epoch, batch): a resumed run draws the same
-                generator.manual_seed(hash((seed, progress.epoch, batch_index, accelerator.process_index)) & (2**63 - 1))
-                loss = diffusion_loss(
-                    model, forward_unet, text_encoder, batch, config=config, generator=generator,
-                    train_text_encoder=text_encoder_active,
-                )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.optimizer.max_grad_norm:
-                    accelerator.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            # noise and timesteps depend only on (seed, epoch, batch): a resumed run draws the same
+            generator.manual_seed(hash((seed, progress.epoch, batch_index, accelerator.process_index)) & (2**63 - 1))
+            loss = train_step(batch, generator)  # forward, backward, optimizer; no host sync
+            step_loss = loss if step_loss is None else step_loss + loss
             micro_batches += 1
             if not accelerator.sync_gradients:
                 continue
 
             # ---- after each optimizer step: log, stop the text encoder, sample, save, obey requests
             progress.step += 1
-            lr_unet, lr_text_encoder = _learning_rates(optimizer, lr_scheduler, network, text_encoder_active)
+            lr_unet, lr_text_encoder = _learning_rates(optimizer, lr_scheduler, network, train_step.text_encoder_active)
             step_log.add(progress.step, epoch, step_loss / micro_batches, lr_unet, lr_text_encoder)
             step_loss, micro_batches = None, 0
-            if text_encoder_active and stop_text_encoder_at and progress.step >= stop_text_encoder_at:
-                network.freeze_text_encoder()
-                text_encoder.train(False)
-                text_encoder_active = False
+            if train_step.text_encoder_active and stop_text_encoder_at and progress.step >= stop_text_encoder_at:
+                train_step.stop_text_encoder()
                 log(f"text encoder training stopped at step {progress.step}")
             if progress.step % config.logging.log_every_n_steps == 0:
-                step_log.flush()
+                step_log.flush()  # CPU-GPU sync point: the only one in the loop
             last_step = progress.step >= total_steps
             if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
                 sample(epoch, progress.step)
@@ -363,59 +356,6 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
     log(f"finished: {progress.step} steps, {progress.epoch} epochs")
     return 0
-
-
-# --------------------------------------------------------------------------- the step
-
-
-def diffusion_loss(model: BaseModel, unet, text_encoder, batch: dict[str, Any], *, config: TrainConfig,
-                   generator: torch.Generator, train_text_encoder: bool) -> torch.Tensor:
-    """Noise the batch's latents at random timesteps and score the U-Net's prediction."""
-    device = generator.device
-    if "latents" in batch:
-        latents = batch["latents"].to(device, non_blocking=True)
-    else:
-        latents = encode_pixels(model.vae, batch["pixels"])
-    latents = latents.float()
-    noise = torch.randn(latents.shape, generator=generator, device=device)
-    if config.training.noise_offset:
-        # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
-        # an image's mean brightness, which plain noise almost never asks of it
-        noise = noise + config.training.noise_offset * torch.randn(
-            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=device
-        )
-    timesteps = torch.randint(
-        0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device
-    )
-    return loss_from_noise(model, unet, text_encoder, latents, batch["input_ids"], batch["token_weights"], noise,
-                           timesteps, config=config, train_text_encoder=train_text_encoder)
-
-
-def loss_from_noise(model: BaseModel, unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor,
-                    token_weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor, *,
-                    config: TrainConfig, train_text_encoder: bool) -> torch.Tensor:
-    """The training loss for given noise and timesteps (tests score a fixed batch with it)."""
-    scheduler = model.noise_scheduler
-    device = latents.device
-    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-    weights = token_weights.to(device) if config.captions.weighted_captions and token_weights is not None else None
-    with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
-        states = encode_tokens(text_encoder, input_ids.to(device), clip_skip=config.model.clip_skip, weights=weights)
-    prediction = unet(noisy_latents, timesteps, states).sample
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    gamma = config.training.min_snr_gamma
-    if gamma:
-        # Min-SNR weighting (Hang et al. 2023, eq. 8): cap each timestep's weight at gamma / SNR
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(scheduler, timesteps)
-        divisor = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
-        loss = loss * torch.clamp(snr, max=gamma) / divisor
-    return loss.mean()
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -464,26 +404,24 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
     return cache, failed
 
 
+def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_text_encoder: bool, accelerator, log):
+    """A TextStateCache of every caption, or None (with the reason in the log)."""
+    refusal = text_cache_refusal(config, train_text_encoder)
+    if refusal:
+        log(f"text encoder outputs computed every step: {refusal}")
+        return None
+    cache = TextStateCache()
+    captions = config.captions
+    cache.fill(
+        (item.caption for item in instances), model.tokenizer, model.text_encoder,
+        max_token_length=captions.max_token_length, weighted=captions.weighted_captions,
+        clip_skip=config.model.clip_skip, autocast=accelerator.autocast,
+    )
+    log(f"cached the text encoder's outputs for {len(cache)} captions")
+    return cache
+
+
 # --------------------------------------------------------------------------- loop helpers
-
-
-def _apply_memory_settings(model: BaseModel, config: TrainConfig, device: torch.device, train_text_encoder: bool) -> None:
-    precision = config.precision
-    if precision.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        if train_text_encoder:
-            encoder = model.text_encoder
-            if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5
-                encoder.activation_checkpointing_enable({"use_reentrant": False})
-            else:
-                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if precision.attention == "xformers":
-        try:
-            model.unet.enable_xformers_memory_efficient_attention()
-        except Exception as error:  # missing package or unsupported GPU: both are the user's to fix
-            raise LoradeckError(f"precision.attention: xformers cannot be used here ({error}); use sdpa") from None
-    if precision.channels_last and device.type == "cuda":
-        model.unet.to(memory_format=torch.channels_last)
 
 
 def _learning_rates(optimizer, lr_scheduler, network: LoraNetwork, text_encoder_active: bool) -> tuple[float, float]:

@@ -10,13 +10,12 @@ import types
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Select, TextArea
 
-from tests.datasets import write_caption, write_image
 from engine.config import dumps_config, load_config, replace_setting, save_config
 from engine.events import EventWriter
 from engine.plan import make_plan
 from engine.presets import load_preset
+from tests.datasets import write_caption, write_image
 from tui.app import make_app
 from tui.cli import main as loradeck
 from tui.widgets.config_form import editor_id
@@ -374,3 +373,18 @@ async def test_a_config_written_while_away_is_shown(tmp_path):
         assert type(app.screen).__name__ == "ConfigScreen"
         assert editor(app, "network.rank").value == "64"
         assert not app.screen.state.dirty
+
+
+async def test_a_missing_image_folder_is_flagged_and_blocks_start(workspace, launches):
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_into(pilot, "image folder", "dataset.image_dir", "pictures")
+        await settle(pilot)
+        assert "image folder" in row_message(app, "dataset.image_dir")
+        assert "does not exist" in row_message(app, "dataset.image_dir")
+        assert "does not exist" in app.screen.plan_panel.plan_text()
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert launches == []
+        assert app.focused is editor(app, "dataset.image_dir")

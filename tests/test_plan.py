@@ -141,3 +141,11 @@ def test_ten_thousand_images_plan_without_decoding(tmp_path):
         (folder / f"{index:05}.png").write_bytes(data)
     plan = make_plan(config_for(dataset={"min_bucket_resolution": 64, "resolution": "512"}), tmp_path)
     assert plan.images == 2000
+
+
+def test_dotfiles_are_not_images(tmp_path):
+    plan_dataset(tmp_path)
+    (tmp_path / "img" / "3_archway" / "._d.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    dataset = scan_dataset(config_for(), tmp_path)
+    assert dataset.unreadable == []
+    assert len(dataset.train_items) == 5

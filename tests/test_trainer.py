@@ -141,9 +141,9 @@ def test_image_that_breaks_mid_run_is_skipped_with_a_warning(tmp_path, tiny_data
 
 
 def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, monkeypatch):
-    import engine.trainer
+    import engine.train_step
 
-    real_loss = engine.trainer.loss_from_noise
+    real_loss = engine.train_step.loss_from_noise
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -151,7 +151,7 @@ def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, 
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(engine.trainer, "loss_from_noise", poisoned)
+    monkeypatch.setattr(engine.train_step, "loss_from_noise", poisoned)
     run = make_run(tiny_dataset, "nan", saving={"save_every_n_epochs": 0})
     assert train(run.path) == 1
     events = list(read_events(run.events))

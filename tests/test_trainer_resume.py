@@ -89,15 +89,15 @@ def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_d
 
 def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make_run, reference, monkeypatch):
     """`loradeck stop` from another terminal (here a thread) stops mid-epoch; resume continues."""
-    import engine.trainer
+    import engine.train_step
 
-    real_loss = engine.trainer.loss_from_noise
+    real_loss = engine.train_step.loss_from_noise
 
     def slow_loss(*args, **kwargs):  # steps slow enough for the requests to land mid-run
         time.sleep(0.25)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(engine.trainer, "loss_from_noise", slow_loss)
+    monkeypatch.setattr(engine.train_step, "loss_from_noise", slow_loss)
     run = make_run(tiny_dataset, "stop-cli", **SETTINGS)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("status", train(run.path)))

@@ -51,10 +51,15 @@ def format_plan(plan: Plan) -> str:
 
 
 def run(args) -> int:
+    from engine.vram import estimate_vram
+
     config = load_config(args.config)
-    plan = make_plan(config, args.config.resolve().parent)
+    base_dir = args.config.resolve().parent
+    plan = make_plan(config, base_dir)
+    vram = estimate_vram(config, base_dir)
     if args.json:
-        print(json.dumps(plan.as_json(), indent=1))
+        print(json.dumps({**plan.as_json(), "vram_estimate": vram.as_json()}, indent=1))
     else:
         print(format_plan(plan))
+        print(f"VRAM (estimate)   {vram.summary()}")
     return 0

@@ -296,7 +296,9 @@ class ConfigScreen(Screen):
         if panel.is_current:
             if panel.error is not None:
                 key, _, reason = panel.error.partition(": ")
-                blockers[key if key in self.state.specs else "dataset.image_dir"] = reason if key in self.state.specs else panel.error
+                if key not in self.state.specs:  # a plan error naming no setting is the dataset's
+                    key, reason = "dataset.image_dir", panel.error
+                blockers[key] = reason
             elif panel.plan is not None and panel.plan.total_steps == 0:
                 blockers["dataset.image_dir"] = ("no training images: put images in <repeats>_<class> "
                                                  "subfolders of the image folder")

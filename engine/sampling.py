@@ -19,11 +19,9 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
 import torch
 
 from engine.atomic import atomic_path
@@ -32,6 +30,7 @@ from engine.errors import LoradeckError
 from engine.events import SAMPLE, WARNING, EventWriter
 from engine.prompts import SamplePrompt, load_prompts
 from engine.rundir import RunDir
+from engine.train_state import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -237,29 +236,6 @@ def sample_file_name(epoch: int, step: int, prompt_index: int) -> str:
     return f"e{epoch:04d}-s{step:06d}-p{prompt_index:02d}.png"
 
 
-# --------------------------------------------------------------------------- training state
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG state training draws from (reading CUDA's never initialises CUDA)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _module_device(module: torch.nn.Module) -> torch.device | None:
     for parameter in module.parameters():
         return parameter.device
@@ -273,7 +249,7 @@ def inference_mode_for(modules: list[torch.nn.Module], device: torch.device) -> 
     Train/eval flags are restored per submodule: a trainer may keep parts (a frozen text
     encoder, the VAE) in eval mode on purpose, or offload them to the CPU.
     """
-    rng_state = capture_rng_state()
+    rng_state = capture_rng()
     flags = [(sub, sub.training) for module in modules for sub in module.modules()]
     moved: list[tuple[torch.nn.Module, torch.device]] = []
     try:
@@ -289,7 +265,7 @@ def inference_mode_for(modules: list[torch.nn.Module], device: torch.device) -> 
             module.to(where)
         for sub, training in flags:
             sub.training = training
-        restore_rng_state(rng_state)
+        restore_rng(rng_state)
 
 
 # --------------------------------------------------------------------------- the sampler

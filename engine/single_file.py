@@ -471,7 +471,6 @@ def export_single_file(diffusers_dir: str | Path, out_path: str | Path, *, dtype
     The keys are checked by converting them back with diffusers' own functions before
     anything is written, so a file we write is a file `load_single_file` reads.
     """
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel

@@ -5,7 +5,6 @@ import pytest
 
 from engine.config import (
     GROUPS,
-    TrainConfig,
     config_from_dict,
     dumps_config,
     load_config,

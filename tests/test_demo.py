@@ -1,7 +1,6 @@
 """`loradeck demo --headless`: a real CPU training on a generated dataset and tiny model."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """Plan numbers against hand-computed values (see tests/datasets.py: plan_dataset)."""
 import json
 
-import pytest
 
 from engine.buckets import BucketAssigner, BucketRules, bucket_resolutions
 from engine.config import TrainConfig, config_from_dict

@@ -187,7 +187,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     events.emit(
         RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan_json, start_step=progress.step,
         start_epoch=progress.epoch, resumed=resume, device=str(device), precision=accelerator.mixed_precision,
-        pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 2),
+        pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
     )
     log(f"{plan.images} images, {len(instances)} instances per epoch in {len(plan.buckets)} buckets; "
         f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
@@ -246,20 +246,14 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     latents, skip = _cache_latents(run, config, model, dataset, accelerator, events, log)
     text_states = _cache_text_states(config, model, instances, train_text_encoder, accelerator, log)
     images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip, text_states)
-    # latents in memory make an example a dictionary lookup: worker processes would only add copies
-    workers = 0 if (latents is not None and latents.folder is None) else config.precision.dataloader_workers
+    workers = _loader_workers(config, latents)
     # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
     # accumulation still makes an optimizer step; batches are already sharded per process
     loader = prepare_data_loader(
         make_loader(images, sampler, workers=workers, pin_memory=device.type == "cuda"),
         num_processes=1, process_index=0, put_on_device=False,
     )
-    log(f"speed: latents {'cached (' + config.precision.cache_latents + ')' if latents is not None else 'encoded every step'}, "
-        f"text encoder outputs {'cached' if text_states is not None else 'computed every step'}, "
-        f"attention {config.precision.attention}, channels_last "
-        f"{'on' if config.precision.channels_last and device.type == 'cuda' else 'off'}, optimizer {optimizer_steps}, "
-        f"U-Net {'compiled' if config.precision.compile_unet else 'eager'}, {workers} loader workers, "
-        f"losses to the CPU every {config.logging.log_every_n_steps} steps")
+    log(_speed_summary(config, latents, text_states, optimizer_steps, workers))
 
     # ---- samples (engine.sampling), only when prompts are configured
     training_sampler = _make_sampler(run, config, base_dir, model, events, device, weight_dtype) if main else None
@@ -380,6 +374,9 @@ def load_dataset(config: TrainConfig, base_dir: Path):
 def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log):
     """(LatentCache or None, paths that failed to encode). On disk, the main process writes."""
     if not config.latents_cacheable:
+        reason = ("precision.cache_latents is none" if config.precision.cache_latents == "none"
+                  else "colour augmentation or random crop changes the pixels every epoch")
+        log(f"latents encoded every step: {reason}")
         return None, set()
     on_disk = config.precision.cache_latents == "disk"
     cache = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
@@ -422,6 +419,27 @@ def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_t
 
 
 # --------------------------------------------------------------------------- loop helpers
+
+
+def _loader_workers(config: TrainConfig, latents) -> int:
+    """Loader processes: none when latents are in memory (an example is then a dictionary
+    lookup, workers would only add copies), else as configured, at most one per CPU core."""
+    if latents is not None and latents.folder is None:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(config.precision.dataloader_workers, cores)
+
+
+def _speed_summary(config: TrainConfig, latents, text_states, optimizer_steps: str, workers: int) -> str:
+    """One line of engine.log saying which speed settings are in effect (see docs/speed.md)."""
+    precision = config.precision
+    return (
+        f"speed: latents {'cached (' + precision.cache_latents + ')' if latents is not None else 'encoded every step'}, "
+        f"text encoder outputs {'cached' if text_states is not None else 'computed every step'}, "
+        f"attention {precision.attention}, channels_last {'on' if precision.channels_last else 'off'}, "
+        f"optimizer {optimizer_steps}, U-Net {'compiled' if precision.compile_unet else 'eager'}, "
+        f"{workers} loader workers, losses to the CPU every {config.logging.log_every_n_steps} steps"
+    )
 
 
 def _learning_rates(optimizer, lr_scheduler, network: LoraNetwork, text_encoder_active: bool) -> tuple[float, float]:

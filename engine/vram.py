@@ -8,10 +8,11 @@ gradients and optimizer state, and the larger of two transients: the activations
 backward pass needs, or the VAE encoding a batch (when latents are not cached, and while
 they are being cached). In GiB (2^30 bytes):
 
-    weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16)
+    weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16);
+                 counted from a local diffusers folder's safetensors headers, else SD1.5's/SD2's
     LoRA         LoRA parameters × (4 weight + 4 gradient + optimizer state bytes)
     activations  batch × (width × height / 512²) × (ACTIVATIONS_PER_IMAGE + rank × PER_RANK)
-                 + text-encoder activations per 75-token window when it trains
+                 + text-encoder activations per 75-token window when it trains (fp32: × 2)
     total        (weights + LoRA + max(activations, VAE encoding)) × (1 + WORKSPACE)
     card         total + CUDA_CONTEXT: what nvidia-smi shows at the peak, about
 
@@ -21,13 +22,17 @@ and no GPU) while the U-Net ran forward and backward under CUDA autocast's bf16 
 with a flash-attention stand-in that keeps what the real kernel keeps (q, k, v, output,
 log-sum-exp). `python bench/train_speed.py --memory-model` repeats the measurement.
 They scale with the pixels (flash attention is linear in tokens): 512² and 768² agree
-within 1%. `bench/train_speed.py` prints its measured peak (`max_memory_allocated`) next
-to this estimate, which is how the constants are checked on a GPU.
+within 1%. A model of another width (the tiny test model) scales them by its U-Net's first
+block channels over SD's 320 and its text encoder's width over 768, a rough rule; every
+SD1.x model has exactly SD's widths. `bench/train_speed.py` prints its measured peak
+(`max_memory_allocated`) next to this estimate: that is how the constants get checked on
+a GPU (not yet done: see docs/speed.md).
 
 Light module: no torch import.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,12 +68,16 @@ class VramEstimate:
     card_gb: float  # a card needs at least this much memory
 
     def as_json(self) -> dict[str, float]:
-        return {key: round(value, 2) for key, value in asdict(self).items()}
+        return {key: round(value, 3) for key, value in asdict(self).items()}
 
     def summary(self) -> str:
-        return (f"about {self.total_gb:.1f} GiB at the peak (weights {self.weights_gb:.1f}, LoRA and optimizer "
-                f"{self.lora_gb:.1f}, activations {max(self.activations_gb, self.vae_encode_gb):.1f}); "
-                f"needs a GPU with {self.card_gb:.0f} GB or more")
+        return (f"about {_gib(self.total_gb)} GiB at the peak (weights {_gib(self.weights_gb)}, LoRA and optimizer "
+                f"{_gib(self.lora_gb)}, activations {_gib(max(self.activations_gb, self.vae_encode_gb))}); "
+                f"needs a GPU with {math.ceil(self.card_gb)} GB or more")
+
+
+def _gib(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def largest_image(config) -> tuple[int, int]:
@@ -83,9 +92,12 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     """Peak GPU memory of a training step for `config` (its largest image unless given)."""
     from engine.plan import lora_parameter_count
 
+    from engine.plan import _model_configs
+
     precision = config.precision.mixed_precision
-    family = "sd2" if config.model.v2 else "sd15"
-    counts = PARAMETERS[family]
+    counts = frozen_parameters(config, base_dir)
+    unet_config, text_config = _model_configs(config, base_dir or ".")
+    channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x U-Net
     weight_bytes = BYTES[precision]
     vae_bytes = 4 if precision == "fp16" else weight_bytes  # SD's VAE overflows in fp16
     weights = (counts["unet"] + counts["text_encoder"]) * weight_bytes + counts["vae"] * vae_bytes
@@ -100,19 +112,52 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     images = batch * width * height / 512**2
     scale = 2.0 if precision == "no" else 1.0
     checkpointing = config.precision.gradient_checkpointing
-    activations = images * (ACTIVATIONS_PER_IMAGE[checkpointing] + config.network.rank * ACTIVATIONS_PER_RANK)
+    activations = images * channels * (ACTIVATIONS_PER_IMAGE[checkpointing] + config.network.rank * ACTIVATIONS_PER_RANK)
     trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
     if trains_text_encoder:
         windows = config.captions.max_token_length // 75
-        activations += batch * windows * TEXT_ENCODER_PER_WINDOW
+        activations += batch * windows * TEXT_ENCODER_PER_WINDOW * text_config.get("hidden_size", 768) / 768
     activations *= scale * GIB
-    vae_encode = images * VAE_ENCODE_PER_IMAGE * scale * GIB  # also while latents are being cached
+    vae_encode = images * channels * VAE_ENCODE_PER_IMAGE * scale * GIB  # also while latents are being cached
 
     total = (weights + lora + max(activations, vae_encode)) * (1 + WORKSPACE) / GIB
     return VramEstimate(
         weights_gb=weights / GIB, lora_gb=lora / GIB, activations_gb=activations / GIB,
         vae_encode_gb=vae_encode / GIB, total_gb=total, card_gb=total + CUDA_CONTEXT,
     )
+
+
+def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:
+    """Parameters of the U-Net, text encoder and VAE: read from the safetensors headers of a
+    local diffusers folder (no tensor is loaded), else SD1.5's or SD2's."""
+    from engine.config import resolve_path
+
+    counts = dict(PARAMETERS["sd2" if config.model.v2 else "sd15"])
+    folder = resolve_path(base_dir or ".", config.model.pretrained_model.strip())
+    if folder is None or not folder.is_dir():
+        return counts
+    for part in counts:
+        files = sorted((folder / part).glob("*.safetensors"))
+        plain = [file for file in files if file.name.count(".") == 1]  # not the .fp16 variants
+        try:
+            found = sum(_safetensors_parameters(file) for file in (plain or files))
+        except (OSError, ValueError):
+            continue
+        if found:
+            counts[part] = found
+    return counts
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Elements in a .safetensors file, from its header: 8 bytes of length, then JSON."""
+    import json
+
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 0 < length < 100_000_000:
+            raise ValueError(f"{path}: not a safetensors header")
+        header = json.loads(handle.read(length))
+    return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
 
 
 def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
@@ -131,5 +176,5 @@ def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
     if precision.mixed_precision == "no":
         changes.append("use precision.mixed_precision = bf16 (or fp16)")
     where = f"at step {step + 1}" if step else "before the first step finished"
-    return (f"out of GPU memory {where}: the estimate for this config is {estimate.total_gb:.1f} GiB; "
+    return (f"out of GPU memory {where}: the estimate for this config is {_gib(estimate.total_gb)} GiB; "
             + "; ".join(changes))

@@ -171,4 +171,5 @@ async def test_empty_workspace_says_how_to_start(workspace):
     app = make_app(workspace, start_screen="runs")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: "No runs yet" in screen_text(app), what="the empty message")
-        assert "t Train" in screen_text(app)
+        # the footer draws its keys a frame after the screen's first paint
+        await wait_until(pilot, lambda: "t Train" in screen_text(app), what="the train key in the footer")

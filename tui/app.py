@@ -50,6 +50,8 @@ def _screen_factory(app: "LoradeckApp", mode: str):
 class LoradeckApp(App):
     TITLE = "loradeck"
     CSS_PATH = "app.tcss"
+    # screens restyle themselves below 110 columns (phones, split tmux panes, 80x24)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     BINDINGS = [
         Binding(key, f"show('{mode}')", title)
         for mode, (_module, _class, key, title) in SCREENS.items()

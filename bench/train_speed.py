@@ -1,0 +1,495 @@
+"""Training speed: images per second, peak VRAM and share of the GPU's bf16 peak, for our step.
+
+    /work/venv/bin/python bench/train_speed.py                 full matrix on a CUDA GPU
+    /work/venv/bin/python bench/train_speed.py --quick         tiny model, seconds, anywhere (the CPU default)
+    ... [--json] [--peak-tflops 989] [--resolutions 512 768] [--batches 1 4 16] [--ranks 16 64]
+        [--text-encoder both|on|off] [--checkpointing both|on|off] [--compile] [--steps 10] [--warmup 3]
+    ... --loader [--workers 0 2 4 8]    can the data loader feed the GPU when latents are not cached?
+    ... --memory-model                  re-measure engine/vram.py's activation constants (meta device)
+
+The model is SD1.5's real architecture built from `engine/assets/sd15` with random weights
+(speed does not depend on the weights, so nothing is downloaded). Each configuration runs
+`engine.train_step.TrainStep` -- the trainer's own step: LoRA from engine.lora_network,
+speed settings, optimizer and schedule from the config, accelerate's mixed precision --
+on a batch shaped like the trainer's: cached latents (pinned, copied without waiting) and,
+when the text encoder is frozen, its cached outputs; token ids when it trains.
+
+images/s is counted after `--warmup` steps, between two `torch.cuda.synchronize()`.
+Peak VRAM is `torch.cuda.max_memory_allocated()` for that configuration, beside
+engine.vram's estimate. "bf16 peak" is U-Net model FLOPs per image (forward and backward
+of the LoRA step, counted once with torch.utils.flop_counter on the meta device:
+1.75 TFLOP at 512², 4.96 at 768²; recomputation under checkpointing is not counted)
+times images/s over `--peak-tflops` (989 = H100 SXM dense bf16).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ASSETS = ROOT / "engine" / "assets" / "sd15"
+QUICK = {"resolutions": [64], "batches": [1, 4], "ranks": [4], "steps": 3, "warmup": 1}
+FULL = {"resolutions": [512, 768], "batches": [1, 4, 16], "ranks": [16, 64], "steps": 10, "warmup": 3}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_model(quick: bool, device, dtype):
+    """A BaseModel with random weights: SD1.5's architecture, or the tiny test model."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.model_loading import BaseModel, training_scheduler
+
+    torch.manual_seed(0)
+    if quick:
+        from engine.tiny_model import make_tiny_pipeline
+
+        pipeline = make_tiny_pipeline()
+        unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
+        scheduler_config = pipeline.scheduler.config
+    else:
+        read = lambda part: json.loads((ASSETS / part / "config.json").read_text())  # noqa: E731
+        with torch.device(device):  # initialise on the GPU: seconds instead of a minute on the CPU
+            unet = UNet2DConditionModel.from_config(read("unet"))
+            vae = AutoencoderKL.from_config(read("vae"))
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(read("text_encoder")))
+        scheduler_config = DDPMScheduler.load_config(str(ASSETS / "scheduler"))
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    for module, wanted in ((unet, dtype), (text_encoder, dtype), (vae, vae_dtype)):
+        module.to(device=device, dtype=wanted).requires_grad_(False)
+    return BaseModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=None,
+                     noise_scheduler=training_scheduler(scheduler_config, False), name="random", source="random")
+
+
+def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precision: str, compile_unet: bool,
+                 batch: int, resolution: int):
+    from engine.config import config_from_dict
+
+    return config_from_dict({
+        "model": {"pretrained_model": str(ASSETS)},  # names SD1.5's configs (for engine.vram); nothing is loaded
+        "dataset": {"resolution": str(resolution)},
+        "network": {"rank": rank, "alpha": float(rank), "train_text_encoder": text_encoder},
+        "optimizer": {"optimizer": "AdamW", "learning_rate": 1e-4, "lr_scheduler": "constant"},
+        "training": {"batch_size": batch},
+        "precision": {"mixed_precision": precision, "gradient_checkpointing": checkpointing,
+                      "compile_unet": compile_unet},
+    })
+
+
+def unet_flops_per_image(quick: bool, resolution: int, rank: int) -> float:
+    """Forward + backward FLOPs of one image through the LoRA'd U-Net, counted on the meta device."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.lora_network import LoraNetwork
+
+    unet = _meta_unet(quick)
+    LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
+    side = resolution // 8
+    latents = torch.empty(1, 4, side, side, device="meta")
+    states = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        prediction = unet(latents, torch.zeros(1, dtype=torch.long, device="meta"), states).sample
+        F.mse_loss(prediction, latents).backward()
+    return float(counter.get_total_flops())
+
+
+def _meta_unet(quick: bool):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    if quick:
+        from engine.tiny_model import make_tiny_pipeline
+
+        config = dict(make_tiny_pipeline().unet.config)
+    else:
+        config = json.loads((ASSETS / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+def synthetic_batch(model, *, batch: int, resolution: int, text_encoder: bool, accelerator, pin: bool):
+    """What the trainer's loader yields with cached latents (and cached text states when the
+    text encoder is frozen): CPU tensors, pinned on CUDA."""
+    import torch
+
+    side = resolution // 8
+    generator = torch.Generator().manual_seed(0)
+    items = {"latents": torch.randn(batch, 4, side, side, generator=generator), "count": batch}
+    vocab = model.text_encoder.config.vocab_size
+    input_ids = torch.randint(0, vocab, (batch, 1, 77), generator=generator)
+    if text_encoder:
+        items["input_ids"] = input_ids
+        items["token_weights"] = torch.ones(batch, 1, 77)
+    else:
+        from engine.train_step import encode_captions
+
+        config = bench_config(rank=1, text_encoder=False, checkpointing=False, precision="no", compile_unet=False,
+                              batch=batch, resolution=resolution)
+        with torch.no_grad(), accelerator.autocast():
+            states = encode_captions(model.text_encoder, input_ids.to(accelerator.device), None, config=config,
+                                     train_text_encoder=False)
+        items["text_states"] = states.cpu()
+    if pin:
+        items = {key: value.pin_memory() if hasattr(value, "pin_memory") else value for key, value in items.items()}
+    return items
+
+
+def run_matrix(args, on_row=lambda row: None) -> dict:
+    import torch
+
+    from engine.lora_network import LoraNetwork
+    from engine.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel
+    from engine.train_step import TrainStep, apply_speed_settings
+    from engine.trainer import WEIGHT_DTYPES, make_accelerator
+    from engine.vram import estimate_vram
+
+    cuda = torch.cuda.is_available()
+    quick = args.quick or not cuda
+    precision = args.precision if cuda else "no"
+    results, flops = [], {}
+    for rank in args.ranks:
+        for text_encoder in _switch(args.text_encoder):
+            for checkpointing in _switch(args.checkpointing):
+                first = bench_config(rank=rank, text_encoder=text_encoder, checkpointing=checkpointing,
+                                     precision=precision, compile_unet=args.compile, batch=args.batches[0],
+                                     resolution=args.resolutions[0])
+                accelerator = make_accelerator(first)
+                device = accelerator.device
+                model = build_model(quick, device, WEIGHT_DTYPES[accelerator.mixed_precision])
+                network = LoraNetwork.attach(model.unet, model.text_encoder, rank=rank, alpha=float(rank),
+                                             train_text_encoder=text_encoder)
+                apply_speed_settings(model, first, device, text_encoder)
+                optimizer = make_optimizer(first, network.param_groups(1e-4, 1e-5), device)
+                kernel = optimizer_kernel(optimizer)
+                step = TrainStep.prepare(accelerator, model, network, optimizer,
+                                         make_lr_scheduler(first, optimizer, 10**6), first,
+                                         train_text_encoder=text_encoder, text_encoder_active=text_encoder)
+                for resolution in args.resolutions:
+                    key = (resolution, rank)
+                    if key not in flops:
+                        flops[key] = unet_flops_per_image(quick, resolution, rank)
+                    for batch in args.batches:
+                        config = bench_config(rank=rank, text_encoder=text_encoder, checkpointing=checkpointing,
+                                              precision=precision, compile_unet=args.compile, batch=batch,
+                                              resolution=resolution)
+                        # the estimate is for SD1.5; the tiny model of --quick has nothing to compare it with
+                        estimate = None if quick else round(estimate_vram(config).total_gb, 2)
+                        row = {"resolution": resolution, "batch": batch, "rank": rank, "text_encoder": text_encoder,
+                               "gradient_checkpointing": checkpointing, "tflop_per_image": flops[key] / 1e12,
+                               "vram_estimate_gb": estimate}
+                        row.update(time_steps(step, model, batch, resolution, text_encoder, accelerator, args, cuda))
+                        if row["status"] == "ok":
+                            row["mfu"] = row["images_per_s"] * flops[key] / (args.peak_tflops * 1e12)
+                        results.append(row)
+                        on_row(row)
+                del step, optimizer, network, model
+                if cuda:
+                    torch.cuda.empty_cache()
+    return {**describe(args), "optimizer": kernel, "results": results}
+
+
+def describe(args) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return {"device": device, "cuda": cuda, "model": "tiny" if args.quick else "sd15",
+            "precision": args.precision if cuda else "no", "torch": torch.__version__,
+            "peak_tflops": args.peak_tflops, "compile_unet": args.compile, "steps": args.steps, "warmup": args.warmup}
+
+
+def time_steps(step, model, batch: int, resolution: int, text_encoder: bool, accelerator, args, cuda: bool) -> dict:
+    import torch
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        items = synthetic_batch(model, batch=batch, resolution=resolution, text_encoder=text_encoder,
+                                accelerator=accelerator, pin=cuda)
+        generator = torch.Generator(device=accelerator.device).manual_seed(0)
+        losses = [step(items, generator) for _ in range(args.warmup)]
+        _synchronize(cuda)
+        start = time.perf_counter()
+        losses += [step(items, generator) for _ in range(args.steps)]
+        _synchronize(cuda)
+        elapsed = time.perf_counter() - start
+    except torch.cuda.OutOfMemoryError:
+        step.optimizer.zero_grad(set_to_none=True)
+        return {"status": "out of memory", "images_per_s": None, "step_ms": None,
+                "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    finite = bool(torch.isfinite(torch.stack(losses)).all())  # after the timing: a host sync
+    return {
+        "status": "ok" if finite else "non-finite loss",
+        "images_per_s": args.steps * batch / elapsed,
+        "step_ms": 1000 * elapsed / args.steps,
+        "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+
+
+def _synchronize(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _switch(value: str) -> list[bool]:
+    return {"both": [False, True], "on": [True], "off": [False]}[value]
+
+
+def _row_text(row: dict) -> str:
+    def number(key: str, width: int, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+        value = row.get(key)
+        return (format(value * scale, spec) + suffix if value is not None else "-").rjust(width)
+
+    status = "" if row["status"] == "ok" else f"  {row['status']}"
+    yes_no = lambda flag: "yes" if flag else "no"  # noqa: E731
+    return (f"{row['resolution']:>5} {row['batch']:>5} {row['rank']:>4} {yes_no(row['text_encoder']):>4} "
+            f"{yes_no(row['gradient_checkpointing']):>5} {number('images_per_s', 10, '.2f')} "
+            f"{number('step_ms', 9, '.1f')} {number('peak_vram_gb', 8, '.2f')} {number('vram_estimate_gb', 8, '.2f')} "
+            f"{number('tflop_per_image', 9, '.3g')} {number('mfu', 8, '.2f', 100, '%')}{status}")
+
+
+HEADER = (f"{'res':>5} {'batch':>5} {'rank':>4} {'TE':>4} {'ckpt':>5} {'images/s':>10} {'step ms':>9} "
+          f"{'peak GB':>8} {'est GB':>8} {'TFLOP/img':>9} {'bf16 pk':>8}")
+
+
+def print_banner(report: dict) -> None:
+    print(f"{report['device']}; torch {report['torch']}; {report['model']} model; precision {report['precision']}; "
+          f"U-Net {'compiled' if report['compile_unet'] else 'eager'}; {report['warmup']} warm-up + "
+          f"{report['steps']} timed steps; bf16 peak {report['peak_tflops']:g} TFLOP/s", flush=True)
+    print(HEADER, flush=True)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def run_loader(args) -> dict:
+    """Decode + resize + tensor throughput of the trainer's loader on photo-sized JPEGs (what
+    each step needs when latents cannot be cached: colour augmentation or random crop)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine.buckets import BucketAssigner, BucketRules
+    from engine.config import config_from_dict
+    from engine.dataset import ImageItem
+    from engine.tiny_model import make_tiny_pipeline
+    from engine.train_data import EpochBatchSampler, ExampleRules, TrainingImages, make_loader
+
+    resolution, batch, count = args.resolutions[0], args.batches[-1], args.images
+    tokenizer = make_tiny_pipeline().tokenizer
+    config = config_from_dict({"model": {"pretrained_model": str(ASSETS)}, "dataset": {"resolution": str(resolution)},
+                               "augmentation": {"flip": True, "color": True}, "training": {"batch_size": batch}})
+    bucket = BucketAssigner(BucketRules.from_config(config)).bucket_for(1024, 768)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        items = []
+        rng = np.random.default_rng(0)
+        for index in range(count):
+            path = Path(folder) / f"{index:05d}.jpg"
+            coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+            coarse.resize((1024, 768), Image.Resampling.BICUBIC).save(path, quality=90)
+            items.append(ImageItem(path=path, caption="a photo of a dog, outdoors", caption_path=None, width=1024,
+                                   height=768, repeats=1, folder="1_dog", class_tokens="dog", bucket=bucket))
+        images = TrainingImages(items, ExampleRules.from_config(config), tokenizer)
+        for workers in args.workers:
+            sampler = EpochBatchSampler(items, batch, seed=0)
+            loader = make_loader(images, sampler, workers=workers, pin_memory=torch.cuda.is_available())
+            start, seen = time.perf_counter(), 0
+            for epoch in range(2):  # the second epoch shows the persistent workers' steady state
+                sampler.set_epoch(epoch)
+                if epoch == 1:
+                    start, seen = time.perf_counter(), 0
+                for batch_items in loader:
+                    seen += batch_items["count"]
+            rows.append({"workers": workers, "images_per_s": seen / (time.perf_counter() - start)})
+            print(f"{workers:>3} workers: {rows[-1]['images_per_s']:8.1f} images/s", file=sys.stderr, flush=True)
+            del loader
+    return {"cpu_count": os.cpu_count(), "bucket": list(items[0].bucket), "batch": batch, "images": count,
+            "source": "1024x768 JPEG", "results": rows}
+
+
+# --------------------------------------------------------------------------- the memory model
+
+
+def memory_model(args) -> dict:
+    """engine/vram.py's activation constants, measured: every tensor the U-Net step allocates
+    is tracked until freed, on the meta device (no memory, no GPU), under CUDA autocast's bf16
+    rules, with attention kept as flash attention keeps it (q, k, v, output, log-sum-exp)."""
+    import contextlib
+    import functools
+    import weakref
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.checkpoint import checkpoint
+
+    from engine.lora_network import LoraNetwork
+
+    low = {F.conv2d, F.linear, torch.matmul, torch.bmm, torch.baddbmm, torch.mm, torch.addmm}
+    high = {F.group_norm, F.layer_norm, F.softmax}
+
+    class FlashStandIn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def cast(value, dtype):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+            return value.to(dtype)
+        if isinstance(value, (list, tuple)):
+            return type(value)(cast(item, dtype) for item in value)
+        return value
+
+    class Autocast(TorchFunctionMode):  # CUDA autocast's rules for the ops SD's U-Net uses
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.scaled_dot_product_attention:
+                return FlashStandIn.apply(*cast(args[:3], torch.bfloat16))
+            if func in low:
+                return func(*cast(args, torch.bfloat16), **kwargs)
+            if func in high:
+                return func(*cast(args, torch.float32), **kwargs)
+            return func(*args, **kwargs)
+
+    class LiveBytes(TorchDispatchMode):  # bytes of storages created inside, until they are freed
+        def __init__(self, known):
+            super().__init__()
+            self.known, self.refs, self.live, self.peak = known, {}, 0, 0
+
+        def _freed(self, key, size, ref):
+            self.live -= size
+            self.refs.pop(key, None)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_flatten(out)[0]:
+                if isinstance(tensor, torch.Tensor):
+                    storage = tensor.untyped_storage()
+                    key = storage._cdata
+                    if key in self.refs or key in self.known:
+                        continue
+                    size = storage.nbytes()
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    self.refs[key] = weakref.ref(storage, functools.partial(self._freed, key, size))
+            return out
+
+    def peak_gib(resolution: int, batch: int, checkpointing: bool, rank: int) -> float:
+        unet = _meta_unet(False).to(torch.bfloat16)
+        LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
+        unet.set_attn_processor(AttnProcessor2_0())
+        if checkpointing:  # recomputation must run under the same autocast rules
+            unet.enable_gradient_checkpointing(functools.partial(
+                checkpoint, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), Autocast())))
+        unet.train()
+        known = {p.untyped_storage()._cdata for p in [*unet.parameters(), *unet.buffers()]}
+        side = resolution // 8
+        latents = torch.empty(batch, 4, side, side, device="meta")
+        states = torch.empty(batch, 77, 768, device="meta", dtype=torch.bfloat16)
+        tracker = LiveBytes(known)
+        with tracker, Autocast():
+            prediction = unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), states).sample
+            F.mse_loss(prediction.float(), latents).backward()
+        return tracker.peak / 2**30
+
+    rows = []
+    for checkpointing in (False, True):
+        for resolution in args.resolutions:
+            batch = args.batches[-1]
+            peak = peak_gib(resolution, batch, checkpointing, 16)
+            per_image = peak / batch / (resolution**2 / 512**2)
+            rows.append({"resolution": resolution, "batch": batch, "gradient_checkpointing": checkpointing,
+                         "rank": 16, "peak_gib": peak, "per_512_image_gib": per_image})
+            print(f"{resolution:>5}² batch {batch:>2} checkpointing {'on ' if checkpointing else 'off'}: "
+                  f"peak {peak:6.2f} GiB = {per_image:.3f} GiB per 512² image (LoRA gradients included)",
+                  file=sys.stderr, flush=True)
+    return {"unit": "GiB", "results": rows}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, tiny sizes: seconds on any CPU")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--resolutions", type=int, nargs="+")
+    parser.add_argument("--batches", type=int, nargs="+")
+    parser.add_argument("--ranks", type=int, nargs="+")
+    parser.add_argument("--text-encoder", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (precision.compile_unet)")
+    parser.add_argument("--steps", type=int, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (cuDNN autotuning, allocator, compile)")
+    parser.add_argument("--loader", action="store_true", help="measure the data loader instead of the step")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8])
+    parser.add_argument("--images", type=int, default=64, help="JPEGs for --loader")
+    parser.add_argument("--memory-model", action="store_true", help="measure activation memory on the meta device")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    args.quick = args.quick or not torch.cuda.is_available()
+    if args.memory_model:
+        defaults = {"resolutions": [512, 768], "batches": [4]}  # SD1.5 at full size: the meta device needs no memory
+    elif args.loader:
+        defaults = {"resolutions": [512], "batches": [16]}
+    else:
+        defaults = QUICK if args.quick else FULL
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.memory_model:
+        report = memory_model(args)
+    elif args.loader:
+        report = run_loader(args)
+    elif args.json:  # progress on stderr, the JSON at the end
+        report = run_matrix(args, on_row=lambda row: print(_row_text(row), file=sys.stderr, flush=True))
+    else:  # the table, a row as each configuration finishes
+        print_banner(describe(args))
+        report = run_matrix(args, on_row=lambda row: print(_row_text(row), flush=True))
+        print(f"optimizer steps: {report['optimizer']}")
+    if args.json or args.loader or args.memory_model:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,3 +124,26 @@ async def test_guided_start_writes_a_valid_workspace(tmp_path):
     assert config.dataset.image_dir == "pictures"
     assert (root / "pictures").is_dir()
     assert config.saving.output_name == "fresh-v1"
+
+
+async def test_health_filters_are_remembered_per_workspace(workspace):
+    from tests.datasets import write_image
+
+    write_image(workspace / "img" / "2_thing" / "a.png", (256, 256))
+    (workspace / "img" / "loose").mkdir()
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        for _ in range(100):
+            if screen.report is not None:
+                break
+            await pilot.pause(0.05)
+        app.set_focus(None)
+        await pilot.press("c")
+        await pilot.pause()
+        chosen = screen.code_filter
+        assert chosen in screen.report.summary
+    again = make_app(workspace, start_screen="health")
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert again.screen.code_filter == chosen

@@ -56,6 +56,8 @@ class FixesDone(Message):
         self.lines, self.severity = lines, severity
 
 
+FILTER_STATE = "health_filters"
+
 class HealthScreen(Screen):
     CSS_PATH = "health.tcss"
     BINDINGS = [
@@ -79,6 +81,9 @@ class HealthScreen(Screen):
         self.report: ScanReport | None = None
         self.scanning = False
         self.shown: list[Finding] = []  # the findings table's rows, in order
+        remembered = workspace.load_state(FILTER_STATE)  # the filters of last time
+        self.set_reactive(HealthScreen.code_filter, remembered.get("code"))
+        self.set_reactive(HealthScreen.severity_filter, remembered.get("severity"))
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="health-top"):
@@ -204,10 +209,18 @@ class HealthScreen(Screen):
     def watch_code_filter(self) -> None:
         if self.is_mounted:
             self._fill_findings()
+            self._remember_filters()
 
     def watch_severity_filter(self) -> None:
         if self.is_mounted:
             self._fill_findings()
+            self._remember_filters()
+
+    def _remember_filters(self) -> None:
+        try:
+            self.workspace.save_state(FILTER_STATE, {"code": self.code_filter, "severity": self.severity_filter})
+        except OSError:
+            pass  # a read-only workspace is still scanned; the filters are just not kept
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "health-summary":

@@ -128,7 +128,16 @@ def condition_on_tokens(
         weights = weights.reshape(batch, windows * length, 1).to(states)
         previous_mean = states.float().mean(dim=(1, 2), keepdim=True)
         states = states * weights
-        states = states * (previous_mean / states.float().mean(dim=(1, 2), keepdim=True)).to(states)
+        mean = states.float().mean(dim=(1, 2), keepdim=True)
+        # sd-scripts restores each caption's mean. A mean that is ~0 next to the values
+        # themselves (random-weight test models; never trained CLIP) would divide noise by
+        # noise, and its gradient overflow, so such a caption keeps its weighted states as
+        # they are. Decided on the device, without asking the host; the denominator is made
+        # safe before dividing, as torch.where passes NaN gradients from the unused branch
+        size = states.float().abs().mean(dim=(1, 2), keepdim=True)
+        usable = mean.abs() > 1e-3 * size
+        ratio = torch.where(usable, previous_mean / torch.where(usable, mean, torch.ones_like(mean)), 1.0)
+        states = states * ratio.to(states)
     if windows == 1:
         return states
     pieces = [states[:, :1]]  # <BOS>

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from engine.errors import LoradeckError
 from engine.text_conditioning import condition_on_tokens
+from engine.train_data import encode_pixels
 
 BATCH_TENSORS = ("latents", "pixels", "input_ids", "text_states")
 
@@ -138,8 +139,6 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, config) -> dict
 def diffusion_loss(model, unet, text_encoder, batch: dict[str, Any], *, config, generator: torch.Generator,
                    train_text_encoder: bool, autocast=None) -> torch.Tensor:
     """Noise the batch's latents at random timesteps and score the U-Net's prediction."""
-    from engine.train_data import encode_pixels
-
     device = generator.device
     if "latents" in batch:
         latents = batch["latents"].to(device, non_blocking=True)

@@ -17,6 +17,7 @@ from typing import Any
 from engine.buckets import batches_in_bucket
 from engine.config import TrainConfig, resolve_path
 from engine.dataset import Dataset, FolderInfo, scan_dataset
+from engine.vram import VramEstimate, estimate_vram
 
 BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
 
@@ -57,6 +58,7 @@ class Plan:
     checkpoints: list[dict[str, int]]
     lora_file_bytes: int
     lora_parameters: int
+    vram_estimate: VramEstimate
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -116,6 +118,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         checkpoints=checkpoint_schedule(config, steps_per_epoch, total_steps, epochs),
         lora_file_bytes=file_bytes if rank else 0,
         lora_parameters=parameters,
+        vram_estimate=estimate_vram(config, base_dir),
         problems=[problem.message for problem in dataset.problems],
     )
 

@@ -262,6 +262,7 @@ async def test_plan_panel_equals_loradeck_plan(workspace):
         for bucket in plan.buckets:
             assert f"{bucket.width}×{bucket.height}: {bucket.count} images, {bucket.batches} batches" in text
         assert "LoRA file 36.1 MiB" in text
+        assert f"VRAM ≈{plan.vram_estimate.total_gb:.1f} GiB" in text
         expected = plan.total_steps / 2.0  # the median speed of city-v1
         assert f"Estimated {int(expected // 60)}m {round(expected % 60):02d}s" in text or \
             f"Estimated {round(expected)}s" in text

@@ -45,21 +45,17 @@ def format_plan(plan: Plan) -> str:
     saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
     lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
     lines.append(f"LoRA file         {human_size(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
+    lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
     for problem in plan.problems:
         lines.append(f"warning: {problem}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    from engine.vram import estimate_vram
-
     config = load_config(args.config)
-    base_dir = args.config.resolve().parent
-    plan = make_plan(config, base_dir)
-    vram = estimate_vram(config, base_dir)
+    plan = make_plan(config, args.config.resolve().parent)
     if args.json:
-        print(json.dumps({**plan.as_json(), "vram_estimate": vram.as_json()}, indent=1))
+        print(json.dumps(plan.as_json(), indent=1))
     else:
         print(format_plan(plan))
-        print(f"VRAM (estimate)   {vram.summary()}")
     return 0

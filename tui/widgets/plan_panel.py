@@ -12,6 +12,8 @@ images or captions changed on another screen).
 """
 from __future__ import annotations
 
+import math
+
 import statistics
 import threading
 from dataclasses import dataclass
@@ -226,6 +228,8 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
         listed = f"{head}, … {last}"
     lines.append(f"Checkpoints [b]{len(saves)}[/b]: {listed}")
     lines.append(f"LoRA file [b]{human_size(plan.lora_file_bytes)}[/b] ({plan.lora_parameters:,} parameters)")
+    vram = plan.vram_estimate
+    lines.append(f"VRAM [b]≈{vram.total_gb:.1f} GiB[/b] [$text-muted]at the peak; a {math.ceil(vram.card_gb)} GB card or more[/]")
     if speed is not None and plan.total_steps:
         duration = format_duration(plan.total_steps / speed.steps_per_s)
         lines.append(

@@ -45,6 +45,7 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         raise LoradeckError("a config file is needed to start a run (or --resume RUN_DIR)")
     path = Path(config_path).expanduser().resolve()
     config = load_config(path)
+    check_local_paths(config, path.parent)
     run = RunDir(run_folder_for(config, path.parent))
     if run.is_run():
         raise LoradeckError(
@@ -54,6 +55,22 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
     run.create()
     save_config(with_absolute_paths(config, path.parent), run.config)
     return run
+
+
+def _looks_local(value: str) -> bool:
+    """A path rather than a hub id (`owner/name`)."""
+    return value.startswith(("/", ".", "~")) or Path(value).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
+    """Refuse to start (before a run folder takes the name) when a local file is missing."""
+    for key, value in (("model.pretrained_model", config.model.pretrained_model), ("model.vae", config.model.vae)):
+        resolved = resolve_path(base_dir, value.strip())
+        if resolved is not None and _looks_local(value.strip()) and not resolved.exists():
+            raise LoradeckError(f"{key}: {resolved} does not exist")
+    image_dir = resolve_path(base_dir, config.dataset.image_dir)
+    if image_dir is None or not image_dir.is_dir():
+        raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
 
 
 def engine_command(run: RunDir, *, resume: bool) -> list[str]:

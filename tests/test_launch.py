@@ -1,0 +1,38 @@
+"""Starting a run refuses missing local files before a run folder takes the name."""
+import pytest
+
+from engine.config import config_from_dict, save_config
+from engine.errors import LoradeckError
+from engine.launch import prepare_run
+from tests.datasets import plan_dataset
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("/nowhere/v1-5.safetensors", "model.pretrained_model: /nowhere/v1-5.safetensors does not exist"),
+        ("./models/sd15", "does not exist"),
+    ],
+)
+def test_missing_base_model_file_is_refused_without_a_run_folder(tmp_path, model, message):
+    plan_dataset(tmp_path)
+    save_config(config_from_dict({"model": {"pretrained_model": model}, "saving": {"output_name": "x"}}),
+                tmp_path / "loradeck.toml")
+    with pytest.raises(LoradeckError, match=message.replace(".", r"\.")):
+        prepare_run(tmp_path / "loradeck.toml")
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_hub_ids_are_not_checked_locally(tmp_path):
+    plan_dataset(tmp_path)
+    save_config(config_from_dict({"model": {"pretrained_model": "someone/model"}, "saving": {"output_name": "y"}}),
+                tmp_path / "loradeck.toml")
+    run = prepare_run(tmp_path / "loradeck.toml")
+    assert run.config.is_file()
+
+
+def test_missing_image_folder_is_refused(tmp_path):
+    save_config(config_from_dict({"model": {"pretrained_model": "someone/model"}, "dataset": {"image_dir": "pics"}}),
+                tmp_path / "loradeck.toml")
+    with pytest.raises(LoradeckError, match="dataset.image_dir"):
+        prepare_run(tmp_path / "loradeck.toml")

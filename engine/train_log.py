@@ -158,7 +158,12 @@ def _gpu_memory() -> dict[str, float]:
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return {}
     device = torch.cuda.current_device()
-    return {
+    report = {
         "gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
         "gpu_memory_total_mb": torch.cuda.get_device_properties(device).total_memory / 2**20,
     }
+    try:  # NVML (the nvidia-ml-py package, in the `cuda` extra) reads utilisation without a sync
+        report["gpu_util"] = float(torch.cuda.utilization(device))
+    except Exception:  # no NVML library or package: the dashboard simply shows no utilisation
+        pass
+    return report

@@ -14,6 +14,10 @@ import pytest
 
 from tests.datasets import write_caption, write_image
 
+# Tests never reach a model hub: a hub id in a test must fail fast and offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 # Four distinct images: solid colours with a diagonal stripe (tests/datasets.write_image).
 TINY_IMAGES = (
     ((200, 80, 40), "sks dog, red, outdoors"),

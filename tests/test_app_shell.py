@@ -147,3 +147,90 @@ async def test_health_filters_are_remembered_per_workspace(workspace):
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert again.screen.code_filter == chosen
+
+
+def _footer_keys(screen) -> dict[str, object]:
+    return {key.key: key for key in screen.query("FooterKey")}
+
+
+async def test_footer_keeps_keys_and_quit_visible_at_120_columns(workspace):
+    # the four screen keys share one footer entry, so `?` and `q` are not cut off
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        for key in ("1", "3", "4"):
+            app.set_focus(None)
+            await pilot.press(key)
+            await pilot.pause()
+            keys = _footer_keys(app.screen)
+            for wanted in ("question_mark", "q"):
+                assert wanted in keys, (key, sorted(keys))
+                assert keys[wanted].region.right <= SIZE[0], (key, wanted, keys[wanted].region)
+            assert {"1", "2", "3", "4"} <= set(keys)
+
+
+async def test_keys_screen_names_each_key_of_a_footer_group(workspace):
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_focus(None)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        from textual.widgets import DataTable
+
+        table = app.screen.query_one(DataTable)
+        rows = {str(table.get_row_at(i)[1]): str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        assert rows["Fix"] == "f" and rows["Fix all"] == "F"
+        assert rows["Quarantine"] == "x" and rows["Quarantine all"] == "X"
+        assert rows["Health"] == "1" and rows["Runs"] == "4"
+
+
+async def test_guided_start_fits_80x24_with_its_keys_in_a_footer(tmp_path):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    app = make_app(root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert type(screen).__name__ == "WelcomeScreen"
+        assert {"ctrl+s", "escape"} <= set(_footer_keys(screen))
+        box = screen.query_one("#welcome-box")
+        assert box.region.bottom <= 23  # above the footer
+        button = screen.query_one("#welcome-create")
+        button.focus()
+        await pilot.pause()
+        assert box.region.contains_region(button.region)
+
+
+async def test_captions_without_an_image_folder_leave_the_screen_keys_working(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
+    app = make_app(root, start_screen="captions")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert type(app.screen).__name__ == "CaptionsScreen"
+        assert app.screen.query_one("#captions-filter").value == ""
+        await pilot.press("3")
+        await pilot.pause()
+        assert app.current_mode == "config"
+
+
+async def test_health_severity_colours_follow_a_theme_switch(workspace):
+    from tests.datasets import write_image
+    from textual.widgets import DataTable
+
+    write_image(workspace / "img" / "2_thing" / "a.png", (512, 512))  # no caption: a warning
+    app = make_app(workspace, start_screen="health", theme="loradeck-dark")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        table = screen.query_one("#health-findings", DataTable)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if table.row_count:
+                break
+        assert table.row_count
+        app.theme = "loradeck-light"
+        await pilot.pause()
+        severity = table.get_row_at(0)[0]
+        assert str(severity) == "warning"
+        wanted = app.theme_variables["warning"]
+        assert wanted.lower() in str(severity.style).lower()

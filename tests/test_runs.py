@@ -135,7 +135,10 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
         running.steps(6, 9)
         running.flush_new(since)
         await wait_until(pilot, lambda: table.get_row_at(row)[1].startswith("9/30"), what="step 9")
-        # enter opens that run's dashboard
+        # enter opens that run's dashboard, and says so in the footer (the table's own
+        # hidden enter binding used to shadow it)
+        footer_keys = {key.key for key in screen.query("FooterKey")}
+        assert "enter" in footer_keys
         await pilot.press("enter")
         dashboard = await dashboard_ready(pilot)
         assert dashboard.run.name == "d_running"

@@ -35,6 +35,7 @@ SCREEN_HELP = {
     "config": "Every training setting, checked as you type, with the run's numbers",
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
+SCREEN_KEYS = Binding.Group("Screens", compact=True)
 
 
 def _screen_factory(app: "LoradeckApp", mode: str):
@@ -52,8 +53,10 @@ class LoradeckApp(App):
     CSS_PATH = "app.tcss"
     # screens restyle themselves below 110 columns (phones, split tmux panes, 80x24)
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    # the four screen keys share one footer entry ("1234 Screens") so that `?` and `q` still
+    # fit an 80-column footer; `?` and the palette list each of them by name
     BINDINGS = [
-        Binding(key, f"show('{mode}')", title)
+        Binding(key, f"show('{mode}')", title, group=SCREEN_KEYS)
         for mode, (_module, _class, key, title) in SCREENS.items()
     ] + [
         Binding("question_mark", "keys", "Keys"),

@@ -47,13 +47,17 @@ class CaptionsLoaded(Message):
         self.generation = generation
 
 
+# j/k share one footer entry so the footer fits; `?` lists each key
+MOVE_KEYS = Binding.Group("Next/prev", compact=True)
+
+
 class CaptionsScreen(Screen):
     CSS_PATH = "captions.tcss"
     # The footer has room for the review loop; the other keys are named in the panel
     # headings beside what they act on (and all are listed by `?`).
     BINDINGS = [
-        Binding("j", "step(1)", "Next"),
-        Binding("k", "step(-1)", "Prev"),
+        Binding("j", "step(1)", "Next", group=MOVE_KEYS),
+        Binding("k", "step(-1)", "Prev", group=MOVE_KEYS),
         Binding("n", "next_unreviewed", "Unreviewed"),
         Binding("space", "accept", "Accept"),
         Binding("a", "add_tag", "Add"),
@@ -128,6 +132,8 @@ class CaptionsScreen(Screen):
         except LoradeckError as error:
             self.session = None
             self.files.show_rows(None, [], 0)
+            # focus the (empty) list: else the filter input takes focus and swallows 1-4
+            self.files.focus()
             self.query_one("#captions-count", Static).update(
                 f"{error} · set dataset.image_dir on the config screen (3)")
             return

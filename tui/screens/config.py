@@ -195,7 +195,7 @@ class ConfigScreen(Screen):
                 yield Static("", id="setting-help")
                 yield PlanPanel(self.base_dir, id="plan-panel")
         yield Static("", id="config-status")
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def form(self) -> ConfigForm:

@@ -51,6 +51,10 @@ def group_samples(samples) -> list[list[SampleRecord]]:
     return groups
 
 
+EPOCH_KEYS = Binding.Group("Epoch", compact=True)
+PROMPT_KEYS = Binding.Group("Prompt", compact=True)
+
+
 class DashboardScreen(Screen):
     CSS_PATH = "dashboard.tcss"
 
@@ -61,11 +65,11 @@ class DashboardScreen(Screen):
         Binding("n", "sample", "Sample"),
         Binding("r", "resume", "Resume"),
         Binding("g", "plot", "Plot"),
-        # one footer entry per pair: the footer must fit 80 columns
-        Binding("left_square_bracket", "sample_group(-1)", "Epoch", key_display="[ ]"),
-        Binding("right_square_bracket", "sample_group(1)", "Next epoch", show=False),
-        Binding("comma", "sample_prompt(-1)", "Prompt", key_display=", ."),
-        Binding("full_stop", "sample_prompt(1)", "Next prompt", show=False),
+        # one footer entry per pair (the footer must fit 80 columns); `?` lists both keys
+        Binding("left_square_bracket", "sample_group(-1)", "Previous epoch", group=EPOCH_KEYS),
+        Binding("right_square_bracket", "sample_group(1)", "Next epoch", group=EPOCH_KEYS),
+        Binding("comma", "sample_prompt(-1)", "Previous prompt", group=PROMPT_KEYS),
+        Binding("full_stop", "sample_prompt(1)", "Next prompt", group=PROMPT_KEYS),
         Binding("t", "next_tab", "Panel"),
     ]
 

@@ -58,6 +58,10 @@ class FixesDone(Message):
 
 FILTER_STATE = "health_filters"
 
+FIX_KEYS = Binding.Group("Fix", compact=True)
+QUARANTINE_KEYS = Binding.Group("Quarantine", compact=True)
+
+
 class HealthScreen(Screen):
     CSS_PATH = "health.tcss"
     BINDINGS = [
@@ -65,10 +69,11 @@ class HealthScreen(Screen):
         Binding("c", "cycle_code", "By code"),
         Binding("s", "cycle_severity", "By severity"),
         Binding("a", "clear_filters", "Show all"),
-        Binding("f", "fix", "Fix"),
-        Binding("F", "fix_all", "Fix all"),
-        Binding("x", "quarantine", "Quarantine"),
-        Binding("X", "quarantine_all", "Quarantine all"),
+        # one footer entry per one/all pair so the footer fits; `?` lists each key
+        Binding("f", "fix", "Fix", group=FIX_KEYS),
+        Binding("F", "fix_all", "Fix all", group=FIX_KEYS),
+        Binding("x", "quarantine", "Quarantine", group=QUARANTINE_KEYS),
+        Binding("X", "quarantine_all", "Quarantine all", group=QUARANTINE_KEYS),
         Binding("u", "undo_quarantine", "Undo"),
     ]
 
@@ -107,7 +112,14 @@ class HealthScreen(Screen):
         self.query_one("#health-findings", DataTable).add_columns("Severity", "Code", "Path", "Message")
         self._show_exif_pair(False)
         self.query_one("#health-findings").focus()
+        # severity colours are baked into the table cells: repaint them in the new theme
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint_tables())
         self.action_rescan()
+
+    def _repaint_tables(self) -> None:
+        if self.report is not None:
+            self._fill_summary()
+            self._fill_findings()
 
     # ---- scanning
 

@@ -35,7 +35,8 @@ class RunsScreen(Screen):
     CSS_PATH = "runs.tcss"
 
     BINDINGS = [
-        Binding("enter", "open", "Open"),
+        # priority: the table's own (hidden) enter binding would hide "Open" from the footer
+        Binding("enter", "open", "Open", priority=True),
         Binding("t", "train", "Train"),
         Binding("r", "resume", "Resume"),
         Binding("x", "stop", "Stop"),

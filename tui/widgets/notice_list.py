@@ -34,16 +34,25 @@ class NoticeList(VerticalScroll):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._version = -1
+        self._notices: list[Notice] = []
 
     def compose(self) -> ComposeResult:
         yield Static("no warnings or errors", id="notice-text")
+
+    def on_mount(self) -> None:
+        # the text carries the theme's colours: render it again when the theme changes
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint())
 
     def show(self, notices, version: int) -> None:
         if version == self._version:
             return
         self._version = version
-        self.query_one("#notice-text", Static).update(self._render_notices(list(notices)))
+        self._notices = list(notices)
+        self._repaint()
         self.scroll_end(animate=False)
+
+    def _repaint(self) -> None:
+        self.query_one("#notice-text", Static).update(self._render_notices(self._notices))
 
     def _render_notices(self, notices: list[Notice]) -> Text:
         if not notices:

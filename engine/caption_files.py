@@ -165,7 +165,10 @@ def write_caption(path: Path, text: str | None, expected: Stamp | str = "any") -
         raise CaptionChanged(path)
     if text is None:
         # Only ever a caption file loradeck created (undoing "add tag" on an image
-        # that had none): absent and empty mean different things to a trainer.
+        # that had none): absent and empty mean different things to a trainer. A file
+        # changed since loradeck wrote it holds someone else's words: never deleted.
+        if expected == "any" and caption_stamp(path) is not None:
+            raise CaptionChanged(path)
         try:
             path.unlink()
         except FileNotFoundError:

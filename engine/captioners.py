@@ -134,7 +134,7 @@ def _from_pretrained(loader, model: str, **kwargs):
     """from_pretrained with a one-line error for a missing folder or an offline hub id."""
     try:
         return loader.from_pretrained(model, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder without the model's processor files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LoradeckError(f"{model}: cannot load ({first})") from error
 

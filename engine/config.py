@@ -32,7 +32,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
 
@@ -784,7 +784,8 @@ def _coerce(spec: FieldSpec, value: Any, source: str) -> Any:
             return value
         raise ConfigError(spec.key, f"expected true or false, got {value!r}", source)
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value)):
             raise ConfigError(spec.key, f"expected a whole number, got {value!r}", source)
         return int(value)
     if kind is float:
@@ -793,7 +794,9 @@ def _coerce(spec: FieldSpec, value: Any, source: str) -> Any:
         if math.isnan(value) or math.isinf(value):
             raise ConfigError(spec.key, "must be a finite number", source)
         return float(value)
-    if isinstance(value, (int, float)) and spec.key == "dataset.resolution":
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and spec.key == "dataset.resolution":
+        if not math.isfinite(value):
+            raise ConfigError(spec.key, f"expected a size such as 512 or \"512,768\", got {value!r}", source)
         return f"{int(value)},{int(value)}"
     if not isinstance(value, str):
         raise ConfigError(spec.key, f"expected text, got {value!r}", source)
@@ -1001,13 +1004,18 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError("file", "no such config file", str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError("file", "not a UTF-8 text file", str(path)) from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise ConfigError("file", f"cannot read ({error.strerror or error})", str(path)) from None
     return loads_config(text, str(path))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     from engine.atomic import atomic_write_text
 
-    atomic_write_text(path, dumps_config(config))
+    try:
+        atomic_write_text(path, dumps_config(config))
+    except OSError as error:  # a read-only place, a folder in the way, a full disk
+        raise LoradeckError(f"{path}: cannot write the config ({error.strerror or error})") from None
 
 
 def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:

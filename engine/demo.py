@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from engine.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from engine.config import config_from_dict, save_config
 from engine.workspace import Workspace
 
@@ -85,7 +86,8 @@ def _save_rotated_jpeg(image: Image.Image, path: Path) -> None:
     stored = image.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
-    stored.save(path, "JPEG", quality=92, exif=exif.tobytes())
+    with atomic_path(path) as temporary:
+        stored.save(temporary, "JPEG", quality=92, exif=exif.tobytes())
 
 
 def _damaged_jpeg(image: Image.Image) -> bytes:
@@ -117,13 +119,14 @@ def write_demo_dataset(image_dir: Path, seed: int = 7) -> None:
             if folder == "3_sunset lake" and index < 2:
                 _save_rotated_jpeg(image, stem.with_suffix(".jpg"))
             else:
-                image.save(stem.with_suffix(".png"))
+                with atomic_path(stem.with_suffix(".png")) as temporary:
+                    image.save(temporary, "PNG")
             if index != count - 1:  # the last image of each folder trains on its class tokens
-                stem.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+                atomic_write_text(stem.with_suffix(".txt"), caption + "\n")
     incoming = image_dir / "incoming"
     incoming.mkdir(exist_ok=True)
-    (incoming / "upload-01.jpg").write_bytes(_damaged_jpeg(_city((128, 128), rng)))
-    (incoming / "upload-02.png").write_bytes(_truncated_png(_flower((128, 128), rng)))
+    atomic_write_bytes(incoming / "upload-01.jpg", _damaged_jpeg(_city((128, 128), rng)))
+    atomic_write_bytes(incoming / "upload-02.png", _truncated_png(_flower((128, 128), rng)))
 
 
 def demo_config(epochs: int = 4):

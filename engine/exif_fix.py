@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from engine.atomic import atomic_path
 from engine.errors import LoradeckError
 from engine.health_checks import EXIF_ORIENTATION
-from engine.quarantine import QuarantineEntry, keep_original, record
+from engine.quarantine import QuarantineEntry, keep_original, read_manifest, record
 
 # The IJG standard luminance table that libjpeg scales by the quality setting.
 STANDARD_LUMINANCE = (
@@ -105,6 +105,7 @@ def _save_options(path: Path, image: Image.Image) -> tuple[str, dict[str, Any], 
 
 def fix_orientation(root: Path, relative: str) -> ExifFix:
     """Rotate the pixels upright, drop the Orientation tag, keep the original in the quarantine."""
+    read_manifest(root)  # refuse before touching the image when the undo record cannot be kept
     source = root / relative
     try:
         with Image.open(source) as image:

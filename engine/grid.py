@@ -15,6 +15,8 @@ columns, rows and each cell's box) so scripts and tests can read the layout.
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
 import textwrap
 from dataclasses import dataclass, replace
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import load_config
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, UsageError
 from engine.events import SAMPLE, read_events
 from engine.prompts import SamplePrompt, load_prompts, parse_prompts
 from engine.rundir import RunDir
@@ -141,11 +143,14 @@ def parse_weights(text: str) -> list[float]:
         if not part:
             continue
         try:
-            weights.append(float(part))
+            weight = float(part)
         except ValueError:
-            raise LoradeckError(f"--weights: {part!r} is not a number (write e.g. 0.6,0.8,1.0)") from None
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise UsageError(f"--weights: {part!r} is not a number (write e.g. 0.6,0.8,1.0)")
+        weights.append(weight)
     if not weights:
-        raise LoradeckError("--weights: give at least one LoRA weight, e.g. 1.0")
+        raise UsageError("--weights: give at least one LoRA weight, e.g. 1.0")
     return weights
 
 
@@ -241,6 +246,15 @@ def compose_grid(
 # --------------------------------------------------------------------------- rendering
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an output the grid could not be written to before minutes of rendering."""
+    existing = next((folder for folder in out.parents if folder.exists()), None)
+    if out.is_dir():
+        raise LoradeckError(f"{out}: is a folder; give -o a file name such as grid.png")
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise LoradeckError(f"{out}: cannot write the grid ({existing} is not a writable folder)")
+
+
 def pick_device(name: str) -> Any:
     """`auto` (CUDA when present, else the CPU) or a torch device name the machine has."""
     import torch
@@ -250,7 +264,7 @@ def pick_device(name: str) -> Any:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise LoradeckError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoradeckError(f"--device: {name} asked for, but this machine has no usable CUDA GPU")
     return device
@@ -286,6 +300,8 @@ def render_grid(
         source = prompts_file or "the run's config (sampling.prompts / sampling.prompts_file)"
         raise LoradeckError(f"no sample prompts in {source}; give some with --prompts FILE")
     weights = weights or [1.0]
+    out = Path(output) if output else run.path / "grid.png"
+    _check_writable(out)
 
     target = pick_device(device)
     dtype = torch.float32
@@ -320,6 +336,8 @@ def render_grid(
     layout["checkpoints"] = [c.path.name for c in checkpoints]
     layout["weights"] = weights
     layout["prompts"] = [{"prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": p.seed} for p in prompts]
-    out = Path(output) if output else run.path / "grid.png"
-    save_png(grid, out, {GRID_TEXT_KEY: json.dumps(layout)})
+    try:
+        save_png(grid, out, {GRID_TEXT_KEY: json.dumps(layout)})
+    except OSError as error:  # a read-only place or a folder in the way, found only after rendering
+        raise LoradeckError(f"{out}: cannot write the grid ({error.strerror or error})") from None
     return out

@@ -161,6 +161,8 @@ def import_kohya_file(path: str | Path, dataset_base: str | Path | None = None) 
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LoradeckError(f"{path}: no such file") from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise LoradeckError(f"{path}: cannot read ({error.strerror or error})") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise LoradeckError(f"{path}: not a Kohya JSON config ({error})") from None
     if not isinstance(data, dict):

@@ -40,6 +40,8 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
             # new settings for the rest of the run (say, more epochs), frozen in place of the old
             path = Path(config_path).expanduser().resolve()
             save_config(with_absolute_paths(load_config(path), path.parent), run.config)
+        else:
+            load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
         return run
     if config_path is None:
         raise LoradeckError("a config file is needed to start a run (or --resume RUN_DIR)")
@@ -52,7 +54,12 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
             f"{run.path} already holds a run; continue it with --resume {run.path}, "
             "or choose another saving.output_name"
         )
-    run.create()
+    try:
+        run.create()
+    except OSError as error:  # saving.output_dir is a file, read-only, or on a missing mount
+        raise LoradeckError(
+            f"saving.output_dir: cannot create the run folder {run.path} ({error.strerror or error})"
+        ) from None
     save_config(with_absolute_paths(config, path.parent), run.config)
     return run
 
@@ -71,6 +78,11 @@ def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
     image_dir = resolve_path(base_dir, config.dataset.image_dir)
     if image_dir is None or not image_dir.is_dir():
         raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
+    if config.sampling.prompts_file.strip():
+        # A typo here would otherwise surface only as a warning once the first samples are due.
+        from engine.prompts import load_prompts
+
+        load_prompts(config, base_dir)
 
 
 def engine_command(run: RunDir, *, resume: bool) -> list[str]:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_path, atomic_write_text
 from engine.dataset import QUARANTINE_DIR
 from engine.errors import LoradeckError
 
@@ -58,7 +58,11 @@ def read_manifest(root: Path) -> list[QuarantineEntry]:
         return []
     except (OSError, ValueError) as error:
         raise LoradeckError(f"{path}: cannot read the quarantine manifest ({error})") from None
-    return [QuarantineEntry(**entry) for entry in data.get("entries", [])]
+    entries = data.get("entries", []) if isinstance(data, dict) else None
+    try:
+        return [QuarantineEntry(**entry) for entry in entries]
+    except TypeError:  # not a list of entries, or an entry with missing or unknown fields
+        raise LoradeckError(f"{path}: cannot read the quarantine manifest (not a list of entries)") from None
 
 
 def _write_manifest(root: Path, entries: list[QuarantineEntry]) -> None:
@@ -89,6 +93,7 @@ def _move(root: Path, relative: str, reason: str) -> QuarantineEntry:
 
 def quarantine_files(root: Path, items: list[tuple[str, str]], caption_extension: str) -> list[QuarantineEntry]:
     """Move each (relative path, reason) and the caption beside it into the quarantine."""
+    read_manifest(root)  # a manifest we could not add to would leave the moves un-undoable: refuse first
     entries: list[QuarantineEntry] = []
     try:
         for relative, reason in items:
@@ -109,8 +114,8 @@ def quarantine_files(root: Path, items: list[tuple[str, str]], caption_extension
 def keep_original(root: Path, relative: str, reason: str) -> str:
     """Copy a file into the quarantine before a fix rewrites it; returns the stored path."""
     stored = free_spot(root, relative)
-    (root / stored).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(root / relative, root / stored)
+    with atomic_path(root / stored) as temporary:
+        shutil.copy2(root / relative, temporary)
     return stored
 
 

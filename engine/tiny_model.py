@@ -11,9 +11,13 @@ the CLIP tokenizer's vocabulary is written here too, so nothing is downloaded.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_text, ensure_folder
+from engine.errors import LoradeckError
 
 # SD1.5's noise schedule (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5)
 SD15_SCHEDULE = dict(
@@ -140,14 +144,40 @@ def make_tiny_pipeline(seed: int = 0):
 def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny SD1.5 as a diffusers folder at `out_dir` (created) and return it."""
     out = Path(out_dir)
-    pipeline = make_tiny_pipeline(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline.save_pretrained(out, safe_serialization=True)
-    # The slow-tokenizer files too, as SD1.5 ships them, for tools that read those.
-    _write_vocabulary(out / "tokenizer", *tiny_clip_vocabulary())
-    atomic_write_text(
-        out / "README.md",
-        "Tiny Stable Diffusion 1.5 layout with random weights, made by `loradeck make-tiny-model`.\n"
-        "For tests and demos only: it draws noise.\n",
-    )
+    if out.exists() and not out.is_dir():
+        raise LoradeckError(f"{out}: exists and is not a folder")
+    try:
+        ensure_folder(out.parent)
+        pipeline = make_tiny_pipeline(seed)
+        # Built beside the target and moved in, so a crash never leaves half a model behind.
+        temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the model folder's
+        try:
+            pipeline.save_pretrained(temporary, safe_serialization=True)
+            # The slow-tokenizer files too, as SD1.5 ships them, for tools that read those.
+            _write_vocabulary(temporary / "tokenizer", *tiny_clip_vocabulary())
+            atomic_write_text(
+                temporary / "README.md",
+                "Tiny Stable Diffusion 1.5 layout with random weights, made by `loradeck make-tiny-model`.\n"
+                "For tests and demos only: it draws noise.\n",
+            )
+            _move_into(temporary, out)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)  # our own temporary folder
+    except OSError as error:
+        raise LoradeckError(f"{out}: cannot write the tiny model ({error.strerror or error})") from None
     return out
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, or, when `target` is a folder already, each file into it."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)

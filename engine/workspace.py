@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_write_text
+from engine.errors import LoradeckError
 
 CONFIG_NAME = "loradeck.toml"
 STATE_DIR = ".loradeck"
@@ -42,7 +43,7 @@ class Workspace:
 
         try:
             return load_config(self.config_path)
-        except Exception:
+        except LoradeckError:  # missing or broken config: the default folders; the config screen names the error
             return None
 
     @property

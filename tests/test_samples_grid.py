@@ -117,7 +117,7 @@ def test_grid_refuses_clearly(tmp_path, tiny_model_dir, capsys):
     run = finished_run(tmp_path, tiny_model_dir, "")
     assert main(["grid", str(run.path)]) == 1
     assert "no sample prompts" in capsys.readouterr().err
-    assert main(["grid", str(run.path), "--weights", "0.5,x"]) == 1
+    assert main(["grid", str(run.path), "--weights", "0.5,x"]) == 2  # usage: exit status 2
     assert "--weights: 'x' is not a number" in capsys.readouterr().err
     for path in run.checkpoints.iterdir():
         path.unlink()

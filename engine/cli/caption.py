@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, UsageError
 
 HELP = "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a WD14 tagger."
 
@@ -53,6 +54,7 @@ def run(args) -> int:
 
     emit = _json_emitter() if args.progress_json else None
     try:
+        _check_numbers(args)
         folder = caption_folder_of(args.dir)
         root, default_extension = folder.root, folder.caption_extension
         if not root.is_dir():
@@ -88,6 +90,20 @@ def run(args) -> int:
     for path, reason in report.failed:
         print(f"{path}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _check_numbers(args) -> None:
+    """Usage errors before a model loads (which can take minutes)."""
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    for flag, value in (("--general-threshold", args.general_threshold),
+                        ("--character-threshold", args.character_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} {value}: must be between 0 and 1")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise UsageError(f"--device {args.device}: choose auto, cpu, cuda or cuda:N")
 
 
 def _json_emitter():

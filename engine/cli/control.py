@@ -31,6 +31,9 @@ def run(args) -> int:
     if not run_dir.engine_alive():
         # a request left for a dead engine would fire when the run is next resumed
         raise LoradeckError(f"{run_dir.path}: no engine is running for this run")
-    run_dir.request(args._action)
+    try:
+        run_dir.request(args._action)
+    except OSError as error:  # a read-only run folder, or a file where control/ should be
+        raise LoradeckError(f"{run_dir.control}: cannot write the request ({error.strerror or error})") from None
     print(f"{args._action} requested; the engine handles it at its next step ({run_dir.path})")
     return 0

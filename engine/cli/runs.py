@@ -32,7 +32,7 @@ def find_runs(path: Path) -> list[RunSummary]:
     """Runs under a workspace (its configured runs folder), a runs folder, or one run."""
     path = path.expanduser()
     if not path.is_dir():
-        raise UsageError(f"{path}: no such folder")
+        raise UsageError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
     if RunDir(path).is_run():
         return [summarize_run(path)]
     workspace = Workspace.at(path)

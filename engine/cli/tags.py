@@ -44,6 +44,9 @@ def _dataset(args) -> tuple[Path, str, int]:
 def run(args) -> int:
     from engine.caption_edits import CaptionSession, operation_for
 
+    for flag, value in (("--keep-tokens", args.keep_tokens), ("--top", args.top)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} {value}: must be 0 or more")
     root, extension, keep_tokens = _dataset(args)
     session = CaptionSession(root, extension)
     session.load_all()

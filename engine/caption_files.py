@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.atomic import atomic_write_text
-from engine.dataset import IMAGE_EXTENSIONS, QUARANTINE_DIR
+from engine.dataset import IMAGE_EXTENSIONS, QUARANTINE_DIR, decode_caption
 from engine.errors import LoradeckError
 
 REVIEW_FILE = ".loradeck-reviewed.json"
@@ -151,7 +151,7 @@ def read_caption(path: str | Path) -> tuple[str | None, Stamp]:
         return None, None
     except OSError as error:
         raise LoradeckError(f"{path}: cannot read ({error.strerror})") from error
-    return data.decode("utf-8", errors="replace"), (stat.st_mtime_ns, stat.st_size)
+    return decode_caption(data), (stat.st_mtime_ns, stat.st_size)
 
 
 def write_caption(path: Path, text: str | None, expected: Stamp | str = "any") -> Stamp:

@@ -149,10 +149,22 @@ def upright_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def decode_caption(data: bytes) -> str:
+    """Caption bytes as text, losing nothing: UTF-8 (with or without a BOM), else the
+    Windows-1252 / Latin-1 that older tools write. Replacement characters would destroy
+    the original bytes the first time an edited caption is written back."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")  # maps every byte, so it cannot fail
+
+
 def read_caption(path: Path) -> str | None:
     """The first non-empty line of a caption file, or None when there is none."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = decode_caption(path.read_bytes())
     except FileNotFoundError:
         return None
     for line in text.splitlines():

@@ -248,3 +248,18 @@ def test_cli_tags_bad_input_is_one_line(tmp_path, capsys):
     root = make_dataset(tmp_path)
     assert loradeck(["tags", str(root), "--replace", "no-equals-sign"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_non_utf8_captions_keep_every_character(tmp_path):
+    """A Latin-1 caption from an old tool is read without replacement characters, so an
+    edit writes the same words back (as UTF-8) instead of destroying them."""
+    from engine.caption_files import read_caption
+    from engine.dataset import decode_caption
+
+    path = tmp_path / "a.txt"
+    path.write_bytes("café, piñata, ©".encode("latin-1"))
+    text, _stamp = read_caption(path)
+    assert text == "café, piñata, ©"
+    assert decode_caption("naïve".encode("utf-8")) == "naïve"
+    assert decode_caption("\ufeffbom, tag".encode("utf-8")) == "bom, tag"
+    assert decode_caption(bytes([0x81, 0x8d])) == "\x81\x8d"  # cp1252 holes fall back to Latin-1

@@ -69,30 +69,18 @@ def caption_folder_of(path: str | Path) -> CaptionFolder:
     The workspace config is read leniently: captioning comes before choosing a base
     model, so a config that does not validate yet must still give these three values.
     """
-    import tomllib
-
-    from engine.config import CaptionSettings, DatasetSettings
-    from engine.workspace import CONFIG_NAME
+    from engine.config import CaptionSettings
+    from engine.workspace import Workspace
 
     path = Path(path).expanduser()
-    config_path = path / CONFIG_NAME
-    if not config_path.exists():
+    workspace = Workspace(path)
+    if not workspace.config_path.exists():
         return CaptionFolder(path)
-    try:
-        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        data = {}
-    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
-    captions = data.get("captions") if isinstance(data.get("captions"), dict) else {}
-    image_dir = dataset.get("image_dir")
-    image_dir = Path(image_dir if isinstance(image_dir, str) and image_dir else DatasetSettings().image_dir)
-    extension = captions.get("caption_extension")
-    if not (isinstance(extension, str) and extension.startswith(".")):
+    extension = workspace.setting("captions.caption_extension")
+    if not extension.startswith("."):
         extension = CaptionSettings().caption_extension
-    keep_tokens = captions.get("keep_tokens")
-    if not (isinstance(keep_tokens, int) and keep_tokens >= 0):
-        keep_tokens = CaptionSettings().keep_tokens
-    root = image_dir.expanduser() if image_dir.expanduser().is_absolute() else path / image_dir
+    keep_tokens = workspace.setting("captions.keep_tokens")
+    root = workspace.image_dir
     return CaptionFolder(root, extension, keep_tokens)
 
 

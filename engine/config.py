@@ -721,6 +721,22 @@ def field_spec(key: str) -> FieldSpec:
     raise KeyError(key)
 
 
+def lenient_setting(data: dict[str, Any], key: str) -> Any:
+    """One setting of TOML-shaped data, or its default when absent or not allowed by the
+    setting's own rules. For configs that do not validate yet: the image folder of a
+    workspace whose base model is still unset must still be found."""
+    spec = field_spec(key)
+    group = data.get(spec.group)
+    value = group.get(spec.name) if isinstance(group, dict) else None
+    if value is None:
+        return spec.default
+    try:
+        value = _coerce(spec, value, "")
+    except ConfigError:
+        return spec.default
+    return spec.default if _check_field(spec, value) else value
+
+
 # --------------------------------------------------------------------------- small parsers
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_write_text
-from engine.errors import LoradeckError
 
 CONFIG_NAME = "loradeck.toml"
 STATE_DIR = ".loradeck"
@@ -38,27 +37,28 @@ class Workspace:
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
 
-    def _config(self):
-        from engine.config import load_config
+    def setting(self, key: str) -> Any:
+        """One setting of the workspace config, read leniently (`engine.config.lenient_setting`):
+        a config that does not validate yet, or none at all, still names its folders."""
+        from engine.config import lenient_setting, tomllib
 
         try:
-            return load_config(self.config_path)
-        except LoradeckError:  # missing or broken config: the default folders; the config screen names the error
-            return None
+            data = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            data = {}
+        return lenient_setting(data, key)
+
+    def _folder(self, key: str, default: str) -> Path:
+        path = Path(self.setting(key) or default).expanduser()
+        return path if path.is_absolute() else self.root / path
 
     @property
     def image_dir(self) -> Path:
-        config = self._config()
-        name = config.dataset.image_dir if config else "img"
-        path = Path(name).expanduser()
-        return path if path.is_absolute() else self.root / path
+        return self._folder("dataset.image_dir", "img")
 
     @property
     def runs_dir(self) -> Path:
-        config = self._config()
-        name = config.saving.output_dir if config else "runs"
-        path = Path(name).expanduser()
-        return path if path.is_absolute() else self.root / path
+        return self._folder("saving.output_dir", "runs")
 
     def exists(self) -> bool:
         return self.config_path.exists() or (self.root / "img").is_dir()

@@ -1,5 +1,6 @@
 """The config schema: defaults, validation messages, TOML round trip, versions."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,17 @@ def test_absolute_paths_for_frozen_copy(tmp_path):
     assert frozen.dataset.image_dir == str(tmp_path / "img")
     assert frozen.model.pretrained_model == "runwayml/stable-diffusion-v1-5"  # hub id kept
     assert config.dataset.image_dir == "img"  # original untouched
+
+
+def test_workspace_folders_come_from_a_config_that_does_not_validate_yet(tmp_path):
+    """Captioning and the health check come before a base model is chosen."""
+    from engine.workspace import Workspace
+
+    (tmp_path / "loradeck.toml").write_text(
+        '[dataset]\nimage_dir = "pictures"\n[saving]\noutput_dir = "/srv/runs"\n[captions]\nkeep_tokens = -3\n'
+    )
+    workspace = Workspace(tmp_path)
+    assert workspace.image_dir == tmp_path / "pictures"
+    assert workspace.runs_dir == Path("/srv/runs")
+    assert workspace.setting("captions.keep_tokens") == 0  # not allowed: the default
+    assert Workspace(tmp_path / "none").image_dir == tmp_path / "none" / "img"

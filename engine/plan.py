@@ -96,7 +96,6 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
 
     reg_instances = sum(1 for item in instances if item.is_reg)
     folders = [_folder_plan(folder, instances) for folder in dataset.folders]
-    rank = config.network.rank
     parameters, modules = lora_parameter_count(config, base_dir)
     value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
     # tensors plus the safetensors header (about 160 bytes of JSON per tensor, 3 tensors
@@ -116,9 +115,9 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         total_steps=total_steps,
         epochs=epochs,
         checkpoints=checkpoint_schedule(config, steps_per_epoch, total_steps, epochs),
-        lora_file_bytes=file_bytes if rank else 0,
+        lora_file_bytes=file_bytes,
         lora_parameters=parameters,
-        vram_estimate=estimate_vram(config, base_dir),
+        vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=[problem.message for problem in dataset.problems],
     )
 
@@ -168,7 +167,7 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def _model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
+def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
     """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's)."""
     folder = resolve_path(base_dir, config.model.pretrained_model)
     unet = _read_json(folder / "unet" / "config.json") if folder and folder.is_dir() else None
@@ -184,7 +183,7 @@ def _model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
 def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
     """(LoRA parameters, LoRA modules) for the config's base model and rank."""
     rank = config.network.rank
-    unet, text = _model_configs(config, base_dir)
+    unet, text = model_configs(config, base_dir)
     shapes: list[tuple[int, int]] = []  # (in_features, out_features) of every adapted layer
     if config.network.train_unet:
         context = unet.get("cross_attention_dim", 768)

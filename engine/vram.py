@@ -88,21 +88,24 @@ def largest_image(config) -> tuple[int, int]:
 
 
 def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | None = None,
-                  height: int | None = None, batch_size: int | None = None) -> VramEstimate:
-    """Peak GPU memory of a training step for `config` (its largest image unless given)."""
-    from engine.plan import lora_parameter_count
+                  height: int | None = None, batch_size: int | None = None,
+                  lora_parameters: int | None = None) -> VramEstimate:
+    """Peak GPU memory of a training step for `config` (its largest image unless given).
 
-    from engine.plan import _model_configs
+    `lora_parameters` saves counting them again when the caller (the plan) already has.
+    """
+    from engine.plan import lora_parameter_count, model_configs
 
     precision = config.precision.mixed_precision
     counts = frozen_parameters(config, base_dir)
-    unet_config, text_config = _model_configs(config, base_dir or ".")
+    unet_config, text_config = model_configs(config, base_dir or ".")
     channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x U-Net
     weight_bytes = BYTES[precision]
     vae_bytes = 4 if precision == "fp16" else weight_bytes  # SD's VAE overflows in fp16
     weights = (counts["unet"] + counts["text_encoder"]) * weight_bytes + counts["vae"] * vae_bytes
 
-    lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
+    if lora_parameters is None:
+        lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
     state_bytes = OPTIMIZER_STATE_BYTES.get(config.optimizer.optimizer, 8)
     lora = lora_parameters * (4 + 4 + state_bytes)
 

@@ -86,16 +86,21 @@ async def test_user_theme_files_are_picked_up(workspace, user_config):
         assert [p.path.name for p in app.theme_problems] == ["broken.toml"]
 
 
+async def keys_screen_rows(pilot) -> list[tuple[str, str]]:
+    """Open `?` from the current screen; its (key, action) rows."""
+    from textual.widgets import DataTable
+
+    pilot.app.set_focus(None)
+    await pilot.press("question_mark")
+    await pilot.pause()
+    table = pilot.app.screen.query_one(DataTable)
+    return [(str(table.get_row_at(i)[0]), str(table.get_row_at(i)[1])) for i in range(table.row_count)]
+
+
 async def test_keys_screen_lists_bindings(workspace):
     app = make_app(workspace, start_screen="health")
     async with app.run_test(size=SIZE) as pilot:
-        app.set_focus(None)
-        await pilot.press("question_mark")
-        await pilot.pause()
-        from textual.widgets import DataTable
-
-        table = app.screen.query_one(DataTable)
-        actions = {str(table.get_row_at(i)[1]) for i in range(table.row_count)}
+        actions = {action for _key, action in await keys_screen_rows(pilot)}
         assert {"Health", "Captions", "Config", "Runs", "Quit"} <= actions
         await pilot.press("escape")
         assert type(app.screen).__name__ == "HealthScreen"
@@ -171,13 +176,7 @@ async def test_footer_keeps_keys_and_quit_visible_at_120_columns(workspace):
 async def test_keys_screen_names_each_key_of_a_footer_group(workspace):
     app = make_app(workspace, start_screen="health")
     async with app.run_test(size=SIZE) as pilot:
-        app.set_focus(None)
-        await pilot.press("question_mark")
-        await pilot.pause()
-        from textual.widgets import DataTable
-
-        table = app.screen.query_one(DataTable)
-        rows = {str(table.get_row_at(i)[1]): str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        rows = {action: key for key, action in await keys_screen_rows(pilot)}
         assert rows["Fix"] == "f" and rows["Fix all"] == "F"
         assert rows["Quarantine"] == "x" and rows["Quarantine all"] == "X"
         assert rows["Health"] == "1" and rows["Runs"] == "4"

@@ -31,16 +31,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _available_commands() -> dict[str, str]:
-    """Commands whose module exists (a missing one is a packaging bug, not a user error)."""
-    available = {}
-    for name, module_name in COMMANDS.items():
-        if importlib.util.find_spec(module_name) is not None:
-            available[name] = module_name
-    return available
-
-
-def build_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loradeck",
         description="Train Stable Diffusion LoRAs from the terminal. "
@@ -63,13 +54,12 @@ def _takes_command_name(function) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = _available_commands()
-    if not argv or argv[0] not in commands and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         # `loradeck`, `loradeck WORKSPACE`, `loradeck --theme x WORKSPACE`
         from tui import cli_app
 
         return cli_app.open_workspace(argv)
-    parser = build_parser(commands)
+    parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:

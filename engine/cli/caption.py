@@ -1,7 +1,7 @@
 """`loradeck caption DIR --model MODEL [--kind blip|florence2|wd14] ...`: auto-caption a dataset.
 
 With `--progress-json` every line on stdout is one JSON object (start, progress, done,
-error) for the TUI, which runs this as `python -m engine.cli.caption`.
+error) for the TUI, which runs this as `python -m tui.cli caption`.
 """
 from __future__ import annotations
 
@@ -134,21 +134,3 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.cli.caption ...`, how the TUI starts a job."""
-    parser = argparse.ArgumentParser(prog="loradeck caption", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        return 130
-    except LoradeckError as error:
-        print(f"loradeck caption: {error}", file=sys.stderr)
-        return error.exit_status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The auto-caption job bar: runs `python -m engine.cli.caption ... --progress-json` as a
+"""The auto-caption job bar: runs `loradeck caption ... --progress-json` (as `python -m tui.cli`) as a
 subprocess (the TUI never imports torch), reads its JSON progress lines in a thread
 worker and shows a progress bar. Posts `Progress` (merged when they come fast) and
 `Finished`; the screen decides what to reload."""
@@ -22,7 +22,7 @@ def caption_command(root: Path, choice: dict, caption_extension: str) -> list[st
     """The engine command for the settings of the auto-caption dialog."""
     import shlex
 
-    command = [sys.executable, "-m", "engine.cli.caption", str(root), "--model", choice["model"],
+    command = [sys.executable, "-m", "tui.cli", "caption", str(root), "--model", choice["model"],
                "--mode", choice["mode"], "--caption-extension", caption_extension, "--progress-json"]
     if choice.get("kind") and choice["kind"] != "auto":
         command += ["--kind", choice["kind"]]

@@ -77,7 +77,8 @@ def run_demo(args) -> int:
     made = subprocess.run([sys.executable, "-m", "engine.demo", str(root), "--epochs", str(args.epochs)],
                           capture_output=True, text=True)
     if made.returncode != 0:
-        raise LoradeckError(f"could not create the demo workspace: {made.stderr.strip().splitlines()[-1:]}")
+        last_line = (made.stderr.strip().splitlines() or ["no message"])[-1]
+        raise LoradeckError(f"could not create the demo workspace: {last_line}")
     workspace = Workspace.at(root)
     # The tiny model's operations are too small to split across threads: one thread per
     # engine is several times faster than torch's default, and leaves a core for the app.

@@ -137,8 +137,9 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
         await wait_until(pilot, lambda: table.get_row_at(row)[1].startswith("9/30"), what="step 9")
         # enter opens that run's dashboard, and says so in the footer (the table's own
         # hidden enter binding used to shadow it)
-        footer_keys = {key.key for key in screen.query("FooterKey")}
-        assert "enter" in footer_keys
+        # (the footer recomposes a moment after the bindings change, so wait for it)
+        await wait_until(pilot, lambda: "enter" in {key.key for key in screen.query("FooterKey")},
+                         what="enter in the footer")
         await pilot.press("enter")
         dashboard = await dashboard_ready(pilot)
         assert dashboard.run.name == "d_running"

@@ -46,6 +46,7 @@ async def test_every_screen_is_one_key_away(workspace):
     assert again.start_screen == "runs"
 
 
+@pytest.mark.slow
 async def test_every_screen_is_in_the_palette(workspace):
     app = make_app(workspace, start_screen="health")
     async with app.run_test(size=SIZE) as pilot:

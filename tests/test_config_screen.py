@@ -112,6 +112,7 @@ def notifications(app) -> str:
 # ---- tests
 
 
+@pytest.mark.slow
 async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
     path = workspace / "loradeck.toml"
     app = make_app(workspace, start_screen="config")
@@ -151,6 +152,7 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
     assert path.read_text() == saved
 
 
+@pytest.mark.slow
 async def test_invalid_values_are_flagged_inline_and_block_start(workspace, launches):
     path = workspace / "loradeck.toml"
     before = path.read_text()
@@ -226,6 +228,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         assert app.screen.plan_panel.plan.epochs == 4
 
 
+@pytest.mark.slow
 async def test_plan_panel_equals_loradeck_plan(workspace):
     path = workspace / "loradeck.toml"
     # a previous run on this machine gives the speed for the estimate
@@ -292,6 +295,7 @@ async def test_preset_replaces_settings_but_keeps_model_and_folders(workspace):
     assert saved.model.pretrained_model == "/models/mine.safetensors"
 
 
+@pytest.mark.slow
 async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
     path = workspace / "loradeck.toml"
     before = path.read_text()

@@ -37,6 +37,7 @@ def training_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch):
     return root
 
 
+@pytest.mark.slow
 async def test_start_detach_reattach_and_stop(training_workspace):
     root = training_workspace
     run = RunDir(root / "runs" / "e2e")

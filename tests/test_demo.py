@@ -1,6 +1,7 @@
 """`loradeck demo --headless`: a real CPU training on a generated dataset and tiny model."""
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from engine.health import scan, target_for
 from engine.plan import make_plan
 
 
+@pytest.mark.slow
 def test_demo_headless_trains_with_checkpoints_and_samples(tmp_path):
     root = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -147,6 +147,7 @@ def test_loader_workers_give_the_same_batches(tmp_path, tiny_dataset, make_run, 
     assert_same_lora(main_process, workers, exact=True)
 
 
+@pytest.mark.slow
 def test_compiled_unet_trains_like_eager(tmp_path, tiny_dataset, make_run, capsys, monkeypatch):
     """torch.compile works on this CPU, but inductor's C++ code generation for a U-Net takes
     minutes on two busy cores; the aot_eager backend still checks what could go wrong in our

@@ -45,10 +45,18 @@ def reference(tmp_path_factory, tiny_model_dir):
     return tensors
 
 
-def assert_same_weights(tensors, reference):
+def assert_same_weights(tensors, reference, exact=True):
+    """A resumed run is the same code path as the uninterrupted one: bit-equal weights.
+
+    Only a run whose first half ran in another process with another thread count (kill -9)
+    may differ, by float reduction order.
+    """
     assert tensors.keys() == reference.keys()
     for key, value in reference.items():
-        torch.testing.assert_close(tensors[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        if exact:
+            assert torch.equal(tensors[key], value), key
+        else:
+            torch.testing.assert_close(tensors[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 def events_of(run, kind):
@@ -131,6 +139,7 @@ def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make
     assert_same_weights(tensors, reference)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, make_run, one_thread_env, reference):
     """A detached engine killed with SIGKILL leaves a loadable checkpoint and state."""
     run = make_run(tiny_dataset, "killed", saving={"save_every_n_epochs": 0, "save_every_n_steps": 1}, **SETTINGS)
@@ -159,7 +168,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, make_run, one_thread
     assert events_of(run, "run_end")[-1]["step"] == 8
     assert [e["step"] for e in events_of(run, "step")][-1] == 8
     tensors, _ = read_lora_file(run.checkpoints / "killed.safetensors")
-    assert_same_weights(tensors, reference)
+    assert_same_weights(tensors, reference, exact=False)  # first half ran single-threaded
 
 
 def test_train_command_detaches_and_refuses_to_overwrite(tmp_path, tiny_dataset, tiny_model_dir, one_thread_env,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from engine.config import TrainConfig, save_config  # noqa: E402
+from engine.config.schema import TrainConfig, save_config  # noqa: E402
 
 
 def make_workspace(root: Path, count: int) -> Path:
@@ -52,9 +52,9 @@ def make_workspace(root: Path, count: int) -> Path:
 
 
 def bench_engine(root: Path) -> None:
-    from engine.caption_edits import CaptionSession
-    from engine.caption_files import list_caption_files
-    from engine.tags import tag_frequency
+    from engine.dataset.caption_edits import CaptionSession
+    from engine.dataset.caption_files import list_caption_files
+    from engine.dataset.tags import tag_frequency
 
     started = time.perf_counter()
     files = list_caption_files(root / "img")
@@ -128,7 +128,7 @@ async def bench_app(root: Path, steps: int) -> None:
 
 
 def bench_decode(root: Path) -> None:
-    from tui.widgets.image_preview import decode_image
+    from tui.widgets.shared.image_preview import decode_image
 
     photo = root / "big.jpg"
     if not photo.exists():

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import save_config  # noqa: E402
-from engine.presets import load_preset  # noqa: E402
+from engine.config.schema import save_config  # noqa: E402
+from engine.config.presets import load_preset  # noqa: E402
 from tests.datasets import write_image  # noqa: E402
 from tui.app import make_app  # noqa: E402
-from tui.widgets.config_form import ConfigForm  # noqa: E402
+from tui.widgets.config.form import ConfigForm  # noqa: E402
 
 
 async def main(profile: bool) -> None:

@@ -76,7 +76,7 @@ def write_run(run_dir: Path, steps: int) -> Path:
     (run_dir / "events.jsonl").write_text("\n".join(lines) + "\n")
     (run_dir / "engine.log").write_text("bench run\n")
     # our own pid stands in for a live engine, so the run reads as running
-    from engine.rundir import RunDir
+    from engine.run.folder import RunDir
 
     RunDir(run_dir).write_pid()
     return run_dir

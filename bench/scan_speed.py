@@ -7,7 +7,7 @@
    about 100 KB each at 1024x768) into a temporary folder, or uses --dir as it is.
 2. Times a plain single-process Pillow full decode of every file (`open` + `load`):
    what a one-thread checker that only asks "does it decode?" costs.
-3. Times `engine.health.scan` with no cache (strict libjpeg decode, pixel hash,
+3. Times `engine.health.scan.scan` with no cache (strict libjpeg decode, pixel hash,
    perceptual hash, sharpness, over every core), then again with the cache it wrote.
 Prints a table of seconds and images per second. Not a test: numbers to read.
 """
@@ -78,7 +78,7 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
     scan's rate on C free cores is about C x 1000 / (our milliseconds)."""
     from PIL import Image
 
-    from engine.health_checks import inspect_image
+    from engine.health.image_checks import inspect_image
 
     sample = paths[:100]
     inspect_image(sample[0])  # the first pHash imports scipy: not a per-image cost
@@ -95,7 +95,7 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
 
 
 def timed_scan(target, workers: int | None) -> tuple[float, int]:
-    from engine.health import scan
+    from engine.health.scan import scan
 
     started = time.perf_counter()
     report = scan(target, workers=workers)
@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
     args = parser.parse_args()
 
-    from engine.health import target_for
-    from engine.health_checks import CANDIDATE_EXTENSIONS
+    from engine.health.scan import target_for
+    from engine.health.image_checks import CANDIDATE_EXTENSIONS
 
     temporary = None
     if args.dir:

@@ -5,18 +5,18 @@
     ... [--json] [--peak-tflops 989] [--resolutions 512 768] [--batches 1 4 16] [--ranks 16 64]
         [--text-encoder both|on|off] [--checkpointing both|on|off] [--compile] [--steps 10] [--warmup 3]
     ... --loader [--workers 0 2 4 8]    can the data loader feed the GPU when latents are not cached?
-    ... --memory-model                  re-measure engine/vram.py's activation constants (meta device)
+    ... --memory-model                  re-measure engine/plan/vram.py's activation constants (meta device)
 
-The model is SD1.5's real architecture built from `engine/assets/sd15` with random weights
+The model is SD1.5's real architecture built from `engine/model/assets/sd15` with random weights
 (speed does not depend on the weights, so nothing is downloaded). Each configuration runs
-`engine.train_step.TrainStep` -- the trainer's own step: LoRA from engine.lora_network,
+`engine.train.step.TrainStep` -- the trainer's own step: LoRA from engine.network.lora,
 speed settings, optimizer and schedule from the config, accelerate's mixed precision --
 on a batch shaped like the trainer's: cached latents (pinned, copied without waiting) and,
 when the text encoder is frozen, its cached outputs; token ids when it trains.
 
 images/s is counted after `--warmup` steps, between two `torch.cuda.synchronize()`.
 Peak VRAM is `torch.cuda.max_memory_allocated()` for that configuration, beside
-engine.vram's estimate. "bf16 peak" is U-Net model FLOPs per image (forward and backward
+engine.plan.vram's estimate. "bf16 peak" is U-Net model FLOPs per image (forward and backward
 of the LoRA step, counted once with torch.utils.flop_counter on the meta device:
 1.75 TFLOP at 512², 4.96 at 768²; recomputation under checkpointing is not counted)
 times images/s over `--peak-tflops` (989 = H100 SXM dense bf16).
@@ -48,11 +48,11 @@ def build_model(quick: bool, device, dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.model_loading import BaseModel, training_scheduler
+    from engine.model.loading import BaseModel, training_scheduler
 
     torch.manual_seed(0)
     if quick:
-        from engine.tiny_model import make_tiny_pipeline
+        from engine.model.tiny import make_tiny_pipeline
 
         pipeline = make_tiny_pipeline()
         unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
@@ -73,10 +73,10 @@ def build_model(quick: bool, device, dtype):
 
 def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precision: str, compile_unet: bool,
                  batch: int, resolution: int):
-    from engine.config import config_from_dict
+    from engine.config.schema import config_from_dict
 
     return config_from_dict({
-        "model": {"pretrained_model": str(ASSETS)},  # names SD1.5's configs (for engine.vram); nothing is loaded
+        "model": {"pretrained_model": str(ASSETS)},  # names SD1.5's configs (for engine.plan.vram); nothing is loaded
         "dataset": {"resolution": str(resolution)},
         "network": {"rank": rank, "alpha": float(rank), "train_text_encoder": text_encoder},
         "optimizer": {"optimizer": "AdamW", "learning_rate": 1e-4, "lr_scheduler": "constant"},
@@ -92,7 +92,7 @@ def unet_flops_per_image(quick: bool, resolution: int, rank: int) -> float:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.lora_network import LoraNetwork
+    from engine.network.lora import LoraNetwork
 
     unet = _meta_unet(quick)
     LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
@@ -111,7 +111,7 @@ def _meta_unet(quick: bool):
     from diffusers import UNet2DConditionModel
 
     if quick:
-        from engine.tiny_model import make_tiny_pipeline
+        from engine.model.tiny import make_tiny_pipeline
 
         config = dict(make_tiny_pipeline().unet.config)
     else:
@@ -137,7 +137,7 @@ def synthetic_batch(model, *, batch: int, resolution: int, text_encoder: bool, a
         items["input_ids"] = input_ids
         items["token_weights"] = torch.ones(batch, 1, 77)
     else:
-        from engine.train_step import encode_captions
+        from engine.train.step import encode_captions
 
         config = bench_config(rank=1, text_encoder=False, checkpointing=False, precision="no", compile_unet=False,
                               batch=batch, resolution=resolution)
@@ -153,11 +153,11 @@ def synthetic_batch(model, *, batch: int, resolution: int, text_encoder: bool, a
 def run_matrix(args, on_row=lambda row: None) -> dict:
     import torch
 
-    from engine.lora_network import LoraNetwork
-    from engine.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel
-    from engine.train_step import TrainStep, apply_speed_settings
-    from engine.trainer import WEIGHT_DTYPES, make_accelerator
-    from engine.vram import estimate_vram
+    from engine.network.lora import LoraNetwork
+    from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel
+    from engine.train.step import TrainStep, apply_speed_settings
+    from engine.train.loop import WEIGHT_DTYPES, make_accelerator
+    from engine.plan.vram import estimate_vram
 
     cuda = torch.cuda.is_available()
     quick = args.quick or not cuda
@@ -293,11 +293,11 @@ def run_loader(args) -> dict:
     import torch
     from PIL import Image
 
-    from engine.buckets import BucketAssigner, BucketRules
-    from engine.config import config_from_dict
-    from engine.dataset import ImageItem
-    from engine.tiny_model import make_tiny_pipeline
-    from engine.train_data import EpochBatchSampler, ExampleRules, TrainingImages, make_loader
+    from engine.dataset.buckets import BucketAssigner, BucketRules
+    from engine.config.schema import config_from_dict
+    from engine.dataset.folders import ImageItem
+    from engine.model.tiny import make_tiny_pipeline
+    from engine.train.data import EpochBatchSampler, ExampleRules, TrainingImages, make_loader
 
     resolution, batch, count = args.resolutions[0], args.batches[-1], args.images
     tokenizer = make_tiny_pipeline().tokenizer
@@ -336,7 +336,7 @@ def run_loader(args) -> dict:
 
 
 def memory_model(args) -> dict:
-    """engine/vram.py's activation constants, measured: every tensor the U-Net step allocates
+    """engine/plan/vram.py's activation constants, measured: every tensor the U-Net step allocates
     is tracked until freed, on the meta device (no memory, no GPU), under CUDA autocast's bf16
     rules, with attention kept as flash attention keeps it (q, k, v, output, log-sum-exp)."""
     import contextlib
@@ -351,7 +351,7 @@ def memory_model(args) -> dict:
     from torch.utils._pytree import tree_flatten
     from torch.utils.checkpoint import checkpoint
 
-    from engine.lora_network import LoraNetwork
+    from engine.network.lora import LoraNetwork
 
     low = {F.conv2d, F.linear, torch.matmul, torch.bmm, torch.baddbmm, torch.mm, torch.addmm}
     high = {F.group_norm, F.layer_norm, F.softmax}

@@ -3,7 +3,7 @@
     tiny_model_dir   session-scoped folder holding the tiny diffusers model (made offline)
     tiny_dataset     a fresh Kohya dataset: img/2_sks dog/ with four 64x64 captioned images
     make_run         make_run(root, name, **sections) -> RunDir with a frozen config, ready for
-                     engine.trainer.train; sections override the small defaults below
+                     engine.train.loop.train; sections override the small defaults below
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def small_run_settings(model_dir: Path) -> dict[str, dict]:
 def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
 
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny import make_tiny_model
 
     # Two busy cores: one torch thread is several times faster than two fighting for them.
     torch.set_num_threads(1)
@@ -67,8 +67,8 @@ def tiny_dataset(tmp_path) -> Path:
 
 @pytest.fixture
 def make_run(tiny_model_dir):
-    from engine.config import config_from_dict, save_config, with_absolute_paths
-    from engine.rundir import RunDir
+    from engine.config.schema import config_from_dict, save_config, with_absolute_paths
+    from engine.run.folder import RunDir
 
     def make(root: Path, name: str, **sections: dict):
         data = small_run_settings(tiny_model_dir)

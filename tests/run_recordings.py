@@ -2,7 +2,7 @@
 
 Import the `workspace` fixture from here to use it.
 
-`RecordedRun` writes `events.jsonl` lines in the engine's schema (engine.events) with
+`RecordedRun` writes `events.jsonl` lines in the engine's schema (engine.run.events) with
 chosen times, so a test can replay a healthy run, a crash, a failure, a stall or a
 100,000-step history without a trainer, and can append to it while the dashboard follows.
 """
@@ -20,8 +20,8 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
-from engine.config import config_from_dict, save_config
-from engine.rundir import RunDir
+from engine.config.schema import config_from_dict, save_config
+from engine.run.folder import RunDir
 from tui.screens.dashboard import DashboardScreen
 
 

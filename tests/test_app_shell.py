@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import load_config, save_config, config_from_dict
+from engine.config.schema import load_config, save_config, config_from_dict
 from tui.app import SCREENS, make_app
 from tui.themes import load_settings, load_themes
 

@@ -9,7 +9,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from engine.captioners import (
+from engine.captioning.captioners import (
     CaptionerOptions,
     CaptionRun,
     append_caption,
@@ -303,7 +303,7 @@ def test_generative_captioners_write_prefix_model_text_suffix(request, tmp_path,
     solid(data / "c.png", (0, 0, 200))
     options = CaptionerOptions(device="cpu", max_new_tokens=6, num_beams=2)
     captioner = load_captioner(str(model), options=options)
-    from engine.captioners import open_upright
+    from engine.captioning.captioners import open_upright
 
     # What the model says for each upright image, asked directly, one at a time.
     expected = {name: captioner.caption([open_upright(data / name)])[0] for name in ("a.png", "b.jpg")}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.config import TrainConfig, save_config
+from engine.config.schema import TrainConfig, save_config
 from tui.app import make_app
 
 CAPTIONS = {
@@ -253,7 +253,7 @@ async def test_image_preview_decodes_in_the_background_and_says_what_it_shows(tm
     """The shared widget (health screen, dashboard): EXIF on or off, text when it cannot draw."""
     from textual.app import App
 
-    from tui.widgets.image_preview import ImagePreview
+    from tui.widgets.shared.image_preview import ImagePreview
 
     sideways = Image.new("RGB", (40, 20), (200, 10, 10))
     exif = sideways.getexif()

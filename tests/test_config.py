@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import (
+from engine.config.schema import (
     GROUPS,
     config_from_dict,
     dumps_config,
@@ -158,7 +158,7 @@ def test_absolute_paths_for_frozen_copy(tmp_path):
 
 def test_workspace_folders_come_from_a_config_that_does_not_validate_yet(tmp_path):
     """Captioning and the health check come before a base model is chosen."""
-    from engine.workspace import Workspace
+    from engine.config.workspace import Workspace
 
     (tmp_path / "loradeck.toml").write_text(
         '[dataset]\nimage_dir = "pictures"\n[saving]\noutput_dir = "/srv/runs"\n[captions]\nkeep_tokens = -3\n'

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import dumps_config, load_config, replace_setting, save_config
-from engine.events import EventWriter
-from engine.plan import make_plan
-from engine.presets import load_preset
+from engine.config.schema import dumps_config, load_config, replace_setting, save_config
+from engine.run.events import EventWriter
+from engine.plan.training_plan import make_plan
+from engine.config.presets import load_preset
 from tests.datasets import write_caption, write_image
 from tui.app import make_app
 from tui.cli import main as loradeck
-from tui.widgets.config_form import editor_id
-from tui.widgets.plan_panel import PLAN_DELAY_S
+from tui.widgets.config.form import editor_id
+from tui.widgets.config.plan_panel import PLAN_DELAY_S
 
 SIZE = (120, 40)
 
@@ -45,7 +45,7 @@ def workspace(tmp_path) -> Path:
 
 @pytest.fixture
 def launches(monkeypatch) -> list[Path]:
-    """A stand-in for engine.launch: records the config it was asked to train."""
+    """A stand-in for engine.run.launch: records the config it was asked to train."""
     calls: list[Path] = []
 
     def start_training(config_path, *, detach=True, resume=None):
@@ -55,9 +55,9 @@ def launches(monkeypatch) -> list[Path]:
         run_dir.mkdir(parents=True)
         return run_dir
 
-    module = types.ModuleType("engine.launch")
+    module = types.ModuleType("engine.run.launch")
     module.start_training = start_training
-    monkeypatch.setitem(sys.modules, "engine.launch", module)
+    monkeypatch.setitem(sys.modules, "engine.run.launch", module)
     return calls
 
 

@@ -27,8 +27,8 @@ from tui.screens.dashboard import DashboardScreen
 from tui.screens.run_plot import RunPlotScreen
 from tui.screens.runs import RunsScreen
 from tui.series_summary import SeriesSummary
-from tui.widgets import run_tailer
-from tui.widgets.sparkline_panel import spark_characters
+from tui.widgets.dashboard import run_tailer
+from tui.widgets.dashboard.sparkline_panel import spark_characters
 
 SIZE = (120, 40)
 SMALL = (80, 24)
@@ -295,9 +295,9 @@ async def test_control_keys_write_requests_and_outcomes_show(workspace, monkeypa
 
 async def test_resume_key_starts_the_engine_on_the_run(workspace, monkeypatch):
     calls = []
-    fake_launch = types.ModuleType("engine.launch")
+    fake_launch = types.ModuleType("engine.run.launch")
     fake_launch.start_training = lambda config, **options: calls.append((config, options)) or options["resume"]
-    monkeypatch.setitem(sys.modules, "engine.launch", fake_launch)
+    monkeypatch.setitem(sys.modules, "engine.run.launch", fake_launch)
     recorded = RecordedRun(workspace, "paused").start().steps(1, 4, epoch_ends=False)
     recorded.event("run_end", status="stopped", step=4, epoch=0, message="stopped")
     recorded.write()

@@ -1,6 +1,6 @@
 """End to end: start a tiny-model training from the TUI, detach, re-attach, stop it.
 
-The real engine runs as its own process (engine.launch); the app only reads the run
+The real engine runs as its own process (engine.run.launch); the app only reads the run
 folder and writes the stop request. Quitting the first app must leave the run going.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import signal
 
 import pytest
 
-from engine.config import config_from_dict, save_config
-from engine.events import read_events
-from engine.rundir import RunDir
+from engine.config.schema import config_from_dict, save_config
+from engine.run.events import read_events
+from engine.run.folder import RunDir
 from tests.conftest import small_run_settings, write_tiny_dataset
 from tests.run_recordings import dashboard_ready, screen_text, wait_until
 from tui.app import make_app

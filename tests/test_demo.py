@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.config import load_config
-from engine.events import read_events
-from engine.health import scan, target_for
-from engine.plan import make_plan
+from engine.config.schema import load_config
+from engine.run.events import read_events
+from engine.health.scan import scan, target_for
+from engine.plan.training_plan import make_plan
 
 
 @pytest.mark.slow

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import engine.health as health
-from engine.config import config_from_dict, save_config
-from engine.exif_fix import estimate_jpeg_quality, fix_orientation
-from engine.health import ScanSettings, scan, target_for
-from engine.health_checks import inspect_image
-from engine.health_findings import low_resolution_message
-from engine.quarantine import read_manifest, undo_quarantine
+import engine.health.scan as health
+from engine.config.schema import config_from_dict, save_config
+from engine.health.exif_fix import estimate_jpeg_quality, fix_orientation
+from engine.health.report import CHECKS, ScanSettings
+from engine.health.scan import scan, target_for
+from engine.health.image_checks import inspect_image
+from engine.health.findings import low_resolution_message
+from engine.dataset.quarantine import read_manifest, undo_quarantine
 from tests.health_corpus import (
     SILENT_JPEG_DAMAGE, SUBJECT, build_corpus, jpeg_bytes, picture, png_bytes,
 )
@@ -68,7 +69,7 @@ def test_every_file_gets_exactly_its_expected_codes(workspace):
     assert clean and not set(clean) & set(found)
     assert report.images == sum(1 for path in expected if "." in path and not path.endswith(".txt"))
     for item in report.findings:
-        assert item.severity == health.CHECKS[item.code].severity
+        assert item.severity == CHECKS[item.code].severity
         assert item.message and "\n" not in item.message
 
 
@@ -255,7 +256,7 @@ def test_cli_fix_quarantine_and_undo_lose_nothing(workspace, capsys):
 def test_quarantined_files_are_not_scanned_and_names_never_collide(workspace):
     root, _expected = workspace
     img = root / "img"
-    from engine.quarantine import quarantine_files
+    from engine.dataset.quarantine import quarantine_files
 
     relative = f"{SUBJECT}/corrupt_empty.jpg"
     quarantine_files(img, [(relative, "corrupt")], ".txt")
@@ -304,7 +305,7 @@ def test_scan_survives_damaged_files_of_every_format(tmp_path):
             count += 1
     report = scan(target_for(folder), workers=1)
     assert report.images == count
-    assert {item.code for item in report.findings} <= set(health.CHECKS)
+    assert {item.code for item in report.findings} <= set(CHECKS)
 
 
 def _webp(image: Image.Image) -> bytes:

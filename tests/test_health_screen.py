@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Static
 
-from engine.config import config_from_dict, save_config
+from engine.config.schema import config_from_dict, save_config
 from tests.health_corpus import end_marker_in_middle, exif_with_orientation, jpeg_bytes, picture, png_bytes
 from tui.app import make_app
-from tui.widgets.image_preview import ImagePreview
+from tui.widgets.shared.image_preview import ImagePreview
 
 SIZE = (120, 40)
 

@@ -1,13 +1,12 @@
 """Kohya GUI JSON configs in the shapes they are saved in the wild."""
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from engine.config import loads_config
+from engine.config.schema import loads_config
 from engine.errors import LoradeckError
-from engine.kohya_import import import_kohya, import_kohya_file
+from engine.config.kohya_import import import_kohya, import_kohya_file
 from tests.datasets import plan_dataset
 from tui.cli import main
 

@@ -1,9 +1,9 @@
 """Starting a run refuses missing local files before a run folder takes the name."""
 import pytest
 
-from engine.config import config_from_dict, save_config
+from engine.config.schema import config_from_dict, save_config
 from engine.errors import LoradeckError
-from engine.launch import prepare_run
+from engine.run.launch import prepare_run
 from tests.datasets import plan_dataset
 
 

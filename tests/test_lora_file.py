@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.lora_network import (
+from engine.network.lora import (
     ADAPTER_NAME,
     LoraNetwork,
     attach_lora_file,
@@ -18,7 +18,7 @@ from engine.lora_network import (
     read_lora_file,
     save_lora_file,
 )
-from engine.trainer import train
+from engine.train.loop import train
 
 
 @pytest.fixture

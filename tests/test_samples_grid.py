@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.config import TrainConfig, replace_setting, save_config, with_absolute_paths
+from engine.config.schema import TrainConfig, replace_setting, save_config, with_absolute_paths
 from engine.errors import LoradeckError
-from engine.events import EventWriter
-from engine.grid import GRID_TEXT_KEY, compose_grid, find_checkpoints, parse_weights
-from engine.lora_network import LoraNetwork, save_lora_file
-from engine.model_loading import load_base_model
-from engine.rundir import RunDir
+from engine.run.events import EventWriter
+from engine.sampling.grid import GRID_TEXT_KEY, compose_grid, find_checkpoints, parse_weights
+from engine.network.lora import LoraNetwork, save_lora_file
+from engine.model.loading import load_base_model
+from engine.run.folder import RunDir
 from tui.cli import main
 
 

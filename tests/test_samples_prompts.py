@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import SAMPLERS, TrainConfig, replace_setting
+from engine.config.schema import SAMPLERS, TrainConfig, replace_setting
 from engine.errors import LoradeckError
-from engine.prompts import SAMPLER_LABELS, SamplePrompt, load_prompts, normalize_sampler, parse_prompts
+from engine.config.prompts import SAMPLER_LABELS, SamplePrompt, load_prompts, normalize_sampler, parse_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def test_load_prompts_names_an_unreadable_file(tmp_path):
 
 
 def test_prompts_module_is_light():
-    code = "import engine.prompts, sys; print(' '.join(sys.modules))"
+    code = "import engine.config.prompts, sys; print(' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     loaded = set(out.stdout.split())
     assert not loaded & {"torch", "diffusers", "transformers", "peft", "accelerate", "PIL"}

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.config import SAMPLERS, TrainConfig, replace_setting
-from engine.events import EventWriter, read_events
-from engine.lora_network import LoraNetwork, save_lora_file
-from engine.model_loading import load_base_model
-from engine.prompts import SamplePrompt
-from engine.rundir import RunDir
-from engine.sampling import (
+from engine.config.schema import SAMPLERS, TrainConfig, replace_setting
+from engine.run.events import EventWriter, read_events
+from engine.network.lora import LoraNetwork, save_lora_file
+from engine.model.loading import load_base_model
+from engine.config.prompts import SamplePrompt
+from engine.run.folder import RunDir
+from engine.sampling.sampler import (
     TrainingSampler,
     a1111_parameters,
     encode_prompts,

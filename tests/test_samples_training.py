@@ -1,4 +1,4 @@
-"""Samples inside a real training run (engine.trainer on the tiny model, CPU): when they are
+"""Samples inside a real training run (engine.train.loop on the tiny model, CPU): when they are
 made, and that a run with samples trains bit for bit like the same run without."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.events import read_events
-from engine.lora_network import read_lora_file
-from engine.trainer import train
+from engine.run.events import read_events
+from engine.network.lora import read_lora_file
+from engine.train.loop import train
 
 PROMPTS = "a cat --w 64 --h 64 --s 2 --d 3\n# unseeded: a random seed, kept for the whole run\na dog --w 64 --h 96 --s 2 --ss ddim\n"
 

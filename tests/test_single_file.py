@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import LoradeckError
-from engine.single_file import (
+from engine.model.single_file import (
     FAMILY_CONFIGS,
     _text_encoder_to_ldm,
     _unet_to_ldm,
@@ -20,7 +20,7 @@ from engine.single_file import (
     load_single_file_vae,
     load_tokenizer,
 )
-from engine.tiny_model import make_tiny_model
+from engine.model.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="module")

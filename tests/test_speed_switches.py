@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.events import read_events
-from engine.lora_network import read_lora_file
-from engine.trainer import train
+from engine.run.events import read_events
+from engine.network.lora import read_lora_file
+from engine.train.loop import train
 from tests.datasets import write_caption
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_a_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_dataset,
     (the fused CUDA AdamW does not read them at all)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import engine.train_step
+    import engine.train.step
 
     aten = torch.ops.aten
     data_dependent = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
@@ -191,7 +191,7 @@ def test_a_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_dataset,
                 reads.append(str(func))
             return func(*args, **(kwargs or {}))
 
-    real_step = engine.train_step.TrainStep.__call__
+    real_step = engine.train.step.TrainStep.__call__
 
     def watched(self, batch, generator):
         optimizer = self.optimizer.optimizer  # accelerate's wrapper holds the torch optimizer
@@ -199,7 +199,7 @@ def test_a_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_dataset,
         with ScalarReads(counters):
             return real_step(self, batch, generator)
 
-    monkeypatch.setattr(engine.train_step.TrainStep, "__call__", watched)
+    monkeypatch.setattr(engine.train.step.TrainStep, "__call__", watched)
     # the parts of a step that could read back: clipping, Min-SNR, offset noise, a schedule
     run = make_run(tiny_dataset, "nosync", training={"epochs": 1, "min_snr_gamma": 5.0, "noise_offset": 0.05},
                    optimizer={"learning_rate": 1e-3, "lr_scheduler": "cosine", "max_grad_norm": 1.0})
@@ -233,8 +233,8 @@ def test_speed_bench_quick_mode_reports_numbers(capsys):
 
 
 def test_vram_estimate_follows_the_settings(tiny_model_dir):
-    from engine.config import config_from_dict
-    from engine.vram import estimate_vram
+    from engine.config.schema import config_from_dict
+    from engine.plan.vram import estimate_vram
 
     def estimate(**precision_and_more):
         sections = {"model": {"pretrained_model": str(ROOT / "engine" / "assets" / "sd15")},
@@ -266,12 +266,12 @@ def test_plan_command_shows_the_vram_estimate(tiny_dataset, make_run, capsys):
 
 
 def test_out_of_memory_is_one_clear_error(tiny_dataset, make_run, monkeypatch, capsys):
-    import engine.train_step
+    import engine.train.step
 
     def out_of_memory(self, batch, generator):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
 
-    monkeypatch.setattr(engine.train_step.TrainStep, "__call__", out_of_memory)
+    monkeypatch.setattr(engine.train.step.TrainStep, "__call__", out_of_memory)
     run = make_run(tiny_dataset, "oom", training={"batch_size": 4})
     assert train(run.path) == 1
     events = list(read_events(run.events))

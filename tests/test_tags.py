@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.caption_edits import CaptionSession, operation_for, parse_filter
-from engine.caption_files import (
+from engine.dataset.caption_edits import CaptionSession, operation_for, parse_filter
+from engine.dataset.caption_files import (
     REVIEW_FILE,
     CaptionChanged,
     ReviewMarks,
@@ -18,7 +18,7 @@ from engine.caption_files import (
     write_caption,
 )
 from engine.errors import UsageError
-from engine.tags import (
+from engine.dataset.tags import (
     CLIP_TOKEN_WINDOW,
     approximate_clip_tokens,
     parse_caption,
@@ -253,8 +253,8 @@ def test_cli_tags_bad_input_is_one_line(tmp_path, capsys):
 def test_non_utf8_captions_keep_every_character(tmp_path):
     """A Latin-1 caption from an old tool is read without replacement characters, so an
     edit writes the same words back (as UTF-8) instead of destroying them."""
-    from engine.caption_files import read_caption
-    from engine.dataset import decode_caption
+    from engine.dataset.caption_files import read_caption
+    from engine.dataset.folders import decode_caption
 
     path = tmp_path / "a.txt"
     path.write_bytes("café, piñata, ©".encode("latin-1"))

@@ -1,5 +1,5 @@
 """The trainer end to end on the tiny model (CPU): it learns, writes the run folder of
-DESIGN.md with events that follow engine/events.py, and refuses corrupt datasets."""
+DESIGN.md with events that follow engine/run/events.py, and refuses corrupt datasets."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from engine.events import EVENT_TYPES, EVENTS_VERSION, read_events
-from engine.lora_network import read_lora_file
-from engine.trainer import train
+from engine.run.events import EVENT_TYPES, EVENTS_VERSION, read_events
+from engine.network.lora import read_lora_file
+from engine.train.loop import train
 from tests.datasets import write_image
 from tests.trainer_eval import fixed_batch_loss
 
@@ -117,12 +117,12 @@ def test_corrupt_image_is_refused_before_training(tmp_path, tiny_dataset, make_r
 
 
 def test_image_that_breaks_mid_run_is_skipped_with_a_warning(tmp_path, tiny_dataset, make_run, monkeypatch):
-    import engine.trainer
+    import engine.train.loop
 
     broken = tiny_dataset / "img" / "2_sks dog" / "1.png"
     run = make_run(tiny_dataset, "midrun", precision={"cache_latents": "none"}, training={"epochs": 1})
     # the file breaks after the pre-flight check, as a failing disk would
-    real_check = engine.trainer.check_images
+    real_check = engine.train.loop.check_images
 
     def check_then_break(paths):
         problems = real_check(paths)
@@ -130,7 +130,7 @@ def test_image_that_breaks_mid_run_is_skipped_with_a_warning(tmp_path, tiny_data
         broken.write_bytes(data[: len(data) // 2])
         return problems
 
-    monkeypatch.setattr(engine.trainer, "check_images", check_then_break)
+    monkeypatch.setattr(engine.train.loop, "check_images", check_then_break)
     assert train(run.path) == 0
     events = list(read_events(run.events))
     check_schema(events)
@@ -141,9 +141,9 @@ def test_image_that_breaks_mid_run_is_skipped_with_a_warning(tmp_path, tiny_data
 
 
 def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, monkeypatch):
-    import engine.train_step
+    import engine.train.step
 
-    real_loss = engine.train_step.loss_from_noise
+    real_loss = engine.train.step.loss_from_noise
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -151,7 +151,7 @@ def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, 
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(engine.train_step, "loss_from_noise", poisoned)
+    monkeypatch.setattr(engine.train.step, "loss_from_noise", poisoned)
     run = make_run(tiny_dataset, "nan", saving={"save_every_n_epochs": 0})
     assert train(run.path) == 1
     events = list(read_events(run.events))

@@ -10,17 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.config import config_from_dict
+from engine.config.schema import config_from_dict
 from engine.errors import LoradeckError
-from engine.events import read_events
-from engine.trainer import train
+from engine.run.events import read_events
+from engine.train.loop import train
 from tests.datasets import write_caption, write_image
 
 # --------------------------------------------------------------------------- base model
 
 
 def load(base_dir, pretrained, **model):
-    from engine.model_loading import load_base_model
+    from engine.model.loading import load_base_model
 
     config = config_from_dict({"model": {"pretrained_model": str(pretrained), **model}})
     return load_base_model(config, base_dir, device="cpu", dtype=torch.float32)
@@ -35,7 +35,7 @@ def load_error(base_dir, pretrained, **model) -> str:
 
 
 def test_base_model_loading_and_its_errors(tmp_path, tiny_model_dir):
-    from engine.model_loading import looks_like_hub_id
+    from engine.model.loading import looks_like_hub_id
 
     model = load(tmp_path, tiny_model_dir)
     assert model.name == "tiny-sd15" and model.source == str(tiny_model_dir)
@@ -75,7 +75,7 @@ def optimizer_config(**settings):
     ("SGD", "momentum=0.9", "SGD"),
 ])
 def test_every_optimizer_steps(name, args, expected):
-    from engine.optimizers import make_lr_scheduler, make_optimizer, scheduler_name
+    from engine.train.optimizers import make_lr_scheduler, make_optimizer, scheduler_name
 
     lr = 1.0 if name == "Prodigy" else 1e-3
     text_lr = lr if name == "Prodigy" else lr / 2  # Prodigy takes one rate for every group
@@ -97,7 +97,7 @@ def test_every_optimizer_steps(name, args, expected):
 
 
 def test_optimizer_errors_are_one_line():
-    from engine.optimizers import make_optimizer
+    from engine.train.optimizers import make_optimizer
 
     groups = [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 1e-3}]
     with pytest.raises(LoradeckError, match="needs a CUDA GPU"):
@@ -110,7 +110,7 @@ def test_optimizer_errors_are_one_line():
 
 
 def test_schedules_warmup_cycles_and_power():
-    from engine.optimizers import make_lr_scheduler, warmup_steps
+    from engine.train.optimizers import make_lr_scheduler, warmup_steps
 
     def rates(**settings):
         config = optimizer_config(learning_rate=1.0, **settings)
@@ -142,7 +142,7 @@ def png_bytes(image: Image.Image, **save) -> bytes:
 
 
 def test_images_become_upright_8_bit_rgb(tmp_path):
-    from engine.train_data import load_rgb
+    from engine.train.data import load_rgb
 
     transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     (tmp_path / "alpha.png").write_bytes(png_bytes(transparent))
@@ -167,7 +167,7 @@ def test_images_become_upright_8_bit_rgb(tmp_path):
 
 
 def test_fit_to_bucket_and_check_images(tmp_path):
-    from engine.train_data import check_images, fit_to_bucket
+    from engine.train.data import check_images, fit_to_bucket
 
     image = Image.new("RGB", (300, 100))
     assert fit_to_bucket(image, (128, 64), None).size == (128, 64)
@@ -183,7 +183,7 @@ def test_fit_to_bucket_and_check_images(tmp_path):
 
 
 def test_captions_shuffle_keep_and_drop():
-    from engine.train_data import process_caption
+    from engine.train.data import process_caption
 
     caption = "sks dog, red, outdoors, night, grass"
     orders = {process_caption(caption, random.Random(seed), shuffle=True, keep_tokens=1, dropout=0.0)
@@ -196,8 +196,8 @@ def test_captions_shuffle_keep_and_drop():
 
 
 def test_batches_hold_one_bucket_and_repeat_per_epoch():
-    from engine.dataset import ImageItem
-    from engine.train_data import EpochBatchSampler
+    from engine.dataset.folders import ImageItem
+    from engine.train.data import EpochBatchSampler
 
     def item(index, bucket):
         return ImageItem(path=f"{index}.png", caption="", caption_path=None, width=64, height=64, repeats=1,
@@ -225,7 +225,7 @@ def test_batches_hold_one_bucket_and_repeat_per_epoch():
 def test_text_conditioning(tiny_model_dir):
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from engine.text_conditioning import encode_tokens, parse_emphasis, tokenize_caption
+    from engine.model.text_conditioning import encode_tokens, parse_emphasis, tokenize_caption
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer")
     encoder = CLIPTextModel.from_pretrained(tiny_model_dir / "text_encoder").eval()
@@ -291,7 +291,7 @@ def test_run_with_pixel_augmentation_and_max_steps(tmp_path, tiny_dataset, make_
     assert [e["step"] for e in steps] == list(range(1, 7))
     assert all(e["lr_text_encoder"] == 0.0 and e["lr_unet"] > 0 for e in steps)
     assert [e["epoch"] for e in events if e["type"] == "epoch_end"] == []  # 6 of 8 steps: no epoch done
-    from engine.lora_network import read_lora_file
+    from engine.network.lora import read_lora_file
 
     tensors, metadata = read_lora_file(run.checkpoints / "augmented.safetensors")
     assert not any(key.startswith("lora_te_") for key in tensors)
@@ -299,8 +299,8 @@ def test_run_with_pixel_augmentation_and_max_steps(tmp_path, tiny_dataset, make_
 
 
 def test_single_file_base_model_goes_through_engine_single_file(tmp_path, tiny_model_dir, monkeypatch):
-    """A .safetensors (or an allowed .ckpt) base is read by engine.single_file, offline."""
-    import engine.single_file
+    """A .safetensors (or an allowed .ckpt) base is read by engine.model.single_file, offline."""
+    import engine.model.single_file
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -316,7 +316,7 @@ def test_single_file_base_model_goes_through_engine_single_file(tmp_path, tiny_m
             "scheduler": PNDMScheduler.from_pretrained(tiny_model_dir, subfolder="scheduler"),
         }
 
-    monkeypatch.setattr(engine.single_file, "load_single_file", fake_load)
+    monkeypatch.setattr(engine.model.single_file, "load_single_file", fake_load)
     checkpoint = tmp_path / "merge.ckpt"
     checkpoint.write_bytes(b"")
     model = load(tmp_path, checkpoint, allow_ckpt=True, v_parameterization=True)

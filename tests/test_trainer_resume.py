@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
-from engine.events import EventWriter, read_events
-from engine.lora_network import read_lora_file
-from engine.train_state import load_state
-from engine.trainer import train
+from engine.run.events import EventWriter, read_events
+from engine.network.lora import read_lora_file
+from engine.train.state import load_state
+from engine.train.loop import train
 from tui.cli import main as loradeck
 
 SETTINGS = dict(
@@ -28,8 +28,8 @@ SETTINGS = dict(
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir):
     """The LoRA of an uninterrupted run with SETTINGS."""
-    from engine.config import config_from_dict, save_config, with_absolute_paths
-    from engine.rundir import RunDir
+    from engine.config.schema import config_from_dict, save_config, with_absolute_paths
+    from engine.run.folder import RunDir
     from tests.conftest import small_run_settings, write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("reference"))
@@ -97,15 +97,15 @@ def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_d
 
 def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make_run, reference, monkeypatch):
     """`loradeck stop` from another terminal (here a thread) stops mid-epoch; resume continues."""
-    import engine.train_step
+    import engine.train.step
 
-    real_loss = engine.train_step.loss_from_noise
+    real_loss = engine.train.step.loss_from_noise
 
     def slow_loss(*args, **kwargs):  # steps slow enough for the requests to land mid-run
         time.sleep(0.25)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(engine.train_step, "loss_from_noise", slow_loss)
+    monkeypatch.setattr(engine.train.step, "loss_from_noise", slow_loss)
     run = make_run(tiny_dataset, "stop-cli", **SETTINGS)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("status", train(run.path)))
@@ -144,7 +144,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, make_run, one_thread
     """A detached engine killed with SIGKILL leaves a loadable checkpoint and state."""
     run = make_run(tiny_dataset, "killed", saving={"save_every_n_epochs": 0, "save_every_n_steps": 1}, **SETTINGS)
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.train_process", str(run.path)],
+        [sys.executable, "-m", "engine.train.process", str(run.path)],
         env=one_thread_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -173,7 +173,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, make_run, one_thread
 
 def test_train_command_detaches_and_refuses_to_overwrite(tmp_path, tiny_dataset, tiny_model_dir, one_thread_env,
                                                          capsys, monkeypatch):
-    from engine.config import config_from_dict, save_config
+    from engine.config.schema import config_from_dict, save_config
     from tests.conftest import small_run_settings
 
     data = small_run_settings(tiny_model_dir)
@@ -187,7 +187,7 @@ def test_train_command_detaches_and_refuses_to_overwrite(tmp_path, tiny_dataset,
     assert loradeck(["train", str(config_path), "--detach"]) == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert run_dir == str(tiny_dataset / "runs" / "cli")
-    from engine.rundir import RunDir
+    from engine.run.folder import RunDir
 
     run = RunDir(run_dir)
     assert run.config.read_text().count(str(tiny_dataset / "img")) == 1  # frozen with absolute paths

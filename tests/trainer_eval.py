@@ -5,12 +5,12 @@ from pathlib import Path
 
 import torch
 
-from engine.config import load_config
-from engine.dataset import scan_dataset
-from engine.lora_network import attach_lora_file
-from engine.model_loading import load_base_model
-from engine.train_data import ExampleRules, LatentCache, TrainingImages, collate_examples
-from engine.train_step import loss_from_noise
+from engine.config.schema import load_config
+from engine.dataset.folders import scan_dataset
+from engine.network.lora import attach_lora_file
+from engine.model.loading import load_base_model
+from engine.train.data import ExampleRules, LatentCache, TrainingImages, collate_examples
+from engine.train.step import loss_from_noise
 
 
 def fixed_batch_loss(run_path: Path, lora_file: Path | None, seed: int = 1234) -> float:

@@ -14,13 +14,13 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from engine.workspace import Workspace
+from engine.config.workspace import Workspace
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
 
 # textual-image asks the terminal about graphics support when imported; that only works
 # before Textual takes over stdin (else the answer arrives as keystrokes), so the shared
 # image widget is imported here, before any app runs.
-import tui.widgets.image_preview  # noqa: E402,F401
+import tui.widgets.shared.image_preview  # noqa: E402,F401
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {

@@ -57,7 +57,7 @@ def workspace_of_run(run_dir: Path) -> Path:
 
 def run(args) -> int:
     if args.command == "attach":
-        from engine.rundir import RunDir
+        from engine.run.folder import RunDir
 
         if not RunDir(args.run_dir).is_run():
             raise UsageError(f"{args.run_dir} is not a run folder (no config.toml or events.jsonl)")
@@ -66,15 +66,15 @@ def run(args) -> int:
 
 
 def run_demo(args) -> int:
-    from engine.config import load_config, replace_setting, save_config
-    from engine.demo import next_demo_run_name
-    from engine.launch import start_training
-    from engine.workspace import Workspace
+    from engine.config.schema import load_config, replace_setting, save_config
+    from engine.run.demo import next_demo_run_name
+    from engine.run.launch import start_training
+    from engine.config.workspace import Workspace
 
     root = args.dir.resolve()
     print(f"Creating the demo workspace in {root} ...", file=sys.stderr)
     # A subprocess builds the tiny model so this process (the app) never imports torch.
-    made = subprocess.run([sys.executable, "-m", "engine.demo", str(root), "--epochs", str(args.epochs)],
+    made = subprocess.run([sys.executable, "-m", "engine.run.demo", str(root), "--epochs", str(args.epochs)],
                           capture_output=True, text=True)
     if made.returncode != 0:
         last_line = (made.stderr.strip().splitlines() or ["no message"])[-1]

@@ -4,7 +4,7 @@ config those values make, and what is wrong with them.
 An editor holds a *raw* value: the text of an Input or TextArea, the bool of a Switch,
 the chosen value of a Select. Each raw value is parsed with its schema entry; a value
 that does not parse keeps the last good one in the candidate config and is reported
-with its reason. Problems are the parse errors, then `engine.config.validate` (ranges,
+with its reason. Problems are the parse errors, then `engine.config.schema.validate` (ranges,
 choices and the rules between fields), first reason per setting.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.config import (
+from engine.config.schema import (
     FieldSpec,
     TrainConfig,
     config_from_dict,

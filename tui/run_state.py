@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.events import as_float
-from engine.run_format import format_clock, format_duration
-from engine.rundir import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
+from engine.run.events import as_float
+from engine.run.format import format_clock, format_duration
+from engine.run.folder import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from tui.series_summary import SeriesSummary
 
 MAX_SAMPLES = 400
@@ -376,7 +376,7 @@ def check_health(state: RunState, *, alive: bool, now: float, last_activity: flo
     """Status after the pid check, and the alerts: failure, crash, NaN, stall, disk.
 
     `engine_started`: the folder shows an engine was started (events or a pid file); a
-    run without a run end whose engine is gone is then crashed (as engine.rundir says).
+    run without a run end whose engine is gone is then crashed (as engine.run.folder says).
     """
     status = state.status
     if status in (RUNNING, STARTING) and not alive and (status == RUNNING or state.events or engine_started):

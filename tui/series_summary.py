@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.events import as_float
+from engine.run.events import as_float
 
 DEFAULT_CAPACITY = 512
 _INF = math.inf

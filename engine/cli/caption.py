@@ -18,7 +18,7 @@ HELP = "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from engine.captioners import EXISTING_MODES, FLORENCE_TASKS, KINDS
+    from engine.captioning.captioners import EXISTING_MODES, FLORENCE_TASKS, KINDS
 
     parser.add_argument("dir", type=Path, help="dataset folder (images in it and its subfolders), "
                         "or a workspace (its image folder)")
@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from engine.caption_files import caption_folder_of
-    from engine.captioners import CaptionerOptions, CaptionRun, caption_folder, load_captioner
+    from engine.dataset.caption_files import caption_folder_of
+    from engine.captioning.captioners import CaptionerOptions, CaptionRun, caption_folder, load_captioner
 
     emit = _json_emitter() if args.progress_json else None
     try:

@@ -23,7 +23,7 @@ def add_arguments(parser, command_name: str) -> None:
 
 
 def run(args) -> int:
-    from engine.rundir import RunDir
+    from engine.run.folder import RunDir
 
     run_dir = RunDir(args.run_dir.expanduser().resolve())
     if not run_dir.is_run():

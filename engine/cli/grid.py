@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from engine.grid import parse_weights, render_grid
+    from engine.sampling.grid import parse_weights, render_grid
 
     weights = parse_weights(args.weights)
     output = render_grid(

@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from engine.config import dumps_config, save_config
+from engine.config.schema import dumps_config, save_config
 from engine.errors import UsageError
-from engine.kohya_import import import_kohya_file
+from engine.config.kohya_import import import_kohya_file
 
 HELP = "Convert a Kohya GUI JSON config to a loradeck TOML config."
 

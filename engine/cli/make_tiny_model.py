@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny import make_tiny_model
 
     print(make_tiny_model(args.directory, seed=args.seed))
     return 0

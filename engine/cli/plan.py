@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.config import load_config
-from engine.plan import Plan, make_plan
+from engine.config.schema import load_config
+from engine.plan.training_plan import Plan, make_plan
+from engine.run.format import format_bytes
 
 HELP = "Show images, repeats, buckets, steps per epoch and total steps of a config."
 
@@ -13,14 +14,6 @@ HELP = "Show images, repeats, buckets, steps per epoch and total steps of a conf
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="training config (TOML)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def format_plan(plan: Plan) -> str:
@@ -44,7 +37,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Total steps       {plan.total_steps}")
     saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
     lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
-    lines.append(f"LoRA file         {human_size(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
+    lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
     lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
     for problem in plan.problems:
         lines.append(f"warning: {problem}")

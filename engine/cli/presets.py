@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import save_config
+from engine.config.schema import save_config
 from engine.errors import UsageError
-from engine.presets import list_presets, load_preset
+from engine.config.presets import list_presets, load_preset
 
 HELP = "List the shipped config presets, or write one out as a config file."
 

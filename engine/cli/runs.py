@@ -5,20 +5,11 @@ import json
 from pathlib import Path
 
 from engine.errors import UsageError
-from engine.run_format import (
-    format_clock,
-    format_duration,
-    format_loss,
-    format_progress,
-    format_speed,
-)
-from engine.rundir import CRASHED, FAILED, RunDir, RunSummary, list_runs, summarize_run
-from engine.workspace import Workspace
+from engine.run.format import COLUMNS, summary_row
+from engine.run.folder import CRASHED, FAILED, RunDir, RunSummary, list_runs, summarize_run
+from engine.config.workspace import Workspace
 
 HELP = "List the runs of a workspace: status, progress, loss, speed, start time, duration."
-
-COLUMNS = ("STATUS", "PROGRESS", "LOSS", "AVG LOSS", "SPEED", "STARTED", "DURATION", "NAME")
-
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -39,19 +30,6 @@ def find_runs(path: Path) -> list[RunSummary]:
     if workspace.exists():
         return list_runs(workspace.runs_dir)
     return list_runs(path)
-
-
-def summary_row(summary: RunSummary) -> tuple[str, ...]:
-    return (
-        summary.status,
-        format_progress(summary.step, summary.total_steps),
-        format_loss(summary.loss),
-        format_loss(summary.loss_avg),
-        format_speed(summary.steps_per_s),
-        format_clock(summary.started),
-        format_duration(summary.duration),
-        summary.name,
-    )
 
 
 def format_table(runs: list[RunSummary]) -> str:

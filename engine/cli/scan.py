@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def format_report(report) -> str:
-    from engine.health import CHECKS
+    from engine.health.report import CHECKS
 
     lines = [f"{report.images} images in {report.root}"]
     if not report.findings:
@@ -59,8 +59,8 @@ def _progress_printer():
 
 
 def run(args) -> int:
-    from engine.health import scan, target_for
-    from engine.health_actions import apply_action
+    from engine.health.scan import scan, target_for
+    from engine.health.actions import apply_action
 
     if args.undo_quarantine and (args.fix_exif or args.quarantine):
         raise UsageError("--undo-quarantine cannot be combined with --fix-exif or --quarantine")

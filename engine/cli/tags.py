@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args) -> tuple[Path, str, int]:
-    from engine.caption_files import caption_folder_of
+    from engine.dataset.caption_files import caption_folder_of
 
     folder = caption_folder_of(args.dir)
     extension = args.caption_extension or folder.caption_extension
@@ -42,7 +42,7 @@ def _dataset(args) -> tuple[Path, str, int]:
 
 
 def run(args) -> int:
-    from engine.caption_edits import CaptionSession, operation_for
+    from engine.dataset.caption_edits import CaptionSession, operation_for
 
     for flag, value in (("--keep-tokens", args.keep_tokens), ("--top", args.top)):
         if value is not None and value < 0:
@@ -55,7 +55,7 @@ def run(args) -> int:
         return _print_stats(session, indices, args)
     if args.add is not None or args.remove is not None:
         action, value = ("add", args.add) if args.add is not None else ("remove", args.remove)
-        from engine.tags import parse_caption
+        from engine.dataset.tags import parse_caption
 
         names = [tag.raw for tag in parse_caption(value).tags]
         if not names:
@@ -91,7 +91,7 @@ def run(args) -> int:
 def _print_stats(session, indices: list[int], args) -> int:
     from collections import Counter
 
-    from engine.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens
+    from engine.dataset.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens
 
     counts: Counter[str] = Counter()
     uncaptioned = over_window = 0

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from engine.launch import start_training
+    from engine.run.launch import start_training
 
     if args.config is None and args.resume is None:
         raise UsageError("give a CONFIG to start a run, or --resume RUN_DIR")

@@ -2,9 +2,9 @@
 
 The list appears at once (file names only); captions are read and tags counted in a
 worker, images decoded in the preview's worker with the next ones prefetched. Every
-edit goes through engine.caption_edits: planned, checked against the file on disk
+edit goes through engine.dataset.caption_edits: planned, checked against the file on disk
 (changed since loaded -> the user is asked), written atomically, recorded for undo.
-Auto-captioning runs as a subprocess in the job bar (tui/widgets/caption_job.py).
+Auto-captioning runs as a subprocess in the job bar (tui/widgets/captions/caption_job.py).
 """
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from textual.widgets import Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from engine.caption_edits import CaptionSession, EditPlan, operation_for
-from engine.caption_files import caption_folder_of
+from engine.dataset.caption_edits import CaptionSession, EditPlan, operation_for
+from engine.dataset.caption_files import caption_folder_of
 from engine.errors import LoradeckError
-from engine.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tags_past_window
-from engine.workspace import Workspace
-from tui.widgets.caption_dialogs import AutoCaptionDialog, CaptionTextEditor, ConflictDialog, TagPrompt
-from tui.widgets.caption_job import CaptionJobBar, caption_command
-from tui.widgets.caption_list import CaptionFileList
-from tui.widgets.image_preview import ImagePreview
+from engine.dataset.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tags_past_window
+from engine.config.workspace import Workspace
+from tui.widgets.captions.dialogs import AutoCaptionDialog, CaptionTextEditor, ConflictDialog, TagPrompt
+from tui.widgets.captions.caption_job import CaptionJobBar, caption_command
+from tui.widgets.captions.caption_list import CaptionFileList
+from tui.widgets.shared.image_preview import ImagePreview
 
 FREQUENCY_SHOWN = 300
 PREFETCH_AHEAD = 2

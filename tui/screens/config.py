@@ -1,7 +1,7 @@
 """Config screen (3): every training setting as a keyboard form, checked as you type,
 with the run's numbers beside it before it starts.
 
-    form (generated from engine.config's schema)   | the focused setting: help, advice, limits
+    form (generated from engine.config.schema's schema)   | the focused setting: help, advice, limits
                                                     | plan: images × repeats, buckets, steps,
                                                     |       checkpoints, LoRA size, duration
     status: saved or not, problems, what blocks a start
@@ -32,13 +32,13 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from engine.config import GROUPS, FieldSpec, resolve_path, save_config
+from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
 from engine.errors import LoradeckError
-from engine.naming import existing_run_names, run_folder_problem, suggest_names
-from engine.presets import list_presets, load_preset
+from engine.run.naming import existing_run_names, run_folder_problem, suggest_names
+from engine.config.presets import list_presets, load_preset
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
-from tui.widgets.config_form import ConfigForm
-from tui.widgets.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.widgets.config.form import ConfigForm
+from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
 
 DRAFT_STATE = "config_draft"
 DRAFT_DELAY_S = 0.5
@@ -460,7 +460,7 @@ class ConfigScreen(Screen):
 
     @work(thread=True, exclusive=True, group="config-import")
     def _import_kohya(self, path: Path) -> None:
-        from engine.kohya_import import import_kohya_file
+        from engine.config.kohya_import import import_kohya_file
 
         try:
             result = import_kohya_file(path, dataset_base=self.base_dir)
@@ -515,7 +515,7 @@ class ConfigScreen(Screen):
 
     @work(thread=True, exclusive=True, group="config-start")
     def _start_training(self, config_path: Path) -> None:
-        from engine.launch import start_training
+        from engine.run.launch import start_training
 
         try:
             run_dir = start_training(config_path, detach=True)

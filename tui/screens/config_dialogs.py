@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.widgets.config_form import PathSuggester
+from tui.widgets.config.form import PathSuggester
 
 
 class ChoiceDialog(ModalScreen[str | None]):

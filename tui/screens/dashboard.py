@@ -20,18 +20,18 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
 from engine.errors import LoradeckError
-from engine.run_format import format_bytes, format_clock, format_duration, format_speed
-from engine.rundir import CRASHED, FAILED, RUNNING, STARTING, RunDir
-from engine.workspace import Workspace
+from engine.run.format import format_bytes, format_clock, format_duration, format_speed
+from engine.run.folder import CRASHED, FAILED, RUNNING, STARTING, RunDir
+from engine.config.workspace import Workspace
 from tui.run_state import RunState, SampleRecord
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.run_plot import RunPlotScreen
-from tui.widgets.notice_list import NoticeList
-from tui.widgets.progress_row import ProgressRow
-from tui.widgets.run_tailer import LOG_TAIL_LINES, RunTailer, RunView
-from tui.widgets.sample_panel import SamplePanel
-from tui.widgets.sparkline_panel import SparklinePanel
-from tui.widgets.text_line import TextLine
+from tui.widgets.dashboard.notice_list import NoticeList
+from tui.widgets.dashboard.progress_row import ProgressRow
+from tui.widgets.dashboard.run_tailer import LOG_TAIL_LINES, RunTailer, RunView
+from tui.widgets.dashboard.sample_panel import SamplePanel
+from tui.widgets.dashboard.sparkline_panel import SparklinePanel
+from tui.widgets.shared.text_line import TextLine
 
 TABS = ("tab-notices", "tab-checkpoints", "tab-log")
 # actions that need a live engine / a finished-but-resumable run
@@ -338,7 +338,7 @@ class DashboardScreen(Screen):
 
     @work(thread=True, exclusive=True, group="dashboard-resume")
     def _resume(self) -> None:
-        from engine.launch import start_training
+        from engine.run.launch import start_training
 
         try:
             start_training(None, detach=True, resume=self.run.path)  # with its frozen config

@@ -2,7 +2,7 @@
 
 A summary by code (enter filters the list to that code), the findings (filter by code
 with c, by severity with s), and the selected image: for an EXIF-rotated one, as
-stored beside as the trainer sees it. The scan runs engine.health in a thread worker
+stored beside as the trainer sees it. The scan runs engine.health.scan in a thread worker
 (which spreads the decoding over every core and reads its cache), posting progress;
 fixes and quarantine moves run in a worker too, then the folder is scanned again.
 """
@@ -23,13 +23,11 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
-from engine.health import (
-    CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanCancelled, ScanReport, ScanTarget, scan,
-    target_for_workspace,
-)
-from engine.workspace import Workspace
+from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport
+from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
+from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
-from tui.widgets.image_preview import ImagePreview
+from tui.widgets.shared.image_preview import ImagePreview
 
 SEVERITY_COLORS = {ERROR: "error", WARNING: "warning", INFO: "text-muted"}
 
@@ -352,7 +350,7 @@ class HealthScreen(Screen):
 
     @work(thread=True, exclusive=True, group="health-fix")
     def _fix_worker(self, kind: str, root: Path, findings: list[Finding], caption_extension: str) -> None:
-        from engine.health_actions import apply_action
+        from engine.health.actions import apply_action
 
         lines, failed = apply_action(kind, root, findings, caption_extension)
         self.post_message(FixesDone(lines, "warning" if failed else "information"))

@@ -12,8 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from tui.run_state import RunState
-from tui.widgets.loss_plot import LossPlot
-from tui.widgets.sparkline_panel import RUN_SERIES
+from tui.widgets.dashboard.loss_plot import LossPlot
+from tui.widgets.dashboard.sparkline_panel import RUN_SERIES
 
 
 class RunPlotScreen(ModalScreen[None]):

@@ -20,10 +20,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from engine.cli.runs import COLUMNS, summary_row
+from engine.run.format import COLUMNS, summary_row
 from engine.errors import LoradeckError
-from engine.rundir import CRASHED, FAILED, RUNNING, STOPPED, RunDir, RunFollower, RunSummary
-from engine.workspace import Workspace
+from engine.run.folder import CRASHED, FAILED, RUNNING, STOPPED, RunDir, RunFollower, RunSummary
+from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 
@@ -206,7 +206,7 @@ class RunsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="runs-launch")
     def _launch(self, config: Path | None, resume: Path | None) -> None:
-        from engine.launch import start_training
+        from engine.run.launch import start_training
 
         try:
             run_dir = start_training(config, detach=True, resume=resume)

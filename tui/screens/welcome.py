@@ -9,8 +9,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
-from engine.config import ConfigError, replace_setting, save_config, validate
-from engine.workspace import Workspace
+from engine.config.schema import ConfigError, replace_setting, save_config, validate
+from engine.config.workspace import Workspace
 
 
 class WelcomeScreen(ModalScreen[bool]):
@@ -27,7 +27,7 @@ class WelcomeScreen(ModalScreen[bool]):
         self.workspace = workspace
 
     def compose(self) -> ComposeResult:
-        from engine.presets import list_presets
+        from engine.config.presets import list_presets
 
         presets = list_presets()
         with Vertical(id="welcome-box"):
@@ -62,7 +62,7 @@ class WelcomeScreen(ModalScreen[bool]):
         self.dismiss(False)
 
     def action_create(self) -> None:
-        from engine.presets import load_preset
+        from engine.config.presets import load_preset
 
         error = self.query_one("#welcome-error", Static)
         images = self.query_one("#welcome-images", Input).value.strip() or "img"

@@ -1,0 +1,1067 @@
+"""The training config: typed, frozen, with the help text beside every setting.
+
+One schema serves the trainer, `loradeck plan`, the Kohya importer and the TUI form
+(labels, help, advice, ranges and choices are defined here once). A config is parsed from
+TOML into frozen dataclasses and never mutated afterwards; derived numbers live in
+`engine.plan.training_plan.Plan`.
+
+On disk (TOML), one table per group:
+
+    version = 1
+    [model]
+    pretrained_model = "runwayml/stable-diffusion-v1-5"
+    [network]
+    rank = 32
+    alpha = 16.0
+    ...
+
+Light module: imports only the standard library (and tomli on Python < 3.11).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from engine.errors import ConfigError, LoradeckError
+
+CONFIG_VERSION = 1
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    label: str = "",
+    advice: str = "",
+    choices: tuple = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    multiline: bool = False,
+    path: bool = False,
+) -> Any:
+    """A config field with its documentation and limits, read by validation and the TUI form."""
+    meta = {
+        "help": help,
+        "label": label,
+        "advice": advice,
+        "choices": tuple(choices),
+        "minimum": minimum,
+        "maximum": maximum,
+        "multiline": multiline,
+        "path": path,
+    }
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    pretrained_model: str = setting(
+        "",
+        "Base model: a diffusers folder, a single-file .safetensors checkpoint, or a hub id.",
+        label="Base model",
+        advice="A local folder or .safetensors file loads with no network at all. A hub id "
+        "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
+        path=True,
+    )
+    vae: str = setting(
+        "",
+        "Optional VAE to use instead of the base model's (folder or .safetensors).",
+        label="VAE override",
+        path=True,
+        advice="Only needed when the base model's own VAE gives washed-out or broken colours (some "
+        "merges); latents are cached with the VAE chosen here.",
+    )
+    v2: bool = setting(
+        False, "The base model is Stable Diffusion 2.x.", label="SD 2.x model",
+        advice="SD 2.x uses a different text encoder (OpenCLIP): a LoRA trained on one family does "
+        "not load on the other.",
+    )
+    v_parameterization: bool = setting(
+        False,
+        "The base model predicts v instead of noise (SD 2.x 768-v models).",
+        label="v-parameterization",
+        advice="Only for the 768-v SD 2.x models; the 512 base models predict noise.",
+    )
+    clip_skip: int = setting(
+        1,
+        "Use the output of the Nth-from-last CLIP layer (1 = last; anime models often use 2).",
+        label="CLIP skip",
+        advice="Match what the base model was trained with: 1 for SD1.5, 2 for most anime "
+        "models. Samples and inference should use the same value.",
+        minimum=1,
+        maximum=12,
+    )
+    allow_ckpt: bool = setting(
+        False,
+        "Allow a .ckpt base model, loaded with torch's weights-only loader (never unpickled).",
+        label="Allow .ckpt",
+        advice="Convert .ckpt files to .safetensors when you can: a .safetensors file cannot carry "
+        "code.",
+    )
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    image_dir: str = setting(
+        "img",
+        "Training image folder holding <repeats>_<class tokens> subfolders (Kohya layout).",
+        label="Image folder",
+        advice="Each subfolder is named like `10_city photo`: 10 repeats per epoch, and "
+        "`city photo` is the caption of any image without a caption file.",
+        path=True,
+    )
+    reg_dir: str = setting(
+        "",
+        "Optional regularisation image folder, same layout; balanced to the training count.",
+        label="Regularisation folder",
+        path=True,
+        advice="Images of the class (other people, other dogs) keep the class from drifting toward "
+        "your subject; they double the steps per epoch. Styles rarely need them.",
+    )
+    resolution: str = setting(
+        "512,512",
+        "Training resolution as W,H (or one number for a square). Sets the bucket area.",
+        label="Resolution",
+        advice="512 for SD1.5. Larger costs time and VRAM roughly with the pixel count.",
+    )
+    enable_buckets: bool = setting(
+        True,
+        "Group images by aspect ratio instead of cropping every image to the resolution.",
+        label="Aspect-ratio buckets",
+        advice="Keep buckets on: without them every image is resized and cropped to one "
+        "shape, which cuts off heads and feet of portrait and landscape images.",
+    )
+    min_bucket_resolution: int = setting(
+        256, "Smallest bucket side in pixels.", label="Min bucket side", minimum=64, maximum=4096,
+        advice="Limits how thin a bucket may get: 256 at 512 allows aspect ratios up to about 1:4.",
+    )
+    max_bucket_resolution: int = setting(
+        1024, "Largest bucket side in pixels.", label="Max bucket side", minimum=64, maximum=8192,
+        advice="At least the resolution's longer side; 1024 at 512 leaves room for tall and wide "
+        "images.",
+    )
+    bucket_step: int = setting(
+        64,
+        "Bucket sides are multiples of this many pixels.",
+        label="Bucket step",
+        choices=(8, 16, 32, 64, 128),
+        advice="64 (Kohya's default) keeps few buckets and few half-empty batches; a smaller step "
+        "crops less but makes more buckets.",
+    )
+    bucket_no_upscale: bool = setting(
+        False,
+        "Never upscale: small images get a bucket of their own size (rounded down to the step).",
+        label="No upscale",
+        advice="Turn on when many images are smaller than the resolution and should train at their "
+        "own size rather than upscaled and soft.",
+    )
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    caption_extension: str = setting(
+        ".txt", "Extension of the caption file beside each image.", label="Caption extension",
+        advice="The captions screen and auto-captioning write this extension; .txt is what Kohya and"
+        " most taggers use.",
+    )
+    shuffle_caption: bool = setting(
+        False,
+        "Shuffle the comma-separated tags of each caption every time it is used.",
+        label="Shuffle tags",
+        advice="Helps tag-style captions; keep the trigger word in place with keep tokens.",
+    )
+    keep_tokens: int = setting(
+        0,
+        "Number of leading tags kept in place when shuffling or dropping (e.g. the trigger).",
+        label="Keep tokens",
+        minimum=0,
+        maximum=255,
+        advice="1 keeps a trigger word first while the rest is shuffled; it counts comma-separated "
+        "tags, not words.",
+    )
+    caption_dropout_rate: float = setting(
+        0.0,
+        "Probability of training an image with an empty caption.",
+        label="Caption dropout",
+        minimum=0.0,
+        maximum=1.0,
+        advice="A little (0.05-0.1) lets the LoRA work without its trigger words; 0 keeps it "
+        "strictly prompt-driven.",
+    )
+    weighted_captions: bool = setting(
+        False,
+        "Read (tag:1.2) weights in captions and scale those tokens' embeddings.",
+        label="Weighted captions",
+        advice="Only for captions written with (tag:1.2) weights; plain tag lists do not need it.",
+    )
+    max_token_length: int = setting(
+        75,
+        "Caption length in CLIP tokens: 75, or 150/225 using several 75-token windows.",
+        label="Max token length",
+        choices=(75, 150, 225),
+        advice="75 covers most tag lists; long natural-language captions are cut at 75 tokens unless"
+        " this is raised.",
+    )
+
+
+@dataclass(frozen=True)
+class AugmentationSettings:
+    flip: bool = setting(
+        False,
+        "Randomly mirror images left-right (not for asymmetric subjects or text).",
+        label="Flip",
+        advice="Free variety for styles and symmetric objects; off for faces with a parting, logos, "
+        "text or anything one-sided.",
+    )
+    color: bool = setting(
+        False,
+        "Randomly shift hue slightly. Disables latent caching.",
+        label="Colour augmentation",
+        advice="Rarely worth it: every epoch sees different pixels, so latents cannot be cached and "
+        "training is much slower.",
+    )
+    random_crop: bool = setting(
+        False,
+        "Crop at a random position instead of the centre. Disables latent caching.",
+        label="Random crop",
+        advice="Rarely worth it with buckets: latents cannot be cached and training is much slower.",
+    )
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    type: str = setting(
+        "lora",
+        "Network type. Standard LoRA on attention, projection and feed-forward layers.",
+        label="Network type",
+        choices=("lora",),
+    )
+    rank: int = setting(
+        32,
+        "LoRA rank (network dim): the capacity of the adapter.",
+        label="Rank",
+        advice="8-32 is plenty for a character or object, 32-128 for styles. File size and "
+        "VRAM grow linearly with rank.",
+        minimum=1,
+        maximum=1024,
+    )
+    alpha: float = setting(
+        16.0,
+        "LoRA alpha; the update is scaled by alpha / rank. Not above rank.",
+        label="Alpha",
+        advice="alpha = rank trains at full strength; a smaller alpha (often rank / 2, or "
+        "slightly below rank) damps updates, so a higher learning rate is needed.",
+        minimum=0.0,
+        maximum=1024.0,
+    )
+    train_unet: bool = setting(
+        True, "Train LoRA on the U-Net.", label="Train U-Net",
+        advice="Keep on: the U-Net learns what things look like; the text encoder only what words "
+        "mean.",
+    )
+    train_text_encoder: bool = setting(
+        True,
+        "Train LoRA on the CLIP text encoder as well.",
+        label="Train text encoder",
+        advice="Helps a new trigger word bind; turn it off for pure styles, or stop it "
+        "early with `stop text encoder at`.",
+    )
+
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion", "SGD")
+SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "adafactor",
+)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    optimizer: str = setting(
+        "AdamW",
+        "Optimizer. AdamW8bit needs CUDA and bitsandbytes.",
+        label="Optimizer",
+        advice="Adafactor with `scale_parameter=False relative_step=False warmup_init=False` "
+        "uses your learning rate as given; without those args it picks its own and "
+        "ignores the scheduler. Prodigy finds the LR itself: set the LR to 1.0.",
+        choices=OPTIMIZERS,
+    )
+    optimizer_args: str = setting(
+        "",
+        "Extra optimizer arguments, Kohya style: `key=value key=value`.",
+        label="Optimizer args",
+        advice="Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your "
+        "learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True "
+        "use_bias_correction=True safeguard_warmup=True.",
+    )
+    learning_rate: float = setting(
+        1e-4,
+        "Base learning rate (used where the U-Net or text-encoder LR is unset).",
+        label="Learning rate",
+        minimum=0.0,
+        maximum=10.0,
+        advice="1e-4 is a safe start for AdamW and for Adafactor with a fixed step; Prodigy wants "
+        "1.0. Lower it if samples burn (oversaturated, noisy); raise it if nothing changes "
+        "after a few epochs.",
+    )
+    unet_lr: float | None = setting(
+        None, "U-Net learning rate (unset = learning rate).", label="U-Net LR", minimum=0.0, maximum=10.0,
+        advice="Leave empty to use the learning rate; set it with the text-encoder LR to train the "
+        "two at different speeds.",
+    )
+    text_encoder_lr: float | None = setting(
+        None,
+        "Text-encoder learning rate (unset = learning rate); often half the U-Net's.",
+        label="Text encoder LR",
+        minimum=0.0,
+        maximum=10.0,
+        advice="About half the U-Net's (e.g. 5e-5): a text encoder that learns too fast makes the "
+        "trigger word overpower the rest of a prompt.",
+    )
+    lr_scheduler: str = setting(
+        "cosine", "Learning-rate schedule.", label="LR scheduler", choices=SCHEDULERS,
+        advice="cosine or constant_with_warmup suit most runs; constant makes epochs easiest to "
+        "compare; adafactor only with Adafactor's own relative step.",
+    )
+    lr_scheduler_num_cycles: int = setting(
+        1, "Restarts of cosine_with_restarts.", label="Scheduler cycles", minimum=1, maximum=1000
+    )
+    lr_scheduler_power: float = setting(
+        1.0, "Power of the polynomial schedule.", label="Scheduler power", minimum=0.0, maximum=100.0
+    )
+    lr_warmup_steps: int = setting(
+        0,
+        "Warm-up steps with a rising learning rate (or use warm-up percent).",
+        label="Warm-up steps",
+        minimum=0,
+        advice="A short warm-up (5-10% of the steps) steadies the first updates, most useful with "
+        "high learning rates or large batches.",
+    )
+    lr_warmup_percent: float = setting(
+        0.0,
+        "Warm-up as a percentage of the total steps (instead of warm-up steps).",
+        label="Warm-up %",
+        minimum=0.0,
+        maximum=100.0,
+        advice="5-10% steadies the first updates; the plan panel shows the total it is taken from.",
+    )
+    max_grad_norm: float = setting(
+        1.0,
+        "Clip the gradient norm to this value (0 = no clipping).",
+        label="Max grad norm",
+        minimum=0.0,
+        advice="1.0 keeps one bad batch from wrecking the LoRA; 0 turns clipping off.",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    batch_size: int = setting(
+        1, "Images per batch (per GPU).", label="Batch size", minimum=1, maximum=1024,
+        advice="Bigger batches give smoother updates and more images per second but fewer steps; add"
+        " epochs or learning rate to match. Each bucket is batched on its own, so small "
+        "buckets give part-empty batches.",
+    )
+    epochs: int = setting(
+        10, "Number of epochs (passes over images × repeats).", label="Epochs", minimum=1, maximum=100000,
+        advice="Save every epoch and compare the samples: the best LoRA is often not the last. "
+        "1,500-3,000 total steps is a common range for one subject.",
+    )
+    max_steps: int = setting(
+        0,
+        "Stop after this many optimizer steps (0 = run all epochs).",
+        label="Max steps",
+        minimum=0,
+        advice="When set it wins over epochs: the run stops after this many optimizer steps (the "
+        "plan panel shows the epochs it takes).",
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        "Batches accumulated per optimizer step (effective batch = batch × this).",
+        label="Gradient accumulation",
+        minimum=1,
+        maximum=1024,
+        advice="A bigger batch when VRAM is short: batch 2 × 4 accumulation updates like batch 8 at "
+        "batch-2 memory, with a quarter of the steps.",
+    )
+    seed: int = setting(
+        42, "Random seed; the same seed and data train the same LoRA.", label="Seed", minimum=0,
+        advice="Keep it fixed while comparing settings, so differences come from the settings and "
+        "not from chance.",
+    )
+    stop_text_encoder_training: int = setting(
+        0,
+        "Stop training the text encoder after this step (0 = never).",
+        label="Stop text encoder at",
+        minimum=0,
+        advice="Freezing the text encoder part-way (e.g. at half the steps) keeps the trigger word "
+        "from overpowering prompts.",
+    )
+    noise_offset: float = setting(
+        0.0,
+        "Noise offset (e.g. 0.05-0.1) for darker darks and brighter brights.",
+        label="Noise offset",
+        minimum=0.0,
+        maximum=1.0,
+        advice="0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the "
+        "mid-tones.",
+    )
+    min_snr_gamma: float = setting(
+        0.0,
+        "Min-SNR loss weighting gamma (5 is the paper's value; 0 = off).",
+        label="Min-SNR gamma",
+        advice="Min-SNR weighting (Hang et al. 2023) balances timesteps and usually "
+        "converges faster; 5 is a good value.",
+        minimum=0.0,
+        maximum=100.0,
+    )
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    mixed_precision: str = setting(
+        "bf16",
+        "Compute precision on the GPU (CPU always trains in fp32).",
+        label="Mixed precision",
+        advice="bf16 on Ampere or newer (RTX 30xx, A100, H100); fp16 with loss scaling on "
+        "older cards; no = fp32, slowest.",
+        choices=("no", "fp16", "bf16"),
+    )
+    save_precision: str = setting(
+        "fp16",
+        "Precision of the saved LoRA weights.",
+        label="Save precision",
+        choices=("float", "fp16", "bf16"),
+        advice="fp16 halves the file and loads everywhere (AUTOMATIC1111, ComfyUI, diffusers); float"
+        " only to train further from it.",
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        "Recompute activations in the backward pass: much less VRAM, about 20-30% slower.",
+        label="Gradient checkpointing",
+        advice="Turn it on when VRAM runs out (768 px, a large rank or batch); it costs speed, not "
+        "quality.",
+    )
+    cache_latents: str = setting(
+        "memory",
+        "Encode every image with the VAE once: in memory, on disk, or not at all.",
+        label="Cache latents",
+        advice="Caching skips the VAE in every step (a large saving); it is turned off "
+        "automatically when colour augmentation or random crop is on.",
+        choices=("none", "memory", "disk"),
+    )
+    cache_text_encoder_outputs: bool = setting(
+        True,
+        "Encode captions once when the text encoder is not trained and captions are fixed.",
+        label="Cache text encodings",
+        advice="Skips CLIP in every step; it is turned off automatically (and the log says why) when "
+        "the text encoder trains or captions are shuffled or dropped.",
+    )
+    attention: str = setting(
+        "sdpa",
+        "Attention kernel: PyTorch SDPA (flash / memory-efficient) or xformers.",
+        label="Attention",
+        choices=("sdpa", "xformers"),
+        advice="sdpa is built into PyTorch and as fast as xformers on current cards; xformers only "
+        "where it is installed.",
+    )
+    channels_last: bool = setting(
+        True, "Use the channels-last (NHWC) memory format for the U-Net's convolutions.", label="Channels last",
+        advice="Tensor-core convolutions run NHWC natively; the results are the same either way.",
+    )
+    fused_optimizer: bool = setting(
+        True, "AdamW and SGD step all LoRA tensors at once: fused on CUDA, foreach elsewhere.",
+        label="Fused optimizer",
+        advice="Off steps the hundreds of LoRA tensors one by one (same result, slower).",
+    )
+    compile_unet: bool = setting(
+        False, "torch.compile the U-Net (faster after a slow first step).", label="Compile U-Net",
+        advice="Pays off on long runs on a recent GPU; the first steps take minutes while it "
+        "compiles.",
+    )
+    dataloader_workers: int = setting(
+        8, "Data-loading worker processes (at most one per CPU core).", label="Loader workers",
+        minimum=0, maximum=64,
+        advice="Used when images are decoded every step (colour augmentation, random crop) or latents "
+        "are cached on disk; one worker decodes about 30 photos a second at 512 px.",
+    )
+
+
+SAMPLERS = ("euler_a", "euler", "ddim", "dpm++_2m", "dpm++_2m_karras", "pndm")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    prompts: str = setting(
+        "",
+        "Sample prompts, one per line, sd-scripts syntax: `prompt --n neg --w 512 --h 512 --d 1`.",
+        label="Sample prompts",
+        multiline=True,
+        advice="Use the trigger word, plus one prompt without it to see how much the LoRA leaks; fix"
+        " the seed (--d) so epochs compare.",
+    )
+    prompts_file: str = setting(
+        "",
+        "File of sample prompts, re-read at every sampling point (edit it during a run).",
+        label="Prompts file",
+        path=True,
+    )
+    every_n_epochs: int = setting(
+        1, "Sample every N epochs (0 = never).", label="Sample every N epochs", minimum=0,
+        advice="Each sampling point costs a few seconds per prompt; every epoch suits short runs, "
+        "every few epochs long ones.",
+    )
+    every_n_steps: int = setting(
+        0, "Sample every N steps (0 = never).", label="Sample every N steps", minimum=0
+    )
+    at_start: bool = setting(
+        False, "Sample before the first step, to see the base model's look.", label="Sample at start"
+    )
+    sampler: str = setting(
+        "euler_a", "Default sampler (a prompt's --ss overrides it).", label="Sampler", choices=SAMPLERS,
+        advice="euler_a at 20-30 steps is fast and forgiving; samples are for comparing epochs, not "
+        "for final quality.",
+    )
+
+
+@dataclass(frozen=True)
+class SavingSettings:
+    output_dir: str = setting(
+        "runs", "Folder that holds run folders.", label="Output folder", path=True
+    )
+    output_name: str = setting(
+        "lora",
+        "Name of the run and of its LoRA files (runs/<name>/).",
+        label="Output name",
+        advice="A number for new images, a letter for new settings: city-v2, city-v2b.",
+    )
+    save_every_n_epochs: int = setting(
+        1, "Save the LoRA every N epochs (0 = only at the end).", label="Save every N epochs", minimum=0,
+        advice="Every epoch lets you pick the best LoRA by its samples; it costs only disk (the plan"
+        " panel shows the file size).",
+    )
+    save_every_n_steps: int = setting(
+        0, "Save the LoRA every N steps (0 = never).", label="Save every N steps", minimum=0
+    )
+    save_last_n: int = setting(
+        0,
+        "Keep only the last N intermediate LoRA files (0 = keep all).",
+        label="Keep last N",
+        minimum=0,
+        advice="0 keeps every saved LoRA; set it when disk space is short.",
+    )
+    save_state: bool = setting(
+        True,
+        "Save resumable trainer state with each LoRA, so a stopped or crashed run resumes.",
+        label="Save state",
+        advice="Lets a stopped or crashed run resume exactly; the state is several times the size of"
+        " the LoRA.",
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    tensorboard: bool = setting(
+        True, "Write TensorBoard scalars to the run's tb/ folder.", label="TensorBoard",
+        advice="`tensorboard --logdir runs` compares the loss curves of all runs side by side.",
+    )
+    log_every_n_steps: int = setting(
+        10,
+        "Copy losses to the CPU every N steps (one event per step, written in batches).",
+        label="Log every N steps",
+        advice="Higher keeps the GPU from waiting on the host; 1 is fine on CPU.",
+        minimum=1,
+        maximum=10000,
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    version: int = CONFIG_VERSION
+    model: ModelSettings = field(default_factory=ModelSettings)
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
+    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    precision: PrecisionSettings = field(default_factory=PrecisionSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    saving: SavingSettings = field(default_factory=SavingSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    # derived views (never stored)
+    @property
+    def resolution_size(self) -> tuple[int, int]:
+        return parse_resolution(self.dataset.resolution)
+
+    @property
+    def unet_learning_rate(self) -> float:
+        lr = self.optimizer.unet_lr
+        return self.optimizer.learning_rate if lr is None else lr
+
+    @property
+    def text_encoder_learning_rate(self) -> float:
+        lr = self.optimizer.text_encoder_lr
+        return self.optimizer.learning_rate if lr is None else lr
+
+    @property
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return parse_optimizer_args(self.optimizer.optimizer_args)
+
+    @property
+    def latents_cacheable(self) -> bool:
+        """Latents can be cached only when every epoch sees the same pixels."""
+        return (
+            self.precision.cache_latents != "none"
+            and not self.augmentation.color
+            and not self.augmentation.random_crop
+        )
+
+
+GROUPS: dict[str, str] = {
+    "model": "Model",
+    "dataset": "Dataset and buckets",
+    "captions": "Captions",
+    "augmentation": "Augmentation",
+    "network": "Network",
+    "optimizer": "Optimizer and scheduler",
+    "training": "Training",
+    "precision": "Precision, memory and speed",
+    "sampling": "Sampling",
+    "saving": "Saving and resume",
+    "logging": "Logging",
+}
+
+
+# --------------------------------------------------------------------------- schema access
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One setting as the form and the validator see it."""
+
+    group: str
+    name: str
+    type: type
+    optional: bool
+    default: Any
+    help: str
+    label: str
+    advice: str
+    choices: tuple
+    minimum: float | None
+    maximum: float | None
+    multiline: bool
+    path: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}.{self.name}"
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _field_type(annotation: str) -> tuple[type, bool]:
+    text = annotation.replace(" ", "")
+    optional = text.endswith("|None")
+    base = text.removesuffix("|None")
+    return _TYPES[base], optional
+
+
+def schema() -> Iterator[FieldSpec]:
+    """Every setting, in group order and declaration order."""
+    for group_field in dataclasses.fields(TrainConfig):
+        if group_field.name == "version":
+            continue
+        group_class = group_field.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(group_class):
+            kind, optional = _field_type(str(f.type))
+            meta = f.metadata
+            yield FieldSpec(
+                group=group_field.name,
+                name=f.name,
+                type=kind,
+                optional=optional,
+                default=f.default,
+                help=meta["help"],
+                label=meta["label"] or f.name.replace("_", " "),
+                advice=meta["advice"],
+                choices=meta["choices"],
+                minimum=meta["minimum"],
+                maximum=meta["maximum"],
+                multiline=meta["multiline"],
+                path=meta["path"],
+            )
+
+
+def field_spec(key: str) -> FieldSpec:
+    for spec in schema():
+        if spec.key == key:
+            return spec
+    raise KeyError(key)
+
+
+def lenient_setting(data: dict[str, Any], key: str) -> Any:
+    """One setting of TOML-shaped data, or its default when absent or not allowed by the
+    setting's own rules. For configs that do not validate yet: the image folder of a
+    workspace whose base model is still unset must still be found."""
+    spec = field_spec(key)
+    group = data.get(spec.group)
+    value = group.get(spec.name) if isinstance(group, dict) else None
+    if value is None:
+        return spec.default
+    try:
+        value = _coerce(spec, value, "")
+    except ConfigError:
+        return spec.default
+    return spec.default if _check_field(spec, value) else value
+
+
+# --------------------------------------------------------------------------- small parsers
+
+
+def parse_resolution(text: str | int) -> tuple[int, int]:
+    """'512' -> (512, 512); '768,512' -> (768, 512). Raises ValueError."""
+    parts = [p.strip() for p in re.split(r"[,x×]", str(text).strip())]
+    if not all(parts):
+        raise ValueError("expected W,H or one number")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ValueError("expected W,H or one number")
+    width, height = (int(float(p)) for p in parts)
+    if width <= 0 or height <= 0:
+        raise ValueError("sides must be positive")
+    return width, height
+
+
+def _literal(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    if text.startswith("(") and text.endswith(")"):
+        return tuple(_literal(p.strip()) for p in text[1:-1].split(",") if p.strip())
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip("\"'")
+
+
+def parse_optimizer_args(text: str) -> dict[str, Any]:
+    """Kohya style `scale_parameter=False betas=(0.9,0.99) weight_decay=0.01`."""
+    result: dict[str, Any] = {}
+    for token in shlex.split(text.replace(",", " , ").replace(" , ", ",")):
+        if "=" not in token:
+            raise ValueError(f"'{token}' is not key=value")
+        key, value = token.split("=", 1)
+        if not key.isidentifier():
+            raise ValueError(f"'{key}' is not an argument name")
+        result[key] = _literal(value)
+    return result
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _coerce(spec: FieldSpec, value: Any, source: str) -> Any:
+    if value is None:
+        if spec.optional:
+            return None
+        raise ConfigError(spec.key, "a value is required", source)
+    kind = spec.type
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(spec.key, f"expected true or false, got {value!r}", source)
+    if kind is int:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value)):
+            raise ConfigError(spec.key, f"expected a whole number, got {value!r}", source)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(spec.key, f"expected a number, got {value!r}", source)
+        if math.isnan(value) or math.isinf(value):
+            raise ConfigError(spec.key, "must be a finite number", source)
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and spec.key == "dataset.resolution":
+        if not math.isfinite(value):
+            raise ConfigError(spec.key, f"expected a size such as 512 or \"512,768\", got {value!r}", source)
+        return f"{int(value)},{int(value)}"
+    if not isinstance(value, str):
+        raise ConfigError(spec.key, f"expected text, got {value!r}", source)
+    return value
+
+
+def _check_field(spec: FieldSpec, value: Any) -> str | None:
+    """The reason a single value is not allowed, or None."""
+    if value is None:
+        return None
+    if spec.choices and value not in spec.choices:
+        allowed = ", ".join(str(c) for c in spec.choices)
+        return f"{value!r} is not one of: {allowed}"
+    if spec.minimum is not None and value < spec.minimum:
+        return f"must be at least {spec.minimum:g}, got {value:g}"
+    if spec.maximum is not None and value > spec.maximum:
+        return f"must be at most {spec.maximum:g}, got {value:g}"
+    return None
+
+
+def config_from_dict(data: dict[str, Any], source: str = "") -> TrainConfig:
+    """Build a config from TOML-shaped data (migrating old versions). Raises ConfigError.
+
+    Checks types, choices and ranges field by field, then the rules between fields.
+    """
+    data = migrate(data, source)
+    specs: dict[str, dict[str, FieldSpec]] = {}
+    for spec in schema():
+        specs.setdefault(spec.group, {})[spec.name] = spec
+    groups: dict[str, Any] = {}
+    for group_name, values in data.items():
+        if group_name == "version":
+            continue
+        if group_name not in specs:
+            raise ConfigError(group_name, f"unknown section; expected one of: {', '.join(specs)}", source)
+        if not isinstance(values, dict):
+            raise ConfigError(group_name, "expected a table of settings", source)
+        for name in values:
+            if name not in specs[group_name]:
+                raise ConfigError(f"{group_name}.{name}", "unknown setting", source)
+    for group_name, group_specs in specs.items():
+        values = data.get(group_name, {})
+        kwargs = {}
+        for name, spec in group_specs.items():
+            if name not in values:
+                continue
+            value = _coerce(spec, values[name], source)
+            reason = _check_field(spec, value)
+            if reason:
+                raise ConfigError(spec.key, reason, source)
+            kwargs[name] = value
+        group_class = type(getattr(TrainConfig(), group_name))
+        groups[group_name] = group_class(**kwargs)
+    config = TrainConfig(**groups)
+    problems = cross_field_problems(config)
+    if problems:
+        key, reason = problems[0]
+        raise ConfigError(key, reason, source)
+    return config
+
+
+def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
+    """Rules between fields, as (field key, reason) pairs. Empty when the config is valid."""
+    problems: list[tuple[str, str]] = []
+    net, data, opt, train = config.network, config.dataset, config.optimizer, config.training
+    if net.alpha > net.rank:
+        problems.append(
+            (
+                "network.alpha",
+                f"alpha {net.alpha:g} is above rank {net.rank}: the update would be scaled "
+                f"up by {net.alpha / net.rank:g}x, which makes training unstable; use at most {net.rank}",
+            )
+        )
+    if net.alpha <= 0:
+        problems.append(("network.alpha", "must be above 0 (the update is scaled by alpha / rank)"))
+    if not net.train_unet and not net.train_text_encoder:
+        problems.append(("network.train_unet", "nothing to train: enable the U-Net or the text encoder"))
+    try:
+        width, height = parse_resolution(data.resolution)
+    except ValueError as error:
+        problems.append(("dataset.resolution", f"{data.resolution!r}: {error}"))
+    else:
+        if not data.enable_buckets and (width % 8 or height % 8):
+            # with buckets the resolution only sets the area; without, it is the image size
+            problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8 when buckets are off"))
+        if data.enable_buckets and max(width, height) > data.max_bucket_resolution:
+            problems.append(
+                (
+                    "dataset.max_bucket_resolution",
+                    f"{data.max_bucket_resolution} is below the resolution's longer side {max(width, height)}",
+                )
+            )
+    if data.min_bucket_resolution > data.max_bucket_resolution:
+        problems.append(
+            ("dataset.min_bucket_resolution", "must not be above the max bucket side")
+        )
+    for key, side in (("dataset.min_bucket_resolution", data.min_bucket_resolution),
+                      ("dataset.max_bucket_resolution", data.max_bucket_resolution)):
+        if side % data.bucket_step:
+            problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
+    if not config.captions.caption_extension.startswith("."):
+        problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if opt.lr_warmup_steps and opt.lr_warmup_percent:
+        problems.append(("optimizer.lr_warmup_percent", "set warm-up steps or warm-up percent, not both"))
+    try:
+        parse_optimizer_args(opt.optimizer_args)
+    except ValueError as error:
+        problems.append(("optimizer.optimizer_args", f"{error}; write key=value pairs separated by spaces"))
+    if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
+        problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
+    if train.max_steps == 0 and train.epochs == 0:
+        problems.append(("training.epochs", "set epochs or max steps"))
+    if config.captions.keep_tokens and not (config.captions.shuffle_caption or config.captions.caption_dropout_rate):
+        pass  # harmless: keep tokens only matters when shuffling or dropping
+    if not config.model.pretrained_model.strip():
+        problems.append(("model.pretrained_model", "a base model is required (folder, .safetensors file or hub id)"))
+    name = config.saving.output_name
+    if not name or "/" in name or name in (".", "..") or name.startswith("."):
+        problems.append(("saving.output_name", f"{name!r} is not a usable folder name"))
+    if config.sampling.prompts_file and config.sampling.prompts.strip():
+        problems.append(("sampling.prompts_file", "give inline prompts or a prompts file, not both"))
+    return problems
+
+
+def validate(config: TrainConfig) -> list[tuple[str, str]]:
+    """Every problem of an already-built config, field by field then across fields."""
+    problems = []
+    for spec in schema():
+        reason = _check_field(spec, getattr(getattr(config, spec.group), spec.name))
+        if reason:
+            problems.append((spec.key, reason))
+    return problems + cross_field_problems(config)
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def migrate(data: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """Bring TOML data of any earlier schema version to the current one."""
+    version = data.get("version", CONFIG_VERSION)
+    if not isinstance(version, int) or version < 0:
+        raise ConfigError("version", f"{version!r} is not a config version", source)
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            "version", f"{version} is newer than this loradeck understands ({CONFIG_VERSION}); upgrade loradeck", source
+        )
+    data = dict(data)
+    if version == 0:
+        data = _migrate_flat_v0(data)
+    data["version"] = CONFIG_VERSION
+    return data
+
+
+def _migrate_flat_v0(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 was one flat table of `group_setting = value` keys; nest them."""
+    nested: dict[str, dict[str, Any]] = {}
+    known = {spec.name: spec.group for spec in schema()}
+    for key, value in data.items():
+        if key == "version":
+            continue
+        if isinstance(value, dict):
+            nested.setdefault(key, {}).update(value)
+        elif key in known:
+            nested.setdefault(known[key], {})[key] = value
+        else:
+            nested.setdefault("unknown", {})[key] = value
+    return nested
+
+
+# --------------------------------------------------------------------------- files
+
+
+def config_to_dict(config: TrainConfig, *, include_defaults: bool = True) -> dict[str, Any]:
+    """TOML-shaped data. Unset optional values are left out (TOML has no null)."""
+    data: dict[str, Any] = {"version": CONFIG_VERSION}
+    for spec in schema():
+        value = getattr(getattr(config, spec.group), spec.name)
+        if value is None:
+            continue
+        if not include_defaults and value == spec.default:
+            continue
+        data.setdefault(spec.group, {})[spec.name] = value
+    return data
+
+
+def dumps_config(config: TrainConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(config), multiline_strings=True)
+
+
+def loads_config(text: str, source: str = "") -> TrainConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("toml", f"not valid TOML: {error}", source) from None
+    return config_from_dict(data, source)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file", "no such config file", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", "not a UTF-8 text file", str(path)) from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise ConfigError("file", f"cannot read ({error.strerror or error})", str(path)) from None
+    return loads_config(text, str(path))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    from engine.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, dumps_config(config))
+    except OSError as error:  # a read-only place, a folder in the way, a full disk
+        raise LoradeckError(f"{path}: cannot write the config ({error.strerror or error})") from None
+
+
+def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
+    """A new config with one setting changed (the original is untouched). Not validated."""
+    group_name, name = key.split(".", 1)
+    group = dataclasses.replace(getattr(config, group_name), **{name: value})
+    return dataclasses.replace(config, **{group_name: group})
+
+
+def resolve_path(base_dir: str | Path, value: str) -> Path | None:
+    """A path setting resolved against the config file's folder; None when unset."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfig:
+    """A copy whose local path settings are absolute (for the frozen copy in a run folder).
+
+    A hub id (`owner/name` that does not exist locally) is kept as it is.
+    """
+    for spec in schema():
+        if not spec.path:
+            continue
+        value = getattr(getattr(config, spec.group), spec.name)
+        resolved = resolve_path(base_dir, value)
+        if resolved is None:
+            continue
+        if spec.key in ("model.pretrained_model", "model.vae") and not resolved.exists() and not Path(value).is_absolute():
+            continue  # a hub id, not a local path
+        config = replace_setting(config, spec.key, str(resolved.resolve()))
+    return config

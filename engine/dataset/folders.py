@@ -1,0 +1,264 @@
+"""Kohya dataset folders: `img/<repeats>_<class tokens>/`, captions beside images.
+
+    img/
+      10_city photo/          10 repeats; "city photo" captions uncaptioned images
+        0001.jpg
+        0001.txt              caption: comma-separated tags (first line is used)
+      3_archway/...
+
+Image sizes come from file headers with the EXIF orientation applied (a phone photo
+tagged "rotate 90" is portrait), so a 10,000-image dataset is read in seconds without
+decoding pixels. Light module: PIL only.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from engine.dataset.buckets import BucketAssigner, BucketRules
+from engine.config.schema import TrainConfig, resolve_path
+from engine.errors import LoradeckError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+QUARANTINE_DIR = "_quarantine"
+# EXIF orientations 5-8 turn the image a quarter: width and height swap
+_QUARTER_TURNS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+_FOLDER_NAME = re.compile(r"^(\d+)_(.*)$")
+
+
+def parse_folder_name(name: str) -> tuple[int, str] | None:
+    """`10_city photo` -> (10, "city photo"); None when there is no `<repeats>_` prefix."""
+    match = _FOLDER_NAME.match(name)
+    if not match:
+        return None
+    return int(match.group(1)), match.group(2).strip()
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    caption: str
+    caption_path: Path | None
+    width: int
+    height: int
+    repeats: int
+    folder: str
+    class_tokens: str
+    is_reg: bool = False
+    bucket: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    path: Path
+    name: str
+    repeats: int
+    class_tokens: str
+    images: int
+    captioned: int
+    is_reg: bool
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    path: Path
+    code: str  # "bad_folder_name", "unreadable", "loose_image", "missing_folder", "empty"
+    message: str
+
+
+@dataclass
+class Dataset:
+    root: Path
+    reg_root: Path | None
+    items: list[ImageItem] = field(default_factory=list)
+    folders: list[FolderInfo] = field(default_factory=list)
+    problems: list[DatasetProblem] = field(default_factory=list)
+
+    @property
+    def train_items(self) -> list[ImageItem]:
+        return [item for item in self.items if not item.is_reg]
+
+    @property
+    def reg_items(self) -> list[ImageItem]:
+        return [item for item in self.items if item.is_reg]
+
+    @property
+    def unreadable(self) -> list[tuple[Path, str]]:
+        return [(p.path, p.message) for p in self.problems if p.code == "unreadable"]
+
+    def training_instances(self) -> list[ImageItem]:
+        """One epoch's image instances: training images × repeats, plus regularisation
+        images balanced to the same count (sd-scripts' rule: each reg image once with its
+        repeats, then one more pass at a time until the counts match)."""
+        instances: list[ImageItem] = []
+        for item in self.train_items:
+            instances.extend([item] * item.repeats)
+        return instances + balanced_regularisation(self.reg_items, len(instances))
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """Per folder, how many captions hold each tag (Kohya's ss_tag_frequency)."""
+        frequency: dict[str, dict[str, int]] = {}
+        for item in self.train_items:
+            counts = frequency.setdefault(item.folder, {})
+            for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
+                counts[tag] = counts.get(tag, 0) + 1
+        return frequency
+
+
+def balanced_regularisation(reg_items: list[ImageItem], train_count: int) -> list[ImageItem]:
+    if not reg_items or train_count == 0:
+        return []
+    repeats = [item.repeats for item in reg_items]
+    total = 0
+    first_pass = True
+    while total < train_count:
+        for index, item in enumerate(reg_items):
+            if first_pass:
+                total += item.repeats
+            else:
+                repeats[index] += 1
+                total += 1
+            if total >= train_count:
+                break
+        first_pass = False
+    instances: list[ImageItem] = []
+    for item, count in zip(reg_items, repeats):
+        instances.extend([item] * count)
+    return instances
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the trainer sees the image: EXIF orientation applied. Header only."""
+    with Image.open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block must not hide the image's size
+            orientation = 1
+    if orientation in _QUARTER_TURNS:
+        return height, width
+    return width, height
+
+
+def decode_caption(data: bytes) -> str:
+    """Caption bytes as text, losing nothing: UTF-8 (with or without a BOM), else the
+    Windows-1252 / Latin-1 that older tools write. Replacement characters would destroy
+    the original bytes the first time an edited caption is written back."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")  # maps every byte, so it cannot fail
+
+
+def read_caption(path: Path) -> str | None:
+    """The first non-empty line of a caption file, or None when there is none."""
+    try:
+        text = decode_caption(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
+    """Every image of the training (and regularisation) folders, with caption and bucket."""
+    root = resolve_path(base_dir, config.dataset.image_dir)
+    if root is None or not root.is_dir():
+        raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
+    reg_root = resolve_path(base_dir, config.dataset.reg_dir)
+    if reg_root is not None and not reg_root.is_dir():
+        raise LoradeckError(f"dataset.reg_dir: regularisation folder {reg_root} does not exist")
+    assigner = BucketAssigner(BucketRules.from_config(config))
+    dataset = Dataset(root=root, reg_root=reg_root)
+    _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
+    if reg_root is not None:
+        _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
+    return dataset
+
+
+def _scan_root(dataset: Dataset, root: Path, is_reg: bool, caption_ext: str, assigner: BucketAssigner) -> None:
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_file() and is_image_file(entry.name) and not entry.name.startswith("."):
+            dataset.problems.append(
+                DatasetProblem(
+                    Path(entry.path),
+                    "loose_image",
+                    f"{entry.path}: images must be in a <repeats>_<class> subfolder of {root}; not used",
+                )
+            )
+    for entry in entries:
+        if not entry.is_dir() or entry.name.startswith(".") or entry.name == QUARANTINE_DIR:
+            continue
+        parsed = parse_folder_name(entry.name)
+        if parsed is None:
+            dataset.problems.append(
+                DatasetProblem(
+                    Path(entry.path),
+                    "bad_folder_name",
+                    f"{entry.path}: folder name has no <repeats>_ prefix (e.g. '10_{entry.name}'); its images are not used",
+                )
+            )
+            continue
+        repeats, class_tokens = parsed
+        _scan_folder(dataset, Path(entry.path), repeats, class_tokens, is_reg, caption_ext, assigner)
+
+
+def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg: bool,
+                 caption_ext: str, assigner: BucketAssigner) -> None:
+    # dotfiles (macOS `._x.jpg` resource forks, editors' temp files) are never images
+    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith("."))
+    present = set(names)
+    images = captioned = 0
+    for name in names:
+        if not is_image_file(name):
+            continue
+        path = folder / name
+        try:
+            width, height = upright_size(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            dataset.problems.append(DatasetProblem(path, "unreadable", f"{path}: cannot read image ({error})"))
+            continue
+        except Image.DecompressionBombError as error:
+            dataset.problems.append(DatasetProblem(path, "unreadable", f"{path}: {error}"))
+            continue
+        caption_name = Path(name).stem + caption_ext
+        caption_path = folder / caption_name if caption_name in present else None
+        caption = read_caption(caption_path) if caption_path else None
+        if caption:
+            captioned += 1
+        images += 1
+        dataset.items.append(
+            ImageItem(
+                path=path,
+                caption=caption or class_tokens,
+                caption_path=caption_path,
+                width=width,
+                height=height,
+                repeats=repeats,
+                folder=folder.name,
+                class_tokens=class_tokens,
+                is_reg=is_reg,
+                bucket=assigner.bucket_for(width, height),
+            )
+        )
+    if repeats == 0:
+        dataset.problems.append(DatasetProblem(folder, "zero_repeats", f"{folder}: 0 repeats; its images are not used"))
+    dataset.folders.append(FolderInfo(folder, folder.name, repeats, class_tokens, images, captioned, is_reg))
+
+
+def with_bucket(item: ImageItem, bucket: tuple[int, int]) -> ImageItem:
+    return replace(item, bucket=bucket)

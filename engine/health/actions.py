@@ -1,0 +1,67 @@
+"""The three things a user can do about findings, as the CLI and the health screen do them.
+
+    apply_action("fix", root, findings, ".txt")         bake EXIF orientations
+    apply_action("quarantine", root, findings, ".txt")  move files (and captions) aside
+    apply_action("undo", root, [], ".txt")              put everything quarantined back
+
+Each returns one line per file for the user and whether anything failed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import LoradeckError
+from engine.health.report import Finding
+
+
+def apply_action(kind: str, root: Path, findings: list[Finding], caption_extension: str) -> tuple[list[str], bool]:
+    if kind == "fix":
+        return fix_findings(root, findings)
+    if kind == "quarantine":
+        return quarantine_findings(root, findings, caption_extension)
+    if kind == "undo":
+        return undo(root)
+    raise ValueError(f"unknown health action {kind!r}")
+
+
+def fix_findings(root: Path, findings: list[Finding]) -> tuple[list[str], bool]:
+    from engine.health.exif_fix import fix_orientation
+
+    lines, failed = [], False
+    for item in findings:
+        if item.code != "exif_rotated":
+            lines.append(f"not fixed {item.path}: {item.code} has no automatic fix")
+            continue
+        try:
+            fixed = fix_orientation(root, item.path)
+        except LoradeckError as error:
+            lines.append(f"not fixed: {error}")
+            failed = True
+            continue
+        lines.append(f"fixed {item.path}: {fixed.note}; original kept as {fixed.original}")
+    return lines, failed
+
+
+def quarantine_findings(root: Path, findings: list[Finding], caption_extension: str) -> tuple[list[str], bool]:
+    from engine.dataset.quarantine import quarantine_files
+
+    lines = [f"not moved: folder {item.path} has no <repeats>_ prefix; rename it"
+             for item in findings if item.code == "bad_folder_name"]
+    movable = [(item.path, item.code) for item in findings if item.code != "bad_folder_name"]
+    try:
+        entries = quarantine_files(root, movable, caption_extension)
+    except LoradeckError as error:
+        return lines + [str(error)], True
+    return [f"moved {entry.path} -> {entry.stored}" for entry in entries] + lines, False
+
+
+def undo(root: Path) -> tuple[list[str], bool]:
+    from engine.dataset.quarantine import undo_quarantine
+
+    try:
+        result = undo_quarantine(root)
+    except LoradeckError as error:
+        return [str(error)], True
+    lines = [f"restored {path}" for path in result.restored]
+    lines += [f"not restored {path}: {why}" for path, why in result.skipped]
+    return lines or ["nothing in the quarantine"], bool(result.skipped)

@@ -1,0 +1,115 @@
+"""What a health scan reports: the finding codes, a finding, the report, the rules it
+checks against and the files it saw. Shared by the scan and the dataset-wide checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config.schema import TrainConfig, parse_resolution
+from engine.health.image_checks import MAX_PIXELS
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    severity: str
+    title: str
+
+
+# Every finding code, in the order reports list them.
+CHECKS: dict[str, Check] = {check.code: check for check in (
+    Check("corrupt", ERROR, "Corrupt or truncated"),
+    Check("unreadable", ERROR, "Not a usable image"),
+    Check("too_large", ERROR, "Too large to decode"),
+    Check("bad_folder_name", ERROR, "Folder without <repeats>_"),
+    Check("exif_rotated", WARNING, "EXIF-rotated"),
+    Check("low_resolution", WARNING, "Low resolution"),
+    Check("duplicate", WARNING, "Duplicate"),
+    Check("animated", WARNING, "Animated"),
+    Check("missing_caption", WARNING, "Missing caption"),
+    Check("empty_caption", WARNING, "Empty caption"),
+    Check("near_duplicate", INFO, "Near-duplicate"),
+    Check("blurry", INFO, "Blurry"),
+    Check("color_mode", INFO, "Unusual colour mode"),
+    Check("alpha", INFO, "Transparency"),
+    Check("orphan_caption", INFO, "Caption without image"),
+)}
+CODE_ORDER = {code: index for index, code in enumerate(CHECKS)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str  # relative to the scanned root, with forward slashes
+    code: str
+    severity: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"path": self.path, "code": self.code, "severity": self.severity, "message": self.message}
+
+
+def finding(path: str, code: str, message: str) -> Finding:
+    return Finding(path, code, CHECKS[code].severity, message)
+
+
+@dataclass
+class ScanReport:
+    root: Path
+    images: int
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.findings:
+            counts[item.code] = counts.get(item.code, 0) + 1
+        return {code: counts[code] for code in CHECKS if code in counts}
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [item for item in self.findings if item.severity == ERROR]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "images": self.images,
+            "findings": [item.as_json() for item in self.findings],
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    resolution: tuple[int, int] = (512, 512)
+    enable_buckets: bool = True
+    min_bucket_side: int = 256
+    caption_extension: str = ".txt"
+    kohya_layout: bool = True  # subfolders must be named <repeats>_<class tokens>
+    max_pixels: int = MAX_PIXELS
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, *, kohya_layout: bool) -> "ScanSettings":
+        data = config.dataset
+        try:
+            resolution = parse_resolution(data.resolution)
+        except ValueError:
+            resolution = parse_resolution(TrainConfig().dataset.resolution)
+        return cls(
+            resolution=resolution,
+            enable_buckets=data.enable_buckets,
+            min_bucket_side=data.min_bucket_resolution,
+            caption_extension=config.captions.caption_extension,
+            kohya_layout=kohya_layout,
+        )
+
+
+@dataclass
+class DatasetFiles:
+    images: list[str] = field(default_factory=list)  # relative paths, sorted
+    captions: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)  # direct subfolders of the root
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)

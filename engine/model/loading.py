@@ -1,0 +1,174 @@
+"""Load the base model a LoRA trains on: a diffusers folder, a single file, or a hub id.
+
+    load_base_model(config, base_dir, device=..., dtype=...) -> BaseModel
+
+The frozen weights are cast to `dtype` (the mixed-precision type on a GPU, fp32 on the
+CPU); the VAE stays in fp32 under fp16, where SD's VAE overflows. A local folder or file
+never touches the network (`local_files_only`); a hub id does, the first time. Anything a
+user can get wrong (a missing path, a `.ckpt` not allowed, an unreadable file) becomes one
+`LoradeckError` line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config.schema import TrainConfig, resolve_path
+from engine.errors import LoradeckError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class BaseModel:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any  # DDPMScheduler with the model's betas, for training
+    name: str  # what metadata and sample files call it: file stem, folder name or hub id
+    source: str  # resolved path or hub id
+
+
+def looks_like_hub_id(value: str) -> bool:
+    return bool(_HUB_ID.match(value)) and not value.endswith(SINGLE_FILE_SUFFIXES)
+
+
+def model_display_name(value: str) -> str:
+    text = value.rstrip("/\\")
+    name = Path(text).name or text
+    for suffix in SINGLE_FILE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name if not looks_like_hub_id(value) else value
+
+
+def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, dtype: torch.dtype) -> BaseModel:
+    value = config.model.pretrained_model.strip()
+    if not value:
+        raise LoradeckError("model.pretrained_model: no base model given (a folder, .safetensors file or hub id)")
+    path = resolve_path(base_dir, value)
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    if path is not None and path.is_dir():
+        parts = _load_diffusers(str(path), local_only=True, dtype=dtype, vae_dtype=vae_dtype)
+        source = str(path)
+    elif path is not None and path.is_file():
+        parts = _load_single_file(path, config, dtype)
+        source = str(path)
+    elif looks_like_hub_id(value) and not Path(value).expanduser().is_absolute():
+        parts = _load_diffusers(value, local_only=False, dtype=dtype, vae_dtype=vae_dtype)
+        source = value
+    else:
+        raise LoradeckError(f"model.pretrained_model: {path} does not exist")
+
+    if config.model.vae.strip():
+        base_folder = path if path is not None and path.is_dir() else None
+        parts["vae"] = load_vae_override(
+            resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
+        )
+
+    for part, wanted in (("unet", dtype), ("text_encoder", dtype), ("vae", vae_dtype)):
+        module = parts[part]
+        if module.dtype != wanted:
+            module.to(dtype=wanted)
+        module.to(device)
+    for module in (parts["unet"], parts["text_encoder"], parts["vae"]):
+        module.requires_grad_(False)
+    return BaseModel(
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        noise_scheduler=training_scheduler(parts["scheduler"].config, config.model.v_parameterization),
+        name=model_display_name(value),
+        source=source,
+    )
+
+
+def training_scheduler(scheduler_config: Any, v_parameterization: bool) -> Any:
+    """A DDPM scheduler with the model's noise schedule (what sd-scripts trains with)."""
+    from diffusers import DDPMScheduler
+
+    overrides: dict[str, Any] = {"clip_sample": False}
+    if v_parameterization:
+        overrides["prediction_type"] = "v_prediction"
+    return DDPMScheduler.from_config(scheduler_config, **overrides)
+
+
+def _load_diffusers(source: str, *, local_only: bool, dtype: torch.dtype, vae_dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if local_only and not (Path(source) / "unet").is_dir():
+        raise LoradeckError(f"model.pretrained_model: {source} is not a diffusers model folder (no unet/ inside)")
+    loaders = {
+        "unet": lambda: UNet2DConditionModel.from_pretrained(
+            source, subfolder="unet", local_files_only=local_only, torch_dtype=dtype
+        ),
+        "vae": lambda: AutoencoderKL.from_pretrained(
+            source, subfolder="vae", local_files_only=local_only, torch_dtype=vae_dtype
+        ),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", local_files_only=local_only, dtype=dtype
+        ),
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only),
+        "scheduler": lambda: DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only),
+    }
+    parts = {}
+    for part, load in loaders.items():
+        try:
+            parts[part] = load()
+        except (OSError, ValueError) as error:
+            hint = "" if local_only else " (is the server online and the id right? a local folder or file needs no network)"
+            raise LoradeckError(f"model.pretrained_model: cannot load the {part} of {source}: {_first_line(error)}{hint}") from None
+    return parts
+
+
+def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> dict[str, Any]:
+    allow_ckpt = config.model.allow_ckpt
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise LoradeckError(f"model.pretrained_model: {path} is neither a folder, a .safetensors nor a .ckpt file")
+    if path.suffix.lower() == ".ckpt" and not allow_ckpt:
+        raise LoradeckError(
+            f"model.pretrained_model: {path} is a .ckpt (pickle) file; convert it to .safetensors or set "
+            "model.allow_ckpt = true to load it with torch's weights-only loader"
+        )
+    from engine.model.single_file import load_single_file
+
+    prediction = "v_prediction" if config.model.v_parameterization else None
+    # fp16 comes later, for the U-Net and CLIP only: the VAE stays fp32 (see load_base_model)
+    load_dtype = torch.float32 if dtype == torch.float16 else dtype
+    return load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None, prediction_type=prediction, dtype=load_dtype)
+
+
+def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt: bool) -> Any:
+    """A VAE from a diffusers folder or a single file (engine.model.single_file reads its layouts).
+
+    A file's VAE is built with the base model's VAE config when the base is a diffusers
+    folder, else with SD1.5's (every SD1.x/2.x VAE has that shape).
+    """
+    from diffusers import AutoencoderKL
+
+    if path is None or not path.exists():
+        raise LoradeckError(f"model.vae: {path} does not exist")
+    if path.is_dir():
+        subfolder = "vae" if (path / "vae").is_dir() else None
+        try:
+            return AutoencoderKL.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise LoradeckError(f"model.vae: cannot load {path}: {_first_line(error)}") from None
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise LoradeckError(f"model.vae: {path} must be a diffusers folder, a .safetensors or a .ckpt file")
+    from engine.model.single_file import load_single_file_vae
+
+    config_dir = base_folder if base_folder is not None and (base_folder / "vae" / "config.json").is_file() else None
+    return load_single_file_vae(path, allow_ckpt=allow_ckpt, config_dir=config_dir)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,119 @@
+"""The shapes of the models a config trains: U-Net and text-encoder configs, the frozen
+parameter counts and the LoRA's parameter count. Read from a local diffusers folder when
+there is one (configs and safetensors headers only, no tensor), else SD1.5's or SD2's.
+Below both the plan and the VRAM estimate. Light module: no torch import.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from engine.config.schema import TrainConfig, resolve_path
+
+# Parameters of the frozen parts (SD1.5 and SD2.x; the LoRA comes from engine.plan.training_plan)
+PARAMETERS = {
+    "sd15": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
+    "sd2": {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
+}
+SD15_UNET = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "transformer_layers_per_block": 1,
+}
+SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
+SD2_OVERRIDES = ({"cross_attention_dim": 1024}, {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23})
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
+    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's)."""
+    folder = resolve_path(base_dir, config.model.pretrained_model)
+    unet = _read_json(folder / "unet" / "config.json") if folder and folder.is_dir() else None
+    text = _read_json(folder / "text_encoder" / "config.json") if folder and folder.is_dir() else None
+    if unet is None or text is None:
+        unet, text = dict(SD15_UNET), dict(SD15_TEXT)
+        if config.model.v2:
+            unet.update(SD2_OVERRIDES[0])
+            text.update(SD2_OVERRIDES[1])
+    return unet, text
+
+
+def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
+    """(LoRA parameters, LoRA modules) for the config's base model and rank."""
+    rank = config.network.rank
+    unet, text = model_configs(config, base_dir)
+    shapes: list[tuple[int, int]] = []  # (in_features, out_features) of every adapted layer
+    if config.network.train_unet:
+        context = unet.get("cross_attention_dim", 768)
+        if isinstance(context, list):
+            context = context[0]
+        depth = unet.get("transformer_layers_per_block", 1)
+        depth = depth[0] if isinstance(depth, list) else depth
+        channels = unet["block_out_channels"]
+        per_block = unet.get("layers_per_block", 2)
+        per_block = per_block[0] if isinstance(per_block, list) else per_block
+        widths: list[int] = []
+        for index, kind in enumerate(unet["down_block_types"]):
+            if "CrossAttn" in kind:
+                widths += [channels[index]] * per_block
+        if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+            widths.append(channels[-1])
+        for index, kind in enumerate(unet["up_block_types"]):
+            if "CrossAttn" in kind:
+                widths += [list(reversed(channels))[index]] * (per_block + 1)
+        for width in widths:
+            shapes += [(width, width), (width, width)]  # proj_in, proj_out
+            for _ in range(depth):
+                shapes += [(width, width)] * 4  # self-attention q, k, v, out
+                shapes += [(width, width), (context, width), (context, width), (width, width)]  # cross-attention
+                shapes += [(width, width * 8), (width * 4, width)]  # GEGLU feed-forward
+    if config.network.train_text_encoder:
+        hidden, inner = text["hidden_size"], text["intermediate_size"]
+        for _ in range(text["num_hidden_layers"]):
+            shapes += [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
+    parameters = sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
+    return parameters, len(shapes)
+
+
+def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:
+    """Parameters of the U-Net, text encoder and VAE: read from the safetensors headers of a
+    local diffusers folder (no tensor is loaded), else SD1.5's or SD2's."""
+    counts = dict(PARAMETERS["sd2" if config.model.v2 else "sd15"])
+    folder = resolve_path(base_dir or ".", config.model.pretrained_model.strip())
+    if folder is None or not folder.is_dir():
+        return counts
+    for part in counts:
+        files = sorted((folder / part).glob("*.safetensors"))
+        plain = [file for file in files if file.name.count(".") == 1]  # not the .fp16 variants
+        try:
+            found = sum(_safetensors_parameters(file) for file in (plain or files))
+        except (OSError, ValueError):
+            continue
+        if found:
+            counts[part] = found
+    return counts
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Elements in a .safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a safetensors file ({error})") from error

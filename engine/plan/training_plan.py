@@ -1,0 +1,143 @@
+"""What a run will do before it starts: images, repeats, buckets, steps, checkpoints, file size.
+
+The plan is computed from a config and its dataset and never changes the config. The
+trainer counts batches exactly as planned here: one bucket per batch, ceil per bucket,
+ceil(batches / gradient accumulation) optimizer steps per epoch.
+
+Light module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.dataset.buckets import batches_in_bucket
+from engine.config.schema import TrainConfig
+from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.plan.model_shapes import lora_parameter_count
+from engine.plan.vram import VramEstimate, estimate_vram
+
+BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    name: str
+    path: str
+    repeats: int
+    images: int
+    captioned: int
+    instances: int
+    is_reg: bool
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    width: int
+    height: int
+    count: int  # image instances per epoch (repeats and regularisation included)
+    batches: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    folders: list[FolderPlan]
+    images: int
+    image_repeats: int
+    reg_images: int
+    reg_instances: int
+    buckets: list[BucketPlan]
+    batch_size: int
+    gradient_accumulation_steps: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    checkpoints: list[dict[str, int]]
+    lora_file_bytes: int
+    lora_parameters: int
+    vram_estimate: VramEstimate
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["effective_batch"] = self.effective_batch
+        return data
+
+
+def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None = None) -> Plan:
+    if dataset is None:
+        dataset = scan_dataset(config, base_dir)
+    instances = dataset.training_instances()
+    batch_size = config.training.batch_size
+    accumulation = config.training.gradient_accumulation_steps
+
+    bucket_counts: dict[tuple[int, int], int] = {}
+    for item in instances:
+        bucket_counts[item.bucket] = bucket_counts.get(item.bucket, 0) + 1
+    buckets = [
+        BucketPlan(w, h, count, batches_in_bucket(count, batch_size))
+        for (w, h), count in sorted(bucket_counts.items())
+    ]
+    batches_per_epoch = sum(b.batches for b in buckets)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    if config.training.max_steps:
+        total_steps = config.training.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+    else:
+        epochs = config.training.epochs
+        total_steps = epochs * steps_per_epoch
+
+    reg_instances = sum(1 for item in instances if item.is_reg)
+    folders = [_folder_plan(folder, instances) for folder in dataset.folders]
+    parameters, modules = lora_parameter_count(config, base_dir)
+    value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
+    # tensors plus the safetensors header (about 160 bytes of JSON per tensor, 3 tensors
+    # per module, plus ~2 KiB of ss_* metadata)
+    file_bytes = parameters * value_bytes + modules * value_bytes + modules * 3 * 160 + 2048
+    return Plan(
+        folders=folders,
+        images=len(dataset.train_items),
+        image_repeats=len(instances) - reg_instances,
+        reg_images=len(dataset.reg_items),
+        reg_instances=reg_instances,
+        buckets=buckets,
+        batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=epochs,
+        checkpoints=checkpoint_schedule(config, steps_per_epoch, total_steps, epochs),
+        lora_file_bytes=file_bytes,
+        lora_parameters=parameters,
+        vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
+        problems=[problem.message for problem in dataset.problems],
+    )
+
+
+def _folder_plan(folder: FolderInfo, instances) -> FolderPlan:
+    count = sum(1 for item in instances if item.path.parent == folder.path)
+    return FolderPlan(folder.name, str(folder.path), folder.repeats, folder.images, folder.captioned, count, folder.is_reg)
+
+
+def checkpoint_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int, epochs: int) -> list[dict[str, int]]:
+    """Every LoRA file the run will write, as {"epoch", "step"}; the last is the final one."""
+    saving = config.saving
+    points: dict[int, int] = {}
+    if saving.save_every_n_epochs:
+        for epoch in range(saving.save_every_n_epochs, epochs + 1, saving.save_every_n_epochs):
+            step = min(epoch * steps_per_epoch, total_steps)
+            points[step] = epoch
+    if saving.save_every_n_steps:
+        for step in range(saving.save_every_n_steps, total_steps + 1, saving.save_every_n_steps):
+            points.setdefault(step, math.ceil(step / steps_per_epoch) if steps_per_epoch else 0)
+    if total_steps:
+        points[total_steps] = epochs
+    return [{"epoch": epoch, "step": step} for step, epoch in sorted(points.items())]

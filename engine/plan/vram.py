@@ -1,0 +1,145 @@
+"""How much GPU memory a config needs, before it runs, and what to change when it runs out.
+
+    estimate_vram(config, base_dir) -> VramEstimate      .total_gb, .card_gb, .summary()
+    out_of_memory_advice(config, run_dir, step) -> str    the one-line error for a CUDA OOM
+
+The peak of a LoRA step is the frozen weights, the LoRA's fp32 weights with their
+gradients and optimizer state, and the larger of two transients: the activations the
+backward pass needs, or the VAE encoding a batch (when latents are not cached, and while
+they are being cached). In GiB (2^30 bytes):
+
+    weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16);
+                 counted from a local diffusers folder's safetensors headers, else SD1.5's/SD2's
+    LoRA         LoRA parameters × (4 weight + 4 gradient + optimizer state bytes)
+    activations  batch × (width × height / 512²) × (ACTIVATIONS_PER_IMAGE + rank × PER_RANK)
+                 + text-encoder activations per 75-token window when it trains (fp32: × 2)
+    total        (weights + LoRA + max(activations, VAE encoding)) × (1 + WORKSPACE)
+    card         total + CUDA_CONTEXT: what nvidia-smi shows at the peak, about
+
+Activation constants were measured on SD1.5's real architecture: every tensor the step
+allocates was tracked until freed (a TorchDispatchMode on the meta device, so no memory
+and no GPU) while the U-Net ran forward and backward under CUDA autocast's bf16 rules
+with a flash-attention stand-in that keeps what the real kernel keeps (q, k, v, output,
+log-sum-exp). `python bench/train_speed.py --memory-model` repeats the measurement.
+They scale with the pixels (flash attention is linear in tokens): 512² and 768² agree
+within 1%. A model of another width (the tiny test model) scales them by its U-Net's first
+block channels over SD's 320 and its text encoder's width over 768, a rough rule; every
+SD1.x model has exactly SD's widths. `bench/train_speed.py` prints its measured peak
+(`max_memory_allocated`) next to this estimate: that is how the constants get checked on
+a GPU (not yet done: see docs/speed.md).
+
+Light module: no torch import.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.plan.model_shapes import frozen_parameters, lora_parameter_count, model_configs
+
+GIB = 2**30
+
+BYTES = {"no": 4, "fp16": 2, "bf16": 2}
+
+# GiB per 512×512 image at bf16/fp16 (measured, see above); fp32 activations are twice as large
+ACTIVATIONS_PER_IMAGE = {False: 1.26, True: 0.32}  # keyed by gradient checkpointing
+ACTIVATIONS_PER_RANK = 0.0003  # the LoRA's own intermediate (x · down) per rank
+TEXT_ENCODER_PER_WINDOW = 0.037  # CLIP-L activations per 77-token window and image, when it trains
+VAE_ENCODE_PER_IMAGE = 0.44  # encoder transient (no gradients) per 512² image
+
+# Optimizer state in bytes per LoRA parameter (fp32 unless the optimizer says otherwise)
+OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Adafactor": 1, "Prodigy": 16, "Lion": 4, "SGD": 4}
+
+WORKSPACE = 0.05  # cuDNN and attention workspaces, allocated through PyTorch's allocator
+CUDA_CONTEXT = 0.7  # CUDA context plus the allocator's cached-but-free blocks, not in max_memory_allocated
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    weights_gb: float
+    lora_gb: float
+    activations_gb: float
+    vae_encode_gb: float
+    total_gb: float  # comparable to torch.cuda.max_memory_allocated()
+    card_gb: float  # a card needs at least this much memory
+
+    def as_json(self) -> dict[str, float]:
+        return {key: round(value, 3) for key, value in asdict(self).items()}
+
+    def summary(self) -> str:
+        return (f"about {_gib(self.total_gb)} GiB at the peak (weights {_gib(self.weights_gb)}, LoRA and optimizer "
+                f"{_gib(self.lora_gb)}, activations {_gib(max(self.activations_gb, self.vae_encode_gb))}); "
+                f"needs a GPU with {math.ceil(self.card_gb)} GB or more")
+
+
+def _gib(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def largest_image(config) -> tuple[int, int]:
+    """Width and height of the largest bucket the config allows (buckets keep the area)."""
+    from engine.config.schema import parse_resolution
+
+    return parse_resolution(config.dataset.resolution)
+
+
+def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | None = None,
+                  height: int | None = None, batch_size: int | None = None,
+                  lora_parameters: int | None = None) -> VramEstimate:
+    """Peak GPU memory of a training step for `config` (its largest image unless given).
+
+    `lora_parameters` saves counting them again when the caller (the plan) already has.
+    """
+    precision = config.precision.mixed_precision
+    counts = frozen_parameters(config, base_dir)
+    unet_config, text_config = model_configs(config, base_dir or ".")
+    channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x U-Net
+    weight_bytes = BYTES[precision]
+    vae_bytes = 4 if precision == "fp16" else weight_bytes  # SD's VAE overflows in fp16
+    weights = (counts["unet"] + counts["text_encoder"]) * weight_bytes + counts["vae"] * vae_bytes
+
+    if lora_parameters is None:
+        lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
+    state_bytes = OPTIMIZER_STATE_BYTES.get(config.optimizer.optimizer, 8)
+    lora = lora_parameters * (4 + 4 + state_bytes)
+
+    if width is None or height is None:
+        width, height = largest_image(config)
+    batch = batch_size or config.training.batch_size
+    images = batch * width * height / 512**2
+    scale = 2.0 if precision == "no" else 1.0
+    checkpointing = config.precision.gradient_checkpointing
+    activations = images * channels * (ACTIVATIONS_PER_IMAGE[checkpointing] + config.network.rank * ACTIVATIONS_PER_RANK)
+    trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
+    if trains_text_encoder:
+        windows = config.captions.max_token_length // 75
+        activations += batch * windows * TEXT_ENCODER_PER_WINDOW * text_config.get("hidden_size", 768) / 768
+    activations *= scale * GIB
+    vae_encode = images * channels * VAE_ENCODE_PER_IMAGE * scale * GIB  # also while latents are being cached
+
+    total = (weights + lora + max(activations, vae_encode)) * (1 + WORKSPACE) / GIB
+    return VramEstimate(
+        weights_gb=weights / GIB, lora_gb=lora / GIB, activations_gb=activations / GIB,
+        vae_encode_gb=vae_encode / GIB, total_gb=total, card_gb=total + CUDA_CONTEXT,
+    )
+
+
+def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
+    """One line for a CUDA out-of-memory: what ran out, the estimate, and what to change."""
+    estimate = estimate_vram(config, run_dir)
+    precision = config.precision
+    changes = []
+    if config.training.batch_size > 1:
+        changes.append(f"lower training.batch_size (now {config.training.batch_size}; "
+                       "gradient_accumulation_steps keeps the effective batch)")
+    if not precision.gradient_checkpointing:
+        changes.append("turn on precision.gradient_checkpointing (about 4x less activation memory, ~25% slower)")
+    changes.append(f"lower dataset.resolution (now {config.dataset.resolution})")
+    if config.network.rank > 16:
+        changes.append(f"lower network.rank (now {config.network.rank})")
+    if precision.mixed_precision == "no":
+        changes.append("use precision.mixed_precision = bf16 (or fp16)")
+    where = f"at step {step + 1}" if step else "before the first step finished"
+    return (f"out of GPU memory {where}: the estimate for this config is {_gib(estimate.total_gb)} GiB; "
+            + "; ".join(changes))

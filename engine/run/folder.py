@@ -1,0 +1,371 @@
+"""The run folder: its layout, the engine's pid file, control requests and run status.
+
+    runs/<output_name>/
+      config.toml    frozen config (absolute paths)
+      events.jsonl   engine.run.events
+      engine.log     the engine's stdout/stderr
+      engine.pid     {"pid", "start_ticks", "started", "host"} while the engine lives
+      control/       request files: stop, save, sample (the engine removes them when done)
+      samples/ checkpoints/ state/ tb/
+
+Light module: the TUI reads runs through it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engine.atomic import atomic_write_text
+from engine.run.events import EVENTS_FILE, EventTail, _json_safe, as_float, parse_lines
+
+CONFIG_FILE = "config.toml"
+LOG_FILE = "engine.log"
+PID_FILE = "engine.pid"
+CONTROL_DIR = "control"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_DIR = "state"
+TENSORBOARD_DIR = "tb"
+
+CONTROL_REQUESTS = ("stop", "save", "sample")
+
+# statuses
+RUNNING = "running"
+FINISHED = "finished"
+STOPPED = "stopped"
+FAILED = "failed"
+CRASHED = "crashed"
+STARTING = "starting"
+
+
+class RunDir:
+    """Paths of one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / PID_FILE
+
+    @property
+    def control(self) -> Path:
+        return self.path / CONTROL_DIR
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    def create(self) -> None:
+        for folder in (self.path, self.control, self.samples, self.checkpoints, self.state):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def is_run(self) -> bool:
+        return self.config.exists() or self.events.exists()
+
+    # ---- engine process
+
+    def write_pid(self, pid: int | None = None) -> None:
+        pid = os.getpid() if pid is None else pid
+        record = {
+            "pid": pid,
+            "start_ticks": process_start_ticks(pid),
+            "started": time.time(),
+            "host": socket.gethostname(),
+        }
+        atomic_write_text(self.pid_file, json.dumps(record))
+
+    def clear_pid(self) -> None:
+        try:
+            record = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return
+        if record.get("pid") == os.getpid():
+            self.pid_file.unlink(missing_ok=True)
+
+    def read_pid(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+    def engine_alive(self) -> bool:
+        """True while the engine that wrote engine.pid still runs (pid reuse is detected)."""
+        record = self.read_pid()
+        if record is None:
+            return False
+        if record.get("host") not in (None, socket.gethostname()):
+            return True  # another machine's engine on a shared disk: trust the file
+        ticks = process_start_ticks(record["pid"])
+        if ticks is None:
+            return False
+        expected = record.get("start_ticks")
+        return expected is None or expected == ticks
+
+    # ---- control requests
+
+    def request(self, action: str) -> Path:
+        """Ask the engine to stop, save or sample at its next step boundary."""
+        if action not in CONTROL_REQUESTS:
+            raise ValueError(f"unknown request {action!r}; expected one of {CONTROL_REQUESTS}")
+        self.control.mkdir(parents=True, exist_ok=True)
+        path = self.control / action
+        atomic_write_text(path, json.dumps({"requested": time.time(), "by": os.getpid()}))
+        return path
+
+    def pending_requests(self) -> list[str]:
+        """Requests waiting for the engine (cheap: one listdir)."""
+        try:
+            names = os.listdir(self.control)
+        except FileNotFoundError:
+            return []
+        return [name for name in CONTROL_REQUESTS if name in names]
+
+    def clear_request(self, action: str) -> None:
+        (self.control / action).unlink(missing_ok=True)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), or None if it is gone.
+
+    Comparing it with the recorded value tells our engine from a new process that got
+    the same pid. Elsewhere, falls back to "the pid exists".
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _pid_exists(pid)
+    # the command name (field 2) may contain spaces and parentheses; fields after it are fixed
+    after_name = stat.rsplit(")", 1)[-1].split()
+    if after_name and after_name[0] == "Z":
+        return None  # a zombie has finished
+    try:
+        return int(after_name[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_exists(pid: int) -> int | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return 0
+    return 0
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass
+class RunSummary:
+    """What the runs list shows for one run, folded from its events."""
+
+    path: Path
+    name: str
+    status: str = STARTING
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    loss: float | None = None
+    loss_avg: float | None = None
+    steps_per_s: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    last_time: float | None = None
+    message: str = ""
+    checkpoints: int = 0
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        end = self.ended if self.ended is not None else (time.time() if self.status == RUNNING else self.last_time)
+        return None if end is None else max(0.0, end - self.started)
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-ready; a NaN loss is the string "nan", as in events.jsonl."""
+        return _json_safe({
+            "path": str(self.path),
+            "name": self.name,
+            "status": self.status,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "progress": round(self.progress, 4),
+            "loss": self.loss,
+            "loss_avg": self.loss_avg,
+            "steps_per_s": self.steps_per_s,
+            "started": self.started,
+            "duration": self.duration,
+            "message": self.message,
+            "checkpoints": self.checkpoints,
+        })
+
+
+def fold_event(summary: RunSummary, event: dict[str, Any]) -> None:
+    """Update a summary with one event (unknown types are ignored)."""
+    kind = event.get("type")
+    when = as_float(event.get("time"))
+    if when is not None:
+        summary.last_time = when
+    if kind == "run_start":
+        plan = event.get("plan") or {}
+        summary.total_steps = int(plan.get("total_steps") or 0)
+        summary.epochs = int(plan.get("epochs") or 0)
+        summary.step = int(event.get("start_step") or 0)
+        summary.status = RUNNING
+        summary.ended = None
+        if summary.started is None:
+            summary.started = when
+    elif kind == "step":
+        summary.step = int(event.get("step") or summary.step)
+        summary.epoch = int(event.get("epoch") or summary.epoch)
+        summary.loss = as_float(event.get("loss"))
+        summary.loss_avg = as_float(event.get("loss_avg"))
+        summary.steps_per_s = as_float(event.get("steps_per_s"))
+    elif kind == "epoch_end":
+        summary.epoch = int(event.get("epoch") or summary.epoch)
+    elif kind == "checkpoint" and event.get("kind", "lora") == "lora":
+        summary.checkpoints += 1
+    elif kind == "error":
+        summary.message = str(event.get("message", ""))
+    elif kind == "run_end":
+        summary.status = str(event.get("status", FINISHED))
+        summary.ended = when
+        summary.step = int(event.get("step") or summary.step)
+        if event.get("message"):
+            summary.message = str(event["message"])
+
+
+def resolve_status(run: RunDir, folded_status: str) -> str:
+    """The status events say, corrected by the pid file: no run end + no engine = crashed."""
+    if folded_status not in (RUNNING, STARTING):
+        return folded_status
+    if run.engine_alive():
+        return RUNNING
+    if folded_status == RUNNING or run.events.exists() or run.pid_file.exists():
+        return CRASHED
+    return folded_status
+
+
+class RunFollower:
+    """Keeps one run's summary current by folding only the events appended since last time.
+
+    A runs list that refreshes every few seconds must not re-read a 100,000-step
+    events file each time; `refresh()` costs one stat when nothing was appended.
+    """
+
+    def __init__(self, path: str | Path):
+        self.run = RunDir(path)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tail = EventTail(self.run.events)
+        self._folded = RunSummary(path=self.run.path, name=self.run.name)
+        self._identity: tuple[int, int] | None = None
+
+    def refresh(self) -> RunSummary:
+        try:
+            stat = self.run.events.stat()
+        except FileNotFoundError:
+            stat = None
+        if stat is not None:
+            identity = (stat.st_dev, stat.st_ino)
+            if self._identity not in (None, identity) or stat.st_size < self._tail.offset:
+                self._reset()  # the file was replaced: fold it again from the start
+            self._identity = identity
+            for event in _summary_events(self._tail):
+                fold_event(self._folded, event)
+        return replace(self._folded, status=resolve_status(self.run, self._folded.status))
+
+
+_STEP_MARK = b'"type":"step"'
+
+
+def _summary_events(tail: EventTail) -> list[dict[str, Any]]:
+    """The appended events a summary needs: all but steps, and the last step of each run
+    of steps (a summary keeps only the newest step's numbers, so it is exact). Skipping
+    the JSON of the other steps makes a 100,000-step run list in a few milliseconds."""
+    data = tail.read_new_lines()
+    if _STEP_MARK not in data:
+        return parse_lines(data)[0]
+    kept: list[bytes] = []
+    pending_step = None
+    for line in data.splitlines():
+        # the writer puts "type" right after v, seq and time: look only there, so a
+        # config value that happens to read "type":"step" is not taken for a step
+        if _STEP_MARK in line[:96]:
+            pending_step = line
+            continue
+        if pending_step is not None:
+            kept.append(pending_step)
+            pending_step = None
+        kept.append(line)
+    if pending_step is not None:
+        kept.append(pending_step)
+    events, damaged = parse_lines(b"\n".join(kept))
+    tail.skipped_lines += damaged
+    return events
+
+
+def summarize_run(path: str | Path) -> RunSummary:
+    """Status and progress of a run folder, from its events and engine.pid.
+
+    A run without a run-end event whose engine is gone is `crashed`.
+    """
+    return RunFollower(path).refresh()
+
+
+def list_runs(runs_dir: str | Path) -> list[RunSummary]:
+    """Every run folder under `runs_dir`, newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [summarize_run(child) for child in root.iterdir() if child.is_dir() and RunDir(child).is_run()]
+    runs.sort(key=lambda run: run.started or 0.0, reverse=True)
+    return runs

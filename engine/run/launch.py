@@ -1,0 +1,167 @@
+"""Start a training run: make its folder, freeze its config, start the engine process.
+
+    start_training(config_path, detach=True) -> run folder
+    start_training(None, resume=run_folder)   -> the same folder, continued
+
+The engine (`python -m engine.train.process RUN_DIR`) runs in its own session with its
+stdout and stderr in the run's engine.log, so closing the terminal or losing SSH does not
+end it. Light module: no torch; the TUI starts runs through it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+from engine.config.schema import TrainConfig, load_config, resolve_path, save_config, with_absolute_paths
+from engine.errors import LoradeckError
+from engine.run.events import read_events
+from engine.run.folder import RunDir
+
+
+def run_folder_for(config: TrainConfig, base_dir: Path) -> Path:
+    output_dir = resolve_path(base_dir, config.saving.output_dir) or base_dir
+    return output_dir / config.saving.output_name
+
+
+def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = None) -> RunDir:
+    """A run folder with its frozen config, ready for the engine. Refuses to overwrite a run."""
+    if resume is not None:
+        run = RunDir(Path(resume).expanduser().resolve())
+        if not run.config.is_file():
+            raise LoradeckError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
+        if run.engine_alive():
+            raise LoradeckError(f"{run.path}: its engine is still running (pid {run.read_pid()['pid']})")
+        if config_path is not None:
+            # new settings for the rest of the run (say, more epochs), frozen in place of the old
+            path = Path(config_path).expanduser().resolve()
+            save_config(with_absolute_paths(load_config(path), path.parent), run.config)
+        else:
+            load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
+        return run
+    if config_path is None:
+        raise LoradeckError("a config file is needed to start a run (or --resume RUN_DIR)")
+    path = Path(config_path).expanduser().resolve()
+    config = load_config(path)
+    check_local_paths(config, path.parent)
+    run = RunDir(run_folder_for(config, path.parent))
+    if run.is_run():
+        raise LoradeckError(
+            f"{run.path} already holds a run; continue it with --resume {run.path}, "
+            "or choose another saving.output_name"
+        )
+    try:
+        run.create()
+    except OSError as error:  # saving.output_dir is a file, read-only, or on a missing mount
+        raise LoradeckError(
+            f"saving.output_dir: cannot create the run folder {run.path} ({error.strerror or error})"
+        ) from None
+    save_config(with_absolute_paths(config, path.parent), run.config)
+    return run
+
+
+def _looks_local(value: str) -> bool:
+    """A path rather than a hub id (`owner/name`)."""
+    return value.startswith(("/", ".", "~")) or Path(value).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
+    """Refuse to start (before a run folder takes the name) when a local file is missing."""
+    for key, value in (("model.pretrained_model", config.model.pretrained_model), ("model.vae", config.model.vae)):
+        resolved = resolve_path(base_dir, value.strip())
+        if resolved is not None and _looks_local(value.strip()) and not resolved.exists():
+            raise LoradeckError(f"{key}: {resolved} does not exist")
+    image_dir = resolve_path(base_dir, config.dataset.image_dir)
+    if image_dir is None or not image_dir.is_dir():
+        raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
+    if config.sampling.prompts_file.strip():
+        # A typo here would otherwise surface only as a warning once the first samples are due.
+        from engine.config.prompts import load_prompts
+
+        load_prompts(config, base_dir)
+
+
+def engine_command(run: RunDir, *, resume: bool) -> list[str]:
+    return [sys.executable, "-m", "engine.train.process", str(run.path)] + (["--resume"] if resume else [])
+
+
+def start_training(config_path: str | Path | None, *, detach: bool = True, resume: str | Path | None = None,
+                   echo: TextIO | None = None) -> Path:
+    """Start the engine for a new run (or a resumed one) and return the run folder.
+
+    Detached, this returns at once. In the foreground it copies engine.log to `echo`
+    (stdout by default) until the engine exits; Ctrl-C asks the engine to stop gracefully.
+    A failed run raises LoradeckError with the engine's own error message.
+    """
+    run = prepare_run(config_path, resume=resume)
+    run.path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run.log, "ab") as log:
+        process = subprocess.Popen(
+            engine_command(run, resume=resume is not None),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session: a closed terminal or SSH does not end it
+            env=env,
+        )
+    run.write_pid(process.pid)  # "starting" is visible at once; the engine rewrites it
+    if detach:
+        return run.path
+    status = _follow(process, run, echo or sys.stdout)
+    if status != 0:
+        raise LoradeckError(f"training failed: {last_error(run) or f'engine exit status {status}'} (see {run.log})")
+    return run.path
+
+
+def _follow(process: subprocess.Popen, run: RunDir, echo: TextIO) -> int:
+    """Copy engine.log to `echo` while the engine lives; Ctrl-C = graceful stop."""
+    offset = run.log.stat().st_size if run.log.exists() else 0
+    interrupts = 0
+
+    def copy_new() -> None:
+        nonlocal offset
+        try:
+            with open(run.log, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        offset += len(data)
+        if data:
+            echo.write(data.decode(errors="replace"))
+            echo.flush()
+
+    while True:
+        try:
+            status = process.poll()
+            copy_new()
+            if status is not None:
+                return status
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            interrupts += 1
+            # the engine finishes its step, saves and exits; a second Ctrl-C aborts it
+            process.send_signal(signal.SIGINT if interrupts == 1 else signal.SIGTERM)
+
+
+def last_error(run: RunDir) -> str:
+    message = ""
+    for event in read_events(run.events):
+        if event.get("type") == "error":
+            message = str(event.get("message", ""))
+    return message
+
+
+def wait_for_engine(run: RunDir, timeout: float, poll: Callable[[], bool] | None = None) -> bool:
+    """True once the engine that runs `run` has exited (or `poll` says done) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run.engine_alive() or (poll and poll()):
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,392 @@
+"""Sample images while a LoRA trains, without disturbing the training.
+
+`TrainingSampler.sample(epoch, step)` renders every prompt of the config through a diffusers
+`StableDiffusionPipeline` built around the modules the trainer already holds (so the LoRA
+layers peft injected are active and nothing is loaded twice), writes one PNG per prompt
+into `samples/` with A1111's `parameters` text, and emits a `sample` event per image.
+
+Training must go on exactly as if no sample had been taken: every RNG the trainer draws
+from (torch CPU/CUDA, Python `random`, NumPy) is saved before and restored after, each
+prompt draws its noise from its own `torch.Generator`, and the train/eval flag of every
+submodule and the device of every model are put back as they were.
+
+The pieces the grid command shares (scheduler choice, pipeline assembly, rendering, PNG
+text) are module-level functions here.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from engine.atomic import atomic_path
+from engine.config.schema import TrainConfig
+from engine.errors import LoradeckError
+from engine.run.events import SAMPLE, WARNING, EventWriter
+from engine.config.prompts import SamplePrompt, load_prompts
+from engine.run.folder import RunDir
+from engine.train.state import capture_rng, restore_rng
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from diffusers import StableDiffusionPipeline
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def make_scheduler(sampler: str, base_config: Any, *, v_prediction: bool = False) -> Any:
+    """A fresh diffusers scheduler for one of engine.config.schema.SAMPLERS, from the model's config.
+
+    `from_config` keeps the model's betas, timestep count and spacing, so the sampler
+    walks the same noise schedule the model was trained on.
+    """
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    overrides: dict[str, Any] = {}
+    if v_prediction:
+        overrides["prediction_type"] = "v_prediction"
+    if sampler == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(base_config, **overrides)
+    if sampler == "euler":
+        return EulerDiscreteScheduler.from_config(base_config, **overrides)
+    if sampler == "ddim":
+        # a DDPM training config says clip_sample=True, which SD's latents must not get
+        return DDIMScheduler.from_config(base_config, clip_sample=False, set_alpha_to_one=False, **overrides)
+    if sampler in ("dpm++_2m", "dpm++_2m_karras"):
+        return DPMSolverMultistepScheduler.from_config(
+            base_config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            use_karras_sigmas=sampler == "dpm++_2m_karras",
+            **overrides,
+        )
+    if sampler == "pndm":
+        return PNDMScheduler.from_config(base_config, skip_prk_steps=True, **overrides)
+    raise LoradeckError(f"unknown sampler {sampler!r}")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def unwrap_module(module: Any) -> Any:
+    """The plain diffusers/transformers module inside DDP, torch.compile or a PeftModel."""
+    while True:
+        if hasattr(module, "_orig_mod"):  # torch.compile
+            module = module._orig_mod
+        elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "get_base_model") and hasattr(module, "peft_config"):
+            module = module.get_base_model()  # PeftModel; the LoRA layers stay injected inside
+        else:
+            return module
+
+
+def build_pipeline(model: Any, scheduler: Any) -> "StableDiffusionPipeline":
+    """A pipeline sharing the model's modules (no copy, no load), without a safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=unwrap_module(model.vae),
+        text_encoder=unwrap_module(model.text_encoder),
+        tokenizer=model.tokenizer,
+        unet=unwrap_module(model.unet),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def render(
+    pipeline: "StableDiffusionPipeline",
+    prompt: SamplePrompt,
+    *,
+    base_scheduler_config: Any,
+    clip_skip: int = 1,
+    v_prediction: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> "Image.Image":
+    """One image for one prompt, with the prompt's sampler, seed, size, steps and CFG.
+
+    The noise comes from a CPU generator seeded with the prompt's seed, so a seed gives
+    the same starting noise on any GPU or on the CPU (in A1111: RNG source = CPU).
+    """
+    pipeline.scheduler = make_scheduler(prompt.sampler, base_scheduler_config, v_prediction=v_prediction)
+    generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
+    device = torch.device(device)
+    use_autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
+    with torch.no_grad():
+        with autocast:
+            positive, negative = encode_prompts(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
+            latents = pipeline(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                width=prompt.width,
+                height=prompt.height,
+                num_inference_steps=prompt.steps,
+                guidance_scale=prompt.cfg,
+                generator=generator,
+                output_type="latent",
+            ).images
+        # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
+        # fp32 under fp16 training because SD's VAE overflows in fp16.
+        vae = pipeline.vae
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True])[0]
+
+
+MAX_PROMPT_WINDOWS = 3  # 225 tokens, sd-scripts' limit for long sample prompts
+
+
+def encode_prompts(
+    pipeline: "StableDiffusionPipeline", prompt: str, negative_prompt: str, clip_skip: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP conditioning of a prompt and its negative, as sd-scripts' samples and A1111 make it.
+
+    A1111 emphasis, `(tag:1.3)`, `(tag)`, `[tag]`, is applied; a prompt over 75 tokens is
+    encoded in 75-token windows (both prompts get as many windows as the longer needs);
+    clip skip counts from 1 = last layer. A plain prompt of up to 75 tokens gives exactly
+    what diffusers' pipeline computes. (The pipeline's own `clip_skip` cannot be used: it
+    reaches for `text_encoder.text_model`, which transformers 5 removed.)
+    """
+    from engine.model.text_conditioning import WINDOW, encode_tokens, parse_emphasis, tokenize_caption
+
+    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+
+    def token_count(text: str) -> int:
+        return sum(len(tokenizer(part, add_special_tokens=False).input_ids) for part, _ in parse_emphasis(text))
+
+    longest = max(token_count(prompt), token_count(negative_prompt))
+    windows = min(MAX_PROMPT_WINDOWS, max(1, math.ceil(longest / WINDOW)))
+    encoded = []
+    for text in (prompt, negative_prompt):
+        ids, weights = tokenize_caption(tokenizer, text, windows * WINDOW, weighted=True)
+        encoded.append(
+            encode_tokens(
+                text_encoder,
+                ids.unsqueeze(0).to(pipeline.device),
+                clip_skip=clip_skip,
+                weights=weights.unsqueeze(0).to(pipeline.device),
+            )
+        )
+    return encoded[0], encoded[1]
+
+
+# --------------------------------------------------------------------------- PNG files
+
+
+def _infotext_value(value: object) -> str:
+    """A value as A1111 writes it: quoted JSON when it holds a comma, colon or newline."""
+    text = str(value)
+    if any(mark in text for mark in (",", ":", "\n", '"')):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def a1111_parameters(prompt: SamplePrompt, *, model_name: str = "", clip_skip: int = 1, **extra: object) -> str:
+    """The `parameters` PNG text AUTOMATIC1111 writes, so A1111, ComfyUI and viewers read it."""
+    lines = [prompt.prompt]
+    if prompt.negative_prompt:
+        lines.append(f"Negative prompt: {prompt.negative_prompt}")
+    fields: dict[str, object] = {
+        "Steps": prompt.steps,
+        "Sampler": prompt.sampler_label,
+        "CFG scale": f"{prompt.cfg:g}",
+        "Seed": prompt.seed,
+        "Size": f"{prompt.width}x{prompt.height}",
+    }
+    if model_name:
+        fields["Model"] = model_name
+    if clip_skip > 1:
+        fields["Clip skip"] = clip_skip
+    fields["RNG"] = "CPU"
+    fields.update({key: value for key, value in extra.items() if value not in (None, "")})
+    lines.append(", ".join(f"{key}: {_infotext_value(value)}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+def save_png(image: "Image.Image", path: Path, text_chunks: dict[str, str]) -> None:
+    """Write the PNG atomically with text chunks (UTF-8 iTXt), e.g. A1111's `parameters`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text_chunks.items():
+        info.add_itxt(key, value)
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=info)
+
+
+def sample_file_name(epoch: int, step: int, prompt_index: int) -> str:
+    return f"e{epoch:04d}-s{step:06d}-p{prompt_index:02d}.png"
+
+
+def _module_device(module: torch.nn.Module) -> torch.device | None:
+    for parameter in module.parameters():
+        return parameter.device
+    return None
+
+
+@contextlib.contextmanager
+def inference_mode_for(modules: list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+    """Eval mode on `device` for the block; then every flag, device and RNG state as before.
+
+    Train/eval flags are restored per submodule: a trainer may keep parts (a frozen text
+    encoder, the VAE) in eval mode on purpose, or offload them to the CPU.
+    """
+    rng_state = capture_rng()
+    flags = [(sub, sub.training) for module in modules for sub in module.modules()]
+    moved: list[tuple[torch.nn.Module, torch.device]] = []
+    try:
+        for module in modules:
+            module.eval()
+            where = _module_device(module)
+            if where is not None and where != device:
+                moved.append((module, where))
+                module.to(device)
+        yield
+    finally:
+        for module, where in moved:
+            module.to(where)
+        for sub, training in flags:
+            sub.training = training
+        restore_rng(rng_state)
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+class TrainingSampler:
+    """Renders the config's sample prompts with the LoRA as it is at this step."""
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        config: TrainConfig,
+        base_dir: Path,
+        model: Any,
+        events: EventWriter,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
+        self.run_dir = run_dir
+        self.config = config
+        self.base_dir = Path(base_dir)
+        self.model = model
+        self.events = events
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._pipeline: StableDiffusionPipeline | None = None
+        # A prompt without --d keeps the seed chosen the first time it was seen, so the
+        # same prompt is comparable from epoch to epoch even though the file is re-read.
+        self._chosen_seeds: dict[tuple, int] = {}
+        self._reported: set[str] = set()
+        self._last: tuple[tuple[int, int], list[SamplePrompt], list[Path]] | None = None
+
+    def prompts(self) -> list[SamplePrompt]:
+        """The prompts as of now (the file is re-read); new problems become warning events."""
+        try:
+            prompts, warnings = load_prompts(self.config, self.base_dir)
+        except LoradeckError as error:
+            prompts, warnings = [], [f"no samples: {error}"]
+        for message in warnings:
+            if message not in self._reported:
+                self._reported.add(message)
+                self.events.emit(WARNING, message=message, code="sample_prompts")
+        return [self._stable_seed(prompt) for prompt in prompts]
+
+    def _stable_seed(self, prompt: SamplePrompt) -> SamplePrompt:
+        if prompt.seed_given:
+            return prompt
+        key = (prompt.prompt, prompt.negative_prompt, prompt.width, prompt.height, prompt.steps, prompt.cfg, prompt.sampler)
+        seed = self._chosen_seeds.setdefault(key, prompt.seed)
+        return prompt if seed == prompt.seed else dataclasses.replace(prompt, seed=seed)
+
+    def sample(self, epoch: int, step: int) -> list[Path]:
+        """One PNG per prompt in `samples/`, and a `sample` event for each; their paths.
+
+        Asked again at the same epoch and step with the same prompts (a step that is also
+        an epoch end, a sample-now request), the images would be identical: the files
+        already written are returned.
+        """
+        prompts = self.prompts()
+        if not prompts:
+            return []
+        if self._last is not None and self._last[:2] == ((epoch, step), prompts):
+            return list(self._last[2])
+        modules = [unwrap_module(m) for m in (self.model.unet, self.model.text_encoder, self.model.vae)]
+        paths: list[Path] = []
+        with inference_mode_for(modules, self.device):
+            pipeline = self._get_pipeline()
+            for index, prompt in enumerate(prompts):
+                try:
+                    image = render(
+                        pipeline,
+                        prompt,
+                        base_scheduler_config=self.model.noise_scheduler.config,
+                        clip_skip=self.config.model.clip_skip,
+                        v_prediction=self.config.model.v_parameterization,
+                        device=self.device,
+                        dtype=self.dtype,
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    # a sample too large for what training leaves free must not end the run
+                    torch.cuda.empty_cache()
+                    self.events.emit(
+                        WARNING,
+                        message=f"sample {index} ({prompt.width}x{prompt.height}) ran out of GPU memory; skipped",
+                        code="sample_out_of_memory",
+                    )
+                    continue
+                path = self.run_dir.samples / sample_file_name(epoch, step, index)
+                save_png(image, path, {"parameters": self._parameters(prompt, epoch, step)})
+                paths.append(path)
+                self.events.emit(
+                    SAMPLE,
+                    path=path.relative_to(self.run_dir.path).as_posix(),
+                    epoch=epoch,
+                    step=step,
+                    prompt_index=index,
+                    prompt=prompt.prompt,
+                    negative_prompt=prompt.negative_prompt,
+                    seed=prompt.seed,
+                    width=image.width,
+                    height=image.height,
+                    steps=prompt.steps,
+                    cfg=prompt.cfg,
+                    sampler=prompt.sampler,
+                )
+        self._last = ((epoch, step), prompts, paths)
+        return paths
+
+    def _get_pipeline(self) -> "StableDiffusionPipeline":
+        if self._pipeline is None:
+            scheduler = make_scheduler(self.config.sampling.sampler, self.model.noise_scheduler.config)
+            self._pipeline = build_pipeline(self.model, scheduler)
+        return self._pipeline
+
+    def _parameters(self, prompt: SamplePrompt, epoch: int, step: int) -> str:
+        return a1111_parameters(
+            prompt,
+            model_name=self.model.name,
+            clip_skip=self.config.model.clip_skip,
+            Lora=self.config.saving.output_name,
+            Epoch=epoch,
+            Step=step,
+        )
+

@@ -1,0 +1,73 @@
+"""Save points: the LoRA file, the resumable state beside it, keep-last-N, events.
+
+File names follow sd-scripts, and keep counting across a resume (the step is global):
+
+    checkpoints/<name>-000003.safetensors         after epoch 3
+    checkpoints/<name>-step00000450.safetensors   every N steps, on save-now, on stop
+    checkpoints/<name>.safetensors                the final LoRA
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.run.events import CHECKPOINT
+from engine.network.lora import SAVE_DTYPES, LoraNetwork, save_lora_file
+from engine.run.folder import RunDir
+from engine.train.state import folder_bytes, save_state
+
+
+def lora_file_name(output_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
+    if epoch is not None:
+        return f"{output_name}-{epoch:06d}.safetensors"
+    if step is not None:
+        return f"{output_name}-step{step:08d}.safetensors"
+    return f"{output_name}.safetensors"
+
+
+class Checkpointer:
+    def __init__(self, run: RunDir, config, events, network: LoraNetwork,
+                 metadata: Callable[[int, int], dict[str, str]], log=print):
+        self.run = run
+        self.config = config
+        self.events = events
+        self.network = network
+        self.metadata = metadata
+        self.log = log
+        self.saved: list[list[Any]] = []  # [step, file name] of intermediate LoRA files, oldest first
+        self.last_saved_step: int | None = None
+
+    def save(self, *, epoch: int, step: int, name: str, final: bool,
+             optimizer, lr_scheduler, progress: dict[str, Any]) -> Path:
+        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files."""
+        path = self.run.checkpoints / name
+        tensors = self.network.state_dict(SAVE_DTYPES[self.config.precision.save_precision])
+        size = save_lora_file(path, tensors, self.metadata(epoch, step))
+        self.events.emit(CHECKPOINT, path=_relative(path, self.run), epoch=epoch, step=step, bytes=size,
+                         kind="lora", final=final)
+        self.log(f"saved {path.name} (epoch {epoch}, step {step})")
+        if not final:
+            self.saved = [entry for entry in self.saved if entry[1] != name] + [[step, name]]
+            self._prune()
+        self.last_saved_step = step
+        if self.config.saving.save_state:
+            progress = {**progress, "checkpoints": self.saved}
+            folder = save_state(
+                self.run.state, step=step, lora=self.network.state_dict(), optimizer=optimizer.state_dict(),
+                lr_scheduler=lr_scheduler.state_dict(), progress=progress,
+            )
+            self.events.emit(CHECKPOINT, path=_relative(folder, self.run), epoch=epoch, step=step,
+                             bytes=folder_bytes(folder), kind="state", final=final)
+        return path
+
+    def _prune(self) -> None:
+        keep = self.config.saving.save_last_n
+        if not keep:
+            return
+        for _, name in self.saved[:-keep]:
+            (self.run.checkpoints / name).unlink(missing_ok=True)
+        self.saved = self.saved[-keep:]
+
+
+def _relative(path: Path, run: RunDir) -> str:
+    return path.relative_to(run.path).as_posix()

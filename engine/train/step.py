@@ -1,0 +1,210 @@
+"""One training step, shared by the trainer's loop and `bench/train_speed.py`.
+
+    apply_speed_settings(model, config, device, train_text_encoder)   before the optimizer exists
+    step = TrainStep.prepare(accelerator, model, network, optimizer, lr_scheduler, config, ...)
+    loss = step(batch, generator)        forward, loss, backward, optimizer step; loss stays on the device
+    diffusion_loss / loss_from_noise     the loss itself (tests score fixed batches with the latter)
+
+Nothing in a step waits for the GPU: the batch is copied with `non_blocking` from the
+loader's pinned memory, every decision that needs a value is taken on the CPU before the
+copy (are the caption weights all 1?), and the loss is returned as a device tensor that
+`engine.train.log` copies to the CPU every `logging.log_every_n_steps` steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import LoradeckError
+from engine.model.text_conditioning import condition_on_tokens
+from engine.train.data import encode_pixels
+
+BATCH_TENSORS = ("latents", "pixels", "input_ids", "text_states")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def apply_speed_settings(model, config, device: torch.device, train_text_encoder: bool) -> None:
+    """Gradient checkpointing, the attention kernel and the memory format, from `[precision]`."""
+    precision = config.precision
+    if precision.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if train_text_encoder:
+            encoder = model.text_encoder
+            if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5
+                encoder.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if precision.attention == "xformers":
+        if importlib.util.find_spec("xformers") is None:
+            raise LoradeckError("precision.attention: xformers is not installed (pip install xformers); "
+                                "use sdpa, PyTorch's own flash / memory-efficient attention")
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except Exception as error:  # an xformers build that does not fit this GPU or torch
+            raise LoradeckError(f"precision.attention: xformers cannot be used here ({error}); use sdpa") from None
+    else:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        # PyTorch's scaled_dot_product_attention picks flash or memory-efficient kernels
+        # on the GPU: attention memory grows with the tokens, not with their square
+        model.unet.set_attn_processor(AttnProcessor2_0())
+        model.vae.set_attn_processor(AttnProcessor2_0())
+    if precision.channels_last:
+        # tensor-core convolutions (cuDNN) and oneDNN's run NHWC natively; NCHW costs a
+        # transpose around each one. The numbers are the same either way.
+        model.unet.to(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@dataclass
+class TrainStep:
+    """Forward, loss, backward and (at the end of an accumulation) clip + optimizer step."""
+
+    accelerator: Any
+    model: Any  # engine.model.loading.BaseModel
+    unet: Any  # what the forward pass calls: the prepared U-Net, compiled when asked
+    text_encoder: Any
+    network: Any  # engine.network.lora.LoraNetwork
+    optimizer: Any
+    lr_scheduler: Any
+    config: Any
+    text_encoder_active: bool
+    trained_modules: list
+    lora_parameters: list  # listed once: walking the models' modules every step costs milliseconds
+
+    @classmethod
+    def prepare(cls, accelerator, model, network, optimizer, lr_scheduler, config, *, train_text_encoder: bool,
+                text_encoder_active: bool) -> "TrainStep":
+        unet = accelerator.prepare(model.unet) if network.has_unet else model.unet
+        text_encoder = accelerator.prepare(model.text_encoder) if train_text_encoder else model.text_encoder
+        optimizer = accelerator.prepare(optimizer)
+        trained = [m for m, on in ((unet, network.has_unet), (text_encoder, train_text_encoder)) if on]
+        unet.train()
+        text_encoder.train(text_encoder_active)
+        model.vae.eval()
+        scheduler = model.noise_scheduler
+        # diffusers moves the schedule to the batch's device lazily; once here, before the loop
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+        forward_unet = torch.compile(unet) if config.precision.compile_unet else unet
+        return cls(accelerator, model, forward_unet, text_encoder, network, optimizer, lr_scheduler, config,
+                   text_encoder_active, trained, network.parameters())
+
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """One micro-batch; returns its loss, detached and still on the device."""
+        accelerator, config = self.accelerator, self.config
+        with accelerator.accumulate(*self.trained_modules):
+            loss = diffusion_loss(
+                self.model, self.unet, self.text_encoder, batch_to_device(batch, generator.device, config),
+                config=config, generator=generator, train_text_encoder=self.text_encoder_active,
+                autocast=accelerator.autocast,
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.optimizer.max_grad_norm:
+                accelerator.clip_grad_norm_(self.lora_parameters, config.optimizer.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def stop_text_encoder(self) -> None:
+        """Freeze the text-encoder LoRA (`training.stop_text_encoder_training`)."""
+        self.network.freeze_text_encoder()
+        self.text_encoder.train(False)
+        self.text_encoder_active = False
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device, config) -> dict[str, Any]:
+    """The batch's tensors on `device`, copied without waiting (the loader pins them).
+
+    Caption weights travel only when some differ from 1; that is decided here, on the CPU,
+    because asking the GPU would make the host wait for it.
+    """
+    moved = {key: batch[key].to(device, non_blocking=True) for key in BATCH_TENSORS if key in batch}
+    weights = batch.get("token_weights")
+    weighted = config.captions.weighted_captions and weights is not None and not bool(torch.all(weights == 1))
+    moved["token_weights"] = weights.to(device, non_blocking=True) if weighted else None
+    return moved
+
+
+def diffusion_loss(model, unet, text_encoder, batch: dict[str, Any], *, config, generator: torch.Generator,
+                   train_text_encoder: bool, autocast=None) -> torch.Tensor:
+    """Noise the batch's latents at random timesteps and score the U-Net's prediction."""
+    device = generator.device
+    if "latents" in batch:
+        latents = batch["latents"].to(device, non_blocking=True)
+    else:
+        latents = encode_pixels(model.vae, batch["pixels"])
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    if config.training.noise_offset:
+        # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
+        # an image's mean brightness, which plain noise almost never asks of it
+        noise = noise + config.training.noise_offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=device
+        )
+    timesteps = torch.randint(
+        0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device
+    )
+    return loss_from_noise(
+        model, unet, text_encoder, latents, batch.get("input_ids"), batch.get("token_weights"), noise, timesteps,
+        config=config, train_text_encoder=train_text_encoder, text_states=batch.get("text_states"),
+        autocast=autocast,
+    )
+
+
+def loss_from_noise(model, unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor | None,
+                    token_weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor, *,
+                    config, train_text_encoder: bool, text_states: torch.Tensor | None = None,
+                    autocast=None) -> torch.Tensor:
+    """The training loss for given noise and timesteps (tests score a fixed batch with it).
+
+    `text_states` are cached text-encoder outputs; without them the captions' tokens are
+    encoded here. `autocast` is the accelerator's mixed-precision context (the text
+    encoder's cached outputs were computed under the same one).
+    """
+    scheduler = model.noise_scheduler
+    device = latents.device
+    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        if text_states is None:
+            states = encode_captions(text_encoder, input_ids.to(device), token_weights, config=config,
+                                     train_text_encoder=train_text_encoder)
+        else:
+            states = text_states.to(device)
+        prediction = unet(noisy_latents, timesteps, states).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    gamma = config.training.min_snr_gamma
+    if gamma:
+        # Min-SNR weighting (Hang et al. 2023, eq. 8): cap each timestep's weight at gamma / SNR
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(scheduler, timesteps)
+        divisor = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+        loss = loss * torch.clamp(snr, max=gamma) / divisor
+    return loss.mean()
+
+
+def encode_captions(text_encoder, input_ids: torch.Tensor, token_weights: torch.Tensor | None, *, config,
+                    train_text_encoder: bool) -> torch.Tensor:
+    """The U-Net's conditioning for (batch, windows, 77) token ids, with gradients only when
+    the text encoder trains. Weights are applied when given (the caller checked they matter)."""
+    weights = token_weights if config.captions.weighted_captions else None
+    if weights is not None and weights.device.type == "cpu":
+        # asking the CPU costs nothing (the trainer asked before copying the batch)
+        weights = None if bool(torch.all(weights == 1)) else weights.to(input_ids.device)
+    with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
+        return condition_on_tokens(text_encoder, input_ids, clip_skip=config.model.clip_skip, weights=weights)

@@ -1,0 +1,358 @@
+"""ImagePreview: the one image widget every screen uses (captions, health, dashboard).
+
+Set `preview.path` and the file is decoded, EXIF-transposed (unless `apply_exif` is
+False, which shows the pixels the way a trainer that ignores EXIF sees them) and shrunk
+to the widget's pixel size in a thread worker, so the UI never waits on a decode. The
+picture is drawn with textual-image: Kitty graphics or Sixel where the terminal has them,
+coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal.
+`app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode",
+or "none" for the text line only.
+A one-line label under the picture names the file, its pixel size and bytes; when no
+picture can be drawn (undecodable file, textual-image missing) that text is all there is.
+
+Decoded pictures are kept in a small shared cache, and `prefetch(paths)` fills it ahead
+of time, so stepping to the next image of a list costs only the drawing.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from textual import work
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from engine.run.format import format_bytes
+
+# Importing textual_image.widget asks the terminal for its cell size and graphics
+# support; that only works before Textual owns stdin, which is why the app imports
+# this module before it starts.
+try:
+    from textual_image import widget as _image_widgets
+except Exception:  # pragma: no cover - textual-image missing or the terminal query failed
+    _image_widgets = None
+
+# Never decode bigger than this: a full-screen Sixel on a 4K terminal is about this size.
+MAX_DECODE_PIXELS = 1600
+# Before the widget has a size, decode for a typical half-screen panel.
+DEFAULT_DECODE_PIXELS = 1024
+CACHE_SIZE = 8
+
+PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
+
+
+def image_widget_class(protocol: str | None):
+    """The textual-image widget class for a protocol name, or None when none can draw."""
+    if _image_widgets is None:
+        return None
+    name = (protocol or "auto").lower()
+    if name == "none":
+        return None  # the user asked for text only
+    classes = {
+        "auto": _image_widgets.Image,
+        "kitty": _image_widgets.TGPImage,
+        "tgp": _image_widgets.TGPImage,
+        "sixel": _image_widgets.SixelImage,
+        "halfcell": _image_widgets.HalfcellImage,
+        "unicode": _image_widgets.UnicodeImage,
+    }
+    # An unknown name is a user typo: draw with what the terminal supports.
+    return classes.get(name, _image_widgets.Image)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    path: Path
+    picture: Any  # PIL.Image.Image shrunk to the decode box, RGB, or None
+    width: int  # upright pixel size of the file (after EXIF transpose when applied)
+    height: int
+    file_bytes: int
+    orientation: int  # the EXIF Orientation tag, 1 when absent
+    error: str = ""
+
+    def describe(self) -> str:
+        parts = [self.path.name]
+        if self.width:
+            parts.append(f"{self.width}×{self.height}")
+        parts.append(format_bytes(self.file_bytes))
+        if self.orientation not in (0, 1):
+            parts.append(f"EXIF orientation {self.orientation}")
+        if self.error:
+            parts.append(self.error)
+        return " · ".join(parts)
+
+
+class _DecodeCache:
+    """A small thread-safe LRU of decoded pictures shared by every ImagePreview."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, DecodedImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> DecodedImage | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, item: DecodedImage) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+_cache = _DecodeCache(CACHE_SIZE)
+
+
+def _cache_key(path: Path, apply_exif: bool, box: tuple[int, int]) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    # mtime and size in the key: a file fixed on disk (health screen) is decoded again.
+    return (str(path), apply_exif, box, stat.st_mtime_ns, stat.st_size)
+
+
+def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedImage:
+    """Open, optionally EXIF-transpose and shrink one image to fit `box` pixels.
+
+    Never raises for a bad file: the error is carried in the result so the widget can
+    show it as text.
+    """
+    key = _cache_key(path, apply_exif, box)
+    if key is not None:
+        cached = _cache.get(key)
+        if cached is not None:
+            return cached
+    try:
+        file_bytes = path.stat().st_size
+    except OSError as error:
+        return DecodedImage(path, None, 0, 0, 0, 1, f"cannot read: {error.strerror or error}")
+    try:
+        from PIL import Image, ImageOps
+
+        with Image.open(path) as opened:
+            orientation = int(opened.getexif().get(0x0112, 1) or 1)
+            full_width, full_height = opened.size  # before draft() shrinks it
+            if apply_exif and orientation in (5, 6, 7, 8):
+                full_width, full_height = full_height, full_width
+            # JPEG draft decodes at 1/2, 1/4 or 1/8 scale: a 24 MP photo in a few ms.
+            # The square box keeps enough pixels whichever way EXIF turns it.
+            side = max(box)
+            opened.draft("RGB", (side, side))
+            picture = ImageOps.exif_transpose(opened) if apply_exif else opened
+            picture.load()
+            if opened.mode in ("RGBA", "LA", "PA") or (opened.mode == "P" and "transparency" in opened.info):
+                rgba = picture.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+                picture = Image.alpha_composite(background, rgba)
+            picture = picture.convert("RGB")
+            picture.thumbnail(box, Image.Resampling.BILINEAR)
+        result = DecodedImage(path, picture, full_width, full_height, file_bytes, orientation)
+    except Exception as error:  # any decoder failure is shown, not raised
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        result = DecodedImage(path, None, 0, 0, file_bytes, 1, f"cannot decode: {message}")
+    if key is not None:
+        _cache.put(key, result)
+    return result
+
+
+class ImagePreview(Widget):
+    """Shows one image file; set `path` (None clears it) and `apply_exif`."""
+
+    DEFAULT_CSS = """
+    ImagePreview {
+        layout: vertical;
+        height: 1fr;
+        width: 1fr;
+    }
+    ImagePreview > #image-preview-area {
+        height: 1fr;
+        width: 1fr;
+        align: center middle;
+    }
+    ImagePreview #image-preview-picture {
+        width: auto;
+        height: auto;
+    }
+    ImagePreview > #image-preview-label {
+        height: 1;
+        width: 1fr;
+        color: $text-muted;
+        text-align: center;
+    }
+    ImagePreview #image-preview-message {
+        width: 1fr;
+        height: auto;
+        color: $text-muted;
+        text-align: center;
+    }
+    """
+
+    path: reactive[Path | None] = reactive(None)
+    apply_exif: reactive[bool] = reactive(True)
+
+    class Decoded(Message):
+        """A decode finished (posted by the worker)."""
+
+        def __init__(self, generation: int, result: DecodedImage) -> None:
+            super().__init__()
+            self.generation = generation
+            self.result = result
+
+    def __init__(self, path: Path | None = None, *, apply_exif: bool = True,
+                 name: str | None = None, id: str | None = None, classes: str | None = None):
+        super().__init__(name=name, id=id, classes=classes)
+        self._generation = 0
+        self._picture_widget: Widget | None = None
+        self._ready = False  # decode only once laid out, so the decode box is known
+        self.set_reactive(ImagePreview.apply_exif, apply_exif)
+        self.set_reactive(ImagePreview.path, Path(path) if path is not None else None)
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Container
+
+        with Container(id="image-preview-area"):
+            yield Static("", id="image-preview-message")
+        yield Static("", id="image-preview-label")
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._first_decode)
+
+    def _first_decode(self) -> None:
+        self._ready = True
+        self._start_decode()
+
+    def on_resize(self) -> None:
+        # A bigger panel deserves a sharper decode; the cache keys on the box.
+        self._start_decode()
+
+    # ---- public API beside the reactives
+
+    @property
+    def protocol(self) -> str | None:
+        return getattr(self.app, "image_protocol", None)
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Decode these files into the shared cache in the background (next images)."""
+        paths = [Path(p) for p in paths if p is not None]
+        if paths:
+            self._prefetch_worker(paths, self.apply_exif, self._decode_box())
+
+    # ---- reactives
+
+    def watch_path(self, _old: Path | None, _new: Path | None) -> None:
+        self._start_decode()
+
+    def watch_apply_exif(self, _old: bool, _new: bool) -> None:
+        self._start_decode()
+
+    # ---- decoding
+
+    def _decode_box(self) -> tuple[int, int]:
+        """The widget's picture area in pixels (what the renderer would scale to)."""
+        columns, rows = self.content_size.width, max(self.content_size.height - 1, 0)
+        if columns <= 0 or rows <= 0:
+            return (DEFAULT_DECODE_PIXELS, DEFAULT_DECODE_PIXELS)
+        cell_width, cell_height = _cell_size()
+        return (min(MAX_DECODE_PIXELS, max(64, columns * cell_width)),
+                min(MAX_DECODE_PIXELS, max(64, rows * cell_height)))
+
+    def _start_decode(self) -> None:
+        if not self._ready:
+            return
+        self._generation += 1
+        if self.path is None:
+            self._show_nothing()
+            return
+        path = Path(self.path)
+        box = self._decode_box()
+        key = _cache_key(path, self.apply_exif, box)
+        cached = _cache.get(key) if key is not None else None
+        if cached is not None:
+            # Already decoded (prefetched): draw now, no worker round trip.
+            self._show(cached)
+            return
+        self.query_one("#image-preview-label", Static).update(f"{path.name} · loading…")
+        self._decode_worker(self._generation, path, self.apply_exif, box)
+
+    @work(thread=True, exclusive=True, group="image-preview-decode")
+    def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int]) -> None:
+        result = decode_image(path, apply_exif, box)
+        self.post_message(self.Decoded(generation, result))
+
+    @work(thread=True, exclusive=True, group="image-preview-prefetch")
+    def _prefetch_worker(self, paths: list[Path], apply_exif: bool, box: tuple[int, int]) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        for path in paths:
+            if worker.is_cancelled:
+                return
+            decode_image(path, apply_exif, box)
+
+    def on_image_preview_decoded(self, message: Decoded) -> None:
+        message.stop()
+        if message.generation != self._generation:
+            return  # the user has moved on; a newer decode is on its way
+        self._show(message.result)
+
+    # ---- drawing
+
+    def _show_nothing(self) -> None:
+        self._remove_picture()
+        self.query_one("#image-preview-message", Static).update("")
+        self.query_one("#image-preview-message", Static).display = True
+        self.query_one("#image-preview-label", Static).update("")
+
+    def _show(self, result: DecodedImage) -> None:
+        label = self.query_one("#image-preview-label", Static)
+        message = self.query_one("#image-preview-message", Static)
+        label.update(result.describe())
+        widget_class = image_widget_class(self.protocol)
+        if result.picture is None or widget_class is None:
+            self._remove_picture()
+            message.display = True
+            reason = result.error or "no image protocol available"
+            message.update(f"{result.path.name}\n{format_bytes(result.file_bytes)}\n{reason}")
+            return
+        message.display = False
+        if self._picture_widget is not None and type(self._picture_widget) is widget_class:
+            self._picture_widget.image = result.picture
+            return
+        self._remove_picture()
+        try:
+            self._picture_widget = widget_class(result.picture, id="image-preview-picture")
+        except Exception as error:  # a protocol that cannot start: text instead
+            self._picture_widget = None
+            message.display = True
+            message.update(f"{result.path.name}\n{format_bytes(result.file_bytes)}\ncannot draw: {error}")
+            return
+        self.query_one("#image-preview-area").mount(self._picture_widget)
+
+    def _remove_picture(self) -> None:
+        if self._picture_widget is not None:
+            self._picture_widget.remove()
+            self._picture_widget = None
+
+
+def _cell_size() -> tuple[int, int]:
+    try:
+        from textual_image._terminal import get_cell_size
+
+        size = get_cell_size()
+        if size.width > 0 and size.height > 0:
+            return size.width, size.height
+    except Exception:
+        pass
+    return 10, 20

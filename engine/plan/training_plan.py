@@ -1,8 +1,10 @@
 """What a run will do before it starts: images, repeats, buckets, steps, checkpoints, file size.
 
 The plan is computed from a config and its dataset and never changes the config. The
-trainer counts batches exactly as planned here: one bucket per batch, ceil per bucket,
-ceil(batches / gradient accumulation) optimizer steps per epoch.
+trainer runs on this plan (engine.train.loop): one bucket per batch, ceil per bucket; under
+several processes each takes an equal share, ceil(batches / processes); ceil(share /
+gradient accumulation) optimizer steps per epoch. `SaveSchedule` says when LoRA files are
+written, for the plan's list and for the trainer alike.
 
 Light module.
 """
@@ -60,10 +62,16 @@ class Plan:
     lora_parameters: int
     vram_estimate: VramEstimate
     problems: list[str] = field(default_factory=list)
+    num_processes: int = 1
 
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def batches_per_process(self) -> int:
+        """Micro-batches each process runs in an epoch (shorter shares are topped up)."""
+        return -(-self.batches_per_epoch // self.num_processes)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -71,7 +79,9 @@ class Plan:
         return data
 
 
-def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None = None) -> Plan:
+def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None = None,
+              *, num_processes: int = 1) -> Plan:
+    """The plan of `config` on its dataset (scanned unless given), trained by `num_processes`."""
     if dataset is None:
         dataset = scan_dataset(config, base_dir)
     instances = dataset.training_instances()
@@ -86,7 +96,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         for (w, h), count in sorted(bucket_counts.items())
     ]
     batches_per_epoch = sum(b.batches for b in buckets)
-    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    steps_per_epoch = math.ceil(-(-batches_per_epoch // num_processes) / accumulation)
     if config.training.max_steps:
         total_steps = config.training.max_steps
         epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
@@ -114,11 +124,12 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         epochs=epochs,
-        checkpoints=checkpoint_schedule(config, steps_per_epoch, total_steps, epochs),
+        checkpoints=SaveSchedule.of(config, steps_per_epoch, total_steps, epochs).points(),
         lora_file_bytes=file_bytes,
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=[problem.message for problem in dataset.problems],
+        num_processes=num_processes,
     )
 
 
@@ -127,17 +138,42 @@ def _folder_plan(folder: FolderInfo, instances) -> FolderPlan:
     return FolderPlan(folder.name, str(folder.path), folder.repeats, folder.images, folder.captioned, count, folder.is_reg)
 
 
-def checkpoint_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int, epochs: int) -> list[dict[str, int]]:
-    """Every LoRA file the run will write, as {"epoch", "step"}; the last is the final one."""
-    saving = config.saving
-    points: dict[int, int] = {}
-    if saving.save_every_n_epochs:
-        for epoch in range(saving.save_every_n_epochs, epochs + 1, saving.save_every_n_epochs):
-            step = min(epoch * steps_per_epoch, total_steps)
-            points[step] = epoch
-    if saving.save_every_n_steps:
-        for step in range(saving.save_every_n_steps, total_steps + 1, saving.save_every_n_steps):
-            points.setdefault(step, math.ceil(step / steps_per_epoch) if steps_per_epoch else 0)
-    if total_steps:
-        points[total_steps] = epochs
-    return [{"epoch": epoch, "step": step} for step, epoch in sorted(points.items())]
+@dataclass(frozen=True)
+class SaveSchedule:
+    """When a run writes a LoRA file: after every n-th optimizer step (named by step), at
+    every n-th epoch end (named by epoch), and at the end (the final file)."""
+
+    every_n_epochs: int
+    every_n_steps: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, steps_per_epoch: int, total_steps: int, epochs: int) -> "SaveSchedule":
+        saving = config.saving
+        return cls(saving.save_every_n_epochs, saving.save_every_n_steps, steps_per_epoch, total_steps, epochs)
+
+    def after_step(self, step: int) -> bool:
+        """An intermediate file after optimizer step `step` (the last step saves the final one)."""
+        return bool(self.every_n_steps) and step % self.every_n_steps == 0 and step < self.total_steps
+
+    def after_epoch(self, epoch: int, step: int) -> bool:
+        """An intermediate file when epoch `epoch` ends at `step` (the last epoch saves the final one)."""
+        final = epoch >= self.epochs or step >= self.total_steps
+        return bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0 and not final
+
+    def points(self) -> list[dict[str, int]]:
+        """Every LoRA file the run will write, as {"epoch", "step"}; the last is the final one."""
+        points: dict[int, int] = {}
+        for epoch in range(1, self.epochs + 1):
+            step = min(epoch * self.steps_per_epoch, self.total_steps)
+            if self.after_epoch(epoch, step):
+                points[step] = epoch
+        if self.every_n_steps:
+            for step in range(self.every_n_steps, self.total_steps + 1, self.every_n_steps):
+                if self.after_step(step):
+                    points.setdefault(step, math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else 0)
+        if self.total_steps:
+            points[self.total_steps] = self.epochs
+        return [{"epoch": epoch, "step": step} for step, epoch in sorted(points.items())]

@@ -384,10 +384,6 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         return len(self.epoch_batches())
 
-    def full_length(self) -> int:
-        """Batches in a whole epoch for this process."""
-        return len(self._all_batches())
-
 
 def make_loader(dataset: TrainingImages, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool):
     """Batches decoded by `workers` processes that live for the whole run (no start-up

@@ -13,7 +13,6 @@ runs too.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, Trai
 from engine.train.log import NonFiniteLoss, StepLog
 from engine.train.state import load_state, restore_rng
 from engine.train.step import TrainStep, apply_speed_settings
-from engine.plan.vram import estimate_vram, out_of_memory_advice
+from engine.plan.vram import out_of_memory_advice
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -160,21 +159,15 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     seed = config.training.seed
     set_seed(seed)
 
-    # ---- dataset and the numbers of the run
-    from engine.plan.training_plan import make_plan
+    # ---- dataset and the numbers of the run (the plan; the config stays as it was read)
+    from engine.plan.training_plan import SaveSchedule, make_plan
 
     dataset, instances = load_dataset(config, base_dir)
-    plan = make_plan(config, base_dir, dataset)
+    plan = make_plan(config, base_dir, dataset, num_processes=accelerator.num_processes)
     sampler = EpochBatchSampler(instances, config.training.batch_size, seed, accelerator.num_processes,
                                 accelerator.process_index)
-    batches_per_epoch = sampler.full_length()
-    steps_per_epoch = math.ceil(batches_per_epoch / config.training.gradient_accumulation_steps)
-    if config.training.max_steps:
-        total_steps = config.training.max_steps
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        epochs = config.training.epochs
-        total_steps = epochs * steps_per_epoch
+    steps_per_epoch, total_steps, epochs = plan.steps_per_epoch, plan.total_steps, plan.epochs
+    saves = SaveSchedule.of(config, steps_per_epoch, total_steps, epochs)
 
     saved = load_state(run.state) if resume else None
     if resume and saved is None:
@@ -182,10 +175,9 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     if saved is not None:
         for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
             setattr(progress, name, saved.progress[name])
-    plan_json = {**plan.as_json(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "epochs": epochs}
-    vram = estimate_vram(config, base_dir)
+    vram = plan.vram_estimate
     events.emit(
-        RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan_json, start_step=progress.step,
+        RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan.as_json(), start_step=progress.step,
         start_epoch=progress.epoch, resumed=resume, device=str(device), precision=accelerator.mixed_precision,
         pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
     )
@@ -285,7 +277,6 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
     generator = torch.Generator(device=device)
     step_log.restart_clock()
     warned: set[str] = set()
-    saving = config.saving
     while progress.epoch < epochs and progress.step < total_steps:
         epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
         sampler.resume_at(progress.epoch, progress.batch_in_epoch)
@@ -321,8 +312,8 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
             last_step = progress.step >= total_steps
             if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
                 sample(epoch, progress.step)
-            if saving.save_every_n_steps and progress.step % saving.save_every_n_steps == 0 and not last_step:
-                save(lora_file_name(saving.output_name, step=progress.step))
+            if saves.after_step(progress.step):
+                save(lora_file_name(config.saving.output_name, step=progress.step))
             if obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save):
                 return _stopped(loader, events, progress, step_log, log)
             if last_step:
@@ -330,14 +321,14 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
         _release(loader)
 
         # ---- epoch end (an epoch cut short by max_steps does not count as done)
-        if progress.batch_in_epoch < batches_per_epoch:
+        if progress.batch_in_epoch < plan.batches_per_process:
             break
         progress.epoch += 1
         progress.batch_in_epoch = 0
         step_log.end_epoch(progress.epoch, progress.step)
         final_epoch = progress.epoch >= epochs or progress.step >= total_steps
-        if saving.save_every_n_epochs and progress.epoch % saving.save_every_n_epochs == 0 and not final_epoch:
-            save(lora_file_name(saving.output_name, epoch=progress.epoch))
+        if saves.after_epoch(progress.epoch, progress.step):
+            save(lora_file_name(config.saving.output_name, epoch=progress.epoch))
         if config.sampling.every_n_epochs and progress.epoch % config.sampling.every_n_epochs == 0:
             sample(progress.epoch, progress.step)
         if not final_epoch and obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save,
@@ -345,7 +336,7 @@ def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: S
             return _stopped(loader, events, progress, step_log, log)
 
     # ---- the end
-    save(lora_file_name(saving.output_name), final=True)
+    save(lora_file_name(config.saving.output_name), final=True)
     step_log.close()
     events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
     log(f"finished: {progress.step} steps, {progress.epoch} epochs")

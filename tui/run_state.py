@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.run.events import as_float
+from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, RUN_END, RUN_START, SAMPLE, STEP,
+                               WARNING, as_float)
 from engine.run.format import format_clock, format_duration
 from engine.run.folder import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from tui.series_summary import SeriesSummary
@@ -140,7 +141,7 @@ class RunState:
         """Fold events in order; runs of step events take the batch path."""
         steps: list[dict[str, Any]] = []
         for event in events:
-            if event.get("type") == "step":
+            if event.get("type") == STEP:
                 steps.append(event)
                 continue
             if steps:
@@ -152,7 +153,7 @@ class RunState:
 
     def fold(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "step":
+        if kind == STEP:
             self._fold_steps([event])
             return
         self.events += 1
@@ -161,14 +162,14 @@ class RunState:
             when = as_float(when)
         if when is not None:
             self.last_event_time = when
-        if kind == "run_start":
+        if kind == RUN_START:
             self._fold_run_start(event, when)
-        elif kind == "epoch_end":
+        elif kind == EPOCH_END:
             self.epoch = _int(event.get("epoch"), self.epoch)
             loss_epoch = as_float(event.get("loss_epoch"))
             if loss_epoch is not None:
                 self.loss_epoch_series.add(self.epoch, loss_epoch)
-        elif kind == "sample":
+        elif kind == SAMPLE:
             self.samples.append(SampleRecord(
                 path=str(event.get("path", "")),
                 epoch=_int(event.get("epoch"), self.epoch),
@@ -181,7 +182,7 @@ class RunState:
                 height=_int(event.get("height"), 0),
             ))
             self.samples_version += 1
-        elif kind == "checkpoint":
+        elif kind == CHECKPOINT:
             record = CheckpointRecord(
                 path=str(event.get("path", "")),
                 epoch=_int(event.get("epoch"), self.epoch),
@@ -193,10 +194,10 @@ class RunState:
             self.checkpoints.append(record)
             self.largest_file_bytes = max(self.largest_file_bytes, record.bytes)
             self.checkpoints_version += 1
-        elif kind == "control":
+        elif kind == CONTROL:
             request = event.get("request", "?")
             self._notice(when, "control", f"{request}: {event.get('outcome', '')}".rstrip(": "))
-        elif kind == "warning":
+        elif kind == WARNING:
             self.warnings += 1
             message = str(event.get("message", ""))
             if event.get("path"):
@@ -204,13 +205,13 @@ class RunState:
             if _is_no_space(message):
                 self.no_space_message = message
             self._notice(when, "warning", message)
-        elif kind == "error":
+        elif kind == ERROR:
             self.error_message = str(event.get("message", "")) or "error"
             self.error_traceback = _last_lines(str(event.get("traceback") or ""), MAX_TRACEBACK_LINES)
             if _is_no_space(self.error_message) or _is_no_space(self.error_traceback):
                 self.no_space_message = self.error_message
             self._notice(when, "error", self.error_message, self.error_traceback)
-        elif kind == "run_end":
+        elif kind == RUN_END:
             self.status = str(event.get("status") or FINISHED)
             self.ended = when
             self.step = _int(event.get("step"), self.step)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_write_text
-from engine.run.events import EVENTS_FILE, EventTail, _json_safe, as_float, parse_lines
+from engine.run.events import (CHECKPOINT, EPOCH_END, ERROR, EVENTS_FILE, RUN_END, RUN_START, STEP, EventTail,
+                               _json_safe, as_float, parse_lines)
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = "engine.log"
@@ -253,7 +254,7 @@ def fold_event(summary: RunSummary, event: dict[str, Any]) -> None:
     when = as_float(event.get("time"))
     if when is not None:
         summary.last_time = when
-    if kind == "run_start":
+    if kind == RUN_START:
         plan = event.get("plan") or {}
         summary.total_steps = int(plan.get("total_steps") or 0)
         summary.epochs = int(plan.get("epochs") or 0)
@@ -262,19 +263,19 @@ def fold_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.ended = None
         if summary.started is None:
             summary.started = when
-    elif kind == "step":
+    elif kind == STEP:
         summary.step = int(event.get("step") or summary.step)
         summary.epoch = int(event.get("epoch") or summary.epoch)
         summary.loss = as_float(event.get("loss"))
         summary.loss_avg = as_float(event.get("loss_avg"))
         summary.steps_per_s = as_float(event.get("steps_per_s"))
-    elif kind == "epoch_end":
+    elif kind == EPOCH_END:
         summary.epoch = int(event.get("epoch") or summary.epoch)
-    elif kind == "checkpoint" and event.get("kind", "lora") == "lora":
+    elif kind == CHECKPOINT and event.get("kind", "lora") == "lora":
         summary.checkpoints += 1
-    elif kind == "error":
+    elif kind == ERROR:
         summary.message = str(event.get("message", ""))
-    elif kind == "run_end":
+    elif kind == RUN_END:
         summary.status = str(event.get("status", FINISHED))
         summary.ended = when
         summary.step = int(event.get("step") or summary.step)
@@ -324,7 +325,7 @@ class RunFollower:
         return replace(self._folded, status=resolve_status(self.run, self._folded.status))
 
 
-_STEP_MARK = b'"type":"step"'
+_STEP_MARK = f'"type":"{STEP}"'.encode()  # as EventWriter writes it (compact JSON)
 
 
 def _summary_events(tail: EventTail) -> list[dict[str, Any]]:

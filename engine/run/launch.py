@@ -19,7 +19,7 @@ from typing import Callable, TextIO
 
 from engine.config.schema import TrainConfig, load_config, resolve_path, save_config, with_absolute_paths
 from engine.errors import LoradeckError
-from engine.run.events import read_events
+from engine.run.events import ERROR, read_events
 from engine.run.folder import RunDir
 
 
@@ -152,7 +152,7 @@ def _follow(process: subprocess.Popen, run: RunDir, echo: TextIO) -> int:
 def last_error(run: RunDir) -> str:
     message = ""
     for event in read_events(run.events):
-        if event.get("type") == "error":
+        if event.get("type") == ERROR:
             message = str(event.get("message", ""))
     return message
 

@@ -5,6 +5,7 @@
       events.jsonl   engine.run.events
       engine.log     the engine's stdout/stderr
       engine.pid     {"pid", "start_ticks", "started", "host"} while the engine lives
+                     (start_ticks: the process's start time as psutil reports it)
       control/       request files: stop, save, sample (the engine removes them when done)
       samples/ checkpoints/ state/ tb/
 
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from engine.atomic import atomic_write_text
 from engine.run.events import (CHECKPOINT, EPOCH_END, ERROR, EVENTS_FILE, RUN_END, RUN_START, STEP, EventTail,
@@ -103,7 +106,7 @@ class RunDir:
         pid = os.getpid() if pid is None else pid
         record = {
             "pid": pid,
-            "start_ticks": process_start_ticks(pid),
+            "start_ticks": process_start_time(pid),
             "started": time.time(),
             "host": socket.gethostname(),
         }
@@ -131,11 +134,13 @@ class RunDir:
             return False
         if record.get("host") not in (None, socket.gethostname()):
             return True  # another machine's engine on a shared disk: trust the file
-        ticks = process_start_ticks(record["pid"])
-        if ticks is None:
+        started = process_start_time(record["pid"])
+        if started is None:
             return False
         expected = record.get("start_ticks")
-        return expected is None or expected == ticks
+        # a second of slack: the OS derives the start time from the boot time, which
+        # moves a little when the clock is adjusted
+        return expected is None or abs(expected - started) < START_TIME_SLACK
 
     # ---- control requests
 
@@ -160,37 +165,24 @@ class RunDir:
         (self.control / action).unlink(missing_ok=True)
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), or None if it is gone.
+START_TIME_SLACK = 1.0  # seconds
+
+
+def process_start_time(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), or None if it is gone.
 
     Comparing it with the recorded value tells our engine from a new process that got
-    the same pid. Elsewhere, falls back to "the pid exists".
+    the same pid. A zombie has finished; a process we may not inspect counts as 0.
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except FileNotFoundError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return None
-    except OSError:
-        return _pid_exists(pid)
-    # the command name (field 2) may contain spaces and parentheses; fields after it are fixed
-    after_name = stat.rsplit(")", 1)[-1].split()
-    if after_name and after_name[0] == "Z":
-        return None  # a zombie has finished
-    try:
-        return int(after_name[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_exists(pid: int) -> int | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return 0
-    return 0
+    except psutil.AccessDenied:
+        return 0.0
 
 
 # --------------------------------------------------------------------------- summaries

@@ -220,19 +220,26 @@ def load_prompts(config: TrainConfig, base_dir: str | Path) -> tuple[list[Sample
     path = prompts_source(config, base_dir)
     if path is None:
         return parse_prompts(config.sampling.prompts, default_sampler=default_sampler, source="sampling.prompts")
+    return read_prompts_file(path, default_sampler=default_sampler)
+
+
+def read_prompts_file(path: Path, *, default_sampler: str, setting: str = "sampling.prompts_file"
+                      ) -> tuple[list[SamplePrompt], list[str]]:
+    """The prompts in a text file of one prompt per line; `setting` names where the path
+    came from in the errors. Raises LoradeckError when the file cannot be read."""
     if path.suffix.lower() in (".toml", ".json"):
         raise LoradeckError(
-            f"{path}: sampling.prompts_file must be a text file with one prompt per line "
+            f"{path}: {setting} must be a text file with one prompt per line "
             "(the TOML/JSON prompt formats of sd-scripts are not read)"
         )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise LoradeckError(f"{path}: prompts file not found (sampling.prompts_file)") from None
+        raise LoradeckError(f"{path}: prompts file not found ({setting})") from None
     except IsADirectoryError:
-        raise LoradeckError(f"{path}: is a folder, not a prompts file (sampling.prompts_file)") from None
+        raise LoradeckError(f"{path}: is a folder, not a prompts file ({setting})") from None
     except UnicodeDecodeError:
-        raise LoradeckError(f"{path}: prompts file is not UTF-8 text (sampling.prompts_file)") from None
+        raise LoradeckError(f"{path}: prompts file is not UTF-8 text ({setting})") from None
     except OSError as error:
         raise LoradeckError(f"{path}: cannot read the prompts file: {error.strerror}") from None
     return parse_prompts(text, default_sampler=default_sampler, source=path.name)

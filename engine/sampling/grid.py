@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine.config.schema import load_config
 from engine.errors import LoradeckError, UsageError
 from engine.run.events import SAMPLE, read_events
-from engine.config.prompts import SamplePrompt, load_prompts, parse_prompts
+from engine.config.prompts import SamplePrompt, load_prompts, read_prompts_file
 from engine.run.folder import RunDir
 
 if TYPE_CHECKING:
@@ -73,15 +72,14 @@ class GridRow:
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a .safetensors file, read from its JSON header only."""
+    """The `__metadata__` of a .safetensors file (safe_open reads only the header)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, struct.error):
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError):
         raise LoradeckError(f"{path}: not a readable .safetensors file") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -113,15 +111,10 @@ def grid_prompts(run: RunDir, config: Any, prompts_file: Path | None) -> tuple[l
     if prompts_file is None:
         prompts, warnings = load_prompts(config, run.path)
     else:
-        try:
-            text = Path(prompts_file).read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise LoradeckError(f"{prompts_file}: no such prompts file (--prompts)") from None
-        except UnicodeDecodeError:
-            raise LoradeckError(f"{prompts_file}: the prompts file is not UTF-8 text (--prompts)") from None
-        except OSError as error:
-            raise LoradeckError(f"{prompts_file}: cannot read the prompts file: {error.strerror}") from None
-        prompts, warnings = parse_prompts(text, default_sampler=config.sampling.sampler, source=Path(prompts_file).name)
+        path = Path(prompts_file)
+        if not path.exists():
+            raise LoradeckError(f"{path}: no such prompts file (--prompts)")
+        prompts, warnings = read_prompts_file(path, default_sampler=config.sampling.sampler, setting="--prompts")
     recorded: dict[tuple[str, str], int] = {}
     for event in read_events(run.events):
         if event.get("type") == SAMPLE and isinstance(event.get("seed"), int):

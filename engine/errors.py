@@ -26,3 +26,10 @@ class ConfigError(LoradeckError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{field}: {message}")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for
+    one-line errors built from a library's multi-line ones."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from engine.config.schema import TrainConfig, resolve_path
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, first_line
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -124,7 +124,7 @@ def _load_diffusers(source: str, *, local_only: bool, dtype: torch.dtype, vae_dt
             parts[part] = load()
         except (OSError, ValueError) as error:
             hint = "" if local_only else " (is the server online and the id right? a local folder or file needs no network)"
-            raise LoradeckError(f"model.pretrained_model: cannot load the {part} of {source}: {_first_line(error)}{hint}") from None
+            raise LoradeckError(f"model.pretrained_model: cannot load the {part} of {source}: {first_line(error)}{hint}") from None
     return parts
 
 
@@ -160,7 +160,7 @@ def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt
         try:
             return AutoencoderKL.from_pretrained(str(path), subfolder=subfolder, local_files_only=True)
         except (OSError, ValueError) as error:
-            raise LoradeckError(f"model.vae: cannot load {path}: {_first_line(error)}") from None
+            raise LoradeckError(f"model.vae: cannot load {path}: {first_line(error)}") from None
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise LoradeckError(f"model.vae: {path} must be a diffusers folder, a .safetensors or a .ckpt file")
     from engine.model.single_file import load_single_file_vae
@@ -169,6 +169,3 @@ def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt
     return load_single_file_vae(path, allow_ckpt=allow_ckpt, config_dir=config_dir)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import atomic_path
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path, *, allow_ckpt: bool = False) -> dict[str, 
         try:
             state = load_file(str(path))
         except Exception as error:  # safetensors raises its own error type and OSError
-            raise LoradeckError(f"{path}: not a readable .safetensors file ({_first_line(error)})") from error
+            raise LoradeckError(f"{path}: not a readable .safetensors file ({first_line(error)})") from error
     elif suffix in PICKLE_SUFFIXES:
         if not allow_ckpt:
             raise LoradeckError(
@@ -71,7 +71,7 @@ def read_checkpoint(path: str | Path, *, allow_ckpt: bool = False) -> dict[str, 
                 "(nothing was unpickled); convert it to .safetensors with a tool you trust"
             ) from error
         except Exception as error:  # truncated zip, bad magic number, EOF
-            raise LoradeckError(f"{path}: not a readable checkpoint ({_first_line(error)})") from error
+            raise LoradeckError(f"{path}: not a readable checkpoint ({first_line(error)})") from error
     else:
         raise LoradeckError(f"{path}: not a checkpoint file (expected .safetensors, or .ckpt with model.allow_ckpt)")
 
@@ -81,11 +81,6 @@ def read_checkpoint(path: str | Path, *, allow_ckpt: bool = False) -> dict[str, 
     if not isinstance(state, dict):
         raise LoradeckError(f"{path}: holds a {type(state).__name__}, not a dictionary of weights")
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def detect_family(state: dict[str, Any], path: str | Path) -> str:
@@ -131,7 +126,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LoradeckError(f"{path}: missing model config") from None
     except (OSError, ValueError) as error:
-        raise LoradeckError(f"{path}: unreadable model config ({_first_line(error)})") from error
+        raise LoradeckError(f"{path}: unreadable model config ({first_line(error)})") from error
 
 
 def load_tokenizer(config_dir: str | Path | None = None):
@@ -483,7 +478,7 @@ def export_single_file(diffusers_dir: str | Path, out_path: str | Path, *, dtype
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder", local_files_only=True)
     except (OSError, ValueError) as error:
-        raise LoradeckError(f"{source}: cannot load the diffusers model ({_first_line(error)})") from error
+        raise LoradeckError(f"{source}: cannot load the diffusers model ({first_line(error)})") from error
 
     text_weights = text_encoder.state_dict()
     state = {

@@ -461,11 +461,6 @@ def _release(loader) -> None:
 def _make_sampler(run, config, base_dir, model, events, device, dtype):
     if not (config.sampling.prompts.strip() or config.sampling.prompts_file.strip()):
         return None
-    try:
-        from engine.sampling.sampler import TrainingSampler
-    except ModuleNotFoundError as error:
-        if error.name != "engine.sampling.sampler":
-            raise
-        events.emit(WARNING, message="sampling is not available in this build; no samples", code="no_sampling")
-        return None
+    from engine.sampling.sampler import TrainingSampler
+
     return TrainingSampler(run, config, Path(base_dir), model, events, device, dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -258,7 +258,3 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
     if repeats == 0:
         dataset.problems.append(DatasetProblem(folder, "zero_repeats", f"{folder}: 0 repeats; its images are not used"))
     dataset.folders.append(FolderInfo(folder, folder.name, repeats, class_tokens, images, captioned, is_reg))
-
-
-def with_bucket(item: ImageItem, bucket: tuple[int, int]) -> ImageItem:
-    return replace(item, bucket=bucket)

@@ -285,10 +285,6 @@ def parse_caption(text: str) -> Caption:
 # ---- whole-caption helpers used by the CLI, the editor and the captioners
 
 
-def join_tags(names: Iterable[str], separator: str = ", ") -> str:
-    return separator.join(name.strip() for name in names if name.strip())
-
-
 _NEEDS_PARSER = re.compile(r"[(\[\\|]")
 
 

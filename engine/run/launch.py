@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from engine.config.schema import TrainConfig, load_config, resolve_path, save_config, with_absolute_paths
 from engine.errors import LoradeckError
@@ -155,13 +155,3 @@ def last_error(run: RunDir) -> str:
         if event.get("type") == ERROR:
             message = str(event.get("message", ""))
     return message
-
-
-def wait_for_engine(run: RunDir, timeout: float, poll: Callable[[], bool] | None = None) -> bool:
-    """True once the engine that runs `run` has exited (or `poll` says done) within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not run.engine_alive() or (poll and poll()):
-            return True
-        time.sleep(0.1)
-    return False

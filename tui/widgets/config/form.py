@@ -189,10 +189,3 @@ class ConfigForm(VerticalScroll):
         row = self.rows[key]
         row.editor.focus(scroll_visible=False)
         self.scroll_to_center(row, animate=False)
-
-    def focused_key(self) -> str | None:
-        focused = self.screen.focused
-        for row in self.rows.values():
-            if focused is not None and row in focused.ancestors_with_self:
-                return row.key
-        return None

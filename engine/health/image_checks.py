@@ -32,6 +32,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from engine.dataset.folders import IMAGE_EXTENSIONS
+from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
 OTHER_IMAGE_EXTENSIONS = (
@@ -77,6 +78,7 @@ class ImageFacts:
     pixel_hash: str = ""
     perceptual_hash: str = ""  # 64-bit pHash as 16 hex digits
     sharpness: float = -1.0  # variance of the Laplacian on the working copy; -1 unknown
+    damaged_row: int = -1  # first pixel row of damage the decoder did not report; -1 none
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -145,6 +147,14 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
+                row = damaged_row(raw)
+                if row >= 0:
+                    return _error(
+                        "corrupt",
+                        f"damaged from row {row} of {height} down: the picture below is shifted, "
+                        "colour-cast or grey (lost or altered bytes that libjpeg decodes without a warning)",
+                        format=image.format, width=width, height=height, damaged_row=row,
+                    )
                 pixels = _image_over(raw)
             else:
                 pixels = _decode_with_pillow(data, image)

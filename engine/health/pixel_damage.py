@@ -1,0 +1,91 @@
+"""Damage that decoders do not report, found in the decoded pixels.
+
+Bytes zeroed, dropped or flipped in the middle of a JPEG's entropy-coded data often
+decode without a warning: from the damaged block onward the picture comes out shifted
+and colour-cast, or as flat grey to the bottom edge. Both leave a horizontal seam on a
+boundary between rows of 8×8 blocks. Numpy only, on every fourth column.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 8
+# A seam: the step across a block boundary is this many times the larger row-to-row
+# step just above and just below it...
+SEAM_RATIO = 2.5
+# ...at least this big (mean absolute step over the channels, 0-255 per channel)...
+SEAM_MIN_STEP = 8.0
+# ...between two textured sides of alike texture: a real horizon or a hard edge meets a
+# flat or differently textured side, the shifted picture below a seam carries the
+# same grain as above.
+MIN_TEXTURE = 1.0
+TEXTURE_LIKENESS = 0.5
+# Only every COLUMN_STEP-th column is read. Steps are compared per segment of this
+# many (sampled) columns; a seam covers at
+# least this share of the width.
+COLUMN_STEP = 4
+SEGMENT = 8
+MIN_SEAM_SPAN = 0.35
+# The grey libjpeg fills a lost tail with, and how close (per channel) counts as it.
+FILL_GREY = 128
+FILL_TOLERANCE = 2
+
+
+def damaged_row(pixels: np.ndarray) -> int:
+    """The first pixel row of silent damage, or -1 when the pixels look whole.
+
+    `pixels` is height × width (× channels) uint8, as decoded."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    height = pixels.shape[0]
+    if height < 3 * BLOCK:
+        return -1
+    filled = _grey_fill_row(pixels)
+    boundaries = np.arange(BLOCK, height - 1, BLOCK)
+    if filled >= 0:
+        boundaries = boundaries[boundaries < filled]
+    seam = _first_seam(pixels[:, ::COLUMN_STEP, :3], boundaries)
+    if seam >= 0:
+        return seam
+    return filled
+
+
+def _first_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
+    if not len(boundaries):
+        return -1
+    width = pixels.shape[1] // SEGMENT * SEGMENT
+    if width < 4 * SEGMENT:
+        return -1
+    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]), :width]
+    steps = np.abs(np.diff(rows.astype(np.int16), axis=0))  # above, across, below
+    # Mean step per segment of the width: steps[k, boundary, segment]
+    values = SEGMENT * rows.shape[-1]
+    steps = steps.reshape(3, len(boundaries), width // SEGMENT, values).sum(axis=-1, dtype=np.int32) / values
+    above, across, below = steps
+    rougher, smoother = np.maximum(above, below), np.minimum(above, below)
+    seam = ((across >= SEAM_RATIO * (rougher + 1)) & (across >= SEAM_MIN_STEP)
+            & (smoother >= MIN_TEXTURE) & (smoother >= TEXTURE_LIKENESS * rougher))
+    # Damage runs on to the end of the block row it starts in and starts the next one
+    # from the left edge: a seam reaches one side and spans a good part of the width,
+    # unlike the top of a shape that happens to lie on a block boundary.
+    reaches_side = seam[:, 0] | seam[:, -1]
+    found = np.flatnonzero(reaches_side & (seam.mean(axis=1) >= MIN_SEAM_SPAN))
+    return int(boundaries[found[0]]) if len(found) else -1
+
+
+def _grey_fill_row(pixels: np.ndarray) -> int:
+    """Where a flat grey tail that runs to the bottom edge starts, or -1."""
+    channels = pixels[:, ::COLUMN_STEP, :3]
+    if not _is_fill(channels[-1:]).all():
+        return -1
+    # Only the bottom rows are read row by row: most images end on their first test.
+    fill = _is_fill(channels).all(axis=1)
+    not_fill = np.flatnonzero(~fill)
+    start = int(not_fill[-1]) + 1 if len(not_fill) else 0
+    if start == 0 or pixels.shape[0] - start < BLOCK:
+        return -1  # an all-grey picture, or a thin grey border: not a lost tail
+    return start
+
+
+def _is_fill(rows: np.ndarray) -> np.ndarray:
+    return (np.abs(rows.astype(np.int16) - FILL_GREY) <= FILL_TOLERANCE).all(axis=-1)

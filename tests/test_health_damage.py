@@ -1,0 +1,108 @@
+"""Silent JPEG damage: bytes zeroed, dropped or flipped mid-scan that libjpeg decodes
+without a warning are found from the pixels as `corrupt`, with the row; clean pictures,
+hard horizontal edges on a block boundary included, are not."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import simplejpeg
+from PIL import Image, ImageDraw
+
+from engine.health.image_checks import inspect_image
+from engine.health.pixel_damage import damaged_row
+
+SIZE = (640, 480)
+
+
+def photo(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
+    """Smooth colour fields, a few hard-edged discs and a fine grain, like a photo."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        radius = int(rng.integers(height // 20, height // 4))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    grain = rng.normal(0, 3, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
+
+
+def with_horizon(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
+    """A photo whose lower part is one flat colour from a block-row boundary down."""
+    image = photo(seed, size)
+    rng = np.random.default_rng(seed + 1)
+    top = int(rng.integers(2, size[1] // 8 - 2)) * 8
+    ImageDraw.Draw(image).rectangle((0, top, size[0], size[1]), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True, strict=True)
+
+
+def damage(data: bytes, kind: str, fraction: float) -> bytes:
+    start = data.index(b"\xff\xda") + 20
+    at = start + int((len(data) - 2 - start) * fraction)
+    if kind == "zeroed":
+        return data[:at] + bytes(16) + data[at + 16:]
+    if kind == "dropped":
+        return data[:at] + data[at + 7:]
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]  # flipped
+
+
+def first_changed_row(clean: np.ndarray, damaged: np.ndarray) -> int:
+    return int(np.flatnonzero(np.abs(damaged.astype(np.int16) - clean).mean(axis=(1, 2)) > 3)[0])
+
+
+# Damage that libjpeg decodes silently and that leaves a visible seam (checked to be
+# silent in the test itself): three kinds, at several depths into the scan.
+SILENT_CASES = [
+    (seed, kind, fraction)
+    for seed, kind, fraction in [
+        (0, "zeroed", 0.25), (1, "zeroed", 0.4), (7, "zeroed", 0.55), (12, "zeroed", 0.7),
+        (2, "dropped", 0.25), (3, "dropped", 0.4), (1, "dropped", 0.55), (8, "dropped", 0.7),
+        (7, "flipped", 0.25), (17, "flipped", 0.4), (2, "flipped", 0.55), (9, "flipped", 0.7),
+    ]
+]
+
+
+@pytest.mark.parametrize(("seed", "kind", "fraction"), SILENT_CASES)
+def test_silently_damaged_jpeg_is_corrupt_from_the_damaged_row(tmp_path, seed, kind, fraction):
+    data = jpeg(photo(seed))
+    damaged = damage(data, kind, fraction)
+    pixels = decode(damaged)  # libjpeg, strict: no warning
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(damaged)
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    true_row = first_changed_row(decode(data), pixels)
+    assert abs(facts.damaged_row - true_row) <= 16
+    assert f"row {facts.damaged_row} " in facts.error
+
+
+def test_grey_tail_is_damage_from_where_it_starts():
+    pixels = np.asarray(photo(2)).copy()
+    pixels[296:] = 128
+    assert damaged_row(pixels) == 296
+    pixels[:] = 128
+    assert damaged_row(pixels) == -1  # an all-grey picture is not a lost tail
+
+
+def test_clean_pictures_and_hard_horizontal_edges_are_not_flagged():
+    flagged = [
+        (maker.__name__, seed)
+        for seed in range(200)
+        for maker in (photo, with_horizon)
+        if seed % 2 == (maker is with_horizon)
+        if damaged_row(decode(jpeg(maker(seed)))) >= 0
+    ]
+    assert flagged == []

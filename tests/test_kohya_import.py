@@ -78,3 +78,10 @@ def test_command_writes_toml_that_loads(tmp_path, capsys):
     config = loads_config(out.read_text())
     assert config.network.rank == 64
     assert main(["import-kohya", str(FIXTURES / "lora_gui_strings.json"), "-o", str(out)]) == 2
+
+
+def test_zero_text_encoder_rate_means_unet_only():
+    result = import_kohya({"pretrained_model_name_or_path": "x", "LoRA_type": "Standard",
+                           "learning_rate": "0.0001", "unet_lr": "0.0001", "text_encoder_lr": "0"})
+    assert result.config.network.train_unet and not result.config.network.train_text_encoder
+    assert any("U-Net only" in note for note in result.notes)

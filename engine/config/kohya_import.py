@@ -248,6 +248,16 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
                 notes.append(f"sample_sampler {sampler!r} has no equivalent; using euler_a")
             else:
                 put("sampling.sampler", ours)
+    # the GUI (and sd-scripts) read a zero rate for one model, beside a rate for the other, as
+    # "do not train this one" rather than "use the learning rate"
+    unet_rate = convert("unet_lr", _number) if "unet_lr" in data else _UNSET
+    text_rate = convert("text_encoder_lr", _number) if "text_encoder_lr" in data else _UNSET
+    if text_rate == 0 and unet_rate is not _UNSET and unet_rate > 0:
+        put("network.train_text_encoder", False)
+        notes.append("text_encoder_lr is 0 with unet_lr set: training the U-Net only, as the GUI does")
+    if unet_rate == 0 and text_rate is not _UNSET and text_rate > 0:
+        put("network.train_unet", False)
+        notes.append("unet_lr is 0 with text_encoder_lr set: training the text encoder only, as the GUI does")
     if _flag(data.get("network_train_unet_only", False)) is True:
         put("network.train_text_encoder", False)
     if _flag(data.get("network_train_text_encoder_only", False)) is True:

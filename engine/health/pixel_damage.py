@@ -31,6 +31,9 @@ FILL_GREY = 128
 FILL_TOLERANCE = 2
 
 
+MIN_SEAM_WIDTH = 512
+
+
 def damaged_row(pixels: np.ndarray) -> int:
     """The first pixel row of silent damage, or -1 when the pixels look whole.
 
@@ -41,6 +44,8 @@ def damaged_row(pixels: np.ndarray) -> int:
     if height < 3 * BLOCK:
         return -1
     filled = _grey_fill_row(pixels)
+    if pixels.shape[1] < MIN_SEAM_WIDTH:
+        return filled  # too few columns to tell a seam from a real edge (measured false positives at 384 wide)
     boundaries = np.arange(BLOCK, height - 1, BLOCK)
     if filled >= 0:
         boundaries = boundaries[boundaries < filled]

@@ -2,7 +2,7 @@
 
     python bench/pixel_damage_rates.py [--count 1000] [--size 640x480]
 
-Clean: generated photos (bench/scan_speed.py's) and, every other one, the same with a
+Clean: generated photos (tests/health_corpus.py's, as bench/scan_speed.py) and, every other one, the same with a
 flat lower part from a block-row boundary down (a hard horizon). Damaged: each clean
 photo with 16 bytes zeroed, 7 dropped or one bit flipped at a random depth into the
 scan; only those libjpeg decodes without a warning and that change the pixels count.
@@ -10,7 +10,6 @@ scan; only those libjpeg decodes without a warning and that change the pixels co
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -19,15 +18,11 @@ import simplejpeg
 from PIL import ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scan_speed import photo  # noqa: E402  (same folder)
 
 from engine.health.pixel_damage import damaged_row  # noqa: E402
-
-
-def jpeg(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+from tests.health_corpus import damage_scan as damage  # noqa: E402
+from tests.health_corpus import jpeg_bytes as jpeg  # noqa: E402
+from tests.health_corpus import photo  # noqa: E402
 
 
 def decode(data: bytes) -> np.ndarray | None:
@@ -35,16 +30,6 @@ def decode(data: bytes) -> np.ndarray | None:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True, strict=True)
     except ValueError:
         return None  # libjpeg reports it: the scan finds it without the pixel check
-
-
-def damage(data: bytes, kind: str, fraction: float) -> bytes:
-    start = data.index(b"\xff\xda") + 20
-    at = start + int((len(data) - 2 - start) * fraction)
-    if kind == "zeroed":
-        return data[:at] + bytes(16) + data[at + 16:]
-    if kind == "dropped":
-        return data[:at] + data[at + 7:]
-    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
 
 
 def main() -> None:

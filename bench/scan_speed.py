@@ -24,24 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.health_corpus import photo  # noqa: E402  (the same photos the damage bench and tests use)
 
-
-def photo(seed: int, size: tuple[int, int]):
-    """A picture that compresses like a photo: smooth fields, a few hard edges, grain."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    image = coarse.resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        radius = int(rng.integers(height // 20, height // 4))
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    grain = rng.normal(0, 3, (height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
 
 
 def _write_some(args: tuple[Path, range, tuple[int, int]]) -> None:

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFilter
+from PIL import Image, ImageCms, ImageDraw, ImageFilter
 
 SIZE = (576, 512)
 SUBJECT = "10_subject"
@@ -30,6 +30,32 @@ def picture(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
     smooth = np.asarray(coarse.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
     noise = rng.integers(-24, 25, (height, width, 3), dtype=np.int16)
     return Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+
+
+def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A picture that compresses like a photo: smooth fields, a few hard-edged discs, grain."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    image = coarse.resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        radius = int(rng.integers(height // 20, height // 4))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    grain = rng.normal(0, 3, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
+
+
+def damage_scan(jpeg: bytes, kind: str, fraction: float) -> bytes:
+    """16 bytes zeroed, 7 dropped or one bit flipped, `fraction` of the way into the scan."""
+    start = jpeg.index(b"\xff\xda") + 20
+    at = start + int((len(jpeg) - 2 - start) * fraction)
+    if kind == "zeroed":
+        return jpeg[:at] + bytes(16) + jpeg[at + 16:]
+    if kind == "dropped":
+        return jpeg[:at] + jpeg[at + 7:]
+    return jpeg[:at] + bytes([jpeg[at] ^ 0x10]) + jpeg[at + 1:]  # flipped
 
 
 def jpeg_bytes(image: Image.Image, **options) -> bytes:

@@ -3,7 +3,6 @@ without a warning are found from the pixels as `corrupt`, with the row; clean pi
 hard horizontal edges on a block boundary included, are not."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -12,22 +11,11 @@ from PIL import Image, ImageDraw
 
 from engine.health.image_checks import inspect_image
 from engine.health.pixel_damage import damaged_row
+from tests.health_corpus import damage_scan as damage
+from tests.health_corpus import jpeg_bytes as jpeg
+from tests.health_corpus import photo
 
 SIZE = (640, 480)
-
-
-def photo(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
-    """Smooth colour fields, a few hard-edged discs and a fine grain, like a photo."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        radius = int(rng.integers(height // 20, height // 4))
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    grain = rng.normal(0, 3, (height, width, 3))
-    return Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).astype(np.uint8))
 
 
 def with_horizon(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
@@ -39,24 +27,8 @@ def with_horizon(seed: int, size: tuple[int, int] = SIZE) -> Image.Image:
     return image
 
 
-def jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def decode(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True, strict=True)
-
-
-def damage(data: bytes, kind: str, fraction: float) -> bytes:
-    start = data.index(b"\xff\xda") + 20
-    at = start + int((len(data) - 2 - start) * fraction)
-    if kind == "zeroed":
-        return data[:at] + bytes(16) + data[at + 16:]
-    if kind == "dropped":
-        return data[:at] + data[at + 7:]
-    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]  # flipped
 
 
 def first_changed_row(clean: np.ndarray, damaged: np.ndarray) -> int:

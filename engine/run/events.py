@@ -48,6 +48,12 @@ RUN_END = "run_end"
 EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, CONTROL, WARNING, ERROR, RUN_END)
 RUN_END_STATUSES = ("finished", "stopped", "failed")
 
+# a run's status: a run end's, or what a reader infers (engine.run.folder.resolve_status)
+FINISHED, STOPPED, FAILED = RUN_END_STATUSES
+RUNNING = "running"
+STARTING = "starting"  # no run start yet
+CRASHED = "crashed"  # no run end, and the engine is gone
+
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinity are not JSON; write them as strings readers can recognise."""
@@ -203,3 +209,13 @@ def as_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def as_int(value: Any, default: int) -> int:
+    """A numeric event field as int, or `default` when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default

@@ -1,0 +1,73 @@
+"""ValidationPanel: the validation curve beside the training loss, the best file, the advice.
+
+Shown only for runs with validation on (a `validation` event arrived). Four lines: the
+validation loss and the train-set fixed-noise loss over the run (engine.train.validation),
+the best evaluation and its file, and one line of advice from `engine.run.advice`. The
+panel takes focus (`v` on the dashboard, or tab); `?` on it opens how the advice was
+derived, with the rules and the numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widget import Widget
+
+from engine.run.advice import explanation
+from engine.run.format import format_loss
+from tui.widgets.dashboard.sparkline_panel import SeriesSparkline
+from tui.widgets.shared.text_line import TextLine
+
+
+class ValidationPanel(Widget, can_focus=True):
+    BINDINGS = [Binding("question_mark", "explain", "Explain advice")]
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.state = None
+        self._version = -1
+
+    def compose(self) -> ComposeResult:
+        yield SeriesSparkline("val loss", format_loss, id="spark-validation")
+        yield SeriesSparkline("train set", format_loss, id="spark-train-fixed")
+        yield TextLine("", id="validation-best")
+        yield TextLine("", id="validation-advice")
+
+    def show(self, state) -> None:
+        """Point the panel at a `RunState` snapshot; hidden while the run has no evaluation."""
+        self.state = state
+        has_validation = bool(state.validations)
+        if self.display != has_validation:
+            self.display = has_validation
+        if not has_validation or state.validation_version == self._version:
+            return
+        self._version = state.validation_version
+        self.query_one("#spark-validation", SeriesSparkline).show(state.validation_series)
+        self.query_one("#spark-train-fixed", SeriesSparkline).show(state.train_fixed_series)
+        self.query_one("#validation-best", TextLine).show(best_line(state))
+        self.query_one("#validation-advice", TextLine).show(f"advice: {state.advice().text}")
+
+    def action_explain(self) -> None:
+        if self.state is None or not self.state.validations:
+            return
+        from tui.screens.help import ExplanationScreen
+
+        self.app.push_screen(ExplanationScreen("How the validation advice is derived", explanation(self.state.advice())))
+
+
+def best_line(state) -> str:
+    """`★ best 0.1234 at epoch 5, step 50: lora-000005.safetensors · last 0.1301 · 1.2s`."""
+    best = state.best_validation
+    if best is None:
+        return ""
+    checkpoint = state.best_checkpoint()
+    file = Path(checkpoint.path).name if checkpoint is not None else Path(state.best_validation_path).name
+    last = state.validations[-1]
+    parts = [f"★ best {format_loss(best.loss)} at epoch {best.epoch}, step {best.step}" + (f": {file}" if file else "")]
+    if last.step != best.step:
+        parts.append(f"last {format_loss(last.loss)}")
+    if state.validation_seconds is not None:
+        parts.append(f"{state.validation_seconds:.1f}s per evaluation")
+    parts.append("? explains")
+    return " · ".join(parts)

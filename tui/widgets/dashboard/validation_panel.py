@@ -13,6 +13,7 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widget import Widget
+from textual.widgets import Static
 
 from engine.run.advice import explanation
 from engine.run.format import format_loss
@@ -20,19 +21,20 @@ from tui.widgets.dashboard.sparkline_panel import SeriesSparkline
 from tui.widgets.shared.text_line import TextLine
 
 
-class ValidationPanel(Widget, can_focus=True):
+class ValidationPanel(Widget, can_focus=False):
     BINDINGS = [Binding("question_mark", "explain", "Explain advice")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.display = False  # until a validation event arrives
         self.state = None
-        self._version = -1
+        self._key: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield SeriesSparkline("val loss", format_loss, id="spark-validation")
         yield SeriesSparkline("train set", format_loss, id="spark-train-fixed")
         yield TextLine("", id="validation-best")
-        yield TextLine("", id="validation-advice")
+        yield Static("", id="validation-advice", markup=False)  # wraps: the advice is read whole
 
     def show(self, state) -> None:
         """Point the panel at a `RunState` snapshot; hidden while the run has no evaluation."""
@@ -40,13 +42,19 @@ class ValidationPanel(Widget, can_focus=True):
         has_validation = bool(state.validations)
         if self.display != has_validation:
             self.display = has_validation
-        if not has_validation or state.validation_version == self._version:
+            self.can_focus = has_validation  # focusable only when shown, never focused at start
+        # the advice names the best evaluation's file, whose checkpoint event comes after it
+        key = (state.validation_version, state.checkpoints_version)
+        if not has_validation or key == self._key:
             return
-        self._version = state.validation_version
+        self._key = key
         self.query_one("#spark-validation", SeriesSparkline).show(state.validation_series)
         self.query_one("#spark-train-fixed", SeriesSparkline).show(state.train_fixed_series)
         self.query_one("#validation-best", TextLine).show(best_line(state))
-        self.query_one("#validation-advice", TextLine).show(f"advice: {state.advice().text}")
+        advice = f"advice: {state.advice().text}"
+        line = self.query_one("#validation-advice", Static)
+        if str(line.visual) != advice:  # an update costs a layout pass: only when it changes
+            line.update(advice)
 
     def action_explain(self) -> None:
         if self.state is None or not self.state.validations:

@@ -324,6 +324,9 @@ async def test_dashboard_marks_the_best_checkpoint_and_explains_the_advice(works
         assert "How the validation advice is derived" in explained and "Rule 'past best'" in explained
         await pilot.press("escape")
         await wait_until(pilot, lambda: app.screen is screen, what="the dashboard again")
+        # the large plot has the validation curves too
+        await pilot.press("g", "left", "left")
+        await wait_until(pilot, lambda: "· val loss · 5 values" in screen_text(app), what="the validation plot")
 
 
 async def test_dashboard_of_a_run_without_validation_has_no_panel(workspace):  # noqa: F811

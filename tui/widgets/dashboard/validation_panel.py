@@ -21,6 +21,13 @@ from tui.widgets.dashboard.sparkline_panel import SeriesSparkline
 from tui.widgets.shared.text_line import TextLine
 
 
+# (widget id, label, state attribute, formatter), as sparkline_panel.RUN_SERIES; the plot (g) adds them
+VALIDATION_SERIES = (
+    ("spark-validation", "val loss", "validation_series", format_loss),
+    ("spark-train-fixed", "train set", "train_fixed_series", format_loss),
+)
+
+
 class ValidationPanel(Widget, can_focus=False):
     BINDINGS = [Binding("question_mark", "explain", "Explain advice")]
 
@@ -31,8 +38,8 @@ class ValidationPanel(Widget, can_focus=False):
         self._key: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
-        yield SeriesSparkline("val loss", format_loss, id="spark-validation")
-        yield SeriesSparkline("train set", format_loss, id="spark-train-fixed")
+        for widget_id, label, _attribute, formatter in VALIDATION_SERIES:
+            yield SeriesSparkline(label, formatter, id=widget_id, sparse=True)
         yield TextLine("", id="validation-best")
         yield Static("", id="validation-advice", markup=False)  # wraps: the advice is read whole
 
@@ -48,8 +55,8 @@ class ValidationPanel(Widget, can_focus=False):
         if not has_validation or key == self._key:
             return
         self._key = key
-        self.query_one("#spark-validation", SeriesSparkline).show(state.validation_series)
-        self.query_one("#spark-train-fixed", SeriesSparkline).show(state.train_fixed_series)
+        for widget_id, _label, attribute, _formatter in VALIDATION_SERIES:
+            self.query_one(f"#{widget_id}", SeriesSparkline).show(getattr(state, attribute))
         self.query_one("#validation-best", TextLine).show(best_line(state))
         advice = f"advice: {state.advice().text}"
         line = self.query_one("#validation-advice", Static)

@@ -355,3 +355,22 @@ def test_grid_labels_mark_the_best_checkpoint(tmp_path, workspace):  # noqa: F81
     assert best == "validated-000002.safetensors"
     assert labels[1].endswith("validation 0.2500\n* BEST by validation") and "BEST" not in labels[0]
     assert column_labels(checkpoints, None) == ([c.label for c in checkpoints], None)
+
+
+async def test_config_screen_plan_shows_training_and_validation_counts(tmp_path, monkeypatch):
+    from engine.config.presets import load_preset
+    from engine.config.schema import save_config
+    from tests.test_config_screen import settle, type_into
+    from tui.app import make_app
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    root = ten_images(tmp_path / "ws")
+    save_config(load_preset("sd15-general"), root / "loradeck.toml")
+    app = make_app(root, start_screen="config")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "Validation off" in app.screen.plan_panel.plan_text()
+        await type_into(pilot, "validation split", "validation.split_fraction", "0.2")
+        await settle(pilot)
+        text = app.screen.plan_panel.plan_text()
+        assert "Images 8 · × repeats 16" in text and "Validation 2 held out of the training images" in text

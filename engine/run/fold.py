@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, FINISHED, RUN_END, RUN_START, RUNNING,
-                               SAMPLE, STARTING, STEP, WARNING, as_float, as_int)
+                               SAMPLE, STARTING, STEP, VALIDATION, WARNING, as_float, as_int)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class CheckpointRecord:
     bytes: int
     kind: str  # "lora" or "state"
     final: bool
+    validation_loss: float | None = None
 
 
 @dataclass
@@ -76,6 +77,8 @@ class RunProgress:
     last_sample: SampleRecord | None = None
     last_checkpoint: CheckpointRecord | None = None
     lora_checkpoints: int = 0
+    latest_validation: dict[str, Any] | None = None  # {step, epoch, loss, train_loss}
+    best_validation_so_far: dict[str, Any] | None = None  # {step, epoch, loss, path}
     last_control: str = ""  # "stop: stopped at step 7"
     last_warning: str = ""  # the message, with its path in brackets
     warnings: int = 0
@@ -161,9 +164,20 @@ class RunProgress:
                 bytes=as_int(event.get("bytes"), 0),
                 kind=str(event.get("kind", "lora")),
                 final=bool(event.get("final", False)),
+                validation_loss=as_float(event.get("validation_loss")),
             )
             if self.last_checkpoint.kind == "lora":
                 self.lora_checkpoints += 1
+        elif kind == VALIDATION:
+            loss = as_float(event.get("loss"))
+            if loss is None:
+                return  # nothing evaluated: nothing to fold
+            self.latest_validation = {"step": event.get("step"), "epoch": event.get("epoch"), "loss": loss,
+                                      "train_loss": as_float(event.get("train_loss"))}
+            best_loss = as_float(event.get("best_loss"))
+            if best_loss is not None:
+                self.best_validation_so_far = {"step": event.get("best_step"), "epoch": event.get("best_epoch"),
+                                               "loss": best_loss, "path": str(event.get("best_path") or "")}
         elif kind == CONTROL:
             request = event.get("request", "?")
             self.last_control = f"{request}: {event.get('outcome', '')}".rstrip(": ")
@@ -184,7 +198,7 @@ class RunProgress:
             self.end_message = str(event.get("message") or "")
         else:
             self.unknown_events += 1  # newer engines may add types: ignore, but count
-        self._folded(kind, when)
+        self._folded(event, kind, when)
 
     def fold_steps(self, steps: list[dict[str, Any]]) -> None:
         """A run of step events: the hot path (100,000s of them when attaching)."""
@@ -220,7 +234,7 @@ class RunProgress:
 
     # ------------------------------------------------------------------ hooks
 
-    def _folded(self, kind: Any, when: float | None) -> None:
+    def _folded(self, event: dict[str, Any], kind: Any, when: float | None) -> None:
         """Called after each event other than a step; readers that keep more override it."""
 
     def _folded_steps(self, steps: list[dict[str, Any]]) -> None:

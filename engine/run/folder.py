@@ -221,6 +221,8 @@ class RunSummary(RunProgress):
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
+            "validation": self.latest_validation,
+            "best_validation": self.best_validation_so_far,
         })
 
 

@@ -47,13 +47,18 @@ class Finding:
     code: str
     severity: str
     message: str
+    damaged_row: int = -1  # corrupt: the first pixel row of damage the decoder did not report
 
-    def as_json(self) -> dict[str, str]:
-        return {"path": self.path, "code": self.code, "severity": self.severity, "message": self.message}
+    def as_json(self) -> dict[str, str | int]:
+        item: dict[str, str | int] = {"path": self.path, "code": self.code, "severity": self.severity,
+                                      "message": self.message}
+        if self.damaged_row >= 0:
+            item["damaged_row"] = self.damaged_row
+        return item
 
 
-def finding(path: str, code: str, message: str) -> Finding:
-    return Finding(path, code, CHECKS[code].severity, message)
+def finding(path: str, code: str, message: str, damaged_row: int = -1) -> Finding:
+    return Finding(path, code, CHECKS[code].severity, message, damaged_row)
 
 
 @dataclass

@@ -43,6 +43,8 @@ SILENT_CASES = [
         (0, "zeroed", 0.25), (1, "zeroed", 0.4), (7, "zeroed", 0.55), (12, "zeroed", 0.7),
         (2, "dropped", 0.25), (3, "dropped", 0.4), (1, "dropped", 0.55), (8, "dropped", 0.7),
         (7, "flipped", 0.25), (17, "flipped", 0.4), (2, "flipped", 0.55), (9, "flipped", 0.7),
+        # a cast that clips the picture below the seam (found only by the clipped-seam test)
+        (3, "zeroed", 0.25), (13, "zeroed", 0.7), (15, "dropped", 0.25),
     ]
 ]
 
@@ -77,4 +79,17 @@ def test_clean_pictures_and_hard_horizontal_edges_are_not_flagged():
         if seed % 2 == (maker is with_horizon)
         if damaged_row(decode(jpeg(maker(seed)))) >= 0
     ]
+    assert flagged == []
+
+
+def test_black_bars_and_clipped_lower_parts_with_texture_above_are_not_flagged():
+    """A letterbox bar, and a lower part of one colour with a channel at 255, from a
+    block-row boundary down: clipped below, clean above, but one colour (no cast)."""
+    flagged = []
+    for seed in range(60):
+        pixels = np.asarray(photo(seed)).copy()
+        top = 8 * (10 + seed % 40)
+        pixels[top:] = 0 if seed % 2 else (255, 40 + seed, 90)
+        if damaged_row(decode(jpeg(Image.fromarray(pixels)))) >= 0:
+            flagged.append(seed)
     assert flagged == []

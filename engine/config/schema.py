@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
@@ -306,11 +306,12 @@ class OptimizerSettings:
     )
     optimizer_args: str = setting(
         "",
-        "Extra optimizer arguments, Kohya style: `key=value key=value`.",
+        "Extra optimizer arguments, Kohya style: `key=value key=value` (`betas=0.9,0.99` is a pair).",
         label="Optimizer args",
         advice="Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your "
         "learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True "
-        "use_bias_correction=True safeguard_warmup=True.",
+        "use_bias_correction=True safeguard_warmup=True. Names and values are checked against the "
+        "optimizer's own arguments as you type.",
     )
     learning_rate: float = setting(
         1e-4,
@@ -755,37 +756,6 @@ def parse_resolution(text: str | int) -> tuple[int, int]:
     return width, height
 
 
-def _literal(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    if text.startswith("(") and text.endswith(")"):
-        return tuple(_literal(p.strip()) for p in text[1:-1].split(",") if p.strip())
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip("\"'")
-
-
-def parse_optimizer_args(text: str) -> dict[str, Any]:
-    """Kohya style `scale_parameter=False betas=(0.9,0.99) weight_decay=0.01`."""
-    result: dict[str, Any] = {}
-    for token in shlex.split(text.replace(",", " , ").replace(" , ", ",")):
-        if "=" not in token:
-            raise ValueError(f"'{token}' is not key=value")
-        key, value = token.split("=", 1)
-        if not key.isidentifier():
-            raise ValueError(f"'{key}' is not an argument name")
-        result[key] = _literal(value)
-    return result
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -917,10 +887,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:
         problems.append(("optimizer.lr_warmup_percent", "set warm-up steps or warm-up percent, not both"))
-    try:
-        parse_optimizer_args(opt.optimizer_args)
-    except ValueError as error:
-        problems.append(("optimizer.optimizer_args", f"{error}; write key=value pairs separated by spaces"))
+    arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)
+    if arguments_problem:
+        problems.append(("optimizer.optimizer_args", arguments_problem))
     if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
         problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
     if train.max_steps == 0 and train.epochs == 0:

@@ -8,7 +8,8 @@ from engine.config.schema import dumps_config, save_config
 from engine.errors import UsageError
 from engine.config.kohya_import import import_kohya_file
 
-HELP = "Convert a Kohya GUI JSON config to a loradeck TOML config."
+HELP = ("Convert a Kohya GUI JSON config to a loradeck TOML config; reports what was mapped, "
+        "what was changed and why, and what was ignored.")
 
 
 def add_arguments(parser) -> None:
@@ -21,10 +22,10 @@ def run(args) -> int:
     if args.output and args.output.exists() and not args.force:
         raise UsageError(f"{args.output} exists; pass --force to overwrite it")
     result = import_kohya_file(args.file)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if result.ignored:
-        print(f"ignored {len(result.ignored)} keys: {', '.join(result.ignored)}", file=sys.stderr)
+    # the report goes to stderr, so that stdout stays the TOML when no -o is given
+    print(f"{args.file}:", file=sys.stderr)
+    for line in result.report():
+        print(f"  {line}", file=sys.stderr)
     if args.output:
         save_config(result.config, args.output)
         print(args.output)

@@ -7,11 +7,10 @@ sample and save requests run and training goes on; stop saves and ends the run.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from typing import Any
 
 from engine.train.checkpoints import lora_file_name
 from engine.run.events import CONTROL
-from engine.run.folder import RunDir
 
 
 class StopSignal:
@@ -39,18 +38,20 @@ class StopSignal:
             signal.signal(number, handler)
 
 
-def obey_requests(run: RunDir, config, accelerator, events, stop_signal: StopSignal, progress,
-                  sample: Callable[[int, int], int], save: Callable[[str], None], epoch_end: bool = False) -> bool:
-    """Handle control requests at a step boundary; True when the run must stop now.
+def obey_requests(training, epoch_end: bool = False) -> bool:
+    """Handle control requests at a step boundary of `training` (engine.train.loop.Training:
+    its run folder, config, accelerator, events, stop signal, progress, `sample` and `save`);
+    True when the run must stop now.
 
     One listdir per step on one GPU; with several processes the decision is broadcast,
     only at log points so the GPUs do not wait on each other every step.
     """
+    run, accelerator, events, progress = training.run, training.accelerator, training.events, training.progress
     several = accelerator.num_processes > 1
-    if several and not epoch_end and progress.step % config.logging.log_every_n_steps:
+    if several and not epoch_end and progress.step % training.config.logging.log_every_n_steps:
         return False
     requests = set(run.pending_requests()) if accelerator.is_main_process else set()
-    if stop_signal.triggered:
+    if training.stop_signal.triggered:
         requests.add("stop")
     if several:
         from accelerate.utils import broadcast_object_list
@@ -60,23 +61,23 @@ def obey_requests(run: RunDir, config, accelerator, events, stop_signal: StopSig
         requests = set(box[0])
     if not requests:
         return False
-    name = lora_file_name(config.saving.output_name, step=progress.step)
+    name = lora_file_name(training.config.saving.output_name, step=progress.step)
 
     def done(action: str) -> None:
         if accelerator.is_main_process:
             run.clear_request(action)
 
     if "sample" in requests:
-        count = sample(progress.last_epoch, progress.step)
+        count = training.sample(progress.last_epoch, progress.step)
         done("sample")
         outcome = f"{count} sample(s) written" if count else "no sample prompts configured"
         events.emit(CONTROL, request="sample", outcome=outcome)
     if "save" in requests:
-        save(name)
+        training.save(name)
         done("save")
         events.emit(CONTROL, request="save", outcome=f"saved at step {progress.step}")
     if "stop" in requests:
-        save(name)
+        training.save(name)
         done("stop")
         events.emit(CONTROL, request="stop", outcome=f"stopped after step {progress.step}")
         return True

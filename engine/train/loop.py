@@ -7,7 +7,8 @@ written beside it (engine.run.folder's layout): events.jsonl, checkpoints/, stat
 tb/. Under `accelerate launch` every process trains its share of the batches and only
 the main process writes files.
 
-Reading order: `train` (errors become events), `_train` (setup, then the loop); the step
+Reading order: `train` (errors become events), `Training.setup` (the pieces, in order), then
+`Training.run_loop` and the methods it calls (`train_epoch`, `after_step`, `end_epoch`); the step
 itself (forward, loss, backward, optimizer) is engine.train.step, which the speed bench
 runs too.
 """
@@ -92,7 +93,9 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
             for action in CONTROL_REQUESTS:
                 run.clear_request(action)  # meant for the engine that is gone, not for this one
     try:
-        return _train(run, config, accelerator, events, stop_signal, progress, resume)
+        training = Training(run, config, accelerator, events, stop_signal, progress, resume)
+        training.setup()
+        return training.run_loop()
     except LoradeckError as error:
         _fail(events, progress, str(error), "")
         print(f"loradeck train: {error}", file=sys.stderr, flush=True)
@@ -146,201 +149,276 @@ def make_accelerator(config: TrainConfig):
     )
 
 
-def _train(run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
-           progress: Progress, resume: bool) -> int:
-    from accelerate.data_loader import prepare_data_loader
-    from accelerate.utils import set_seed
+class Training:
+    """One training session: `setup` builds every piece in a fixed order (the RNG draws of a
+    resumed run depend on it), `run` is the loop. The loop's steps are methods named after
+    what they do; nothing else keeps state between steps."""
 
-    main = accelerator.is_main_process
-    log = (lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)) if main else (lambda text: None)
-    base_dir = run.path  # the frozen config's paths are absolute; anything relative is the run's
-    device = accelerator.device
-    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
-    seed = config.training.seed
-    set_seed(seed)
+    def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
+                 progress: Progress, resume: bool):
+        self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
+        self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
+        self.main = accelerator.is_main_process
+        self.base_dir = run.path  # the frozen config's paths are absolute; anything relative is the run's
+        self.device = accelerator.device
+        self.weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
+        self.seed = config.training.seed
+        self.warned: set[str] = set()  # unreadable images already reported
 
-    # ---- dataset and the numbers of the run (the plan; the config stays as it was read)
-    from engine.plan.training_plan import SaveSchedule, make_plan
+    def log(self, text: str) -> None:
+        if self.main:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    dataset, instances = load_dataset(config, base_dir)
-    plan = make_plan(config, base_dir, dataset, num_processes=accelerator.num_processes)
-    sampler = EpochBatchSampler(instances, config.training.batch_size, seed, accelerator.num_processes,
-                                accelerator.process_index)
-    steps_per_epoch, total_steps, epochs = plan.steps_per_epoch, plan.total_steps, plan.epochs
-    saves = SaveSchedule.of(config, steps_per_epoch, total_steps, epochs)
+    # ---------------------------------------------------------------- setup, in order
 
-    saved = load_state(run.state) if resume else None
-    if resume and saved is None:
-        raise LoradeckError(f"{run.path}: nothing to resume, {run.state} holds no saved state")
-    if saved is not None:
-        for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
-            setattr(progress, name, saved.progress[name])
-    vram = plan.vram_estimate
-    events.emit(
-        RUN_START, run_name=run.name, config=config_to_dict(config), plan=plan.as_json(), start_step=progress.step,
-        start_epoch=progress.epoch, resumed=resume, device=str(device), precision=accelerator.mixed_precision,
-        pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
-    )
-    log(f"{plan.images} images, {len(instances)} instances per epoch in {len(plan.buckets)} buckets; "
-        f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
-        f"{accelerator.num_processes} processes; {steps_per_epoch} steps per epoch, {total_steps} steps in "
-        f"{epochs} epochs; {device}, {accelerator.mixed_precision}")
-    log(f"VRAM estimate on a GPU: {vram.summary()}")
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
 
-    # ---- base model and LoRA
-    model = load_base_model(config, base_dir, device=device, dtype=weight_dtype)
-    unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
-    train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
-    network = LoraNetwork.attach(
-        model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
-        train_unet=config.network.train_unet, train_text_encoder=train_text_encoder,
-    )
-    apply_speed_settings(model, config, device, train_text_encoder)
-    optimizer = make_optimizer(config, network.param_groups(unet_lr, text_encoder_lr), device)
-    optimizer_steps = optimizer_kernel(optimizer)
-    lr_scheduler = make_lr_scheduler(config, optimizer, total_steps)
+        set_seed(self.seed)
+        saved = self._plan_run()
+        self._build_network()
+        self._restore(saved)
+        self._build_data()
 
-    step_log = StepLog(
-        events, steps_per_epoch=steps_per_epoch, log=log,
-        images_per_step=config.training.batch_size * config.training.gradient_accumulation_steps * accelerator.num_processes,
-        tensorboard_dir=run.tensorboard if (main and config.logging.tensorboard) else None,
-    )
-    metadata = lambda epoch, step: training_metadata(  # noqa: E731 - read at each save
-        config, plan, dataset, model_name=model.name, session_id=progress.session_id,
-        started_at=progress.started_at, epoch=epoch, step=step, optimizer_name=config.optimizer.optimizer,
-        scheduler_name=scheduler_name(config), num_processes=accelerator.num_processes,
-    )
-    checkpointer = Checkpointer(run, config, events, network, metadata, log)
+    def _plan_run(self):
+        """The dataset and the numbers of the run (the plan; the config stays as it was read);
+        the saved state when resuming; the run_start event."""
+        from engine.plan.training_plan import SaveSchedule, make_plan
 
-    # ---- resume: weights, optimizer, schedule, RNG and counters as they were saved
-    if saved is not None:
-        try:
-            network.load_state_dict(saved.lora)
-            optimizer.load_state_dict(saved.optimizer)
-            lr_scheduler.load_state_dict(saved.lr_scheduler)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise LoradeckError(f"{saved.folder}: the saved state does not fit this config ({error})") from None
-        restore_rng(saved.rng)
-        step_log.load_state_dict(saved.progress.get("step_log", {}))
-        checkpointer.saved = saved.progress.get("checkpoints", [])
-        checkpointer.last_saved_step = progress.step
-        log(f"resuming from {saved.folder.name}: step {progress.step}, epoch {progress.epoch}")
-    stop_text_encoder_at = config.training.stop_text_encoder_training
-    text_encoder_active = train_text_encoder and not (stop_text_encoder_at and progress.step >= stop_text_encoder_at)
-    if train_text_encoder and not text_encoder_active:
-        network.freeze_text_encoder()
-    train_step = TrainStep.prepare(accelerator, model, network, optimizer, lr_scheduler, config,
-                                   train_text_encoder=train_text_encoder, text_encoder_active=text_encoder_active)
-    optimizer = train_step.optimizer
+        config, accelerator, progress = self.config, self.accelerator, self.progress
+        self.dataset, self.instances = load_dataset(config, self.base_dir)
+        plan = self.plan = make_plan(config, self.base_dir, self.dataset, num_processes=accelerator.num_processes)
+        self.batches = EpochBatchSampler(self.instances, config.training.batch_size, self.seed,
+                                         accelerator.num_processes, accelerator.process_index)
+        self.saves = SaveSchedule.of(config, plan.steps_per_epoch, plan.total_steps, plan.epochs)
 
-    # ---- caches: latents when no augmentation changes the pixels, text-encoder outputs
-    # when the text encoder is frozen and the captions fixed; each spares the step a model
-    latents, skip = _cache_latents(run, config, model, dataset, accelerator, events, log)
-    text_states = _cache_text_states(config, model, instances, train_text_encoder, accelerator, log)
-    images = TrainingImages(instances, ExampleRules.from_config(config), model.tokenizer, latents, skip, text_states)
-    workers = _loader_workers(config, latents)
-    # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
-    # accumulation still makes an optimizer step; batches are already sharded per process
-    loader = prepare_data_loader(
-        make_loader(images, sampler, workers=workers, pin_memory=device.type == "cuda"),
-        num_processes=1, process_index=0, put_on_device=False,
-    )
-    log(_speed_summary(config, latents, text_states, optimizer_steps, workers))
+        saved = load_state(self.run.state) if self.resume else None
+        if self.resume and saved is None:
+            raise LoradeckError(f"{self.run.path}: nothing to resume, {self.run.state} holds no saved state")
+        if saved is not None:
+            for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
+                setattr(progress, name, saved.progress[name])
+        vram = plan.vram_estimate
+        self.events.emit(
+            RUN_START, run_name=self.run.name, config=config_to_dict(config), plan=plan.as_json(),
+            start_step=progress.step, start_epoch=progress.epoch, resumed=self.resume, device=str(self.device),
+            precision=accelerator.mixed_precision, pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
+        )
+        self.log(f"{plan.images} images, {len(self.instances)} instances per epoch in {len(plan.buckets)} buckets; "
+                 f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
+                 f"{accelerator.num_processes} processes; {plan.steps_per_epoch} steps per epoch, "
+                 f"{plan.total_steps} steps in {plan.epochs} epochs; {self.device}, {accelerator.mixed_precision}")
+        self.log(f"VRAM estimate on a GPU: {vram.summary()}")
+        return saved
 
-    # ---- samples (engine.sampling.sampler), only when prompts are configured
-    training_sampler = _make_sampler(run, config, base_dir, model, events, device, weight_dtype) if main else None
+    def _build_network(self) -> None:
+        """Base model, LoRA, optimizer, schedule, step log and checkpointer."""
+        config, accelerator = self.config, self.accelerator
+        model = self.model = load_base_model(config, self.base_dir, device=self.device, dtype=self.weight_dtype)
+        unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
+        self.train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
+        self.network = LoraNetwork.attach(
+            model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
+            train_unet=config.network.train_unet, train_text_encoder=self.train_text_encoder,
+        )
+        apply_speed_settings(model, config, self.device, self.train_text_encoder)
+        self.optimizer = make_optimizer(config, self.network.param_groups(unet_lr, text_encoder_lr), self.device)
+        self.optimizer_steps = optimizer_kernel(self.optimizer)
+        self.lr_scheduler = make_lr_scheduler(config, self.optimizer, self.plan.total_steps)
+        self.step_log = StepLog(
+            self.events, steps_per_epoch=self.plan.steps_per_epoch, log=self.log,
+            images_per_step=config.training.batch_size * config.training.gradient_accumulation_steps
+            * accelerator.num_processes,
+            tensorboard_dir=self.run.tensorboard if (self.main and config.logging.tensorboard) else None,
+        )
+        self.checkpointer = Checkpointer(self.run, config, self.events, self.network, self._metadata, self.log)
 
-    def sample(epoch: int, step: int) -> int:
-        count = len(training_sampler.sample(epoch, step)) if training_sampler is not None else 0
-        accelerator.wait_for_everyone()
-        step_log.restart_clock()
-        return count
+    def _metadata(self, epoch: int, step: int) -> dict[str, str]:
+        """The LoRA file's metadata, read at each save."""
+        return training_metadata(
+            self.config, self.plan, self.dataset, model_name=self.model.name, session_id=self.progress.session_id,
+            started_at=self.progress.started_at, epoch=epoch, step=step,
+            optimizer_name=self.config.optimizer.optimizer, scheduler_name=scheduler_name(self.config),
+            num_processes=self.accelerator.num_processes,
+        )
 
-    def save(name: str, *, final: bool = False) -> None:
-        step_log.flush()  # a NaN must surface before its weights are saved
-        if checkpointer.last_saved_step == progress.step and not final:
-            return  # saved at this step already (an epoch save, then a stop request)
-        if main:
-            checkpointer.save(
-                epoch=progress.last_epoch, step=progress.step, name=name, final=final,
-                optimizer=optimizer, lr_scheduler=lr_scheduler,
-                progress={**asdict(progress), "step_log": step_log.state_dict()},
-            )
-        checkpointer.last_saved_step = progress.step  # on every process: they must skip the same saves
-        accelerator.wait_for_everyone()
-        step_log.restart_clock()
+    def _restore(self, saved) -> None:
+        """On resume: weights, optimizer, schedule, RNG and counters as they were saved. Then
+        the step itself, with the text encoder frozen if the run had passed its stop step."""
+        progress = self.progress
+        if saved is not None:
+            try:
+                self.network.load_state_dict(saved.lora)
+                self.optimizer.load_state_dict(saved.optimizer)
+                self.lr_scheduler.load_state_dict(saved.lr_scheduler)
+            except (ValueError, KeyError, RuntimeError) as error:
+                raise LoradeckError(f"{saved.folder}: the saved state does not fit this config ({error})") from None
+            restore_rng(saved.rng)
+            self.step_log.load_state_dict(saved.progress.get("step_log", {}))
+            self.checkpointer.saved = saved.progress.get("checkpoints", [])
+            self.checkpointer.last_saved_step = progress.step
+            self.log(f"resuming from {saved.folder.name}: step {progress.step}, epoch {progress.epoch}")
+        self.stop_text_encoder_at = self.config.training.stop_text_encoder_training
+        text_encoder_active = self.train_text_encoder and not (
+            self.stop_text_encoder_at and progress.step >= self.stop_text_encoder_at)
+        if self.train_text_encoder and not text_encoder_active:
+            self.network.freeze_text_encoder()
+        self.train_step = TrainStep.prepare(
+            self.accelerator, self.model, self.network, self.optimizer, self.lr_scheduler, self.config,
+            train_text_encoder=self.train_text_encoder, text_encoder_active=text_encoder_active,
+        )
+        self.optimizer = self.train_step.optimizer
 
-    if config.sampling.at_start and progress.step == 0:
-        sample(0, 0)
+    def _build_data(self) -> None:
+        """Caches (latents when no augmentation changes the pixels, text-encoder outputs when
+        the text encoder is frozen and the captions fixed; each spares the step a model), the
+        loader, and the sampler when prompts are configured."""
+        from accelerate.data_loader import prepare_data_loader
 
-    # ---- the loop
-    generator = torch.Generator(device=device)
-    step_log.restart_clock()
-    warned: set[str] = set()
-    while progress.epoch < epochs and progress.step < total_steps:
-        epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
-        sampler.resume_at(progress.epoch, progress.batch_in_epoch)
-        loader.set_epoch(progress.epoch)
+        config, accelerator = self.config, self.accelerator
+        latents, skip = _cache_latents(self.run, config, self.model, self.dataset, accelerator, self.events, self.log)
+        text_states = _cache_text_states(config, self.model, self.instances, self.train_text_encoder, accelerator,
+                                         self.log)
+        images = TrainingImages(self.instances, ExampleRules.from_config(config), self.model.tokenizer, latents, skip,
+                                text_states)
+        workers = _loader_workers(config, latents)
+        # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
+        # accumulation still makes an optimizer step; batches are already sharded per process
+        self.loader = prepare_data_loader(
+            make_loader(images, self.batches, workers=workers, pin_memory=self.device.type == "cuda"),
+            num_processes=1, process_index=0, put_on_device=False,
+        )
+        self.log(_speed_summary(config, latents, text_states, self.optimizer_steps, workers))
+        self.sampler = (_make_sampler(self.run, config, self.base_dir, self.model, self.events, self.device,
+                                      self.weight_dtype) if self.main else None)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run_loop(self) -> int:
+        """Train to the end (0), or until a stop request (0, resumable)."""
+        config, progress, plan = self.config, self.progress, self.plan
+        if config.sampling.at_start and progress.step == 0:
+            self.sample(0, 0)
+        self.generator = torch.Generator(device=self.device)
+        self.step_log.restart_clock()
+        while progress.epoch < plan.epochs and progress.step < plan.total_steps:
+            if self.train_epoch():
+                return self.stopped()
+            if progress.batch_in_epoch < plan.batches_per_process:
+                break  # an epoch cut short by max_steps does not count as done
+            if self.end_epoch():
+                return self.stopped()
+        return self.finish()
+
+    def train_epoch(self) -> bool:
+        """The batches of the epoch in progress (from where a resumed run left it); True
+        when a stop request ends the run."""
+        progress, accelerator = self.progress, self.accelerator
+        self.batches.resume_at(progress.epoch, progress.batch_in_epoch)
+        self.loader.set_epoch(progress.epoch)
         step_loss, micro_batches = None, 0
-        for batch in step_log.timed(loader):  # time spent waiting for data shows in the log
-            batch_index = progress.batch_in_epoch
-            progress.batch_in_epoch += 1
-            for path, message in batch["failed"]:
-                if path not in warned:
-                    warned.add(path)
-                    events.emit(WARNING, message=message, code="unreadable_image", path=path)
-            if not batch["count"]:
-                continue
-            # noise and timesteps depend only on (seed, epoch, batch): a resumed run draws the same
-            generator.manual_seed(hash((seed, progress.epoch, batch_index, accelerator.process_index)) & (2**63 - 1))
-            loss = train_step(batch, generator)  # forward, backward, optimizer; no host sync
-            step_loss = loss if step_loss is None else step_loss + loss
-            micro_batches += 1
-            if not accelerator.sync_gradients:
-                continue
+        try:
+            for batch in self.step_log.timed(self.loader):  # time spent waiting for data shows in the log
+                batch_index = progress.batch_in_epoch
+                progress.batch_in_epoch += 1
+                self._warn_unreadable(batch["failed"])
+                if not batch["count"]:
+                    continue
+                # noise and timesteps depend only on (seed, epoch, batch): a resumed run draws the same
+                self.generator.manual_seed(
+                    hash((self.seed, progress.epoch, batch_index, accelerator.process_index)) & (2**63 - 1))
+                loss = self.train_step(batch, self.generator)  # forward, backward, optimizer; no host sync
+                step_loss = loss if step_loss is None else step_loss + loss
+                micro_batches += 1
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                if self.after_step(step_loss / micro_batches):
+                    return True
+                step_loss, micro_batches = None, 0
+                if progress.step >= self.plan.total_steps:
+                    break
+        finally:
+            _release(self.loader)
+        return False
 
-            # ---- after each optimizer step: log, stop the text encoder, sample, save, obey requests
-            progress.step += 1
-            lr_unet, lr_text_encoder = _learning_rates(optimizer, lr_scheduler, network, train_step.text_encoder_active)
-            step_log.add(progress.step, epoch, step_loss / micro_batches, lr_unet, lr_text_encoder)
-            step_loss, micro_batches = None, 0
-            if train_step.text_encoder_active and stop_text_encoder_at and progress.step >= stop_text_encoder_at:
-                train_step.stop_text_encoder()
-                log(f"text encoder training stopped at step {progress.step}")
-            if progress.step % config.logging.log_every_n_steps == 0:
-                step_log.flush()  # CPU-GPU sync point: the only one in the loop
-            last_step = progress.step >= total_steps
-            if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
-                sample(epoch, progress.step)
-            if saves.after_step(progress.step):
-                save(lora_file_name(config.saving.output_name, step=progress.step))
-            if obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save):
-                return _stopped(loader, events, progress, step_log, log)
-            if last_step:
-                break
-        _release(loader)
+    def _warn_unreadable(self, failed) -> None:
+        for path, message in failed:
+            if path not in self.warned:
+                self.warned.add(path)
+                self.events.emit(WARNING, message=message, code="unreadable_image", path=path)
 
-        # ---- epoch end (an epoch cut short by max_steps does not count as done)
-        if progress.batch_in_epoch < plan.batches_per_process:
-            break
+    def after_step(self, loss: torch.Tensor) -> bool:
+        """After each optimizer step: log, stop the text encoder, sample, save, obey requests;
+        True when a stop request ends the run."""
+        config, progress = self.config, self.progress
+        epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
+        lr_unet, lr_text_encoder = _learning_rates(self.optimizer, self.lr_scheduler, self.network,
+                                                   self.train_step.text_encoder_active)
+        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder)
+        if (self.train_step.text_encoder_active and self.stop_text_encoder_at
+                and progress.step >= self.stop_text_encoder_at):
+            self.train_step.stop_text_encoder()
+            self.log(f"text encoder training stopped at step {progress.step}")
+        if progress.step % config.logging.log_every_n_steps == 0:
+            self.step_log.flush()  # CPU-GPU sync point: the only one in the loop
+        if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
+            self.sample(epoch, progress.step)
+        if self.saves.after_step(progress.step):
+            self.save(lora_file_name(config.saving.output_name, step=progress.step))
+        return obey_requests(self)
+
+    def end_epoch(self) -> bool:
+        """Count the epoch done, save and sample as scheduled; True when a stop request ends the run."""
+        config, progress = self.config, self.progress
         progress.epoch += 1
         progress.batch_in_epoch = 0
-        step_log.end_epoch(progress.epoch, progress.step)
-        final_epoch = progress.epoch >= epochs or progress.step >= total_steps
-        if saves.after_epoch(progress.epoch, progress.step):
-            save(lora_file_name(config.saving.output_name, epoch=progress.epoch))
+        self.step_log.end_epoch(progress.epoch, progress.step)
+        final_epoch = progress.epoch >= self.plan.epochs or progress.step >= self.plan.total_steps
+        if self.saves.after_epoch(progress.epoch, progress.step):
+            self.save(lora_file_name(config.saving.output_name, epoch=progress.epoch))
         if config.sampling.every_n_epochs and progress.epoch % config.sampling.every_n_epochs == 0:
-            sample(progress.epoch, progress.step)
-        if not final_epoch and obey_requests(run, config, accelerator, events, stop_signal, progress, sample, save,
-                                              epoch_end=True):
-            return _stopped(loader, events, progress, step_log, log)
+            self.sample(progress.epoch, progress.step)
+        return not final_epoch and obey_requests(self, epoch_end=True)
 
-    # ---- the end
-    save(lora_file_name(config.saving.output_name), final=True)
-    step_log.close()
-    events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
-    log(f"finished: {progress.step} steps, {progress.epoch} epochs")
-    return 0
+    def sample(self, epoch: int, step: int) -> int:
+        """Write the configured samples (main process); the number written."""
+        count = len(self.sampler.sample(epoch, step)) if self.sampler is not None else 0
+        self.accelerator.wait_for_everyone()
+        self.step_log.restart_clock()
+        return count
+
+    def save(self, name: str, *, final: bool = False) -> None:
+        """Save the LoRA file (and the state) under `name`, once per step."""
+        progress = self.progress
+        self.step_log.flush()  # a NaN must surface before its weights are saved
+        if self.checkpointer.last_saved_step == progress.step and not final:
+            return  # saved at this step already (an epoch save, then a stop request)
+        if self.main:
+            self.checkpointer.save(
+                epoch=progress.last_epoch, step=progress.step, name=name, final=final,
+                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
+                progress={**asdict(progress), "step_log": self.step_log.state_dict()},
+            )
+        self.checkpointer.last_saved_step = progress.step  # on every process: they must skip the same saves
+        self.accelerator.wait_for_everyone()
+        self.step_log.restart_clock()
+
+    def finish(self) -> int:
+        progress = self.progress
+        self.save(lora_file_name(self.config.saving.output_name), final=True)
+        self.step_log.close()
+        self.events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
+        self.log(f"finished: {progress.step} steps, {progress.epoch} epochs")
+        return 0
+
+    def stopped(self) -> int:
+        progress = self.progress
+        self.step_log.close()
+        self.events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.last_epoch,
+                         message=f"stopped at step {progress.step}; resume with --resume")
+        self.log(f"stopped at step {progress.step}")
+        return 0
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -441,15 +519,6 @@ def _learning_rates(optimizer, lr_scheduler, network: LoraNetwork, text_encoder_
         rate = last[index] if index < len(last) else group.get("lr") or 0.0
         rates[group.get("name")] = float(rate or 0.0) * float(group.get("d", 1.0))
     return rates.get("unet", 0.0), rates.get("text_encoder", 0.0) if text_encoder_active else 0.0
-
-
-def _stopped(loader, events, progress: Progress, step_log: StepLog, log) -> int:
-    _release(loader)
-    step_log.close()
-    events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.last_epoch,
-                message=f"stopped at step {progress.step}; resume with --resume")
-    log(f"stopped at step {progress.step}")
-    return 0
 
 
 def _release(loader) -> None:

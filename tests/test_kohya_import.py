@@ -122,6 +122,14 @@ def test_command_reports_mapped_changed_and_ignored(capsys):
     assert loads_config(captured.out).network.rank == 64  # stdout stays the TOML
     assert main(["import-kohya", str(FIXTURES / "standard_buckets_off.json")]) == 0
     err = capsys.readouterr().err.splitlines()
-    changed = err.index("  changed 1:")
+    changed = err.index("  changed 2:")
     assert err[changed + 1].startswith("    max_resolution 512,650 -> 512,648: with buckets off")
+    assert err[changed + 2].startswith("    seed 0 means a random seed")
     assert "  ignored 1 keys: adaptive_noise_scale" in err
+
+
+def test_seed_zero_means_a_random_seed():
+    result = import_kohya_file(FIXTURES / "standard_buckets_off.json")  # "seed": "0"
+    assert result.config.training.seed == -1
+    assert any(note.startswith("seed 0 means a random seed in the GUI") for note in result.notes)
+    assert import_kohya_file(FIXTURES / "lora_gui_strings.json").config.training.seed == 1234

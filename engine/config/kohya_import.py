@@ -19,6 +19,7 @@ from engine.config.schema import (
     CONFIG_VERSION,
     OPTIMIZERS,
     SCHEDULERS,
+    RANDOM_SEED,
     NetworkSettings,
     TrainConfig,
     config_from_dict,
@@ -298,6 +299,10 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         put("network.train_text_encoder", False, "network_train_unet_only")
     if _flag(data.get("network_train_text_encoder_only", False)) is True:
         put("network.train_unet", False, "network_train_text_encoder_only")
+    if settings.get("training", {}).get("seed") == 0:
+        put("training.seed", RANDOM_SEED, "seed")
+        notes.append("seed 0 means a random seed in the GUI: training.seed = -1, drawn when the run starts "
+                     "and written into the run's config.toml and run_start event")
     if not any(key in data for key in LORA_KEYS):
         defaults = NetworkSettings()
         notes.append(

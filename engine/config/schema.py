@@ -404,9 +404,10 @@ class TrainingSettings:
         "batch-2 memory, with a quarter of the steps.",
     )
     seed: int = setting(
-        42, "Random seed; the same seed and data train the same LoRA.", label="Seed", minimum=0,
+        42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
+        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
-        "not from chance.",
+        "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
     )
     stop_text_encoder_training: int = setting(
         0,
@@ -1016,6 +1017,21 @@ def resolve_path(base_dir: str | Path, value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
+
+
+RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)
+
+
+def with_drawn_seed(config: TrainConfig, seed: int | None = None) -> TrainConfig:
+    """The config itself, or, when its seed is RANDOM_SEED, a copy with `seed` (default: a
+    fresh draw in sd-scripts' range 0..2^32-1) for the frozen copy in a run folder."""
+    if config.training.seed != RANDOM_SEED:
+        return config
+    if seed is None:
+        import random
+
+        seed = random.SystemRandom().randrange(2**32)  # never the training's RNG state
+    return replace_setting(config, "training.seed", seed)
 
 
 def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfig:

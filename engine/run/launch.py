@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from engine.config.schema import TrainConfig, load_config, resolve_path, save_config, with_absolute_paths
+from engine.config.schema import (
+    TrainConfig,
+    load_config,
+    resolve_path,
+    save_config,
+    with_absolute_paths,
+    with_drawn_seed,
+)
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, read_events
 from engine.run.folder import RunDir
@@ -39,7 +46,9 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         if config_path is not None:
             # new settings for the rest of the run (say, more epochs), frozen in place of the old
             path = Path(config_path).expanduser().resolve()
-            save_config(with_absolute_paths(load_config(path), path.parent), run.config)
+            frozen = with_drawn_seed(with_absolute_paths(load_config(path), path.parent),
+                                     load_config(run.config).training.seed)  # a random seed stays the one drawn
+            save_config(frozen, run.config)
         else:
             load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
         return run
@@ -60,7 +69,7 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         raise LoradeckError(
             f"saving.output_dir: cannot create the run folder {run.path} ({error.strerror or error})"
         ) from None
-    save_config(with_absolute_paths(config, path.parent), run.config)
+    save_config(with_drawn_seed(with_absolute_paths(config, path.parent)), run.config)
     return run
 
 

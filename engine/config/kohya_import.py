@@ -95,6 +95,7 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "clip_skip": ("model.clip_skip", _integer),
     "train_data_dir": ("dataset.image_dir", _text),
     "reg_data_dir": ("dataset.reg_dir", _text),
+    "dataset_config": ("dataset.dataset_config", _text),
     "enable_bucket": ("dataset.enable_buckets", _flag),
     "min_bucket_reso": ("dataset.min_bucket_resolution", _integer),
     "max_bucket_reso": ("dataset.max_bucket_resolution", _integer),
@@ -299,6 +300,9 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         put("network.train_text_encoder", False, "network_train_unet_only")
     if _flag(data.get("network_train_text_encoder_only", False)) is True:
         put("network.train_unet", False, "network_train_text_encoder_only")
+    toml_setting = settings.get("dataset", {}).get("dataset_config")
+    if toml_setting:
+        _settings_from_dataset_toml(Path(dataset_base) / Path(toml_setting).expanduser(), put, notes)
     if settings.get("training", {}).get("seed") == 0:
         put("training.seed", RANDOM_SEED, "seed")
         notes.append("seed 0 means a random seed in the GUI: training.seed = -1, drawn when the run starts "
@@ -327,6 +331,25 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
     return KohyaImport(config=config, ignored=sorted(ignored), notes=notes,
                        mapped=[(kohya_key, setting) for setting, kohya_key in mapped.items()],
                        empty=sorted(set(empty)))
+
+
+def _settings_from_dataset_toml(path: Path, put, notes: list[str]) -> None:
+    """sd-scripts takes the images, and the batch size, resolution, bucket, caption and
+    augmentation settings, from the dataset TOML when there is one; so does the import."""
+    from engine.dataset.kohya_toml import RUN_SETTINGS, read_dataset_toml
+
+    try:
+        toml = read_dataset_toml(path)
+    except LoradeckError as error:
+        notes.append(f"dataset_config not read, its settings not copied: {error}")
+        return
+    toml_keys = {setting: key for key, setting in RUN_SETTINGS.items()}
+    for setting, value in toml.settings.items():
+        put(setting, value, f"dataset_config {toml_keys[setting]}")
+    images = sum(1 for subset in toml.subsets if not subset.is_reg)
+    notes.append(f"dataset_config {path.name}: {len(toml.subsets)} subsets ({images} of training images) define "
+                 "the images, not train_data_dir / reg_data_dir"
+                 + (f"; copied {', '.join(toml_keys[s] for s in toml.settings)} from it" if toml.settings else ""))
 
 
 def _resolution(text: str, data: dict[str, Any], notes: list[str]) -> str:

@@ -131,6 +131,16 @@ class DatasetSettings:
         advice="Images of the class (other people, other dogs) keep the class from drifting toward "
         "your subject; they double the steps per epoch. Styles rarely need them.",
     )
+    dataset_config: str = setting(
+        "",
+        "A Kohya dataset TOML ([[datasets]] / [[datasets.subsets]]); when set, its subsets are the "
+        "images, instead of the image and regularisation folders.",
+        label="Kohya dataset TOML",
+        path=True,
+        advice="For a dataset already described for sd-scripts: each subset keeps its image folder, "
+        "repeats, class tokens and caption extension. Its batch size, resolution, bucket, caption and "
+        "augmentation settings must match this config (the Kohya import copies them).",
+    )
     resolution: str = setting(
         "512,512",
         "Training resolution as W,H (or one number for a square). Sets the bucket area.",

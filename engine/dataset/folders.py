@@ -175,6 +175,9 @@ def read_caption(path: Path) -> str | None:
 
 def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     """Every image of the training (and regularisation) folders, with caption and bucket."""
+    toml_path = resolve_path(base_dir, config.dataset.dataset_config)
+    if toml_path is not None:
+        return _scan_dataset_toml(config, toml_path)
     root = resolve_path(base_dir, config.dataset.image_dir)
     if root is None or not root.is_dir():
         raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
@@ -186,6 +189,27 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
     if reg_root is not None:
         _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
+    return dataset
+
+
+def _scan_dataset_toml(config: TrainConfig, path: Path) -> Dataset:
+    """The subsets of a Kohya dataset TOML (engine.dataset.kohya_toml), each image folder
+    with its own repeats, class tokens, caption extension and regularisation flag."""
+    from engine.dataset.kohya_toml import config_differences, read_dataset_toml
+
+    toml = read_dataset_toml(path)
+    differences = config_differences(config, toml)
+    if differences:
+        raise LoradeckError(f"dataset.dataset_config: {differences[0]}; loradeck uses one value per run, "
+                            "set the config to match")
+    assigner = BucketAssigner(BucketRules.from_config(config))
+    dataset = Dataset(root=path.parent, reg_root=None)
+    for subset in toml.subsets:
+        if not subset.image_dir.is_dir():
+            raise LoradeckError(f"{path}: image_dir {subset.image_dir} does not exist")
+        extension = subset.caption_extension or config.captions.caption_extension
+        _scan_folder(dataset, subset.image_dir, subset.num_repeats, subset.class_tokens, subset.is_reg,
+                     extension, assigner)
     return dataset
 
 

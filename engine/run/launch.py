@@ -85,7 +85,11 @@ def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
         if resolved is not None and _looks_local(value.strip()) and not resolved.exists():
             raise LoradeckError(f"{key}: {resolved} does not exist")
     image_dir = resolve_path(base_dir, config.dataset.image_dir)
-    if image_dir is None or not image_dir.is_dir():
+    if config.dataset.dataset_config.strip():
+        from engine.dataset.folders import scan_dataset
+
+        scan_dataset(config, base_dir)  # the TOML, its image folders, its settings against the config
+    elif image_dir is None or not image_dir.is_dir():
         raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
     if config.sampling.prompts_file.strip():
         # A typo here would otherwise surface only as a warning once the first samples are due.

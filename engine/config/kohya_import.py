@@ -126,6 +126,10 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "gradient_accumulation_steps": ("training.gradient_accumulation_steps", _integer),
     "seed": ("training.seed", _integer),
     "noise_offset": ("training.noise_offset", _number),
+    "adaptive_noise_scale": ("training.adaptive_noise_scale", _number),
+    "multires_noise_iterations": ("training.multires_noise_iterations", _integer),
+    "multires_noise_discount": ("training.multires_noise_discount", _number),
+    "ip_noise_gamma": ("training.ip_noise_gamma", _number),
     "min_snr_gamma": ("training.min_snr_gamma", _number),
     "mixed_precision": ("precision.mixed_precision", _text),
     "save_precision": ("precision.save_precision", _text),
@@ -147,7 +151,13 @@ SPECIAL_KEYS = {
     "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
     "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
     "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
-    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn",
+    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
+}
+
+# the GUI keeps the settings of both noise types and passes sd-scripts those of the chosen one
+NOISE_TYPE_KEYS = {
+    "original": ("noise_offset", "adaptive_noise_scale"),
+    "multires": ("multires_noise_iterations", "multires_noise_discount"),
 }
 
 SUPPORTED_NETWORK_TYPES = ("standard", "")
@@ -233,7 +243,15 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         except ValueError as error:
             raise LoradeckError(f"{where}{kohya_key}: {error}") from None
 
+    noise_type = str(data.get("noise_offset_type", "Original") or "Original").strip().lower()
+    if noise_type not in NOISE_TYPE_KEYS:
+        raise LoradeckError(f"{where}noise_offset_type {data['noise_offset_type']!r} is not Original or Multires")
+    unused_noise = {key for kind, keys in NOISE_TYPE_KEYS.items() if kind != noise_type for key in keys}
     for key in data:
+        if key in unused_noise:
+            if convert(key, _number) not in (_UNSET, 0):
+                notes.append(f"{key} not used: noise_offset_type is {noise_type.title()}, as in the GUI")
+            continue
         if key in SIMPLE_KEYS:
             target, converter = SIMPLE_KEYS[key]
             put(target, convert(key, converter), key)

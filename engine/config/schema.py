@@ -436,6 +436,41 @@ class TrainingSettings:
         advice="0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the "
         "mid-tones.",
     )
+    adaptive_noise_scale: float = setting(
+        0.0,
+        "Adds this times each latent channel's absolute mean to the noise offset (sd-scripts' "
+        "adaptive noise scale; needs a noise offset).",
+        label="Adaptive noise scale",
+        minimum=-1.0,
+        maximum=1.0,
+        advice="sd-scripts suggests about a tenth of the noise offset; 0 = off.",
+    )
+    multires_noise_iterations: int = setting(
+        0,
+        "Multi-resolution (pyramid) noise: number of coarser noise layers added (0 = off; 6-10 typical).",
+        label="Multires noise iterations",
+        minimum=0,
+        maximum=64,
+        advice="Noise at several scales, as sd-scripts' multires noise: like the noise offset it lets "
+        "the LoRA change large areas of colour and light.",
+    )
+    multires_noise_discount: float = setting(
+        0.3,
+        "Weight of each coarser multires noise layer relative to the one before (sd-scripts' default 0.3).",
+        label="Multires noise discount",
+        minimum=0.0,
+        maximum=1.0,
+        advice="0.1-0.3 for LoRAs with few images; higher values give stronger low-frequency noise.",
+    )
+    ip_noise_gamma: float = setting(
+        0.0,
+        "Input perturbation noise (Ning et al. 2023): extra noise on the U-Net's input only, not in the "
+        "target (0 = off; 0.1 is the paper's value).",
+        label="Input perturbation gamma",
+        minimum=0.0,
+        maximum=1.0,
+        advice="A small value (about 0.1) reduces the exposure bias between training and sampling.",
+    )
     min_snr_gamma: float = setting(
         0.0,
         "Min-SNR loss weighting gamma (5 is the paper's value; 0 = off).",
@@ -896,6 +931,8 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
             problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
     if not config.captions.caption_extension.startswith("."):
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if train.adaptive_noise_scale and not train.noise_offset:
+        problems.append(("training.adaptive_noise_scale", "needs a noise offset (it scales the offset per channel)"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:
         problems.append(("optimizer.lr_warmup_percent", "set warm-up steps or warm-up percent, not both"))
     arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.run.advice import Advice, ValidationPoint, advise, best_point
 from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, RUN_END, RUN_START, SAMPLE, STEP,
-                               WARNING, as_float)
+                               VALIDATION, WARNING, as_float)
 from engine.run.format import format_clock, format_duration
 from engine.run.folder import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from tui.series_summary import SeriesSummary
@@ -27,6 +28,7 @@ MAX_SAMPLES = 400
 MAX_CHECKPOINTS = 200
 MAX_NOTICES = 200
 MAX_TRACEBACK_LINES = 40
+MAX_VALIDATIONS = 2000
 
 # A run is stalled when nothing has happened for STALL_FACTOR usual gaps between step
 # events, and never sooner than STALL_MIN_SECONDS (sampling and saving pause the steps
@@ -64,6 +66,7 @@ class CheckpointRecord:
     bytes: int
     kind: str
     final: bool
+    validation_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,14 @@ class RunState:
     samples_version: int = 0
     checkpoints_version: int = 0
     notices_version: int = 0
+    # validation (engine.train.validation): the curve, the latest bands, the best file
+    validation_series: SeriesSummary = field(default_factory=SeriesSummary)
+    train_fixed_series: SeriesSummary = field(default_factory=SeriesSummary)
+    validations: deque = field(default_factory=lambda: deque(maxlen=MAX_VALIDATIONS))  # ValidationPoint
+    validation_bands: dict = field(default_factory=dict)
+    validation_seconds: float | None = None
+    best_validation_path: str = ""
+    validation_version: int = 0
 
     # ------------------------------------------------------------------ folding
 
@@ -190,10 +201,13 @@ class RunState:
                 bytes=_int(event.get("bytes"), 0),
                 kind=str(event.get("kind", "lora")),
                 final=bool(event.get("final", False)),
+                validation_loss=as_float(event.get("validation_loss")),
             )
             self.checkpoints.append(record)
             self.largest_file_bytes = max(self.largest_file_bytes, record.bytes)
             self.checkpoints_version += 1
+        elif kind == VALIDATION:
+            self._fold_validation(event)
         elif kind == CONTROL:
             request = event.get("request", "?")
             self._notice(when, "control", f"{request}: {event.get('outcome', '')}".rstrip(": "))
@@ -302,6 +316,46 @@ class RunState:
             self.gpu_memory_total_mb = as_float(last.get("gpu_memory_total_mb"))
             self.gpu_util = as_float(last.get("gpu_util"))
 
+    def _fold_validation(self, event: dict[str, Any]) -> None:
+        loss = as_float(event.get("loss"))
+        if loss is None:
+            return
+        point = ValidationPoint(_int(event.get("step"), self.step), _int(event.get("epoch"), self.epoch), loss,
+                                as_float(event.get("train_loss")))
+        if self.validations and self.validations[-1].step >= point.step:
+            # a resumed run evaluates on from its saved state: drop what came after it
+            kept = [p for p in self.validations if p.step < point.step]
+            self.validations.clear()
+            self.validations.extend(kept)
+        self.validations.append(point)
+        self.validation_series.add(point.step, loss)
+        if point.train_loss is not None:
+            self.train_fixed_series.add(point.step, point.train_loss)
+        bands = event.get("bands")
+        self.validation_bands = {str(k): as_float(v) for k, v in bands.items()} if isinstance(bands, dict) else {}
+        self.validation_seconds = as_float(event.get("seconds"))
+        self.best_validation_path = str(event.get("best_path") or self.best_validation_path)
+        self.validation_version += 1
+
+    @property
+    def best_validation(self) -> ValidationPoint | None:
+        return best_point(list(self.validations))
+
+    def best_checkpoint(self) -> CheckpointRecord | None:
+        """The LoRA file with the lowest validation loss (None without validation)."""
+        scored = [r for r in self.checkpoints if r.kind == "lora" and r.validation_loss is not None]
+        return min(scored, key=lambda r: r.validation_loss) if scored else None
+
+    def advice(self) -> Advice:
+        """The validation advice line (engine.run.advice), naming the best evaluation's file."""
+        points = list(self.validations)
+        best = best_point(points)
+        best_file = ""
+        if best is not None:
+            at_best = [r for r in self.checkpoints if r.kind == "lora" and r.step == best.step]
+            best_file = Path(at_best[-1].path).name if at_best else Path(self.best_validation_path).name
+        return advise(points, best_file)
+
     def _notice(self, when: float | None, level: str, text: str, detail: str = "") -> None:
         self.notices.append(Notice(when, level, text, detail))
         self.notices_version += 1
@@ -312,11 +366,12 @@ class RunState:
         """A copy the UI may keep while this one goes on folding (about 30 µs)."""
         other = copy.copy(self)
         for name in ("loss_series", "loss_avg_series", "loss_epoch_series", "lr_unet_series",
-                     "lr_text_encoder_series"):
+                     "lr_text_encoder_series", "validation_series", "train_fixed_series"):
             setattr(other, name, getattr(self, name).copy())
         other.samples = self.samples.copy()
         other.checkpoints = self.checkpoints.copy()
         other.notices = self.notices.copy()
+        other.validations = self.validations.copy()
         return other
 
     @property

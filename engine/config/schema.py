@@ -641,6 +641,73 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    image_dir: str = setting(
+        "",
+        "Held-out image folder (same layout as the training folder; repeats ignored), never trained on.",
+        label="Validation folder",
+        path=True,
+        advice="A few images (5-20) like the training set but not in it. Or leave this empty and hold "
+        "out a fraction of the training images below.",
+    )
+    split_fraction: float = setting(
+        0.0,
+        "Hold out this fraction of the training images for validation (0 = none), chosen by the seed.",
+        label="Validation split",
+        minimum=0.0,
+        maximum=0.5,
+        advice="0.1 holds out one image in ten; they are left out of training and the plan's steps. "
+        "With very few images, a separate folder of extra images is better.",
+    )
+    seed: int = setting(
+        0, "Seed of the split and of the fixed validation noise.", label="Validation seed", minimum=0,
+        advice="Keep it fixed: the same seed holds out the same images and draws the same noise, so "
+        "runs compare.",
+    )
+    every_n_epochs: int = setting(
+        1, "Evaluate every N epochs (0 = not by epoch).", label="Validate every N epochs", minimum=0,
+        advice="Every checkpoint is evaluated as well, so its file can be judged by the number.",
+    )
+    every_n_steps: int = setting(
+        0, "Evaluate every N steps (0 = not by step).", label="Validate every N steps", minimum=0,
+    )
+    timesteps: int = setting(
+        4,
+        "Fixed timesteps each image is scored at, evenly spread over the noise schedule.",
+        label="Validation timesteps",
+        minimum=1,
+        maximum=50,
+        advice="4 covers coarse to fine detail; each costs one U-Net pass per image. The dashboard "
+        "shows the loss per timestep band too.",
+    )
+    batch_size: int = setting(
+        8, "Images per validation batch.", label="Validation batch", minimum=1, maximum=1024,
+        advice="Only memory: the number is the same for any batch size.",
+    )
+    train_sample: int = setting(
+        8,
+        "Training images scored the same way (train-set fixed-noise loss; 0 = off).",
+        label="Train-set sample",
+        minimum=0,
+        maximum=10000,
+        advice="The gap between this and the validation loss shows memorising: the training images "
+        "keep improving while the held-out ones get worse.",
+    )
+    early_stop_patience: int = setting(
+        0,
+        "Stop after this many evaluations without a new best validation loss (0 = never).",
+        label="Early-stop patience",
+        minimum=0,
+        advice="The best file is always kept as <name>-best.safetensors; 3-5 evaluations of patience "
+        "ride out noise.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.image_dir.strip()) or self.split_fraction > 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     version: int = CONFIG_VERSION
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -654,6 +721,7 @@ class TrainConfig:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     saving: SavingSettings = field(default_factory=SavingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     # derived views (never stored)
     @property
@@ -696,6 +764,7 @@ GROUPS: dict[str, str] = {
     "sampling": "Sampling",
     "saving": "Saving and resume",
     "logging": "Logging",
+    "validation": "Validation",
 }
 
 
@@ -949,6 +1018,12 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     name = config.saving.output_name
     if not name or "/" in name or name in (".", "..") or name.startswith("."):
         problems.append(("saving.output_name", f"{name!r} is not a usable folder name"))
+    validation = config.validation
+    if validation.image_dir.strip() and validation.split_fraction:
+        problems.append(("validation.split_fraction", "give a validation folder or a split fraction, not both"))
+    if validation.early_stop_patience and not validation.enabled:
+        problems.append(("validation.early_stop_patience",
+                         "early stop needs validation: set a validation folder or a split fraction"))
     if config.sampling.prompts_file and config.sampling.prompts.strip():
         problems.append(("sampling.prompts_file", "give inline prompts or a prompts file, not both"))
     return problems

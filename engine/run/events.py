@@ -14,7 +14,11 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     epoch_end   epoch, step, loss_epoch
     sample      path (relative to the run folder), epoch, step, prompt_index, prompt,
                 negative_prompt, seed, width, height, steps, cfg, sampler
-    checkpoint  path (relative), epoch, step, bytes, kind ("lora" or "state"), final (bool)
+    checkpoint  path (relative), epoch, step, bytes, kind ("lora" or "state"), final (bool);
+                optional validation_loss (the file's, when validation is on)
+    validation  step, epoch, loss, train_loss (or null), bands {"t125": loss, ...}, images,
+                train_images, seconds, best (bool: a new best), best_step, best_epoch,
+                best_loss, evaluations_since_best, best_path (relative; "" if none)
     control     request ("stop", "save", "sample"), outcome (text)
     warning     message; optional code, path
     error       message, traceback
@@ -42,11 +46,12 @@ EPOCH_END = "epoch_end"
 SAMPLE = "sample"
 CHECKPOINT = "checkpoint"
 CONTROL = "control"
+VALIDATION = "validation"
 WARNING = "warning"
 ERROR = "error"
 RUN_END = "run_end"
 
-EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, CONTROL, WARNING, ERROR, RUN_END)
+EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END)
 RUN_END_STATUSES = ("finished", "stopped", "failed")
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 
 from engine.atomic import atomic_write_text
-from engine.run.events import (CHECKPOINT, EPOCH_END, ERROR, EVENTS_FILE, RUN_END, RUN_START, STEP, EventTail,
-                               _json_safe, as_float, parse_lines)
+from engine.run.events import (CHECKPOINT, EPOCH_END, ERROR, EVENTS_FILE, RUN_END, RUN_START, STEP, VALIDATION,
+                               EventTail, _json_safe, as_float, parse_lines)
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = "engine.log"
@@ -207,6 +207,8 @@ class RunSummary:
     last_time: float | None = None
     message: str = ""
     checkpoints: int = 0
+    validation: dict[str, Any] | None = None  # the latest evaluation {step, epoch, loss, train_loss}
+    best_validation: dict[str, Any] | None = None  # the best so far {step, epoch, loss, path}
 
     @property
     def progress(self) -> float:
@@ -237,6 +239,8 @@ class RunSummary:
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
+            "validation": self.validation,
+            "best_validation": self.best_validation,
         })
 
 
@@ -267,12 +271,27 @@ def fold_event(summary: RunSummary, event: dict[str, Any]) -> None:
         summary.checkpoints += 1
     elif kind == ERROR:
         summary.message = str(event.get("message", ""))
+    elif kind == VALIDATION:
+        fold_validation(summary, event)
     elif kind == RUN_END:
         summary.status = str(event.get("status", FINISHED))
         summary.ended = when
         summary.step = int(event.get("step") or summary.step)
         if event.get("message"):
             summary.message = str(event["message"])
+
+
+def fold_validation(summary: RunSummary, event: dict[str, Any]) -> None:
+    """The latest and the best evaluation of a `validation` event (engine.train.validation)."""
+    loss = as_float(event.get("loss"))
+    if loss is None:
+        return
+    summary.validation = {"step": event.get("step"), "epoch": event.get("epoch"), "loss": loss,
+                          "train_loss": as_float(event.get("train_loss"))}
+    best_loss = as_float(event.get("best_loss"))
+    if best_loss is not None:
+        summary.best_validation = {"step": event.get("best_step"), "epoch": event.get("best_epoch"),
+                                   "loss": best_loss, "path": str(event.get("best_path") or "")}
 
 
 def resolve_status(run: RunDir, folded_status: str) -> str:

@@ -108,12 +108,14 @@ class Dataset:
         return instances + balanced_regularisation(self.reg_items, len(instances))
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
-        """Per folder, how many captions hold each tag (Kohya's ss_tag_frequency)."""
+        """Per folder, how often each tag occurs, as sd-scripts counts for ss_tag_frequency:
+        lower-cased, every occurrence (a tag twice in one caption counts twice)."""
         frequency: dict[str, dict[str, int]] = {}
         for item in self.train_items:
             counts = frequency.setdefault(item.folder, {})
-            for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
-                counts[tag] = counts.get(tag, 0) + 1
+            for tag in (t.strip().lower() for t in item.caption.split(",")):
+                if tag:
+                    counts[tag] = counts.get(tag, 0) + 1
         return frequency
 
 

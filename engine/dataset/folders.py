@@ -56,6 +56,7 @@ class ImageItem:
     class_tokens: str
     is_reg: bool = False
     bucket: tuple[int, int] = (0, 0)
+    resized: tuple[int, int] | None = None  # no upscale: resized to this, then cropped to the bucket
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
                 class_tokens=class_tokens,
                 is_reg=is_reg,
                 bucket=assigner.bucket_for(width, height),
+                resized=assigner.resized_size(width, height),
             )
         )
     if repeats == 0:

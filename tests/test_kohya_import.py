@@ -133,3 +133,15 @@ def test_seed_zero_means_a_random_seed():
     assert result.config.training.seed == -1
     assert any(note.startswith("seed 0 means a random seed in the GUI") for note in result.notes)
     assert import_kohya_file(FIXTURES / "lora_gui_strings.json").config.training.seed == 1234
+
+
+def test_several_configs_get_one_report_each(capsys, tmp_path):
+    (tmp_path / "broken.json").write_text("{ not json")
+    files = [str(FIXTURES / "lora_gui_strings.json"), str(FIXTURES / "dreambooth_tab.json"), str(tmp_path / "broken.json")]
+    assert main(["import-kohya", *files]) == 1  # the broken one is not imported
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    headers = [line for line in captured.err.splitlines() if not line.startswith(" ")]
+    assert headers[0].endswith("lora_gui_strings.json:") and headers[1].endswith("dreambooth_tab.json:")
+    assert "broken.json: not imported:" in headers[2] and len(headers) == 3
+    assert main(["import-kohya", *files[:2], "-o", str(tmp_path / "x.toml")]) == 2

@@ -95,3 +95,19 @@ def make_run(tiny_model_dir):
 def one_thread_env() -> dict[str, str]:
     """Environment for engine subprocesses on the shared test machine."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def stop_when_epoch_ends(run, monkeypatch, epoch: int = 1) -> None:
+    """Ask `run` to stop as its `epoch` ends, the way a user presses stop then (undo with
+    monkeypatch.undo() before resuming)."""
+    from engine.run.events import EventWriter
+
+    real_emit = EventWriter.emit
+
+    def emit(self, type, **fields):
+        event = real_emit(self, type, **fields)
+        if type == "epoch_end" and fields["epoch"] == epoch:
+            run.request("stop")
+        return event
+
+    monkeypatch.setattr(EventWriter, "emit", emit)

@@ -32,7 +32,7 @@ MIN_SPREAD = 3.0
 EXPLAINED = 0.5
 NATURAL_RESIDUAL = 1.5
 # An offset that moves luma or chroma by MIN_OFFSET counts, in MIN_SEGMENTS segments of
-# the boundary and the two block rows below it. JPEG's chroma blocking steps by up to
+# the boundary and those up to REPEAT_ROWS below it. JPEG's chroma blocking steps by up to
 # about 18 (measured on generated photos) and by a different amount in each block, so a
 # cast that is only chroma below MIN_CHROMA_OFFSET must agree to OFFSET_TOLERANCE per
 # channel over CONSISTENT_SHARE of the width.
@@ -42,8 +42,10 @@ MIN_CHROMA_OFFSET = 20
 OFFSET_TOLERANCE = 6
 CONSISTENT_SHARE = 0.6
 YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-# A colour gradient steps at every chroma block boundary, 16 rows apart; damage steps
-# once: an offset seen again (within REPEAT_SHARE of it) 16 rows above or below is not.
+# A colour gradient steps at every chroma block boundary (REPEAT_ROWS apart at most);
+# damage steps once: an offset seen again (within REPEAT_SHARE of it) REPEAT_ROWS above
+# or below is not.
+REPEAT_ROWS = 16
 REPEAT_SHARE = 0.5
 # The clipped-cast test reads every COLUMN_STEP-th column of pictures at least
 # MIN_SEAM_WIDTH wide (measured false positives at 384 wide), with steps of at least
@@ -63,17 +65,19 @@ UNCLIPPED_ABOVE = 0.1
 CLIPPED_MIN_SPREAD = 4.0
 
 
-def damaged_row(pixels: np.ndarray) -> int:
+def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK) -> int:
     """The first pixel row of silent damage, or -1 when the pixels look whole.
 
-    `pixels` is height × width (× channels) uint8, as decoded."""
+    `pixels` is height × width (× channels) uint8, as decoded; `mcu_height` the height
+    of the JPEG's minimum coded unit (16 with chroma halved vertically): damage starts
+    on a boundary between MCU rows, so only those are read."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     height = pixels.shape[0]
     if height < 3 * BLOCK:
         return -1
     filled = _grey_fill_row(pixels)
-    boundaries = np.arange(BLOCK, height - 1, BLOCK)
+    boundaries = np.arange(mcu_height, height - 1, mcu_height)
     if filled >= 0:
         boundaries = boundaries[boundaries < filled]
     found = [_offset_seam(pixels, boundaries)]
@@ -90,6 +94,7 @@ def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     segments = pixels.shape[1] // segment_width
     if not len(boundaries) or segments < 2:
         return -1
+    step = int(boundaries[1] - boundaries[0]) if len(boundaries) > 1 else BLOCK
     # Two rows either side of each boundary, copied whole (row copies are cheap, strided
     # gathers are not): rows[k, boundary, segment, column, channel]
     rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
@@ -121,7 +126,7 @@ def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
                 & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2))
     # A colour gradient steps at every chroma block boundary; damage steps once.
-    for distance in (-2, 2):
+    for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):
         neighbour = np.clip(candidates[0] + distance, 0, len(boundaries) - 1)
         again = (rows[2, neighbour, candidates[1], ::STEP_COLUMN_STEP].astype(np.int16)
                  - rows[1, neighbour, candidates[1], ::STEP_COLUMN_STEP]).mean(axis=1)
@@ -136,7 +141,7 @@ def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     # the width.
     strong = ((luma >= MIN_OFFSET) | (chroma >= MIN_CHROMA_OFFSET))[evidence]
     for boundary in np.unique(where):
-        near = (where >= boundary) & (where <= boundary + 2 * BLOCK)
+        near = (where >= boundary) & (where <= boundary + REPEAT_ROWS)
         if (near & strong).sum() >= MIN_SEGMENTS:
             return int(boundary)
         reference = np.median(offset[where == boundary], axis=0)

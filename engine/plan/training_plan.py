@@ -18,6 +18,7 @@ from typing import Any
 from engine.dataset.buckets import batches_in_bucket
 from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.model.families import config_family_name
 from engine.plan.model_shapes import lora_parameter_count
 from engine.plan.vram import VramEstimate, estimate_vram
 
@@ -63,6 +64,7 @@ class Plan:
     vram_estimate: VramEstimate
     problems: list[str] = field(default_factory=list)
     num_processes: int = 1
+    family: str = "sd15"  # engine.model.families: detected from the base model, or model.family
 
     @property
     def effective_batch(self) -> int:
@@ -130,6 +132,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=[problem.message for problem in dataset.problems],
         num_processes=num_processes,
+        family=config_family_name(config, base_dir),
     )
 
 

@@ -1,0 +1,194 @@
+"""SDXL (base 1.0 and its fine-tunes): two text encoders and size/crop conditioning.
+
+* Text: CLIP-L (`text_encoder`) and OpenCLIP-bigG (`text_encoder_2`) each give their
+  penultimate hidden states (no final layer norm), concatenated on the width (768 + 1280
+  = 2048 on the real model); the second encoder's pooled, projected output is the U-Net's
+  `text_embeds`. As in sd-scripts' SDXL training, clip skip is not used, a long caption's
+  windows are joined as SD1.x's are, and the pooled output is the first window's.
+* Size: six numbers per image, `time_ids` = original (height, width), crop top-left
+  (top, left) and target (height, width): the image's own size, the crop the bucket fit
+  actually applied, and the bucket (engine.train.data carries them per example).
+* Files: LoRA keys `lora_unet_*`, `lora_te1_*`, `lora_te2_*`; `ss_base_model_version`
+  `sdxl_base_v1-0`. 1024² by default. The VAE overflows in fp16, so under fp16 it runs in
+  fp32 (engine.model.loading).
+
+Light at import (see engine.model.families).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "sdxl"
+LABEL = "SDXL"
+PIPELINE_CLASS = "StableDiffusionXLPipeline"
+DEFAULT_RESOLUTION = 1024
+TEXT_ENCODERS = (("text_encoder", "lora_te1"), ("text_encoder_2", "lora_te2"))
+SIZE_CONDITIONING = True
+
+# Parameters of SDXL base 1.0's frozen parts (counted from the released safetensors headers)
+PARAMETERS = {
+    "sdxl": {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "vae": 83_653_863},
+}
+# GiB per 512×512 worth of pixels at bf16/fp16, keyed by gradient checkpointing; measured on
+# the meta device with SDXL base's configs (engine/model/assets/sdxl) by
+# `python bench/train_speed.py --memory-model --family sdxl`, as engine.plan.vram explains
+ACTIVATIONS_PER_IMAGE = {False: 1.63, True: 0.2}
+VAE_ENCODE_PER_IMAGE = 0.44
+
+FP16_VAE_NOTE = ("SDXL's VAE overflows in fp16 (black or NaN images): it runs in fp32 under fp16 training, "
+                 "about 0.3 GB more; a VAE fixed for fp16 can be given as model.vae")
+
+
+def base_model_version(config) -> str:
+    return "sdxl_base_v1-0"
+
+
+def modelspec_architecture(config) -> str:
+    return "stable-diffusion-xl-v1-base/lora"
+
+
+# --------------------------------------------------------------------------- heavy parts
+
+
+def load_diffusers(source: str, *, local_only: bool, dtype, vae_dtype) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from engine.model.loading import load_parts
+
+    def pretrained(model_class, subfolder: str, **kwargs):
+        return lambda: model_class.from_pretrained(source, subfolder=subfolder, local_files_only=local_only, **kwargs)
+
+    return load_parts(source, local_only, {
+        "unet": pretrained(UNet2DConditionModel, "unet", torch_dtype=dtype),
+        "vae": pretrained(AutoencoderKL, "vae", torch_dtype=vae_dtype),
+        "text_encoder": pretrained(CLIPTextModel, "text_encoder", dtype=dtype),
+        "text_encoder_2": pretrained(CLIPTextModelWithProjection, "text_encoder_2", dtype=dtype),
+        "tokenizer": pretrained(CLIPTokenizer, "tokenizer"),
+        "tokenizer_2": pretrained(CLIPTokenizer, "tokenizer_2"),
+        "scheduler": pretrained(DDPMScheduler, "scheduler"),
+    })
+
+
+def encode_tokens(text_encoder, text_encoder_2, input_ids, input_ids_2, weights=None):
+    """(states (batch, tokens, width 1 + width 2), pooled (batch, projection)) for
+    (batch, windows, 77) token ids of each tokenizer."""
+    import torch
+
+    from engine.model.text_conditioning import apply_token_weights, join_windows
+
+    batch, windows, length = input_ids.shape
+    first = text_encoder(input_ids.reshape(batch * windows, length), output_hidden_states=True)
+    second = text_encoder_2(input_ids_2.reshape(batch * windows, length), output_hidden_states=True)
+    states = torch.cat([first.hidden_states[-2], second.hidden_states[-2].to(first.hidden_states[-2])], dim=-1)
+    states = states.reshape(batch, windows * length, states.shape[-1])
+    if weights is not None:
+        states = apply_token_weights(states, weights)
+    pooled = second.text_embeds.reshape(batch, windows, -1)[:, 0]
+    return join_windows(states, windows, length), pooled
+
+
+def time_ids(text: dict, device, dtype):
+    """(batch, 6): original (h, w), crop top-left (top, left), target (h, w) per image."""
+    import torch
+
+    parts = [text["original_size"], text["crop_top_left"], text["target_size"]]
+    return torch.cat(parts, dim=1).to(device=device, dtype=dtype)
+
+
+def condition(text_encoders, text: dict, *, config, train_text_encoder: bool, device) -> tuple[Any, dict]:
+    """(encoder hidden states, {"added_cond_kwargs": text_embeds and time_ids}) for a batch."""
+    import torch
+
+    if text.get("text_states") is not None:
+        states, pooled = text["text_states"].to(device), text["pooled_states"].to(device)
+    else:
+        weights = text.get("token_weights") if config.captions.weighted_captions else None
+        if weights is not None and weights.device.type == "cpu":
+            weights = None if bool(torch.all(weights == 1)) else weights.to(device)
+        with torch.set_grad_enabled(train_text_encoder and torch.is_grad_enabled()):
+            states, pooled = encode_tokens(text_encoders[0], text_encoders[1], text["input_ids"].to(device),
+                                           text["input_ids_2"].to(device), weights)
+    added = {"text_embeds": pooled, "time_ids": time_ids(text, device, pooled.dtype)}
+    return states, {"added_cond_kwargs": added}
+
+
+class TextStateCache:
+    """Hidden states and pooled output of both encoders for every distinct caption, computed
+    once (while the encoders are frozen and captions fixed; see engine.model.text_conditioning)."""
+
+    def __init__(self):
+        self.states: dict[str, tuple[Any, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def example(self, caption: str) -> dict[str, Any]:
+        states, pooled = self.states[caption]
+        return {"text_states": states, "pooled_states": pooled}
+
+    def fill(self, captions, tokenizers, text_encoders, *, max_token_length: int, weighted: bool,
+             batch_size: int = 64, autocast=None) -> None:
+        import contextlib
+
+        import torch
+
+        from engine.model.text_conditioning import tokenize_caption
+
+        todo = sorted(set(captions) - set(self.states))
+        device = text_encoders[0].device
+        with torch.no_grad():
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                for caption in chunk:
+                    ids, weights = tokenize_caption(tokenizers[0], caption, max_token_length, weighted)
+                    ids_2, _ = tokenize_caption(tokenizers[1], caption, max_token_length, weighted)
+                    use_weights = weighted and not bool(torch.all(weights == 1))
+                    with autocast() if autocast is not None else contextlib.nullcontext():
+                        states, pooled = encode_tokens(
+                            text_encoders[0], text_encoders[1], ids[None].to(device), ids_2[None].to(device),
+                            weights[None].to(device) if use_weights else None,
+                        )
+                    self.states[caption] = (states[0].cpu().clone(), pooled[0].cpu().clone())
+
+
+def text_state_cache(model, captions, config, *, autocast=None) -> TextStateCache:
+    cache = TextStateCache()
+    cache.fill(captions, model.tokenizers, model.text_encoders, max_token_length=config.captions.max_token_length,
+               weighted=config.captions.weighted_captions, autocast=autocast)
+    return cache
+
+
+def build_pipeline(parts: dict[str, Any], scheduler):
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], unet=parts["unet"], scheduler=scheduler,
+    )
+
+
+def prompt_embeddings(pipeline, prompt: str, negative_prompt: str, clip_skip: int) -> dict[str, Any]:
+    """Both prompts' states and pooled outputs, with A1111 emphasis and 75-token windows."""
+    import math
+
+    from engine.model.text_conditioning import WINDOW, parse_emphasis, tokenize_caption
+    from engine.sampling.sampler import MAX_PROMPT_WINDOWS
+
+    tokenizer = pipeline.tokenizer
+
+    def token_count(text: str) -> int:
+        return sum(len(tokenizer(part, add_special_tokens=False).input_ids) for part, _ in parse_emphasis(text))
+
+    windows = min(MAX_PROMPT_WINDOWS, max(1, math.ceil(max(token_count(prompt), token_count(negative_prompt)) / WINDOW)))
+    encoded = []
+    for text in (prompt, negative_prompt):
+        ids, weights = tokenize_caption(tokenizer, text, windows * WINDOW, weighted=True)
+        ids_2, _ = tokenize_caption(pipeline.tokenizer_2, text, windows * WINDOW, weighted=True)
+        device = pipeline.device
+        emphasis = None if bool(weights.eq(1).all()) else weights[None].to(device)
+        encoded.append(encode_tokens(pipeline.text_encoder, pipeline.text_encoder_2, ids[None].to(device),
+                                     ids_2[None].to(device), emphasis))
+    (positive, pooled), (negative, negative_pooled) = encoded
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled}

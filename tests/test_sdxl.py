@@ -1,0 +1,211 @@
+"""SDXL end to end on the tiny SDXL-layout model (CPU): the model, its family detection,
+two-encoder conditioning with size/crop numbers, LoRA files in Kohya's SDXL layout that
+diffusers' StableDiffusionXLPipeline loads, and `train` on a run folder."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config.schema import config_from_dict
+from engine.model.families import config_family_name, folder_family
+from engine.network.lora import LoraNetwork, network_shape, read_lora_file, save_lora_file
+from engine.train.loop import train
+from tests.conftest import small_run_settings
+from tests.test_lora_file import load_in_diffusers, render
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    from engine.model.tiny import make_tiny_model
+
+    torch.set_num_threads(1)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl", family="sdxl")
+
+
+@pytest.fixture
+def sdxl_pipeline(tiny_sdxl_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    def make():
+        pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, local_files_only=True)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return make
+
+
+@pytest.fixture
+def make_sdxl_run(tiny_sdxl_dir):
+    from engine.config.schema import save_config, with_absolute_paths
+    from engine.run.folder import RunDir
+
+    def make(root, name, **sections):
+        data = small_run_settings(tiny_sdxl_dir)
+        for group, values in sections.items():
+            data.setdefault(group, {}).update(values)
+        data["saving"]["output_name"] = name
+        run = RunDir(root / "runs" / name)
+        run.create()
+        save_config(with_absolute_paths(config_from_dict(data), root), run.config)
+        return run
+
+    return make
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_tiny_sdxl_has_sdxl_structure_and_is_detected(tiny_sdxl_dir, tiny_model_dir, sdxl_pipeline):
+    pipeline = sdxl_pipeline()
+    unet = pipeline.unet.config
+    assert unet.addition_embed_type == "text_time"
+    assert unet.cross_attention_dim == (pipeline.text_encoder.config.hidden_size
+                                        + pipeline.text_encoder_2.config.hidden_size)
+    assert unet.projection_class_embeddings_input_dim == (pipeline.text_encoder_2.config.projection_dim
+                                                          + 6 * unet.addition_time_embed_dim)
+    assert list(unet.transformer_layers_per_block) == [1, 1, 2]
+    assert type(pipeline.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert pipeline.tokenizer_2.pad_token == "!"
+    assert folder_family(tiny_sdxl_dir) == "sdxl" and folder_family(tiny_model_dir) == "sd15"
+    config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)}})
+    assert config_family_name(config, ".") == "sdxl"
+
+
+def test_loaded_model_carries_both_encoders(tiny_sdxl_dir):
+    from engine.model.loading import load_base_model
+
+    config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)}})
+    model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
+    assert model.family == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
+    assert model.noise_scheduler.config.num_train_timesteps == 1000
+    assert not any(p.requires_grad for encoder in model.text_encoders for p in encoder.parameters())
+
+
+def test_our_conditioning_is_diffusers_encode_prompt(sdxl_pipeline):
+    from engine.model.families.sdxl import encode_tokens
+    from engine.model.text_conditioning import tokenize_caption
+
+    pipeline = sdxl_pipeline()
+    caption = "a photo of a dog, red, street"
+    ids, _ = tokenize_caption(pipeline.tokenizer, caption)
+    ids_2, _ = tokenize_caption(pipeline.tokenizer_2, caption)
+    with torch.no_grad():
+        states, pooled = encode_tokens(pipeline.text_encoder, pipeline.text_encoder_2, ids[None], ids_2[None])
+        expected, _, expected_pooled, _ = pipeline.encode_prompt(caption, do_classifier_free_guidance=False)
+    torch.testing.assert_close(states, expected)
+    torch.testing.assert_close(pooled, expected_pooled)
+
+
+def test_examples_carry_the_size_and_crop_actually_applied(tmp_path, tiny_sdxl_dir):
+    from engine.dataset.folders import scan_dataset
+    from engine.train.data import ExampleRules, TrainingImages, bucket_crop
+    from tests.datasets import write_caption, write_image
+
+    write_caption(write_image(tmp_path / "img" / "1_sks dog" / "wide.png", (160, 64)), "sks dog")
+    data = small_run_settings(tiny_sdxl_dir)
+    data["augmentation"] = {"random_crop": True, "flip": True}
+    data["dataset"].update({"enable_buckets": False})
+    config = config_from_dict(data)
+    dataset = scan_dataset(config, tmp_path)
+    item = dataset.items[0]
+    assert item.bucket == (64, 64)
+    rules = ExampleRules.from_config(config, size_conditioning=True)
+    images = TrainingImages(dataset.training_instances(), rules, None, text_states=_NoText())
+    seen = set()
+    for epoch in range(8):
+        example = images[(epoch, 0)]
+        assert example["original_size"].tolist() == [64, 160]  # (height, width)
+        assert example["target_size"].tolist() == [64, 64]
+        top, left = example["crop_top_left"].tolist()
+        assert top == 0 and 0 <= left <= 96
+        seen.add(left)
+        # the crop numbers are the crop of the pixels: rebuild that crop from the full image
+        rng = random.Random(f"{rules.seed}:{epoch}:0")
+        flipped = rng.random() < 0.5
+        crop_seed = rng.random()
+        _, crop_left, _ = bucket_crop((160, 64), (64, 64), random.Random(crop_seed))
+        assert left == (160 - crop_left - 64 if flipped else crop_left)
+        full = np.asarray(_stripe_image(item.path))
+        pixels = ((example["pixels"].numpy().transpose(1, 2, 0) + 1) * 127.5).round()
+        window = full[:, crop_left : crop_left + 64].astype(np.float64)
+        if flipped:
+            window = window[:, ::-1]
+        np.testing.assert_allclose(pixels, window, atol=1.0)
+    assert len(seen) > 1
+
+
+class _NoText:
+    def example(self, caption):
+        return {}
+
+
+def _stripe_image(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+# --------------------------------------------------------------------------- LoRA files
+
+
+def _randomize(network):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def test_lora_file_is_kohya_sdxl_layout_and_loads_in_diffusers(tmp_path, sdxl_pipeline):
+    ours = sdxl_pipeline()
+    network = LoraNetwork.attach(ours.unet, ours.text_encoder, rank=4, alpha=2.0, text_encoder_2=ours.text_encoder_2)
+    _randomize(network)
+    path = tmp_path / "xl.safetensors"
+    save_lora_file(path, network.state_dict(torch.float32))
+    tensors, _ = read_lora_file(path)
+    prefixes = {key.split("_text_model_")[0] if "_text_model_" in key else "lora_unet" for key in tensors}
+    assert prefixes == {"lora_unet", "lora_te1", "lora_te2"}
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in tensors
+    assert "lora_te2_text_model_encoder_layers_3_mlp_fc2.lora_up.weight" in tensors
+    # the deepest block's second transformer layer (SDXL's transformer_layers_per_block)
+    assert "lora_unet_down_blocks_2_attentions_1_transformer_blocks_1_attn2_to_k.lora_down.weight" in tensors
+    assert not any(key.startswith("lora_unet_down_blocks_0_attentions") for key in tensors)  # SDXL: no attention there
+    assert network_shape(tensors) == (4, 2.0, True, True)
+
+    fresh = sdxl_pipeline()
+    base = render(fresh)
+    assert load_in_diffusers(fresh, path) == []
+    loaded = render(fresh)
+    assert np.abs(loaded - base).max() > 1e-3
+    np.testing.assert_allclose(loaded, render(ours), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("sections", [
+    {},  # U-Net and both text encoders, captions encoded every step
+    {"network": {"train_text_encoder": False}, "precision": {"cache_text_encoder_outputs": True,
+                                                           "cache_latents": "memory"}},
+], ids=["text-encoders", "cached"])
+def test_train_writes_an_sdxl_lora_that_diffusers_loads(tmp_path, tiny_dataset, make_sdxl_run, sdxl_pipeline,
+                                                         sections):
+    run = make_sdxl_run(tiny_dataset, "xl", training={"epochs": 1}, optimizer={"learning_rate": 5e-3},
+                        **sections)
+    assert train(run.path) == 0
+    tensors, metadata = read_lora_file(run.checkpoints / "xl.safetensors")
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    has_text = any(key.startswith("lora_te") for key in tensors)
+    assert has_text == ("network" not in sections)
+    assert any(key.startswith("lora_te2_") for key in tensors) == has_text
+    fresh = sdxl_pipeline()
+    base = render(fresh)
+    messages = load_in_diffusers(fresh, run.checkpoints / "xl.safetensors")
+    if not has_text:  # diffusers notes a U-Net-only file; nothing is wrong
+        messages = [m for m in messages if not m.startswith("No LoRA keys associated to CLIPTextModel")]
+    assert messages == []
+    assert np.abs(render(fresh) - base).max() > 0

@@ -209,3 +209,61 @@ def test_train_writes_an_sdxl_lora_that_diffusers_loads(tmp_path, tiny_dataset, 
         messages = [m for m in messages if not m.startswith("No LoRA keys associated to CLIPTextModel")]
     assert messages == []
     assert np.abs(render(fresh) - base).max() > 0
+
+
+# --------------------------------------------------------------------------- import and plan
+
+
+def test_sdxl_kohya_config_imports_and_plans_like_sd_scripts(tmp_path):
+    from engine.config.kohya_import import import_kohya_file
+    from engine.plan.training_plan import make_plan
+    from tests.datasets import write_caption, write_image
+
+    fixture = tmp_path / "sdxl.json"
+    fixture.write_text((__import__("pathlib").Path(__file__).parent / "fixtures" / "kohya" / "sdxl_lora_gui.json")
+                       .read_text())
+    for name, size in (("square", (1024, 1024)), ("wide", (1344, 768)), ("tall", (768, 1344))):
+        write_caption(write_image(tmp_path / "img" / "10_city" / f"{name}.png", size), "city")
+    result = import_kohya_file(fixture)
+    config = result.config
+    assert config.model.family == "sdxl"
+    assert config.precision.cache_text_encoder_outputs and config.precision.gradient_checkpointing
+    assert not config.network.train_text_encoder  # network_train_unet_only / text_encoder_lr 0
+    assert any("sdxl_no_half_vae" in note for note in result.notes)
+    assert not {"sdxl", "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae"} & set(result.ignored)
+
+    plan = make_plan(config, tmp_path)
+    assert plan.family == "sdxl"
+    # sd-scripts' buckets at 1024² area, step 64: each image's exact aspect ratio exists
+    assert [(b.width, b.height, b.count) for b in plan.buckets] == [(768, 1344, 10), (1024, 1024, 10),
+                                                                     (1344, 768, 10)]
+    assert plan.steps_per_epoch == 30 and plan.total_steps == 300 and plan.epochs == 10
+    # SDXL base's sizes: 3.5 G frozen parameters in bf16 (6.5 GiB), small activations checkpointed
+    vram = plan.vram_estimate
+    assert 6.4 < vram.weights_gb < 6.6
+    assert 7 < vram.total_gb < 9
+    sd15 = make_plan(replace_family(config, "sd15"), tmp_path).vram_estimate
+    assert sd15.total_gb < 4
+
+
+def replace_family(config, family):
+    from engine.config.schema import replace_setting
+
+    return replace_setting(replace_setting(config, "model.family", family), "model.pretrained_model",
+                           "stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+def test_vram_estimate_uses_the_measured_sdxl_constants():
+    from engine.plan.vram import estimate_vram
+
+    def config(checkpointing):
+        return config_from_dict({"model": {"pretrained_model": "stabilityai/stable-diffusion-xl-base-1.0",
+                                           "family": "sdxl"},
+                                 "dataset": {"resolution": "1024"}, "network": {"train_text_encoder": False},
+                                 "training": {"batch_size": 1}, "precision": {"mixed_precision": "bf16",
+                                                                             "gradient_checkpointing": checkpointing}})
+
+    off, on = estimate_vram(config(False)), estimate_vram(config(True))
+    # 4 × 512² of pixels × 2.08 / 0.19 GiB (bench/train_speed.py --memory-model --family sdxl)
+    assert off.activations_gb == pytest.approx(4 * (2.08 + 16 * 0.0003), rel=1e-6)
+    assert on.activations_gb == pytest.approx(4 * (0.19 + 16 * 0.0003), rel=1e-6)

@@ -76,6 +76,14 @@ class ModelSettings:
         "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
         path=True,
     )
+    family: str = setting(
+        "auto",
+        "Model family: auto (read from the base model's files), sd15, sd2 or sdxl.",
+        label="Model family",
+        choices=("auto", "sd15", "sd2", "sdxl"),
+        advice="Leave on auto: a local folder or .safetensors file says what it is. Set sdxl for an "
+        "SDXL hub id or a .ckpt, so the plan and the VRAM estimate use SDXL's sizes before loading.",
+    )
     vae: str = setting(
         "",
         "Optional VAE to use instead of the base model's (folder or .safetensors).",

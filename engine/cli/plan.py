@@ -20,11 +20,15 @@ def format_plan(plan: Plan) -> str:
     lines = ["Folders"]
     for folder in plan.folders:
         kind = " (regularisation)" if folder.is_reg else ""
+        held_out = f", {folder.held_out} held out for validation" if folder.held_out else ""
         lines.append(
             f"  {folder.name}{kind}: {folder.images} images x {folder.repeats} repeats"
-            f" = {folder.instances}  ({folder.captioned} captioned)"
+            f" = {folder.instances}  ({folder.captioned} captioned{held_out})"
         )
     lines.append(f"Images            {plan.images}")
+    validation = (f"{plan.validation_images} images ({plan.validation_where})" if plan.validation_source
+                  else "off (set validation.image_dir or validation.split_fraction)")
+    lines.append(f"Validation        {validation}")
     lines.append(f"Images x repeats  {plan.image_repeats}")
     if plan.reg_images:
         lines.append(f"Regularisation    {plan.reg_images} images, {plan.reg_instances} per epoch")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
@@ -138,6 +138,16 @@ class DatasetSettings:
         path=True,
         advice="Images of the class (other people, other dogs) keep the class from drifting toward "
         "your subject; they double the steps per epoch. Styles rarely need them.",
+    )
+    dataset_config: str = setting(
+        "",
+        "A Kohya dataset TOML ([[datasets]] / [[datasets.subsets]]); when set, its subsets are the "
+        "images, instead of the image and regularisation folders.",
+        label="Kohya dataset TOML",
+        path=True,
+        advice="For a dataset already described for sd-scripts: each subset keeps its image folder, "
+        "repeats, class tokens and caption extension. Its batch size, resolution, bucket, caption and "
+        "augmentation settings must match this config (the Kohya import copies them).",
     )
     resolution: str = setting(
         "512,512",
@@ -314,11 +324,12 @@ class OptimizerSettings:
     )
     optimizer_args: str = setting(
         "",
-        "Extra optimizer arguments, Kohya style: `key=value key=value`.",
+        "Extra optimizer arguments, Kohya style: `key=value key=value` (`betas=0.9,0.99` is a pair).",
         label="Optimizer args",
         advice="Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your "
         "learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True "
-        "use_bias_correction=True safeguard_warmup=True.",
+        "use_bias_correction=True safeguard_warmup=True. Names and values are checked against the "
+        "optimizer's own arguments as you type.",
     )
     learning_rate: float = setting(
         1e-4,
@@ -411,9 +422,10 @@ class TrainingSettings:
         "batch-2 memory, with a quarter of the steps.",
     )
     seed: int = setting(
-        42, "Random seed; the same seed and data train the same LoRA.", label="Seed", minimum=0,
+        42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
+        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
-        "not from chance.",
+        "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
     )
     stop_text_encoder_training: int = setting(
         0,
@@ -431,6 +443,41 @@ class TrainingSettings:
         maximum=1.0,
         advice="0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the "
         "mid-tones.",
+    )
+    adaptive_noise_scale: float = setting(
+        0.0,
+        "Adds this times each latent channel's absolute mean to the noise offset (sd-scripts' "
+        "adaptive noise scale; needs a noise offset).",
+        label="Adaptive noise scale",
+        minimum=-1.0,
+        maximum=1.0,
+        advice="sd-scripts suggests about a tenth of the noise offset; 0 = off.",
+    )
+    multires_noise_iterations: int = setting(
+        0,
+        "Multi-resolution (pyramid) noise: number of coarser noise layers added (0 = off; 6-10 typical).",
+        label="Multires noise iterations",
+        minimum=0,
+        maximum=64,
+        advice="Noise at several scales, as sd-scripts' multires noise: like the noise offset it lets "
+        "the LoRA change large areas of colour and light.",
+    )
+    multires_noise_discount: float = setting(
+        0.3,
+        "Weight of each coarser multires noise layer relative to the one before (sd-scripts' default 0.3).",
+        label="Multires noise discount",
+        minimum=0.0,
+        maximum=1.0,
+        advice="0.1-0.3 for LoRAs with few images; higher values give stronger low-frequency noise.",
+    )
+    ip_noise_gamma: float = setting(
+        0.0,
+        "Input perturbation noise (Ning et al. 2023): extra noise on the U-Net's input only, not in the "
+        "target (0 = off; 0.1 is the paper's value).",
+        label="Input perturbation gamma",
+        minimum=0.0,
+        maximum=1.0,
+        advice="A small value (about 0.1) reduces the exposure bias between training and sampling.",
     )
     min_snr_gamma: float = setting(
         0.0,
@@ -602,6 +649,73 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    image_dir: str = setting(
+        "",
+        "Held-out image folder (same layout as the training folder; repeats ignored), never trained on.",
+        label="Validation folder",
+        path=True,
+        advice="A few images (5-20) like the training set but not in it. Or leave this empty and hold "
+        "out a fraction of the training images below.",
+    )
+    split_fraction: float = setting(
+        0.0,
+        "Hold out this fraction of the training images for validation (0 = none), chosen by the seed.",
+        label="Validation split",
+        minimum=0.0,
+        maximum=0.5,
+        advice="0.1 holds out one image in ten; they are left out of training and the plan's steps. "
+        "With very few images, a separate folder of extra images is better.",
+    )
+    seed: int = setting(
+        0, "Seed of the split and of the fixed validation noise.", label="Validation seed", minimum=0,
+        advice="Keep it fixed: the same seed holds out the same images and draws the same noise, so "
+        "runs compare.",
+    )
+    every_n_epochs: int = setting(
+        1, "Evaluate every N epochs (0 = not by epoch).", label="Validate every N epochs", minimum=0,
+        advice="Every checkpoint is evaluated as well, so its file can be judged by the number.",
+    )
+    every_n_steps: int = setting(
+        0, "Evaluate every N steps (0 = not by step).", label="Validate every N steps", minimum=0,
+    )
+    timesteps: int = setting(
+        4,
+        "Fixed timesteps each image is scored at, evenly spread over the noise schedule.",
+        label="Validation timesteps",
+        minimum=1,
+        maximum=50,
+        advice="4 covers coarse to fine detail; each costs one U-Net pass per image. The dashboard "
+        "shows the loss per timestep band too.",
+    )
+    batch_size: int = setting(
+        8, "Images per validation batch.", label="Validation batch", minimum=1, maximum=1024,
+        advice="Only memory: the number is the same for any batch size.",
+    )
+    train_sample: int = setting(
+        8,
+        "Training images scored the same way (train-set fixed-noise loss; 0 = off).",
+        label="Train-set sample",
+        minimum=0,
+        maximum=10000,
+        advice="The gap between this and the validation loss shows memorising: the training images "
+        "keep improving while the held-out ones get worse.",
+    )
+    early_stop_patience: int = setting(
+        0,
+        "Stop after this many evaluations without a new best validation loss (0 = never).",
+        label="Early-stop patience",
+        minimum=0,
+        advice="The best file is always kept as <name>-best.safetensors; 3-5 evaluations of patience "
+        "ride out noise.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.image_dir.strip()) or self.split_fraction > 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     version: int = CONFIG_VERSION
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -615,6 +729,7 @@ class TrainConfig:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     saving: SavingSettings = field(default_factory=SavingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     # derived views (never stored)
     @property
@@ -657,6 +772,7 @@ GROUPS: dict[str, str] = {
     "sampling": "Sampling",
     "saving": "Saving and resume",
     "logging": "Logging",
+    "validation": "Validation",
 }
 
 
@@ -761,37 +877,6 @@ def parse_resolution(text: str | int) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError("sides must be positive")
     return width, height
-
-
-def _literal(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    if text.startswith("(") and text.endswith(")"):
-        return tuple(_literal(p.strip()) for p in text[1:-1].split(",") if p.strip())
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip("\"'")
-
-
-def parse_optimizer_args(text: str) -> dict[str, Any]:
-    """Kohya style `scale_parameter=False betas=(0.9,0.99) weight_decay=0.01`."""
-    result: dict[str, Any] = {}
-    for token in shlex.split(text.replace(",", " , ").replace(" , ", ",")):
-        if "=" not in token:
-            raise ValueError(f"'{token}' is not key=value")
-        key, value = token.split("=", 1)
-        if not key.isidentifier():
-            raise ValueError(f"'{key}' is not an argument name")
-        result[key] = _literal(value)
-    return result
 
 
 # --------------------------------------------------------------------------- parsing
@@ -923,12 +1008,13 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
             problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
     if not config.captions.caption_extension.startswith("."):
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if train.adaptive_noise_scale and not train.noise_offset:
+        problems.append(("training.adaptive_noise_scale", "needs a noise offset (it scales the offset per channel)"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:
         problems.append(("optimizer.lr_warmup_percent", "set warm-up steps or warm-up percent, not both"))
-    try:
-        parse_optimizer_args(opt.optimizer_args)
-    except ValueError as error:
-        problems.append(("optimizer.optimizer_args", f"{error}; write key=value pairs separated by spaces"))
+    arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)
+    if arguments_problem:
+        problems.append(("optimizer.optimizer_args", arguments_problem))
     if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
         problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
     if train.max_steps == 0 and train.epochs == 0:
@@ -940,6 +1026,12 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     name = config.saving.output_name
     if not name or "/" in name or name in (".", "..") or name.startswith("."):
         problems.append(("saving.output_name", f"{name!r} is not a usable folder name"))
+    validation = config.validation
+    if validation.image_dir.strip() and validation.split_fraction:
+        problems.append(("validation.split_fraction", "give a validation folder or a split fraction, not both"))
+    if validation.early_stop_patience and not validation.enabled:
+        problems.append(("validation.early_stop_patience",
+                         "early stop needs validation: set a validation folder or a split fraction"))
     if config.sampling.prompts_file and config.sampling.prompts.strip():
         problems.append(("sampling.prompts_file", "give inline prompts or a prompts file, not both"))
     return problems
@@ -1055,6 +1147,21 @@ def resolve_path(base_dir: str | Path, value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
+
+
+RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)
+
+
+def with_drawn_seed(config: TrainConfig, seed: int | None = None) -> TrainConfig:
+    """The config itself, or, when its seed is RANDOM_SEED, a copy with `seed` (default: a
+    fresh draw in sd-scripts' range 0..2^32-1) for the frozen copy in a run folder."""
+    if config.training.seed != RANDOM_SEED:
+        return config
+    if seed is None:
+        import random
+
+        seed = random.SystemRandom().randrange(2**32)  # never the training's RNG state
+    return replace_setting(config, "training.seed", seed)
 
 
 def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfig:

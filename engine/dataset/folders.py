@@ -13,8 +13,9 @@ decoding pixels. Light module: PIL only.
 from __future__ import annotations
 
 import os
+import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -55,6 +56,7 @@ class ImageItem:
     class_tokens: str
     is_reg: bool = False
     bucket: tuple[int, int] = (0, 0)
+    resized: tuple[int, int] | None = None  # no upscale: resized to this, then cropped to the bucket
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Dataset:
     items: list[ImageItem] = field(default_factory=list)
     folders: list[FolderInfo] = field(default_factory=list)
     problems: list[DatasetProblem] = field(default_factory=list)
+    # held-out images (engine.dataset.folders.hold_out): never in `items`, never trained on
+    validation_items: list[ImageItem] = field(default_factory=list)
 
     @property
     def train_items(self) -> list[ImageItem]:
@@ -105,12 +109,14 @@ class Dataset:
         return instances + balanced_regularisation(self.reg_items, len(instances))
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
-        """Per folder, how many captions hold each tag (Kohya's ss_tag_frequency)."""
+        """Per folder, how often each tag occurs, as sd-scripts counts for ss_tag_frequency:
+        lower-cased, every occurrence (a tag twice in one caption counts twice)."""
         frequency: dict[str, dict[str, int]] = {}
         for item in self.train_items:
             counts = frequency.setdefault(item.folder, {})
-            for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
-                counts[tag] = counts.get(tag, 0) + 1
+            for tag in (t.strip().lower() for t in item.caption.split(",")):
+                if tag:
+                    counts[tag] = counts.get(tag, 0) + 1
         return frequency
 
 
@@ -175,18 +181,96 @@ def read_caption(path: Path) -> str | None:
 
 def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     """Every image of the training (and regularisation) folders, with caption and bucket."""
-    root = resolve_path(base_dir, config.dataset.image_dir)
-    if root is None or not root.is_dir():
-        raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
-    reg_root = resolve_path(base_dir, config.dataset.reg_dir)
-    if reg_root is not None and not reg_root.is_dir():
-        raise LoradeckError(f"dataset.reg_dir: regularisation folder {reg_root} does not exist")
+    validation_root = resolve_path(base_dir, config.validation.image_dir)
+    if validation_root is not None and not validation_root.is_dir():
+        raise LoradeckError(f"validation.image_dir: validation folder {validation_root} does not exist")
     assigner = BucketAssigner(BucketRules.from_config(config))
-    dataset = Dataset(root=root, reg_root=reg_root)
-    _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
-    if reg_root is not None:
-        _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
+    toml_path = resolve_path(base_dir, config.dataset.dataset_config)
+    if toml_path is not None:
+        dataset = _scan_dataset_toml(config, toml_path, assigner)
+    else:
+        root = resolve_path(base_dir, config.dataset.image_dir)
+        if root is None or not root.is_dir():
+            raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
+        reg_root = resolve_path(base_dir, config.dataset.reg_dir)
+        if reg_root is not None and not reg_root.is_dir():
+            raise LoradeckError(f"dataset.reg_dir: regularisation folder {reg_root} does not exist")
+        dataset = Dataset(root=root, reg_root=reg_root)
+        _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
+        if reg_root is not None:
+            _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
+    if validation_root is not None:
+        dataset.validation_items = _scan_validation_folder(dataset, validation_root, config, assigner)
+    elif config.validation.split_fraction:
+        hold_out(dataset, config.validation.split_fraction, config.validation.seed)
     return dataset
+
+
+def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner) -> Dataset:
+    """The subsets of a Kohya dataset TOML (engine.dataset.kohya_toml), each image folder
+    with its own repeats, class tokens, caption extension and regularisation flag."""
+    from engine.dataset.kohya_toml import config_differences, read_dataset_toml
+
+    toml = read_dataset_toml(path)
+    differences = config_differences(config, toml)
+    if differences:
+        raise LoradeckError(f"dataset.dataset_config: {differences[0]}; loradeck uses one value per run, "
+                            "set the config to match")
+    # the folder holding every subset: validation hold-outs are chosen by paths relative to it
+    root = Path(os.path.commonpath([path.parent] + [subset.image_dir for subset in toml.subsets]))
+    dataset = Dataset(root=root, reg_root=None)
+    for subset in toml.subsets:
+        if not subset.image_dir.is_dir():
+            raise LoradeckError(f"{path}: image_dir {subset.image_dir} does not exist")
+        extension = subset.caption_extension or config.captions.caption_extension
+        _scan_folder(dataset, subset.image_dir, subset.num_repeats, subset.class_tokens, subset.is_reg,
+                     extension, assigner)
+    return dataset
+
+
+def held_out_count(images: int, fraction: float) -> int:
+    """How many of `images` training images a split of `fraction` holds out: rounded, at
+    least one when the fraction is set, and never the last training image."""
+    if not fraction or images < 2:
+        return 0
+    return min(images - 1, max(1, round(images * fraction)))
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int) -> None:
+    """Move a seeded `fraction` of the training images to `validation_items`.
+
+    The choice depends only on the seed and the images' paths relative to the image
+    folder (sorted), so the same dataset and seed always hold out the same images, on any
+    machine and whatever the scan order.
+    """
+    train = sorted(dataset.train_items, key=lambda item: item.path.relative_to(dataset.root).as_posix())
+    count = held_out_count(len(train), fraction)
+    if not count:
+        return
+    chosen = {item.path for item in random.Random(f"validation-split:{seed}").sample(train, count)}
+    dataset.validation_items = [item for item in train if item.path in chosen]
+    dataset.items = [item for item in dataset.items if item.path not in chosen]
+    # folder counts are of the images trained on, as the plan and the LoRA's metadata say
+    folders = []
+    for folder in dataset.folders:
+        gone = [item for item in dataset.validation_items if item.path.parent == folder.path]
+        captioned = sum(1 for item in gone if item.caption_path is not None)
+        folders.append(replace(folder, images=folder.images - len(gone), captioned=folder.captioned - captioned))
+    dataset.folders = folders
+
+
+def _scan_validation_folder(dataset: Dataset, root: Path, config: TrainConfig,
+                            assigner: BucketAssigner) -> list[ImageItem]:
+    """The images of a validation folder: `<repeats>_<class>` subfolders like the training
+    folder (repeats do not matter), or images directly inside it. Unreadable ones are
+    listed in the dataset's problems so the trainer refuses them up front."""
+    scratch = Dataset(root=root, reg_root=None)
+    extension = config.captions.caption_extension
+    _scan_root(scratch, root, False, extension, assigner)
+    if any(problem.code == "loose_image" for problem in scratch.problems):
+        _scan_folder(scratch, root, 1, "", False, extension, assigner)
+    dataset.problems.extend(problem for problem in scratch.problems if problem.code == "unreadable")
+    return scratch.items
 
 
 def _scan_root(dataset: Dataset, root: Path, is_reg: bool, caption_ext: str, assigner: BucketAssigner) -> None:
@@ -253,6 +337,7 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
                 class_tokens=class_tokens,
                 is_reg=is_reg,
                 bucket=assigner.bucket_for(width, height),
+                resized=assigner.resized_size(width, height),
             )
         )
     if repeats == 0:

@@ -34,6 +34,7 @@ class FolderPlan:
     captioned: int
     instances: int
     is_reg: bool
+    held_out: int = 0  # images of this folder kept for validation (validation.split_fraction)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Plan:
     vram_estimate: VramEstimate
     problems: list[str] = field(default_factory=list)
     num_processes: int = 1
+    validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
+    validation_source: str = ""  # "folder", "split" or "" (no validation)
     family: str = "sd15"  # engine.model.families: detected from the base model, or model.family
 
     @property
@@ -74,6 +77,11 @@ class Plan:
     def batches_per_process(self) -> int:
         """Micro-batches each process runs in an epoch (shorter shares are topped up)."""
         return -(-self.batches_per_epoch // self.num_processes)
+
+    @property
+    def validation_where(self) -> str:
+        """Where the validation images come from, in words."""
+        return "from the validation folder" if self.validation_source == "folder" else "held out of the training images"
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,7 +115,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         total_steps = epochs * steps_per_epoch
 
     reg_instances = sum(1 for item in instances if item.is_reg)
-    folders = [_folder_plan(folder, instances) for folder in dataset.folders]
+    folders = [_folder_plan(folder, instances, dataset.validation_items) for folder in dataset.folders]
     parameters, modules = lora_parameter_count(config, base_dir)
     value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
     # tensors plus the safetensors header (about 160 bytes of JSON per tensor, 3 tensors
@@ -132,13 +140,17 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=[problem.message for problem in dataset.problems],
         num_processes=num_processes,
+        validation_images=len(dataset.validation_items),
+        validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
         family=config_family_name(config, base_dir),
     )
 
 
-def _folder_plan(folder: FolderInfo, instances) -> FolderPlan:
+def _folder_plan(folder: FolderInfo, instances, validation_items) -> FolderPlan:
     count = sum(1 for item in instances if item.path.parent == folder.path)
-    return FolderPlan(folder.name, str(folder.path), folder.repeats, folder.images, folder.captioned, count, folder.is_reg)
+    held_out = sum(1 for item in validation_items if item.path.parent == folder.path)
+    return FolderPlan(folder.name, str(folder.path), folder.repeats, folder.images, folder.captioned, count,
+                      folder.is_reg, held_out)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     run_start   run_name, config (dict), plan (dict: images, image_repeats, reg_images,
                 buckets [{width, height, count}], steps_per_epoch, total_steps, epochs,
                 batch_size, effective_batch), start_step, start_epoch, resumed (bool),
+                seed (the one used: a random seed, -1 in the config, as drawn),
                 device, precision, pid; optional vram_estimate_gb (engine.plan.vram)
     step        step, epoch, loss, loss_avg, lr_unet, lr_text_encoder, steps_per_s,
                 images_per_s; optional gpu_memory_mb, gpu_memory_total_mb, gpu_util,
@@ -13,7 +14,11 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     epoch_end   epoch, step, loss_epoch
     sample      path (relative to the run folder), epoch, step, prompt_index, prompt,
                 negative_prompt, seed, width, height, steps, cfg, sampler
-    checkpoint  path (relative), epoch, step, bytes, kind ("lora" or "state"), final (bool)
+    checkpoint  path (relative), epoch, step, bytes, kind ("lora" or "state"), final (bool);
+                optional validation_loss (the file's, when validation is on)
+    validation  step, epoch, loss, train_loss (or null), bands {"t125": loss, ...}, images,
+                train_images, seconds, best (bool: a new best), best_step, best_epoch,
+                best_loss, evaluations_since_best, best_path (relative; "" if none)
     control     request ("stop", "save", "sample"), outcome (text)
     warning     message; optional code, path
     error       message, traceback
@@ -41,12 +46,19 @@ EPOCH_END = "epoch_end"
 SAMPLE = "sample"
 CHECKPOINT = "checkpoint"
 CONTROL = "control"
+VALIDATION = "validation"
 WARNING = "warning"
 ERROR = "error"
 RUN_END = "run_end"
 
-EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, CONTROL, WARNING, ERROR, RUN_END)
+EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END)
 RUN_END_STATUSES = ("finished", "stopped", "failed")
+
+# a run's status: a run end's, or what a reader infers (engine.run.folder.resolve_status)
+FINISHED, STOPPED, FAILED = RUN_END_STATUSES
+RUNNING = "running"
+STARTING = "starting"  # no run start yet
+CRASHED = "crashed"  # no run end, and the engine is gone
 
 
 def _json_safe(value: Any) -> Any:
@@ -203,3 +215,13 @@ def as_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def as_int(value: Any, default: int) -> int:
+    """A numeric event field as int, or `default` when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default

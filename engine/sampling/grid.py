@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config.schema import load_config
 from engine.errors import LoradeckError, UsageError
-from engine.run.events import SAMPLE, read_events
+from engine.run.events import CHECKPOINT, SAMPLE, as_float, read_events
 from engine.config.prompts import SamplePrompt, load_prompts, read_prompts_file
 from engine.run.folder import RunDir
 
@@ -89,9 +89,11 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def find_checkpoints(run: RunDir) -> list[Checkpoint]:
-    """The run's LoRA files in training order (by the step in their ss_* metadata)."""
+def find_checkpoints(run: RunDir, exclude: frozenset[str] = frozenset()) -> list[Checkpoint]:
+    """The run's LoRA files in training order (by the step in their ss_* metadata), but
+    the file names in `exclude` (the -best copy of one of them)."""
     files = sorted(run.checkpoints.glob("*.safetensors")) if run.checkpoints.is_dir() else []
+    files = [path for path in files if path.name not in exclude]
     checkpoints = []
     for path in files:
         metadata = safetensors_metadata(path)
@@ -100,6 +102,34 @@ def find_checkpoints(run: RunDir) -> list[Checkpoint]:
         )
     checkpoints.sort(key=lambda c: (c.step if c.step is not None else float("inf"), c.path.stat().st_mtime, c.path.name))
     return checkpoints
+
+
+def validation_losses(run: RunDir) -> dict[str, float]:
+    """Each LoRA file's validation loss, from the run's checkpoint events (file name -> loss)."""
+    losses: dict[str, float] = {}
+    for event in read_events(run.events):
+        if event.get("type") == CHECKPOINT and event.get("kind", "lora") == "lora":
+            loss = as_float(event.get("validation_loss"))
+            if loss is not None:
+                losses[Path(str(event.get("path", ""))).name] = loss
+    return losses
+
+
+def column_labels(checkpoints: list[Checkpoint], losses: dict[str, float] | None) -> tuple[list[str], str | None]:
+    """The grid's column labels and the best-by-validation file name; with `losses` each
+    column shows its validation loss and the lowest is marked."""
+    if losses is None:
+        return [c.label for c in checkpoints], None
+    scored = [c.path.name for c in checkpoints if c.path.name in losses]
+    best = min(scored, key=lambda name: losses[name]) if scored else None
+    labels = []
+    for checkpoint in checkpoints:
+        label = checkpoint.label
+        loss = losses.get(checkpoint.path.name)
+        if loss is not None:
+            label += f"\nvalidation {loss:.4f}" + ("\n* BEST by validation" if checkpoint.path.name == best else "")
+        labels.append(label)
+    return labels, best
 
 
 def grid_prompts(run: RunDir, config: Any, prompts_file: Path | None) -> tuple[list[SamplePrompt], list[str]]:
@@ -271,8 +301,11 @@ def render_grid(
     output: str | Path | None = None,
     device: str = "auto",
     progress: Any = None,
+    mark_best: bool = False,
 ) -> Path:
-    """Render the grid of a run folder and write it atomically; returns the image path."""
+    """Render the grid of a run folder and write it atomically; returns the image path.
+
+    `mark_best` labels every column with its validation loss and marks the lowest."""
     import torch
 
     from engine.model.loading import load_base_model
@@ -282,9 +315,16 @@ def render_grid(
     if not run.config.exists():
         raise LoradeckError(f"{run.path}: not a run folder (no {run.config.name})")
     config = load_config(run.config)
-    checkpoints = find_checkpoints(run)
+    from engine.train.checkpoints import best_file_name
+
+    checkpoints = find_checkpoints(run, exclude=frozenset({best_file_name(config.saving.output_name)}))
     if not checkpoints:
         raise LoradeckError(f"{run.checkpoints}: no LoRA files (.safetensors) to compare yet")
+    losses = validation_losses(run) if mark_best else None
+    if mark_best and not any(c.path.name in losses for c in checkpoints):
+        raise LoradeckError(f"{run.path}: no checkpoint has a validation loss (the run trained without "
+                            "validation; see validation.split_fraction); leave out --mark-best")
+    labels, best = column_labels(checkpoints, losses)
     prompts, warnings = grid_prompts(run, config, Path(prompts_file) if prompts_file else None)
     if progress:
         for message in warnings:
@@ -324,10 +364,13 @@ def render_grid(
             cells[row_index].append(image)
         pipeline.delete_adapters(adapter)
 
-    grid, layout = compose_grid(cells, [row.label for row in rows], [c.label for c in checkpoints])
+    grid, layout = compose_grid(cells, [row.label for row in rows], labels)
     layout["run"] = str(run.path)
     layout["checkpoints"] = [c.path.name for c in checkpoints]
     layout["weights"] = weights
+    if losses is not None:
+        layout["validation_losses"] = {c.path.name: losses.get(c.path.name) for c in checkpoints}
+        layout["best"] = best
     layout["prompts"] = [{"prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": p.seed} for p in prompts]
     try:
         save_png(grid, out, {GRID_TEXT_KEY: json.dumps(layout)})

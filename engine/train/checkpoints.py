@@ -5,6 +5,7 @@ File names follow sd-scripts, and keep counting across a resume (the step is glo
     checkpoints/<name>-000003.safetensors         after epoch 3
     checkpoints/<name>-step00000450.safetensors   every N steps, on save-now, on stop
     checkpoints/<name>.safetensors                the final LoRA
+    checkpoints/<name>-best.safetensors           the lowest validation loss so far (validation on)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from engine.run.events import CHECKPOINT
 from engine.network.lora import SAVE_DTYPES, LoraNetwork, save_lora_file
+from engine.network.metadata import with_file_hashes
 from engine.run.folder import RunDir
 from engine.train.state import folder_bytes, save_state
 
@@ -23,6 +25,11 @@ def lora_file_name(output_name: str, *, epoch: int | None = None, step: int | No
     if step is not None:
         return f"{output_name}-step{step:08d}.safetensors"
     return f"{output_name}.safetensors"
+
+
+def best_file_name(output_name: str) -> str:
+    """The stable name of the best-by-validation LoRA, rewritten at each new best."""
+    return f"{output_name}-best.safetensors"
 
 
 class Checkpointer:
@@ -37,14 +44,24 @@ class Checkpointer:
         self.saved: list[list[Any]] = []  # [step, file name] of intermediate LoRA files, oldest first
         self.last_saved_step: int | None = None
 
-    def save(self, *, epoch: int, step: int, name: str, final: bool,
-             optimizer, lr_scheduler, progress: dict[str, Any]) -> Path:
-        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files."""
+    def write_lora(self, name: str, *, epoch: int, step: int) -> tuple[Path, int]:
+        """The LoRA file (in the save precision, written atomically) and its size."""
         path = self.run.checkpoints / name
         tensors = self.network.state_dict(SAVE_DTYPES[self.config.precision.save_precision])
-        size = save_lora_file(path, tensors, self.metadata(epoch, step))
+        return path, save_lora_file(path, tensors, with_file_hashes(tensors, self.metadata(epoch, step)))
+
+    def save_best(self, *, epoch: int, step: int) -> str:
+        """Write `<name>-best.safetensors` (not pruned, no event of its own); its relative path."""
+        path, _ = self.write_lora(best_file_name(self.config.saving.output_name), epoch=epoch, step=step)
+        return _relative(path, self.run)
+
+    def save(self, *, epoch: int, step: int, name: str, final: bool,
+             optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None) -> Path:
+        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files."""
+        path, size = self.write_lora(name, epoch=epoch, step=step)
+        scored = {} if validation_loss is None else {"validation_loss": validation_loss}
         self.events.emit(CHECKPOINT, path=_relative(path, self.run), epoch=epoch, step=step, bytes=size,
-                         kind="lora", final=final)
+                         kind="lora", final=final, **scored)
         self.log(f"saved {path.name} (epoch {epoch}, step {step})")
         if not final:
             self.saved = [entry for entry in self.saved if entry[1] != name] + [[step, name]]

@@ -99,23 +99,30 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
 
 
-def bucket_crop(image_size: tuple[int, int], bucket: tuple[int, int],
-                rng: random.Random | None) -> tuple[tuple[int, int], int, int]:
+def bucket_crop(image_size: tuple[int, int], bucket: tuple[int, int], rng: random.Random | None,
+                resized: tuple[int, int] | None = None) -> tuple[tuple[int, int], int, int]:
     """(scaled size, left, top): the image scaled to cover the bucket keeping its aspect
-    ratio, and where the bucket is cut from it (centre, or random with rng)."""
+    ratio (or to `resized`, sd-scripts' size for no-upscale buckets: an image smaller than
+    the area is cropped at its native size), and where the bucket is cut from it (centre,
+    or random with rng)."""
     (image_width, image_height), (width, height) = image_size, bucket
-    scale = max(width / image_width, height / image_height)
-    size = (max(width, round(image_width * scale)), max(height, round(image_height * scale)))
+    if resized is not None and resized[0] >= width and resized[1] >= height:
+        size = tuple(resized)
+    else:
+        scale = max(width / image_width, height / image_height)
+        size = (max(width, round(image_width * scale)), max(height, round(image_height * scale)))
     spare_x, spare_y = size[0] - width, size[1] - height
     left = rng.randint(0, spare_x) if rng else spare_x // 2
     top = rng.randint(0, spare_y) if rng else spare_y // 2
     return size, left, top
 
 
-def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None) -> Image.Image:
-    """Scale to cover the bucket keeping the aspect ratio, then crop (centre, or random with rng)."""
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None,
+                  resized: tuple[int, int] | None = None) -> Image.Image:
+    """Scale to cover the bucket keeping the aspect ratio (or to `resized`), then crop
+    (centre, or random with rng), as `bucket_crop` places it."""
     width, height = bucket
-    size, left, top = bucket_crop(image.size, bucket, rng)
+    size, left, top = bucket_crop(image.size, bucket, rng, resized)
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image.crop((left, top, left + width, top + height))
@@ -128,7 +135,8 @@ def size_conditioning(item, crop_seed: float | None, flip: bool) -> dict[str, to
     same crop draw `prepare_pixels` makes, so cached latents get the same numbers."""
     width, height = item.bucket
     size, left, top = bucket_crop((item.width, item.height), item.bucket,
-                                  random.Random(crop_seed) if crop_seed is not None else None)
+                                  random.Random(crop_seed) if crop_seed is not None else None,
+                                  getattr(item, "resized", None))
     if flip:
         left = size[0] - left - width
     return {
@@ -151,7 +159,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def prepare_pixels(item, *, flip: bool, hue_shift: int, rng_crop: random.Random | None) -> torch.Tensor:
-    image = fit_to_bucket(load_rgb(item.path), item.bucket, rng_crop)
+    image = fit_to_bucket(load_rgb(item.path), item.bucket, rng_crop, getattr(item, "resized", None))
     if hue_shift:
         image = shift_hue(image, hue_shift)
     if flip:
@@ -182,6 +190,9 @@ def latent_key(item, model_name: str) -> str:
     """Changes when the file, its bucket or the VAE changes, so a stale latent is never used."""
     stat = item.path.stat()
     text = f"{item.path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{item.bucket}|{model_name}"
+    resized = getattr(item, "resized", None)
+    if resized is not None:
+        text += f"|{resized}"  # no-upscale framing: other pixels in the same bucket
     return hashlib.sha1(text.encode()).hexdigest()
 
 

@@ -10,7 +10,8 @@ a step reads a device value, so the host queues work ahead of the GPU between fl
 is that share of the interval (near 0 when the loader keeps up).
 
 TensorBoard tags are the ones sd-scripts users know: loss/current, loss/average
-(mean over the last epoch's worth of steps), loss/epoch, lr/unet, lr/textencoder.
+(mean over the last epoch's worth of steps), loss/epoch, lr/unet, lr/textencoder; with
+validation on also loss/validation, loss/validation_t<timestep> and loss/train_fixed.
 """
 from __future__ import annotations
 
@@ -148,6 +149,13 @@ class StepLog:
         self.log(f"epoch {epoch} done at step {step}, mean loss {loss_epoch:.4f}")
         self.epoch_sum, self.epoch_count = 0.0, 0
         return loss_epoch
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """TensorBoard scalars outside the step stream (the validation losses)."""
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, step)
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

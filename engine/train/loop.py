@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from engine.train.checkpoints import Checkpointer, lora_file_name
-from engine.config.schema import TrainConfig, config_to_dict, load_config
+from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_config, save_config, with_drawn_seed
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.network.metadata import training_metadata
@@ -40,6 +40,7 @@ from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, Trai
 from engine.train.log import NonFiniteLoss, StepLog
 from engine.train.state import load_state, restore_rng
 from engine.train.step import TrainStep, apply_speed_settings
+from engine.train.validation import Evaluator, ValidationRun, due_after_epoch, due_after_step
 from engine.plan.vram import out_of_memory_advice
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -156,6 +157,11 @@ class Training:
 
     def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
                  progress: Progress, resume: bool):
+        if config.training.seed == RANDOM_SEED:
+            # a run folder not made by prepare_run: draw the seed here and freeze it, so a resume reuses it
+            config = with_drawn_seed(config)
+            if accelerator.is_main_process:
+                save_config(config, run.config)
         self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
         self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
         self.main = accelerator.is_main_process
@@ -164,6 +170,9 @@ class Training:
         self.weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
         self.seed = config.training.seed
         self.warned: set[str] = set()  # unreadable images already reported
+        self.early_stop = False  # validation stopped improving (validation.early_stop_patience)
+        self.evaluated_step: int | None = None  # the step of the last evaluation, on every process
+        self.saved_validation: dict[str, Any] = {}  # the validation curve of the state resumed from
 
     def log(self, text: str) -> None:
         if self.main:
@@ -201,7 +210,8 @@ class Training:
         vram = plan.vram_estimate
         self.events.emit(
             RUN_START, run_name=self.run.name, config=config_to_dict(config), plan=plan.as_json(),
-            start_step=progress.step, start_epoch=progress.epoch, resumed=self.resume, device=str(self.device),
+            start_step=progress.step, start_epoch=progress.epoch, resumed=self.resume, seed=self.seed,
+            device=str(self.device),
             precision=accelerator.mixed_precision, pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
         )
         self.log(f"{plan.images} images, {len(self.instances)} instances per epoch in {len(plan.buckets)} buckets; "
@@ -260,6 +270,9 @@ class Training:
             self.step_log.load_state_dict(saved.progress.get("step_log", {}))
             self.checkpointer.saved = saved.progress.get("checkpoints", [])
             self.checkpointer.last_saved_step = progress.step
+            self.saved_validation = saved.progress.get("validation", {})
+            points = self.saved_validation.get("points") or [[None]]
+            self.evaluated_step = points[-1][0]
             self.log(f"resuming from {saved.folder.name}: step {progress.step}, epoch {progress.epoch}")
         self.stop_text_encoder_at = self.config.training.stop_text_encoder_training
         text_encoder_active = self.train_text_encoder and not (
@@ -295,6 +308,19 @@ class Training:
         self.log(_speed_summary(config, latents, text_states, self.optimizer_steps, workers))
         self.sampler = (_make_sampler(self.run, config, self.base_dir, self.model, self.events, self.device,
                                       self.weight_dtype) if self.main else None)
+        self.validation = self._make_validation() if config.validation.enabled and self.main else None
+
+    def _make_validation(self):
+        """The held-out images and the train-set sample, encoded once (engine.train.validation)."""
+        evaluator = Evaluator.build(self.config, self.model, self.dataset, device=self.device,
+                                    autocast=self.accelerator.autocast)
+        validation = ValidationRun(self.config.validation, evaluator, self.events, self.log,
+                                   write_best=lambda epoch, step: self.checkpointer.save_best(epoch=epoch, step=step),
+                                   scalars=self.step_log.scalars)
+        validation.load_state_dict(self.saved_validation)
+        self.log(f"validation: {evaluator.images} held-out images and {evaluator.train_images} training images at "
+                 f"timesteps {', '.join(map(str, evaluator.timesteps))}")
+        return validation
 
     # ---------------------------------------------------------------- the loop
 
@@ -307,11 +333,11 @@ class Training:
         self.step_log.restart_clock()
         while progress.epoch < plan.epochs and progress.step < plan.total_steps:
             if self.train_epoch():
-                return self.stopped()
+                return self.finish() if self.early_stop else self.stopped()
             if progress.batch_in_epoch < plan.batches_per_process:
                 break  # an epoch cut short by max_steps does not count as done
             if self.end_epoch():
-                return self.stopped()
+                return self.finish() if self.early_stop else self.stopped()
         return self.finish()
 
     def train_epoch(self) -> bool:
@@ -368,9 +394,11 @@ class Training:
             self.step_log.flush()  # CPU-GPU sync point: the only one in the loop
         if config.sampling.every_n_steps and progress.step % config.sampling.every_n_steps == 0:
             self.sample(epoch, progress.step)
+        if config.validation.enabled and due_after_step(config.validation, progress.step):
+            self.evaluate(epoch)
         if self.saves.after_step(progress.step):
             self.save(lora_file_name(config.saving.output_name, step=progress.step))
-        return obey_requests(self)
+        return self.early_stop or obey_requests(self)
 
     def end_epoch(self) -> bool:
         """Count the epoch done, save and sample as scheduled; True when a stop request ends the run."""
@@ -379,11 +407,13 @@ class Training:
         progress.batch_in_epoch = 0
         self.step_log.end_epoch(progress.epoch, progress.step)
         final_epoch = progress.epoch >= self.plan.epochs or progress.step >= self.plan.total_steps
+        if config.validation.enabled and due_after_epoch(config.validation, progress.epoch):
+            self.evaluate(progress.epoch)
         if self.saves.after_epoch(progress.epoch, progress.step):
             self.save(lora_file_name(config.saving.output_name, epoch=progress.epoch))
         if config.sampling.every_n_epochs and progress.epoch % config.sampling.every_n_epochs == 0:
             self.sample(progress.epoch, progress.step)
-        return not final_epoch and obey_requests(self, epoch_end=True)
+        return not final_epoch and (self.early_stop or obey_requests(self, epoch_end=True))
 
     def sample(self, epoch: int, step: int) -> int:
         """Write the configured samples (main process); the number written."""
@@ -392,17 +422,43 @@ class Training:
         self.step_log.restart_clock()
         return count
 
+    def evaluate(self, epoch: int) -> None:
+        """Score the LoRA on the held-out images, once per step (the main process; the others
+        wait), and decide on early stop."""
+        step = self.progress.step
+        if self.evaluated_step == step:
+            return
+        self.evaluated_step = step
+        stop = False
+        if self.validation is not None:
+            self.validation.evaluate(self.model.unet, self.model.text_encoder, step=step, epoch=epoch)
+            stop = self.validation.early_stop
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [stop]
+            broadcast_object_list(box)  # every process stops together
+            stop = bool(box[0])
+        self.early_stop = stop
+        self.step_log.restart_clock()
+
     def save(self, name: str, *, final: bool = False) -> None:
-        """Save the LoRA file (and the state) under `name`, once per step."""
+        """Save the LoRA file (and the state) under `name`, once per step; with validation
+        on, the file is evaluated first so its event carries its validation loss."""
         progress = self.progress
         self.step_log.flush()  # a NaN must surface before its weights are saved
         if self.checkpointer.last_saved_step == progress.step and not final:
             return  # saved at this step already (an epoch save, then a stop request)
+        if self.config.validation.enabled:
+            self.evaluate(progress.last_epoch)
         if self.main:
+            validation = self.validation
             self.checkpointer.save(
                 epoch=progress.last_epoch, step=progress.step, name=name, final=final,
                 optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                progress={**asdict(progress), "step_log": self.step_log.state_dict()},
+                progress={**asdict(progress), "step_log": self.step_log.state_dict(),
+                          **({"validation": validation.state_dict()} if validation is not None else {})},
+                validation_loss=validation.last_loss if validation is not None else None,
             )
         self.checkpointer.last_saved_step = progress.step  # on every process: they must skip the same saves
         self.accelerator.wait_for_everyone()
@@ -412,8 +468,14 @@ class Training:
         progress = self.progress
         self.save(lora_file_name(self.config.saving.output_name), final=True)
         self.step_log.close()
-        self.events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message="")
-        self.log(f"finished: {progress.step} steps, {progress.epoch} epochs")
+        message = ""
+        if self.early_stop:
+            best = self.validation.best_point if self.validation is not None else None
+            message = (f"early stop: no better validation loss in {self.config.validation.early_stop_patience} "
+                       f"evaluations" + (f"; the best ({best.loss:.5g}, epoch {best.epoch}, step {best.step}) is "
+                                         f"{self.validation.best_path}" if best is not None else ""))
+        self.events.emit(RUN_END, status="finished", step=progress.step, epoch=progress.last_epoch, message=message)
+        self.log(f"finished: {progress.step} steps, {progress.epoch} epochs" + (f"; {message}" if message else ""))
         return 0
 
     def stopped(self) -> int:
@@ -434,13 +496,17 @@ def load_dataset(config: TrainConfig, base_dir: Path):
     from engine.dataset.folders import scan_dataset
 
     dataset = scan_dataset(config, base_dir)
-    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items])
+    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items + dataset.validation_items])
     if unreadable:
         listed = "; ".join(message for _, message in unreadable)
         raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
     instances = dataset.training_instances()
     if not instances:
         raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
+    if config.validation.enabled and not dataset.validation_items:
+        where = (f"validation.image_dir: no images in {config.validation.image_dir}" if config.validation.image_dir
+                 else f"validation.split_fraction: {len(dataset.train_items)} training image(s) cannot be split")
+        raise LoradeckError(f"{where}; validation needs at least one held-out image")
     return dataset, instances
 
 

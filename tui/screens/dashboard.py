@@ -20,10 +20,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
 from engine.errors import LoradeckError
-from engine.run.format import format_bytes, format_clock, format_duration, format_speed
-from engine.run.folder import CRASHED, FAILED, RUNNING, STARTING, RunDir
+from engine.run.format import format_bytes, format_clock, format_duration, format_loss, format_speed
+from engine.run.events import CRASHED, FAILED, RUNNING, STARTING
+from engine.run.folder import RunDir
 from engine.config.workspace import Workspace
-from tui.run_state import RunState, SampleRecord
+from engine.run.fold import SampleRecord
+from tui.run_state import RunState
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.run_plot import RunPlotScreen
 from tui.widgets.dashboard.notice_list import NoticeList
@@ -31,6 +33,7 @@ from tui.widgets.dashboard.progress_row import ProgressRow
 from tui.widgets.dashboard.run_tailer import LOG_TAIL_LINES, RunTailer, RunView
 from tui.widgets.dashboard.sample_panel import SamplePanel
 from tui.widgets.dashboard.sparkline_panel import SparklinePanel
+from tui.widgets.dashboard.validation_panel import ValidationPanel
 from tui.widgets.shared.text_line import TextLine
 
 TABS = ("tab-notices", "tab-checkpoints", "tab-log")
@@ -71,6 +74,8 @@ class DashboardScreen(Screen):
         Binding("comma", "sample_prompt(-1)", "Previous prompt", group=PROMPT_KEYS),
         Binding("full_stop", "sample_prompt(1)", "Next prompt", group=PROMPT_KEYS),
         Binding("t", "next_tab", "Panel"),
+        # shown in `?` and the palette; the footer has no room left at 80 columns
+        Binding("v", "focus_validation", "Validation (then ? explains the advice)", show=False),
     ]
 
     def __init__(self, workspace: Workspace, run_dir: str | Path) -> None:
@@ -99,6 +104,7 @@ class DashboardScreen(Screen):
             yield ProgressRow("epoch", id="dash-epoch")
             yield ProgressRow("step", id="dash-step")
             yield SparklinePanel(id="dash-sparklines")
+            yield ValidationPanel(id="dash-validation")
             yield TextLine("", id="dash-speed")
         with Horizontal(id="dash-bottom"):
             yield SamplePanel(id="dash-samples")
@@ -130,6 +136,7 @@ class DashboardScreen(Screen):
         self._show_alerts(view)
         self._show_progress(state, view.health.status)
         self.query_one("#dash-sparklines", SparklinePanel).show(state)
+        self.query_one("#dash-validation", ValidationPanel).show(state)
         self._show_speed(state)
         self._show_samples(state)
         self._show_checkpoints(state, view.missing_checkpoints)
@@ -271,11 +278,21 @@ class DashboardScreen(Screen):
             return
         self._checkpoints_key = key
         table = self.query_one("#dash-checkpoints", DataTable)
+        # a run with validation gets a column of each file's validation loss, the best marked
+        scored = any(record.validation_loss is not None for record in state.checkpoints)
+        if scored != (len(table.columns) == 5):
+            table.clear(columns=True)
+            table.add_columns("file", "epoch", "step", "size", *(["val loss"] if scored else []))
         table.clear()
+        best = state.best_checkpoint()
         for record in reversed(state.checkpoints):
             name = Path(record.path).name + (" (state)" if record.kind != "lora" else "") + (" final" if record.final else "")
             size = "removed" if record.path in missing else format_bytes(record.bytes)
-            table.add_row(name, str(record.epoch), str(record.step), size)
+            cells = [name, str(record.epoch), str(record.step), size]
+            if scored:
+                loss = "" if record.validation_loss is None else format_loss(record.validation_loss)
+                cells.append(loss + (" ★ best" if record is best else ""))
+            table.add_row(*cells)
 
     def _show_log(self, view: RunView) -> None:
         if view.log_version == self._log_version:
@@ -294,6 +311,13 @@ class DashboardScreen(Screen):
             # a log filled while its tab was hidden opens at its newest lines
             log = self.query_one("#dash-log", Log)
             self.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
+
+    def action_focus_validation(self) -> None:
+        panel = self.query_one("#dash-validation", ValidationPanel)
+        if panel.display:
+            panel.focus()
+        else:
+            self.notify("This run has no validation (set validation.image_dir or validation.split_fraction).")
 
     def action_next_tab(self) -> None:
         tabs = self.query_one("#dash-tabs", TabbedContent)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Static
 
@@ -38,3 +38,22 @@ class KeysScreen(ModalScreen[None]):
         for row in rows:
             table.add_row(*row)
         table.focus()
+
+
+class ExplanationScreen(ModalScreen[None]):
+    """A page of plain text (how a number on screen was derived); escape closes it."""
+
+    CSS_PATH = "help.tcss"
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    def __init__(self, title: str, text: str):
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="explain-box"):
+            yield Static(self.title_text, id="explain-title")
+            with VerticalScroll(id="explain-body"):
+                yield Static(self.text, id="explain-text", markup=False)
+            yield Static("escape closes", id="keys-hint")

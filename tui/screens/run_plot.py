@@ -14,6 +14,7 @@ from textual.widgets import Footer, Static
 from tui.run_state import RunState
 from tui.widgets.dashboard.loss_plot import LossPlot
 from tui.widgets.dashboard.sparkline_panel import RUN_SERIES
+from tui.widgets.dashboard.validation_panel import VALIDATION_SERIES
 
 
 class RunPlotScreen(ModalScreen[None]):
@@ -43,20 +44,26 @@ class RunPlotScreen(ModalScreen[None]):
         self.state = state
         self._draw()
 
+    def curves(self) -> tuple:
+        """The run's curves; the validation ones too when the run has evaluations."""
+        return RUN_SERIES + (VALIDATION_SERIES if self.state.validations else ())
+
     def _draw(self) -> None:
-        _widget_id, label, attribute, formatter = RUN_SERIES[self.series_index]
+        curves = self.curves()
+        self.series_index %= len(curves)
+        _widget_id, label, attribute, formatter = curves[self.series_index]
         summary = getattr(self.state, attribute)
         x_label = "epoch" if attribute == "loss_epoch_series" else "step"
         detail = (f"{summary.count} values, {summary.bin_width} {x_label}(s) per bin"
                   + (f", {summary.nonfinite} not finite" if summary.nonfinite else ""))
         title = Text(f"{self.state.run_name or self.state.path.name} · {label} · {detail}\n")
-        for index, (_w, name, _a, _f) in enumerate(RUN_SERIES):
+        for index, (_w, name, _a, _f) in enumerate(curves):
             title.append(f" {name} ", "reverse" if index == self.series_index else "")
         self.query_one("#plot-title", Static).update(title)
         self.query_one("#plot", LossPlot).show(summary, formatter=formatter, x_label=x_label)
 
     def action_series(self, delta: int) -> None:
-        self.series_index = (self.series_index + delta) % len(RUN_SERIES)
+        self.series_index = (self.series_index + delta) % len(self.curves())
         self._draw()
 
     def action_close(self) -> None:

@@ -157,7 +157,8 @@ class PlanPanel(VerticalScroll):
             self.post_message(message)
 
     def _dataset_for(self, config: TrainConfig) -> Dataset:
-        key = (config.dataset, config.captions.caption_extension)
+        key = (config.dataset, config.captions.caption_extension, config.validation.image_dir,
+               config.validation.split_fraction, config.validation.seed)
         with self._dataset_lock:
             if key == self._dataset_key and self._dataset is not None:
                 return self._dataset
@@ -207,6 +208,8 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     if not plan.folders:
         lines.append(" [$warning]no image folders[/]")
     lines.append(f"Images [b]{plan.images}[/b] · × repeats [b]{plan.image_repeats}[/b]")
+    lines.append(f"Validation [b]{plan.validation_images}[/b] [$text-muted]{escape(plan.validation_where)}[/]"
+                 if plan.validation_source else "Validation [$text-muted]off[/]")
     if plan.reg_images:
         lines.append(f"Regularisation {plan.reg_images} images, {plan.reg_instances} per epoch")
     lines.append(f"[b]Buckets[/b] ({len(plan.buckets)})")

@@ -69,10 +69,13 @@ class SeriesSparkline(Widget):
     """
 
     def __init__(self, label: str, formatter: Callable[[float | None], str] = format_loss, *,
-                 id: str | None = None) -> None:
+                 id: str | None = None, sparse: bool = False) -> None:
         super().__init__(id=id)
         self.label = label
         self.formatter = formatter
+        # a curve of a few points (one per evaluation) is drawn a point per block of columns,
+        # not as lone marks among empty columns
+        self.sparse = sparse
         self.summary: SeriesSummary | None = None
 
     def show(self, summary: SeriesSummary) -> None:
@@ -101,7 +104,8 @@ class SeriesSparkline(Widget):
         # one span per run of equal style: a line of 100 spans costs ten times more to draw
         run_chars: list[str] = []
         run_bad = False
-        for char, bad in spark_characters(summary.columns(spark_width), spark_width):
+        bins = min(spark_width, summary.count) if self.sparse and summary.count else spark_width
+        for char, bad in spark_characters(summary.columns(bins), spark_width):
             if bad != run_bad and run_chars:
                 text.append("".join(run_chars), bad_style if run_bad else bar_style)
                 run_chars = []

@@ -257,9 +257,9 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
             ignored.append(key)
 
     if _flag(data.get("sdxl", False)) is True:
-        put("model.family", "sdxl")
+        put("model.family", "sdxl", "sdxl")
         if _flag(data.get("sdxl_cache_text_encoder_outputs", False)) is True:
-            put("precision.cache_text_encoder_outputs", True)
+            put("precision.cache_text_encoder_outputs", True, "sdxl_cache_text_encoder_outputs")
         if _flag(data.get("sdxl_no_half_vae", False)) is True:
             notes.append("sdxl_no_half_vae: loradeck always runs SDXL's VAE in fp32 under fp16 "
                          "(under bf16 it cannot overflow)")

@@ -96,6 +96,8 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
             resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
         )
 
+    if family_named(family).vae_safe_in_fp16(config):
+        vae_dtype = dtype
     modules = [("unet", dtype), ("text_encoder", dtype), ("text_encoder_2", dtype), ("vae", vae_dtype)]
     for part, wanted in modules:
         module = parts.get(part)

@@ -120,13 +120,18 @@ class LoraNetwork:
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.unet_parameters() + self.text_encoder_parameters()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups, U-Net first; each carries its `name` for logging."""
+    def param_groups(self, unet_lr: float, text_encoder_lr: float,
+                     text_encoder_2_lr: float | None = None) -> list[dict[str, Any]]:
+        """Optimizer groups, U-Net first, then one per text encoder (SDXL's second at
+        `text_encoder_2_lr`, else `text_encoder_lr`); each carries its `name` for logging."""
         groups = []
         if self.has_unet:
             groups.append({"params": self.unet_parameters(), "lr": unet_lr, "name": "unet"})
         if self.has_text_encoder:
-            groups.append({"params": self.text_encoder_parameters(), "lr": text_encoder_lr, "name": "text_encoder"})
+            rates = (text_encoder_lr, text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr)
+            for (_, encoder), rate, name in zip(self.text_encoders, rates, ("text_encoder", "text_encoder_2")):
+                parameters = [p for _, layer in lora_layers(encoder) for p in _adapter_parameters(layer)]
+                groups.append({"params": parameters, "lr": rate, "name": name})
         return groups
 
     def freeze_text_encoder(self) -> None:

@@ -99,7 +99,7 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     unet_config, _ = model_configs(config, base_dir or ".")
     channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x/XL U-Net
     weight_bytes = BYTES[precision]
-    vae_bytes = 4 if precision == "fp16" else weight_bytes  # SD's VAE overflows in fp16
+    vae_bytes = 4 if precision == "fp16" and not family.vae_safe_in_fp16(config) else weight_bytes  # overflows
     weights = sum(count for part, count in counts.items() if part != "vae") * weight_bytes + counts["vae"] * vae_bytes
 
     if lora_parameters is None:
@@ -136,13 +136,22 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
 def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
     """One line for a CUDA out-of-memory: what ran out, the estimate, and what to change."""
     estimate = estimate_vram(config, run_dir)
+    family = config_family(config, run_dir)
     precision = config.precision
     changes = []
     if config.training.batch_size > 1:
         changes.append(f"lower training.batch_size (now {config.training.batch_size}; "
                        "gradient_accumulation_steps keeps the effective batch)")
     if not precision.gradient_checkpointing:
-        changes.append("turn on precision.gradient_checkpointing (about 4x less activation memory, ~25% slower)")
+        saving = family.ACTIVATIONS_PER_IMAGE[False] / family.ACTIVATIONS_PER_IMAGE[True]
+        changes.append(f"turn on precision.gradient_checkpointing (about {saving:.0f}x less activation memory, "
+                       "~25% slower)")
+    if "precision.cache_text_encoder_outputs" in getattr(family, "RECOMMENDED", {}) and (
+            config.network.train_text_encoder or not precision.cache_text_encoder_outputs):
+        wanted = [*(["turn off network.train_text_encoder"] if config.network.train_text_encoder else []),
+                  *([] if precision.cache_text_encoder_outputs else ["turn on precision.cache_text_encoder_outputs"])]
+        changes.append(" and ".join(wanted) + " (the text encoders' outputs are then cached: no text-encoder "
+                       "LoRA, gradients or activations)")
     changes.append(f"lower dataset.resolution (now {config.dataset.resolution})")
     if config.network.rank > 16:
         changes.append(f"lower network.rank (now {config.network.rank})")

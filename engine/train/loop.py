@@ -232,10 +232,12 @@ class Training:
             train_unet=config.network.train_unet, train_text_encoder=self.train_text_encoder,
             text_encoder_2=model.text_encoder_2,
         )
-        if model.family_module.SIZE_CONDITIONING and self.weight_dtype == torch.float16 and not config.model.vae:
-            self.log(model.family_module.FP16_VAE_NOTE)
+        note = getattr(model.family_module, "FP16_VAE_NOTE", "")  # a family whose VAE overflows in fp16 says so
+        if note and self.weight_dtype == torch.float16 and model.vae.dtype != self.weight_dtype:
+            self.log(note)
         apply_speed_settings(model, config, self.device, self.train_text_encoder)
-        self.optimizer = make_optimizer(config, self.network.param_groups(unet_lr, text_encoder_lr), self.device)
+        self.optimizer = make_optimizer(config, self.network.param_groups(
+            unet_lr, text_encoder_lr, config.text_encoder_2_learning_rate), self.device)
         self.optimizer_steps = optimizer_kernel(self.optimizer)
         self.lr_scheduler = make_lr_scheduler(config, self.optimizer, self.plan.total_steps)
         self.step_log = StepLog(

@@ -24,6 +24,14 @@ ACTIVATIONS_PER_IMAGE = {False: 1.26, True: 0.32}
 VAE_ENCODE_PER_IMAGE = 0.44
 
 
+def vae_safe_in_fp16(config) -> bool:
+    return False  # SD's VAE runs in fp32 under fp16, as it always has
+
+
+def plan_notes(config) -> list[str]:
+    return []
+
+
 def base_model_version(config) -> str:
     return "sd_v2" if config.model.v2 else "sd_v1"
 

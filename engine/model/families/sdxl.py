@@ -37,7 +37,42 @@ ACTIVATIONS_PER_IMAGE = {False: 2.08, True: 0.19}
 VAE_ENCODE_PER_IMAGE = 0.44  # SDXL's VAE has SD's architecture (only its weights differ)
 
 FP16_VAE_NOTE = ("SDXL's VAE overflows in fp16 (black or NaN images): it runs in fp32 under fp16 training, "
-                 "about 0.3 GB more; a VAE fixed for fp16 can be given as model.vae")
+                 "about 0.3 GB more; give a VAE fixed for fp16 (e.g. madebyollin/sdxl-vae-fp16-fix) as model.vae "
+                 "to run it in fp16")
+
+# What a 24 GB card needs for SDXL (engine.plan.vram): the plan names each one a config departs from
+RECOMMENDED = {
+    "dataset.resolution": ("1024,1024", "SDXL was trained at 1024²; smaller buckets lose detail"),
+    "precision.gradient_checkpointing": (True, "without it 1024² activations take about 8 GiB per image"),
+    "precision.cache_text_encoder_outputs": (True, "captions are encoded once instead of by both text "
+                                             "encoders (0.8 G parameters) every step"),
+}
+
+
+def vae_safe_in_fp16(config) -> bool:
+    """Only a VAE the user gives (model.vae) is taken to be fixed for fp16; SDXL's own overflows."""
+    return bool(config.model.vae.strip())
+
+
+def plan_notes(config) -> list[str]:
+    """One line per setting that departs from what SDXL wants on a 24 GB card, and the VAE's."""
+    from engine.config.schema import parse_resolution
+
+    notes = []
+    for key, (wanted, why) in RECOMMENDED.items():
+        group, name = key.split(".")
+        value = getattr(getattr(config, group), name)
+        if key == "dataset.resolution":
+            width, height = parse_resolution(value)
+            if width * height >= DEFAULT_RESOLUTION**2:
+                continue
+        elif value == wanted or (key == "precision.cache_text_encoder_outputs" and config.network.train_text_encoder):
+            continue  # a text encoder that trains cannot have its outputs cached
+        shown = str(wanted).lower() if isinstance(wanted, bool) else wanted
+        notes.append(f"SDXL: {key} is {value!r}; {shown} is recommended ({why})")
+    if config.precision.mixed_precision == "fp16" and not vae_safe_in_fp16(config):
+        notes.append(FP16_VAE_NOTE)
+    return notes
 
 
 def base_model_version(config) -> str:

@@ -329,3 +329,53 @@ def test_second_text_encoder_trains_at_its_own_learning_rate(tiny_sdxl_dir):
     assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 5e-5, 2e-5]
     unset = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)}, "optimizer": {"text_encoder_lr": 5e-5}})
     assert unset.text_encoder_2_learning_rate == 5e-5
+
+
+def _sd_scripts_buckets(max_reso, min_size, max_size, divisible):
+    """sd-scripts' library/model_util.py make_bucket_resolutions, as published."""
+    import math
+
+    max_width, max_height = max_reso
+    max_area = max_width * max_height
+    resos = set()
+    width = int(math.sqrt(max_area) // divisible) * divisible
+    resos.add((width, width))
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos.add((width, height))
+            resos.add((height, width))
+        width += divisible
+    return sorted(resos)
+
+
+def test_sdxl_kohya_config_with_upscaling_buckets_plans_sd_scripts_buckets_and_steps(tmp_path):
+    """bucket_no_upscale off: sd-scripts' predefined buckets at 1024² and, per image, the one of
+    nearest aspect ratio (BucketManager.select_bucket); steps are ceil(count / batch) per bucket."""
+    import json
+    import math
+    from pathlib import Path
+
+    from engine.config.kohya_import import import_kohya_file
+    from engine.plan.training_plan import make_plan
+    from tests.datasets import write_caption, write_image
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "kohya" / "sdxl_lora_gui.json").read_text())
+    data.update({"bucket_no_upscale": False, "train_batch_size": 2, "epoch": 3})
+    (tmp_path / "sdxl.json").write_text(json.dumps(data))
+    sizes = [(1000, 700), (700, 1000), (640, 640), (2000, 900), (900, 2000), (1500, 1500), (1200, 1100)]
+    for index, size in enumerate(sizes):
+        write_caption(write_image(tmp_path / "img" / "3_city" / f"{index}.png", size), "city")
+    config = import_kohya_file(tmp_path / "sdxl.json").config
+    plan = make_plan(config, tmp_path)
+
+    resos = _sd_scripts_buckets((1024, 1024), data["min_bucket_reso"], data["max_bucket_reso"], data["bucket_reso_steps"])
+    ratios = [w / h for w, h in resos]
+    expected: dict[tuple[int, int], int] = {}
+    for width, height in sizes:
+        bucket = resos[min(range(len(resos)), key=lambda i: abs(ratios[i] - width / height))]
+        expected[bucket] = expected.get(bucket, 0) + 3  # 3 repeats
+    assert {(b.width, b.height): b.count for b in plan.buckets} == expected
+    steps = sum(math.ceil(count / 2) for count in expected.values())
+    assert plan.steps_per_epoch == steps and plan.total_steps == 3 * steps

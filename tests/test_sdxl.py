@@ -379,3 +379,43 @@ def test_sdxl_kohya_config_with_upscaling_buckets_plans_sd_scripts_buckets_and_s
     assert {(b.width, b.height): b.count for b in plan.buckets} == expected
     steps = sum(math.ceil(count / 2) for count in expected.values())
     assert plan.steps_per_epoch == steps and plan.total_steps == 3 * steps
+
+
+# --------------------------------------------------------------------------- samples and grid
+
+
+def test_sdxl_run_writes_samples_and_its_grid(tmp_path, tiny_dataset, make_sdxl_run, capsys):
+    import json
+
+    from PIL import Image
+
+    from engine.run.events import read_events
+    from engine.sampling.grid import GRID_TEXT_KEY
+    from tui.cli import main
+
+    prompts = "a cat --w 64 --h 64 --s 2 --d 3\na dog --n blurry --w 64 --h 96 --s 2 --d 4 --ss ddim"
+    run = make_sdxl_run(tiny_dataset, "xl-samples", training={"epochs": 1}, optimizer={"learning_rate": 5e-3},
+                        sampling={"prompts": prompts, "at_start": True, "every_n_epochs": 1})
+    assert train(run.path) == 0
+    names = sorted(path.name for path in run.samples.glob("*.png"))
+    assert names == ["e0000-s000000-p00.png", "e0000-s000000-p01.png", "e0001-s000004-p00.png",
+                     "e0001-s000004-p01.png"]
+    assert {Image.open(run.samples / name).size for name in names} == {(64, 64), (64, 96)}
+    start = Image.open(run.samples / "e0000-s000000-p00.png")
+    end = Image.open(run.samples / "e0001-s000004-p00.png")
+    assert start.tobytes() != end.tobytes()  # the LoRA changed what the U-Net draws
+    assert "Size: 64x64" in start.text["parameters"] and "Seed: 3" in start.text["parameters"]
+    samples = [event for event in read_events(run.events) if event["type"] == "sample"]
+    assert [(event["step"], event["prompt_index"]) for event in samples] == [(0, 0), (0, 1), (4, 0), (4, 1)]
+
+    out = tmp_path / "grid.png"
+    assert main(["grid", str(run.path), "--weights", "0,1", "-o", str(out)]) == 0
+    layout = json.loads(Image.open(out).text[GRID_TEXT_KEY])
+    assert layout["checkpoints"] == ["xl-samples.safetensors"] and len(layout["rows"]) == 4
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+
+    def cell(row):
+        x, y, w, h = layout["cells"][row][0]
+        return pixels[y : y + h, x : x + w]
+
+    assert not (cell(0) == cell(1)).all()  # weight 1 differs from the base model at weight 0

@@ -4,6 +4,7 @@ diffusers' StableDiffusionXLPipeline loads, and `train` on a run folder."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,7 +221,7 @@ def test_sdxl_kohya_config_imports_and_plans_like_sd_scripts(tmp_path):
     from tests.datasets import write_caption, write_image
 
     fixture = tmp_path / "sdxl.json"
-    fixture.write_text((__import__("pathlib").Path(__file__).parent / "fixtures" / "kohya" / "sdxl_lora_gui.json")
+    fixture.write_text((Path(__file__).parent / "fixtures" / "kohya" / "sdxl_lora_gui.json")
                        .read_text())
     for name, size in (("square", (1024, 1024)), ("wide", (1344, 768)), ("tall", (768, 1344))):
         write_caption(write_image(tmp_path / "img" / "10_city" / f"{name}.png", size), "city")
@@ -419,3 +420,27 @@ def test_sdxl_run_writes_samples_and_its_grid(tmp_path, tiny_dataset, make_sdxl_
         return pixels[y : y + h, x : x + w]
 
     assert not (cell(0) == cell(1)).all()  # weight 1 differs from the base model at weight 0
+
+
+@pytest.mark.slow
+def test_loradeck_make_tiny_model_and_train_an_sdxl_lora_from_the_command_line(tmp_path, tiny_dataset, one_thread_env,
+                                                                                 monkeypatch, capsys):
+    from engine.config.schema import save_config
+    from engine.run.events import read_events
+    from tui.cli import main
+
+    for name, value in one_thread_env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["make-tiny-model", str(tmp_path / "xl-model"), "--family", "sdxl"]) == 0
+    data = small_run_settings(tmp_path / "xl-model")
+    data["training"]["epochs"] = 1
+    data["saving"]["output_name"] = "xl-cli"
+    save_config(config_from_dict(data), tiny_dataset / "xl.toml")
+    capsys.readouterr()
+    assert main(["train", str(tiny_dataset / "xl.toml")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    events = list(read_events(run_dir / "events.jsonl"))
+    assert events[0]["type"] == "run_start" and events[0]["plan"]["family_label"] == "SDXL"
+    assert events[-1]["status"] == "finished"
+    _, metadata = read_lora_file(run_dir / "checkpoints" / "xl-cli.safetensors")
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"

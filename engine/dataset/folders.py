@@ -167,8 +167,10 @@ def decode_caption(data: bytes) -> str:
     return data.decode("latin-1")  # maps every byte, so it cannot fail
 
 
-def read_caption(path: Path) -> str | None:
-    """The first non-empty line of a caption file, or None when there is none."""
+def training_caption(path: Path) -> str | None:
+    """The caption the trainer uses: the first non-empty line of a caption file ("" when it
+    has none, None when there is no file). The whole text, with its stamp for safe editing,
+    is `engine.dataset.caption_files.read_caption`."""
     try:
         text = decode_caption(path.read_bytes())
     except FileNotFoundError:
@@ -321,7 +323,7 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
             continue
         caption_name = Path(name).stem + caption_ext
         caption_path = folder / caption_name if caption_name in present else None
-        caption = read_caption(caption_path) if caption_path else None
+        caption = training_caption(caption_path) if caption_path else None
         if caption:
             captioned += 1
         images += 1

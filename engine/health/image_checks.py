@@ -32,6 +32,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from engine.dataset.folders import IMAGE_EXTENSIONS
+from engine.errors import first_line
 from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
@@ -101,11 +102,6 @@ def _error(code: str, message: str, **known) -> ImageFacts:
     return ImageFacts(error_code=code, error=message, **known)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def inspect_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> ImageFacts:
     """Decode one image fully and report what it is. Never raises for a bad file."""
     path = Path(path)
@@ -123,7 +119,7 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Imag
             warnings.simplefilter("ignore")  # bomb warnings: the size is checked below
             return _inspect_data(data, extension, max_pixels)
     except Exception as error:  # the scan must survive any file; the decoder's word is the finding
-        return _error("corrupt", f"the decoder failed: {_first_line(error)}")
+        return _error("corrupt", f"the decoder failed: {first_line(error)}")
 
 
 def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
@@ -175,7 +171,7 @@ def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFac
         if data.startswith(signature):
             if name not in EXTENSION_FORMATS[extension]:
                 return _error("unreadable", f"the content looks like {name} but the name says {extension}")
-            reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else _first_line(error)
+            reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else first_line(error)
             return _error("corrupt", f"damaged {name} header: {reason}")
     return _error("unreadable", f"not an image (the content is not {EXTENSION_FORMATS[extension][0]})")
 
@@ -186,7 +182,7 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=True, fastupsample=True, strict=True)
     except ValueError as error:
-        message = _first_line(error)
+        message = first_line(error)
         if "unsupported" not in message.lower():
             raise _Damaged(f"libjpeg: {message}") from None
         # A JPEG variant simplejpeg's API lacks (e.g. 12-bit): Pillow decides.
@@ -217,7 +213,7 @@ def _decode_with_pillow(data: bytes, image: Image.Image) -> Image.Image:
 
 
 def _damage(data: bytes, image: Image.Image, error: BaseException) -> _Damaged:
-    message = f"{image.format}: {_first_line(error)}"
+    message = f"{image.format}: {first_line(error)}"
     row = _png_rows_present(data) if image.format == "PNG" else -1
     if not 0 <= row < image.size[1]:
         return _Damaged(message)

@@ -24,6 +24,14 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     error       message, traceback
     run_end     status ("finished", "stopped", "failed"), step, epoch, message
 
+The auto-caption job (`loradeck caption --progress-json`) writes the same kind of events
+to its stdout, which the TUI's caption bar reads with `parse_line`:
+
+    caption_start     model, total (0: not known yet)
+    caption_progress  done, total, path, caption
+    caption_done      total, written, skipped, failed
+    error             message
+
 Readers tolerate a half-written last line and unknown types. Light module.
 """
 from __future__ import annotations
@@ -52,6 +60,10 @@ ERROR = "error"
 RUN_END = "run_end"
 
 EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END)
+CAPTION_START = "caption_start"
+CAPTION_PROGRESS = "caption_progress"
+CAPTION_DONE = "caption_done"
+
 RUN_END_STATUSES = ("finished", "stopped", "failed")
 
 # a run's status: a run end's, or what a reader infers (engine.run.folder.resolve_status)
@@ -75,7 +87,8 @@ def _json_safe(value: Any) -> Any:
 class EventWriter:
     """Appends events to a run's `events.jsonl`; each line is flushed and fsynced.
 
-    On resume, the sequence continues from the file's last event.
+    On resume, the sequence continues from the file's last event. `EventWriter.on_stream`
+    writes the same lines to an open stream instead (a job's stdout), not fsynced.
     """
 
     def __init__(self, run_dir: str | Path, *, fsync: bool = True):
@@ -85,6 +98,14 @@ class EventWriter:
         self._lock = threading.Lock()
         self._seq = _next_sequence(self.path)
         self._handle = open(self.path, "a", encoding="utf-8")
+        self._owns_handle = True
+
+    @classmethod
+    def on_stream(cls, stream) -> "EventWriter":
+        writer = cls.__new__(cls)
+        writer.path, writer._fsync, writer._lock, writer._seq = None, False, threading.Lock(), 0
+        writer._handle, writer._owns_handle = stream, False
+        return writer
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
@@ -99,7 +120,7 @@ class EventWriter:
 
     def close(self) -> None:
         with self._lock:
-            if not self._handle.closed:
+            if self._owns_handle and not self._handle.closed:
                 self._handle.close()
 
     def __enter__(self) -> "EventWriter":

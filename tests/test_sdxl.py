@@ -444,3 +444,112 @@ def test_loradeck_make_tiny_model_and_train_an_sdxl_lora_from_the_command_line(t
     assert events[-1]["status"] == "finished"
     _, metadata = read_lora_file(run_dir / "checkpoints" / "xl-cli.safetensors")
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+# --------------------------------------------------------------------------- single files
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_file(tiny_sdxl_dir, tmp_path_factory):
+    from engine.model.families.sdxl import export_single_file
+
+    # named like an SD1.5 file on purpose: the family comes from the keys, never the name
+    return export_single_file(tiny_sdxl_dir, tmp_path_factory.mktemp("xl-single") / "sd15-pruned.safetensors")
+
+
+def _same_weights(expected, actual):
+    expected_state, actual_state = expected.state_dict(), actual.state_dict()
+    assert expected_state.keys() == actual_state.keys()
+    for key, value in expected_state.items():
+        assert torch.equal(value, actual_state[key]), key
+
+
+def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file, tiny_sdxl_dir, sdxl_pipeline,
+                                                                 no_network):
+    from safetensors import safe_open
+
+    from engine.model.families import file_family
+    from engine.model.families.sdxl import load_single_file
+
+    with safe_open(str(tiny_sdxl_file), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys  # the size/pooled-text embedding
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" in keys
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys
+    assert "first_stage_model.encoder.conv_in.weight" in keys
+    assert file_family(tiny_sdxl_file) == "sdxl"
+
+    reference = sdxl_pipeline()
+    parts = load_single_file(tiny_sdxl_file, config_dir=tiny_sdxl_dir)
+    assert set(parts) == {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        _same_weights(getattr(reference, name), parts[name])
+    assert type(parts["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
+    assert parts["tokenizer_2"].pad_token == "!"
+    assert parts["scheduler"].config == reference.scheduler.config
+
+    # an independent reader: diffusers' own StableDiffusionXLPipeline.from_single_file. It tells
+    # the two encoders apart by width, which the tiny model's share (32), so it gives the
+    # second CLIP-L's weights; OpenCLIP's layout is checked by its published formula instead
+    from diffusers import StableDiffusionXLPipeline
+
+    theirs = StableDiffusionXLPipeline.from_single_file(str(tiny_sdxl_file), config=str(tiny_sdxl_dir),
+                                                        local_files_only=True)
+    for name in ("unet", "vae", "text_encoder"):
+        _same_weights(getattr(reference, name), getattr(theirs, name))
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tiny_sdxl_file))
+    second = reference.text_encoder_2.text_model.encoder.layers[0].self_attn
+    open_clip = "conditioner.embedders.1.model."
+    assert torch.equal(tensors[open_clip + "transformer.resblocks.0.attn.in_proj_weight"],
+                       torch.cat([second.q_proj.weight, second.k_proj.weight, second.v_proj.weight]))
+    assert torch.equal(tensors[open_clip + "text_projection"], reference.text_encoder_2.text_projection.weight.T)
+    assert torch.equal(tensors[open_clip + "positional_embedding"],
+                       reference.text_encoder_2.text_model.embeddings.position_embedding.weight)
+
+
+def test_sdxl_single_file_trains_as_sdxl_whatever_its_name(tmp_path, tiny_sdxl_file, tiny_sdxl_dir, tiny_dataset,
+                                                           monkeypatch, no_network):
+    from engine.config.schema import save_config, with_absolute_paths
+    from engine.model.families import sdxl
+    from engine.model.loading import load_base_model
+    from engine.run.folder import RunDir
+
+    # the shipped configs are SDXL base's full size; the tiny file needs the tiny model's
+    monkeypatch.setattr(sdxl, "SINGLE_FILE_CONFIG", tiny_sdxl_dir)
+    config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_file)}})
+    assert config_family_name(config, ".") == "sdxl"
+    model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
+    assert model.family == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
+
+    data = small_run_settings(tiny_sdxl_file)
+    data["training"]["epochs"] = 1
+    data["saving"]["output_name"] = "xl-file"
+    run = RunDir(tmp_path / "runs" / "xl-file")
+    run.create()
+    save_config(with_absolute_paths(config_from_dict(data), tiny_dataset), run.config)
+    assert train(run.path) == 0
+    _, metadata = read_lora_file(run.checkpoints / "xl-file.safetensors")
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+
+def test_an_sd15_file_named_like_sdxl_is_sd15(tmp_path, tiny_model_dir):
+    from engine.model.families import file_family
+    from engine.model.single_file import export_single_file
+
+    assert file_family(export_single_file(tiny_model_dir, tmp_path / "sdxl-base-1.0.safetensors")) == "sd15"

@@ -91,7 +91,10 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
     check_family(config, family, source)
 
     if config.model.vae.strip():
-        base_folder = path if path is not None and path.is_dir() else None
+        # a file's VAE takes its config from the base folder, else from the family's shipped
+        # configs (SDXL's VAE scales latents by 0.13025, SD's by 0.18215)
+        base_folder = (path if path is not None and path.is_dir()
+                       else getattr(family_named(family), "SINGLE_FILE_CONFIG", None))
         parts["vae"] = load_vae_override(
             resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
         )
@@ -172,13 +175,14 @@ def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> di
             f"model.pretrained_model: {path} is a .ckpt (pickle) file; convert it to .safetensors or set "
             "model.allow_ckpt = true to load it with torch's weights-only loader"
         )
-    from engine.model.single_file import load_single_file
-
     prediction = "v_prediction" if config.model.v_parameterization else None
     # fp16 comes later, for the U-Net and CLIP only: the VAE stays fp32 (see load_base_model)
     load_dtype = torch.float32 if dtype == torch.float16 else dtype
-    parts = load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None, prediction_type=prediction, dtype=load_dtype)
-    return {**parts, "family": file_family(path) or "sd15"}
+    # the family from the file's tensor names (a .ckpt: the SD loader reads its keys and refuses SDXL)
+    family = file_family(path) or "sd15"
+    parts = family_named(family).load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None,
+                                                  prediction_type=prediction, dtype=load_dtype)
+    return {**parts, "family": family}
 
 
 def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt: bool) -> Any:

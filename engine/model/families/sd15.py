@@ -85,6 +85,14 @@ def text_state_cache(model, captions, config, *, autocast=None):
     return cache
 
 
+def load_single_file(path, *, allow_ckpt: bool = False, config_dir=None, prediction_type=None,
+                     dtype=None) -> dict[str, Any]:
+    """An SD 1.x/2.x single-file checkpoint's components (engine.model.single_file)."""
+    from engine.model.single_file import load_single_file as load
+
+    return load(path, allow_ckpt=allow_ckpt, config_dir=config_dir, prediction_type=prediction_type, dtype=dtype)
+
+
 def build_pipeline(parts: dict[str, Any], scheduler):
     from diffusers import StableDiffusionPipeline
 

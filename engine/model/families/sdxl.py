@@ -16,6 +16,7 @@ Light at import (see engine.model.families).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 NAME = "sdxl"
@@ -193,6 +194,102 @@ def text_state_cache(model, captions, config, *, autocast=None) -> TextStateCach
     cache.fill(captions, model.tokenizers, model.text_encoders, max_token_length=config.captions.max_token_length,
                weighted=config.captions.weighted_captions, autocast=autocast)
     return cache
+
+
+# --------------------------------------------------------------------------- single files
+# The original (SGM) layout SDXL's own release and every fine-tune share: the U-Net and VAE
+# as SD's, CLIP-L in transformers' layout and OpenCLIP-bigG in OpenCLIP's under
+# `conditioner.embedders.0.` / `.1.`. Offline: configs from engine/model/assets/sdxl (or a
+# given diffusers folder), CLIP's vocabulary from the shipped tokenizer (engine.model.single_file).
+
+SINGLE_FILE_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "sdxl"
+TEXT_ENCODER_PREFIXES = {"text_encoder": "conditioner.embedders.0.transformer.",
+                         "text_encoder_2": "conditioner.embedders.1.model."}
+
+
+def load_single_file(path, *, allow_ckpt: bool = False, config_dir=None, prediction_type=None,
+                     dtype=None) -> dict[str, Any]:
+    """Diffusers components of a single-file SDXL checkpoint, with no network: each by
+    diffusers' own `from_single_file` (the text encoders by the function its pipelines use)
+    with `config_dir`'s configs (SDXL base's shipped ones by default)."""
+    import torch
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from engine.errors import LoradeckError
+    from engine.model import single_file
+    from engine.model.families import keys_family
+
+    path = Path(path)
+    dtype = dtype or torch.float32
+    state = single_file.read_checkpoint(path, allow_ckpt=allow_ckpt)
+    if keys_family(state) != "sdxl":
+        raise LoradeckError(f"{path}: not an SDXL checkpoint (no conditioner.embedders.* text encoders)")
+    folder = single_file._config_dir(config_dir or SINGLE_FILE_CONFIG, "sdxl")
+    parts: dict[str, Any] = {"unet": single_file._build_unet(state, folder, path, dtype),
+                             "vae": single_file._build_vae(state, folder, path, dtype)}
+    for name, model_class in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        prefix = TEXT_ENCODER_PREFIXES[name]
+        text_state = {key: value for key, value in state.items() if key.startswith(prefix)}
+        if not text_state:
+            raise LoradeckError(f"{path}: has no {name} weights ({prefix}*); it is not a complete SDXL checkpoint")
+        parts[name] = single_file._load_component(
+            lambda: create_diffusers_clip_model_from_ldm(model_class, text_state, subfolder=name, config=str(folder),
+                                                         torch_dtype=dtype, local_files_only=True),
+            lambda: None, name.replace("_", " "), path, folder / name,
+        )
+    parts["tokenizer"] = single_file.load_tokenizer(folder)
+    parts["tokenizer_2"] = single_file.load_tokenizer(folder, "tokenizer_2")
+    parts["scheduler"] = single_file._load_scheduler(folder, prediction_type)
+    return parts
+
+
+def export_single_file(diffusers_dir, out_path, *, dtype=None) -> Path:
+    """Write an SDXL diffusers folder as one original-layout `.safetensors` (A1111, ComfyUI,
+    sd-scripts read it); every weight is checked to come back under its own name through
+    diffusers' converters before anything is written."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from engine.atomic import atomic_path
+    from engine.errors import LoradeckError, first_line
+    from engine.model import single_file
+
+    source, out_path = Path(diffusers_dir), Path(out_path)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True)
+        first = CLIPTextModel.from_pretrained(source / "text_encoder", local_files_only=True)
+        second = CLIPTextModelWithProjection.from_pretrained(source / "text_encoder_2", local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise LoradeckError(f"{source}: cannot load the SDXL diffusers model ({first_line(error)})") from error
+    state = {
+        **single_file._unet_to_ldm(unet.state_dict(), unet.config),
+        **single_file._vae_to_ldm(vae.state_dict(), vae.config),
+        **single_file._text_encoder_to_ldm(first.state_dict(), "quick_gelu",
+                                           clip_prefix=TEXT_ENCODER_PREFIXES["text_encoder"]),
+        **single_file._text_encoder_to_ldm(second.state_dict(), "gelu",
+                                           open_clip_prefix=TEXT_ENCODER_PREFIXES["text_encoder_2"]),
+    }
+    first_back = {key.removeprefix("text_model."): value for key, value in convert_ldm_clip_checkpoint(state).items()}
+    if hasattr(first, "text_model"):
+        first_back = {f"text_model.{key}": value for key, value in first_back.items()}
+    for what, model, back in (
+        ("U-Net", unet, single_file._unet_to_diffusers(state, unet.config)),
+        ("VAE", vae, single_file._vae_to_diffusers(state, vae.config)),
+        ("text encoder", first, first_back),
+        ("text encoder 2", second, convert_open_clip_checkpoint(second, state, TEXT_ENCODER_PREFIXES["text_encoder_2"])),
+    ):
+        lost = sorted(set(model.state_dict()) - set(back))
+        if lost:
+            raise LoradeckError(f"{source}: {what} weight {lost[0]} does not survive the single-file layout")
+    state = {key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+             for key, value in state.items()}
+    with atomic_path(out_path) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt"})
+    return out_path
 
 
 def build_pipeline(parts: dict[str, Any], scheduler):

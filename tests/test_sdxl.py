@@ -16,6 +16,7 @@ from engine.network.lora import LoraNetwork, lora_layers, network_shape, read_lo
 from engine.train.loop import train
 from tests.conftest import small_run_settings
 from tests.test_lora_file import load_in_diffusers, render
+from tests.test_single_file import assert_same_weights, no_network  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")
@@ -449,31 +450,12 @@ def test_loradeck_make_tiny_model_and_train_an_sdxl_lora_from_the_command_line(t
 # --------------------------------------------------------------------------- single files
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
 @pytest.fixture(scope="session")
 def tiny_sdxl_file(tiny_sdxl_dir, tmp_path_factory):
     from engine.model.families.sdxl import export_single_file
 
     # named like an SD1.5 file on purpose: the family comes from the keys, never the name
     return export_single_file(tiny_sdxl_dir, tmp_path_factory.mktemp("xl-single") / "sd15-pruned.safetensors")
-
-
-def _same_weights(expected, actual):
-    expected_state, actual_state = expected.state_dict(), actual.state_dict()
-    assert expected_state.keys() == actual_state.keys()
-    for key, value in expected_state.items():
-        assert torch.equal(value, actual_state[key]), key
 
 
 def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file, tiny_sdxl_dir, sdxl_pipeline,
@@ -496,7 +478,7 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
     parts = load_single_file(tiny_sdxl_file, config_dir=tiny_sdxl_dir)
     assert set(parts) == {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"}
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        _same_weights(getattr(reference, name), parts[name])
+        assert_same_weights(getattr(reference, name), parts[name])
     assert type(parts["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
     assert parts["tokenizer_2"].pad_token == "!"
     assert parts["scheduler"].config == reference.scheduler.config
@@ -509,7 +491,7 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
     theirs = StableDiffusionXLPipeline.from_single_file(str(tiny_sdxl_file), config=str(tiny_sdxl_dir),
                                                         local_files_only=True)
     for name in ("unet", "vae", "text_encoder"):
-        _same_weights(getattr(reference, name), getattr(theirs, name))
+        assert_same_weights(getattr(reference, name), getattr(theirs, name))
     from safetensors.torch import load_file
 
     tensors = load_file(str(tiny_sdxl_file))

@@ -261,8 +261,8 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         if _flag(data.get("sdxl_cache_text_encoder_outputs", False)) is True:
             put("precision.cache_text_encoder_outputs", True, "sdxl_cache_text_encoder_outputs")
         if _flag(data.get("sdxl_no_half_vae", False)) is True:
-            notes.append("sdxl_no_half_vae: loradeck always runs SDXL's VAE in fp32 under fp16 "
-                         "(under bf16 it cannot overflow)")
+            notes.append("sdxl_no_half_vae: loradeck runs SDXL's VAE in fp32 under fp16 unless model.vae "
+                         "gives an fp16-fixed one (under bf16 it cannot overflow)")
     if "max_resolution" in data:
         value = _text(data["max_resolution"])
         if value is not _UNSET:

@@ -535,3 +535,38 @@ def test_an_sd15_file_named_like_sdxl_is_sd15(tmp_path, tiny_model_dir):
     from engine.model.single_file import export_single_file
 
     assert file_family(export_single_file(tiny_model_dir, tmp_path / "sdxl-base-1.0.safetensors")) == "sd15"
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _train_speed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed_sdxl", Path(__file__).parents[1] / "bench" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_bench_runs_sdxl_rows(capsys):
+    import json
+
+    bench = _train_speed()
+    assert bench.FULL_SDXL == {"resolutions": [1024], "batches": [1, 4, 8], "ranks": [16, 64], "steps": 10, "warmup": 3}
+    assert bench.main(["--quick", "--json", "--family", "sdxl", "--ranks", "4", "--batches", "1", "--text-encoder", "on",
+                       "--checkpointing", "on", "--steps", "1", "--warmup", "1"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [row["status"] for row in results] == ["ok"]
+
+
+@pytest.mark.slow
+def test_sdxl_activation_constants_are_what_the_meta_device_measures(capsys):
+    import json
+
+    from engine.model.families import sdxl
+
+    assert _train_speed().main(["--memory-model", "--family", "sdxl"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    measured = {row["gradient_checkpointing"]: row["per_512_image_gib"] for row in rows}
+    assert measured == pytest.approx(sdxl.ACTIVATIONS_PER_IMAGE, abs=0.01)

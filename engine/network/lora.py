@@ -15,7 +15,10 @@ On disk a LoRA is a `.safetensors` file in Kohya's layout, which diffusers'
     lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight ...
 
 The key is the module's dotted path with dots turned into underscores (that is why the
-mapping back goes through the model's own module names, not by parsing the key).
+mapping back goes through the model's own module names, not by parsing the key). SDXL's
+two text encoders are `lora_te1_*` (CLIP-L) and `lora_te2_*` (OpenCLIP-bigG), as
+sd-scripts' SDXL networks.lora names them; its U-Net gets the same Transformer2DModel
+layers as SD1.x's (every Linear of every transformer block, at all depths).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ UNET_TARGET_MODULES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0"
 TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
+SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -41,7 +45,7 @@ def kohya_name(prefix: str, module_name: str) -> str:
 
     transformers 5 dropped CLIPTextModel's `text_model.` level; Kohya keys always have it.
     """
-    if prefix == TEXT_ENCODER_PREFIX:
+    if prefix.startswith(TEXT_ENCODER_PREFIX):
         module_name = "text_model." + module_name.removeprefix("text_model.")
     return f"{prefix}_{module_name.replace('.', '_')}"
 
@@ -57,7 +61,7 @@ def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]
 
 @dataclass
 class LoraNetwork:
-    """The adapters attached to a base model's U-Net and text encoder."""
+    """The adapters attached to a base model's U-Net and text encoder (or SDXL's two)."""
 
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
@@ -65,11 +69,19 @@ class LoraNetwork:
     alpha: float
     has_unet: bool
     has_text_encoder: bool
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
+        """(Kohya prefix, module) of each text encoder."""
+        if self.text_encoder_2 is None:
+            return [(TEXT_ENCODER_PREFIX, self.text_encoder)]
+        return list(zip(SDXL_TEXT_ENCODER_PREFIXES, (self.text_encoder, self.text_encoder_2)))
 
     @classmethod
     def attach(
         cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, *, rank: int, alpha: float,
-        train_unet: bool = True, train_text_encoder: bool = True,
+        train_unet: bool = True, train_text_encoder: bool = True, text_encoder_2: torch.nn.Module | None = None,
     ) -> "LoraNetwork":
         """Inject fresh adapters (down: Kaiming uniform, up: zeros, so training starts at the base)."""
         from peft import LoraConfig, inject_adapter_in_model
@@ -77,15 +89,17 @@ class LoraNetwork:
         def lora_config(targets: tuple[str, ...]) -> LoraConfig:
             return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
 
+        network = cls(unet, text_encoder, rank, alpha, train_unet, train_text_encoder, text_encoder_2)
         unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
+        for _, encoder in network.text_encoders:
+            encoder.requires_grad_(False)
         if train_unet:
             # diffusers' own entry point, so set_adapters()/disable_adapters() work on it later
             unet.add_adapter(lora_config(UNET_TARGET_MODULES), adapter_name=ADAPTER_NAME)
         if train_text_encoder:
             # peft directly: transformers' add_adapter insists on a newer peft than diffusers
-            inject_adapter_in_model(lora_config(TEXT_ENCODER_TARGET_MODULES), text_encoder, ADAPTER_NAME)
-        network = cls(unet, text_encoder, rank, alpha, train_unet, train_text_encoder)
+            for _, encoder in network.text_encoders:
+                inject_adapter_in_model(lora_config(TEXT_ENCODER_TARGET_MODULES), encoder, ADAPTER_NAME)
         # LoRA weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
@@ -100,18 +114,24 @@ class LoraNetwork:
     def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
         if not self.has_text_encoder:
             return []
-        return [p for _, layer in lora_layers(self.text_encoder) for p in _adapter_parameters(layer)]
+        return [p for _, encoder in self.text_encoders for _, layer in lora_layers(encoder)
+                for p in _adapter_parameters(layer)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.unet_parameters() + self.text_encoder_parameters()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups, U-Net first; each carries its `name` for logging."""
+    def param_groups(self, unet_lr: float, text_encoder_lr: float,
+                     text_encoder_2_lr: float | None = None) -> list[dict[str, Any]]:
+        """Optimizer groups, U-Net first, then one per text encoder (SDXL's second at
+        `text_encoder_2_lr`, else `text_encoder_lr`); each carries its `name` for logging."""
         groups = []
         if self.has_unet:
             groups.append({"params": self.unet_parameters(), "lr": unet_lr, "name": "unet"})
         if self.has_text_encoder:
-            groups.append({"params": self.text_encoder_parameters(), "lr": text_encoder_lr, "name": "text_encoder"})
+            rates = (text_encoder_lr, text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr)
+            for (_, encoder), rate, name in zip(self.text_encoders, rates, ("text_encoder", "text_encoder_2")):
+                parameters = [p for _, layer in lora_layers(encoder) for p in _adapter_parameters(layer)]
+                groups.append({"params": parameters, "lr": rate, "name": name})
         return groups
 
     def freeze_text_encoder(self) -> None:
@@ -127,8 +147,9 @@ class LoraNetwork:
             for name, layer in lora_layers(self.unet):
                 yield kohya_name(UNET_PREFIX, name), layer
         if self.has_text_encoder:
-            for name, layer in lora_layers(self.text_encoder):
-                yield kohya_name(TEXT_ENCODER_PREFIX, name), layer
+            for prefix, encoder in self.text_encoders:
+                for name, layer in lora_layers(encoder):
+                    yield kohya_name(prefix, name), layer
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Kohya-layout tensors on the CPU in `dtype`, with `.alpha` holding the real alpha."""
@@ -201,16 +222,19 @@ def network_shape(tensors: dict[str, torch.Tensor]) -> tuple[int, float, bool, b
     alpha_tensor = tensors.get(f"{first}.alpha")
     alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(rank)
     has_unet = any(key.startswith(UNET_PREFIX + "_") for key in downs)
-    has_text_encoder = any(key.startswith(TEXT_ENCODER_PREFIX + "_") for key in downs)
+    prefixes = (TEXT_ENCODER_PREFIX, *SDXL_TEXT_ENCODER_PREFIXES)
+    has_text_encoder = any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in downs)
     return rank, alpha, has_unet, has_text_encoder
 
 
-def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path) -> LoraNetwork:
-    """Attach the adapters of a LoRA file we wrote to a fresh U-Net and text encoder."""
+def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path,
+                     text_encoder_2: torch.nn.Module | None = None) -> LoraNetwork:
+    """Attach the adapters of a LoRA file we wrote to a fresh U-Net and text encoder(s)."""
     tensors, _ = read_lora_file(path)
     rank, alpha, has_unet, has_text_encoder = network_shape(tensors)
     network = LoraNetwork.attach(
-        unet, text_encoder, rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder
+        unet, text_encoder, rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder,
+        text_encoder_2=text_encoder_2,
     )
     network.load_state_dict(tensors)
     return network

@@ -1,6 +1,7 @@
 """The shapes of the models a config trains: U-Net and text-encoder configs, the frozen
 parameter counts and the LoRA's parameter count. Read from a local diffusers folder when
-there is one (configs and safetensors headers only, no tensor), else SD1.5's or SD2's.
+there is one (configs and safetensors headers only, no tensor), else the family's own
+(SD1.5's, SD2's, or SDXL base's shipped configs in engine/model/assets/sdxl).
 Below both the plan and the VRAM estimate. Light module: no torch import.
 """
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.schema import TrainConfig, resolve_path
+from engine.model.families import config_family_name
+from engine.model.families.sd15 import PARAMETERS as SD_PARAMETERS
+from engine.model.families.sdxl import PARAMETERS as SDXL_PARAMETERS
 
-# Parameters of the frozen parts (SD1.5 and SD2.x; the LoRA comes from engine.plan.training_plan)
-PARAMETERS = {
-    "sd15": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
-    "sd2": {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
-}
+# Parameters of the frozen parts (the LoRA comes from engine.plan.training_plan)
+PARAMETERS = {**SD_PARAMETERS, **SDXL_PARAMETERS}
+ASSETS = Path(__file__).resolve().parents[1] / "model" / "assets"
 SD15_UNET = {
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,
@@ -39,11 +41,24 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def text_encoder_configs(config: TrainConfig, base_dir) -> list[dict]:
+    """Every text encoder's config (SDXL has two): the local folder's, else the family's."""
+    unet, text = model_configs(config, base_dir)
+    if config_family_name(config, base_dir) != "sdxl":
+        return [text]
+    folder = resolve_path(base_dir, config.model.pretrained_model)
+    second = _read_json(folder / "text_encoder_2" / "config.json") if folder and folder.is_dir() else None
+    return [text, second or _read_json(ASSETS / "sdxl" / "text_encoder_2" / "config.json")]
+
+
 def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
-    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's)."""
+    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's, SDXL's)."""
     folder = resolve_path(base_dir, config.model.pretrained_model)
     unet = _read_json(folder / "unet" / "config.json") if folder and folder.is_dir() else None
     text = _read_json(folder / "text_encoder" / "config.json") if folder and folder.is_dir() else None
+    if (unet is None or text is None) and config_family_name(config, base_dir) == "sdxl":
+        unet = _read_json(ASSETS / "sdxl" / "unet" / "config.json")
+        text = _read_json(ASSETS / "sdxl" / "text_encoder" / "config.json")
     if unet is None or text is None:
         unet, text = dict(SD15_UNET), dict(SD15_TEXT)
         if config.model.v2:
@@ -61,38 +76,41 @@ def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
         context = unet.get("cross_attention_dim", 768)
         if isinstance(context, list):
             context = context[0]
-        depth = unet.get("transformer_layers_per_block", 1)
-        depth = depth[0] if isinstance(depth, list) else depth
+        depths = unet.get("transformer_layers_per_block", 1)
         channels = unet["block_out_channels"]
+        depths = depths if isinstance(depths, list) else [depths] * len(channels)
         per_block = unet.get("layers_per_block", 2)
         per_block = per_block[0] if isinstance(per_block, list) else per_block
-        widths: list[int] = []
+        widths: list[tuple[int, int]] = []  # (channels, transformer depth) of every Transformer2DModel
         for index, kind in enumerate(unet["down_block_types"]):
             if "CrossAttn" in kind:
-                widths += [channels[index]] * per_block
+                widths += [(channels[index], depths[index])] * per_block
         if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-            widths.append(channels[-1])
+            widths.append((channels[-1], depths[-1]))
         for index, kind in enumerate(unet["up_block_types"]):
             if "CrossAttn" in kind:
-                widths += [list(reversed(channels))[index]] * (per_block + 1)
-        for width in widths:
+                up = len(channels) - 1 - index
+                widths += [(channels[up], depths[up])] * (per_block + 1)
+        for width, depth in widths:
             shapes += [(width, width), (width, width)]  # proj_in, proj_out
             for _ in range(depth):
                 shapes += [(width, width)] * 4  # self-attention q, k, v, out
                 shapes += [(width, width), (context, width), (context, width), (width, width)]  # cross-attention
                 shapes += [(width, width * 8), (width * 4, width)]  # GEGLU feed-forward
     if config.network.train_text_encoder:
-        hidden, inner = text["hidden_size"], text["intermediate_size"]
-        for _ in range(text["num_hidden_layers"]):
-            shapes += [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
+        for text in text_encoder_configs(config, base_dir):
+            hidden, inner = text["hidden_size"], text["intermediate_size"]
+            for _ in range(text["num_hidden_layers"]):
+                shapes += [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
     parameters = sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
     return parameters, len(shapes)
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:
     """Parameters of the U-Net, text encoder and VAE: read from the safetensors headers of a
-    local diffusers folder (no tensor is loaded), else SD1.5's or SD2's."""
-    counts = dict(PARAMETERS["sd2" if config.model.v2 else "sd15"])
+    local diffusers folder (no tensor is loaded), else the family's (SD1.5's, SD2's, SDXL's)."""
+    family = config_family_name(config, base_dir or ".")
+    counts = dict(PARAMETERS[family if family in PARAMETERS else "sd2" if config.model.v2 else "sd15"])
     folder = resolve_path(base_dir or ".", config.model.pretrained_model.strip())
     if folder is None or not folder.is_dir():
         return counts

@@ -49,6 +49,13 @@ def _assets():
     return ASSETS_ROOT / FAMILY
 
 
+def _model_label(quick: bool) -> str:
+    """"sd15"/"sdxl" for the real-size configs; "tiny" (SD1.5) or "tiny-sdxl" in quick mode."""
+    if not quick:
+        return FAMILY
+    return "tiny" if FAMILY == "sd15" else f"tiny-{FAMILY}"
+
+
 def unet_conditioning_extras(unet, batch: int, device, dtype=None) -> dict:
     """SDXL's added conditioning (pooled text, six size numbers) for a U-Net that takes it."""
     import torch
@@ -252,7 +259,7 @@ def describe(args) -> dict:
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    return {"device": device, "cuda": cuda, "model": ("tiny-" if args.quick else "") + FAMILY,
+    return {"device": device, "cuda": cuda, "model": _model_label(args.quick),
             "precision": args.precision if cuda else "no", "torch": torch.__version__,
             "peak_tflops": args.peak_tflops, "compile_unet": args.compile, "steps": args.steps, "warmup": args.warmup}
 

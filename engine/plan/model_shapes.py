@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig, resolve_path
+from engine.plan.network_size import network_size
 
 # Parameters of the frozen parts (SD1.5 and SD2.x; the LoRA comes from engine.plan.training_plan)
 PARAMETERS = {
@@ -53,40 +55,16 @@ def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
 
 
 def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
-    """(LoRA parameters, LoRA modules) for the config's base model and rank."""
-    rank = config.network.rank
+    """(network parameters, adapted layers) for the config's base model and network."""
+    parameters, _, layers = network_size_of(config, base_dir)
+    return parameters, layers
+
+
+def network_size_of(config: TrainConfig, base_dir) -> tuple[int, int, int]:
+    """(parameters, file tensors, adapted layers) of the network the config trains
+    (engine.plan.network_size, on this base model's shapes)."""
     unet, text = model_configs(config, base_dir)
-    shapes: list[tuple[int, int]] = []  # (in_features, out_features) of every adapted layer
-    if config.network.train_unet:
-        context = unet.get("cross_attention_dim", 768)
-        if isinstance(context, list):
-            context = context[0]
-        depth = unet.get("transformer_layers_per_block", 1)
-        depth = depth[0] if isinstance(depth, list) else depth
-        channels = unet["block_out_channels"]
-        per_block = unet.get("layers_per_block", 2)
-        per_block = per_block[0] if isinstance(per_block, list) else per_block
-        widths: list[int] = []
-        for index, kind in enumerate(unet["down_block_types"]):
-            if "CrossAttn" in kind:
-                widths += [channels[index]] * per_block
-        if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-            widths.append(channels[-1])
-        for index, kind in enumerate(unet["up_block_types"]):
-            if "CrossAttn" in kind:
-                widths += [list(reversed(channels))[index]] * (per_block + 1)
-        for width in widths:
-            shapes += [(width, width), (width, width)]  # proj_in, proj_out
-            for _ in range(depth):
-                shapes += [(width, width)] * 4  # self-attention q, k, v, out
-                shapes += [(width, width), (context, width), (context, width), (width, width)]  # cross-attention
-                shapes += [(width, width * 8), (width * 4, width)]  # GEGLU feed-forward
-    if config.network.train_text_encoder:
-        hidden, inner = text["hidden_size"], text["intermediate_size"]
-        for _ in range(text["num_hidden_layers"]):
-            shapes += [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
-    parameters = sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
-    return parameters, len(shapes)
+    return network_size(NetworkSpec.of(config), unet, text)
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:

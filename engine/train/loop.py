@@ -221,10 +221,8 @@ class Training:
         model = self.model = load_base_model(config, self.base_dir, device=self.device, dtype=self.weight_dtype)
         unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
         self.train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
-        self.network = LoraNetwork.attach(
-            model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
-            train_unet=config.network.train_unet, train_text_encoder=self.train_text_encoder,
-        )
+        self.network = LoraNetwork.from_config(model.unet, model.text_encoder, config, base_dir=self.base_dir,
+                                               train_text_encoder=self.train_text_encoder)
         apply_speed_settings(model, config, self.device, self.train_text_encoder)
         self.optimizer = make_optimizer(config, self.network.param_groups(unet_lr, text_encoder_lr), self.device)
         self.optimizer_steps = optimizer_kernel(self.optimizer)

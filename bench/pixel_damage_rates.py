@@ -2,8 +2,11 @@
 
     python bench/pixel_damage_rates.py [--count 1000] [--size 640x480]
 
-Clean: generated photos (tests/health_corpus.py's, as bench/scan_speed.py) and, every other one, the same with a
-flat lower part from a block-row boundary down (a hard horizon). Damaged: each clean
+Clean: generated photos (tests/health_corpus.py's, as bench/scan_speed.py); every other
+one with a flat lower part from a block-row boundary down (a hard horizon); and, counted
+apart, --edges photos whose lower part is another photo from a block-row boundary down
+(a hard edge between two textured halves, a collage), every other one with a channel
+clipped at 255 below the edge. Damaged: each clean
 photo with 16 bytes zeroed, 7 dropped or one bit flipped at a random depth into the
 scan; only those libjpeg decodes without a warning and that change the pixels count.
 """
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--size", default="640x480")
+    parser.add_argument("--edges", type=int, default=200)
     args = parser.parse_args()
     size = tuple(int(side) for side in args.size.split("x"))
     rng = np.random.default_rng(0)
@@ -59,6 +63,17 @@ def main() -> None:
             row = damaged_row(pixels)
             found += row >= 0
             row_right += row >= 0 and abs(row - int(changed[0])) <= 16
+    edge_flags = 0
+    for seed in range(args.edges):
+        pixels = np.asarray(photo(seed, size)).copy()
+        lower = np.asarray(photo(seed + 100_000, size)).copy()
+        if seed % 2:
+            lower[:, :, seed % 3] = 255
+        top = int(rng.integers(2, size[1] // 8 - 2)) * 8
+        pixels[top:] = lower[top:]
+        edge_flags += damaged_row(decode(jpeg(Image.fromarray(pixels)))) >= 0
+    print(f"clean {args.edges} images {args.size} with a hard edge between two textured halves: "
+          f"{edge_flags} flagged ({edge_flags / max(args.edges, 1):.2%} false positives)")
     print(f"clean {args.count} images {args.size}: {false_positives} flagged "
           f"({false_positives / args.count:.2%} false positives)")
     print(f"silently damaged {damaged}: {found} found ({found / max(damaged, 1):.0%}), "

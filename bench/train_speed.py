@@ -4,6 +4,7 @@
     /work/venv/bin/python bench/train_speed.py --quick         tiny model, seconds, anywhere (the CPU default)
     ... [--json] [--peak-tflops 989] [--resolutions 512 768] [--batches 1 4 16] [--ranks 16 64]
         [--text-encoder both|on|off] [--checkpointing both|on|off] [--compile] [--steps 10] [--warmup 3]
+        [--profile FILE]                 torch.profiler table of 3 more steps of the first configuration
     ... --loader [--workers 0 2 4 8]    can the data loader feed the GPU when latents are not cached?
     ... --memory-model                  re-measure engine/plan/vram.py's activation constants (meta device)
 
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ASSETS = ROOT / "engine" / "assets" / "sd15"
+ASSETS = ROOT / "engine" / "model" / "assets" / "sd15"
 QUICK = {"resolutions": [64], "batches": [1, 4], "ranks": [4], "steps": 3, "warmup": 1}
 FULL = {"resolutions": [512, 768], "batches": [1, 4, 16], "ranks": [16, 64], "steps": 10, "warmup": 3}
 
@@ -233,6 +234,9 @@ def time_steps(step, model, batch: int, resolution: int, text_encoder: bool, acc
         losses += [step(items, generator) for _ in range(args.steps)]
         _synchronize(cuda)
         elapsed = time.perf_counter() - start
+        if args.profile and not getattr(args, "profiled", False):
+            args.profiled = True
+            profile_steps(step, items, generator, cuda, args.profile, f"{resolution}² batch {batch}")
     except torch.cuda.OutOfMemoryError:
         step.optimizer.zero_grad(set_to_none=True)
         return {"status": "out of memory", "images_per_s": None, "step_ms": None,
@@ -244,6 +248,20 @@ def time_steps(step, model, batch: int, resolution: int, text_encoder: bool, acc
         "step_ms": 1000 * elapsed / args.steps,
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
+
+
+def profile_steps(step, items, generator, cuda: bool, path: str, what: str) -> None:
+    """Three steps under torch.profiler: the operators by device time (or CPU time without CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(3):
+            step(items, generator)
+        _synchronize(cuda)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+    Path(path).write_text(f"3 steps, {what}, sorted by {sort}\n{table}\n")
 
 
 def _synchronize(cuda: bool) -> None:
@@ -458,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (precision.compile_unet)")
     parser.add_argument("--steps", type=int, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, help="untimed steps first (cuDNN autotuning, allocator, compile)")
+    parser.add_argument("--profile", metavar="FILE", help="write a torch.profiler table of 3 more steps of the "
+                        "first configuration to FILE")
     parser.add_argument("--loader", action="store_true", help="measure the data loader instead of the step")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8])
     parser.add_argument("--images", type=int, default=64, help="JPEGs for --loader")

@@ -14,6 +14,13 @@ import pytest
 
 from tests.datasets import write_caption, write_image
 
+# On a CUDA machine the trainer tests train on the GPU (the trainer picks CUDA when it is there);
+# LORADECK_TEST_PRECISION=bf16|fp16 runs them in that mixed precision instead of fp32
+# (bench/gpu_check.sh does both). The CPU always trains in fp32, whatever it says.
+TEST_PRECISION = os.environ.get("LORADECK_TEST_PRECISION", "no")
+if TEST_PRECISION not in ("no", "bf16", "fp16"):
+    raise ValueError(f"LORADECK_TEST_PRECISION={TEST_PRECISION!r}: use bf16, fp16 or no")
+
 # Tests never reach a model hub: a hub id in a test must fail fast and offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -36,7 +43,7 @@ def small_run_settings(model_dir: Path) -> dict[str, dict]:
         "network": {"rank": 4, "alpha": 4.0},
         "optimizer": {"learning_rate": 1e-3, "lr_scheduler": "constant"},
         "training": {"epochs": 2, "batch_size": 2, "seed": 11},
-        "precision": {"mixed_precision": "no", "dataloader_workers": 0, "save_precision": "float"},
+        "precision": {"mixed_precision": TEST_PRECISION, "dataloader_workers": 0, "save_precision": "float"},
         "sampling": {"every_n_epochs": 0},
         "saving": {"save_every_n_epochs": 1},
         "logging": {"tensorboard": False, "log_every_n_steps": 1},
@@ -88,3 +95,19 @@ def make_run(tiny_model_dir):
 def one_thread_env() -> dict[str, str]:
     """Environment for engine subprocesses on the shared test machine."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def stop_when_epoch_ends(run, monkeypatch, epoch: int = 1) -> None:
+    """Ask `run` to stop as its `epoch` ends, the way a user presses stop then (undo with
+    monkeypatch.undo() before resuming)."""
+    from engine.run.events import EventWriter
+
+    real_emit = EventWriter.emit
+
+    def emit(self, type, **fields):
+        event = real_emit(self, type, **fields)
+        if type == "epoch_end" and fields["epoch"] == epoch:
+            run.request("stop")
+        return event
+
+    monkeypatch.setattr(EventWriter, "emit", emit)

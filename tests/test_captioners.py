@@ -221,8 +221,11 @@ def test_cli_caption_with_progress_json(tmp_path, tagger_dir, capsys):
                        "--undesired-tags", "watermark, ^_^", "--progress-json"])
     assert status == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [event["event"] for event in events] == ["start", "progress", "progress", "done"]
-    assert events[-1] == {"event": "done", "total": 1, "written": 1, "skipped": 0, "failed": 0}
+    assert [event["type"] for event in events] == ["caption_start", "caption_progress", "caption_progress",
+                                                   "caption_done"]
+    assert [event["seq"] for event in events] == [0, 1, 2, 3]
+    done = {key: value for key, value in events[-1].items() if key not in ("v", "seq", "time", "type")}
+    assert done == {"total": 1, "written": 1, "skipped": 0, "failed": 0}
     assert events[2]["path"] == "1_x/red.png" and events[2]["caption"] == "ohwx, red hair"
     assert read(tmp_path / "img" / "1_x" / "red.txt") == b"ohwx, red hair\n"
     assert not (tmp_path / "img" / "1_x" / "_quarantine" / "hidden.txt").exists()

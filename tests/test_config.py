@@ -60,7 +60,7 @@ def test_toml_round_trip_is_identical():
     config = config_from_dict(BASE)
     config = replace_setting(config, "optimizer.unet_lr", 2e-4)
     config = replace_setting(config, "sampling.prompts", "a city --w 512 --h 512\n# comment\nsecond --d 3")
-    config = replace_setting(config, "optimizer.optimizer_args", "scale_parameter=False relative_step=False")
+    config = replace_setting(config, "optimizer.optimizer_args", "weight_decay=0.05 betas=0.9,0.99")
     text = dumps_config(config)
     again = loads_config(text)
     assert again == config

@@ -43,6 +43,8 @@ SILENT_CASES = [
         (0, "zeroed", 0.25), (1, "zeroed", 0.4), (7, "zeroed", 0.55), (12, "zeroed", 0.7),
         (2, "dropped", 0.25), (3, "dropped", 0.4), (1, "dropped", 0.55), (8, "dropped", 0.7),
         (7, "flipped", 0.25), (17, "flipped", 0.4), (2, "flipped", 0.55), (9, "flipped", 0.7),
+        # a cast that clips the picture below the seam (found only by the clipped-seam test)
+        (3, "zeroed", 0.25), (13, "zeroed", 0.7), (15, "dropped", 0.25),
     ]
 ]
 
@@ -78,3 +80,47 @@ def test_clean_pictures_and_hard_horizontal_edges_are_not_flagged():
         if damaged_row(decode(jpeg(maker(seed)))) >= 0
     ]
     assert flagged == []
+
+
+def test_black_bars_and_clipped_lower_parts_with_texture_above_are_not_flagged():
+    """A letterbox bar, and a lower part of one colour with a channel at 255, from a
+    block-row boundary down: clipped below, clean above, but one colour (no cast)."""
+    flagged = []
+    for seed in range(60):
+        pixels = np.asarray(photo(seed)).copy()
+        top = 8 * (10 + seed % 40)
+        pixels[top:] = 0 if seed % 2 else (255, 40 + seed, 90)
+        if damaged_row(decode(jpeg(Image.fromarray(pixels)))) >= 0:
+            flagged.append(seed)
+    assert flagged == []
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_cut_png_and_webp_are_corrupt_and_a_cut_png_names_its_last_row(tmp_path, fraction):
+    """Pillow pads a cut file with flat pixels when LOAD_TRUNCATED_IMAGES is set; the
+    scan never pads: a cut PNG or WebP is corrupt, a cut PNG with the row its pixels end at."""
+    import io
+
+    from tests.health_corpus import png_bytes
+
+    data = png_bytes(photo(4))
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    from PIL import ImageFile
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # the padding decoder, to find the true row
+    try:
+        padded = np.asarray(Image.open(path).convert("RGB"))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    whole = np.asarray(photo(4))
+    differs = np.flatnonzero((padded != whole).any(axis=(1, 2)))
+    assert 0 < facts.damaged_row == differs[0] < SIZE[1]
+    assert f"row {facts.damaged_row} of {SIZE[1]}" in facts.error
+    for lossless in (False, True):
+        buffer = io.BytesIO()
+        photo(5).save(buffer, "WEBP", lossless=lossless, quality=90)
+        path = tmp_path / "cut.webp"
+        path.write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * fraction)])
+        assert inspect_image(path).error_code == "corrupt"

@@ -126,3 +126,32 @@ async def test_missing_image_folder_is_explained(tmp_path):
         assert "No image folder" in status
         await pilot.press("x")  # nothing to act on: a notice, no crash
         await pilot.pause()
+
+
+async def test_preview_of_a_silently_damaged_jpeg_marks_the_damaged_row(tmp_path):
+    from tests.health_corpus import damage_scan, photo
+    from tui.widgets.shared.image_preview import MARK_COLOR
+
+    root = tmp_path / "ws"
+    folder = root / "img" / "5_cat"
+    folder.mkdir(parents=True)
+    save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
+    (folder / "damaged.jpg").write_bytes(damage_scan(jpeg_bytes(photo(0)), "zeroed", 0.25))
+    (folder / "damaged.txt").write_text("a cat")
+    before = (folder / "damaged.jpg").read_bytes()
+    app = make_app(root, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, lambda: idle(screen))
+        assert listed(screen) == [("corrupt", "5_cat/damaged.jpg")]
+        (item,) = screen.report.findings
+        assert item.damaged_row > 0 and f"row {item.damaged_row} " in item.message
+        assert f"row {item.damaged_row} " in str(screen.query_one("#health-message", Static).render())
+        preview = screen.query_one("#health-preview", ImagePreview)
+        assert preview.marked_row == item.damaged_row
+        await settle(pilot, lambda: preview._picture_widget is not None)
+        shown = preview._picture_widget.image
+        y = item.damaged_row * shown.height // 480
+        assert shown.getpixel((shown.width // 2, y)) == MARK_COLOR
+        assert shown.getpixel((shown.width // 2, y - 8)) != MARK_COLOR  # a line, not a fill
+    assert (folder / "damaged.jpg").read_bytes() == before  # drawn on a copy only

@@ -85,3 +85,63 @@ def test_zero_text_encoder_rate_means_unet_only():
                            "learning_rate": "0.0001", "unet_lr": "0.0001", "text_encoder_lr": "0"})
     assert result.config.network.train_unet and not result.config.network.train_text_encoder
     assert any("U-Net only" in note for note in result.notes)
+
+
+def test_dreambooth_tab_config_says_so_in_one_line():
+    result = import_kohya_file(FIXTURES / "dreambooth_tab.json")
+    lines = [note for note in result.notes if "no LoRA settings" in note]
+    assert len(lines) == 1 and "DreamBooth" in lines[0] and "rank 32 / alpha 16" in lines[0]
+    assert result.config.network.rank == 32
+    standard = import_kohya_file(FIXTURES / "lora_gui_strings.json")
+    assert not any("no LoRA settings" in note for note in standard.notes)
+
+
+def test_resolution_with_buckets_off_snaps_to_multiples_of_8():
+    result = import_kohya_file(FIXTURES / "standard_buckets_off.json")
+    assert result.config.dataset.enable_buckets is False
+    assert result.config.resolution_size == (512, 648)
+    assert [note for note in result.notes if "max_resolution" in note] == [
+        "max_resolution 512,650 -> 512,648: with buckets off the sides must be multiples of 8 (snapped to the nearest)"
+    ]
+    assert result.config.optimizer_kwargs == {"weight_decay": 0.1, "betas": (0.9, 0.99)}
+    # with buckets on the resolution is only an area: kept as written
+    assert import_kohya_file(FIXTURES / "lora_gui_strings.json").config.dataset.resolution == "512,650"
+
+
+def test_command_reports_mapped_changed_and_ignored(capsys):
+    assert main(["import-kohya", str(FIXTURES / "lora_gui_strings.json")]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert err[0].endswith("lora_gui_strings.json:")
+    assert "    network_dim -> network.rank = 64" in err
+    assert "    xformers -> precision.attention = 'xformers'" in err
+    assert "    max_resolution -> dataset.resolution = '512,650'" in err
+    assert any(line.startswith("  kept loradeck's default for") and "lr_scheduler_num_cycles" in line for line in err)
+    assert "  changed nothing" in err
+    assert any(line.startswith("  ignored 12 keys: ") and "logging_dir" in line for line in err)
+    assert loads_config(captured.out).network.rank == 64  # stdout stays the TOML
+    assert main(["import-kohya", str(FIXTURES / "standard_buckets_off.json")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    changed = err.index("  changed 2:")
+    assert err[changed + 1].startswith("    max_resolution 512,650 -> 512,648: with buckets off")
+    assert err[changed + 2].startswith("    seed 0 means a random seed")
+    assert "  ignored nothing" in err and "    adaptive_noise_scale -> training.adaptive_noise_scale = 0.0" in err
+
+
+def test_seed_zero_means_a_random_seed():
+    result = import_kohya_file(FIXTURES / "standard_buckets_off.json")  # "seed": "0"
+    assert result.config.training.seed == -1
+    assert any(note.startswith("seed 0 means a random seed in the GUI") for note in result.notes)
+    assert import_kohya_file(FIXTURES / "lora_gui_strings.json").config.training.seed == 1234
+
+
+def test_several_configs_get_one_report_each(capsys, tmp_path):
+    (tmp_path / "broken.json").write_text("{ not json")
+    files = [str(FIXTURES / "lora_gui_strings.json"), str(FIXTURES / "dreambooth_tab.json"), str(tmp_path / "broken.json")]
+    assert main(["import-kohya", *files]) == 1  # the broken one is not imported
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    headers = [line for line in captured.err.splitlines() if not line.startswith(" ")]
+    assert headers[0].endswith("lora_gui_strings.json:") and headers[1].endswith("dreambooth_tab.json:")
+    assert "broken.json: not imported:" in headers[2] and len(headers) == 3
+    assert main(["import-kohya", *files[:2], "-o", str(tmp_path / "x.toml")]) == 2

@@ -36,3 +36,17 @@ def test_missing_image_folder_is_refused(tmp_path):
                 tmp_path / "loradeck.toml")
     with pytest.raises(LoradeckError, match="dataset.image_dir"):
         prepare_run(tmp_path / "loradeck.toml")
+
+
+def test_a_random_seed_is_drawn_into_the_frozen_config_and_kept_on_resume(tmp_path):
+    from engine.config.schema import load_config
+
+    plan_dataset(tmp_path)
+    save_config(config_from_dict({"model": {"pretrained_model": "someone/model"}, "training": {"seed": -1},
+                                  "saving": {"output_name": "z"}}), tmp_path / "loradeck.toml")
+    run = prepare_run(tmp_path / "loradeck.toml")
+    seed = load_config(run.config).training.seed
+    assert 0 <= seed < 2**32
+    # new settings for the rest of the run, still with seed -1: the drawn seed stays
+    prepare_run(tmp_path / "loradeck.toml", resume=run.path)
+    assert load_config(run.config).training.seed == seed

@@ -148,3 +148,24 @@ def test_dotfiles_are_not_images(tmp_path):
     dataset = scan_dataset(config_for(), tmp_path)
     assert dataset.unreadable == []
     assert len(dataset.train_items) == 5
+
+
+def test_no_upscale_small_image_is_cropped_at_native_size_like_sd_scripts(tmp_path):
+    """sd-scripts' no-upscale bucket: an image within the area is not resized, only centre-
+    cropped to its bucket (sides rounded down to the step), so the same pixels train."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.train.data import prepare_pixels, to_tensor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    (tmp_path / "img" / "1_x").mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / "img" / "1_x" / "small.png")
+    config = config_for(dataset={"bucket_no_upscale": True})
+    [item] = scan_dataset(config, tmp_path).items
+    assert item.bucket == (256, 192) and item.resized == (300, 200)
+    expected = to_tensor(Image.fromarray(pixels).crop((22, 4, 22 + 256, 4 + 192)))  # (300-256)//2, (200-192)//2
+    assert np.array_equal(prepare_pixels(item, flip=False, hue_shift=0, rng_crop=None).numpy(), expected.numpy())
+    # without no-upscale the image is scaled to cover its bucket as before
+    [plain] = scan_dataset(config_for(), tmp_path).items
+    assert plain.resized is None

@@ -175,7 +175,7 @@ def test_caption_usage_errors_reach_the_json_progress_stream(scratch, capsys):
     argv = ["caption", str(scratch / "img"), "--model", str(scratch / "empty"), "--batch-size", "0",
             "--progress-json"]
     assert main(argv) == 2
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["event"] == "error"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["type"] == "error"
 
 
 def test_caption_model_folder_without_a_processor_is_one_line(scratch, capsys):

@@ -7,7 +7,8 @@ import pytest
 from textual.widgets import DataTable
 
 from engine.run.events import read_events
-from engine.run.folder import RunFollower, RunSummary, fold_event, summarize_run
+from engine.run.fold import fold_event
+from engine.run.folder import RunFollower, RunSummary, summarize_run
 from tests.run_recordings import (  # noqa: F401 - workspace is a fixture
     RecordedRun,
     dashboard_ready,
@@ -18,6 +19,7 @@ from tests.run_recordings import (  # noqa: F401 - workspace is a fixture
 )
 from tui.app import make_app
 from tui.cli import main
+from tui.run_state import RunState
 from tui.screens import runs as runs_screen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
@@ -107,6 +109,42 @@ def test_a_config_value_that_looks_like_a_step_is_not_skipped(workspace):
     recorded.steps(1, 3)
     recorded.write()
     assert summarize_run(recorded.path).total_steps == 40
+
+
+def test_runs_list_and_dashboard_read_the_same_progress(workspace):
+    """One fold (engine.run.fold) for both: a stopped, resumed, finished run reads alike."""
+    recorded = RecordedRun(workspace, "both").start(steps_per_epoch=10, epochs=3).steps(1, 14)
+    recorded.checkpoint(1, 10)
+    recorded.event("error", message="CUDA out of memory", traceback="Traceback...")
+    recorded.event("run_end", status="failed", step=14, epoch=1, message="")
+    recorded.start(steps_per_epoch=10, epochs=3, start_step=14, start_epoch=1).steps(15, 30)
+    recorded.checkpoint(3, 30, final=True)
+    recorded.event("run_end", status="finished", step=30, epoch=3, message="")
+    recorded.write()
+    summary = summarize_run(recorded.path)
+    state = RunState(path=recorded.path)
+    state.fold_all(list(read_events(recorded.run.events)))
+    for name in ("status", "step", "epoch", "total_steps", "epochs", "loss", "loss_avg", "steps_per_s",
+                 "started", "ended", "last_event_time", "error_message", "end_message", "lora_checkpoints"):
+        assert getattr(summary, name) == getattr(state, name), name
+    # the resume forgot the first attempt's failure, in both
+    assert summary.message == "" and state.error_message == ""
+
+
+def test_bad_fields_keep_the_previous_value_instead_of_failing(workspace, capsys):
+    recorded = RecordedRun(workspace, "odd").start(steps_per_epoch=10, epochs=3).steps(1, 4)
+    recorded.event("run_start", run_name="odd", plan={"total_steps": "lots", "epochs": None}, start_step="x")
+    recorded.event("step", step="five", epoch=[1], loss=0.5)
+    recorded.event("run_end", status=None, step=None, epoch=0, message=None)
+    recorded.write()
+    assert main(["runs", str(workspace), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)[0]
+    assert (run["status"], run["step"], run["total_steps"], run["epochs"], run["loss"]) == ("finished", 4, 30, 3, 0.5)
+    # a plan that is not a table at all
+    odder = RecordedRun(workspace, "odder")
+    odder.event("run_start", run_name="odder", plan=[1, 2], start_step=0)
+    odder.write()
+    assert (summarize_run(odder.path).status, summarize_run(odder.path).total_steps) == ("crashed", 0)
 
 
 async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, monkeypatch):

@@ -195,3 +195,24 @@ def test_prompts_module_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     loaded = set(out.stdout.split())
     assert not loaded & {"torch", "diffusers", "transformers", "peft", "accelerate", "PIL"}
+
+
+def test_a_flag_glued_to_the_value_before_it_is_read():
+    # the hand-written guide this project replaces types `--w 768--h 640`
+    prompt, warnings = one("a city street --w 768--h 640 --n blurry--d 7")
+    assert (prompt.width, prompt.height, prompt.negative_prompt, prompt.seed) == (768, 640, "blurry", 7)
+    assert warnings == []
+    prompt, warnings = one("a cat --n ugly--looking, low--detail --d 3")
+    assert prompt.negative_prompt == "ugly--looking, low--detail" and warnings == []
+
+
+@pytest.mark.parametrize("line, field, value, message", [
+    ("a cat --w 768px", "width", 768, "--w '768px' is not a plain number; using its leading 768"),
+    ("a cat --d 123abc", "seed", 123, "--d '123abc' is not a plain number; using its leading 123"),
+    ("a cat --s 30steps", "steps", 30, "using its leading 30"),
+    ("a cat --l 7.5x", "cfg", 7.5, "using its leading 7.5"),
+])
+def test_a_number_with_junk_gives_its_leading_number_with_a_warning(line, field, value, message):
+    prompt, warnings = one(line)
+    assert getattr(prompt, field) == value
+    assert len(warnings) == 1 and message in warnings[0], warnings

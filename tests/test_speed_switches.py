@@ -237,7 +237,7 @@ def test_vram_estimate_follows_the_settings(tiny_model_dir):
     from engine.plan.vram import estimate_vram
 
     def estimate(**precision_and_more):
-        sections = {"model": {"pretrained_model": str(ROOT / "engine" / "assets" / "sd15")},
+        sections = {"model": {"pretrained_model": str(ROOT / "engine" / "model" / "assets" / "sd15")},
                     "network": {"rank": 16, "alpha": 16.0}, "training": {"batch_size": 4}}
         for group, values in precision_and_more.items():
             sections.setdefault(group, {}).update(values)

@@ -161,3 +161,18 @@ def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, 
     assert events[-1]["status"] == "failed"
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
     assert not any(run.checkpoints.iterdir())
+
+
+def test_random_seed_is_drawn_recorded_and_used(tmp_path, tiny_dataset, make_run):
+    """training.seed = -1 (the Kohya GUI's seed 0): a seed is drawn, frozen into the run and
+    written into run_start and the LoRA's ss_seed."""
+    from engine.config.schema import load_config
+
+    run = make_run(tiny_dataset, "random-seed", training={"seed": -1, "epochs": 1})
+    assert train(run.path) == 0
+    start = next(e for e in read_events(run.events) if e["type"] == "run_start")
+    seed = start["seed"]
+    assert 0 <= seed < 2**32 and start["config"]["training"]["seed"] == seed
+    assert load_config(run.config).training.seed == seed  # a resume reuses it
+    final = sorted(run.checkpoints.glob("*.safetensors"))[-1]
+    assert read_lora_file(final)[1]["ss_seed"] == str(seed)

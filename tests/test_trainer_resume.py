@@ -12,11 +12,12 @@ import time
 import pytest
 import torch
 
-from engine.run.events import EventWriter, read_events
+from engine.run.events import read_events
 from engine.network.lora import read_lora_file
 from engine.train.state import load_state
 from engine.train.loop import train
 from tui.cli import main as loradeck
+from tests.conftest import stop_when_epoch_ends
 
 SETTINGS = dict(
     # text encoder trained for 3 steps only, and a schedule that moves: both must resume right
@@ -65,15 +66,7 @@ def events_of(run, kind):
 
 def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_dataset, make_run, monkeypatch, reference):
     run = make_run(tiny_dataset, "stopped", **SETTINGS)
-    real_emit = EventWriter.emit
-
-    def emit(self, type, **fields):  # the user presses stop as epoch 1 ends
-        event = real_emit(self, type, **fields)
-        if type == "epoch_end" and fields["epoch"] == 1:
-            run.request("stop")
-        return event
-
-    monkeypatch.setattr(EventWriter, "emit", emit)
+    stop_when_epoch_ends(run, monkeypatch, epoch=1)  # the user presses stop as epoch 1 ends
     assert train(run.path) == 0
     end = events_of(run, "run_end")[-1]
     assert (end["status"], end["step"], end["epoch"]) == ("stopped", 4, 1)

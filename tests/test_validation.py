@@ -15,9 +15,10 @@ from engine.errors import ConfigError
 from engine.network.lora import read_lora_file
 from engine.plan.training_plan import make_plan
 from engine.run.advice import ValidationPoint, advise, best_point, evaluations_since_best, explanation
-from engine.run.events import EventWriter, read_events
+from engine.run.events import read_events
 from engine.train.loop import train
 from tests.datasets import write_caption, write_image
+from tests.conftest import stop_when_epoch_ends
 from tests.run_recordings import RecordedRun, dashboard_ready, screen_text, wait_until, workspace  # noqa: F401
 from tui.cli import main as loradeck
 
@@ -206,15 +207,7 @@ def test_stop_and_resume_gives_the_same_curve(reference, tmp_path, make_run, mon
     from tests.conftest import write_tiny_dataset
 
     run = make_run(write_tiny_dataset(tmp_path), "resumed", **SPLIT)
-    real_emit = EventWriter.emit
-
-    def emit(self, type, **fields):  # the user presses stop as epoch 1 ends
-        event = real_emit(self, type, **fields)
-        if type == "epoch_end" and fields["epoch"] == 1:
-            run.request("stop")
-        return event
-
-    monkeypatch.setattr(EventWriter, "emit", emit)
+    stop_when_epoch_ends(run, monkeypatch, epoch=1)  # the user presses stop as epoch 1 ends
     assert train(run.path) == 0
     assert events_of(run, "run_end")[-1]["status"] == "stopped"
     monkeypatch.undo()

@@ -1,5 +1,9 @@
 """RunState: everything the dashboard shows about one run, folded from its events.
 
+What each event means is engine.run.fold's `RunProgress`, the same fold the runs list
+uses; RunState adds what only the dashboard draws: the curves, the lists of samples,
+checkpoints and notices, and the timing and NaN marks its health check needs.
+
 The tailer thread owns one RunState, folds every event into it and hands the UI a
 `snapshot()`: a copy that the thread no longer touches. Memory is bounded whatever the
 run length: curves live in fixed-size `SeriesSummary` objects, and the lists (samples,
@@ -12,16 +16,17 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from engine.run.advice import Advice, ValidationPoint, advise, best_point
-from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, RUN_END, RUN_START, SAMPLE, STEP,
-                               VALIDATION, WARNING, as_float)
+from engine.run.events import (CHECKPOINT, CONTROL, CRASHED, EPOCH_END, ERROR, FAILED, RUN_END, RUN_START, RUNNING,
+                               SAMPLE, STARTING, STOPPED, VALIDATION, WARNING, as_float,
+                               as_int)
+from engine.run.fold import CheckpointRecord, RunProgress
 from engine.run.format import format_clock, format_duration
-from engine.run.folder import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from tui.series_summary import SeriesSummary
 
 MAX_SAMPLES = 400
@@ -46,30 +51,6 @@ NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc"
 
 
 @dataclass(frozen=True)
-class SampleRecord:
-    path: str  # relative to the run folder
-    epoch: int
-    step: int
-    prompt_index: int
-    prompt: str
-    negative_prompt: str = ""
-    seed: Any = None
-    width: int = 0
-    height: int = 0
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    path: str  # relative to the run folder
-    epoch: int
-    step: int
-    bytes: int
-    kind: str
-    final: bool
-    validation_loss: float | None = None
-
-
-@dataclass(frozen=True)
 class Notice:
     """A warning, error, control outcome or run end, as the notices panel lists it."""
 
@@ -85,45 +66,13 @@ def _is_no_space(text: str) -> bool:
 
 
 @dataclass
-class RunState:
-    path: Path
-    # from run_start
-    run_name: str = ""
-    status: str = STARTING  # as the events say; the pid check turns running into crashed
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    epochs: int = 0
-    images: int = 0
-    batch_size: int = 0
-    device: str = ""
-    precision: str = ""
-    starts: int = 0  # run_start events: more than one means resumed
-    started: float | None = None
-    # from steps
-    step: int = 0
-    epoch: int = 0
-    loss: float | None = None
-    loss_avg: float | None = None
-    lr_unet: float | None = None
-    lr_text_encoder: float | None = None
-    steps_per_s: float | None = None
-    images_per_s: float | None = None
-    gpu_memory_mb: float | None = None
-    gpu_memory_total_mb: float | None = None
-    gpu_util: float | None = None
+class RunState(RunProgress):
+    """The run's progress (engine.run.fold) plus what the dashboard draws and checks."""
+
     last_step_time: float | None = None
     step_gap: float | None = None  # smoothed seconds between bursts of step events
     nan_step: int | None = None  # first step with a non-finite loss
-    # the rest
-    last_event_time: float | None = None
-    ended: float | None = None
-    end_message: str = ""
-    error_message: str = ""
-    error_traceback: str = ""
     no_space_message: str = ""
-    warnings: int = 0
-    events: int = 0
-    unknown_events: int = 0
     largest_file_bytes: int = 0
     loss_series: SeriesSummary = field(default_factory=SeriesSummary)
     loss_avg_series: SeriesSummary = field(default_factory=SeriesSummary)
@@ -148,130 +97,43 @@ class RunState:
 
     # ------------------------------------------------------------------ folding
 
-    def fold_all(self, events: list[dict[str, Any]]) -> None:
-        """Fold events in order; runs of step events take the batch path."""
-        steps: list[dict[str, Any]] = []
-        for event in events:
-            if event.get("type") == STEP:
-                steps.append(event)
-                continue
-            if steps:
-                self._fold_steps(steps)
-                steps = []
-            self.fold(event)
-        if steps:
-            self._fold_steps(steps)
-
-    def fold(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == STEP:
-            self._fold_steps([event])
-            return
-        self.events += 1
-        when = event.get("time")
-        if type(when) is not float:
-            when = as_float(when)
-        if when is not None:
-            self.last_event_time = when
+    def _folded(self, event: dict[str, Any], kind: Any, when: float | None) -> None:
+        """The lists and alerts of one event RunProgress.fold has just folded."""
         if kind == RUN_START:
-            self._fold_run_start(event, when)
+            self.no_space_message = ""
+            self.last_step_time = when  # the silence before the first step counts from here
+            if self.starts > 1:
+                self._notice(when, "info", f"resumed at step {self.step}")
         elif kind == EPOCH_END:
-            self.epoch = _int(event.get("epoch"), self.epoch)
-            loss_epoch = as_float(event.get("loss_epoch"))
-            if loss_epoch is not None:
-                self.loss_epoch_series.add(self.epoch, loss_epoch)
+            if self.loss_epoch is not None:
+                self.loss_epoch_series.add(self.epoch, self.loss_epoch)
         elif kind == SAMPLE:
-            self.samples.append(SampleRecord(
-                path=str(event.get("path", "")),
-                epoch=_int(event.get("epoch"), self.epoch),
-                step=_int(event.get("step"), self.step),
-                prompt_index=_int(event.get("prompt_index"), 0),
-                prompt=str(event.get("prompt", "")),
-                negative_prompt=str(event.get("negative_prompt") or ""),
-                seed=event.get("seed"),
-                width=_int(event.get("width"), 0),
-                height=_int(event.get("height"), 0),
-            ))
+            self.samples.append(self.last_sample)
             self.samples_version += 1
         elif kind == CHECKPOINT:
-            record = CheckpointRecord(
-                path=str(event.get("path", "")),
-                epoch=_int(event.get("epoch"), self.epoch),
-                step=_int(event.get("step"), self.step),
-                bytes=_int(event.get("bytes"), 0),
-                kind=str(event.get("kind", "lora")),
-                final=bool(event.get("final", False)),
-                validation_loss=as_float(event.get("validation_loss")),
-            )
-            self.checkpoints.append(record)
-            self.largest_file_bytes = max(self.largest_file_bytes, record.bytes)
+            self.checkpoints.append(self.last_checkpoint)
+            self.largest_file_bytes = max(self.largest_file_bytes, self.last_checkpoint.bytes)
             self.checkpoints_version += 1
         elif kind == VALIDATION:
             self._fold_validation(event)
         elif kind == CONTROL:
-            request = event.get("request", "?")
-            self._notice(when, "control", f"{request}: {event.get('outcome', '')}".rstrip(": "))
+            self._notice(when, "control", self.last_control)
         elif kind == WARNING:
-            self.warnings += 1
-            message = str(event.get("message", ""))
-            if event.get("path"):
-                message = f"{message} ({event['path']})"
-            if _is_no_space(message):
-                self.no_space_message = message
-            self._notice(when, "warning", message)
+            if _is_no_space(self.last_warning):
+                self.no_space_message = self.last_warning
+            self._notice(when, "warning", self.last_warning)
         elif kind == ERROR:
-            self.error_message = str(event.get("message", "")) or "error"
-            self.error_traceback = _last_lines(str(event.get("traceback") or ""), MAX_TRACEBACK_LINES)
+            self.error_traceback = _last_lines(self.error_traceback, MAX_TRACEBACK_LINES)
             if _is_no_space(self.error_message) or _is_no_space(self.error_traceback):
                 self.no_space_message = self.error_message
             self._notice(when, "error", self.error_message, self.error_traceback)
         elif kind == RUN_END:
-            self.status = str(event.get("status") or FINISHED)
-            self.ended = when
-            self.step = _int(event.get("step"), self.step)
-            self.epoch = self._epoch_of(_int(event.get("epoch"), self.epoch))
-            self.end_message = str(event.get("message") or "")
             text = f"run {self.status}" + (f": {self.end_message}" if self.end_message else "")
             self._notice(when, "error" if self.status == FAILED else "info", text)
-        else:
-            self.unknown_events += 1  # newer engines may add types: ignore, but count
 
-    def _fold_run_start(self, event: dict[str, Any], when: float | None) -> None:
-        plan = event.get("plan") or {}
-        self.starts += 1
-        self.run_name = str(event.get("run_name") or self.run_name or self.path.name)
-        self.total_steps = _int(plan.get("total_steps"), self.total_steps)
-        self.steps_per_epoch = _int(plan.get("steps_per_epoch"), self.steps_per_epoch)
-        self.epochs = _int(plan.get("epochs"), self.epochs)
-        self.images = _int(plan.get("images"), self.images)
-        self.batch_size = _int(plan.get("batch_size"), self.batch_size)
-        self.device = str(event.get("device") or self.device)
-        self.precision = str(event.get("precision") or self.precision)
-        self.step = _int(event.get("start_step"), self.step)
-        self.epoch = self._epoch_of(_int(event.get("start_epoch"), self.epoch))
-        if self.started is None:
-            self.started = when
-        # a resumed run is live again: forget the previous end and its failure
-        self.status = RUNNING
-        self.ended = None
-        self.end_message = ""
-        self.error_message = ""
-        self.error_traceback = ""
-        self.no_space_message = ""
-        self.last_step_time = when  # the silence before the first step counts from here
-        if self.starts > 1:
-            self._notice(when, "info", f"resumed at step {self.step}")
-
-    def _epoch_of(self, completed: int) -> int:
-        """The epoch the dashboard shows, from run_start's and run_end's count of completed
-        epochs: a run that stopped mid-epoch is in the next one, as its steps say."""
-        if self.steps_per_epoch and self.step > completed * self.steps_per_epoch:
-            return completed + 1
-        return completed
-
-    def _fold_steps(self, steps: list[dict[str, Any]]) -> None:
-        """A run of step events: the hot path (100,000s of them when attaching)."""
-        xs = [_int(e.get("step"), 0) for e in steps]
+    def _folded_steps(self, steps: list[dict[str, Any]]) -> None:
+        """The curves, the first NaN and the usual gap between steps, from a run of steps."""
+        xs = [as_int(e.get("step"), 0) for e in steps]
         losses = [e.get("loss") for e in steps]
         self.loss_series.extend(xs, losses)
         self.loss_avg_series.extend(xs, [e.get("loss_avg") for e in steps])
@@ -298,37 +160,18 @@ class RunState:
                 previous_time = when
         self.step_gap = gap_average
         self.last_step_time = previous_time
-        self.events += len(steps)
-        # what the dashboard shows as "now" comes from the newest step only
-        last = steps[-1]
-        if previous_time is not None:
-            self.last_event_time = previous_time
-        self.step = xs[-1]
-        self.epoch = _int(last.get("epoch"), self.epoch)
-        self.loss = as_float(last.get("loss"))
-        self.loss_avg = as_float(last.get("loss_avg"))
-        self.lr_unet = as_float(last.get("lr_unet"))
-        self.lr_text_encoder = as_float(last.get("lr_text_encoder"))
-        self.steps_per_s = as_float(last.get("steps_per_s"))
-        self.images_per_s = as_float(last.get("images_per_s"))
-        if "gpu_memory_mb" in last:
-            self.gpu_memory_mb = as_float(last.get("gpu_memory_mb"))
-            self.gpu_memory_total_mb = as_float(last.get("gpu_memory_total_mb"))
-            self.gpu_util = as_float(last.get("gpu_util"))
 
     def _fold_validation(self, event: dict[str, Any]) -> None:
-        loss = as_float(event.get("loss"))
-        if loss is None:
-            return
-        point = ValidationPoint(_int(event.get("step"), self.step), _int(event.get("epoch"), self.epoch), loss,
-                                as_float(event.get("train_loss")))
+        latest = self.latest_validation
+        point = ValidationPoint(as_int(latest["step"], self.step), as_int(latest["epoch"], self.epoch),
+                                latest["loss"], latest["train_loss"])
         if self.validations and self.validations[-1].step >= point.step:
             # a resumed run evaluates on from its saved state: drop what came after it
             kept = [p for p in self.validations if p.step < point.step]
             self.validations.clear()
             self.validations.extend(kept)
         self.validations.append(point)
-        self.validation_series.add(point.step, loss)
+        self.validation_series.add(point.step, point.loss)
         if point.train_loss is not None:
             self.train_fixed_series.add(point.step, point.train_loss)
         bands = event.get("bands")
@@ -375,10 +218,6 @@ class RunState:
         return other
 
     @property
-    def progress(self) -> float:
-        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
-
-    @property
     def epoch_step(self) -> tuple[int, int]:
         """(steps done in the current epoch, steps per epoch), for the epoch bar."""
         per_epoch = self.steps_per_epoch
@@ -394,15 +233,6 @@ class RunState:
         if self.steps_per_s and self.steps_per_s > 0:
             return remaining / self.steps_per_s
         return None
-
-
-def _int(value: Any, default: int) -> int:
-    if value is None or isinstance(value, bool):
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def _last_lines(text: str, count: int) -> str:

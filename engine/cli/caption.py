@@ -6,13 +6,13 @@ error) for the TUI, which runs this as `python -m tui.cli caption`.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
 from engine.errors import LoradeckError, UsageError
+from engine.run.events import CAPTION_DONE, CAPTION_PROGRESS, CAPTION_START, ERROR, EventWriter
 
 HELP = "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a WD14 tagger."
 
@@ -72,17 +72,17 @@ def run(args) -> int:
         started = time.monotonic()
         captioner = load_captioner(args.model, args.kind, options)
         if emit:
-            emit(event="start", model=captioner.name, total=0)
+            emit(CAPTION_START, model=captioner.name, total=0)
         else:
             print(f"{captioner.name} loaded in {time.monotonic() - started:.1f}s", file=sys.stderr)
         report = caption_folder(root, captioner, caption_run, batch_size=args.batch_size,
                                 progress=_progress(emit))
     except LoradeckError as error:
         if emit:
-            emit(event="error", message=str(error))
+            emit(ERROR, message=str(error))
         raise
     if emit:
-        emit(event="done", total=report.total, written=report.written, skipped=report.skipped,
+        emit(CAPTION_DONE, total=report.total, written=report.written, skipped=report.skipped,
              failed=len(report.failed))
     else:
         print(f"{report.written} captions written, {report.skipped} skipped, {len(report.failed)} failed "
@@ -107,15 +107,13 @@ def _check_numbers(args) -> None:
 
 
 def _json_emitter():
-    def emit(**event) -> None:
-        print(json.dumps(event), flush=True)
-
-    return emit
+    """Events in the run event format (engine.run.events) on stdout, for the TUI's caption bar."""
+    return EventWriter.on_stream(sys.stdout).emit
 
 
 def _progress(emit):
     if emit:
-        return lambda done, total, path, caption: emit(event="progress", done=done, total=total, path=path,
+        return lambda done, total, path, caption: emit(CAPTION_PROGRESS, done=done, total=total, path=path,
                                                       caption=caption)
     last = [0.0]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from engine.errors import UsageError
 from engine.run.format import COLUMNS, summary_row
-from engine.run.folder import CRASHED, FAILED, RunDir, RunSummary, list_runs, summarize_run
+from engine.run.events import CRASHED, FAILED
+from engine.run.folder import RunDir, RunSummary, list_runs, summarize_run
 from engine.config.workspace import Workspace
 
 HELP = "List the runs of a workspace: status, progress, loss, speed, start time, duration."

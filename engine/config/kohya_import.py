@@ -19,8 +19,12 @@ from engine.config.schema import (
     CONFIG_VERSION,
     OPTIMIZERS,
     SCHEDULERS,
+    RANDOM_SEED,
+    NetworkSettings,
     TrainConfig,
     config_from_dict,
+    config_to_dict,
+    parse_resolution,
     replace_setting,
 )
 from engine.errors import ConfigError, LoradeckError
@@ -91,6 +95,7 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "clip_skip": ("model.clip_skip", _integer),
     "train_data_dir": ("dataset.image_dir", _text),
     "reg_data_dir": ("dataset.reg_dir", _text),
+    "dataset_config": ("dataset.dataset_config", _text),
     "enable_bucket": ("dataset.enable_buckets", _flag),
     "min_bucket_reso": ("dataset.min_bucket_resolution", _integer),
     "max_bucket_reso": ("dataset.max_bucket_resolution", _integer),
@@ -121,6 +126,10 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "gradient_accumulation_steps": ("training.gradient_accumulation_steps", _integer),
     "seed": ("training.seed", _integer),
     "noise_offset": ("training.noise_offset", _number),
+    "adaptive_noise_scale": ("training.adaptive_noise_scale", _number),
+    "multires_noise_iterations": ("training.multires_noise_iterations", _integer),
+    "multires_noise_discount": ("training.multires_noise_discount", _number),
+    "ip_noise_gamma": ("training.ip_noise_gamma", _number),
     "min_snr_gamma": ("training.min_snr_gamma", _number),
     "mixed_precision": ("precision.mixed_precision", _text),
     "save_precision": ("precision.save_precision", _text),
@@ -142,17 +151,48 @@ SPECIAL_KEYS = {
     "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
     "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
     "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
-    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn",
+    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
+}
+
+# the GUI keeps the settings of both noise types and passes sd-scripts those of the chosen one
+NOISE_TYPE_KEYS = {
+    "original": ("noise_offset", "adaptive_noise_scale"),
+    "multires": ("multires_noise_iterations", "multires_noise_discount"),
 }
 
 SUPPORTED_NETWORK_TYPES = ("standard", "")
 
 
+# the keys only the GUI's LoRA tab writes; a config without any came from another tab
+LORA_KEYS = ("LoRA_type", "network_dim", "network_alpha")
+
+
 @dataclass
 class KohyaImport:
+    """The imported config and the report `loradeck import-kohya` prints: `mapped` as
+    (Kohya key, loradeck setting) pairs, `notes` what was changed and why, `ignored` the
+    Kohya keys loradeck has no use for."""
+
     config: TrainConfig
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    mapped: list[tuple[str, str]] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)  # Kohya keys left empty: loradeck's default kept
+
+    def report(self) -> list[str]:
+        """What was mapped (with the value it got), changed and why, and ignored; one line each."""
+        values = config_to_dict(self.config)
+        lines = [f"mapped {len(self.mapped)} keys:"]
+        for kohya_key, setting in self.mapped:
+            group, name = setting.split(".")
+            lines.append(f"  {kohya_key} -> {setting} = {values.get(group, {}).get(name, '(unset)')!r}")
+        if self.empty:
+            lines.append(f"kept loradeck's default for {len(self.empty)} empty keys: {', '.join(self.empty)}")
+        lines.append(f"changed {len(self.notes)}:" if self.notes else "changed nothing")
+        lines += [f"  {note}" for note in self.notes]
+        lines.append(f"ignored {len(self.ignored)} keys: {', '.join(self.ignored)}" if self.ignored
+                     else "ignored nothing")
+        return lines
 
 
 def import_kohya_file(path: str | Path, dataset_base: str | Path | None = None) -> KohyaImport:
@@ -184,12 +224,18 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
     settings: dict[str, dict[str, Any]] = {}
     ignored: list[str] = []
     notes: list[str] = []
+    mapped: dict[str, str] = {}  # our setting -> the Kohya key it came from (the last one wins)
 
-    def put(key: str, value: Any) -> None:
+    empty: list[str] = []
+
+    def put(key: str, value: Any, kohya_key: str) -> None:
         if value is _UNSET:
+            empty.append(kohya_key)
             return
         group, name = key.split(".")
         settings.setdefault(group, {})[name] = value
+        mapped.pop(key, None)
+        mapped[key] = kohya_key
 
     def convert(kohya_key: str, converter: Callable[[Any], Any]) -> Any:
         try:
@@ -197,30 +243,40 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         except ValueError as error:
             raise LoradeckError(f"{where}{kohya_key}: {error}") from None
 
+    noise_type = str(data.get("noise_offset_type", "Original") or "Original").strip().lower()
+    if noise_type not in NOISE_TYPE_KEYS:
+        raise LoradeckError(f"{where}noise_offset_type {data['noise_offset_type']!r} is not Original or Multires")
+    unused_noise = {key for kind, keys in NOISE_TYPE_KEYS.items() if kind != noise_type for key in keys}
     for key in data:
+        if key in unused_noise:
+            if convert(key, _number) not in (_UNSET, 0):
+                notes.append(f"{key} not used: noise_offset_type is {noise_type.title()}, as in the GUI")
+            continue
         if key in SIMPLE_KEYS:
             target, converter = SIMPLE_KEYS[key]
-            put(target, convert(key, converter))
+            put(target, convert(key, converter), key)
         elif key not in SPECIAL_KEYS:
             ignored.append(key)
 
     if "max_resolution" in data:
         value = _text(data["max_resolution"])
         if value is not _UNSET:
-            put("dataset.resolution", value.replace(" ", ""))
+            put("dataset.resolution", _resolution(value.replace(" ", ""), data, notes), "max_resolution")
     if "max_train_epochs" in data:
         epochs = convert("max_train_epochs", _integer)
         if epochs is not _UNSET and epochs > 0:
-            put("training.epochs", epochs)  # max_train_epochs overrides epoch, as in sd-scripts
+            put("training.epochs", epochs, "max_train_epochs")  # max_train_epochs overrides epoch, as in sd-scripts
     attention = data.get("xformers", data.get("sdpa"))
     if attention is not None:
         text = str(attention).strip().lower()
-        put("precision.attention", "xformers" if text in ("xformers", "true") else "sdpa")
+        put("precision.attention", "xformers" if text in ("xformers", "true") else "sdpa",
+            "xformers" if "xformers" in data else "sdpa")
     if "cache_latents" in data:
         cache = convert("cache_latents", _flag)
         to_disk = _flag(data.get("cache_latents_to_disk", False))
         if cache is not _UNSET:
-            put("precision.cache_latents", ("disk" if to_disk is True else "memory") if cache else "none")
+            put("precision.cache_latents", ("disk" if to_disk is True else "memory") if cache else "none",
+                "cache_latents")
     if "optimizer" in data:
         optimizer = _text(data["optimizer"])
         if optimizer is not _UNSET:
@@ -229,17 +285,17 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
                 raise LoradeckError(
                     f"{where}optimizer {optimizer!r} is not supported; loradeck trains with {', '.join(OPTIMIZERS)}"
                 )
-            put("optimizer.optimizer", match)
+            put("optimizer.optimizer", match, "optimizer")
     if "lr_scheduler" in data:
         scheduler = _text(data["lr_scheduler"])
         if scheduler is not _UNSET:
             if scheduler not in SCHEDULERS:
                 raise LoradeckError(f"{where}lr_scheduler {scheduler!r} is not supported; use one of {', '.join(SCHEDULERS)}")
-            put("optimizer.lr_scheduler", scheduler)
+            put("optimizer.lr_scheduler", scheduler, "lr_scheduler")
     if "lr_warmup" in data:
         percent = convert("lr_warmup", _number)
         if percent is not _UNSET and percent > 0 and not settings.get("optimizer", {}).get("lr_warmup_steps"):
-            put("optimizer.lr_warmup_percent", percent)
+            put("optimizer.lr_warmup_percent", percent, "lr_warmup")
     if "sample_sampler" in data:
         sampler = _text(data["sample_sampler"])
         if sampler is not _UNSET:
@@ -247,21 +303,34 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
             if ours is None:
                 notes.append(f"sample_sampler {sampler!r} has no equivalent; using euler_a")
             else:
-                put("sampling.sampler", ours)
+                put("sampling.sampler", ours, "sample_sampler")
     # the GUI (and sd-scripts) read a zero rate for one model, beside a rate for the other, as
     # "do not train this one" rather than "use the learning rate"
     unet_rate = convert("unet_lr", _number) if "unet_lr" in data else _UNSET
     text_rate = convert("text_encoder_lr", _number) if "text_encoder_lr" in data else _UNSET
     if text_rate == 0 and unet_rate is not _UNSET and unet_rate > 0:
-        put("network.train_text_encoder", False)
+        put("network.train_text_encoder", False, "text_encoder_lr")
         notes.append("text_encoder_lr is 0 with unet_lr set: training the U-Net only, as the GUI does")
     if unet_rate == 0 and text_rate is not _UNSET and text_rate > 0:
-        put("network.train_unet", False)
+        put("network.train_unet", False, "unet_lr")
         notes.append("unet_lr is 0 with text_encoder_lr set: training the text encoder only, as the GUI does")
     if _flag(data.get("network_train_unet_only", False)) is True:
-        put("network.train_text_encoder", False)
+        put("network.train_text_encoder", False, "network_train_unet_only")
     if _flag(data.get("network_train_text_encoder_only", False)) is True:
-        put("network.train_unet", False)
+        put("network.train_unet", False, "network_train_text_encoder_only")
+    toml_setting = settings.get("dataset", {}).get("dataset_config")
+    if toml_setting:
+        _settings_from_dataset_toml(Path(dataset_base) / Path(toml_setting).expanduser(), put, notes)
+    if settings.get("training", {}).get("seed") == 0:
+        put("training.seed", RANDOM_SEED, "seed")
+        notes.append("seed 0 means a random seed in the GUI: training.seed = -1, drawn when the run starts "
+                     "and written into the run's config.toml and run_start event")
+    if not any(key in data for key in LORA_KEYS):
+        defaults = NetworkSettings()
+        notes.append(
+            f"no LoRA settings ({', '.join(LORA_KEYS)}): a DreamBooth or fine-tuning tab config? "
+            f"loradeck trains a LoRA of rank {defaults.rank} / alpha {defaults.alpha:g} (its defaults)"
+        )
 
     settings["version"] = CONFIG_VERSION  # type: ignore[assignment]
     try:
@@ -273,8 +342,50 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
     if stop_key in data:
         percent = convert(stop_key, _number)
         if percent is not _UNSET and percent > 0:
-            config = _stop_text_encoder_from_percent(config, percent, dataset_base, notes)
-    return KohyaImport(config=config, ignored=sorted(ignored), notes=notes)
+            converted = _stop_text_encoder_from_percent(config, percent, dataset_base, notes)
+            if converted != config:
+                mapped["training.stop_text_encoder_training"] = stop_key
+            config = converted
+    return KohyaImport(config=config, ignored=sorted(ignored), notes=notes,
+                       mapped=[(kohya_key, setting) for setting, kohya_key in mapped.items()],
+                       empty=sorted(set(empty)))
+
+
+def _settings_from_dataset_toml(path: Path, put, notes: list[str]) -> None:
+    """sd-scripts takes the images, and the batch size, resolution, bucket, caption and
+    augmentation settings, from the dataset TOML when there is one; so does the import."""
+    from engine.dataset.kohya_toml import RUN_SETTINGS, read_dataset_toml
+
+    try:
+        toml = read_dataset_toml(path)
+    except LoradeckError as error:
+        notes.append(f"dataset_config not read, its settings not copied: {error}")
+        return
+    toml_keys = {setting: key for key, setting in RUN_SETTINGS.items()}
+    for setting, value in toml.settings.items():
+        put(setting, value, f"dataset_config {toml_keys[setting]}")
+    images = sum(1 for subset in toml.subsets if not subset.is_reg)
+    notes.append(f"dataset_config {path.name}: {len(toml.subsets)} subsets ({images} of training images) define "
+                 "the images, not train_data_dir / reg_data_dir"
+                 + (f"; copied {', '.join(toml_keys[s] for s in toml.settings)} from it" if toml.settings else ""))
+
+
+def _resolution(text: str, data: dict[str, Any], notes: list[str]) -> str:
+    """Without buckets the resolution is the training size, whose sides the VAE needs in
+    multiples of 8: snap to the nearest ones (the GUI's own `512,650` preset) and say so."""
+    if _flag(data.get("enable_bucket", True)) is not False:
+        return text
+    try:
+        width, height = parse_resolution(text)
+    except ValueError:
+        return text  # the schema names the problem
+    snapped = tuple(max(8, round(side / 8) * 8) for side in (width, height))
+    if snapped == (width, height):
+        return text
+    result = f"{snapped[0]},{snapped[1]}"
+    notes.append(f"max_resolution {text} -> {result}: with buckets off the sides must be multiples of 8 "
+                 "(snapped to the nearest)")
+    return result
 
 
 def _stop_text_encoder_from_percent(config: TrainConfig, percent: float, base, notes: list[str]) -> TrainConfig:

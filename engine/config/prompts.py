@@ -7,7 +7,10 @@ Flags (case-insensitive, as in sd-scripts' `line_to_prompt_dict`): `--n` negativ
 `--w`/`--h` size in pixels (rounded down to a multiple of 8, as sd-scripts does), `--s`
 steps, `--l` CFG scale, `--d` seed, `--ss` sampler. A prompt without `--d` gets a random
 seed, chosen here and carried in `SamplePrompt.seed` so it is written down with the image.
-Anything we cannot use becomes a warning naming the line and the flag, never silence.
+A flag glued to the value before it (`--w 768--h 640`, which sd-scripts reads as a width
+only) is read as its own flag; a number with junk after it (`--w 768px`, `--d 123abc`) gives
+its leading number, as sd-scripts' regular expressions do, with a warning. Anything else we
+cannot use becomes a warning naming the line and the flag, never silence.
 
 Light module: standard library only (the TUI's config form can check prompts with it).
 """
@@ -64,6 +67,12 @@ SAMPLER_LABELS = {
 
 FLAGS = ("n", "w", "h", "s", "l", "d", "ss")
 
+# a flag glued to the value before it, as people type it: `--w 768--h 640`
+_GLUED_FLAG = re.compile(r"--(?=(?:%s)(?:\s|$))" % "|".join(sorted(FLAGS, key=len, reverse=True)), re.IGNORECASE)
+# a number followed by junk (`768px`, `123abc`); sd-scripts reads the leading digits
+_LEADING_WHOLE = re.compile(r"(\d+)(?!\.\d)(\D.*)$")
+_LEADING_NUMBER = re.compile(r"(\d+(?:\.\d+)?)(?![\d.])(.+)$")
+
 
 @dataclass(frozen=True)
 class SamplePrompt:
@@ -114,8 +123,9 @@ def _parse_line(
     line: str, number: int, where: str, default_sampler: str, chooser: random.Random, warnings: list[str]
 ) -> SamplePrompt | None:
     # sd-scripts splits on " --"; the leading space lets a line start with a flag.
-    text, *flags = (" " + line).split(" --")
+    text, *spaced = (" " + line).split(" --")
     text = text.strip()
+    flags = [flag for part in spaced for flag in _GLUED_FLAG.split(part)]
     values: dict[str, object] = {}
     for flag in flags:
         name, _, value = flag.strip().partition(" ")
@@ -165,6 +175,10 @@ def _parse_value(
                 f"known: {', '.join(SAMPLERS)})"
             )
         return sampler
+    leading = (_LEADING_NUMBER if name == "l" else _LEADING_WHOLE).match(value)
+    if leading:
+        warnings.append(f"{where}: --{name} {value!r} is not a plain number; using its leading {leading.group(1)}")
+        value = leading.group(1)
     if name == "l":
         try:
             cfg = float(value)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from engine.config.network_types import CONV_TYPES, MAX_RANK, NETWORK_TYPES
+from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
@@ -136,6 +136,16 @@ class DatasetSettings:
         path=True,
         advice="Images of the class (other people, other dogs) keep the class from drifting toward "
         "your subject; they double the steps per epoch. Styles rarely need them.",
+    )
+    dataset_config: str = setting(
+        "",
+        "A Kohya dataset TOML ([[datasets]] / [[datasets.subsets]]); when set, its subsets are the "
+        "images, instead of the image and regularisation folders.",
+        label="Kohya dataset TOML",
+        path=True,
+        advice="For a dataset already described for sd-scripts: each subset keeps its image folder, "
+        "repeats, class tokens and caption extension. Its batch size, resolution, bucket, caption and "
+        "augmentation settings must match this config (the Kohya import copies them).",
     )
     resolution: str = setting(
         "512,512",
@@ -391,11 +401,12 @@ class OptimizerSettings:
     )
     optimizer_args: str = setting(
         "",
-        "Extra optimizer arguments, Kohya style: `key=value key=value`.",
+        "Extra optimizer arguments, Kohya style: `key=value key=value` (`betas=0.9,0.99` is a pair).",
         label="Optimizer args",
         advice="Adafactor: scale_parameter=False relative_step=False warmup_init=False uses your "
         "learning rate. AdamW: e.g. weight_decay=0.01. Prodigy: e.g. decouple=True "
-        "use_bias_correction=True safeguard_warmup=True.",
+        "use_bias_correction=True safeguard_warmup=True. Names and values are checked against the "
+        "optimizer's own arguments as you type.",
     )
     learning_rate: float = setting(
         1e-4,
@@ -488,9 +499,10 @@ class TrainingSettings:
         "batch-2 memory, with a quarter of the steps.",
     )
     seed: int = setting(
-        42, "Random seed; the same seed and data train the same LoRA.", label="Seed", minimum=0,
+        42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
+        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
-        "not from chance.",
+        "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
     )
     stop_text_encoder_training: int = setting(
         0,
@@ -508,6 +520,41 @@ class TrainingSettings:
         maximum=1.0,
         advice="0.05-0.1 lets the LoRA make truly dark or bright images; much higher washes out the "
         "mid-tones.",
+    )
+    adaptive_noise_scale: float = setting(
+        0.0,
+        "Adds this times each latent channel's absolute mean to the noise offset (sd-scripts' "
+        "adaptive noise scale; needs a noise offset).",
+        label="Adaptive noise scale",
+        minimum=-1.0,
+        maximum=1.0,
+        advice="sd-scripts suggests about a tenth of the noise offset; 0 = off.",
+    )
+    multires_noise_iterations: int = setting(
+        0,
+        "Multi-resolution (pyramid) noise: number of coarser noise layers added (0 = off; 6-10 typical).",
+        label="Multires noise iterations",
+        minimum=0,
+        maximum=64,
+        advice="Noise at several scales, as sd-scripts' multires noise: like the noise offset it lets "
+        "the LoRA change large areas of colour and light.",
+    )
+    multires_noise_discount: float = setting(
+        0.3,
+        "Weight of each coarser multires noise layer relative to the one before (sd-scripts' default 0.3).",
+        label="Multires noise discount",
+        minimum=0.0,
+        maximum=1.0,
+        advice="0.1-0.3 for LoRAs with few images; higher values give stronger low-frequency noise.",
+    )
+    ip_noise_gamma: float = setting(
+        0.0,
+        "Input perturbation noise (Ning et al. 2023): extra noise on the U-Net's input only, not in the "
+        "target (0 = off; 0.1 is the paper's value).",
+        label="Input perturbation gamma",
+        minimum=0.0,
+        maximum=1.0,
+        advice="A small value (about 0.1) reduces the exposure bias between training and sampling.",
     )
     min_snr_gamma: float = setting(
         0.0,
@@ -915,37 +962,6 @@ def parse_resolution(text: str | int) -> tuple[int, int]:
     return width, height
 
 
-def _literal(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    if text.startswith("(") and text.endswith(")"):
-        return tuple(_literal(p.strip()) for p in text[1:-1].split(",") if p.strip())
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip("\"'")
-
-
-def parse_optimizer_args(text: str) -> dict[str, Any]:
-    """Kohya style `scale_parameter=False betas=(0.9,0.99) weight_decay=0.01`."""
-    result: dict[str, Any] = {}
-    for token in shlex.split(text.replace(",", " , ").replace(" , ", ",")):
-        if "=" not in token:
-            raise ValueError(f"'{token}' is not key=value")
-        key, value = token.split("=", 1)
-        if not key.isidentifier():
-            raise ValueError(f"'{key}' is not an argument name")
-        result[key] = _literal(value)
-    return result
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -1089,12 +1105,13 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
             problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
     if not config.captions.caption_extension.startswith("."):
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if train.adaptive_noise_scale and not train.noise_offset:
+        problems.append(("training.adaptive_noise_scale", "needs a noise offset (it scales the offset per channel)"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:
         problems.append(("optimizer.lr_warmup_percent", "set warm-up steps or warm-up percent, not both"))
-    try:
-        parse_optimizer_args(opt.optimizer_args)
-    except ValueError as error:
-        problems.append(("optimizer.optimizer_args", f"{error}; write key=value pairs separated by spaces"))
+    arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)
+    if arguments_problem:
+        problems.append(("optimizer.optimizer_args", arguments_problem))
     if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
         problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
     if train.max_steps == 0 and train.epochs == 0:
@@ -1227,6 +1244,21 @@ def resolve_path(base_dir: str | Path, value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
+
+
+RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)
+
+
+def with_drawn_seed(config: TrainConfig, seed: int | None = None) -> TrainConfig:
+    """The config itself, or, when its seed is RANDOM_SEED, a copy with `seed` (default: a
+    fresh draw in sd-scripts' range 0..2^32-1) for the frozen copy in a run folder."""
+    if config.training.seed != RANDOM_SEED:
+        return config
+    if seed is None:
+        import random
+
+        seed = random.SystemRandom().randrange(2**32)  # never the training's RNG state
+    return replace_setting(config, "training.seed", seed)
 
 
 def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfig:

@@ -74,8 +74,16 @@ class BucketAssigner:
         if not rules.enabled:
             return rules.resolution
         if rules.no_upscale:
-            return self._no_upscale_bucket(width, height)
+            return self._no_upscale_bucket(width, height)[0]
         return self._closest_ratio(width / height)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size sd-scripts resizes an image to before cropping it to its bucket, where that
+        is not simply "cover the bucket": with no upscale, an image within the area keeps its
+        own size (it is cropped at native size) and a larger one is shrunk to the area."""
+        if not (self.rules.enabled and self.rules.no_upscale):
+            return None
+        return self._no_upscale_bucket(width, height)[1]
 
     def _closest_ratio(self, ratio: float) -> tuple[int, int]:
         index = bisect.bisect_left(self._ratios, ratio)
@@ -87,7 +95,8 @@ class BucketAssigner:
         value = int(value + 0.5)
         return value - value % self.rules.step
 
-    def _no_upscale_bucket(self, width: int, height: int) -> tuple[int, int]:
+    def _no_upscale_bucket(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(bucket, the size the image is resized to before the crop to the bucket)."""
         ratio = width / height
         step = self.rules.step
         if width * height > self.max_area:
@@ -105,7 +114,7 @@ class BucketAssigner:
             else:
                 width, height = int(height_rounded * ratio + 0.5), height_rounded
         bucket = (width - width % step, height - height % step)
-        return (max(bucket[0], step), max(bucket[1], step))
+        return (max(bucket[0], step), max(bucket[1], step)), (width, height)
 
 
 def epoch_batches(

@@ -56,6 +56,7 @@ class ImageItem:
     class_tokens: str
     is_reg: bool = False
     bucket: tuple[int, int] = (0, 0)
+    resized: tuple[int, int] | None = None  # no upscale: resized to this, then cropped to the bucket
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,14 @@ class Dataset:
         return instances + balanced_regularisation(self.reg_items, len(instances))
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
-        """Per folder, how many captions hold each tag (Kohya's ss_tag_frequency)."""
+        """Per folder, how often each tag occurs, as sd-scripts counts for ss_tag_frequency:
+        lower-cased, every occurrence (a tag twice in one caption counts twice)."""
         frequency: dict[str, dict[str, int]] = {}
         for item in self.train_items:
             counts = frequency.setdefault(item.folder, {})
-            for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
-                counts[tag] = counts.get(tag, 0) + 1
+            for tag in (t.strip().lower() for t in item.caption.split(",")):
+                if tag:
+                    counts[tag] = counts.get(tag, 0) + 1
         return frequency
 
 
@@ -164,8 +167,10 @@ def decode_caption(data: bytes) -> str:
     return data.decode("latin-1")  # maps every byte, so it cannot fail
 
 
-def read_caption(path: Path) -> str | None:
-    """The first non-empty line of a caption file, or None when there is none."""
+def training_caption(path: Path) -> str | None:
+    """The caption the trainer uses: the first non-empty line of a caption file ("" when it
+    has none, None when there is no file). The whole text, with its stamp for safe editing,
+    is `engine.dataset.caption_files.read_caption`."""
     try:
         text = decode_caption(path.read_bytes())
     except FileNotFoundError:
@@ -178,24 +183,50 @@ def read_caption(path: Path) -> str | None:
 
 def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     """Every image of the training (and regularisation) folders, with caption and bucket."""
-    root = resolve_path(base_dir, config.dataset.image_dir)
-    if root is None or not root.is_dir():
-        raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
-    reg_root = resolve_path(base_dir, config.dataset.reg_dir)
-    if reg_root is not None and not reg_root.is_dir():
-        raise LoradeckError(f"dataset.reg_dir: regularisation folder {reg_root} does not exist")
     validation_root = resolve_path(base_dir, config.validation.image_dir)
     if validation_root is not None and not validation_root.is_dir():
         raise LoradeckError(f"validation.image_dir: validation folder {validation_root} does not exist")
     assigner = BucketAssigner(BucketRules.from_config(config))
-    dataset = Dataset(root=root, reg_root=reg_root)
-    _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
-    if reg_root is not None:
-        _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
+    toml_path = resolve_path(base_dir, config.dataset.dataset_config)
+    if toml_path is not None:
+        dataset = _scan_dataset_toml(config, toml_path, assigner)
+    else:
+        root = resolve_path(base_dir, config.dataset.image_dir)
+        if root is None or not root.is_dir():
+            raise LoradeckError(f"dataset.image_dir: image folder {root} does not exist")
+        reg_root = resolve_path(base_dir, config.dataset.reg_dir)
+        if reg_root is not None and not reg_root.is_dir():
+            raise LoradeckError(f"dataset.reg_dir: regularisation folder {reg_root} does not exist")
+        dataset = Dataset(root=root, reg_root=reg_root)
+        _scan_root(dataset, root, False, config.captions.caption_extension, assigner)
+        if reg_root is not None:
+            _scan_root(dataset, reg_root, True, config.captions.caption_extension, assigner)
     if validation_root is not None:
         dataset.validation_items = _scan_validation_folder(dataset, validation_root, config, assigner)
     elif config.validation.split_fraction:
         hold_out(dataset, config.validation.split_fraction, config.validation.seed)
+    return dataset
+
+
+def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner) -> Dataset:
+    """The subsets of a Kohya dataset TOML (engine.dataset.kohya_toml), each image folder
+    with its own repeats, class tokens, caption extension and regularisation flag."""
+    from engine.dataset.kohya_toml import config_differences, read_dataset_toml
+
+    toml = read_dataset_toml(path)
+    differences = config_differences(config, toml)
+    if differences:
+        raise LoradeckError(f"dataset.dataset_config: {differences[0]}; loradeck uses one value per run, "
+                            "set the config to match")
+    # the folder holding every subset: validation hold-outs are chosen by paths relative to it
+    root = Path(os.path.commonpath([path.parent] + [subset.image_dir for subset in toml.subsets]))
+    dataset = Dataset(root=root, reg_root=None)
+    for subset in toml.subsets:
+        if not subset.image_dir.is_dir():
+            raise LoradeckError(f"{path}: image_dir {subset.image_dir} does not exist")
+        extension = subset.caption_extension or config.captions.caption_extension
+        _scan_folder(dataset, subset.image_dir, subset.num_repeats, subset.class_tokens, subset.is_reg,
+                     extension, assigner)
     return dataset
 
 
@@ -292,7 +323,7 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
             continue
         caption_name = Path(name).stem + caption_ext
         caption_path = folder / caption_name if caption_name in present else None
-        caption = read_caption(caption_path) if caption_path else None
+        caption = training_caption(caption_path) if caption_path else None
         if caption:
             captioned += 1
         images += 1
@@ -308,6 +339,7 @@ def _scan_folder(dataset, folder: Path, repeats: int, class_tokens: str, is_reg:
                 class_tokens=class_tokens,
                 is_reg=is_reg,
                 bucket=assigner.bucket_for(width, height),
+                resized=assigner.resized_size(width, height),
             )
         )
     if repeats == 0:

@@ -49,7 +49,7 @@ def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions
 
 def file_findings(path: str, facts: ImageFacts, settings: ScanSettings) -> list[Finding]:
     if facts.error_code:
-        return [finding(path, facts.error_code, facts.error)]  # nothing else matters for it
+        return [finding(path, facts.error_code, facts.error, facts.damaged_row)]  # nothing else matters for it
     found = []
     if facts.orientation != 1:
         found.append(finding(

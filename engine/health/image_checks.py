@@ -32,6 +32,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from engine.dataset.folders import IMAGE_EXTENSIONS
+from engine.errors import first_line
 from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
@@ -89,16 +90,16 @@ class ImageFacts:
 
 
 class _Damaged(Exception):
-    """A decoder reported damage; the message says what libjpeg or Pillow found."""
+    """A decoder reported damage; the message says what libjpeg or Pillow found, `row`
+    the first pixel row lost (-1 unknown)."""
+
+    def __init__(self, message: str, row: int = -1):
+        super().__init__(message)
+        self.row = row
 
 
 def _error(code: str, message: str, **known) -> ImageFacts:
     return ImageFacts(error_code=code, error=message, **known)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def inspect_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> ImageFacts:
@@ -118,7 +119,7 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Imag
             warnings.simplefilter("ignore")  # bomb warnings: the size is checked below
             return _inspect_data(data, extension, max_pixels)
     except Exception as error:  # the scan must survive any file; the decoder's word is the finding
-        return _error("corrupt", f"the decoder failed: {_first_line(error)}")
+        return _error("corrupt", f"the decoder failed: {first_line(error)}")
 
 
 def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
@@ -159,7 +160,8 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
             else:
                 pixels = _decode_with_pillow(data, image)
         except _Damaged as error:
-            return _error("corrupt", str(error), format=image.format, width=width, height=height)
+            return _error("corrupt", str(error), format=image.format, width=width, height=height,
+                          damaged_row=error.row)
         return _describe(image, pixels, color_mode, raw)
 
 
@@ -169,7 +171,7 @@ def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFac
         if data.startswith(signature):
             if name not in EXTENSION_FORMATS[extension]:
                 return _error("unreadable", f"the content looks like {name} but the name says {extension}")
-            reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else _first_line(error)
+            reason = "Pillow cannot identify it" if isinstance(error, UnidentifiedImageError) else first_line(error)
             return _error("corrupt", f"damaged {name} header: {reason}")
     return _error("unreadable", f"not an image (the content is not {EXTENSION_FORMATS[extension][0]})")
 
@@ -180,7 +182,7 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, fastdct=True, fastupsample=True, strict=True)
     except ValueError as error:
-        message = _first_line(error)
+        message = first_line(error)
         if "unsupported" not in message.lower():
             raise _Damaged(f"libjpeg: {message}") from None
         # A JPEG variant simplejpeg's API lacks (e.g. 12-bit): Pillow decides.
@@ -202,12 +204,53 @@ def _decode_with_pillow(data: bytes, image: Image.Image) -> Image.Image:
             with Image.open(io.BytesIO(data)) as checked:
                 checked.verify()
         except Exception as error:
-            raise _Damaged(f"PNG: {_first_line(error)}") from None
+            raise _damage(data, image, error) from None
     try:
         image.load()
     except Exception as error:
-        raise _Damaged(f"{image.format}: {_first_line(error)}") from None
+        raise _damage(data, image, error) from None
     return image
+
+
+def _damage(data: bytes, image: Image.Image, error: BaseException) -> _Damaged:
+    message = f"{image.format}: {first_line(error)}"
+    row = _png_rows_present(data) if image.format == "PNG" else -1
+    if not 0 <= row < image.size[1]:
+        return _Damaged(message)
+    return _Damaged(f"{message}; the pixels end at row {row} of {image.size[1]} "
+                    "(a decoder that pads shows the rest flat)", row)
+
+
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_rows_present(data: bytes) -> int:
+    """How many whole pixel rows a cut PNG still holds (-1: not cut, interlaced, or the
+    compressed data itself damaged, where rows before the break may be wrong too).
+
+    Inflates the IDAT data up to where the file ends: what Pillow with
+    LOAD_TRUNCATED_IMAGES would show before padding the rest."""
+    import struct
+    import zlib
+
+    if data[12:16] != b"IHDR":
+        return -1
+    width, _height, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if interlace or color_type not in PNG_CHANNELS:
+        return -1
+    row_bytes = 1 + (width * PNG_CHANNELS[color_type] * depth + 7) // 8
+    inflater, inflated, at = zlib.decompressobj(), 0, 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IEND":
+            return -1  # whole to the end: not cut
+        if kind == b"IDAT":
+            try:
+                inflated += len(inflater.decompress(data[at + 8:at + 8 + length]))
+            except zlib.error:
+                return -1
+        at += 12 + length
+    return inflated // row_bytes
 
 
 def _describe(image: Image.Image, pixels: Image.Image, color_mode: str, raw: np.ndarray | None) -> ImageFacts:

@@ -32,6 +32,12 @@ FILL_TOLERANCE = 2
 
 
 MIN_SEAM_WIDTH = 512
+# A colour cast big enough to push the picture below a seam out of range: from the seam
+# down nearly every pixel has a channel at 0 or 255, just above it nearly none do, and
+# the clipped rows still vary (a black bar or a flat sky is one colour).
+CLIPPED_SHARE = 0.9
+UNCLIPPED_ABOVE = 0.1
+CLIPPED_MIN_SPREAD = 4.0
 
 
 def damaged_row(pixels: np.ndarray) -> int:
@@ -49,10 +55,9 @@ def damaged_row(pixels: np.ndarray) -> int:
     boundaries = np.arange(BLOCK, height - 1, BLOCK)
     if filled >= 0:
         boundaries = boundaries[boundaries < filled]
-    seam = _first_seam(pixels[:, ::COLUMN_STEP, :3], boundaries)
-    if seam >= 0:
-        return seam
-    return filled
+    sampled = pixels[:, ::COLUMN_STEP, :3]
+    found = [row for row in (_first_seam(sampled, boundaries), _clipped_seam(sampled, boundaries)) if row >= 0]
+    return min(found) if found else filled
 
 
 def _first_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
@@ -76,6 +81,26 @@ def _first_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     reaches_side = seam[:, 0] | seam[:, -1]
     found = np.flatnonzero(reaches_side & (seam.mean(axis=1) >= MIN_SEAM_SPAN))
     return int(boundaries[found[0]]) if len(found) else -1
+
+
+def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
+    """The first boundary below which the picture is cast out of range, or -1."""
+    # The share of clipped pixels on the first row below each boundary rules out
+    # nearly all of them; the rest of the test runs on the few left.
+    below = pixels[boundaries, ::4]
+    candidates = boundaries[(np.minimum(below, 255 - below).min(axis=-1) == 0).mean(axis=-1) >= CLIPPED_SHARE]
+    if not len(candidates):
+        return -1
+    rows = pixels[np.stack([candidates - 2, candidates - 1, candidates, candidates + 1])]
+    clipped = (np.minimum(rows, 255 - rows).min(axis=-1) == 0).mean(axis=-1)  # share per row
+    signed = rows.astype(np.int16)
+    above = np.abs(signed[1] - signed[0]).mean(axis=(-1, -2))
+    across = np.abs(signed[2] - signed[1]).mean(axis=(-1, -2))
+    spread = signed[2].std(axis=1).max(axis=-1)
+    cast = ((clipped[3] >= CLIPPED_SHARE) & (clipped[1] <= UNCLIPPED_ABOVE)
+            & (across >= SEAM_MIN_STEP) & (across >= SEAM_RATIO * (above + 1)) & (spread >= CLIPPED_MIN_SPREAD))
+    found = np.flatnonzero(cast)
+    return int(candidates[found[0]]) if len(found) else -1
 
 
 def _grey_fill_row(pixels: np.ndarray) -> int:

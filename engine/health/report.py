@@ -47,13 +47,15 @@ class Finding:
     code: str
     severity: str
     message: str
+    damaged_row: int = -1  # corrupt: the first pixel row of damage the decoder did not report
 
     def as_json(self) -> dict[str, str]:
+        # The row is in the message; the JSON keeps its four keys.
         return {"path": self.path, "code": self.code, "severity": self.severity, "message": self.message}
 
 
-def finding(path: str, code: str, message: str) -> Finding:
-    return Finding(path, code, CHECKS[code].severity, message)
+def finding(path: str, code: str, message: str, damaged_row: int = -1) -> Finding:
+    return Finding(path, code, CHECKS[code].severity, message, damaged_row)
 
 
 @dataclass

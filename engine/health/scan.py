@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config.schema import TrainConfig, load_config
-from engine.dataset.folders import QUARANTINE_DIR, parse_folder_name, read_caption
+from engine.dataset.folders import QUARANTINE_DIR, parse_folder_name, training_caption
 from engine.errors import LoradeckError
 from engine.health.findings import dataset_findings
 from engine.health.cache import load_cache, save_cache
@@ -172,6 +172,6 @@ def _scan(target, workers, progress, should_stop) -> ScanReport:
 
 def _caption_text(path: Path) -> str | None:
     try:
-        return read_caption(path)
+        return training_caption(path)
     except OSError:
         return ""  # unreadable (permissions): to the trainer it is as good as empty

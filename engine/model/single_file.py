@@ -5,11 +5,12 @@
     export_single_file(diffusers_dir, out_path) -> out_path
 
 Loading needs no network at all: the SD 1.x and SD 2.x model configs and CLIP's BPE
-vocabulary ship in `engine/model/assets/` as diffusers folders hold them, and the keys are
-converted by diffusers' own single-file functions (`diffusers.loaders.single_file_utils`).
-Models are built on the meta device and the checkpoint's tensors assigned into them, so no
-memory or time goes into random initialisation. A `.ckpt` is only read with torch's weights-only
-loader, and only when the caller allows it: nothing is ever unpickled.
+vocabulary ship in `engine/model/assets/` as diffusers folders hold them, and each component
+is loaded by diffusers' own `from_single_file(..., config=<that folder>, local_files_only=True)`
+(the text encoder by the function the pipelines' `from_single_file` uses). We keep what
+diffusers does not do: the `.ckpt` gate (a pickle is only read with torch's weights-only
+loader, and only when the caller allows it: nothing is ever unpickled), the family detection
+from the keys, a one-line message naming the weight that does not fit, and the export.
 """
 from __future__ import annotations
 
@@ -161,47 +162,86 @@ def _load_scheduler(folder: Path, prediction_type: str | None):
 
 
 # ---------------------------------------------------------------- LDM keys -> diffusers
+# diffusers' converters, as its from_single_file applies them: used to name what does not
+# fit when loading fails, and to check an export's round trip
 
 
 def _unet_to_diffusers(state: dict[str, Any], unet_config: dict[str, Any]) -> dict[str, Any]:
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    # Only the model.diffusion_model.* keys: full checkpoints also carry model_ema.*, and
-    # diffusers' converter, like sd-scripts, takes the non-EMA weights.
-    unet_state = {key: value for key, value in state.items() if key.startswith(UNET_PREFIX)}
-    return convert_ldm_unet_checkpoint(unet_state, unet_config)
+    return convert_ldm_unet_checkpoint({k: v for k, v in state.items() if k.startswith(UNET_PREFIX)}, unet_config)
 
 
 def _vae_to_diffusers(state: dict[str, Any], vae_config: dict[str, Any]) -> dict[str, Any]:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    if any(key.startswith(VAE_PREFIX) for key in state):
-        state = {key[len(VAE_PREFIX):]: value for key, value in state.items() if key.startswith(VAE_PREFIX)}
+    state = _vae_state(state)
     if "encoder.down_blocks.0.resnets.0.norm1.weight" in state:
-        return dict(state)  # already in diffusers' layout (a diffusers VAE saved as one file)
+        return state  # already in diffusers' layout (a diffusers VAE saved as one file)
     return convert_ldm_vae_checkpoint(state, vae_config)
 
 
 def _text_encoder_to_diffusers(state: dict[str, Any], text_encoder) -> dict[str, Any]:
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
+    state = _text_encoder_state(state)
     if any(key.startswith(OPEN_CLIP_PREFIX) for key in state):
         converted = convert_open_clip_checkpoint(text_encoder, state, prefix=OPEN_CLIP_PREFIX)
     else:
-        converted = convert_ldm_clip_checkpoint({k: v for k, v in state.items() if k.startswith(CLIP_PREFIX)})
-    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older ones keep
-    # it, and so do most checkpoints: strip it, then add it back where the model has it.
+        converted = convert_ldm_clip_checkpoint(state)
+    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older ones keep it
     converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
     if hasattr(text_encoder, "text_model"):
         converted = {f"text_model.{key}": value for key, value in converted.items()}
     return converted
 
 
+def _vae_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The VAE's weights in the original layout, with the `first_stage_model.` prefix or without."""
+    if any(key.startswith(VAE_PREFIX) for key in state):
+        return {key: value for key, value in state.items() if key.startswith(VAE_PREFIX)}
+    return dict(state)
+
+
+def _text_encoder_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The text encoder's weights, with the `text_model.` level that old SD 1.x merges
+    (saved by old transformers) lack put back, so diffusers' converter recognises them."""
+    text_state = {key: value for key, value in state.items() if key.startswith("cond_stage_model.")}
+    if CLIP_PREFIX + "embeddings.token_embedding.weight" in text_state:
+        text_state = {
+            CLIP_PREFIX + "text_model." + key[len(CLIP_PREFIX):] if key.startswith(CLIP_PREFIX) else key: value
+            for key, value in text_state.items()
+        }
+    return text_state
+
+
 # ---------------------------------------------------------------- building the models
 
 
-def _assign(model, weights: dict[str, Any], what: str, path: Path, config_source: Path, dtype):
-    """Put converted weights into a meta-device model; any gap or mismatch is the user's file."""
+def _load_component(load, diagnose, what: str, path: Path, folder: Path):
+    """`load()` is diffusers' own single-file loading of one component. When it fails,
+    `diagnose()` (our key conversion against a meta-device model of the config) names the
+    missing or misshapen weight in one line; diffusers' errors do not (a missing weight
+    surfaces as "Cannot copy out of meta tensor")."""
+    # diffusers logs a warning about float32 modules at every cast, even when there are none
+    casting_log = logging.getLogger("diffusers.models.modeling_utils")
+    level = casting_log.level
+    casting_log.setLevel(logging.ERROR)
+    try:
+        return load().eval()
+    except LoradeckError:
+        raise
+    except Exception as error:  # diffusers raises ValueError, KeyError, NotImplementedError, ...
+        diagnose()
+        raise LoradeckError(
+            f"{path}: the {what} does not load with the config in {folder} ({first_line(error)})"
+        ) from error
+    finally:
+        casting_log.setLevel(level)
+
+
+def _check_fit(model, weights: dict[str, Any], what: str, path: Path, config_source: Path) -> None:
+    """Any gap or shape mismatch between converted weights and the config's model is the user's file."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in weights]
     if missing:
@@ -215,49 +255,78 @@ def _assign(model, weights: dict[str, Any], what: str, path: Path, config_source
                 f"{path}: {what} weight {key} has shape {tuple(weights[key].shape)} but the config in "
                 f"{config_source} expects {tuple(target.shape)}; the file is another architecture"
             )
-    leftover = [key for key in weights if key not in expected]
-    if leftover:
-        log.info("%s: %d %s weights not used (first: %s)", path, len(leftover), what, leftover[0])
-    model.load_state_dict(
-        {key: weights[key].to(dtype) if weights[key].is_floating_point() else weights[key] for key in expected},
-        strict=True,
-        assign=True,
-    )
-    return model.eval()
 
 
 def _empty(factory):
     from accelerate import init_empty_weights
 
-    # Parameters on the meta device: no memory until the checkpoint's tensors are assigned.
-    with init_empty_weights():
+    with init_empty_weights():  # parameters on the meta device: nothing allocated
         return factory()
 
 
 def _build_unet(state, folder: Path, path: Path, dtype):
     from diffusers import UNet2DConditionModel
 
-    config = _read_json(folder / "unet" / "config.json")
-    unet = _empty(lambda: UNet2DConditionModel.from_config(config))
-    return _assign(unet, _unet_to_diffusers(state, unet.config), "U-Net", path, folder / "unet", dtype)
+    # Only the model.diffusion_model.* keys: full checkpoints also carry model_ema.*, and
+    # diffusers' converter, like sd-scripts, takes the non-EMA weights.
+    unet_state = {key: value for key, value in state.items() if key.startswith(UNET_PREFIX)}
+
+    def diagnose():
+        unet = _empty(lambda: UNet2DConditionModel.from_config(_read_json(folder / "unet" / "config.json")))
+        _check_fit(unet, _unet_to_diffusers(unet_state, unet.config), "U-Net", path, folder / "unet")
+
+    return _load_component(
+        lambda: UNet2DConditionModel.from_single_file(
+            unet_state, config=str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype
+        ),
+        diagnose, "U-Net", path, folder / "unet",
+    )
 
 
 def _build_vae(state, folder: Path, path: Path, dtype):
     from diffusers import AutoencoderKL
 
-    config = _read_json(folder / "vae" / "config.json")
-    vae = _empty(lambda: AutoencoderKL.from_config(config))
-    return _assign(vae, _vae_to_diffusers(state, vae.config), "VAE", path, folder / "vae", dtype)
+    vae_state = _vae_state(state)
+    config = folder / "vae" / "config.json"
+    if "encoder.down_blocks.0.resnets.0.norm1.weight" in vae_state:
+        # a diffusers VAE saved as one file: already in diffusers' layout
+        vae = _empty(lambda: AutoencoderKL.from_config(_read_json(config)))
+        _check_fit(vae, vae_state, "VAE", path, folder / "vae")
+        vae.load_state_dict({key: value.to(dtype) for key, value in vae_state.items() if key in vae.state_dict()},
+                            strict=True, assign=True)
+        return vae.eval()
+
+    def diagnose():
+        vae = _empty(lambda: AutoencoderKL.from_config(_read_json(config)))
+        _check_fit(vae, _vae_to_diffusers(vae_state, vae.config), "VAE", path, folder / "vae")
+
+    return _load_component(
+        lambda: AutoencoderKL.from_single_file(
+            vae_state, config=str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype
+        ),
+        diagnose, "VAE", path, folder / "vae",
+    )
 
 
 def _build_text_encoder(state, folder: Path, path: Path, dtype):
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config_file = folder / "text_encoder" / "config.json"
-    config = CLIPTextConfig.from_dict(_read_json(config_file))
-    text_encoder = _empty(lambda: CLIPTextModel(config))
-    weights = _text_encoder_to_diffusers(state, text_encoder)
-    return _assign(text_encoder, weights, "text-encoder", path, folder / "text_encoder", dtype)
+    text_state = _text_encoder_state(state)
+
+    def diagnose():
+        config = CLIPTextConfig.from_dict(_read_json(folder / "text_encoder" / "config.json"))
+        text_encoder = _empty(lambda: CLIPTextModel(config))
+        _check_fit(text_encoder, _text_encoder_to_diffusers(text_state, text_encoder), "text-encoder", path,
+                   folder / "text_encoder")
+
+    return _load_component(
+        lambda: create_diffusers_clip_model_from_ldm(
+            CLIPTextModel, text_state, subfolder="text_encoder", config=str(folder),
+            torch_dtype=dtype, local_files_only=True,
+        ),
+        diagnose, "text-encoder", path, folder / "text_encoder",
+    )
 
 
 def load_single_file(

@@ -8,8 +8,12 @@ values are JSON, as in sd-scripts.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.config.network_types import NetworkSpec
@@ -54,6 +58,10 @@ def training_metadata(
         for index, bucket in enumerate(plan.buckets)
     }
     optimizer_args = " ".join(f"{k}={v}" for k, v in config.optimizer_kwargs.items())
+    # sd-scripts: each image's bucket aspect ratio minus its own, averaged as absolute values
+    errors = [abs(item.bucket[0] / item.bucket[1] - item.width / item.height) for item in dataset.items
+              if item.bucket[1] and item.height]
+    mean_ar_error = sum(errors) / len(errors) if errors else 0.0
     metadata: dict[str, Any] = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
@@ -86,7 +94,29 @@ def training_metadata(
         "ss_lr_warmup_steps": opt.lr_warmup_steps,
         "ss_max_grad_norm": opt.max_grad_norm,
         "ss_seed": train.seed,
-        "ss_noise_offset": train.noise_offset,
+        "ss_noise_offset": train.noise_offset or None,
+        "ss_adaptive_noise_scale": train.adaptive_noise_scale or None,
+        "ss_multires_noise_iterations": train.multires_noise_iterations or None,
+        "ss_multires_noise_discount": train.multires_noise_discount,
+        "ss_ip_noise_gamma": train.ip_noise_gamma or None,
+        "ss_noise_offset_random_strength": False,
+        "ss_ip_noise_gamma_random_strength": False,
+        # written by sd-scripts whatever the run; loradeck trains these at sd-scripts' defaults
+        "ss_training_comment": None,
+        "ss_network_dropout": None,
+        "ss_prior_loss_weight": 1.0,
+        "ss_loss_type": "l2",
+        "ss_huber_schedule": "snr",
+        "ss_huber_c": 0.1,
+        "ss_zero_terminal_snr": False,
+        "ss_debiased_estimation": False,
+        "ss_scale_weight_norms": None,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_face_crop_aug_range": None,
+        "ss_full_fp16": False,
+        "ss_lowram": False,
+        "ss_masked_loss": False,
         "ss_min_snr_gamma": train.min_snr_gamma,
         "ss_mixed_precision": config.precision.mixed_precision,
         "ss_gradient_checkpointing": config.precision.gradient_checkpointing,
@@ -96,7 +126,7 @@ def training_metadata(
         "ss_min_bucket_reso": data.min_bucket_resolution,
         "ss_max_bucket_reso": data.max_bucket_resolution,
         "ss_bucket_no_upscale": data.bucket_no_upscale,
-        "ss_bucket_info": _json({"buckets": buckets, "mean_img_ar_error": 0.0}),
+        "ss_bucket_info": _json({"buckets": buckets, "mean_img_ar_error": mean_ar_error}),
         "ss_dataset_dirs": _json(dataset_dirs),
         "ss_reg_dataset_dirs": _json(reg_dataset_dirs),
         "ss_tag_frequency": _json(dataset.tag_frequency()),
@@ -111,9 +141,92 @@ def training_metadata(
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-v2-768-v/lora" if config.model.v2 else "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers",
+        "modelspec.implementation_version": _diffusers_version(),
+        "modelspec.prediction_type": "v" if config.model.v_parameterization else "epsilon",
         "modelspec.title": f"{config.saving.output_name}",
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
         "training_tool": "loradeck",
     }
+    metadata.update(base_model_hashes(config.model.pretrained_model))
+    if data.dataset_config:
+        metadata["ss_datasets"] = _json([_dataset_record(config, plan, dataset, buckets, mean_ar_error)])
     return {key: str(value) for key, value in metadata.items()}
+
+
+def _dataset_record(config, plan, dataset, buckets, mean_ar_error: float) -> dict[str, Any]:
+    """sd-scripts' ss_datasets entry of a dataset given by a dataset TOML (one per run here)."""
+    caps, aug = config.captions, config.augmentation
+    subsets = [
+        {"img_count": folder.images, "num_repeats": folder.repeats, "color_aug": aug.color, "flip_aug": aug.flip,
+         "random_crop": aug.random_crop, "shuffle_caption": caps.shuffle_caption, "keep_tokens": caps.keep_tokens,
+         "image_dir": folder.path.name, "class_tokens": folder.class_tokens or None, "is_reg": folder.is_reg}
+        for folder in dataset.folders
+    ]
+    width, height = config.resolution_size
+    return {
+        "is_dreambooth": True, "batch_size_per_device": config.training.batch_size,
+        "num_train_images": plan.image_repeats, "num_reg_images": plan.reg_images,
+        "resolution": [width, height], "enable_bucket": config.dataset.enable_buckets,
+        "min_bucket_reso": config.dataset.min_bucket_resolution, "max_bucket_reso": config.dataset.max_bucket_resolution,
+        "tag_frequency": dataset.tag_frequency(),
+        "bucket_info": {"buckets": buckets, "mean_img_ar_error": mean_ar_error}, "subsets": subsets,
+    }
+
+
+def _diffusers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffusers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def legacy_hash(stream) -> str:
+    """A1111's old short hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
+    stream.seek(0x100000)
+    return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+
+
+def safetensors_data_hash(stream) -> str:
+    """A1111's (and sd-scripts') sshs_model_hash: sha256 of a safetensors file after its header."""
+    stream.seek(0)
+    header_size = int.from_bytes(stream.read(8), "little")
+    stream.seek(8 + header_size)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def with_file_hashes(tensors, metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` plus sshs_model_hash and sshs_legacy_hash, computed as sd-scripts does: over
+    the file the tensors make with only the ss_* keys as metadata (the hashes then do not
+    change when a tool edits other metadata)."""
+    from safetensors.torch import save
+
+    training_only = {key: value for key, value in metadata.items() if key.startswith("ss_")}
+    stream = io.BytesIO(save(tensors, training_only))
+    return {**metadata, "sshs_model_hash": safetensors_data_hash(stream), "sshs_legacy_hash": legacy_hash(stream)}
+
+
+def base_model_hashes(model: str) -> dict[str, str]:
+    """ss_sd_model_hash (A1111's legacy hash) and ss_new_sd_model_hash (sha256 of the whole
+    file) of a single-file base model, as sd-scripts writes them; nothing for a folder or hub id."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        return {}
+    stat = path.stat()
+    return dict(_file_hashes(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _file_hashes(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    """Hashed once per run (a base model is gigabytes); the size and time key out edits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+        legacy = legacy_hash(stream)
+    return (("ss_sd_model_hash", legacy), ("ss_new_sd_model_hash", digest.hexdigest()))

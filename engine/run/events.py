@@ -6,6 +6,7 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     run_start   run_name, config (dict), plan (dict: images, image_repeats, reg_images,
                 buckets [{width, height, count}], steps_per_epoch, total_steps, epochs,
                 batch_size, effective_batch), start_step, start_epoch, resumed (bool),
+                seed (the one used: a random seed, -1 in the config, as drawn),
                 device, precision, pid; optional vram_estimate_gb (engine.plan.vram)
     step        step, epoch, loss, loss_avg, lr_unet, lr_text_encoder, steps_per_s,
                 images_per_s; optional gpu_memory_mb, gpu_memory_total_mb, gpu_util,
@@ -22,6 +23,14 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     warning     message; optional code, path
     error       message, traceback
     run_end     status ("finished", "stopped", "failed"), step, epoch, message
+
+The auto-caption job (`loradeck caption --progress-json`) writes the same kind of events
+to its stdout, which the TUI's caption bar reads with `parse_line`:
+
+    caption_start     model, total (0: not known yet)
+    caption_progress  done, total, path, caption
+    caption_done      total, written, skipped, failed
+    error             message
 
 Readers tolerate a half-written last line and unknown types. Light module.
 """
@@ -51,7 +60,17 @@ ERROR = "error"
 RUN_END = "run_end"
 
 EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END)
+CAPTION_START = "caption_start"
+CAPTION_PROGRESS = "caption_progress"
+CAPTION_DONE = "caption_done"
+
 RUN_END_STATUSES = ("finished", "stopped", "failed")
+
+# a run's status: a run end's, or what a reader infers (engine.run.folder.resolve_status)
+FINISHED, STOPPED, FAILED = RUN_END_STATUSES
+RUNNING = "running"
+STARTING = "starting"  # no run start yet
+CRASHED = "crashed"  # no run end, and the engine is gone
 
 
 def _json_safe(value: Any) -> Any:
@@ -68,7 +87,8 @@ def _json_safe(value: Any) -> Any:
 class EventWriter:
     """Appends events to a run's `events.jsonl`; each line is flushed and fsynced.
 
-    On resume, the sequence continues from the file's last event.
+    On resume, the sequence continues from the file's last event. `EventWriter.on_stream`
+    writes the same lines to an open stream instead (a job's stdout), not fsynced.
     """
 
     def __init__(self, run_dir: str | Path, *, fsync: bool = True):
@@ -78,6 +98,14 @@ class EventWriter:
         self._lock = threading.Lock()
         self._seq = _next_sequence(self.path)
         self._handle = open(self.path, "a", encoding="utf-8")
+        self._owns_handle = True
+
+    @classmethod
+    def on_stream(cls, stream) -> "EventWriter":
+        writer = cls.__new__(cls)
+        writer.path, writer._fsync, writer._lock, writer._seq = None, False, threading.Lock(), 0
+        writer._handle, writer._owns_handle = stream, False
+        return writer
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
@@ -92,7 +120,7 @@ class EventWriter:
 
     def close(self) -> None:
         with self._lock:
-            if not self._handle.closed:
+            if self._owns_handle and not self._handle.closed:
                 self._handle.close()
 
     def __enter__(self) -> "EventWriter":
@@ -208,3 +236,13 @@ def as_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def as_int(value: Any, default: int) -> int:
+    """A numeric event field as int, or `default` when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default

@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 
 from engine.atomic import atomic_write_text
-from engine.run.events import (CHECKPOINT, EPOCH_END, ERROR, EVENTS_FILE, RUN_END, RUN_START, STEP, VALIDATION,
-                               EventTail, _json_safe, as_float, parse_lines)
+from engine.run.events import CRASHED, EVENTS_FILE, RUNNING, STARTING, STEP, EventTail, _json_safe, parse_lines
+from engine.run.fold import RunProgress
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = "engine.log"
@@ -37,15 +37,6 @@ STATE_DIR = "state"
 TENSORBOARD_DIR = "tb"
 
 CONTROL_REQUESTS = ("stop", "save", "sample")
-
-# statuses
-RUNNING = "running"
-FINISHED = "finished"
-STOPPED = "stopped"
-FAILED = "failed"
-CRASHED = "crashed"
-STARTING = "starting"
-
 
 class RunDir:
     """Paths of one run folder."""
@@ -189,36 +180,27 @@ def process_start_time(pid: int) -> float | None:
 
 
 @dataclass
-class RunSummary:
-    """What the runs list shows for one run, folded from its events."""
+class RunSummary(RunProgress):
+    """What the runs list shows for one run: its progress (engine.run.fold), by folder."""
 
-    path: Path
-    name: str
-    status: str = STARTING
-    step: int = 0
-    total_steps: int = 0
-    epoch: int = 0
-    epochs: int = 0
-    loss: float | None = None
-    loss_avg: float | None = None
-    steps_per_s: float | None = None
-    started: float | None = None
-    ended: float | None = None
-    last_time: float | None = None
-    message: str = ""
-    checkpoints: int = 0
-    validation: dict[str, Any] | None = None  # the latest evaluation {step, epoch, loss, train_loss}
-    best_validation: dict[str, Any] | None = None  # the best so far {step, epoch, loss, path}
+    name: str = ""
 
     @property
-    def progress(self) -> float:
-        return self.step / self.total_steps if self.total_steps else 0.0
+    def checkpoints(self) -> int:
+        """LoRA files written."""
+        return self.lora_checkpoints
+
+    @property
+    def message(self) -> str:
+        """Why the run ended, or its error."""
+        return self.end_message or self.error_message
 
     @property
     def duration(self) -> float | None:
         if self.started is None:
             return None
-        end = self.ended if self.ended is not None else (time.time() if self.status == RUNNING else self.last_time)
+        end = self.ended if self.ended is not None else (time.time() if self.status == RUNNING
+                                                         else self.last_event_time)
         return None if end is None else max(0.0, end - self.started)
 
     def as_json(self) -> dict[str, Any]:
@@ -239,59 +221,9 @@ class RunSummary:
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
-            "validation": self.validation,
-            "best_validation": self.best_validation,
+            "validation": self.latest_validation,
+            "best_validation": self.best_validation_so_far,
         })
-
-
-def fold_event(summary: RunSummary, event: dict[str, Any]) -> None:
-    """Update a summary with one event (unknown types are ignored)."""
-    kind = event.get("type")
-    when = as_float(event.get("time"))
-    if when is not None:
-        summary.last_time = when
-    if kind == RUN_START:
-        plan = event.get("plan") or {}
-        summary.total_steps = int(plan.get("total_steps") or 0)
-        summary.epochs = int(plan.get("epochs") or 0)
-        summary.step = int(event.get("start_step") or 0)
-        summary.status = RUNNING
-        summary.ended = None
-        if summary.started is None:
-            summary.started = when
-    elif kind == STEP:
-        summary.step = int(event.get("step") or summary.step)
-        summary.epoch = int(event.get("epoch") or summary.epoch)
-        summary.loss = as_float(event.get("loss"))
-        summary.loss_avg = as_float(event.get("loss_avg"))
-        summary.steps_per_s = as_float(event.get("steps_per_s"))
-    elif kind == EPOCH_END:
-        summary.epoch = int(event.get("epoch") or summary.epoch)
-    elif kind == CHECKPOINT and event.get("kind", "lora") == "lora":
-        summary.checkpoints += 1
-    elif kind == ERROR:
-        summary.message = str(event.get("message", ""))
-    elif kind == VALIDATION:
-        fold_validation(summary, event)
-    elif kind == RUN_END:
-        summary.status = str(event.get("status", FINISHED))
-        summary.ended = when
-        summary.step = int(event.get("step") or summary.step)
-        if event.get("message"):
-            summary.message = str(event["message"])
-
-
-def fold_validation(summary: RunSummary, event: dict[str, Any]) -> None:
-    """The latest and the best evaluation of a `validation` event (engine.train.validation)."""
-    loss = as_float(event.get("loss"))
-    if loss is None:
-        return
-    summary.validation = {"step": event.get("step"), "epoch": event.get("epoch"), "loss": loss,
-                          "train_loss": as_float(event.get("train_loss"))}
-    best_loss = as_float(event.get("best_loss"))
-    if best_loss is not None:
-        summary.best_validation = {"step": event.get("best_step"), "epoch": event.get("best_epoch"),
-                                   "loss": best_loss, "path": str(event.get("best_path") or "")}
 
 
 def resolve_status(run: RunDir, folded_status: str) -> str:
@@ -331,8 +263,7 @@ class RunFollower:
             if self._identity not in (None, identity) or stat.st_size < self._tail.offset:
                 self._reset()  # the file was replaced: fold it again from the start
             self._identity = identity
-            for event in _summary_events(self._tail):
-                fold_event(self._folded, event)
+            self._folded.fold_all(_summary_events(self._tail))
         return replace(self._folded, status=resolve_status(self.run, self._folded.status))
 
 

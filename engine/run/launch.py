@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from engine.config.schema import TrainConfig, load_config, resolve_path, save_config, with_absolute_paths
+from engine.config.schema import (
+    TrainConfig,
+    load_config,
+    resolve_path,
+    save_config,
+    with_absolute_paths,
+    with_drawn_seed,
+)
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, read_events
 from engine.run.folder import RunDir
@@ -39,7 +46,9 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         if config_path is not None:
             # new settings for the rest of the run (say, more epochs), frozen in place of the old
             path = Path(config_path).expanduser().resolve()
-            save_config(with_absolute_paths(load_config(path), path.parent), run.config)
+            frozen = with_drawn_seed(with_absolute_paths(load_config(path), path.parent),
+                                     load_config(run.config).training.seed)  # a random seed stays the one drawn
+            save_config(frozen, run.config)
         else:
             load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
         return run
@@ -60,7 +69,7 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         raise LoradeckError(
             f"saving.output_dir: cannot create the run folder {run.path} ({error.strerror or error})"
         ) from None
-    save_config(with_absolute_paths(config, path.parent), run.config)
+    save_config(with_drawn_seed(with_absolute_paths(config, path.parent)), run.config)
     return run
 
 
@@ -76,7 +85,11 @@ def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
         if resolved is not None and _looks_local(value.strip()) and not resolved.exists():
             raise LoradeckError(f"{key}: {resolved} does not exist")
     image_dir = resolve_path(base_dir, config.dataset.image_dir)
-    if image_dir is None or not image_dir.is_dir():
+    if config.dataset.dataset_config.strip():
+        from engine.dataset.folders import scan_dataset
+
+        scan_dataset(config, base_dir)  # the TOML, its image folders, its settings against the config
+    elif image_dir is None or not image_dir.is_dir():
         raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
     if config.sampling.prompts_file.strip():
         # A typo here would otherwise surface only as a warning once the first samples are due.

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from engine.run.events import CHECKPOINT
 from engine.network.lora import SAVE_DTYPES, LoraNetwork, save_lora_file
+from engine.network.metadata import with_file_hashes
 from engine.run.folder import RunDir
 from engine.train.state import folder_bytes, save_state
 
@@ -47,7 +48,7 @@ class Checkpointer:
         """The LoRA file (in the save precision, written atomically) and its size."""
         path = self.run.checkpoints / name
         tensors = self.network.state_dict(SAVE_DTYPES[self.config.precision.save_precision])
-        return path, save_lora_file(path, tensors, self.metadata(epoch, step))
+        return path, save_lora_file(path, tensors, with_file_hashes(tensors, self.metadata(epoch, step)))
 
     def save_best(self, *, epoch: int, step: int) -> str:
         """Write `<name>-best.safetensors` (not pruned, no event of its own); its relative path."""

@@ -98,11 +98,17 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
 
 
-def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None) -> Image.Image:
-    """Scale to cover the bucket keeping the aspect ratio, then crop (centre, or random with rng)."""
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None,
+                  resized: tuple[int, int] | None = None) -> Image.Image:
+    """Scale to cover the bucket keeping the aspect ratio (or to `resized`, sd-scripts' size for
+    no-upscale buckets: an image smaller than the area is cropped at its native size), then
+    crop (centre, or random with rng)."""
     width, height = bucket
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    if resized is not None and resized[0] >= width and resized[1] >= height:
+        size = resized
+    else:
+        scale = max(width / image.width, height / image.height)
+        size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     spare_x, spare_y = image.width - width, image.height - height
@@ -124,7 +130,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def prepare_pixels(item, *, flip: bool, hue_shift: int, rng_crop: random.Random | None) -> torch.Tensor:
-    image = fit_to_bucket(load_rgb(item.path), item.bucket, rng_crop)
+    image = fit_to_bucket(load_rgb(item.path), item.bucket, rng_crop, getattr(item, "resized", None))
     if hue_shift:
         image = shift_hue(image, hue_shift)
     if flip:
@@ -155,6 +161,9 @@ def latent_key(item, model_name: str) -> str:
     """Changes when the file, its bucket or the VAE changes, so a stale latent is never used."""
     stat = item.path.stat()
     text = f"{item.path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{item.bucket}|{model_name}"
+    resized = getattr(item, "resized", None)
+    if resized is not None:
+        text += f"|{resized}"  # no-upscale framing: other pixels in the same bucket
     return hashlib.sha1(text.encode()).hexdigest()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from engine.train.checkpoints import Checkpointer, lora_file_name
-from engine.config.schema import TrainConfig, config_to_dict, load_config
+from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_config, save_config, with_drawn_seed
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.network.metadata import training_metadata
@@ -157,6 +157,11 @@ class Training:
 
     def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
                  progress: Progress, resume: bool):
+        if config.training.seed == RANDOM_SEED:
+            # a run folder not made by prepare_run: draw the seed here and freeze it, so a resume reuses it
+            config = with_drawn_seed(config)
+            if accelerator.is_main_process:
+                save_config(config, run.config)
         self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
         self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
         self.main = accelerator.is_main_process
@@ -205,7 +210,8 @@ class Training:
         vram = plan.vram_estimate
         self.events.emit(
             RUN_START, run_name=self.run.name, config=config_to_dict(config), plan=plan.as_json(),
-            start_step=progress.step, start_epoch=progress.epoch, resumed=self.resume, device=str(self.device),
+            start_step=progress.step, start_epoch=progress.epoch, resumed=self.resume, seed=self.seed,
+            device=str(self.device),
             precision=accelerator.mixed_precision, pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
         )
         self.log(f"{plan.images} images, {len(self.instances)} instances per epoch in {len(plan.buckets)} buckets; "

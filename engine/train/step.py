@@ -146,36 +146,74 @@ def diffusion_loss(model, unet, text_encoder, batch: dict[str, Any], *, config, 
     else:
         latents = encode_pixels(model.vae, batch["pixels"])
     latents = latents.float()
-    noise = torch.randn(latents.shape, generator=generator, device=device)
-    if config.training.noise_offset:
-        # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
-        # an image's mean brightness, which plain noise almost never asks of it
-        noise = noise + config.training.noise_offset * torch.randn(
-            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=device
-        )
+    noise = training_noise(latents, generator, config.training)
     timesteps = torch.randint(
         0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device
     )
+    perturbation = None
+    if config.training.ip_noise_gamma:
+        # Input perturbation (Ning et al. 2023), as sd-scripts: the U-Net sees extra noise,
+        # the target stays the noise without it
+        perturbation = config.training.ip_noise_gamma * torch.randn(latents.shape, generator=generator, device=device)
     return loss_from_noise(
         model, unet, text_encoder, latents, batch.get("input_ids"), batch.get("token_weights"), noise, timesteps,
         config=config, train_text_encoder=train_text_encoder, text_states=batch.get("text_states"),
-        autocast=autocast,
+        autocast=autocast, perturbation=perturbation,
     )
+
+
+def training_noise(latents: torch.Tensor, generator: torch.Generator, training) -> torch.Tensor:
+    """The noise of one batch as sd-scripts makes it: Gaussian, plus the offset (scaled per
+    channel by the adaptive noise scale), then multires noise; every draw from `generator`."""
+    device = generator.device
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    if training.noise_offset:
+        # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
+        # an image's mean brightness, which plain noise almost never asks of it
+        offset: float | torch.Tensor = training.noise_offset
+        if training.adaptive_noise_scale:
+            # brighter or darker latents get a larger offset (sd-scripts' adaptive noise scale)
+            channel_mean = latents.mean(dim=(2, 3), keepdim=True).abs()
+            offset = torch.clamp(offset + training.adaptive_noise_scale * channel_mean, min=0.0)
+        noise = noise + offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=device
+        )
+    if training.multires_noise_iterations:
+        noise = multires_noise(noise, generator, training.multires_noise_iterations, training.multires_noise_discount)
+    return noise
+
+
+def multires_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int, discount: float) -> torch.Tensor:
+    """Pyramid noise (Whitaker 2023, sd-scripts' multires noise): layer i is Gaussian noise at
+    1/r^i of the size (r drawn in [2, 4)), upsampled bilinearly and weighted discount^i; the
+    sum is scaled back to unit standard deviation."""
+    batch, channels, height, width = noise.shape
+    # the layer sizes are host numbers: one read-back per step, and only with multires noise on
+    ratios = (torch.rand((iterations,), generator=generator, device=generator.device) * 2 + 2).tolist()
+    for i, r in enumerate(ratios):
+        small_height, small_width = max(1, int(height / r**i)), max(1, int(width / r**i))
+        layer = torch.randn((batch, channels, small_height, small_width), generator=generator, device=generator.device)
+        noise = noise + F.interpolate(layer, size=(height, width), mode="bilinear") * discount**i
+        if small_height == 1 or small_width == 1:
+            break  # down to one pixel
+    return noise / noise.std()
 
 
 def loss_from_noise(model, unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor | None,
                     token_weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor, *,
                     config, train_text_encoder: bool, text_states: torch.Tensor | None = None,
-                    autocast=None) -> torch.Tensor:
+                    autocast=None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss for given noise and timesteps (tests score a fixed batch with it).
 
     `text_states` are cached text-encoder outputs; without them the captions' tokens are
     encoded here. `autocast` is the accelerator's mixed-precision context (the text
-    encoder's cached outputs were computed under the same one).
+    encoder's cached outputs were computed under the same one). `perturbation` is added to
+    the noise of the U-Net's input only (`training.ip_noise_gamma`).
     """
     scheduler = model.noise_scheduler
     device = latents.device
-    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+    # input perturbation noises the U-Net's input only; the target stays `noise`
+    noisy_latents = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
     with autocast() if autocast is not None else contextlib.nullcontext():
         if text_states is None:
             states = encode_captions(text_encoder, input_ids.to(device), token_weights, config=config,

@@ -473,7 +473,8 @@ class ConfigScreen(Screen):
         result = message.result
         changed = self.state.apply(result.config)
         self._show_values(changed)
-        lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s)."]
+        lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s).",
+                 f"{len(result.mapped)} Kohya key(s) mapped."]
         if result.ignored:
             shown = ", ".join(result.ignored[:8]) + (" …" if len(result.ignored) > 8 else "")
             lines.append(f"{len(result.ignored)} Kohya key(s) not used: {shown}")

@@ -21,9 +21,11 @@ from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPa
 
 from engine.errors import LoradeckError
 from engine.run.format import format_bytes, format_clock, format_duration, format_loss, format_speed
-from engine.run.folder import CRASHED, FAILED, RUNNING, STARTING, RunDir
+from engine.run.events import CRASHED, FAILED, RUNNING, STARTING
+from engine.run.folder import RunDir
 from engine.config.workspace import Workspace
-from tui.run_state import RunState, SampleRecord
+from engine.run.fold import SampleRecord
+from tui.run_state import RunState
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.run_plot import RunPlotScreen
 from tui.widgets.dashboard.notice_list import NoticeList

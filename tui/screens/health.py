@@ -256,6 +256,7 @@ class HealthScreen(Screen):
         stored = self.query_one("#health-stored", ImagePreview)
         if item is None or self.report is None:
             message.update("")
+            preview.marked_row = -1
             preview.path = stored.path = None
             self._show_exif_pair(False)
             return
@@ -263,6 +264,7 @@ class HealthScreen(Screen):
         is_image = path.is_file() and item.code != "orphan_caption"
         message.update(Text.assemble((f"{item.code}  ", "bold"), item.path, "\n", item.message))
         self._show_exif_pair(item.code == "exif_rotated")
+        preview.marked_row = item.damaged_row
         preview.path = path if is_image else None
         stored.path = path if is_image and item.code == "exif_rotated" else None
 

@@ -22,7 +22,8 @@ from textual.worker import get_current_worker
 
 from engine.run.format import COLUMNS, summary_row
 from engine.errors import LoradeckError
-from engine.run.folder import CRASHED, FAILED, RUNNING, STOPPED, RunDir, RunFollower, RunSummary
+from engine.run.events import CRASHED, FAILED, RUNNING, STOPPED
+from engine.run.folder import RunDir, RunFollower, RunSummary
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen

@@ -4,7 +4,6 @@ worker and shows a progress bar. Posts `Progress` (merged when they come fast) a
 `Finished`; the screen decides what to reload."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import ProgressBar, Static
+
+from engine.run.events import CAPTION_DONE, CAPTION_PROGRESS, CAPTION_START, ERROR, parse_line
 
 
 def caption_command(root: Path, choice: dict, caption_extension: str) -> list[str]:
@@ -110,22 +111,19 @@ class CaptionJobBar(Horizontal):
         last_line, summary = "", ""
         for line in process.stdout:
             line = line.strip()
-            try:
-                event = json.loads(line) if line.startswith("{") else None
-            except ValueError:
-                event = None
+            event = parse_line(line) if line.startswith("{") else None
             if event is None:
                 last_line = line or last_line  # a library's log line; the last explains a failure
                 continue
-            kind = event.get("event")
-            if kind == "progress":
+            kind = event["type"]
+            if kind == CAPTION_PROGRESS:
                 self.post_message(self.Progress(event["done"], event["total"], event.get("path", "")))
-            elif kind == "start":
+            elif kind == CAPTION_START:
                 self.post_message(self.Progress(0, 0, f"{event.get('model', '')} loaded"))
-            elif kind == "done":
+            elif kind == CAPTION_DONE:
                 summary = (f"auto-caption: {event['written']:,} written, {event['skipped']:,} skipped, "
                            f"{event['failed']:,} failed")
-            elif kind == "error":
+            elif kind == ERROR:
                 last_line = event.get("message", "")
         status = process.wait()
         self._process = None

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.run_state import SampleRecord
+from engine.run.fold import SampleRecord
 from tui.widgets.shared.image_preview import ImagePreview
 from tui.widgets.shared.text_line import TextLine
 

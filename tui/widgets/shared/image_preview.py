@@ -7,6 +7,8 @@ picture is drawn with textual-image: Kitty graphics or Sixel where the terminal 
 coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal.
 `app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode",
 or "none" for the text line only.
+`marked_row` (a pixel row of the file as stored, -1 for none) draws a red line across
+the picture there, on the shown copy only: the health screen marks where damage starts.
 A one-line label under the picture names the file, its pixel size and bytes; when no
 picture can be drawn (undecodable file, textual-image missing) that text is all there is.
 
@@ -43,6 +45,10 @@ MAX_DECODE_PIXELS = 1600
 # Before the widget has a size, decode for a typical half-screen panel.
 DEFAULT_DECODE_PIXELS = 1024
 CACHE_SIZE = 8
+MARK_COLOR = (255, 0, 0)
+# The marker is this share of the shown height thick (at least 2 pixels), so that it
+# survives the half-cell renderer's two pixel rows per terminal line.
+MARK_THICKNESS = 0.01
 
 PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 
@@ -201,6 +207,7 @@ class ImagePreview(Widget):
 
     path: reactive[Path | None] = reactive(None)
     apply_exif: reactive[bool] = reactive(True)
+    marked_row: reactive[int] = reactive(-1)
 
     class Decoded(Message):
         """A decode finished (posted by the worker)."""
@@ -255,6 +262,9 @@ class ImagePreview(Widget):
         self._start_decode()
 
     def watch_apply_exif(self, _old: bool, _new: bool) -> None:
+        self._start_decode()
+
+    def watch_marked_row(self, _old: int, _new: int) -> None:
         self._start_decode()
 
     # ---- decoding
@@ -327,12 +337,13 @@ class ImagePreview(Widget):
             message.update(f"{result.path.name}\n{format_bytes(result.file_bytes)}\n{reason}")
             return
         message.display = False
+        picture = marked(result, self.marked_row, self.apply_exif)
         if self._picture_widget is not None and type(self._picture_widget) is widget_class:
-            self._picture_widget.image = result.picture
+            self._picture_widget.image = picture
             return
         self._remove_picture()
         try:
-            self._picture_widget = widget_class(result.picture, id="image-preview-picture")
+            self._picture_widget = widget_class(picture, id="image-preview-picture")
         except Exception as error:  # a protocol that cannot start: text instead
             self._picture_widget = None
             message.display = True
@@ -344,6 +355,26 @@ class ImagePreview(Widget):
         if self._picture_widget is not None:
             self._picture_widget.remove()
             self._picture_widget = None
+
+
+def marked(result: DecodedImage, row: int, apply_exif: bool):
+    """The shown picture, with a line at pixel `row` of the stored file when row >= 0.
+
+    Drawn on a copy: the cached decode stays clean. Rows move with the EXIF transpose;
+    for a quarter turn they become columns, so no line is drawn then."""
+    picture = result.picture
+    turned = apply_exif and result.orientation in (5, 6, 7, 8)
+    if row < 0 or picture is None or turned or result.height <= 0:
+        return picture
+    from PIL import ImageDraw
+
+    y = row * picture.height // result.height
+    if apply_exif and result.orientation in (3, 4):
+        y = picture.height - 1 - y
+    thickness = max(2, round(picture.height * MARK_THICKNESS))
+    copy = picture.copy()
+    ImageDraw.Draw(copy).rectangle((0, y, copy.width - 1, min(copy.height - 1, y + thickness - 1)), fill=MARK_COLOR)
+    return copy
 
 
 def _cell_size() -> tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,3 +249,99 @@ def test_config_rules_for_the_types():
         NetworkSpec.from_metadata({"ss_network_module": "lycoris.kohya", "ss_network_dim": "4",
                                    "ss_network_alpha": "1", "ss_network_args": '{"algo": "glora"}'},
                                   train_unet=True, train_text_encoder=True)
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+@pytest.mark.parametrize("name", ["loha", "dora"])
+def test_grid_renders_lycoris_files_as_the_formula_reads_them(tmp_path, tiny_model_dir, pipeline_factory, name):
+    """`loradeck grid` on a run of LoHa / DoRA files: weight 0 is the base model, weight 1 the
+    image of the base weights merged with the file by the published formula."""
+    from PIL import Image
+
+    from engine.config.prompts import SamplePrompt
+    from engine.config.schema import TrainConfig, replace_setting, save_config, with_absolute_paths
+    from engine.run.folder import RunDir
+    from engine.sampling.grid import GRID_TEXT_KEY, render_grid
+    from engine.sampling.sampler import render
+
+    spec = SPECS[name]
+    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_model_dir))
+    config = replace_setting(config, "sampling.prompts", "a red house --w 64 --h 64 --s 2 --d 3")
+    config = replace_setting(config, "saving.output_name", "net")
+    run = RunDir(tmp_path / "runs" / "net")
+    run.create()
+    save_config(with_absolute_paths(config, tmp_path), run.config)
+    network = randomized(pipeline_factory(), spec)
+    files = []
+    for epoch in (1, 2):
+        with torch.no_grad():
+            for parameter in network.parameters():
+                parameter.mul_(1.5)
+        files.append(run.checkpoints / f"net-00000{epoch}.safetensors")
+        save_lora_file(files[-1], network.state_dict(), {**spec.metadata(), "ss_epoch": epoch, "ss_steps": epoch * 4})
+
+    out = render_grid(run.path, weights=[0.0, 1.0], device="cpu")
+    grid = Image.open(out)
+    layout = json.loads(grid.text[GRID_TEXT_KEY])
+    pixels = torch.from_numpy(np.asarray(grid.convert("RGB"), dtype=np.float32))
+
+    def cell(row: int, column: int) -> torch.Tensor:
+        x, y, w, h = layout["cells"][row][column]
+        return pixels[y: y + h, x: x + w]
+
+    def reference(tensors=None) -> torch.Tensor:
+        pipeline = pipeline_factory()
+        if tensors is not None:
+            apply_file(pipeline, tensors)
+        image = render(pipeline, SamplePrompt(prompt="a red house", width=64, height=64, steps=2, seed=3),
+                       base_scheduler_config=pipeline.scheduler.config)
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
+
+    base = reference()
+    assert torch.equal(cell(0, 0), base) and torch.equal(cell(0, 1), base)
+    for column, path in enumerate(files):
+        merged = reference(read_lora_file(path)[0])
+        assert not torch.equal(merged, base)
+        torch.testing.assert_close(cell(1, column), merged, rtol=0, atol=2.0)  # 8-bit pixels, float paths
+
+
+# --------------------------------------------------------------------------- the VRAM estimate
+
+
+def _saved_elements(spec: NetworkSpec) -> list[int]:
+    """Sizes of the tensors autograd keeps for the backward of one adapted Linear(64 -> 48)
+    inside a network (its input needs a gradient: the layers before it train too)."""
+    from peft import inject_adapter_in_model
+
+    from engine.network.lora import _peft_config
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48)).requires_grad_(False)
+    model = inject_adapter_in_model(_peft_config(spec, ["0"], {}, {}), model, "net")
+    sizes: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        model(torch.randn(2, 64, requires_grad=True)).sum()
+    return sizes
+
+
+def test_vram_estimate_counts_the_rebuilt_weights_of_loha_and_lokr():
+    from engine.plan.vram import estimate_vram
+
+    # what the estimate assumes, on peft's own layers: both keep the frozen weight (no new
+    # memory), LoHa and LoKr keep a full ΔW beside it, LoRA and DoRA do not
+    for kind, weight_sized in (("loha", 2), ("lokr", 2), ("lora", 1), ("dora", 1)):
+        assert _saved_elements(NetworkSpec(type=kind, rank=4, alpha=4)).count(64 * 48) == weight_sized, kind
+
+    base = {"model": {"pretrained_model": "runwayml/stable-diffusion-v1-5"}}
+    def estimate(**network):
+        return estimate_vram(config_from_dict({**base, "network": network}))
+
+    lora = estimate(type="lora", rank=16, alpha=8)
+    lokr_full = estimate(type="lokr", rank=100000, alpha=1, conv_dim=100000, conv_alpha=1, factor=8)
+    # a huge LoKr rank means full matrices, not 100000 rank activations
+    assert lokr_full.activations_gb < lora.activations_gb
+    assert lokr_full.total_gb < lora.total_gb + 8
+    loha = estimate(type="loha", rank=16, alpha=8, conv_dim=8, conv_alpha=4)
+    locon = estimate(type="locon", rank=16, alpha=8, conv_dim=8, conv_alpha=4)
+    assert loha.lora_gb > locon.lora_gb + 1  # SD1.5's adapted weights, about 0.8e9 elements in bf16

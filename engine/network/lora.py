@@ -258,6 +258,16 @@ class LoraNetwork:
         for layer in self.layers():
             layer.set_scale(ADAPTER_NAME, multiplier)
 
+    def enable(self, enabled: bool) -> None:
+        """Switch every adapter on or off (off: the base model's own output)."""
+        for layer in self.layers():
+            layer.enable_adapters(enabled)
+
+    def cast(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the adapter weights to the base model's device and dtype (for inference)."""
+        for parameter in self.parameters():
+            parameter.data = parameter.data.to(device, dtype)
+
     def _tensors_of(self, layer: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
         """(file suffix, parameter) of one layer, in the type's tensor order."""
         for suffix, attribute in TENSORS[self.spec.type]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig, resolve_path
-from engine.plan.network_size import network_size
+from engine.plan.network_size import network_size, rebuilt_weight_elements
 
 # Parameters of the frozen parts (SD1.5 and SD2.x; the LoRA comes from engine.plan.training_plan)
 PARAMETERS = {
@@ -65,6 +65,12 @@ def network_size_of(config: TrainConfig, base_dir) -> tuple[int, int, int]:
     (engine.plan.network_size, on this base model's shapes)."""
     unet, text = model_configs(config, base_dir)
     return network_size(NetworkSpec.of(config), unet, text)
+
+
+def rebuilt_weights_of(config: TrainConfig, base_dir) -> int:
+    """Elements of the weight updates the config's network rebuilds per step (LoHa, LoKr)."""
+    unet, text = model_configs(config, base_dir)
+    return rebuilt_weight_elements(NetworkSpec.of(config), unet, text)
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:

@@ -169,3 +169,16 @@ def network_size(spec: NetworkSpec, unet: dict, text: dict) -> tuple[int, int, i
         parameters += layer_parameters
         tensors += layer_tensors
     return parameters, tensors, len(layers)
+
+
+def rebuilt_weight_elements(spec: NetworkSpec, unet: dict, text: dict) -> int:
+    """Elements of the full weight updates LoHa and LoKr layers hold while a step runs.
+
+    peft's LoHa and LoKr layers rebuild each layer's whole ΔW in the forward and run the
+    input through it, so autograd keeps one ΔW per layer until the backward; LoRA, LoCon
+    and DoRA run the input through the rank and keep only `x · down` (DoRA's weight norm
+    is detached, as its paper's section 4.3 does)."""
+    if spec.type not in ("loha", "lokr"):
+        return 0
+    return sum(layer.fan_in * layer.fan_out * layer.kernel * layer.kernel
+               for layer in network_layers(spec, unet, text))

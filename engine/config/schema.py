@@ -36,6 +36,7 @@ from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer
 from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
+BUCKET_STEPS = (8, 16, 32, 64, 128)
 
 
 def setting(
@@ -173,7 +174,7 @@ class DatasetSettings:
         64,
         "Bucket sides are multiples of this many pixels.",
         label="Bucket step",
-        choices=(8, 16, 32, 64, 128),
+        choices=BUCKET_STEPS,
         advice="64 (Kohya's default) keeps few buckets and few half-empty batches; a smaller step "
         "crops less but makes more buckets.",
     )

@@ -148,7 +148,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw)
+                row = damaged_row(raw, _mcu_height(image))
                 if row >= 0:
                     return _error(
                         "corrupt",
@@ -188,6 +188,11 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
         # A JPEG variant simplejpeg's API lacks (e.g. 12-bit): Pillow decides.
         return np.asarray(_decode_with_pillow(data, image).convert("RGBX"))
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+
+
+def _mcu_height(image: Image.Image) -> int:
+    """Pixel rows per minimum coded unit: 8 per vertical sampling step of the busiest component."""
+    return 8 * max((vertical for _, _, vertical, _ in getattr(image, "layer", None) or []), default=1)
 
 
 def _image_over(pixels: np.ndarray) -> Image.Image:

@@ -1,37 +1,62 @@
 """Damage that decoders do not report, found in the decoded pixels.
 
 Bytes zeroed, dropped or flipped in the middle of a JPEG's entropy-coded data often
-decode without a warning: from the damaged block onward the picture comes out shifted
-and colour-cast, or as flat grey to the bottom edge. Both leave a horizontal seam on a
-boundary between rows of 8×8 blocks. Numpy only, on every fourth column.
+decode without a warning. libjpeg then stays in step with the blocks (a stream that
+fell out of step would end early or late, and that it reports), but every DC value from
+the damaged block on is off by the same amount: the picture below comes out the same
+picture with a colour cast, from a block boundary in the row where the damage is to the
+right edge and from the next MCU row down across the rest. A lost tail comes out flat
+grey. Numpy only, on a few rows per block boundary and every second column.
 """
 from __future__ import annotations
 
 import numpy as np
 
 BLOCK = 8
-# A seam: the step across a block boundary is this many times the larger row-to-row
-# step just above and just below it...
-SEAM_RATIO = 2.5
-# ...at least this big (mean absolute step over the channels, 0-255 per channel)...
-SEAM_MIN_STEP = 8.0
-# ...between two textured sides of alike texture: a real horizon or a hard edge meets a
-# flat or differently textured side, the shifted picture below a seam carries the
-# same grain as above.
-MIN_TEXTURE = 1.0
-TEXTURE_LIKENESS = 0.5
-# Only every COLUMN_STEP-th column is read. Steps are compared per segment of this
-# many (sampled) columns; a seam covers at
-# least this share of the width.
+# Columns are compared per segment of SEGMENT read columns, every OFFSET_COLUMN_STEP-th.
+SEGMENT = 32
+OFFSET_COLUMN_STEP = 2
+# A place worth a close look: the step across a block boundary is STEP_RATIO times the
+# larger row-to-row step beside it plus MIN_STEP (mean absolute step, 0-255 per channel),
+# from every STEP_COLUMN_STEP-th column.
+STEP_COLUMN_STEP = 8
+STEP_RATIO = 2.0
+MIN_STEP = 3.0
+# The cast explains the step: the row below is the row above plus one offset per channel
+# (estimated from at least MIN_INSIDE pixels not pushed to 0 or 255) to within
+# EXPLAINED of the row's own spread and NATURAL_RESIDUAL times the natural row-to-row
+# step. A real horizon or hard edge meets other content (or a flat side, whose spread
+# under MIN_SPREAD explains nothing), so no offset explains it.
+MIN_INSIDE = 8
+MIN_SPREAD = 3.0
+EXPLAINED = 0.5
+NATURAL_RESIDUAL = 1.5
+# An offset that moves luma or chroma by MIN_OFFSET counts, in MIN_SEGMENTS segments of
+# the boundary and those up to REPEAT_ROWS below it. JPEG's chroma blocking steps by up to
+# about 18 (measured on generated photos) and by a different amount in each block, so a
+# cast that is only chroma below MIN_CHROMA_OFFSET must agree to OFFSET_TOLERANCE per
+# channel over CONSISTENT_SHARE of the width.
+MIN_OFFSET = 4
+MIN_SEGMENTS = 2
+MIN_CHROMA_OFFSET = 20
+OFFSET_TOLERANCE = 6
+CONSISTENT_SHARE = 0.6
+YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+# A colour gradient steps at every chroma block boundary (REPEAT_ROWS apart at most);
+# damage steps once: an offset seen again (within REPEAT_SHARE of it) REPEAT_ROWS above
+# or below is not.
+REPEAT_ROWS = 16
+REPEAT_SHARE = 0.5
+# The clipped-cast test reads every COLUMN_STEP-th column of pictures at least
+# MIN_SEAM_WIDTH wide (measured false positives at 384 wide), with steps of at least
+# SEAM_MIN_STEP that are SEAM_RATIO times the step above.
 COLUMN_STEP = 4
-SEGMENT = 8
-MIN_SEAM_SPAN = 0.35
+MIN_SEAM_WIDTH = 512
+SEAM_RATIO = 2.5
+SEAM_MIN_STEP = 8.0
 # The grey libjpeg fills a lost tail with, and how close (per channel) counts as it.
 FILL_GREY = 128
 FILL_TOLERANCE = 2
-
-
-MIN_SEAM_WIDTH = 512
 # A colour cast big enough to push the picture below a seam out of range: from the seam
 # down nearly every pixel has a channel at 0 or 255, just above it nearly none do, and
 # the clipped rows still vary (a black bar or a flat sky is one colour).
@@ -40,47 +65,107 @@ UNCLIPPED_ABOVE = 0.1
 CLIPPED_MIN_SPREAD = 4.0
 
 
-def damaged_row(pixels: np.ndarray) -> int:
+def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK) -> int:
     """The first pixel row of silent damage, or -1 when the pixels look whole.
 
-    `pixels` is height × width (× channels) uint8, as decoded."""
+    `pixels` is height × width (× channels) uint8, as decoded; `mcu_height` the height
+    of the JPEG's minimum coded unit (16 with chroma halved vertically): damage starts
+    on a boundary between MCU rows, so only those are read."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     height = pixels.shape[0]
     if height < 3 * BLOCK:
         return -1
     filled = _grey_fill_row(pixels)
-    if pixels.shape[1] < MIN_SEAM_WIDTH:
-        return filled  # too few columns to tell a seam from a real edge (measured false positives at 384 wide)
-    boundaries = np.arange(BLOCK, height - 1, BLOCK)
+    boundaries = np.arange(mcu_height, height - 1, mcu_height)
     if filled >= 0:
         boundaries = boundaries[boundaries < filled]
-    sampled = pixels[:, ::COLUMN_STEP, :3]
-    found = [row for row in (_first_seam(sampled, boundaries), _clipped_seam(sampled, boundaries)) if row >= 0]
+    found = [_offset_seam(pixels, boundaries)]
+    if pixels.shape[1] >= MIN_SEAM_WIDTH:
+        found.append(_clipped_seam(pixels[:, ::COLUMN_STEP, :3], boundaries))
+    found = [row for row in found if row >= 0]
     return min(found) if found else filled
 
 
-def _first_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
-    if not len(boundaries):
+def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
+    """The first boundary below which the picture is the one above plus a colour offset
+    (the DC of every block shifted by the same amount), or -1."""
+    segment_width = SEGMENT * OFFSET_COLUMN_STEP
+    segments = pixels.shape[1] // segment_width
+    if not len(boundaries) or segments < 2:
         return -1
-    width = pixels.shape[1] // SEGMENT * SEGMENT
-    if width < 4 * SEGMENT:
+    step = int(boundaries[1] - boundaries[0]) if len(boundaries) > 1 else BLOCK
+    # Two rows either side of each boundary, copied whole (row copies are cheap, strided
+    # gathers are not): rows[k, boundary, segment, column, channel]
+    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
+    rows = rows[:, :segments * segment_width, :3].reshape(4, len(boundaries), segments, segment_width, -1)
+    # A step across the boundary well above the row-to-row steps beside it, from every
+    # fourth column; only the few such places are looked at closely.
+    over, above, below, under = rows[..., ::STEP_COLUMN_STEP, :].astype(np.int16)
+    values = over.shape[-2] * over.shape[-1]
+    across = np.abs(below - above).reshape(*over.shape[:2], -1).sum(axis=-1) / values
+    natural = np.maximum(np.abs(above - over).reshape(*over.shape[:2], -1).sum(axis=-1),
+                         np.abs(under - below).reshape(*over.shape[:2], -1).sum(axis=-1)) / values
+    candidates = np.nonzero(across >= STEP_RATIO * natural + MIN_STEP)
+    if not len(candidates[0]):
         return -1
-    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]), :width]
-    steps = np.abs(np.diff(rows.astype(np.int16), axis=0))  # above, across, below
-    # Mean step per segment of the width: steps[k, boundary, segment]
-    values = SEGMENT * rows.shape[-1]
-    steps = steps.reshape(3, len(boundaries), width // SEGMENT, values).sum(axis=-1, dtype=np.int32) / values
-    above, across, below = steps
-    rougher, smoother = np.maximum(above, below), np.minimum(above, below)
-    seam = ((across >= SEAM_RATIO * (rougher + 1)) & (across >= SEAM_MIN_STEP)
-            & (smoother >= MIN_TEXTURE) & (smoother >= TEXTURE_LIKENESS * rougher))
-    # Damage runs on to the end of the block row it starts in and starts the next one
-    # from the left edge: a seam reaches one side and spans a good part of the width,
-    # unlike the top of a shape that happens to lie on a block boundary.
-    reaches_side = seam[:, 0] | seam[:, -1]
-    found = np.flatnonzero(reaches_side & (seam.mean(axis=1) >= MIN_SEAM_SPAN))
-    return int(boundaries[found[0]]) if len(found) else -1
+    natural = natural[candidates]
+    close = rows[1:3, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP].astype(np.int16)
+    above, below = close  # candidate, column, channel
+    # The offset that best explains the pixels below from those above, from the pixels
+    # the cast did not push out of range, and what it leaves unexplained.
+    inside = (below > 0) & (below < 255)
+    known = inside.sum(axis=1) >= MIN_INSIDE  # candidate, channel
+    offset = _median_where(below - above, inside)
+    offset = np.where(known, np.round(offset), 0)
+    weight = known[:, None, :]
+    counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)
+    residual = (np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).sum(axis=(1, 2)) / counted
+    spread = (np.abs(below - below.mean(axis=1, keepdims=True)) * weight).sum(axis=(1, 2)) / counted
+    luma, chroma = _luma_and_chroma(offset)
+    evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
+                & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2))
+    # A colour gradient steps at every chroma block boundary; damage steps once.
+    for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):
+        neighbour = np.clip(candidates[0] + distance, 0, len(boundaries) - 1)
+        again = (rows[2, neighbour, candidates[1], ::STEP_COLUMN_STEP].astype(np.int16)
+                 - rows[1, neighbour, candidates[1], ::STEP_COLUMN_STEP]).mean(axis=1)
+        evidence &= ~((neighbour != candidates[0])
+                      & (np.abs(again - offset).max(axis=1) <= REPEAT_SHARE * np.abs(offset).max(axis=1)))
+    if not evidence.any():
+        return -1
+    where = boundaries[candidates[0][evidence]]
+    offset, known = offset[evidence], known[evidence]
+    # Chroma blocking steps too, by a few levels that change from block to block; a
+    # cast that is only chroma and not far above that must be one colour over most of
+    # the width.
+    strong = ((luma >= MIN_OFFSET) | (chroma >= MIN_CHROMA_OFFSET))[evidence]
+    for boundary in np.unique(where):
+        near = (where >= boundary) & (where <= boundary + REPEAT_ROWS)
+        if (near & strong).sum() >= MIN_SEGMENTS:
+            return int(boundary)
+        reference = np.median(offset[where == boundary], axis=0)
+        agrees = (~known | (np.abs(offset - reference) <= OFFSET_TOLERANCE)).all(axis=1)
+        if (near & agrees).sum() >= max(MIN_SEGMENTS, CONSISTENT_SHARE * segments):
+            return int(boundary)
+    return -1
+
+
+def _median_where(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """The median along axis 1 of the chosen values (candidate × column × channel); 0 where none is."""
+    count = chosen.sum(axis=1, keepdims=True)
+    ordered = np.sort(np.where(chosen, values, np.iinfo(values.dtype).max), axis=1)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=1)
+    high = np.take_along_axis(ordered, count // 2, axis=1)
+    return np.where(count > 0, (low.astype(np.float64) + high) / 2, 0)[:, 0]
+
+
+def _luma_and_chroma(offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How far an RGB offset (candidate × channel) moves luma, and the larger chroma."""
+    if offset.shape[1] < 3:
+        return np.abs(offset[:, 0]), np.zeros(len(offset))
+    luma, blue, red = np.abs(offset @ YCBCR.T).T
+    return luma, np.maximum(blue, red)
 
 
 def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:

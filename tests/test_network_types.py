@@ -216,8 +216,9 @@ def test_each_type_trains_stops_and_resumes_bit_exactly(tmp_path, tiny_dataset, 
         assert torch.equal(tensors[key], value), key
 
 
-def test_training_starts_from_network_weights(tmp_path, tiny_dataset, make_run):
-    loha = {**TYPE_SETTINGS["loha"], "train_text_encoder": False}
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_training_starts_from_network_weights(tmp_path, tiny_dataset, make_run, kind):
+    loha = {**TYPE_SETTINGS[kind if kind != "lora" else "lora-dropouts"], "train_text_encoder": False}
     first = make_run(tiny_dataset, "first", network=loha, training={"epochs": 1})
     assert train(first.path) == 0
     start = first.checkpoints / "first.safetensors"
@@ -345,3 +346,54 @@ def test_vram_estimate_counts_the_rebuilt_weights_of_loha_and_lokr():
     loha = estimate(type="loha", rank=16, alpha=8, conv_dim=8, conv_alpha=4)
     locon = estimate(type="locon", rank=16, alpha=8, conv_dim=8, conv_alpha=4)
     assert loha.lora_gb > locon.lora_gb + 1  # SD1.5's adapted weights, about 0.8e9 elements in bf16
+
+
+# --------------------------------------------------------------------------- sd-scripts' dropouts on standard LoRA
+
+
+def _lora_linear(spec: NetworkSpec):
+    """One peft LoRA Linear(16 -> 12) with random down and up, and the spec's dropouts hooked."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from engine.network.dropout import add_lora_dropouts
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 12)).requires_grad_(False)
+    model = inject_adapter_in_model(LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=["0"]), model,
+                                    "net")
+    layer = model[0]
+    with torch.no_grad():
+        layer.lora_B["net"].weight.normal_()
+    assert add_lora_dropouts([layer], spec, "net") == (1 if spec.network_dropout or spec.rank_dropout
+                                                        or spec.module_dropout else 0)
+    return layer
+
+
+def test_dropouts_act_on_the_rank_activations_as_sd_scripts_does():
+    x = torch.randn(5, 16)
+    plain = _lora_linear(NetworkSpec(rank=4, alpha=4))
+    base, down, up = plain.base_layer, plain.lora_A["net"], plain.lora_B["net"]
+
+    def expected(lx):  # sd-scripts: org_forward(x) + lora_up(lx) * multiplier * scale
+        return base(x) + up(lx) * 1.0
+
+    # rank dropout: whole ranks per example, the rest scaled by 1 / (1 - p)
+    layer = _lora_linear(NetworkSpec(rank=4, alpha=4, rank_dropout=0.5)).train()
+    torch.manual_seed(7)
+    got = layer(x)
+    torch.manual_seed(7)
+    keep = (torch.rand(5, 4) > 0.5).float()
+    torch.testing.assert_close(got, expected(down(x) * keep / 0.5))
+    assert 0 < keep.sum() < keep.numel()
+    # network dropout: elements of lx, as torch's dropout
+    layer = _lora_linear(NetworkSpec(rank=4, alpha=4, network_dropout=0.3)).train()
+    torch.manual_seed(3)
+    got = layer(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(got, expected(torch.nn.functional.dropout(down(x), p=0.3)))
+    # module dropout 1: the base layer only; any dropout is off in eval mode (samples)
+    layer = _lora_linear(NetworkSpec(rank=4, alpha=4, module_dropout=1.0)).train()
+    torch.testing.assert_close(layer(x), base(x))
+    layer.eval()
+    torch.testing.assert_close(layer(x), plain(x))
+    assert not torch.equal(plain(x), base(x))

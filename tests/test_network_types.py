@@ -186,17 +186,23 @@ TYPE_SETTINGS = {
 }
 
 
+SAMPLING = {"prompts": "sks dog --w 64 --h 64 --s 1 --d 5", "every_n_epochs": 1}
+
+
 @pytest.mark.parametrize("name", sorted(TYPE_SETTINGS))
 def test_each_type_trains_stops_and_resumes_bit_exactly(tmp_path, tiny_dataset, make_run, monkeypatch, name):
     network = TYPE_SETTINGS[name]
-    reference = make_run(tiny_dataset, "reference", network=network)
+    reference = make_run(tiny_dataset, "reference", network=network, sampling=SAMPLING)
     assert train(reference.path) == 0
     expected, metadata = read_lora_file(reference.checkpoints / "reference.safetensors")
     spec = NetworkSpec.of(load_config(reference.config))
     assert metadata["ss_network_module"] == spec.metadata()["ss_network_module"]
     assert any(value.abs().sum() > 0 for key, value in expected.items() if not key.endswith(".alpha"))
 
-    run = make_run(tiny_dataset, "stopped", network=network)
+    samples = sorted(path.name for path in reference.samples.glob("*.png"))
+    assert samples  # the in-training network renders samples every epoch
+
+    run = make_run(tiny_dataset, "stopped", network=network, sampling=SAMPLING)
     real_emit = EventWriter.emit
 
     def emit(self, type, **fields):  # stop as epoch 1 ends
@@ -214,6 +220,7 @@ def test_each_type_trains_stops_and_resumes_bit_exactly(tmp_path, tiny_dataset, 
     assert tensors.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(tensors[key], value), key
+    assert sorted(path.name for path in run.samples.glob("*.png")) == samples
 
 
 @pytest.mark.parametrize("kind", ["lora", "loha"])

@@ -7,8 +7,10 @@
         [--profile FILE]                 torch.profiler table of 3 more steps of the first configuration
     ... --loader [--workers 0 2 4 8]    can the data loader feed the GPU when latents are not cached?
     ... --memory-model                  re-measure engine/plan/vram.py's activation constants (meta device)
+    ... --family sdxl                   SDXL base's architecture (1024², batch 1/4/8; --quick: the tiny SDXL)
 
-The model is SD1.5's real architecture built from `engine/model/assets/sd15` with random weights
+The model is SD1.5's (or with --family sdxl SDXL base 1.0's) real architecture built from
+`engine/model/assets/sd15` (`.../sdxl`) with random weights
 (speed does not depend on the weights, so nothing is downloaded). Each configuration runs
 `engine.train.step.TrainStep` -- the trainer's own step: LoRA from engine.network.lora,
 speed settings, optimizer and schedule from the config, accelerate's mixed precision --
@@ -35,9 +37,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ASSETS = ROOT / "engine" / "model" / "assets" / "sd15"
+ASSETS_ROOT = ROOT / "engine" / "model" / "assets"
+ASSETS = ASSETS_ROOT / "sd15"
 QUICK = {"resolutions": [64], "batches": [1, 4], "ranks": [4], "steps": 3, "warmup": 1}
 FULL = {"resolutions": [512, 768], "batches": [1, 4, 16], "ranks": [16, 64], "steps": 10, "warmup": 3}
+FULL_SDXL = {"resolutions": [1024], "batches": [1, 4, 8], "ranks": [16, 64], "steps": 10, "warmup": 3}
+FAMILY = "sd15"  # set by --family
+
+
+def _assets():
+    return ASSETS_ROOT / FAMILY
+
+
+def unet_conditioning_extras(unet, batch: int, device, dtype=None) -> dict:
+    """SDXL's added conditioning (pooled text, six size numbers) for a U-Net that takes it."""
+    import torch
+
+    if unet.config.get("addition_embed_type") != "text_time":
+        return {}
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    return {"added_cond_kwargs": {"text_embeds": torch.zeros(batch, pooled, device=device, dtype=dtype),
+                                  "time_ids": torch.zeros(batch, 6, device=device, dtype=dtype)}}
 
 
 # --------------------------------------------------------------------------- models
@@ -47,29 +67,35 @@ def build_model(quick: bool, device, dtype):
     """A BaseModel with random weights: SD1.5's architecture, or the tiny test model."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from engine.model.loading import BaseModel, training_scheduler
 
     torch.manual_seed(0)
+    text_encoder_2 = None
     if quick:
-        from engine.model.tiny import make_tiny_pipeline
+        from engine.model.tiny import make_tiny_pipeline, make_tiny_sdxl_pipeline
 
-        pipeline = make_tiny_pipeline()
+        pipeline = make_tiny_sdxl_pipeline() if FAMILY == "sdxl" else make_tiny_pipeline()
         unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
+        text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
         scheduler_config = pipeline.scheduler.config
     else:
-        read = lambda part: json.loads((ASSETS / part / "config.json").read_text())  # noqa: E731
+        read = lambda part: json.loads((_assets() / part / "config.json").read_text())  # noqa: E731
         with torch.device(device):  # initialise on the GPU: seconds instead of a minute on the CPU
             unet = UNet2DConditionModel.from_config(read("unet"))
             vae = AutoencoderKL.from_config(read("vae"))
             text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(read("text_encoder")))
-        scheduler_config = DDPMScheduler.load_config(str(ASSETS / "scheduler"))
+            if FAMILY == "sdxl":
+                text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(read("text_encoder_2")))
+        scheduler_config = DDPMScheduler.load_config(str(_assets() / "scheduler"))
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    for module, wanted in ((unet, dtype), (text_encoder, dtype), (vae, vae_dtype)):
-        module.to(device=device, dtype=wanted).requires_grad_(False)
+    for module, wanted in ((unet, dtype), (text_encoder, dtype), (text_encoder_2, dtype), (vae, vae_dtype)):
+        if module is not None:
+            module.to(device=device, dtype=wanted).requires_grad_(False)
     return BaseModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=None,
-                     noise_scheduler=training_scheduler(scheduler_config, False), name="random", source="random")
+                     noise_scheduler=training_scheduler(scheduler_config, False), name="random", source="random",
+                     family=FAMILY, text_encoder_2=text_encoder_2)
 
 
 def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precision: str, compile_unet: bool,
@@ -77,7 +103,7 @@ def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precisio
     from engine.config.schema import config_from_dict
 
     return config_from_dict({
-        "model": {"pretrained_model": str(ASSETS)},  # names SD1.5's configs (for engine.plan.vram); nothing is loaded
+        "model": {"pretrained_model": str(_assets())},  # names the family's configs (for engine.plan.vram); nothing is loaded
         "dataset": {"resolution": str(resolution)},
         "network": {"rank": rank, "alpha": float(rank), "train_text_encoder": text_encoder},
         "optimizer": {"optimizer": "AdamW", "learning_rate": 1e-4, "lr_scheduler": "constant"},
@@ -102,7 +128,8 @@ def unet_flops_per_image(quick: bool, resolution: int, rank: int) -> float:
     states = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
     counter = FlopCounterMode(display=False)
     with counter:
-        prediction = unet(latents, torch.zeros(1, dtype=torch.long, device="meta"), states).sample
+        prediction = unet(latents, torch.zeros(1, dtype=torch.long, device="meta"), states,
+                          **unet_conditioning_extras(unet, 1, "meta")).sample
         F.mse_loss(prediction, latents).backward()
     return float(counter.get_total_flops())
 
@@ -112,11 +139,11 @@ def _meta_unet(quick: bool):
     from diffusers import UNet2DConditionModel
 
     if quick:
-        from engine.model.tiny import make_tiny_pipeline
+        from engine.model.tiny import make_tiny_pipeline, make_tiny_sdxl_pipeline
 
-        config = dict(make_tiny_pipeline().unet.config)
+        config = dict((make_tiny_sdxl_pipeline() if FAMILY == "sdxl" else make_tiny_pipeline()).unet.config)
     else:
-        config = json.loads((ASSETS / "unet" / "config.json").read_text())
+        config = json.loads((_assets() / "unet" / "config.json").read_text())
     with torch.device("meta"):
         return UNet2DConditionModel.from_config(config)
 
@@ -134,9 +161,21 @@ def synthetic_batch(model, *, batch: int, resolution: int, text_encoder: bool, a
     items = {"latents": torch.randn(batch, 4, side, side, generator=generator), "count": batch}
     vocab = model.text_encoder.config.vocab_size
     input_ids = torch.randint(0, vocab, (batch, 1, 77), generator=generator)
+    if FAMILY == "sdxl":  # sizes of a 1024² image trained uncropped at its own size
+        items.update({key: torch.full((batch, 2), float(resolution)) for key in ("original_size", "target_size")})
+        items["crop_top_left"] = torch.zeros(batch, 2)
     if text_encoder:
         items["input_ids"] = input_ids
         items["token_weights"] = torch.ones(batch, 1, 77)
+        if FAMILY == "sdxl":
+            items["input_ids_2"] = input_ids
+    elif FAMILY == "sdxl":
+        from engine.model.families.sdxl import encode_tokens
+
+        with torch.no_grad(), accelerator.autocast():
+            ids = input_ids.to(accelerator.device)
+            states, pooled = encode_tokens(model.text_encoder, model.text_encoder_2, ids, ids)
+        items["text_states"], items["pooled_states"] = states.cpu(), pooled.cpu()
     else:
         from engine.train.step import encode_captions
 
@@ -174,7 +213,7 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
                 device = accelerator.device
                 model = build_model(quick, device, WEIGHT_DTYPES[accelerator.mixed_precision])
                 network = LoraNetwork.attach(model.unet, model.text_encoder, rank=rank, alpha=float(rank),
-                                             train_text_encoder=text_encoder)
+                                             train_text_encoder=text_encoder, text_encoder_2=model.text_encoder_2)
                 apply_speed_settings(model, first, device, text_encoder)
                 optimizer = make_optimizer(first, network.param_groups(1e-4, 1e-5), device)
                 kernel = optimizer_kernel(optimizer)
@@ -189,7 +228,7 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
                         config = bench_config(rank=rank, text_encoder=text_encoder, checkpointing=checkpointing,
                                               precision=precision, compile_unet=args.compile, batch=batch,
                                               resolution=resolution)
-                        # the estimate is for SD1.5; the tiny model of --quick has nothing to compare it with
+                        # the estimate is for the real family; the tiny model of --quick has nothing to compare it with
                         estimate = None if quick else round(estimate_vram(config).total_gb, 2)
                         row = {"resolution": resolution, "batch": batch, "rank": rank, "text_encoder": text_encoder,
                                "gradient_checkpointing": checkpointing, "tflop_per_image": flops[key] / 1e12,
@@ -213,7 +252,7 @@ def describe(args) -> dict:
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    return {"device": device, "cuda": cuda, "model": "tiny" if args.quick else "sd15",
+    return {"device": device, "cuda": cuda, "model": ("tiny-" if args.quick else "") + FAMILY,
             "precision": args.precision if cuda else "no", "torch": torch.__version__,
             "peak_tflops": args.peak_tflops, "compile_unet": args.compile, "steps": args.steps, "warmup": args.warmup}
 
@@ -438,10 +477,11 @@ def memory_model(args) -> dict:
         known = {p.untyped_storage()._cdata for p in [*unet.parameters(), *unet.buffers()]}
         side = resolution // 8
         latents = torch.empty(batch, 4, side, side, device="meta")
-        states = torch.empty(batch, 77, 768, device="meta", dtype=torch.bfloat16)
+        states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=torch.bfloat16)
+        extras = unet_conditioning_extras(unet, batch, "meta", torch.bfloat16)
         tracker = LiveBytes(known)
         with tracker, Autocast():
-            prediction = unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), states).sample
+            prediction = unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), states, **extras).sample
             F.mse_loss(prediction.float(), latents).backward()
         return tracker.peak / 2**30
 
@@ -482,17 +522,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8])
     parser.add_argument("--images", type=int, default=64, help="JPEGs for --loader")
     parser.add_argument("--memory-model", action="store_true", help="measure activation memory on the meta device")
+    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15", help="model architecture (default sd15)")
     args = parser.parse_args(argv)
 
     import torch
 
+    global FAMILY
+    FAMILY = args.family
     args.quick = args.quick or not torch.cuda.is_available()
     if args.memory_model:
-        defaults = {"resolutions": [512, 768], "batches": [4]}  # SD1.5 at full size: the meta device needs no memory
+        # at full size: the meta device needs no memory
+        defaults = ({"resolutions": [1024], "batches": [2]} if FAMILY == "sdxl"
+                    else {"resolutions": [512, 768], "batches": [4]})
     elif args.loader:
         defaults = {"resolutions": [512], "batches": [16]}
     else:
-        defaults = QUICK if args.quick else FULL
+        defaults = QUICK if args.quick else FULL_SDXL if FAMILY == "sdxl" else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -25,6 +25,7 @@ def format_plan(plan: Plan) -> str:
             f"  {folder.name}{kind}: {folder.images} images x {folder.repeats} repeats"
             f" = {folder.instances}  ({folder.captioned} captioned{held_out})"
         )
+    lines.append(f"Model family      {plan.family_label}")
     lines.append(f"Images            {plan.images}")
     validation = (f"{plan.validation_images} images ({plan.validation_where})" if plan.validation_source
                   else "off (set validation.image_dir or validation.split_fraction)")

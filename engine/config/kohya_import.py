@@ -182,6 +182,7 @@ SPECIAL_KEYS = {
     "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
     "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
     "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
+    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
     "dora_wd", "LyCORIS_preset", "bucket_reso_steps", *NETWORK_KEYS, *LYCORIS_OPTIONS,
 }
 
@@ -241,9 +242,6 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
             f"{where}LoRA_type {network_type!r} cannot be trained by loradeck (it trains {GUI_NETWORK_TYPES}); "
             "choose one of those in the Kohya GUI or train it there"
         )
-    if _flag(data.get("sdxl", False)) is True:
-        raise LoradeckError(f"{where}sdxl is true: loradeck trains SD1.x/2.x LoRAs, not SDXL")
-
     settings: dict[str, dict[str, Any]] = {}
     ignored: list[str] = []
     notes: list[str] = []
@@ -288,6 +286,13 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
                          f"{', '.join(map(str, BUCKET_STEPS))} (64 is sd-scripts' default)")
             step = 64
         put("dataset.bucket_step", step, "bucket_reso_steps")
+    if _flag(data.get("sdxl", False)) is True:
+        put("model.family", "sdxl", "sdxl")
+        if _flag(data.get("sdxl_cache_text_encoder_outputs", False)) is True:
+            put("precision.cache_text_encoder_outputs", True, "sdxl_cache_text_encoder_outputs")
+        if _flag(data.get("sdxl_no_half_vae", False)) is True:
+            notes.append("sdxl_no_half_vae: loradeck runs SDXL's VAE in fp32 under fp16 unless model.vae "
+                         "gives an fp16-fixed one (under bf16 it cannot overflow)")
     if "max_resolution" in data:
         value = _text(data["max_resolution"])
         if value is not _UNSET:

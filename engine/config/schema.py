@@ -83,6 +83,14 @@ class ModelSettings:
         "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
         path=True,
     )
+    family: str = setting(
+        "auto",
+        "Model family: auto (read from the base model's files), sd15, sd2 or sdxl.",
+        label="Model family",
+        choices=("auto", "sd15", "sd2", "sdxl"),
+        advice="Leave on auto: a local folder or .safetensors file says what it is. Set sdxl for an "
+        "SDXL hub id or a .ckpt, so the plan and the VRAM estimate use SDXL's sizes before loading.",
+    )
     vae: str = setting(
         "",
         "Optional VAE to use instead of the base model's (folder or .safetensors).",
@@ -432,6 +440,15 @@ class OptimizerSettings:
         maximum=10.0,
         advice="About half the U-Net's (e.g. 5e-5): a text encoder that learns too fast makes the "
         "trigger word overpower the rest of a prompt.",
+    )
+    text_encoder_2_lr: float | None = setting(
+        None,
+        "SDXL's second text encoder (OpenCLIP-bigG) learning rate (unset = text-encoder LR).",
+        label="Text encoder 2 LR",
+        minimum=0.0,
+        maximum=10.0,
+        advice="SDXL only. The larger encoder usually wants the same or a lower rate than CLIP-L; "
+        "leave empty to use the text-encoder LR for both.",
     )
     lr_scheduler: str = setting(
         "cosine", "Learning-rate schedule.", label="LR scheduler", choices=SCHEDULERS,
@@ -823,6 +840,12 @@ class TrainConfig:
     def text_encoder_learning_rate(self) -> float:
         lr = self.optimizer.text_encoder_lr
         return self.optimizer.learning_rate if lr is None else lr
+
+    @property
+    def text_encoder_2_learning_rate(self) -> float:
+        """SDXL's second text encoder: its own rate, else the first one's."""
+        lr = self.optimizer.text_encoder_2_lr
+        return self.text_encoder_learning_rate if lr is None else lr
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:

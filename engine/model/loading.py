@@ -10,6 +10,7 @@ user can get wrong (a missing path, a `.ckpt` not allowed, an unreadable file) b
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ import torch
 
 from engine.config.schema import TrainConfig, resolve_path
 from engine.errors import LoradeckError, first_line
+from engine.model.families import check_family, family_named, file_family, folder_family
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -33,6 +36,26 @@ class BaseModel:
     noise_scheduler: Any  # DDPMScheduler with the model's betas, for training
     name: str  # what metadata and sample files call it: file stem, folder name or hub id
     source: str  # resolved path or hub id
+    family: str = "sd15"  # engine.model.families: "sd15", "sd2" or "sdxl"
+    text_encoder_2: Any = None  # SDXL's OpenCLIP-bigG
+    tokenizer_2: Any = None
+
+    @property
+    def family_module(self):
+        return family_named(self.family)
+
+    @property
+    def text_encoders(self) -> list:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 is not None else [])
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.tokenizer_2 is not None else [])
+
+    def parts(self) -> dict[str, Any]:
+        """The modules by their diffusers pipeline names (what a pipeline is built from)."""
+        names = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 def looks_like_hub_id(value: str) -> bool:
@@ -64,19 +87,28 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         source = value
     else:
         raise LoradeckError(f"model.pretrained_model: {path} does not exist")
+    family = parts.pop("family")
+    check_family(config, family, source)
 
     if config.model.vae.strip():
-        base_folder = path if path is not None and path.is_dir() else None
+        # a file's VAE takes its config from the base folder, else from the family's shipped
+        # configs (SDXL's VAE scales latents by 0.13025, SD's by 0.18215)
+        base_folder = (path if path is not None and path.is_dir()
+                       else getattr(family_named(family), "SINGLE_FILE_CONFIG", None))
         parts["vae"] = load_vae_override(
             resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
         )
 
-    for part, wanted in (("unet", dtype), ("text_encoder", dtype), ("vae", vae_dtype)):
-        module = parts[part]
+    if family_named(family).vae_safe_in_fp16(config):
+        vae_dtype = dtype
+    modules = [("unet", dtype), ("text_encoder", dtype), ("text_encoder_2", dtype), ("vae", vae_dtype)]
+    for part, wanted in modules:
+        module = parts.get(part)
+        if module is None:
+            continue
         if module.dtype != wanted:
             module.to(dtype=wanted)
         module.to(device)
-    for module in (parts["unet"], parts["text_encoder"], parts["vae"]):
         module.requires_grad_(False)
     return BaseModel(
         unet=parts["unet"],
@@ -86,6 +118,9 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         noise_scheduler=training_scheduler(parts["scheduler"].config, config.model.v_parameterization),
         name=model_display_name(value),
         source=source,
+        family=family,
+        text_encoder_2=parts.get("text_encoder_2"),
+        tokenizer_2=parts.get("tokenizer_2"),
     )
 
 
@@ -100,24 +135,27 @@ def training_scheduler(scheduler_config: Any, v_parameterization: bool) -> Any:
 
 
 def _load_diffusers(source: str, *, local_only: bool, dtype: torch.dtype, vae_dtype: torch.dtype) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+    """The parts of a diffusers folder (or hub id), as its family has them, plus "family"."""
     if local_only and not (Path(source) / "unet").is_dir():
         raise LoradeckError(f"model.pretrained_model: {source} is not a diffusers model folder (no unet/ inside)")
-    loaders = {
-        "unet": lambda: UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", local_files_only=local_only, torch_dtype=dtype
-        ),
-        "vae": lambda: AutoencoderKL.from_pretrained(
-            source, subfolder="vae", local_files_only=local_only, torch_dtype=vae_dtype
-        ),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", local_files_only=local_only, dtype=dtype
-        ),
-        "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only),
-        "scheduler": lambda: DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only),
-    }
+    family = folder_family(Path(source)) if local_only else _hub_family(source)
+    parts = family_named(family or "sd15").load_diffusers(source, local_only=local_only, dtype=dtype, vae_dtype=vae_dtype)
+    return {**parts, "family": family or "sd15"}
+
+
+def _hub_family(source: str) -> str | None:
+    """A hub model's family from its model_index.json (fetched, or from the local cache)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return folder_family(Path(hf_hub_download(source, "model_index.json")).parent)
+    except Exception as error:  # the hub raises many types; loading the parts says what is wrong
+        log.info("cannot read %s/model_index.json (%s); loading it as SD 1.x", source, first_line(error))
+        return None
+
+
+def load_parts(source: str, local_only: bool, loaders: dict[str, Any]) -> dict[str, Any]:
+    """Run each part's loader; a failure is one line naming the part (used by the families)."""
     parts = {}
     for part, load in loaders.items():
         try:
@@ -137,12 +175,14 @@ def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> di
             f"model.pretrained_model: {path} is a .ckpt (pickle) file; convert it to .safetensors or set "
             "model.allow_ckpt = true to load it with torch's weights-only loader"
         )
-    from engine.model.single_file import load_single_file
-
     prediction = "v_prediction" if config.model.v_parameterization else None
     # fp16 comes later, for the U-Net and CLIP only: the VAE stays fp32 (see load_base_model)
     load_dtype = torch.float32 if dtype == torch.float16 else dtype
-    return load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None, prediction_type=prediction, dtype=load_dtype)
+    # the family from the file's tensor names (a .ckpt: the SD loader reads its keys and refuses SDXL)
+    family = file_family(path) or "sd15"
+    parts = family_named(family).load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None,
+                                                  prediction_type=prediction, dtype=load_dtype)
+    return {**parts, "family": family}
 
 
 def load_vae_override(path: Path | None, base_folder: Path | None, *, allow_ckpt: bool) -> Any:

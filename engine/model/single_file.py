@@ -87,7 +87,8 @@ def read_checkpoint(path: str | Path, *, allow_ckpt: bool = False) -> dict[str, 
 def detect_family(state: dict[str, Any], path: str | Path) -> str:
     """"sd15" or "sd2" from the keys (and text-encoder width); anything else is refused."""
     if any(key.startswith("conditioner.embedders.") for key in state):
-        raise LoradeckError(f"{path}: an SDXL checkpoint; loradeck trains Stable Diffusion 1.x and 2.x")
+        raise LoradeckError(f"{path}: an SDXL checkpoint; this loader reads SD 1.x and 2.x "
+                            "(engine.model.families.sdxl.load_single_file reads SDXL)")
     conv_in = state.get(UNET_PREFIX + "input_blocks.0.0.weight")
     if conv_in is None or conv_in.ndim != 4:
         raise LoradeckError(
@@ -130,8 +131,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise LoradeckError(f"{path}: unreadable model config ({first_line(error)})") from error
 
 
-def load_tokenizer(config_dir: str | Path | None = None):
-    """CLIPTokenizer for a model folder, offline.
+def load_tokenizer(config_dir: str | Path | None = None, subfolder: str = "tokenizer"):
+    """CLIPTokenizer for a model folder (its `subfolder`: SDXL's second is tokenizer_2), offline.
 
     A folder whose `tokenizer/` holds a vocabulary (vocab.json) is loaded as is. Otherwise
     (our shipped configs) the vocabulary is CLIP's BPE from `engine/model/assets/clip_tokenizer`,
@@ -140,7 +141,7 @@ def load_tokenizer(config_dir: str | Path | None = None):
     """
     from transformers import CLIPTokenizer
 
-    folder = Path(config_dir) / "tokenizer" if config_dir is not None else CLIP_TOKENIZER_DIR
+    folder = Path(config_dir) / subfolder if config_dir is not None else CLIP_TOKENIZER_DIR
     if (folder / "vocab.json").is_file():
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     settings_file = folder / "tokenizer_config.json"
@@ -399,6 +400,8 @@ _UNET_TOP_TO_LDM = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL's pooled-text and size embedding
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 _UNET_RESNET_TO_LDM = {
     "norm1": "in_layers.0",
@@ -493,12 +496,15 @@ def _vae_to_ldm(weights: dict[str, Any], config) -> dict[str, Any]:
     return converted
 
 
-def _text_encoder_to_ldm(weights: dict[str, Any], hidden_act: str) -> dict[str, Any]:
+def _text_encoder_to_ldm(weights: dict[str, Any], hidden_act: str, *, clip_prefix: str = CLIP_PREFIX,
+                         open_clip_prefix: str = OPEN_CLIP_PREFIX) -> dict[str, Any]:
     """SD 1.x keeps CLIP in transformers' layout under `cond_stage_model.transformer.`;
-    SD 2.x (OpenCLIP, GELU) in OpenCLIP's, with q/k/v fused into one in_proj."""
+    SD 2.x (OpenCLIP, GELU) in OpenCLIP's, with q/k/v fused into one in_proj (SDXL's two
+    encoders the same, under their `conditioner.embedders.N.` prefixes, the second with its
+    projection as OpenCLIP's `text_projection`, x @ P)."""
     weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
     if hidden_act != "gelu":
-        return {CLIP_PREFIX + "text_model." + key: value for key, value in weights.items()}
+        return {clip_prefix + "text_model." + key: value for key, value in weights.items()}
     import torch
 
     renames = {
@@ -512,13 +518,16 @@ def _text_encoder_to_ldm(weights: dict[str, Any], hidden_act: str) -> dict[str, 
     converted = {}
     for key, value in weights.items():
         if key in renames:
-            converted[OPEN_CLIP_PREFIX + renames[key]] = value
+            converted[open_clip_prefix + renames[key]] = value
+            continue
+        if key == "text_projection.weight":
+            converted[open_clip_prefix + "text_projection"] = value.T.contiguous()
             continue
         match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
         if not match:
             raise LoradeckError(f"text-encoder weight {key} has no place in the OpenCLIP layout")
         layer, name, kind = match.groups()
-        prefix = f"{OPEN_CLIP_PREFIX}transformer.resblocks.{layer}."
+        prefix = f"{open_clip_prefix}transformer.resblocks.{layer}."
         if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
             if name == "self_attn.q_proj":
                 parts = [weights[f"encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"]

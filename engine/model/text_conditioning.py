@@ -125,19 +125,31 @@ def condition_on_tokens(
         states = _final_layer_norm(text_encoder)(hidden)
     states = states.reshape(batch, windows * length, states.shape[-1])
     if weights is not None:
-        weights = weights.reshape(batch, windows * length, 1).to(states)
-        previous_mean = states.float().mean(dim=(1, 2), keepdim=True)
-        states = states * weights
-        mean = states.float().mean(dim=(1, 2), keepdim=True)
-        # sd-scripts restores each caption's mean. A mean that is ~0 next to the values
-        # themselves (random-weight test models; never trained CLIP) would divide noise by
-        # noise, and its gradient overflow, so such a caption keeps its weighted states as
-        # they are. Decided on the device, without asking the host; the denominator is made
-        # safe before dividing, as torch.where passes NaN gradients from the unused branch
-        size = states.float().abs().mean(dim=(1, 2), keepdim=True)
-        usable = mean.abs() > 1e-3 * size
-        ratio = torch.where(usable, previous_mean / torch.where(usable, mean, torch.ones_like(mean)), 1.0)
-        states = states * ratio.to(states)
+        states = apply_token_weights(states, weights)
+    return join_windows(states, windows, length)
+
+
+def apply_token_weights(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each token's state by its emphasis weight and restore each caption's mean
+    (sd-scripts' rule); `states` (batch, windows × 77, width), `weights` (batch, windows, 77)."""
+    batch, tokens, _ = states.shape
+    weights = weights.reshape(batch, tokens, 1).to(states)
+    previous_mean = states.float().mean(dim=(1, 2), keepdim=True)
+    states = states * weights
+    mean = states.float().mean(dim=(1, 2), keepdim=True)
+    # sd-scripts restores each caption's mean. A mean that is ~0 next to the values
+    # themselves (random-weight test models; never trained CLIP) would divide noise by
+    # noise, and its gradient overflow, so such a caption keeps its weighted states as
+    # they are. Decided on the device, without asking the host; the denominator is made
+    # safe before dividing, as torch.where passes NaN gradients from the unused branch
+    size = states.float().abs().mean(dim=(1, 2), keepdim=True)
+    usable = mean.abs() > 1e-3 * size
+    ratio = torch.where(usable, previous_mean / torch.where(usable, mean, torch.ones_like(mean)), 1.0)
+    return states * ratio.to(states)
+
+
+def join_windows(states: torch.Tensor, windows: int, length: int) -> torch.Tensor:
+    """The windows' states as one sequence: one <BOS> state, each window's 75 tokens, one <EOS>."""
     if windows == 1:
         return states
     pieces = [states[:, :1]]  # <BOS>
@@ -181,6 +193,10 @@ class TextStateCache:
 
     def get(self, caption: str) -> torch.Tensor:
         return self.states[caption]
+
+    def example(self, caption: str) -> dict[str, torch.Tensor]:
+        """What a training example carries instead of the caption's token ids."""
+        return {"text_states": self.states[caption]}
 
     @torch.no_grad()
     def fill(self, captions, tokenizer, text_encoder, *, max_token_length: int, weighted: bool, clip_skip: int,

@@ -21,7 +21,10 @@ AUTOMATIC1111, ComfyUI and sd-scripts read; one key prefix per adapted module:
     lora_te_text_model_encoder_layers_0_self_attn_q_proj....
 
 The key is the module's dotted path with dots turned into underscores (that is why the
-mapping back goes through the model's own module names, not by parsing the key).
+mapping back goes through the model's own module names, not by parsing the key). SDXL's
+two text encoders are `lora_te1_*` (CLIP-L) and `lora_te2_*` (OpenCLIP-bigG), as
+sd-scripts' SDXL networks.lora names them; its U-Net gets the same Transformer2DModel
+layers as SD1.x's (every Linear of every transformer block, at all depths).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ UNET_BLOCKS = ("Transformer2DModel",)
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")  # sd-scripts' conv targets
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
+SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # file name of each tensor -> the peft attribute (a dict by adapter name) that holds it
@@ -64,7 +68,7 @@ def kohya_name(prefix: str, module_name: str) -> str:
 
     transformers 5 dropped CLIPTextModel's `text_model.` level; Kohya keys always have it.
     """
-    if prefix == TEXT_ENCODER_PREFIX:
+    if prefix.startswith(TEXT_ENCODER_PREFIX):
         module_name = "text_model." + module_name.removeprefix("text_model.")
     return f"{prefix}_{module_name.replace('.', '_')}"
 
@@ -141,7 +145,7 @@ def _peft_config(spec: NetworkSpec, targets, ranks: dict, alphas: dict):
 
 @dataclass
 class LoraNetwork:
-    """The adapters attached to a base model's U-Net and text encoder."""
+    """The adapters attached to a base model's U-Net and text encoder (or SDXL's two)."""
 
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
@@ -162,23 +166,32 @@ class LoraNetwork:
     @property
     def has_text_encoder(self) -> bool:
         return self.spec.train_text_encoder
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
+        """(Kohya prefix, module) of each text encoder."""
+        if self.text_encoder_2 is None:
+            return [(TEXT_ENCODER_PREFIX, self.text_encoder)]
+        return list(zip(SDXL_TEXT_ENCODER_PREFIXES, (self.text_encoder, self.text_encoder_2)))
 
     @classmethod
     def attach(
         cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, *, rank: int, alpha: float,
-        train_unet: bool = True, train_text_encoder: bool = True,
+        train_unet: bool = True, train_text_encoder: bool = True, text_encoder_2: torch.nn.Module | None = None,
     ) -> "LoraNetwork":
         """A fresh standard LoRA (down: Kaiming uniform, up: zeros, so training starts at the base)."""
         spec = NetworkSpec(rank=rank, alpha=alpha, train_unet=train_unet, train_text_encoder=train_text_encoder)
-        return cls.build(unet, text_encoder, spec)
+        return cls.build(unet, text_encoder, spec, text_encoder_2=text_encoder_2)
 
     @classmethod
     def from_config(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, config, *, base_dir,
-                    train_text_encoder: bool) -> "LoraNetwork":
+                    train_text_encoder: bool, text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
         """The network a config trains, started from `network.network_weights` when it names a file."""
         from engine.config.schema import resolve_path
 
-        network = cls.build(unet, text_encoder, NetworkSpec.of(config, train_text_encoder=train_text_encoder))
+        network = cls.build(unet, text_encoder, NetworkSpec.of(config, train_text_encoder=train_text_encoder),
+                            text_encoder_2=text_encoder_2)
         start = resolve_path(base_dir, config.network.network_weights)
         if start is not None:
             if not start.is_file():
@@ -191,12 +204,15 @@ class LoraNetwork:
         return network
 
     @classmethod
-    def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec) -> "LoraNetwork":
+    def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec,
+              text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
         """Inject fresh adapters of the spec's type; every type starts at the base model's output."""
         from peft import LoraConfig, inject_adapter_in_model
 
         unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
+        network = cls(unet, text_encoder, spec, text_encoder_2)
+        for _, encoder in network.text_encoders:
+            encoder.requires_grad_(False)
         if spec.train_unet:
             config = _peft_config(spec, *_targets(unet, spec, UNET_TARGET_MODULES, UNET_BLOCKS + UNET_CONV_BLOCKS
                                                   if spec.adapts_resnets else UNET_BLOCKS))
@@ -207,10 +223,10 @@ class LoraNetwork:
                 inject_adapter_in_model(config, unet, ADAPTER_NAME)
         if spec.train_text_encoder:
             # peft directly: transformers' add_adapter insists on a newer peft than diffusers
-            config = _peft_config(spec, *_targets(text_encoder, spec, TEXT_ENCODER_TARGET_MODULES,
-                                                  ("CLIPAttention", "CLIPMLP")))
-            inject_adapter_in_model(config, text_encoder, ADAPTER_NAME)
-        network = cls(unet, text_encoder, spec)
+            for _, encoder in network.text_encoders:
+                config = _peft_config(spec, *_targets(encoder, spec, TEXT_ENCODER_TARGET_MODULES,
+                                                      ("CLIPAttention", "CLIPMLP")))
+                inject_adapter_in_model(config, encoder, ADAPTER_NAME)
         # adapter weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
@@ -233,18 +249,24 @@ class LoraNetwork:
     def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
         if not self.has_text_encoder:
             return []
-        return [p for _, layer in lora_layers(self.text_encoder) for p in self._layer_parameters(layer)]
+        return [p for _, encoder in self.text_encoders for _, layer in lora_layers(encoder)
+                for p in self._layer_parameters(layer)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.unet_parameters() + self.text_encoder_parameters()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups, U-Net first; each carries its `name` for logging."""
+    def param_groups(self, unet_lr: float, text_encoder_lr: float,
+                     text_encoder_2_lr: float | None = None) -> list[dict[str, Any]]:
+        """Optimizer groups, U-Net first, then one per text encoder (SDXL's second at
+        `text_encoder_2_lr`, else `text_encoder_lr`); each carries its `name` for logging."""
         groups = []
         if self.has_unet:
             groups.append({"params": self.unet_parameters(), "lr": unet_lr, "name": "unet"})
         if self.has_text_encoder:
-            groups.append({"params": self.text_encoder_parameters(), "lr": text_encoder_lr, "name": "text_encoder"})
+            rates = (text_encoder_lr, text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr)
+            for (_, encoder), rate, name in zip(self.text_encoders, rates, ("text_encoder", "text_encoder_2")):
+                parameters = [p for _, layer in lora_layers(encoder) for p in self._layer_parameters(layer)]
+                groups.append({"params": parameters, "lr": rate, "name": name})
         return groups
 
     def freeze_text_encoder(self) -> None:
@@ -286,8 +308,9 @@ class LoraNetwork:
             for name, layer in lora_layers(self.unet):
                 yield kohya_name(UNET_PREFIX, name), layer
         if self.has_text_encoder:
-            for name, layer in lora_layers(self.text_encoder):
-                yield kohya_name(TEXT_ENCODER_PREFIX, name), layer
+            for prefix, encoder in self.text_encoders:
+                for name, layer in lora_layers(encoder):
+                    yield kohya_name(prefix, name), layer
 
     @staticmethod
     def _alpha(layer: torch.nn.Module) -> float:
@@ -380,8 +403,9 @@ def network_shape(tensors: dict[str, torch.Tensor]) -> tuple[int, float, bool, b
 
 
 def _parts(tensors: dict[str, torch.Tensor]) -> tuple[bool, bool]:
+    prefixes = (TEXT_ENCODER_PREFIX, *SDXL_TEXT_ENCODER_PREFIXES)
     return (any(key.startswith(UNET_PREFIX + "_") for key in tensors),
-            any(key.startswith(TEXT_ENCODER_PREFIX + "_") for key in tensors))
+            any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in tensors))
 
 
 def file_spec(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> NetworkSpec:
@@ -397,11 +421,12 @@ def file_spec(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Net
     return NetworkSpec(rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder)
 
 
-def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path) -> LoraNetwork:
-    """Attach the adapters of a file we wrote (any type) to a fresh U-Net and text encoder."""
+def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path,
+                     text_encoder_2: torch.nn.Module | None = None) -> LoraNetwork:
+    """Attach the adapters of a file we wrote (any type) to a fresh U-Net and text encoder(s)."""
     tensors, metadata = read_lora_file(path)
     try:
-        network = LoraNetwork.build(unet, text_encoder, file_spec(tensors, metadata))
+        network = LoraNetwork.build(unet, text_encoder, file_spec(tensors, metadata), text_encoder_2=text_encoder_2)
         network.load_state_dict(tensors)
     except LoradeckError as error:
         raise LoradeckError(f"{path}: {error}") from None

@@ -1,6 +1,7 @@
 """The shapes of the models a config trains: U-Net and text-encoder configs, the frozen
 parameter counts and the LoRA's parameter count. Read from a local diffusers folder when
-there is one (configs and safetensors headers only, no tensor), else SD1.5's or SD2's.
+there is one (configs and safetensors headers only, no tensor), else the family's own
+(SD1.5's, SD2's, or SDXL base's shipped configs in engine/model/assets/sdxl).
 Below both the plan and the VRAM estimate. Light module: no torch import.
 """
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig, resolve_path
 from engine.plan.network_size import network_size, rebuilt_weight_elements
+from engine.model.families import config_family_name
+from engine.model.families.sd15 import PARAMETERS as SD_PARAMETERS
+from engine.model.families.sdxl import PARAMETERS as SDXL_PARAMETERS
 
-# Parameters of the frozen parts (SD1.5 and SD2.x; the LoRA comes from engine.plan.training_plan)
-PARAMETERS = {
-    "sd15": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
-    "sd2": {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863},
-}
+# Parameters of the frozen parts (the LoRA comes from engine.plan.training_plan)
+PARAMETERS = {**SD_PARAMETERS, **SDXL_PARAMETERS}
+ASSETS = Path(__file__).resolve().parents[1] / "model" / "assets"
 SD15_UNET = {
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,
@@ -41,11 +43,24 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def text_encoder_configs(config: TrainConfig, base_dir) -> list[dict]:
+    """Every text encoder's config (SDXL has two): the local folder's, else the family's."""
+    unet, text = model_configs(config, base_dir)
+    if config_family_name(config, base_dir) != "sdxl":
+        return [text]
+    folder = resolve_path(base_dir, config.model.pretrained_model)
+    second = _read_json(folder / "text_encoder_2" / "config.json") if folder and folder.is_dir() else None
+    return [text, second or _read_json(ASSETS / "sdxl" / "text_encoder_2" / "config.json")]
+
+
 def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
-    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's)."""
+    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's, SDXL's)."""
     folder = resolve_path(base_dir, config.model.pretrained_model)
     unet = _read_json(folder / "unet" / "config.json") if folder and folder.is_dir() else None
     text = _read_json(folder / "text_encoder" / "config.json") if folder and folder.is_dir() else None
+    if (unet is None or text is None) and config_family_name(config, base_dir) == "sdxl":
+        unet = _read_json(ASSETS / "sdxl" / "unet" / "config.json")
+        text = _read_json(ASSETS / "sdxl" / "text_encoder" / "config.json")
     if unet is None or text is None:
         unet, text = dict(SD15_UNET), dict(SD15_TEXT)
         if config.model.v2:
@@ -63,20 +78,21 @@ def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
 def network_size_of(config: TrainConfig, base_dir) -> tuple[int, int, int]:
     """(parameters, file tensors, adapted layers) of the network the config trains
     (engine.plan.network_size, on this base model's shapes)."""
-    unet, text = model_configs(config, base_dir)
-    return network_size(NetworkSpec.of(config), unet, text)
+    unet, _ = model_configs(config, base_dir)
+    return network_size(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
 
 
 def rebuilt_weights_of(config: TrainConfig, base_dir) -> int:
     """Elements of the weight updates the config's network rebuilds per step (LoHa, LoKr)."""
-    unet, text = model_configs(config, base_dir)
-    return rebuilt_weight_elements(NetworkSpec.of(config), unet, text)
+    unet, _ = model_configs(config, base_dir)
+    return rebuilt_weight_elements(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:
     """Parameters of the U-Net, text encoder and VAE: read from the safetensors headers of a
-    local diffusers folder (no tensor is loaded), else SD1.5's or SD2's."""
-    counts = dict(PARAMETERS["sd2" if config.model.v2 else "sd15"])
+    local diffusers folder (no tensor is loaded), else the family's (SD1.5's, SD2's, SDXL's)."""
+    family = config_family_name(config, base_dir or ".")
+    counts = dict(PARAMETERS[family if family in PARAMETERS else "sd2" if config.model.v2 else "sd15"])
     folder = resolve_path(base_dir or ".", config.model.pretrained_model.strip())
     if folder is None or not folder.is_dir():
         return counts

@@ -26,27 +26,30 @@ def _first(value):
     return value[0] if isinstance(value, list) else value
 
 
-def transformer_widths(unet: dict) -> list[int]:
-    """The channel width of every Transformer2DModel of a U-Net config, in module order."""
+def transformer_widths(unet: dict) -> list[tuple[int, int]]:
+    """(channels, transformer depth) of every Transformer2DModel of a U-Net config, in
+    module order (SDXL's depth differs per block)."""
     channels = unet["block_out_channels"]
+    depths = unet.get("transformer_layers_per_block", 1)
+    depths = depths if isinstance(depths, list) else [depths] * len(channels)
     per_block = _first(unet.get("layers_per_block", 2))
-    widths: list[int] = []
+    widths: list[tuple[int, int]] = []
     for index, kind in enumerate(unet["down_block_types"]):
         if "CrossAttn" in kind:
-            widths += [channels[index]] * per_block
+            widths += [(channels[index], depths[index])] * per_block
     if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-        widths.append(channels[-1])
+        widths.append((channels[-1], depths[-1]))
     for index, kind in enumerate(unet["up_block_types"]):
         if "CrossAttn" in kind:
-            widths += [list(reversed(channels))[index]] * (per_block + 1)
+            up = len(channels) - 1 - index
+            widths += [(channels[up], depths[up])] * (per_block + 1)
     return widths
 
 
 def transformer_layers(unet: dict) -> list[LayerShape]:
     context = _first(unet.get("cross_attention_dim", 768))
-    depth = _first(unet.get("transformer_layers_per_block", 1))
     layers: list[LayerShape] = []
-    for width in transformer_widths(unet):
+    for width, depth in transformer_widths(unet):
         layers += [LayerShape(width, width)] * 2  # proj_in, proj_out
         for _ in range(depth):
             layers += [LayerShape(width, width)] * 4  # self-attention q, k, v, out
@@ -97,15 +100,17 @@ def text_encoder_layers(text: dict) -> list[LayerShape]:
         "num_hidden_layers"]
 
 
-def network_layers(spec: NetworkSpec, unet: dict, text: dict) -> list[LayerShape]:
-    """Every layer the network adapts (3x3 convolutions only where the spec gives them a rank)."""
+def network_layers(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> list[LayerShape]:
+    """Every layer the network adapts (3x3 convolutions only where the spec gives them a rank);
+    `text`: the text encoder's config, or a list of them (SDXL's two)."""
     layers: list[LayerShape] = []
     if spec.train_unet:
         layers += transformer_layers(unet)
         if spec.adapts_resnets:
             layers += resnet_layers(unet)
     if spec.train_text_encoder:
-        layers += text_encoder_layers(text)
+        for encoder in text if isinstance(text, list) else [text]:
+            layers += text_encoder_layers(encoder)
     return [layer for layer in layers if spec.rank_of(layer.kernel) is not None]
 
 
@@ -160,7 +165,7 @@ def layer_size(spec: NetworkSpec, layer: LayerShape) -> tuple[int, int]:
     raise ValueError(f"unknown network type {spec.type!r}")
 
 
-def network_size(spec: NetworkSpec, unet: dict, text: dict) -> tuple[int, int, int]:
+def network_size(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> tuple[int, int, int]:
     """(parameters, file tensors, adapted layers) of the network a spec builds."""
     parameters = tensors = 0
     layers = network_layers(spec, unet, text)
@@ -171,7 +176,7 @@ def network_size(spec: NetworkSpec, unet: dict, text: dict) -> tuple[int, int, i
     return parameters, tensors, len(layers)
 
 
-def rebuilt_weight_elements(spec: NetworkSpec, unet: dict, text: dict) -> int:
+def rebuilt_weight_elements(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> int:
     """Elements of the full weight updates LoHa and LoKr layers hold while a step runs.
 
     peft's LoHa and LoKr layers rebuild each layer's whole ΔW in the forward and run the

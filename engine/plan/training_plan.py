@@ -19,6 +19,7 @@ from engine.dataset.buckets import batches_in_bucket
 from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
 from engine.plan.model_shapes import network_size_of
+from engine.model.families import config_family, config_family_name
 from engine.plan.vram import VramEstimate, estimate_vram
 
 BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
@@ -66,6 +67,14 @@ class Plan:
     num_processes: int = 1
     validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
     validation_source: str = ""  # "folder", "split" or "" (no validation)
+    family: str = "sd15"  # engine.model.families: detected from the base model, or model.family
+
+    @property
+    def family_label(self) -> str:
+        """The model family in words (SD 1.x, SD 2.x, SDXL)."""
+        from engine.model.families import LABELS
+
+        return LABELS.get(self.family, self.family)
 
     @property
     def effective_batch(self) -> int:
@@ -84,6 +93,7 @@ class Plan:
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["effective_batch"] = self.effective_batch
+        data["family_label"] = self.family_label
         return data
 
 
@@ -136,10 +146,11 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         lora_file_bytes=file_bytes,
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
-        problems=[problem.message for problem in dataset.problems],
+        problems=[problem.message for problem in dataset.problems] + config_family(config, base_dir).plan_notes(config),
         num_processes=num_processes,
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
+        family=config_family_name(config, base_dir),
     )
 
 

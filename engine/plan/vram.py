@@ -38,17 +38,20 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.plan.model_shapes import frozen_parameters, lora_parameter_count, model_configs, rebuilt_weights_of
+from engine.model.families import config_family
+# GiB per 512² image, keyed by gradient checkpointing; the VAE encoder's transient (no
+# gradients) per 512² image. Each family module holds its own (SDXL's in families/sdxl.py).
+from engine.model.families.sd15 import ACTIVATIONS_PER_IMAGE, VAE_ENCODE_PER_IMAGE  # noqa: F401
+from engine.plan.model_shapes import (frozen_parameters, lora_parameter_count, model_configs, rebuilt_weights_of,
+                                      text_encoder_configs)
 
 GIB = 2**30
 
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
 # GiB per 512×512 image at bf16/fp16 (measured, see above); fp32 activations are twice as large
-ACTIVATIONS_PER_IMAGE = {False: 1.26, True: 0.32}  # keyed by gradient checkpointing
 ACTIVATIONS_PER_RANK = 0.0003  # the LoRA's own intermediate (x · down) per rank
 TEXT_ENCODER_PER_WINDOW = 0.037  # CLIP-L activations per 77-token window and image, when it trains
-VAE_ENCODE_PER_IMAGE = 0.44  # encoder transient (no gradients) per 512² image
 
 # Optimizer state in bytes per LoRA parameter (fp32 unless the optimizer says otherwise)
 OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Adafactor": 1, "Prodigy": 16, "Lion": 4, "SGD": 4}
@@ -94,12 +97,13 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     `lora_parameters` saves counting them again when the caller (the plan) already has.
     """
     precision = config.precision.mixed_precision
+    family = config_family(config, base_dir or ".")
     counts = frozen_parameters(config, base_dir)
-    unet_config, text_config = model_configs(config, base_dir or ".")
-    channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x U-Net
+    unet_config, _ = model_configs(config, base_dir or ".")
+    channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x/XL U-Net
     weight_bytes = BYTES[precision]
-    vae_bytes = 4 if precision == "fp16" else weight_bytes  # SD's VAE overflows in fp16
-    weights = (counts["unet"] + counts["text_encoder"]) * weight_bytes + counts["vae"] * vae_bytes
+    vae_bytes = 4 if precision == "fp16" and not family.vae_safe_in_fp16(config) else weight_bytes  # overflows
+    weights = sum(count for part, count in counts.items() if part != "vae") * weight_bytes + counts["vae"] * vae_bytes
 
     if lora_parameters is None:
         lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
@@ -114,15 +118,20 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     images = batch * width * height / 512**2
     scale = 2.0 if precision == "no" else 1.0
     checkpointing = config.precision.gradient_checkpointing
+    per_image = family.ACTIVATIONS_PER_IMAGE[checkpointing]
     # the `x · down` intermediate exists for the types that run through the rank
     rank = config.network.rank if config.network.type in ("lora", "locon", "dora") else 0
-    activations = images * channels * (ACTIVATIONS_PER_IMAGE[checkpointing] + rank * ACTIVATIONS_PER_RANK)
+    activations = images * channels * (per_image + rank * ACTIVATIONS_PER_RANK)
     trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
     if trains_text_encoder:
         windows = config.captions.max_token_length // 75
-        activations += batch * windows * TEXT_ENCODER_PER_WINDOW * text_config.get("hidden_size", 768) / 768
+        for text_config in text_encoder_configs(config, base_dir or "."):
+            layers = text_config.get("num_hidden_layers", 12) / 12
+            activations += batch * windows * TEXT_ENCODER_PER_WINDOW * text_config.get("hidden_size", 768) / 768 * (
+                layers if family.NAME == "sdxl" else 1)
     activations *= scale * GIB
-    vae_encode = images * channels * VAE_ENCODE_PER_IMAGE * scale * GIB  # also while latents are being cached
+    # also while latents are being cached
+    vae_encode = images * channels * family.VAE_ENCODE_PER_IMAGE * scale * GIB
 
     total = (weights + lora + max(activations, vae_encode)) * (1 + WORKSPACE) / GIB
     return VramEstimate(
@@ -134,13 +143,22 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
 def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
     """One line for a CUDA out-of-memory: what ran out, the estimate, and what to change."""
     estimate = estimate_vram(config, run_dir)
+    family = config_family(config, run_dir)
     precision = config.precision
     changes = []
     if config.training.batch_size > 1:
         changes.append(f"lower training.batch_size (now {config.training.batch_size}; "
                        "gradient_accumulation_steps keeps the effective batch)")
     if not precision.gradient_checkpointing:
-        changes.append("turn on precision.gradient_checkpointing (about 4x less activation memory, ~25% slower)")
+        saving = family.ACTIVATIONS_PER_IMAGE[False] / family.ACTIVATIONS_PER_IMAGE[True]
+        changes.append(f"turn on precision.gradient_checkpointing (about {saving:.0f}x less activation memory, "
+                       "~25% slower)")
+    if "precision.cache_text_encoder_outputs" in getattr(family, "RECOMMENDED", {}) and (
+            config.network.train_text_encoder or not precision.cache_text_encoder_outputs):
+        wanted = [*(["turn off network.train_text_encoder"] if config.network.train_text_encoder else []),
+                  *([] if precision.cache_text_encoder_outputs else ["turn on precision.cache_text_encoder_outputs"])]
+        changes.append(" and ".join(wanted) + " (the text encoders' outputs are then cached: no text-encoder "
+                       "LoRA, gradients or activations)")
     changes.append(f"lower dataset.resolution (now {config.dataset.resolution})")
     if config.network.rank > 16:
         changes.append(f"lower network.rank (now {config.network.rank})")

@@ -50,6 +50,7 @@ class RunProgress:
     path: Path
     # from run_start
     run_name: str = ""
+    model_family: str = ""  # in words (SD 1.x, SDXL), from the plan
     status: str = STARTING  # as the events say; the pid check turns running into crashed
     total_steps: int = 0
     steps_per_epoch: int = 0
@@ -129,6 +130,7 @@ class RunProgress:
             self.epochs = as_int(plan.get("epochs"), self.epochs)
             self.images = as_int(plan.get("images"), self.images)
             self.batch_size = as_int(plan.get("batch_size"), self.batch_size)
+            self.model_family = str(plan.get("family_label") or self.model_family)
             self.device = str(event.get("device") or self.device)
             self.precision = str(event.get("precision") or self.precision)
             self.step = as_int(event.get("start_step"), self.step)

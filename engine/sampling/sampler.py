@@ -94,21 +94,20 @@ def unwrap_module(module: Any) -> Any:
 
 
 def build_pipeline(model: Any, scheduler: Any) -> "StableDiffusionPipeline":
-    """A pipeline sharing the model's modules (no copy, no load), without a safety checker."""
-    from diffusers import StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline(
-        vae=unwrap_module(model.vae),
-        text_encoder=unwrap_module(model.text_encoder),
-        tokenizer=model.tokenizer,
-        unet=unwrap_module(model.unet),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    """A pipeline of the model's family (StableDiffusionPipeline, StableDiffusionXLPipeline)
+    sharing the model's modules (no copy, no load), without a safety checker."""
+    parts = {name: unwrap_module(part) if name.startswith(("unet", "vae", "text_encoder")) else part
+             for name, part in model.parts().items()}
+    pipeline = model.family_module.build_pipeline(parts, scheduler)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def pipeline_family(pipeline: Any):
+    """The family module of a pipeline build_pipeline made."""
+    from engine.model.families import family_named
+
+    return family_named("sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd15")
 
 
 def render(
@@ -133,10 +132,10 @@ def render(
     autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
     with torch.no_grad():
         with autocast:
-            positive, negative = encode_prompts(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
+            embeddings = pipeline_family(pipeline).prompt_embeddings(
+                pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
             latents = pipeline(
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
+                **embeddings,
                 width=prompt.width,
                 height=prompt.height,
                 num_inference_steps=prompt.steps,
@@ -329,7 +328,7 @@ class TrainingSampler:
             return []
         if self._last is not None and self._last[:2] == ((epoch, step), prompts):
             return list(self._last[2])
-        modules = [unwrap_module(m) for m in (self.model.unet, self.model.text_encoder, self.model.vae)]
+        modules = [unwrap_module(m) for m in (self.model.unet, *self.model.text_encoders, self.model.vae)]
         paths: list[Path] = []
         with inference_mode_for(modules, self.device):
             pipeline = self._get_pipeline()

@@ -28,6 +28,7 @@ from engine.dataset.buckets import epoch_batches
 from engine.model.text_conditioning import tokenize_caption
 
 HUE_SHIFT = 11  # of 256 hue steps, about ±16°, as sd-scripts' colour augmentation
+SDXL_TENSORS = ("input_ids_2", "pooled_states", "original_size", "crop_top_left", "target_size")
 PREFETCH_BATCHES = 4  # per loader worker: covers a slow image (a big PNG) without an empty queue
 
 
@@ -98,23 +99,51 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
 
 
-def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None,
-                  resized: tuple[int, int] | None = None) -> Image.Image:
-    """Scale to cover the bucket keeping the aspect ratio (or to `resized`, sd-scripts' size for
-    no-upscale buckets: an image smaller than the area is cropped at its native size), then
-    crop (centre, or random with rng)."""
-    width, height = bucket
+def bucket_crop(image_size: tuple[int, int], bucket: tuple[int, int], rng: random.Random | None,
+                resized: tuple[int, int] | None = None) -> tuple[tuple[int, int], int, int]:
+    """(scaled size, left, top): the image scaled to cover the bucket keeping its aspect
+    ratio (or to `resized`, sd-scripts' size for no-upscale buckets: an image smaller than
+    the area is cropped at its native size), and where the bucket is cut from it (centre,
+    or random with rng)."""
+    (image_width, image_height), (width, height) = image_size, bucket
     if resized is not None and resized[0] >= width and resized[1] >= height:
-        size = resized
+        size = tuple(resized)
     else:
-        scale = max(width / image.width, height / image.height)
-        size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    spare_x, spare_y = image.width - width, image.height - height
+        scale = max(width / image_width, height / image_height)
+        size = (max(width, round(image_width * scale)), max(height, round(image_height * scale)))
+    spare_x, spare_y = size[0] - width, size[1] - height
     left = rng.randint(0, spare_x) if rng else spare_x // 2
     top = rng.randint(0, spare_y) if rng else spare_y // 2
+    return size, left, top
+
+
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Random | None,
+                  resized: tuple[int, int] | None = None) -> Image.Image:
+    """Scale to cover the bucket keeping the aspect ratio (or to `resized`), then crop
+    (centre, or random with rng), as `bucket_crop` places it."""
+    width, height = bucket
+    size, left, top = bucket_crop(image.size, bucket, rng, resized)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
     return image.crop((left, top, left + width, top + height))
+
+
+def size_conditioning(item, crop_seed: float | None, flip: bool) -> dict[str, torch.Tensor]:
+    """SDXL's per-image numbers, each (height, width)-ordered: the image's own size, the
+    top-left of the crop the bucket fit applies (mirrored with the image when flipped, as
+    sd-scripts does) and the bucket's size. Computed from the image's header size and the
+    same crop draw `prepare_pixels` makes, so cached latents get the same numbers."""
+    width, height = item.bucket
+    size, left, top = bucket_crop((item.width, item.height), item.bucket,
+                                  random.Random(crop_seed) if crop_seed is not None else None,
+                                  getattr(item, "resized", None))
+    if flip:
+        left = size[0] - left - width
+    return {
+        "original_size": torch.tensor([item.height, item.width], dtype=torch.float32),
+        "crop_top_left": torch.tensor([top, left], dtype=torch.float32),
+        "target_size": torch.tensor([height, width], dtype=torch.float32),
+    }
 
 
 def shift_hue(image: Image.Image, shift: int) -> Image.Image:
@@ -262,9 +291,10 @@ class ExampleRules:
     random_crop: bool
     max_token_length: int
     weighted_captions: bool
+    size_conditioning: bool = False  # SDXL: each example carries its size and crop
 
     @classmethod
-    def from_config(cls, config) -> "ExampleRules":
+    def from_config(cls, config, size_conditioning: bool = False) -> "ExampleRules":
         return cls(
             seed=config.training.seed,
             shuffle_caption=config.captions.shuffle_caption,
@@ -275,6 +305,7 @@ class ExampleRules:
             random_crop=config.augmentation.random_crop,
             max_token_length=config.captions.max_token_length,
             weighted_captions=config.captions.weighted_captions,
+            size_conditioning=size_conditioning,
         )
 
 
@@ -284,15 +315,17 @@ class TrainingImages(torch.utils.data.Dataset):
     An index is an instance number (the epoch is `self.epoch`) or an (epoch, instance)
     pair, which is what `EpochBatchSampler` yields: loader workers that live across
     epochs then still draw each epoch's augmentation, without being told the epoch.
-    With `text_states` (engine.model.text_conditioning.TextStateCache) an example carries the
-    text encoder's output for its caption instead of token ids.
+    With `text_states` (engine.model.text_conditioning.TextStateCache, or a family's) an
+    example carries the text encoders' outputs for its caption instead of token ids; with
+    `tokenizer_2` (SDXL) the second tokenizer's ids too.
     """
 
     def __init__(self, instances: Sequence, rules: ExampleRules, tokenizer, latents: LatentCache | None = None,
-                 skip: set[Path] | None = None, text_states=None):
+                 skip: set[Path] | None = None, text_states=None, tokenizer_2=None):
         self.instances = list(instances)
         self.rules = rules
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
         self.latents = latents
         self.skip = skip or set()
         self.text_states = text_states
@@ -311,7 +344,8 @@ class TrainingImages(torch.utils.data.Dataset):
         rng = random.Random(f"{rules.seed}:{epoch}:{index}")
         flip = rules.flip and rng.random() < 0.5
         hue_shift = rng.randint(-HUE_SHIFT, HUE_SHIFT) if rules.color else 0
-        crop_rng = random.Random(rng.random()) if rules.random_crop else None
+        crop_seed = rng.random() if rules.random_crop else None
+        crop_rng = random.Random(crop_seed) if crop_seed is not None else None
         caption = process_caption(
             item.caption, rng, shuffle=rules.shuffle_caption, keep_tokens=rules.keep_tokens,
             dropout=rules.caption_dropout,
@@ -326,10 +360,15 @@ class TrainingImages(torch.utils.data.Dataset):
         except Exception as error:  # the file changed or broke after the pre-flight check
             return {"failed": (str(item.path), f"{item.path}: cannot read image ({error}); skipped")}
         if self.text_states is not None:
-            text = {"text_states": self.text_states.get(caption)}
+            text = self.text_states.example(caption)
         else:
             input_ids, weights = tokenize_caption(self.tokenizer, caption, rules.max_token_length, rules.weighted_captions)
             text = {"input_ids": input_ids, "token_weights": weights}
+            if self.tokenizer_2 is not None:
+                text["input_ids_2"] = tokenize_caption(self.tokenizer_2, caption, rules.max_token_length,
+                                                       rules.weighted_captions)[0]
+        if rules.size_conditioning:
+            text.update(size_conditioning(item, crop_seed, flip))
         return {**image, **text, "caption": caption, "path": str(item.path)}
 
 
@@ -343,7 +382,7 @@ def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "paths": [example["path"] for example in good],
     }
     if good:
-        for key in ("latents", "pixels", "text_states", "input_ids", "token_weights"):
+        for key in ("latents", "pixels", "text_states", "input_ids", "token_weights", *SDXL_TENSORS):
             if key in good[0]:
                 batch[key] = torch.stack([example[key] for example in good])
     return batch

@@ -34,7 +34,7 @@ from engine.network.lora import LoraNetwork
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.run.folder import CONTROL_REQUESTS, RunDir
-from engine.model.text_conditioning import TextStateCache, text_cache_refusal
+from engine.model.text_conditioning import text_cache_refusal
 from engine.train.control import StopSignal, obey_requests
 from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, TrainingImages, check_images, make_loader
 from engine.train.log import NonFiniteLoss, StepLog
@@ -228,9 +228,14 @@ class Training:
         unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
         self.train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
         self.network = LoraNetwork.from_config(model.unet, model.text_encoder, config, base_dir=self.base_dir,
-                                               train_text_encoder=self.train_text_encoder)
+                                               train_text_encoder=self.train_text_encoder,
+                                               text_encoder_2=model.text_encoder_2)
+        note = getattr(model.family_module, "FP16_VAE_NOTE", "")  # a family whose VAE overflows in fp16 says so
+        if note and self.weight_dtype == torch.float16 and model.vae.dtype != self.weight_dtype:
+            self.log(note)
         apply_speed_settings(model, config, self.device, self.train_text_encoder)
-        self.optimizer = make_optimizer(config, self.network.param_groups(unet_lr, text_encoder_lr), self.device)
+        self.optimizer = make_optimizer(config, self.network.param_groups(
+            unet_lr, text_encoder_lr, config.text_encoder_2_learning_rate), self.device)
         self.optimizer_steps = optimizer_kernel(self.optimizer)
         self.lr_scheduler = make_lr_scheduler(config, self.optimizer, self.plan.total_steps)
         self.step_log = StepLog(
@@ -290,8 +295,9 @@ class Training:
         latents, skip = _cache_latents(self.run, config, self.model, self.dataset, accelerator, self.events, self.log)
         text_states = _cache_text_states(config, self.model, self.instances, self.train_text_encoder, accelerator,
                                          self.log)
-        images = TrainingImages(self.instances, ExampleRules.from_config(config), self.model.tokenizer, latents, skip,
-                                text_states)
+        rules = ExampleRules.from_config(config, size_conditioning=self.model.family_module.SIZE_CONDITIONING)
+        images = TrainingImages(self.instances, rules, self.model.tokenizer, latents, skip, text_states,
+                                tokenizer_2=self.model.tokenizer_2)
         workers = _loader_workers(config, latents)
         # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
         # accumulation still makes an optimizer step; batches are already sharded per process
@@ -540,13 +546,8 @@ def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_t
     if refusal:
         log(f"text encoder outputs computed every step: {refusal}")
         return None
-    cache = TextStateCache()
-    captions = config.captions
-    cache.fill(
-        (item.caption for item in instances), model.tokenizer, model.text_encoder,
-        max_token_length=captions.max_token_length, weighted=captions.weighted_captions,
-        clip_skip=config.model.clip_skip, autocast=accelerator.autocast,
-    )
+    captions = (item.caption for item in instances)
+    cache = model.family_module.text_state_cache(model, captions, config, autocast=accelerator.autocast)
     log(f"cached the text encoder's outputs for {len(cache)} captions")
     return cache
 

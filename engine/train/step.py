@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from engine.errors import LoradeckError
 from engine.model.text_conditioning import condition_on_tokens
-from engine.train.data import encode_pixels
+from engine.train.data import SDXL_TENSORS, encode_pixels
 
-BATCH_TENSORS = ("latents", "pixels", "input_ids", "text_states")
+BATCH_TENSORS = ("latents", "pixels", "input_ids", "text_states", *SDXL_TENSORS)
 
 
 # --------------------------------------------------------------------------- settings
@@ -35,8 +35,7 @@ def apply_speed_settings(model, config, device: torch.device, train_text_encoder
     precision = config.precision
     if precision.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        if train_text_encoder:
-            encoder = model.text_encoder
+        for encoder in model.text_encoders if train_text_encoder else []:
             if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5
                 encoder.activation_checkpointing_enable({"use_reentrant": False})
             else:
@@ -81,23 +80,30 @@ class TrainStep:
     text_encoder_active: bool
     trained_modules: list
     lora_parameters: list  # listed once: walking the models' modules every step costs milliseconds
+    text_encoder_2: Any = None  # SDXL's second text encoder (prepared when it trains)
 
     @classmethod
     def prepare(cls, accelerator, model, network, optimizer, lr_scheduler, config, *, train_text_encoder: bool,
                 text_encoder_active: bool) -> "TrainStep":
         unet = accelerator.prepare(model.unet) if network.has_unet else model.unet
         text_encoder = accelerator.prepare(model.text_encoder) if train_text_encoder else model.text_encoder
+        text_encoder_2 = model.text_encoder_2
+        if text_encoder_2 is not None and train_text_encoder:
+            text_encoder_2 = accelerator.prepare(text_encoder_2)
         optimizer = accelerator.prepare(optimizer)
-        trained = [m for m, on in ((unet, network.has_unet), (text_encoder, train_text_encoder)) if on]
+        trained = [m for m, on in ((unet, network.has_unet), (text_encoder, train_text_encoder),
+                                   (text_encoder_2, train_text_encoder and text_encoder_2 is not None)) if on]
         unet.train()
-        text_encoder.train(text_encoder_active)
+        for encoder in (text_encoder, text_encoder_2):
+            if encoder is not None:
+                encoder.train(text_encoder_active)
         model.vae.eval()
         scheduler = model.noise_scheduler
         # diffusers moves the schedule to the batch's device lazily; once here, before the loop
         scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
         forward_unet = torch.compile(unet) if config.precision.compile_unet else unet
         return cls(accelerator, model, forward_unet, text_encoder, network, optimizer, lr_scheduler, config,
-                   text_encoder_active, trained, network.parameters())
+                   text_encoder_active, trained, network.parameters(), text_encoder_2)
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """One micro-batch; returns its loss, detached and still on the device."""
@@ -106,7 +112,7 @@ class TrainStep:
             loss = diffusion_loss(
                 self.model, self.unet, self.text_encoder, batch_to_device(batch, generator.device, config),
                 config=config, generator=generator, train_text_encoder=self.text_encoder_active,
-                autocast=accelerator.autocast,
+                autocast=accelerator.autocast, text_encoder_2=self.text_encoder_2,
             )
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.optimizer.max_grad_norm:
@@ -120,7 +126,9 @@ class TrainStep:
     def stop_text_encoder(self) -> None:
         """Freeze the text-encoder LoRA (`training.stop_text_encoder_training`)."""
         self.network.freeze_text_encoder()
-        self.text_encoder.train(False)
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            if encoder is not None:
+                encoder.train(False)
         self.text_encoder_active = False
 
 
@@ -138,7 +146,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, config) -> dict
 
 
 def diffusion_loss(model, unet, text_encoder, batch: dict[str, Any], *, config, generator: torch.Generator,
-                   train_text_encoder: bool, autocast=None) -> torch.Tensor:
+                   train_text_encoder: bool, autocast=None, text_encoder_2=None) -> torch.Tensor:
     """Noise the batch's latents at random timesteps and score the U-Net's prediction."""
     device = generator.device
     if "latents" in batch:
@@ -158,7 +166,8 @@ def diffusion_loss(model, unet, text_encoder, batch: dict[str, Any], *, config, 
     return loss_from_noise(
         model, unet, text_encoder, latents, batch.get("input_ids"), batch.get("token_weights"), noise, timesteps,
         config=config, train_text_encoder=train_text_encoder, text_states=batch.get("text_states"),
-        autocast=autocast, perturbation=perturbation,
+        autocast=autocast, perturbation=perturbation, text_encoder_2=text_encoder_2,
+        extras={key: batch[key] for key in SDXL_TENSORS if key in batch},
     )
 
 
@@ -202,25 +211,29 @@ def multires_noise(noise: torch.Tensor, generator: torch.Generator, iterations: 
 def loss_from_noise(model, unet, text_encoder, latents: torch.Tensor, input_ids: torch.Tensor | None,
                     token_weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor, *,
                     config, train_text_encoder: bool, text_states: torch.Tensor | None = None,
-                    autocast=None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
+                    autocast=None, perturbation: torch.Tensor | None = None, text_encoder_2=None,
+                    extras: dict[str, Any] | None = None) -> torch.Tensor:
     """The training loss for given noise and timesteps (tests score a fixed batch with it).
 
     `text_states` are cached text-encoder outputs; without them the captions' tokens are
     encoded here. `autocast` is the accelerator's mixed-precision context (the text
     encoder's cached outputs were computed under the same one). `perturbation` is added to
-    the noise of the U-Net's input only (`training.ip_noise_gamma`).
+    the noise of the U-Net's input only (`training.ip_noise_gamma`). The model's family
+    (engine.model.families) turns the captions into the U-Net's conditioning; `extras`
+    holds what else its family needs (SDXL: second token ids, pooled states, sizes).
     """
     scheduler = model.noise_scheduler
     device = latents.device
     # input perturbation noises the U-Net's input only; the target stays `noise`
     noisy_latents = scheduler.add_noise(latents, noise if perturbation is None else noise + perturbation, timesteps)
+    text = {"input_ids": input_ids, "token_weights": token_weights, "text_states": text_states, **(extras or {})}
+    family = getattr(model, "family_module", None)
     with autocast() if autocast is not None else contextlib.nullcontext():
-        if text_states is None:
-            states = encode_captions(text_encoder, input_ids.to(device), token_weights, config=config,
-                                     train_text_encoder=train_text_encoder)
-        else:
-            states = text_states.to(device)
-        prediction = unet(noisy_latents, timesteps, states).sample
+        if family is None:  # a stand-in model without a family (SD 1.x)
+            from engine.model.families import sd15 as family
+        states, unet_arguments = family.condition((text_encoder, text_encoder_2), text, config=config,
+                                                  train_text_encoder=train_text_encoder, device=device)
+        prediction = unet(noisy_latents, timesteps, states, **unet_arguments).sample
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:

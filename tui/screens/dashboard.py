@@ -165,6 +165,8 @@ class DashboardScreen(Screen):
             badge.show(f" {status.upper()} ")
             badge.set_classes(f"-{status}")
         parts = [state.run_name or self.run.name]
+        if state.model_family:
+            parts.append(state.model_family)
         if state.device:
             precision = "fp32" if state.precision in ("no", "") else state.precision  # accelerate's "no"
             parts.append(f"{state.device} {precision}")

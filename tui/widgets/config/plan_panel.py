@@ -207,6 +207,7 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
         )
     if not plan.folders:
         lines.append(" [$warning]no image folders[/]")
+    lines.append(f"Model [b]{escape(plan.family_label)}[/b]")
     lines.append(f"Images [b]{plan.images}[/b] · × repeats [b]{plan.image_repeats}[/b]")
     lines.append(f"Validation [b]{plan.validation_images}[/b] [$text-muted]{escape(plan.validation_where)}[/]"
                  if plan.validation_source else "Validation [$text-muted]off[/]")

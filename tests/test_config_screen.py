@@ -393,3 +393,39 @@ async def test_a_missing_image_folder_is_flagged_and_blocks_start(workspace, lau
         await pilot.pause()
         assert launches == []
         assert app.focused is editor(app, "dataset.image_dir")
+
+
+@pytest.mark.slow
+async def test_network_type_shows_only_its_settings_with_advice(workspace):
+    path = workspace / "loradeck.toml"
+    app = make_app(workspace, start_screen="config")
+
+    def shown(key: str) -> bool:
+        return app.screen.form.rows[key].display
+
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        # standard LoRA: its dropouts and the starting file; no conv or LoKr settings
+        assert shown("network.network_dropout") and shown("network.rank_dropout") and shown("network.network_weights")
+        assert not shown("network.conv_dim") and not shown("network.factor") and not shown("network.use_tucker")
+        await jump(pilot, "network type", "network.type")
+        assert "locon adds the convolutions" in str(app.screen.query_one("#setting-help").visual)
+        await pilot.press("enter", "down", "down", "enter")  # lora -> locon -> loha
+        await pilot.pause()
+        assert app.screen.state.config.network.type == "loha"
+        assert shown("network.conv_dim") and shown("network.conv_alpha") and shown("network.use_tucker")
+        assert not shown("network.factor") and not shown("network.network_dropout")
+        await type_into(pilot, "conv rank", "network.conv_dim", "4")
+        await type_into(pilot, "conv alpha", "network.conv_alpha", "2")
+        await jump(pilot, "network type", "network.type")
+        await pilot.press("enter", "down", "enter")  # loha -> lokr
+        await pilot.pause()
+        assert shown("network.factor") and not shown("network.network_dropout")
+        await type_into(pilot, "lokr factor", "network.factor", "8")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not app.screen.state.dirty
+    network = load_config(path).network
+    assert (network.type, network.conv_dim, network.conv_alpha, network.factor) == ("lokr", 4, 2.0, 8)
+    plan = plan_json(path)
+    assert plan["lora_parameters"] > 0

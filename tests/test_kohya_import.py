@@ -1,4 +1,5 @@
 """Kohya GUI JSON configs in the shapes they are saved in the wild."""
+import json
 import shutil
 from pathlib import Path
 
@@ -60,9 +61,60 @@ def test_percent_without_dataset_is_noted_not_fatal():
 
 
 def test_unsupported_network_type_fails_with_one_line(capsys):
-    assert main(["import-kohya", str(FIXTURES / "locon.json")]) == 1
+    assert main(["import-kohya", str(FIXTURES / "dylora.json")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "LyCORIS/LoCon" in err and "standard LoRA only" in err
+    assert len(err.splitlines()) == 1 and "Kohya DyLoRA" in err and "LyCORIS/LoHa" in err
+
+
+# the Kohya GUI's shipped SD1.5 LyCORIS presets (loha-sd15, sd15 - LoKr v2.0, sd15 -
+# EDG_LoConOptiSettings) and the other LyCORIS shapes: type, its settings, the plan
+LYCORIS_PRESETS = {
+    "loha-sd15.json": {"type": "loha", "rank": 32, "alpha": 16.0, "conv_dim": 8, "conv_alpha": 4.0,
+                       "use_tucker": True},
+    "lokr-sd15-v2.json": {"type": "lokr", "rank": 100000, "alpha": 1.0, "conv_dim": 100000, "conv_alpha": 1.0,
+                          "factor": 6, "use_tucker": False},
+    "locon-edg-sd15.json": {"type": "locon", "rank": 64, "alpha": 64.0, "conv_dim": 32, "conv_alpha": 1.0},
+    "locon.json": {"type": "locon", "rank": 32},
+    "dora-locon.json": {"type": "dora", "rank": 16, "conv_dim": 8, "conv_alpha": 4.0, "rank_dropout": 0.0},
+    "kohya-locon.json": {"type": "locon", "conv_dim": 8, "conv_alpha": 1.0, "network_dropout": 0.1,
+                         "module_dropout": 0.05},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LYCORIS_PRESETS))
+def test_lycoris_presets_import_and_plan(tmp_path, name):
+    from engine.plan.training_plan import make_plan
+
+    plan_dataset(tmp_path)
+    data = json.loads((FIXTURES / name).read_text())
+    data.update(pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5", train_data_dir=str(tmp_path / "img"))
+    if name == "locon.json":
+        data["conv_dim"] = 4  # LoCon needs a conv rank; this fixture has none
+    result = import_kohya(data, source=name, dataset_base=tmp_path)
+    network = result.config.network
+    for key, value in LYCORIS_PRESETS[name].items():
+        assert getattr(network, key) == value, key
+    assert ("LoRA_type", "network.type") in result.mapped or ("LoRA_type + dora_wd", "network.type") in result.mapped
+    plan = make_plan(result.config, tmp_path)
+    assert plan.lora_parameters > 0 and plan.lora_file_bytes > plan.lora_parameters
+    assert plan.vram_estimate.total_gb < 40  # a full-matrix LoKr too: its huge rank is no activation
+
+
+def test_lycoris_settings_a_type_does_not_use_are_noted():
+    dora = import_kohya({**json.loads((FIXTURES / "dora-locon.json").read_text()), "pretrained_model_name_or_path": "x"})
+    assert any(note.startswith("rank_dropout 0.1 not used: dora") for note in dora.notes)
+    loha = json.loads((FIXTURES / "loha-sd15.json").read_text())
+    result = import_kohya({**loha, "network_dropout": 0.2, "decompose_both": True, "LyCORIS_preset": "attn-only",
+                           "pretrained_model_name_or_path": "x"})
+    assert any(note.startswith("network_dropout 0.2 not used: loha") for note in result.notes)
+    assert any(note.startswith("decompose_both True not used") for note in result.notes)
+    assert any("LyCORIS_preset 'attn-only' not built" in note for note in result.notes)
+    standard = import_kohya({"LoRA_type": "Standard", "conv_dim": 8, "rank_dropout": 0.1, "dora_wd": True,
+                             "lora_network_weights": "/x/start.safetensors", "pretrained_model_name_or_path": "x"})
+    assert standard.config.network.type == "lora" and standard.config.network.rank_dropout == 0.1
+    assert standard.config.network.network_weights == "/x/start.safetensors"
+    assert any(note.startswith("conv_dim 8 not used: lora") for note in standard.notes)
+    assert any(note.startswith("dora_wd not used") for note in standard.notes)
 
 
 def test_bad_number_names_the_key():

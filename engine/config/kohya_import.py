@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.config.schema import (
+    BUCKET_STEPS,
     CONFIG_VERSION,
     OPTIMIZERS,
     SCHEDULERS,
     RANDOM_SEED,
     NetworkSettings,
     TrainConfig,
+    schema,
     config_from_dict,
     config_to_dict,
     parse_resolution,
@@ -99,7 +101,6 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "enable_bucket": ("dataset.enable_buckets", _flag),
     "min_bucket_reso": ("dataset.min_bucket_resolution", _integer),
     "max_bucket_reso": ("dataset.max_bucket_resolution", _integer),
-    "bucket_reso_steps": ("dataset.bucket_step", _integer),
     "bucket_no_upscale": ("dataset.bucket_no_upscale", _flag),
     "caption_extension": ("captions.caption_extension", _text),
     "shuffle_caption": ("captions.shuffle_caption", _flag),
@@ -146,14 +147,6 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "save_state": ("saving.save_state", _flag),
 }
 
-# keys handled by hand below
-SPECIAL_KEYS = {
-    "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
-    "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
-    "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
-    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
-    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
-}
 
 # the GUI keeps the settings of both noise types and passes sd-scripts those of the chosen one
 NOISE_TYPE_KEYS = {
@@ -161,7 +154,37 @@ NOISE_TYPE_KEYS = {
     "multires": ("multires_noise_iterations", "multires_noise_discount"),
 }
 
-SUPPORTED_NETWORK_TYPES = ("standard", "")
+# the GUI's LoRA_type -> our network.type (a LyCORIS/LoCon with dora_wd is DoRA)
+NETWORK_TYPES = {"standard": "lora", "": "lora", "kohya locon": "locon", "lycoris/locon": "locon",
+                 "lycoris/loha": "loha", "lycoris/lokr": "lokr"}
+GUI_NETWORK_TYPES = "Standard, Kohya LoCon, LyCORIS/LoCon, LyCORIS/LoHa and LyCORIS/LoKr (dora_wd: DoRA)"
+
+# network settings the GUI keeps for every type and passes sd-scripts only for the ones
+# that use them: mapped where our type uses them, noted when set for one that does not
+NETWORK_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "conv_dim": ("network.conv_dim", _integer),
+    "conv_alpha": ("network.conv_alpha", _number),
+    "factor": ("network.factor", _integer),
+    "use_cp": ("network.use_tucker", _flag),
+    "use_tucker": ("network.use_tucker", _flag),
+    "network_dropout": ("network.network_dropout", _number),
+    "rank_dropout": ("network.rank_dropout", _number),
+    "module_dropout": ("network.module_dropout", _number),
+    "lora_network_weights": ("network.network_weights", _text),
+}
+# LyCORIS options loradeck does not build: noted when set to something but their default
+LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_scale": False, "constrain": 0,
+                   "rescaled": False, "train_norm": False, "bypass_mode": False}
+
+# keys handled by hand below
+SPECIAL_KEYS = {
+    "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
+    "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
+    "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
+    "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
+    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
+    "dora_wd", "LyCORIS_preset", "bucket_reso_steps", *NETWORK_KEYS, *LYCORIS_OPTIONS,
+}
 
 
 # the keys only the GUI's LoRA tab writes; a config without any came from another tab
@@ -214,10 +237,10 @@ def import_kohya_file(path: str | Path, dataset_base: str | Path | None = None) 
 def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Path = ".") -> KohyaImport:
     where = f"{source}: " if source else ""
     network_type = str(data.get("LoRA_type", "Standard") or "").strip()
-    if network_type.lower() not in SUPPORTED_NETWORK_TYPES:
+    if network_type.lower() not in NETWORK_TYPES:
         raise LoradeckError(
-            f"{where}LoRA_type {network_type!r} cannot be trained by loradeck (standard LoRA only); "
-            "choose LoRA_type Standard in the Kohya GUI or train it there"
+            f"{where}LoRA_type {network_type!r} cannot be trained by loradeck (it trains {GUI_NETWORK_TYPES}); "
+            "choose one of those in the Kohya GUI or train it there"
         )
     settings: dict[str, dict[str, Any]] = {}
     ignored: list[str] = []
@@ -256,6 +279,13 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         elif key not in SPECIAL_KEYS:
             ignored.append(key)
 
+    if "bucket_reso_steps" in data:
+        step = convert("bucket_reso_steps", _integer)
+        if step is not _UNSET and step not in BUCKET_STEPS:
+            notes.append(f"bucket_reso_steps {step} -> 64: loradeck's bucket step is one of "
+                         f"{', '.join(map(str, BUCKET_STEPS))} (64 is sd-scripts' default)")
+            step = 64
+        put("dataset.bucket_step", step, "bucket_reso_steps")
     if _flag(data.get("sdxl", False)) is True:
         put("model.family", "sdxl", "sdxl")
         if _flag(data.get("sdxl_cache_text_encoder_outputs", False)) is True:
@@ -323,6 +353,7 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         put("network.train_text_encoder", False, "network_train_unet_only")
     if _flag(data.get("network_train_text_encoder_only", False)) is True:
         put("network.train_unet", False, "network_train_text_encoder_only")
+    _network_settings(data, network_type, put, convert, notes)
     toml_setting = settings.get("dataset", {}).get("dataset_config")
     if toml_setting:
         _settings_from_dataset_toml(Path(dataset_base) / Path(toml_setting).expanduser(), put, notes)
@@ -354,6 +385,39 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
     return KohyaImport(config=config, ignored=sorted(ignored), notes=notes,
                        mapped=[(kohya_key, setting) for setting, kohya_key in mapped.items()],
                        empty=sorted(set(empty)))
+
+
+def _network_settings(data: dict[str, Any], gui_type: str, put, convert, notes: list[str]) -> None:
+    """network.type from LoRA_type (and dora_wd), and the type's own settings."""
+    kind = NETWORK_TYPES[gui_type.lower()]
+    dora = _flag(data.get("dora_wd", False)) is True
+    if dora and kind == "locon" and gui_type.lower().startswith("lycoris"):
+        kind = "dora"
+    elif dora:
+        notes.append(f"dora_wd not used: loradeck builds DoRA on LyCORIS/LoCon only, not {gui_type or 'Standard'}")
+    if kind != "lora":
+        put("network.type", kind, "LoRA_type" if kind != "dora" else "LoRA_type + dora_wd")
+    fields = {field.key: field for field in schema()}
+    tucker_on = False  # use_cp and use_tucker both mean it; either one on turns it on
+    for key, (setting, converter) in NETWORK_KEYS.items():
+        if key not in data:
+            continue
+        value = convert(key, converter)
+        if fields[setting].applies_to(kind):
+            if setting == "network.use_tucker":
+                if tucker_on:
+                    continue
+                tucker_on = value is True
+            put(setting, value, key)
+        elif value not in (_UNSET, 0, False, -1, ""):
+            notes.append(f"{key} {data[key]!r} not used: {kind} has no {setting}")
+    preset = _text(data.get("LyCORIS_preset", ""))
+    if kind in ("loha", "lokr", "dora") and preset not in (_UNSET, "full"):
+        notes.append(f"LyCORIS_preset {preset!r} not built: loradeck adapts attention, feed-forward and ResNet "
+                     "layers (LyCORIS' full preset)")
+    for key, default in LYCORIS_OPTIONS.items():
+        if key in data and data[key] not in (default, "", None, str(default)):
+            notes.append(f"{key} {data[key]!r} not used: loradeck builds {kind} without it")
 
 
 def _settings_from_dataset_toml(path: Path, put, notes: list[str]) -> None:

@@ -31,10 +31,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from engine.config.network_types import CONV_TYPES, MAX_RANK, NETWORK_TYPES
 from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 
 CONFIG_VERSION = 1
+BUCKET_STEPS = (8, 16, 32, 64, 128)
 
 
 def setting(
@@ -48,8 +50,12 @@ def setting(
     maximum: float | None = None,
     multiline: bool = False,
     path: bool = False,
+    network_types: tuple = (),
 ) -> Any:
-    """A config field with its documentation and limits, read by validation and the TUI form."""
+    """A config field with its documentation and limits, read by validation and the TUI form.
+
+    `network_types`: the network types the setting applies to (empty: it always applies).
+    """
     meta = {
         "help": help,
         "label": label,
@@ -59,6 +65,7 @@ def setting(
         "maximum": maximum,
         "multiline": multiline,
         "path": path,
+        "network_types": tuple(network_types),
     }
     return field(default=default, metadata=meta)
 
@@ -175,7 +182,7 @@ class DatasetSettings:
         64,
         "Bucket sides are multiples of this many pixels.",
         label="Bucket step",
-        choices=(8, 16, 32, 64, 128),
+        choices=BUCKET_STEPS,
         advice="64 (Kohya's default) keeps few buckets and few half-empty batches; a smaller step "
         "crops less but makes more buckets.",
     )
@@ -263,27 +270,106 @@ class AugmentationSettings:
 class NetworkSettings:
     type: str = setting(
         "lora",
-        "Network type. Standard LoRA on attention, projection and feed-forward layers.",
+        "Network type: lora, locon (LoRA on the ResNet convolutions too), loha, lokr or dora.",
         label="Network type",
-        choices=("lora",),
+        choices=NETWORK_TYPES,
+        advice="lora for most characters and objects; locon adds the convolutions, which helps styles "
+        "and textures; loha packs more capacity into a small file (styles, several concepts); lokr "
+        "gives the smallest files at a given quality and suits styles; dora (a learned magnitude per "
+        "output) follows a full fine-tune more closely at the same rank, a bit slower per step.",
     )
     rank: int = setting(
         32,
         "LoRA rank (network dim): the capacity of the adapter.",
         label="Rank",
         advice="8-32 is plenty for a character or object, 32-128 for styles. File size and "
-        "VRAM grow linearly with rank.",
+        "VRAM grow linearly with rank. loha: 4-32 (its capacity is about the rank squared); lokr: "
+        "a rank of half a layer's larger factor or more stores full matrices (LyCORIS presets use "
+        "a huge rank such as 100000 for that).",
         minimum=1,
-        maximum=1024,
+        maximum=100000,
     )
     alpha: float = setting(
         16.0,
         "LoRA alpha; the update is scaled by alpha / rank. Not above rank.",
         label="Alpha",
         advice="alpha = rank trains at full strength; a smaller alpha (often rank / 2, or "
-        "slightly below rank) damps updates, so a higher learning rate is needed.",
+        "slightly below rank) damps updates, so a higher learning rate is needed. lokr layers stored "
+        "as full matrices ignore alpha (scale 1), as in LyCORIS.",
         minimum=0.0,
         maximum=1024.0,
+    )
+    conv_dim: int = setting(
+        8,
+        "Rank of the ResNet 3x3 convolutions (0 leaves them out).",
+        label="Conv rank",
+        advice="4-16 is usual: the convolutions carry texture and style. Their linear and 1x1 layers "
+        "use the rank above. 0 adapts only those (not for locon, which is LoRA plus the 3x3 "
+        "convolutions).",
+        minimum=0,
+        maximum=100000,
+        network_types=CONV_TYPES,
+    )
+    conv_alpha: float = setting(
+        4.0,
+        "Alpha of the 3x3 convolutions; their update is scaled by conv alpha / conv rank.",
+        label="Conv alpha",
+        advice="Half the conv rank, or 1 as many LyCORIS presets use (then raise the learning rate).",
+        minimum=0.0,
+        maximum=100000.0,
+        network_types=CONV_TYPES,
+    )
+    factor: int = setting(
+        -1,
+        "LoKr Kronecker factor: the size of the small matrix of each layer (-1: near the square root).",
+        label="LoKr factor",
+        advice="-1 balances the two factors (smallest file); 4-16 makes the small one that wide and "
+        "the large one fuller, which learns more per layer (LyCORIS presets often use 8).",
+        minimum=-1,
+        maximum=1024,
+        network_types=("lokr",),
+    )
+    use_tucker: bool = setting(
+        False,
+        "Split each 3x3 kernel with a CP (Tucker) core instead of flattening it (Kohya's use_cp).",
+        label="Tucker convs",
+        advice="Fewer parameters on the 3x3 convolutions at the same conv rank; usually off.",
+        network_types=("loha", "lokr"),
+    )
+    network_dropout: float = setting(
+        0.0,
+        "Dropout on the rank activations of each LoRA layer (sd-scripts' network_dropout).",
+        label="Network dropout",
+        advice="0.1-0.3 fights overfitting on small datasets; it slows learning a little.",
+        minimum=0.0,
+        maximum=1.0,
+        network_types=("lora", "locon"),
+    )
+    rank_dropout: float = setting(
+        0.0,
+        "Probability of dropping each rank of a layer in a step (sd-scripts / LyCORIS rank_dropout).",
+        label="Rank dropout",
+        advice="0.1-0.2 spreads what is learned over all ranks; 0 for most runs.",
+        minimum=0.0,
+        maximum=1.0,
+        network_types=("lora", "locon", "loha", "lokr"),
+    )
+    module_dropout: float = setting(
+        0.0,
+        "Probability of skipping a whole adapted layer in a step (module_dropout).",
+        label="Module dropout",
+        advice="A little (0.1) makes the network robust to its own weight; 0 for most runs.",
+        minimum=0.0,
+        maximum=1.0,
+        network_types=("lora", "locon", "loha", "lokr"),
+    )
+    network_weights: str = setting(
+        "",
+        "Start from an existing LoRA file of this type, rank and alpha instead of from zero.",
+        label="Start from LoRA",
+        path=True,
+        advice="Continue a finished LoRA with new images or settings. For an interrupted run use "
+        "resume instead: it also restores the optimizer and the schedule.",
     )
     train_unet: bool = setting(
         True, "Train LoRA on the U-Net.", label="Train U-Net",
@@ -811,10 +897,15 @@ class FieldSpec:
     maximum: float | None
     multiline: bool
     path: bool
+    network_types: tuple = ()
 
     @property
     def key(self) -> str:
         return f"{self.group}.{self.name}"
+
+    def applies_to(self, network_type: str) -> bool:
+        """Whether the setting means anything for a network of this type."""
+        return not self.network_types or network_type in self.network_types
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -850,6 +941,7 @@ def schema() -> Iterator[FieldSpec]:
                 maximum=meta["maximum"],
                 multiline=meta["multiline"],
                 path=meta["path"],
+                network_types=meta["network_types"],
             )
 
 
@@ -996,6 +1088,20 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         )
     if net.alpha <= 0:
         problems.append(("network.alpha", "must be above 0 (the update is scaled by alpha / rank)"))
+    if net.rank > MAX_RANK and net.type != "lokr":
+        problems.append(("network.rank", f"must be at most {MAX_RANK} for {net.type} (only lokr takes a larger "
+                                         "rank, meaning full matrices)"))
+    if net.type in CONV_TYPES:
+        if net.type == "locon" and net.conv_dim == 0:
+            problems.append(("network.conv_dim", "locon needs a conv rank above 0; for LoRA without the "
+                                                 "convolutions use type lora"))
+        if net.conv_dim and net.conv_alpha > net.conv_dim:
+            problems.append(("network.conv_alpha", f"conv alpha {net.conv_alpha:g} is above conv rank "
+                                                   f"{net.conv_dim}: use at most {net.conv_dim}"))
+        if net.conv_dim and net.conv_alpha <= 0:
+            problems.append(("network.conv_alpha", "must be above 0 (the update is scaled by conv alpha / conv rank)"))
+    if net.type == "lokr" and net.factor == 0:
+        problems.append(("network.factor", "must be -1 (balanced) or a positive factor"))
     if not net.train_unet and not net.train_text_encoder:
         problems.append(("network.train_unet", "nothing to train: enable the U-Net or the text encoder"))
     try:

@@ -1,18 +1,24 @@
-"""The LoRA network: peft adapters on the U-Net and CLIP, saved in the Kohya key layout.
+"""The network: peft adapters on the U-Net and CLIP, saved in the Kohya / LyCORIS key layout.
 
-The adapters are injected with the libraries' own `add_adapter` (diffusers for the U-Net,
-transformers for CLIP), so the modules stay ordinary diffusers/transformers models that a
-pipeline can run as they are. Which layers get one follows sd-scripts' `networks.lora`
-for SD1.x: every Linear and 1x1 conv inside the U-Net's transformer blocks
-(`Transformer2DModel`) and inside CLIP's attention and MLP.
+The adapters are peft's own layers (LoRA and DoRA from `peft.tuners.lora`, LoHa and LoKr
+from `peft.tuners.loha` / `lokr`), injected with the libraries' entry points (diffusers'
+`add_adapter` for a LoRA on the U-Net, peft's `inject_adapter_in_model` otherwise), so the
+modules stay ordinary diffusers/transformers models that a pipeline can run as they are.
+Which layers get one follows sd-scripts' `networks.lora` for SD1.x: every Linear and 1x1
+conv inside the U-Net's transformer blocks (`Transformer2DModel`) and inside CLIP's
+attention and MLP; the conv types (engine.config.network_types) add every Linear and conv
+of the ResNet blocks, downsamplers and upsamplers, the 3x3 ones at `conv_dim`/`conv_alpha`.
 
-On disk a LoRA is a `.safetensors` file in Kohya's layout, which diffusers'
-`load_lora_weights`, AUTOMATIC1111 and ComfyUI all read:
+On disk a network is a `.safetensors` file in the layout diffusers' `load_lora_weights`,
+AUTOMATIC1111, ComfyUI and sd-scripts read; one key prefix per adapted module:
 
-    lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight   (rank, in, 1, 1)
+    lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight   (rank, in, 1, 1)   lora, locon, dora
     lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight     (out, rank, 1, 1)
-    lora_unet_down_blocks_0_attentions_0_proj_in.alpha              () = alpha
-    lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight ...
+    lora_unet_down_blocks_0_attentions_0_proj_in.alpha              () = alpha          every type
+    lora_unet_..._proj_in.dora_scale          (out, 1, 1, 1)  dora: LyCORIS' wd_on_output layout
+    lora_unet_..._to_q.hada_w1_a / hada_w1_b / hada_w2_a / hada_w2_b  (+ hada_t1, hada_t2)  loha
+    lora_unet_..._to_q.lokr_w1 (or lokr_w1_a, lokr_w1_b), lokr_w2 (or lokr_w2_a, lokr_w2_b, lokr_t2)  lokr
+    lora_te_text_model_encoder_layers_0_self_attn_q_proj....
 
 The key is the module's dotted path with dots turned into underscores (that is why the
 mapping back goes through the model's own module names, not by parsing the key). SDXL's
@@ -22,6 +28,7 @@ layers as SD1.x's (every Linear of every transformer block, at all depths).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,15 +36,31 @@ from typing import Any, Iterator
 import torch
 
 from engine.atomic import atomic_path
+from engine.config.network_types import NetworkSpec
 from engine.errors import LoradeckError
+from engine.network.dropout import add_lora_dropouts
+from engine.plan.network_size import LayerShape, lokr_layout
 
 ADAPTER_NAME = "loradeck"
 UNET_TARGET_MODULES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+UNET_BLOCKS = ("Transformer2DModel",)
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")  # sd-scripts' conv targets
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
 SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# file name of each tensor -> the peft attribute (a dict by adapter name) that holds it
+_LORA = (("lora_down.weight", "lora_A"), ("lora_up.weight", "lora_B"))
+TENSORS: dict[str, tuple[tuple[str, str], ...]] = {
+    "lora": _LORA,
+    "locon": _LORA,
+    "dora": _LORA + (("dora_scale", "lora_magnitude_vector"),),
+    "loha": tuple((name, name) for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")),
+    "lokr": tuple((name, name) for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
+                                             "lokr_t2")),
+}
 
 
 def kohya_name(prefix: str, module_name: str) -> str:
@@ -51,12 +74,73 @@ def kohya_name(prefix: str, module_name: str) -> str:
 
 
 def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
-    """(module name, peft LoRA layer) for every layer carrying our adapter."""
-    from peft.tuners.lora import LoraLayer
+    """(module name, peft adapter layer) for every layer carrying our adapter, of any type."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
+        if isinstance(module, BaseTunerLayer) and ADAPTER_NAME in getattr(module, "r", {}):
             yield name, module
+
+
+def _kernel(module: torch.nn.Module) -> int:
+    return module.kernel_size[0] if isinstance(module, torch.nn.Conv2d) else 1
+
+
+def _block_layers(model: torch.nn.Module, blocks: tuple[str, ...]) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(name, module) of every Linear and Conv2d inside a module whose class is in `blocks`."""
+    for parent_name, parent in model.named_modules():
+        if type(parent).__name__ in blocks:
+            for child_name, child in parent.named_modules():
+                if child_name and isinstance(child, (torch.nn.Linear, torch.nn.Conv2d)):
+                    yield f"{parent_name}.{child_name}", child
+
+
+def _targets(model: torch.nn.Module, spec: NetworkSpec, standard: tuple[str, ...], blocks: tuple[str, ...]):
+    """(target modules, rank pattern, alpha pattern) of one model for peft.
+
+    Standard LoRA targets by name suffix, as it always has; the other types list every
+    layer by its full name, with the layers whose rank or alpha differ from the spec's
+    (the 3x3 convolutions, LoKr's full-matrix layers) in the patterns."""
+    if not spec.adapts_resnets and spec.type == "lora":
+        return list(standard), {}, {}
+    names, ranks, alphas = [], {}, {}
+    for name, module in _block_layers(model, blocks):
+        chosen = spec.rank_of(_kernel(module))
+        if chosen is None:
+            continue
+        rank, alpha = chosen
+        names.append(name)
+        if spec.type == "lokr":
+            weight = module.weight
+            _, full = lokr_layout(LayerShape(weight.shape[1], weight.shape[0], _kernel(module)), rank, spec.factor)
+            if full:
+                alpha = rank  # both factors full matrices: LyCORIS scales by 1, whatever the alpha
+        if (rank, alpha) != (spec.rank, spec.alpha):
+            ranks[re.escape(name)] = rank
+            alphas[re.escape(name)] = alpha
+    return names, ranks, alphas
+
+
+def _peft_config(spec: NetworkSpec, targets, ranks: dict, alphas: dict):
+    common = dict(target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
+    if spec.type in ("lora", "locon", "dora"):
+        from peft import LoraConfig
+
+        return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, init_lora_weights=True, use_dora=spec.type == "dora",
+                          **common)
+    if spec.type == "loha":
+        from peft import LoHaConfig
+
+        return LoHaConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
+                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker, init_weights=True,
+                          **common)
+    if spec.type == "lokr":
+        from peft import LoKrConfig
+
+        return LoKrConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
+                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker,
+                          decompose_factor=spec.factor, init_weights="lycoris", **common)
+    raise LoradeckError(f"network.type: {spec.type!r} is not a network type loradeck builds")
 
 
 @dataclass
@@ -65,10 +149,23 @@ class LoraNetwork:
 
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
-    rank: int
-    alpha: float
-    has_unet: bool
-    has_text_encoder: bool
+    spec: NetworkSpec
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    @property
+    def alpha(self) -> float:
+        return self.spec.alpha
+
+    @property
+    def has_unet(self) -> bool:
+        return self.spec.train_unet
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return self.spec.train_text_encoder
     text_encoder_2: torch.nn.Module | None = None
 
     @property
@@ -83,39 +180,77 @@ class LoraNetwork:
         cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, *, rank: int, alpha: float,
         train_unet: bool = True, train_text_encoder: bool = True, text_encoder_2: torch.nn.Module | None = None,
     ) -> "LoraNetwork":
-        """Inject fresh adapters (down: Kaiming uniform, up: zeros, so training starts at the base)."""
+        """A fresh standard LoRA (down: Kaiming uniform, up: zeros, so training starts at the base)."""
+        spec = NetworkSpec(rank=rank, alpha=alpha, train_unet=train_unet, train_text_encoder=train_text_encoder)
+        return cls.build(unet, text_encoder, spec, text_encoder_2=text_encoder_2)
+
+    @classmethod
+    def from_config(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, config, *, base_dir,
+                    train_text_encoder: bool, text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
+        """The network a config trains, started from `network.network_weights` when it names a file."""
+        from engine.config.schema import resolve_path
+
+        network = cls.build(unet, text_encoder, NetworkSpec.of(config, train_text_encoder=train_text_encoder),
+                            text_encoder_2=text_encoder_2)
+        start = resolve_path(base_dir, config.network.network_weights)
+        if start is not None:
+            if not start.is_file():
+                raise LoradeckError(f"network.network_weights: {start}: no such LoRA file")
+            tensors, _ = read_lora_file(start)
+            try:
+                network.load_state_dict(tensors)
+            except LoradeckError as error:
+                raise LoradeckError(f"network.network_weights: {start.name}: {error}") from None
+        return network
+
+    @classmethod
+    def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec,
+              text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
+        """Inject fresh adapters of the spec's type; every type starts at the base model's output."""
         from peft import LoraConfig, inject_adapter_in_model
 
-        def lora_config(targets: tuple[str, ...]) -> LoraConfig:
-            return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
-
-        network = cls(unet, text_encoder, rank, alpha, train_unet, train_text_encoder, text_encoder_2)
         unet.requires_grad_(False)
+        network = cls(unet, text_encoder, spec, text_encoder_2)
         for _, encoder in network.text_encoders:
             encoder.requires_grad_(False)
-        if train_unet:
-            # diffusers' own entry point, so set_adapters()/disable_adapters() work on it later
-            unet.add_adapter(lora_config(UNET_TARGET_MODULES), adapter_name=ADAPTER_NAME)
-        if train_text_encoder:
+        if spec.train_unet:
+            config = _peft_config(spec, *_targets(unet, spec, UNET_TARGET_MODULES, UNET_BLOCKS + UNET_CONV_BLOCKS
+                                                  if spec.adapts_resnets else UNET_BLOCKS))
+            if isinstance(config, LoraConfig):
+                # diffusers' own entry point, so set_adapters()/disable_adapters() work on it later
+                unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+            else:
+                inject_adapter_in_model(config, unet, ADAPTER_NAME)
+        if spec.train_text_encoder:
             # peft directly: transformers' add_adapter insists on a newer peft than diffusers
             for _, encoder in network.text_encoders:
-                inject_adapter_in_model(lora_config(TEXT_ENCODER_TARGET_MODULES), encoder, ADAPTER_NAME)
-        # LoRA weights train in fp32 even when the frozen base is fp16/bf16: small updates
+                config = _peft_config(spec, *_targets(encoder, spec, TEXT_ENCODER_TARGET_MODULES,
+                                                      ("CLIPAttention", "CLIPMLP")))
+                inject_adapter_in_model(config, encoder, ADAPTER_NAME)
+        # adapter weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
             parameter.data = parameter.data.float()
+        if spec.type in ("lora", "locon"):
+            add_lora_dropouts(network.layers(), spec, ADAPTER_NAME)  # loha/lokr: peft's own rank and module dropout
         return network
 
     # ---- parameters
 
+    def layers(self) -> Iterator[torch.nn.Module]:
+        for _, layer in self._modules():
+            yield layer
+
     def unet_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for _, layer in lora_layers(self.unet) for p in _adapter_parameters(layer)] if self.has_unet else []
+        if not self.has_unet:
+            return []
+        return [p for _, layer in lora_layers(self.unet) for p in self._layer_parameters(layer)]
 
     def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
         if not self.has_text_encoder:
             return []
         return [p for _, encoder in self.text_encoders for _, layer in lora_layers(encoder)
-                for p in _adapter_parameters(layer)]
+                for p in self._layer_parameters(layer)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.unet_parameters() + self.text_encoder_parameters()
@@ -130,17 +265,43 @@ class LoraNetwork:
         if self.has_text_encoder:
             rates = (text_encoder_lr, text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr)
             for (_, encoder), rate, name in zip(self.text_encoders, rates, ("text_encoder", "text_encoder_2")):
-                parameters = [p for _, layer in lora_layers(encoder) for p in _adapter_parameters(layer)]
+                parameters = [p for _, layer in lora_layers(encoder) for p in self._layer_parameters(layer)]
                 groups.append({"params": parameters, "lr": rate, "name": name})
         return groups
 
     def freeze_text_encoder(self) -> None:
-        """Stop training the text-encoder LoRA (its weights stay in the file as they are)."""
+        """Stop training the text-encoder adapters (their weights stay in the file as they are)."""
         for parameter in self.text_encoder_parameters():
             parameter.requires_grad_(False)
             parameter.grad = None
 
-    # ---- Kohya layout
+    def set_multiplier(self, multiplier: float) -> None:
+        """Scale every adapter's update (the LoRA weight of a prompt, `<lora:name:0.8>`)."""
+        for layer in self.layers():
+            layer.set_scale(ADAPTER_NAME, multiplier)
+
+    def enable(self, enabled: bool) -> None:
+        """Switch every adapter on or off (off: the base model's own output)."""
+        for layer in self.layers():
+            layer.enable_adapters(enabled)
+
+    def cast(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the adapter weights to the base model's device and dtype (for inference)."""
+        for parameter in self.parameters():
+            parameter.data = parameter.data.to(device, dtype)
+
+    def _tensors_of(self, layer: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """(file suffix, parameter) of one layer, in the type's tensor order."""
+        for suffix, attribute in TENSORS[self.spec.type]:
+            holder = getattr(layer, attribute)
+            if ADAPTER_NAME in holder:
+                item = holder[ADAPTER_NAME]
+                yield suffix, item if isinstance(item, torch.nn.Parameter) else item.weight
+
+    def _layer_parameters(self, layer: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [parameter for _, parameter in self._tensors_of(layer)]
+
+    # ---- Kohya / LyCORIS layout
 
     def _modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
         if self.has_unet:
@@ -151,40 +312,56 @@ class LoraNetwork:
                 for name, layer in lora_layers(encoder):
                     yield kohya_name(prefix, name), layer
 
+    @staticmethod
+    def _alpha(layer: torch.nn.Module) -> float:
+        alphas = layer.lora_alpha if hasattr(layer, "lora_alpha") else layer.alpha
+        return float(alphas[ADAPTER_NAME])
+
+    @staticmethod
+    def _file_shape(suffix: str, parameter: torch.Tensor, layer: torch.nn.Module) -> torch.Size:
+        """The tensor's shape in the file: peft's, except DoRA's magnitude, which LyCORIS
+        stores as (out, 1, ...) beside a weight of (out, in, ...) (its wd_on_output layout)."""
+        if suffix != "dora_scale":
+            return parameter.shape
+        weight = layer.get_base_layer().weight
+        return torch.Size((weight.shape[0], *[1] * (weight.dim() - 1)))
+
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """Kohya-layout tensors on the CPU in `dtype`, with `.alpha` holding the real alpha."""
+        """The file's tensors on the CPU in `dtype`, with each layer's `.alpha`."""
         tensors: dict[str, torch.Tensor] = {}
         for key, layer in self._modules():
-            down = layer.lora_A[ADAPTER_NAME].weight
-            up = layer.lora_B[ADAPTER_NAME].weight
-            tensors[f"{key}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
-            tensors[f"{key}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(float(self.alpha), dtype=dtype)
+            for suffix, parameter in self._tensors_of(layer):
+                shape = self._file_shape(suffix, parameter, layer)
+                tensors[f"{key}.{suffix}"] = parameter.detach().reshape(shape).to("cpu", dtype).contiguous()
+            tensors[f"{key}.alpha"] = torch.tensor(self._alpha(layer), dtype=dtype)
         return tensors
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Set every adapter from Kohya-layout tensors; the file must fit this network exactly."""
+        """Set every adapter from a file's tensors; the file must fit this network exactly
+        (type, layers, ranks and alphas)."""
         expected = set()
         with torch.no_grad():
             for key, layer in self._modules():
-                down, up = f"{key}.lora_down.weight", f"{key}.lora_up.weight"
-                expected.update((down, up, f"{key}.alpha"))
-                if down not in tensors or up not in tensors:
-                    raise LoradeckError(f"LoRA file has no weights for {key}; it was trained on another model or network")
-                target_down, target_up = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
-                if tensors[down].shape != target_down.shape or tensors[up].shape != target_up.shape:
-                    raise LoradeckError(
-                        f"LoRA file's {key} has rank {tensors[down].shape[0]}, this network has {target_down.shape[0]}"
-                    )
-                target_down.copy_(tensors[down])
-                target_up.copy_(tensors[up])
+                for suffix, parameter in self._tensors_of(layer):
+                    name = f"{key}.{suffix}"
+                    expected.add(name)
+                    if name not in tensors:
+                        raise LoradeckError(f"the file has no {name}; it is another network type, or was trained on "
+                                            "another model")
+                    shape = self._file_shape(suffix, parameter, layer)
+                    if tensors[name].shape != shape:
+                        raise LoradeckError(f"the file's {name} is {tuple(tensors[name].shape)}, this network's "
+                                            f"{tuple(shape)}: another rank, factor or network type")
+                    parameter.copy_(tensors[name].reshape(parameter.shape))
+                alpha_key = f"{key}.alpha"
+                expected.add(alpha_key)
+                if alpha_key in tensors and not torch.isclose(tensors[alpha_key].float(),
+                                                              torch.tensor(self._alpha(layer)), rtol=1e-3):
+                    raise LoradeckError(f"the file's {alpha_key} is {float(tensors[alpha_key]):g}, this network's "
+                                        f"{self._alpha(layer):g}")
         extra = sorted(set(tensors) - expected)
         if extra:
-            raise LoradeckError(f"LoRA file has {len(extra)} keys this network lacks, e.g. {extra[0]}")
-
-
-def _adapter_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight]
+            raise LoradeckError(f"the file has {len(extra)} keys this network lacks, e.g. {extra[0]}")
 
 
 def save_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
@@ -213,7 +390,7 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def network_shape(tensors: dict[str, torch.Tensor]) -> tuple[int, float, bool, bool]:
-    """(rank, alpha, has U-Net, has text encoder) of a Kohya-layout LoRA."""
+    """(rank, alpha, has U-Net, has text encoder) of a standard LoRA in the Kohya layout."""
     downs = [key for key in tensors if key.endswith(".lora_down.weight")]
     if not downs:
         raise LoradeckError("not a LoRA in the Kohya layout (no .lora_down.weight keys)")
@@ -221,20 +398,36 @@ def network_shape(tensors: dict[str, torch.Tensor]) -> tuple[int, float, bool, b
     rank = tensors[downs[0]].shape[0]
     alpha_tensor = tensors.get(f"{first}.alpha")
     alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(rank)
-    has_unet = any(key.startswith(UNET_PREFIX + "_") for key in downs)
-    prefixes = (TEXT_ENCODER_PREFIX, *SDXL_TEXT_ENCODER_PREFIXES)
-    has_text_encoder = any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in downs)
+    has_unet, has_text_encoder = _parts(tensors)
     return rank, alpha, has_unet, has_text_encoder
+
+
+def _parts(tensors: dict[str, torch.Tensor]) -> tuple[bool, bool]:
+    prefixes = (TEXT_ENCODER_PREFIX, *SDXL_TEXT_ENCODER_PREFIXES)
+    return (any(key.startswith(UNET_PREFIX + "_") for key in tensors),
+            any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in tensors))
+
+
+def file_spec(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> NetworkSpec:
+    """The spec a file of ours was saved with: from its ss_network_* metadata, or, for a
+    standard LoRA without it, from its tensors."""
+    has_unet, has_text_encoder = _parts(tensors)
+    if "ss_network_module" in metadata and "ss_network_dim" in metadata:
+        try:
+            return NetworkSpec.from_metadata(metadata, train_unet=has_unet, train_text_encoder=has_text_encoder)
+        except ValueError as error:
+            raise LoradeckError(f"not a network loradeck can load: {error}") from None
+    rank, alpha, has_unet, has_text_encoder = network_shape(tensors)
+    return NetworkSpec(rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder)
 
 
 def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path,
                      text_encoder_2: torch.nn.Module | None = None) -> LoraNetwork:
-    """Attach the adapters of a LoRA file we wrote to a fresh U-Net and text encoder(s)."""
-    tensors, _ = read_lora_file(path)
-    rank, alpha, has_unet, has_text_encoder = network_shape(tensors)
-    network = LoraNetwork.attach(
-        unet, text_encoder, rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder,
-        text_encoder_2=text_encoder_2,
-    )
-    network.load_state_dict(tensors)
+    """Attach the adapters of a file we wrote (any type) to a fresh U-Net and text encoder(s)."""
+    tensors, metadata = read_lora_file(path)
+    try:
+        network = LoraNetwork.build(unet, text_encoder, file_spec(tensors, metadata), text_encoder_2=text_encoder_2)
+        network.load_state_dict(tensors)
+    except LoradeckError as error:
+        raise LoradeckError(f"{path}: {error}") from None
     return network

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig
 from engine.model.families import family_named
 
@@ -74,9 +75,7 @@ def training_metadata(
         "ss_v2": config.model.v2,
         "ss_v_parameterization": config.model.v_parameterization,
         "ss_clip_skip": config.model.clip_skip,
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": net.rank,
-        "ss_network_alpha": net.alpha,
+        **NetworkSpec.of(config).metadata(),  # module, dim, alpha, dropout and args of the network type
         "ss_network_train_unet_only": not net.train_text_encoder,
         "ss_network_train_text_encoder_only": not net.train_unet,
         "ss_num_train_images": plan.image_repeats,

@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig, resolve_path
+from engine.plan.network_size import network_size, rebuilt_weight_elements
 from engine.model.families import config_family_name
 from engine.model.families.sd15 import PARAMETERS as SD_PARAMETERS
 from engine.model.families.sdxl import PARAMETERS as SDXL_PARAMETERS
@@ -68,42 +70,22 @@ def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
 
 
 def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
-    """(LoRA parameters, LoRA modules) for the config's base model and rank."""
-    rank = config.network.rank
-    unet, text = model_configs(config, base_dir)
-    shapes: list[tuple[int, int]] = []  # (in_features, out_features) of every adapted layer
-    if config.network.train_unet:
-        context = unet.get("cross_attention_dim", 768)
-        if isinstance(context, list):
-            context = context[0]
-        depths = unet.get("transformer_layers_per_block", 1)
-        channels = unet["block_out_channels"]
-        depths = depths if isinstance(depths, list) else [depths] * len(channels)
-        per_block = unet.get("layers_per_block", 2)
-        per_block = per_block[0] if isinstance(per_block, list) else per_block
-        widths: list[tuple[int, int]] = []  # (channels, transformer depth) of every Transformer2DModel
-        for index, kind in enumerate(unet["down_block_types"]):
-            if "CrossAttn" in kind:
-                widths += [(channels[index], depths[index])] * per_block
-        if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-            widths.append((channels[-1], depths[-1]))
-        for index, kind in enumerate(unet["up_block_types"]):
-            if "CrossAttn" in kind:
-                up = len(channels) - 1 - index
-                widths += [(channels[up], depths[up])] * (per_block + 1)
-        for width, depth in widths:
-            shapes += [(width, width), (width, width)]  # proj_in, proj_out
-            for _ in range(depth):
-                shapes += [(width, width)] * 4  # self-attention q, k, v, out
-                shapes += [(width, width), (context, width), (context, width), (width, width)]  # cross-attention
-                shapes += [(width, width * 8), (width * 4, width)]  # GEGLU feed-forward
-    if config.network.train_text_encoder:
-        for text in text_encoder_configs(config, base_dir):
-            hidden, inner = text["hidden_size"], text["intermediate_size"]
-            for _ in range(text["num_hidden_layers"]):
-                shapes += [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
-    parameters = sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
-    return parameters, len(shapes)
+    """(network parameters, adapted layers) for the config's base model and network."""
+    parameters, _, layers = network_size_of(config, base_dir)
+    return parameters, layers
+
+
+def network_size_of(config: TrainConfig, base_dir) -> tuple[int, int, int]:
+    """(parameters, file tensors, adapted layers) of the network the config trains
+    (engine.plan.network_size, on this base model's shapes)."""
+    unet, _ = model_configs(config, base_dir)
+    return network_size(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
+
+
+def rebuilt_weights_of(config: TrainConfig, base_dir) -> int:
+    """Elements of the weight updates the config's network rebuilds per step (LoHa, LoKr)."""
+    unet, _ = model_configs(config, base_dir)
+    return rebuilt_weight_elements(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:

@@ -18,8 +18,8 @@ from typing import Any
 from engine.dataset.buckets import batches_in_bucket
 from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.plan.model_shapes import network_size_of
 from engine.model.families import config_family, config_family_name
-from engine.plan.model_shapes import lora_parameter_count
 from engine.plan.vram import VramEstimate, estimate_vram
 
 BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
@@ -124,11 +124,11 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
 
     reg_instances = sum(1 for item in instances if item.is_reg)
     folders = [_folder_plan(folder, instances, dataset.validation_items) for folder in dataset.folders]
-    parameters, modules = lora_parameter_count(config, base_dir)
+    parameters, tensors, layers = network_size_of(config, base_dir)
     value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
-    # tensors plus the safetensors header (about 160 bytes of JSON per tensor, 3 tensors
-    # per module, plus ~2 KiB of ss_* metadata)
-    file_bytes = parameters * value_bytes + modules * value_bytes + modules * 3 * 160 + 2048
+    # the weights and one alpha per layer, plus the safetensors header (about 160 bytes of
+    # JSON per tensor, plus ~2 KiB of ss_* metadata)
+    file_bytes = parameters * value_bytes + layers * value_bytes + tensors * 160 + 2048
     return Plan(
         folders=folders,
         images=len(dataset.train_items),

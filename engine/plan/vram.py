@@ -10,8 +10,10 @@ they are being cached). In GiB (2^30 bytes):
 
     weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16);
                  counted from a local diffusers folder's safetensors headers, else SD1.5's/SD2's
-    LoRA         LoRA parameters × (4 weight + 4 gradient + optimizer state bytes)
+    LoRA         LoRA parameters × (4 weight + 4 gradient + optimizer state bytes), plus for
+                 LoHa / LoKr every adapted layer's rebuilt ΔW in the compute precision
     activations  batch × (width × height / 512²) × (ACTIVATIONS_PER_IMAGE + rank × PER_RANK)
+                 (rank: lora, locon and dora; LoHa and LoKr have no rank intermediate)
                  + text-encoder activations per 75-token window when it trains (fp32: × 2)
     total        (weights + LoRA + max(activations, VAE encoding)) × (1 + WORKSPACE)
     card         total + CUDA_CONTEXT: what nvidia-smi shows at the peak, about
@@ -40,7 +42,8 @@ from engine.model.families import config_family
 # GiB per 512² image, keyed by gradient checkpointing; the VAE encoder's transient (no
 # gradients) per 512² image. Each family module holds its own (SDXL's in families/sdxl.py).
 from engine.model.families.sd15 import ACTIVATIONS_PER_IMAGE, VAE_ENCODE_PER_IMAGE  # noqa: F401
-from engine.plan.model_shapes import frozen_parameters, lora_parameter_count, model_configs, text_encoder_configs
+from engine.plan.model_shapes import (frozen_parameters, lora_parameter_count, model_configs, rebuilt_weights_of,
+                                      text_encoder_configs)
 
 GIB = 2**30
 
@@ -106,6 +109,8 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
         lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
     state_bytes = OPTIMIZER_STATE_BYTES.get(config.optimizer.optimizer, 8)
     lora = lora_parameters * (4 + 4 + state_bytes)
+    # LoHa / LoKr keep each layer's rebuilt ΔW for the backward, in the compute precision
+    lora += rebuilt_weights_of(config, base_dir or ".") * weight_bytes
 
     if width is None or height is None:
         width, height = largest_image(config)
@@ -114,7 +119,9 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     scale = 2.0 if precision == "no" else 1.0
     checkpointing = config.precision.gradient_checkpointing
     per_image = family.ACTIVATIONS_PER_IMAGE[checkpointing]
-    activations = images * channels * (per_image + config.network.rank * ACTIVATIONS_PER_RANK)
+    # the `x · down` intermediate exists for the types that run through the rank
+    rank = config.network.rank if config.network.type in ("lora", "locon", "dora") else 0
+    activations = images * channels * (per_image + rank * ACTIVATIONS_PER_RANK)
     trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
     if trains_text_encoder:
         windows = config.captions.max_token_length // 75

@@ -278,6 +278,58 @@ def _check_writable(out: Path) -> None:
         raise LoradeckError(f"{out}: cannot write the grid ({existing} is not a writable folder)")
 
 
+class CheckpointAdapters:
+    """A run's LoRA files put on the grid's pipeline one at a time, at a weight.
+
+    Standard LoRA and LoCon go through diffusers' `load_lora_weights` and `set_adapters`
+    (the loader users run later). diffusers' SD1.5 Kohya converter does not read LoHa,
+    LoKr or DoRA files, so those are attached as the trainer's own network (peft's layers
+    of the file's type, engine.network.lora), built once per run and refilled per file; a
+    weight scales the update and 0 switches the adapters off (the base model)."""
+
+    DIFFUSERS_TYPES = ("lora", "locon")
+
+    def __init__(self, pipeline: Any, device: Any, dtype: Any):
+        self.pipeline, self.device, self.dtype = pipeline, device, dtype
+        self.adapter: str | None = None
+        self.network: Any = None
+
+    def load(self, path: Path, number: int) -> None:
+        from engine.network.lora import LoraNetwork, file_spec, read_lora_file
+
+        tensors, metadata = read_lora_file(path)
+        try:
+            spec = file_spec(tensors, metadata)
+        except LoradeckError as error:
+            raise LoradeckError(f"{path}: {error}") from None
+        if spec.type in self.DIFFUSERS_TYPES:
+            self.adapter = f"checkpoint_{number}"
+            self.pipeline.load_lora_weights(str(path), adapter_name=self.adapter)
+            return
+        if self.network is None:
+            self.network = LoraNetwork.build(self.pipeline.unet, self.pipeline.text_encoder, spec)
+        elif self.network.spec != spec:
+            raise LoradeckError(f"{path}: a {spec.type} network unlike the run's other files; "
+                                "render it in a grid of its own")
+        try:
+            self.network.load_state_dict(tensors)
+        except LoradeckError as error:
+            raise LoradeckError(f"{path}: {error}") from None
+        self.network.cast(self.device, self.dtype)
+
+    def set_weight(self, weight: float) -> None:
+        if self.adapter is not None:
+            self.pipeline.set_adapters([self.adapter], adapter_weights=[weight])
+            return
+        self.network.enable(weight != 0)
+        self.network.set_multiplier(weight)
+
+    def unload(self) -> None:
+        if self.adapter is not None:
+            self.pipeline.delete_adapters(self.adapter)
+            self.adapter = None
+
+
 def pick_device(name: str) -> Any:
     """`auto` (CUDA when present, else the CPU) or a torch device name the machine has."""
     import torch
@@ -345,13 +397,13 @@ def render_grid(
 
     rows = [GridRow(prompt, weight) for prompt in prompts for weight in weights]
     cells: list[list[Image.Image]] = [[] for _ in rows]
+    adapters = CheckpointAdapters(pipeline, target, dtype)
     for number, checkpoint in enumerate(checkpoints):
-        adapter = f"checkpoint_{number}"
         if progress:
             progress(f"{checkpoint.path.name} ({number + 1}/{len(checkpoints)})")
-        pipeline.load_lora_weights(str(checkpoint.path), adapter_name=adapter)
+        adapters.load(checkpoint.path, number)
         for row_index, row in enumerate(rows):
-            pipeline.set_adapters([adapter], adapter_weights=[row.weight])
+            adapters.set_weight(row.weight)
             image = render(
                 pipeline,
                 row.prompt,
@@ -362,7 +414,7 @@ def render_grid(
                 dtype=dtype,
             )
             cells[row_index].append(image)
-        pipeline.delete_adapters(adapter)
+        adapters.unload()
 
     grid, layout = compose_grid(cells, [row.label for row in rows], labels)
     layout["run"] = str(run.path)

@@ -227,11 +227,9 @@ class Training:
         model = self.model = load_base_model(config, self.base_dir, device=self.device, dtype=self.weight_dtype)
         unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
         self.train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
-        self.network = LoraNetwork.attach(
-            model.unet, model.text_encoder, rank=config.network.rank, alpha=config.network.alpha,
-            train_unet=config.network.train_unet, train_text_encoder=self.train_text_encoder,
-            text_encoder_2=model.text_encoder_2,
-        )
+        self.network = LoraNetwork.from_config(model.unet, model.text_encoder, config, base_dir=self.base_dir,
+                                               train_text_encoder=self.train_text_encoder,
+                                               text_encoder_2=model.text_encoder_2)
         note = getattr(model.family_module, "FP16_VAE_NOTE", "")  # a family whose VAE overflows in fp16 says so
         if note and self.weight_dtype == torch.float16 and model.vae.dtype != self.weight_dtype:
             self.log(note)

@@ -55,7 +55,8 @@ def apply_speed_settings(model, config, device: torch.device, train_text_encoder
         # on the GPU: attention memory grows with the tokens, not with their square
         model.unet.set_attn_processor(AttnProcessor2_0())
         model.vae.set_attn_processor(AttnProcessor2_0())
-    if precision.channels_last:
+    # peft's DoRA on a conv views its weights as contiguous NCHW, which channels_last breaks
+    if precision.channels_last and config.network.type != "dora":
         # tensor-core convolutions (cuDNN) and oneDNN's run NHWC natively; NCHW costs a
         # transpose around each one. The numbers are the same either way.
         model.unet.to(memory_format=torch.channels_last)

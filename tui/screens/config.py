@@ -209,6 +209,7 @@ class ConfigScreen(Screen):
         self.query_one("#setting-help").border_title = "Setting"
         self.plan_panel.border_title = "Plan"
         self.form.focus()
+        self.form.network_type = str(self.state.raw["network.type"])
         self._refresh_messages()
         self._render_help()
         self.plan_panel.schedule(self.state.config, now=True)
@@ -259,6 +260,7 @@ class ConfigScreen(Screen):
         self._after_change(keys)
 
     def _after_change(self, keys: list[str]) -> None:
+        self.form.network_type = str(self.state.raw["network.type"])  # shows that type's settings only
         self._refresh_messages()
         if "saving.output_dir" in keys:
             self._scan_runs()

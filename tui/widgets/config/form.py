@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.message import Message
+from textual.reactive import reactive
 from textual.suggester import Suggester
 from textual.widget import Widget
 from textual.widgets import Input, Select, Static, Switch, TextArea
@@ -161,6 +162,9 @@ class ConfigForm(VerticalScroll):
             super().__init__()
             self.key = key
 
+    network_type: reactive[str] = reactive("lora")
+    """The chosen network type: settings of other types are hidden (FieldSpec.applies_to)."""
+
     def __init__(self, specs: Iterable[FieldSpec], raw: dict[str, Any], base_dir: Path, **kwargs):
         super().__init__(**kwargs)
         self._specs = list(specs)
@@ -178,6 +182,10 @@ class ConfigForm(VerticalScroll):
                 row = SettingRow(spec, self._raw[spec.key], self._base_dir)
                 self.rows[spec.key] = row
                 yield row
+
+    def watch_network_type(self, network_type: str) -> None:
+        for row in self.rows.values():
+            row.set_class(not row.spec.applies_to(network_type), "-other-network")
 
     def set_raw(self, key: str, raw: Any) -> None:
         self.rows[key].set_raw(raw)

@@ -72,21 +72,36 @@ def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path)
 
 
-@pytest.fixture
-def make_run(tiny_model_dir):
+def new_run(model_dir: Path, root: Path, name: str, **sections: dict):
+    """A run folder `root/runs/<name>` whose frozen config trains `model_dir` on the
+    dataset under `root` with the small settings, updated by `sections`."""
     from engine.config.schema import config_from_dict, save_config, with_absolute_paths
     from engine.run.folder import RunDir
 
-    def make(root: Path, name: str, **sections: dict):
-        data = small_run_settings(tiny_model_dir)
-        for group, values in sections.items():
-            data.setdefault(group, {}).update(values)
-        data["saving"]["output_name"] = name
-        config = config_from_dict(data)
-        run = RunDir(root / "runs" / name)
-        run.create()
-        save_config(with_absolute_paths(config, root), run.config)
-        return run
+    data = small_run_settings(model_dir)
+    for group, values in sections.items():
+        data.setdefault(group, {}).update(values)
+    data["saving"]["output_name"] = name
+    run = RunDir(root / "runs" / name)
+    run.create()
+    save_config(with_absolute_paths(config_from_dict(data), root), run.config)
+    return run
+
+
+@pytest.fixture
+def make_run(tiny_model_dir):
+    return lambda root, name, **sections: new_run(tiny_model_dir, root, name, **sections)
+
+
+@pytest.fixture
+def pipeline_factory(tiny_model_dir):
+    """Fresh diffusers pipelines of the tiny SD1.5 model, progress bars off."""
+    from diffusers import StableDiffusionPipeline
+
+    def make():
+        pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
     return make
 

@@ -21,18 +21,6 @@ from engine.network.lora import (
 from engine.train.loop import train
 
 
-@pytest.fixture
-def pipeline_factory(tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    def make():
-        pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
-    return make
-
-
 def render(pipeline) -> np.ndarray:
     generator = torch.Generator().manual_seed(0)
     return pipeline("sks dog, red", num_inference_steps=2, height=64, width=64, output_type="np",

@@ -28,18 +28,6 @@ SPECS = {
 }
 
 
-@pytest.fixture
-def pipeline_factory(tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    def make():
-        pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
-    return make
-
-
 def model_output(pipeline) -> torch.Tensor:
     """The U-Net's noise prediction for a fixed latent and caption (through the text encoder)."""
     generator = torch.Generator().manual_seed(0)

@@ -14,7 +14,7 @@ from engine.config.schema import config_from_dict
 from engine.model.families import config_family_name, folder_family
 from engine.network.lora import LoraNetwork, lora_layers, network_shape, read_lora_file, save_lora_file
 from engine.train.loop import train
-from tests.conftest import small_run_settings
+from tests.conftest import new_run, small_run_settings
 from tests.test_lora_file import load_in_diffusers, render
 from tests.test_single_file import assert_same_weights, no_network  # noqa: F401 (a fixture)
 
@@ -41,20 +41,7 @@ def sdxl_pipeline(tiny_sdxl_dir):
 
 @pytest.fixture
 def make_sdxl_run(tiny_sdxl_dir):
-    from engine.config.schema import save_config, with_absolute_paths
-    from engine.run.folder import RunDir
-
-    def make(root, name, **sections):
-        data = small_run_settings(tiny_sdxl_dir)
-        for group, values in sections.items():
-            data.setdefault(group, {}).update(values)
-        data["saving"]["output_name"] = name
-        run = RunDir(root / "runs" / name)
-        run.create()
-        save_config(with_absolute_paths(config_from_dict(data), root), run.config)
-        return run
-
-    return make
+    return lambda root, name, **sections: new_run(tiny_sdxl_dir, root, name, **sections)
 
 
 # --------------------------------------------------------------------------- the model
@@ -504,12 +491,10 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
                        reference.text_encoder_2.text_model.embeddings.position_embedding.weight)
 
 
-def test_sdxl_single_file_trains_as_sdxl_whatever_its_name(tmp_path, tiny_sdxl_file, tiny_sdxl_dir, tiny_dataset,
+def test_sdxl_single_file_trains_as_sdxl_whatever_its_name(tiny_sdxl_file, tiny_sdxl_dir, tiny_dataset,
                                                            monkeypatch, no_network):
-    from engine.config.schema import save_config, with_absolute_paths
     from engine.model.families import sdxl
     from engine.model.loading import load_base_model
-    from engine.run.folder import RunDir
 
     # the shipped configs are SDXL base's full size; the tiny file needs the tiny model's
     monkeypatch.setattr(sdxl, "SINGLE_FILE_CONFIG", tiny_sdxl_dir)
@@ -518,12 +503,7 @@ def test_sdxl_single_file_trains_as_sdxl_whatever_its_name(tmp_path, tiny_sdxl_f
     model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
     assert model.family == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
 
-    data = small_run_settings(tiny_sdxl_file)
-    data["training"]["epochs"] = 1
-    data["saving"]["output_name"] = "xl-file"
-    run = RunDir(tmp_path / "runs" / "xl-file")
-    run.create()
-    save_config(with_absolute_paths(config_from_dict(data), tiny_dataset), run.config)
+    run = new_run(tiny_sdxl_file, tiny_dataset, "xl-file", training={"epochs": 1})
     assert train(run.path) == 0
     _, metadata = read_lora_file(run.checkpoints / "xl-file.safetensors")
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"

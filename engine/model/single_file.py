@@ -190,11 +190,17 @@ def _text_encoder_to_diffusers(state: dict[str, Any], text_encoder) -> dict[str,
         converted = convert_open_clip_checkpoint(text_encoder, state, prefix=OPEN_CLIP_PREFIX)
     else:
         converted = convert_ldm_clip_checkpoint(state)
-    # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); older ones keep it
-    converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    return match_text_model_level(converted, text_encoder)
+
+
+def match_text_model_level(weights: dict[str, Any], text_encoder) -> dict[str, Any]:
+    """Converted CLIP weights named as `text_encoder` names them: transformers >= 5.6
+    flattened CLIPTextModel (no `text_model.` level); older ones, and
+    CLIPTextModelWithProjection, keep it."""
+    weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
     if hasattr(text_encoder, "text_model"):
-        converted = {f"text_model.{key}": value for key, value in converted.items()}
-    return converted
+        weights = {f"text_model.{key}": value for key, value in weights.items()}
+    return weights
 
 
 def _vae_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -545,7 +551,6 @@ def export_single_file(diffusers_dir: str | Path, out_path: str | Path, *, dtype
     anything is written, so a file we write is a file `load_single_file` reads.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
     source, out_path = Path(diffusers_dir), Path(out_path)
@@ -564,7 +569,27 @@ def export_single_file(diffusers_dir: str | Path, out_path: str | Path, *, dtype
         **_vae_to_ldm(vae.state_dict(), vae.config),
         **_text_encoder_to_ldm(text_weights, text_encoder.config.hidden_act),
     }
-    _check_round_trip(state, unet, vae, text_encoder, source)
+    check_round_trip(source, (
+        ("U-Net", unet, _unet_to_diffusers(state, unet.config)),
+        ("VAE", vae, _vae_to_diffusers(state, vae.config)),
+        ("text-encoder", text_encoder, _text_encoder_to_diffusers(state, text_encoder)),
+    ))
+    return save_ldm_file(state, out_path, dtype)
+
+
+def check_round_trip(source: Path, components) -> None:
+    """Every weight of each (what, model, weights converted back by diffusers' functions)
+    must come back under its own name."""
+    for what, model, back in components:
+        lost = sorted(set(model.state_dict()) - set(back))
+        if lost:
+            raise LoradeckError(f"{source}: {what} weight {lost[0]} does not survive the single-file layout")
+
+
+def save_ldm_file(state: dict[str, Any], out_path: Path, dtype=None) -> Path:
+    """Write original-layout weights atomically as one .safetensors, optionally cast to `dtype`."""
+    from safetensors.torch import save_file
+
     state = {
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
         for key, value in state.items()
@@ -572,16 +597,3 @@ def export_single_file(diffusers_dir: str | Path, out_path: str | Path, *, dtype
     with atomic_path(out_path) as temporary:
         save_file(state, str(temporary), metadata={"format": "pt"})
     return out_path
-
-
-def _check_round_trip(state, unet, vae, text_encoder, source: Path) -> None:
-    """Every weight must come back under its own name through diffusers' converters."""
-    for what, model, back in (
-        ("U-Net", unet, _unet_to_diffusers(state, unet.config)),
-        ("VAE", vae, _vae_to_diffusers(state, vae.config)),
-        ("text-encoder", text_encoder, _text_encoder_to_diffusers(state, text_encoder)),
-    ):
-        expected = model.state_dict()
-        lost = sorted(set(expected) - set(back))
-        if lost:
-            raise LoradeckError(f"{source}: {what} weight {lost[0]} does not survive the single-file layout")

@@ -250,10 +250,8 @@ def export_single_file(diffusers_dir, out_path, *, dtype=None) -> Path:
     diffusers' converters before anything is written."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
-    from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.atomic import atomic_path
     from engine.errors import LoradeckError, first_line
     from engine.model import single_file
 
@@ -273,23 +271,13 @@ def export_single_file(diffusers_dir, out_path, *, dtype=None) -> Path:
         **single_file._text_encoder_to_ldm(second.state_dict(), "gelu",
                                            open_clip_prefix=TEXT_ENCODER_PREFIXES["text_encoder_2"]),
     }
-    first_back = {key.removeprefix("text_model."): value for key, value in convert_ldm_clip_checkpoint(state).items()}
-    if hasattr(first, "text_model"):
-        first_back = {f"text_model.{key}": value for key, value in first_back.items()}
-    for what, model, back in (
+    single_file.check_round_trip(source, (
         ("U-Net", unet, single_file._unet_to_diffusers(state, unet.config)),
         ("VAE", vae, single_file._vae_to_diffusers(state, vae.config)),
-        ("text encoder", first, first_back),
+        ("text encoder", first, single_file.match_text_model_level(convert_ldm_clip_checkpoint(state), first)),
         ("text encoder 2", second, convert_open_clip_checkpoint(second, state, TEXT_ENCODER_PREFIXES["text_encoder_2"])),
-    ):
-        lost = sorted(set(model.state_dict()) - set(back))
-        if lost:
-            raise LoradeckError(f"{source}: {what} weight {lost[0]} does not survive the single-file layout")
-    state = {key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
-             for key, value in state.items()}
-    with atomic_path(out_path) as temporary:
-        save_file(state, str(temporary), metadata={"format": "pt"})
-    return out_path
+    ))
+    return single_file.save_ldm_file(state, out_path, dtype)
 
 
 def build_pipeline(parts: dict[str, Any], scheduler):

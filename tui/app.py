@@ -15,12 +15,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.config.workspace import Workspace
+from tui import terminal_graphics
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
-
-# textual-image asks the terminal about graphics support when imported; that only works
-# before Textual takes over stdin (else the answer arrives as keystrokes), so the shared
-# image widget is imported here, before any app runs.
-import tui.widgets.shared.image_preview  # noqa: E402,F401
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {
@@ -79,6 +75,11 @@ class LoradeckApp(App):
             self.add_mode(mode, _screen_factory(self, mode))
 
     # ---- start-up
+
+    def run(self, *args, **kwargs):
+        # what the terminal can draw must be asked before Textual reads the keyboard
+        terminal_graphics.probe()
+        return super().run(*args, **kwargs)
 
     def on_mount(self) -> None:
         themes, self.theme_problems = load_themes()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "Write a tiny Stable Diffusion 1.5- or SDXL-layout model (random weights, offline) as a diffusers folder."
 
 
 def add_arguments(parser) -> None:

@@ -8,7 +8,6 @@ from engine.config.schema import load_config
 from engine.plan.training_plan import Plan, make_plan
 from engine.run.format import format_bytes
 
-HELP = "Show images, repeats, buckets, steps per epoch and total steps of a config."
 
 
 def add_arguments(parser) -> None:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from engine.errors import UsageError
 
-HELP = "Train a LoRA from a config; prints the run folder as its last line."
 
 
 def add_arguments(parser) -> None:

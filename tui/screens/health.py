@@ -112,7 +112,8 @@ class HealthScreen(Screen):
         self.query_one("#health-findings").focus()
         # severity colours are baked into the table cells: repaint them in the new theme
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint_tables())
-        self.action_rescan()
+        # the scan starts once the screen is drawn: its first frame need not share the CPU
+        self.call_after_refresh(self.action_rescan)
 
     def _repaint_tables(self) -> None:
         if self.report is not None:

@@ -13,9 +13,11 @@ from typing import Iterable
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widgets import Input, TextArea
 
 from engine.config.workspace import Workspace
 from tui import terminal_graphics
+from tui.key_order import OrderedKeys
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
 
 # mode name -> (module, class, key, title)
@@ -44,7 +46,7 @@ def _screen_factory(app: "LoradeckApp", mode: str):
     return build
 
 
-class LoradeckApp(App):
+class LoradeckApp(OrderedKeys, App):
     TITLE = "loradeck"
     CSS_PATH = "app.tcss"
     # screens restyle themselves below 110 columns (phones, split tmux panes, 80x24)
@@ -117,6 +119,12 @@ class LoradeckApp(App):
             self.workspace.save_state("app", state)
         except OSError:
             pass  # a read-only workspace can still be viewed
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # while a text field has focus the keys type into it: the footer offers no screen keys
+        if action in ("show", "keys", "quit") and isinstance(self.focused, (Input, TextArea)):
+            return False
+        return super().check_action(action, parameters)
 
     def action_keys(self) -> None:
         from tui.screens.help import KeysScreen

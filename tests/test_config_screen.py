@@ -134,7 +134,7 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
         await pilot.press(*"a city at night")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        shown = app.screen.state.config
+        before = app.screen.state.config
         assert not app.screen.state.dirty
     config = load_config(path)
     assert config.network.rank == 48 and config.network.alpha == 24.0

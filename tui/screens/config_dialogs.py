@@ -118,6 +118,10 @@ class _PickDialog(ModalScreen[None]):
         self._close(False)
 
 
+class ChoiceList(BindingsInOrder, OptionList):
+    """A list whose up/down move the highlight in the order typed (before a quick enter)."""
+
+
 class ChoicesDialog(_PickDialog):
     """The choices of one setting; enter picks the highlighted one."""
 
@@ -130,7 +134,7 @@ class ChoicesDialog(_PickDialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Static(self._title, classes="dialog-title")
-            yield OptionList(*[str(choice) for choice in self._choices], id="choices")
+            yield ChoiceList(*[str(choice) for choice in self._choices], id="choices")
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)
@@ -145,19 +149,27 @@ class ChoicesDialog(_PickDialog):
 
 
 class JumpQuery(BindingsInOrder, Input):
-    """The jump dialog's search box (keys handled strictly in the order typed)."""
+    """The jump dialog's search box. Up/down pick another match; both they and the typing are
+    handled here, in the order typed, so enter always takes what the user saw picked."""
+
+    BINDINGS = [Binding("down", "move(1)", show=False), Binding("up", "move(-1)", show=False)]
+
+    choice = 0  # which match: 0 the best; back to 0 when the text changes
+
+    def watch_value(self, _value: str) -> None:
+        self.choice = 0
+
+    def action_move(self, step: int) -> None:
+        self.choice = max(0, self.choice + step)
+        self.screen.call_later(self.screen.show_choice)
 
 
 class JumpDialog(_PickDialog):
     """Type part of a setting's name; enter jumps to the best match (up/down pick another)."""
 
-    BINDINGS = [Binding("down", "move(1)", show=False), Binding("up", "move(-1)", show=False)]
-
     def __init__(self, specs: list[FieldSpec], on_pick: Callable[[str], None]):
         super().__init__(on_pick)
         self._specs = specs
-        self._hits: list[FieldSpec] = list(specs)
-        self._index = 0
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
@@ -178,32 +190,28 @@ class JumpDialog(_PickDialog):
         return [spec for score, _order, spec in sorted(scored, key=lambda item: (-item[0], item[1])) if score > 0]
 
     def _show_hits(self, query: str) -> None:
-        self._hits = self.matches(query)
-        self._index = 0
         hits = self.query_one(OptionList)
         hits.clear_options()
-        hits.add_options([f"{spec.label} · {spec.key}" for spec in self._hits[:50]])
-        if self._hits:
-            hits.highlighted = 0
+        hits.add_options([f"{spec.label} · {spec.key}" for spec in self.matches(query)])
+        self.show_choice()
+
+    def show_choice(self) -> None:
+        hits = self.query_one(OptionList)
+        if hits.option_count:
+            hits.highlighted = min(self.query_one(JumpQuery).choice, hits.option_count - 1)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._show_hits(event.value)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self._index = event.option_index
+        self.query_one(JumpQuery).choice = event.option_index  # a click
         self._close(True)
 
-    def action_move(self, step: int) -> None:
-        if self._hits:
-            self._index = max(0, min(self._index + step, min(len(self._hits), 50) - 1))
-            self.query_one(OptionList).highlighted = self._index
-
     def _input_widget(self) -> Widget:
-        return self.query_one(Input)
+        return self.query_one(JumpQuery)
 
     def _answer(self) -> str | None:
-        # from the query as typed, not from a list that may not have caught up with it
-        hits = self.matches(self.query_one(Input).value)
-        if hits != self._hits:
-            self._index = 0
-        return hits[self._index].key if hits else None
+        # from the query and moves as typed, not from a list that may not have caught up
+        query = self.query_one(JumpQuery)
+        hits = self.matches(query.value)
+        return hits[min(query.choice, len(hits) - 1)].key if hits else None

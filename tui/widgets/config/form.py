@@ -240,17 +240,19 @@ class SettingLine(Widget, can_focus=True):
 
     # ---- events
 
+    # an editor being closed still counts: it handles the keys typed before the close
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
-        if event.input is self.editor:
-            self.raw = event.value
-            self.post_message(ConfigForm.Edited(self.key, event.value))
+        self._edited(event.value)
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         event.stop()
-        if event.text_area is self.editor:
-            self.raw = event.text_area.text
-            self.post_message(ConfigForm.Edited(self.key, self.raw))
+        self._edited(event.text_area.text)
+
+    def _edited(self, raw: str) -> None:
+        self.raw = raw
+        self.refresh(layout=True)
+        self.post_message(ConfigForm.Edited(self.key, raw))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()  # enter leaves the field (the screen's binding); nothing to submit

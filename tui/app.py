@@ -6,6 +6,7 @@ workspace: `SomeScreen(workspace)`. The app never imports torch or the HF stack.
 from __future__ import annotations
 
 import importlib
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -34,6 +35,8 @@ SCREEN_HELP = {
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
+PRELOAD_AFTER_S = 0.5  # after start-up: the first screen is drawn and its work has begun
+PRELOAD_GAP_S = 0.1  # one screen module at a time, so a key pressed meanwhile waits little
 
 
 def _screen_factory(app: "LoradeckApp", mode: str):
@@ -96,6 +99,25 @@ class LoradeckApp(OrderedKeys, App):
             from tui.screens.welcome import WelcomeScreen
 
             self.push_screen(WelcomeScreen(self.workspace), self._after_welcome)
+        # the other screens' code and styles are read once the first screen is up, while the
+        # user looks at it: the first `3` then builds the config screen without importing its
+        # code or re-reading every style sheet of the app (which Textual does for a new one)
+        self._screens_to_preload = [mode for mode in SCREENS if mode != self.start_screen]
+        self.set_timer(PRELOAD_AFTER_S, self._preload_next_screen)
+
+    def _preload_next_screen(self) -> None:
+        if not self._screens_to_preload:
+            self.stylesheet.reparse()
+            self.stylesheet.update(self)
+            return
+        module_name, class_name, _key, _title = SCREENS[self._screens_to_preload.pop(0)]
+        screen_class = getattr(importlib.import_module(module_name), class_name)
+        folder = Path(inspect.getfile(screen_class)).parent
+        paths = screen_class.CSS_PATH if isinstance(screen_class.CSS_PATH, list) else [screen_class.CSS_PATH]
+        for path in filter(None, paths):
+            if not self.stylesheet.has_source(str(folder / path), ""):
+                self.stylesheet.read(folder / path)
+        self.set_timer(PRELOAD_GAP_S, self._preload_next_screen)
 
     def _after_welcome(self, created: bool | None) -> None:
         if created:
@@ -113,6 +135,10 @@ class LoradeckApp(OrderedKeys, App):
         self.workspace_state_set(screen=mode)
 
     def workspace_state_set(self, **values) -> None:
+        # in a thread: a synced write costs tens of ms that a screen switch should not wait for
+        self.run_worker(partial(self._save_workspace_state, values), thread=True, group="app-state")
+
+    def _save_workspace_state(self, values: dict) -> None:
         state = self.workspace.load_state("app")
         state.update(values)
         try:

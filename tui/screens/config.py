@@ -226,8 +226,9 @@ class ConfigScreen(Screen):
         self.form.network_type = str(self.state.raw["network.type"])
         self._refresh_messages()
         self._render_help()
-        self.plan_panel.schedule(self.state.config, now=True)
-        self._scan_runs()
+        # planning and the runs scan start once the screen is drawn (its first frame first)
+        self.call_after_refresh(self.plan_panel.schedule, self.state.config, now=True)
+        self.call_after_refresh(self._scan_runs)
         for note in self._notes:
             self.notify(note, title="Config", timeout=8)
         if self.state.dirty:
@@ -369,7 +370,7 @@ class ConfigScreen(Screen):
         status.set_class(bool(blockers), "-blocked")
 
     def focus_setting(self, key: str) -> None:
-        self.form.focus_setting(key)
+        self.form.when_complete(lambda: self.form.focus_setting(key))
 
     # ---- where the keys go: a setting's line (screen keys work) or its editor (keys type)
 
@@ -486,8 +487,15 @@ class ConfigScreen(Screen):
     def action_jump(self) -> None:
         from tui.screens.config_dialogs import JumpDialog
 
-        specs = [line.spec for line in self.form.shown_lines()]
-        JumpDialog.open(self.app, specs, lambda key: self.form.focus_setting(key, edit=True))
+        def open_dialog() -> None:
+            specs = [line.spec for line in self.form.shown_lines()]
+            JumpDialog.open(self.app, specs, lambda key: self.form.focus_setting(key, edit=True))
+
+        if self.form.complete:
+            open_dialog()
+        else:  # just after the first frame: the keys typed meanwhile wait for the whole form
+            self.app.hold_keys()
+            self.form.when_complete(lambda: (open_dialog(), self.app.release_keys()))
 
     def action_jump_anywhere(self) -> None:
         self.action_jump()

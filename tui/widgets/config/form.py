@@ -22,10 +22,11 @@ when a setting gets focus and `ChoicesRequested` when a list of choices should o
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from rich.table import Table
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -43,7 +44,10 @@ from tui.key_order import BindingsInOrder
 LABEL_WIDTH = 24
 NARROW_LABEL_WIDTH = 16  # below 110 columns (the screen's -narrow class)
 PROMPT_LINES_SHOWN = 5
-MESSAGE_STYLES = {"error": "setting-line--error", "warning": "setting-line--warning", "hint": "setting-line--hint"}
+# A line's parts are styled here, from the theme's colours (component classes per part
+# would make Textual style every line seven times over, on every screen resume and resize):
+# muted parts are dim text of the widget's own colour, errors and warnings the theme's.
+MESSAGE_COLORS = {"error": "error", "warning": "warning", "hint": None}
 
 
 class PathSuggester(Suggester):
@@ -94,11 +98,6 @@ def shown_value(spec: FieldSpec, raw: Any) -> str:
 class SettingLine(Widget, can_focus=True):
     """One setting: label, value and a message line, drawn by this one widget."""
 
-    COMPONENT_CLASSES = {
-        "setting-line--label", "setting-line--value", "setting-line--placeholder",
-        "setting-line--error", "setting-line--warning", "setting-line--hint",
-    }
-
     def __init__(self, spec: FieldSpec, raw: Any, base_dir: Path):
         super().__init__(classes="setting", id=f"line-{spec.key.replace('.', '--')}")
         self.spec = spec
@@ -120,50 +119,63 @@ class SettingLine(Widget, can_focus=True):
     # ---- drawing
 
     def _label_width(self) -> int:
-        return NARROW_LABEL_WIDTH if self.screen.has_class("-narrow") else LABEL_WIDTH
+        narrow = self.is_attached and self.screen.has_class("-narrow")
+        return NARROW_LABEL_WIDTH if narrow else LABEL_WIDTH
 
-    def _value_text(self) -> Text:
-        style = self.get_component_rich_style("setting-line--value", partial=True)
+    def _style(self, variable: str | None, **extra) -> Style:
+        """A theme colour ($error, $warning: plain colours in every theme), or dim text."""
+        if variable is None:
+            return Style(dim=True, **extra)
+        return Style(color=self.app.theme_variables.get(variable), **extra)
+
+    def _value_lines(self) -> list[Text]:
+        """The value, one line (a long path ends in …; the editor and help panel show it
+        whole), or the first prompts; a placeholder when empty."""
         text = shown_value(self.spec, self.raw)
-        if self.kind == MULTILINE:
-            lines = text.splitlines()
-            text = "\n".join(lines[:PROMPT_LINES_SHOWN])
-            if len(lines) > PROMPT_LINES_SHOWN:
-                text += f"\n… {len(lines) - PROMPT_LINES_SHOWN} more lines"
         if not text:
             placeholder = "unset" if self.spec.optional else (
                 "default: " + str(self.spec.default) if self.spec.default != "" else "empty")
-            return Text(placeholder, style=self.get_component_rich_style("setting-line--placeholder", partial=True))
-        # one line per value (a long path ends in …; the editor and the help panel show it whole)
-        return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+            return [Text(placeholder, style=self._style(None, italic=True))]
+        if self.kind != MULTILINE:
+            return [Text(text)]
+        lines = text.splitlines()
+        shown = [Text(line) for line in lines[:PROMPT_LINES_SHOWN]]
+        if len(lines) > PROMPT_LINES_SHOWN:
+            shown.append(Text(f"… {len(lines) - PROMPT_LINES_SHOWN} more lines", style=self._style(None)))
+        return shown
 
-    def render(self) -> Table:
-        grid = Table.grid(padding=(0, 1), expand=True)
-        grid.add_column(width=self._label_width(), no_wrap=True, overflow="ellipsis")
-        grid.add_column(ratio=1, overflow="fold")
-        label = Text(self.spec.label, style=self.get_component_rich_style("setting-line--label", partial=True))
-        if self.editor is not None:
-            # the editor sits over the value; the table keeps its rows in place beneath it
-            editor_rows = PROMPT_LINES_SHOWN if self.kind == MULTILINE else 1
-            grid.add_row(label, Text("\n" * (editor_rows - 1)))
-        else:
-            grid.add_row(label, self._value_text())
-        text, kind = self.message
-        if text:
-            grid.add_row("", Text(text, style=self.get_component_rich_style(MESSAGE_STYLES[kind], partial=True)))
-        return grid
+    def _editor_rows(self) -> int:
+        return PROMPT_LINES_SHOWN if self.kind == MULTILINE else 1
 
-    def _fit_height(self) -> None:
-        """While an editor is open the line's height is set here (auto would fit the editor only)."""
-        if self.editor is None:
-            self.styles.height = "auto"
-            return
-        rows = PROMPT_LINES_SHOWN if self.kind == MULTILINE else 1
+    def _message_lines(self, width: int) -> list[str]:
         text, _kind = self.message
-        if text:
-            width = max(8, self.size.width - self._label_width() - 1)
-            rows += len(Text(text).wrap(self.app.console, width))
-        self.styles.height = rows
+        return textwrap.wrap(text, max(8, width - self._label_width() - 1)) if text else []
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        # counted, not rendered: the form lays out a hundred lines on every reflow
+        rows = self._editor_rows() if self.editor is not None else len(self._value_lines())
+        return rows + len(self._message_lines(width))
+
+    def render(self) -> Text:
+        width = self.content_size.width
+        label_width = self._label_width()
+        focused = self.has_focus or self.editor is not None
+        if self.has_class("-invalid"):
+            label_style = self._style("error", bold=focused)
+        else:
+            label_style = Style(bold=True) if focused else self._style(None)
+        label = Text(self.spec.label, style=label_style)
+        label.truncate(label_width, overflow="ellipsis", pad=True)
+        indent = " " * (label_width + 1)
+        # the editor, when open, sits over the value column: its rows stay blank beneath it
+        values = [Text("")] * self._editor_rows() if self.editor is not None else self._value_lines()
+        rows = [Text.assemble(label if index == 0 else indent, " " if index == 0 else "", value)
+                for index, value in enumerate(values)]
+        _text, kind = self.message
+        rows += [Text(indent + line, style=self._style(MESSAGE_COLORS[kind])) for line in self._message_lines(width)]
+        for row in rows:
+            row.truncate(width, overflow="ellipsis")
+        return Text("\n").join(rows)
 
     # ---- values and messages from the parent
 
@@ -178,17 +190,18 @@ class SettingLine(Widget, can_focus=True):
             with editor.prevent(Input.Changed):
                 editor.value = raw
                 editor.cursor_position = len(raw)
-        self.refresh(layout=True)
+        self.refresh(layout=self.kind == MULTILINE)
 
     def show_message(self, text: str, kind: str = "error") -> None:
         """An inline reason ("error"), a warning ("warning") or a hint ("hint"); "" clears it."""
         if self.message == (text, kind):
             return
+        rows_before = len(self._message_lines(self.content_size.width))
         self.message = (text, kind)
         self.set_class(bool(text) and kind == "error", "-invalid")
         self.set_class(bool(text) and kind == "warning", "-warning")
-        self._fit_height()
-        self.refresh(layout=True)
+        # a reflow of the whole form only when this line's height changes
+        self.refresh(layout=len(self._message_lines(self.content_size.width)) != rows_before)
 
     # ---- editing
 
@@ -198,16 +211,15 @@ class SettingLine(Widget, can_focus=True):
         if self.editor is None:
             if self.kind == MULTILINE:
                 self.editor = PromptsEditor(self.raw, soft_wrap=True, compact=True, tab_behavior="focus",
-                                       id=editor_id(self.key), classes="setting-editor")
+                                            id=editor_id(self.key), classes="setting-editor")
             else:
                 spec = self.spec
                 placeholder = "unset" if spec.optional else ("default: " + str(spec.default) if spec.default != "" else "")
                 self.editor = SettingInput(value=self.raw, placeholder=placeholder, compact=True,
-                                    suggester=PathSuggester(self._base_dir) if spec.path else None,
-                                    id=editor_id(spec.key), classes="setting-editor")
+                                           suggester=PathSuggester(self._base_dir) if spec.path else None,
+                                           id=editor_id(spec.key), classes="setting-editor")
             self.mount(self.editor)
             self.add_class("-editing")
-            self._fit_height()
             self.refresh(layout=True)
         self.screen.set_focus(self.editor)
         return self.editor
@@ -219,7 +231,6 @@ class SettingLine(Widget, can_focus=True):
         if editor is None:
             return
         self.remove_class("-editing")
-        self._fit_height()
         self.refresh(layout=True)
         editor.call_later(editor.remove)
 
@@ -235,7 +246,7 @@ class SettingLine(Widget, can_focus=True):
 
     def _user_changed(self, raw: Any) -> None:
         self.raw = raw
-        self.refresh(layout=True)
+        self.refresh()
         self.post_message(ConfigForm.Edited(self.key, raw))
 
     # ---- events
@@ -251,7 +262,7 @@ class SettingLine(Widget, can_focus=True):
 
     def _edited(self, raw: str) -> None:
         self.raw = raw
-        self.refresh(layout=True)
+        self.refresh(layout=self.kind == MULTILINE)
         self.post_message(ConfigForm.Edited(self.key, raw))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -262,7 +273,11 @@ class SettingLine(Widget, can_focus=True):
             self.stop_editing()  # focus went elsewhere: a click, another screen's dialog
 
     def on_focus(self) -> None:
+        self.refresh()  # the label turns bold
         self.post_message(ConfigForm.FieldFocused(self.key))
+
+    def on_blur(self) -> None:
+        self.refresh()
 
     def on_descendant_focus(self) -> None:
         self.post_message(ConfigForm.FieldFocused(self.key))
@@ -307,21 +322,49 @@ class ConfigForm(VerticalScroll, can_focus=False):
 
     def __init__(self, specs: Iterable[FieldSpec], raw: dict[str, Any], base_dir: Path, **kwargs):
         super().__init__(**kwargs)
-        self._specs = list(specs)
-        self._raw = raw
-        self._base_dir = base_dir
         self.rows: dict[str, SettingLine] = {}
+        self._groups: list[list[Widget]] = []  # each group's title and lines, in order
+        for group, title in GROUPS.items():
+            lines = [SettingLine(spec, raw[spec.key], base_dir) for spec in specs if spec.group == group]
+            if lines:
+                self.rows.update((line.key, line) for line in lines)
+                self._groups.append([Static(title, classes="group-title", id=f"group-{group}"), *lines])
+        self._later: list[Widget] = []
+        self._when_complete: list[Callable[[], object]] = []
 
     def compose(self) -> ComposeResult:
-        for group, title in GROUPS.items():
-            specs = [spec for spec in self._specs if spec.group == group]
-            if not specs:
-                continue
-            yield Static(title, classes="group-title", id=f"group-{group}")
-            for spec in specs:
-                line = SettingLine(spec, self._raw[spec.key], self._base_dir)
-                self.rows[spec.key] = line
-                yield line
+        # the groups that fill the first screen now, the others just after it is drawn
+        rows = 0
+        for widgets in self._groups:
+            if rows < self.app.size.height:
+                yield from widgets
+            else:
+                self._later.extend(widgets)
+            rows += len(widgets) + 1
+
+    def on_mount(self) -> None:
+        if self._later:
+            self.call_after_refresh(self._mount_later)
+
+    async def _mount_later(self) -> None:
+        widgets, self._later = self._later, []
+        await self.mount_all(widgets)
+        self.watch_network_type(self.network_type)
+        callbacks, self._when_complete = self._when_complete, []
+        for callback in callbacks:
+            callback()
+
+    @property
+    def complete(self) -> bool:
+        """Every setting is mounted (from just after the first frame on)."""
+        return not self._later
+
+    def when_complete(self, callback: Callable[[], object]) -> None:
+        """Run `callback` once every setting is mounted (now, if they are)."""
+        if self.complete:
+            callback()
+        else:
+            self._when_complete.append(callback)
 
     def watch_network_type(self, network_type: str) -> None:
         for line in self.rows.values():
@@ -335,7 +378,7 @@ class ConfigForm(VerticalScroll, can_focus=False):
 
     def shown_lines(self) -> list[SettingLine]:
         """The lines of the settings that apply, in order (what tab and the arrows step through)."""
-        return [line for line in self.rows.values() if not line.has_class("-other-network")]
+        return [line for line in self.rows.values() if line.is_attached and not line.has_class("-other-network")]
 
     def line_of(self, widget: Widget | None) -> SettingLine | None:
         """The line a focused widget (a line or its editor) belongs to."""

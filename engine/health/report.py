@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from engine.config.schema import TrainConfig, parse_resolution
-from engine.health.image_checks import MAX_PIXELS
+
+# Pillow's own decompression-bomb threshold: above it, a trainer using Pillow warns,
+# at twice it refuses, and an RGB decode needs more than 250 MB per image. (Here, not in
+# image_checks, so that reading a report, as the health screen does, needs no numpy.)
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)

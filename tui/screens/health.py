@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -24,9 +25,11 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
 from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport
-from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
+
+if TYPE_CHECKING:
+    from engine.health.scan import ScanTarget
 from tui.widgets.shared.image_preview import ImagePreview
 
 SEVERITY_COLORS = {ERROR: "error", WARNING: "warning", INFO: "text-muted"}
@@ -123,6 +126,8 @@ class HealthScreen(Screen):
     # ---- scanning
 
     def _target(self) -> ScanTarget:
+        from engine.health.scan import target_for_workspace  # numpy and the decoders: not before the first frame
+
         return target_for_workspace(self.workspace)  # read each time: the config may have changed
 
     def action_rescan(self) -> None:
@@ -139,6 +144,8 @@ class HealthScreen(Screen):
 
     @work(thread=True, exclusive=True, group="health-scan")
     def _scan(self, target: ScanTarget) -> None:
+        from engine.health.scan import ScanCancelled, scan
+
         worker = get_current_worker()
         started = time.monotonic()
         try:

@@ -103,12 +103,13 @@ class LoradeckApp(OrderedKeys, App):
         # user looks at it: the first `3` then builds the config screen without importing its
         # code or re-reading every style sheet of the app (which Textual does for a new one)
         self._screens_to_preload = [mode for mode in SCREENS if mode != self.start_screen]
-        self.set_timer(PRELOAD_AFTER_S, self._preload_next_screen)
+        if self.attach_run is None:  # attaching, the CPU is the replay's
+            self.set_timer(PRELOAD_AFTER_S, self._preload_next_screen)
 
     def _preload_next_screen(self) -> None:
         if not self._screens_to_preload:
+            # the new rules are for widgets not built yet: no need to restyle the ones shown
             self.stylesheet.reparse()
-            self.stylesheet.update(self)
             return
         module_name, class_name, _key, _title = SCREENS[self._screens_to_preload.pop(0)]
         screen_class = getattr(importlib.import_module(module_name), class_name)

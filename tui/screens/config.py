@@ -121,7 +121,7 @@ class ConfigScreen(Screen):
     # Keys that move the focus are priority bindings: the app runs them as it reads them,
     # so the keys typed after them go where the user sees the focus (tui.key_order).
     BINDINGS = [
-        Binding("slash", "jump", "Jump to setting", priority=True),
+        Binding("slash", "jump", "Jump", priority=True),
         Binding("ctrl+g", "jump_anywhere", "Jump", priority=True),
         Binding("enter", "edit", "Edit", priority=True),
         Binding("escape", "leave_field", "Leave field", priority=True),

@@ -10,8 +10,9 @@ to its first drawn frame) and, for `--help`, a bare `python -c pass`. Rows:
 1. `loradeck WS` to the first drawn screen: a 36-photo workspace (1024x768 JPEGs with
    captions, Kohya folders, loradeck.toml), opening on Health (a new user's first screen),
    drawn when its status line, findings table and footer are on screen.
-2. Config screen: `3` pressed in that running app until the form's first group, the plan
-   panel and the status line are drawn; then "every setting reachable": `/`, the name of
+2. Config screen: `3` pressed in that running app (2 s after its scan ended, as a user
+   looks at the first screen) until the form's first group, the plan panel and the status
+   line are drawn; then "every setting reachable": `/`, the name of
    the last setting of the last group, enter, until that setting is focused and drawn.
    Also `loradeck WS --screen config` from process start.
 3. `loradeck --help`: the process's wall time.
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.tmux_frames import TmuxPane, environment, load_line, median, minimal_app_seconds, python, row  # noqa: E402
 
 PHOTO_SIZE = (1024, 768)
+LOOK_S = 2.0  # seconds between the scan's end and `3` (the app reads other screens meanwhile)
 LAST_SETTING = "Early-stop patience"  # the last setting of the last group (validation)
 
 
@@ -121,7 +123,7 @@ def bench_open(pane: TmuxPane, workspace: Path, runs: int) -> None:
         pane.start(loradeck(str(workspace)))
         first = pane.wait_until(health_drawn)
         pane.wait_until(health_finished)
-        time.sleep(0.3)
+        time.sleep(LOOK_S)  # a user looks at the first screen before pressing `3`
         pressed = pane.keys("3")
         config = pane.since(pressed, config_drawn)
         time.sleep(0.2)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from engine.config.schema import TrainConfig, parse_resolution
+if TYPE_CHECKING:  # the config schema is read when settings are made, not to read a report
+    from engine.config.schema import TrainConfig
 
 # Pillow's own decompression-bomb threshold: above it, a trainer using Pillow warns,
 # at twice it refuses, and an RGB decode needs more than 250 MB per image. (Here, not in
@@ -101,6 +102,8 @@ class ScanSettings:
 
     @classmethod
     def from_config(cls, config: TrainConfig, *, kohya_layout: bool) -> "ScanSettings":
+        from engine.config.schema import TrainConfig, parse_resolution
+
         data = config.dataset
         try:
             resolution = parse_resolution(data.resolution)

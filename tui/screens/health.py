@@ -116,9 +116,8 @@ class HealthScreen(Screen):
         # severity colours are baked into the table cells: repaint them in the new theme
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint_tables())
         # the scan starts once the screen is drawn: its first frame need not share the CPU
-        # (nor wait for the decoders' import), and already says what is coming
-        if self.workspace.image_dir.is_dir():
-            self._set_status(f"Scanning {self.workspace.image_dir} …")
+        # (nor wait for the decoders' import or the config), and already says what is coming
+        self._set_status("Scanning …")
         self.call_after_refresh(self.action_rescan)
 
     def _repaint_tables(self) -> None:

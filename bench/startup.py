@@ -17,7 +17,7 @@ to its first drawn frame) and, for `--help`, a bare `python -c pass`. Rows:
    Also `loradeck WS --screen config` from process start.
 3. `loradeck --help`: the process's wall time.
 4. First open of a workspace of BIG photos (no scan cache): the health screen drawn with
-   the scan's progress, and (for context; the scan's speed is bench/scan_speed.py's) the
+   the scan's progress ("Scanning 120/10000 images"), and (for context; the scan's speed is bench/scan_speed.py's) the
    time until the scan finished. The photos are written once into --big-dir and reused.
 
 Medians of --runs runs; each line prints the runs and the ratio to its baseline.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.tmux_frames import TmuxPane, environment, load_line, median, minimal_app_seconds, python, row  # noqa: E402
+from bench.tmux_frames import (  # noqa: E402
+    TmuxPane, cpu_row, environment, load_line, median, minimal_app_seconds, python, row,
+)
 
 PHOTO_SIZE = (1024, 768)
 LOOK_S = 2.0  # seconds between the scan's end and `3` (the app reads other screens meanwhile)
@@ -89,7 +92,8 @@ def health_drawn(text: str) -> bool:
 
 
 def health_scanning_drawn(text: str) -> bool:
-    return "Scanning" in text and "Severity" in text and "Rescan" in text
+    """The health screen drawn with the scan's progress (images done of all)."""
+    return re.search(r"Scanning \d+/\d+ images", text) is not None and "Severity" in text and "Rescan" in text
 
 
 def health_finished(text: str) -> bool:
@@ -117,11 +121,14 @@ def quit_app(pane: TmuxPane) -> None:
 
 def bench_open(pane: TmuxPane, workspace: Path, runs: int) -> None:
     baseline, opened, config_key, reachable, config_cold = [], [], [], [], []
+    base_cpu, opened_cpu = [], []
     for index in range(runs + 1):  # the first round warms the disk cache and .pyc files
         base = minimal_app_seconds(pane)
+        base_cpu_now = pane.cpu
         forget_app_state(workspace)
         pane.start(loradeck(str(workspace)))
         first = pane.wait_until(health_drawn)
+        first_cpu = pane.cpu
         pane.wait_until(health_finished)
         time.sleep(LOOK_S)  # a user looks at the first screen before pressing `3`
         pressed = pane.keys("3")
@@ -144,11 +151,14 @@ def bench_open(pane: TmuxPane, workspace: Path, runs: int) -> None:
             continue
         baseline.append(base)
         opened.append(first)
+        base_cpu.append(base_cpu_now)
+        opened_cpu.append(first_cpu)
         config_key.append(config)
         reachable.append(reach)
         config_cold.append(cold)
     print(row("minimal Textual app, start to first frame (baseline)", baseline, baseline))
     print(row("loradeck WS → first drawn screen (Health)", opened, baseline, 0.5))
+    print(cpu_row("  its CPU by then", opened_cpu, base_cpu))
     print(row("`3` → config screen drawn", config_key, baseline, 0.5))
     print(row("`/` last setting ⏎ → it is focused and drawn", reachable, baseline))
     print(row("loradeck WS --screen config → config drawn", config_cold, baseline))
@@ -173,16 +183,19 @@ def bench_help(runs: int) -> None:
 
 def bench_big(pane: TmuxPane, workspace: Path, runs: int) -> None:
     count = sum(1 for _ in (workspace / "img" / "10_city photo").glob("*.jpg"))
-    baseline, first, finished = [], [], []
+    baseline, first, finished, base_cpu, first_cpu = [], [], [], [], []
     for index in range(runs):
         baseline.append(minimal_app_seconds(pane))
+        base_cpu.append(pane.cpu)
         forget_app_state(workspace, scan_cache=True)
         pane.start(loradeck(str(workspace)))
         first.append(pane.wait_until(health_scanning_drawn))
+        first_cpu.append(pane.cpu)
         finished.append(pane.wait_until(health_finished, timeout=600))
         quit_app(pane)
     print(row("minimal Textual app (baseline)", baseline, baseline))
     print(row(f"first open of {count:,} photos → Health drawn, scanning", first, baseline, 0.5))
+    print(cpu_row("  its CPU by then", first_cpu, base_cpu))
     print(row(f"first open of {count:,} photos → scan finished (context)", finished, baseline))
 
 

@@ -42,6 +42,15 @@ Minimal().run()
 MINIMAL_READY = "minimal app ready"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def python() -> str:
     return sys.executable
 
@@ -62,6 +71,8 @@ class TmuxPane:
         self.width, self.height = width, height
         self.socket = f"{name}-{os.getpid()}"
         self.started_at = 0.0
+        self.cpu = float("nan")
+        self._pid: int | None = None
         self._tmux("new-session", "-d", "-s", "bench", "-x", str(width), "-y", str(height), "sleep 1000000")
         self._tmux("set-option", "-g", "remain-on-exit", "on")
 
@@ -81,18 +92,22 @@ class TmuxPane:
                 env_args += ["-e", f"{key}={value}"]
         self.started_at = time.perf_counter()
         self._tmux("new-window", "-t", "bench", *env_args, line)
+        self._pid = None
         return self.started_at
 
     def text(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "bench:1", capture=True)
 
     def wait_until(self, drawn: Callable[[str], bool], timeout: float = 60.0) -> float:
-        """Seconds from `start` until the pane shows a frame for which `drawn(text)` holds."""
+        """Seconds from `start` until the pane shows a frame for which `drawn(text)` holds.
+        `self.cpu` is then the CPU seconds the command had used by that frame (all its
+        threads): on a machine shared with other work, the steadier number."""
         deadline = time.perf_counter() + timeout
         while True:
             text = self.text()
             now = time.perf_counter()
             if drawn(text):
+                self.cpu = cpu_seconds(self.pid())
                 return now - self.started_at
             if now > deadline:
                 raise TimeoutError(f"not drawn after {timeout:.0f} s; the pane shows:\n{text}")
@@ -109,7 +124,10 @@ class TmuxPane:
         return self.wait_until(drawn, timeout) + self.started_at - moment
 
     def pid(self) -> int:
-        return int(self._tmux("display-message", "-p", "-t", "bench:1", "#{pane_pid}", capture=True).strip())
+        """The command's pid (`exec`: the shell became the command)."""
+        if self._pid is None:
+            self._pid = int(self._tmux("display-message", "-p", "-t", "bench:1", "#{pane_pid}", capture=True).strip())
+        return self._pid
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
@@ -122,7 +140,8 @@ class TmuxPane:
 
 
 def minimal_app_seconds(pane: TmuxPane) -> float:
-    """The baseline: a minimal Textual app from process start to its first drawn frame."""
+    """The baseline: a minimal Textual app from process start to its first drawn frame
+    (its CPU seconds by then are in `pane.cpu`)."""
     pane.start([python(), "-c", MINIMAL_APP])
     seconds = pane.wait_until(lambda text: MINIMAL_READY in text)
     pane.keys("q")
@@ -139,6 +158,12 @@ def row(label: str, values: list[float], baseline: list[float], goal: float | No
     runs = ", ".join(f"{value:.2f}" for value in values)
     verdict = "" if goal is None else (" ✓" if ours <= goal else " ✗") + f" goal ≤ {goal:g} s"
     return f"{label:52s} {ours:6.2f} s  ({runs})  {ours / base:4.1f}× baseline{verdict}"
+
+
+def cpu_row(label: str, values: list[float], baseline: list[float]) -> str:
+    """CPU seconds (median) the command had used by the frame, and the ratio to the baseline's."""
+    ours, base = median(values), median(baseline)
+    return f"{label:52s} {ours:6.2f} s CPU ({ours / base:4.1f}× the baseline's {base:.2f} s)"
 
 
 def load_line() -> str:

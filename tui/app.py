@@ -74,10 +74,15 @@ class LoradeckApp(OrderedKeys, App):
         self.attach_run = attach_run
         remembered = workspace.load_state("app").get("screen")
         self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
-        self.theme_problems = []
-        self._requested_theme = theme
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
+        # the theme is set before the app starts: its styles are then parsed once, not
+        # parsed and parsed again for the theme chosen
+        themes, self.theme_problems = load_themes()
+        for loaded in themes:
+            self.register_theme(loaded)
+        wanted = theme or load_settings().get("theme") or DEFAULT_THEME
+        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
 
     # ---- start-up
 
@@ -87,11 +92,6 @@ class LoradeckApp(OrderedKeys, App):
         return super().run(*args, **kwargs)
 
     def on_mount(self) -> None:
-        themes, self.theme_problems = load_themes()
-        for theme in themes:
-            self.register_theme(theme)
-        wanted = self._requested_theme or load_settings().get("theme") or DEFAULT_THEME
-        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
         for problem in self.theme_problems:
             self.notify(f"{problem.path}: {problem.message}", title="Theme not loaded", severity="warning")
         self.switch_mode(self.start_screen)

@@ -45,9 +45,11 @@ def fix_findings(root: Path, findings: list[Finding]) -> tuple[list[str], bool]:
 def quarantine_findings(root: Path, findings: list[Finding], caption_extension: str) -> tuple[list[str], bool]:
     from engine.dataset.quarantine import quarantine_files
 
-    lines = [f"not moved: folder {item.path} has no <repeats>_ prefix; rename it"
-             for item in findings if item.code == "bad_folder_name"]
-    movable = [(item.path, item.code) for item in findings if item.code != "bad_folder_name"]
+    # Folders stay where they are: the user renames them or fixes their permissions.
+    reasons = {"bad_folder_name": "has no <repeats>_ prefix; rename it",
+               "unreadable_folder": "cannot be read; fix its permissions"}
+    lines = [f"not moved: folder {item.path} {reasons[item.code]}" for item in findings if item.code in reasons]
+    movable = [(item.path, item.code) for item in findings if item.code not in reasons]
     try:
         entries = quarantine_files(root, movable, caption_extension)
     except LoradeckError as error:

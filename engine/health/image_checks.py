@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
+from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
 from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
@@ -109,9 +110,13 @@ def inspect_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Imag
     if extension not in IMAGE_EXTENSIONS:
         return _error("unreadable", f"{extension} files are not loaded by the trainer; convert to PNG or JPEG")
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
+    except FileTooLarge as error:
+        return _error("too_large", f"{error.strerror}: not decoded")
+    except NotRegularFile as error:
+        return _error("unreadable", error.strerror)
     except OSError as error:
-        return _error("unreadable", f"cannot read the file: {error.strerror or error}")
+        return _error("unreadable", f"cannot read the file: {reason(error)}")
     if not data:
         return _error("corrupt", "empty file (0 bytes)")
     try:

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config.schema import TrainConfig, load_config
-from engine.dataset.folders import QUARANTINE_DIR, parse_folder_name, training_caption
+from engine.dataset.folders import decode_caption, parse_folder_name
 from engine.errors import LoradeckError
+from engine.health.file_access import read_regular_file, reason
 from engine.health.findings import dataset_findings
 from engine.health.cache import load_cache, save_cache
-from engine.health.report import DatasetFiles, ScanReport, ScanSettings
-from engine.health.image_checks import CANDIDATE_EXTENSIONS, ImageFacts, inspect_files
+from engine.health.listing import list_files
+from engine.health.report import DatasetFiles, ScanReport, ScanSettings, Skipped
+from engine.health.image_checks import ImageFacts, inspect_files
 from engine.config.workspace import CONFIG_NAME, Workspace
 
 class ScanCancelled(Exception):
@@ -63,7 +65,8 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise LoradeckError(f"{path}: not a folder")
-    if (path / CONFIG_NAME).exists() or (path / "img").is_dir():
+    entries = {entry.name: entry for entry in _entries(path)}  # a LoradeckError when it cannot be read
+    if CONFIG_NAME in entries or ("img" in entries and _is_folder(entries["img"])):
         return target_for_workspace(Workspace(path))
     parent = Workspace(path.parent)
     if parent.exists() and parent.image_dir == path:
@@ -71,7 +74,7 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     # A bare folder follows the Kohya layout when it is called img or any subfolder
     # already has the <repeats>_ prefix; otherwise its subfolders are just folders.
     kohya = path.name == "img" or any(
-        entry.is_dir() and parse_folder_name(entry.name) is not None for entry in os.scandir(path)
+        parse_folder_name(entry.name) is not None and _is_folder(entry) for entry in entries.values()
     )
     return ScanTarget(
         root=path,
@@ -80,37 +83,19 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     )
 
 
-# ---- the files
+def _entries(path: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as listing:
+            return list(listing)
+    except OSError as error:
+        raise LoradeckError(f"{path}: cannot read the folder: {reason(error)}") from None
 
 
-def list_files(root: Path, caption_extension: str) -> DatasetFiles:
-    """Every image and caption under root; hidden folders and _quarantine/ are skipped."""
-    files = DatasetFiles()
-    seen: set[tuple[int, int]] = set()  # folders walked, so a symlink loop ends
-
-    def walk(folder: str, prefix: str) -> None:
-        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
-        if identity in seen:
-            return
-        seen.add(identity)
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda item: item.name):
-                relative = prefix + entry.name
-                if entry.is_dir(follow_symlinks=True):
-                    if entry.name.startswith(".") or (not prefix and entry.name == QUARANTINE_DIR):
-                        continue
-                    if not prefix:
-                        files.folders.append(entry.name)
-                    walk(entry.path, relative + "/")
-                elif entry.name.lower().endswith(CANDIDATE_EXTENSIONS):
-                    stat = entry.stat()
-                    files.images.append(relative)
-                    files.stats[relative] = (stat.st_size, stat.st_mtime_ns)
-                elif entry.name.endswith(caption_extension):
-                    files.captions.append(relative)
-
-    walk(str(root), "")
-    return files
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 # ---- the scan
@@ -139,9 +124,13 @@ def _scan(target, workers, progress, should_stop) -> ScanReport:
         raise LoradeckError(f"{root}: image folder does not exist")
     files = list_files(root, settings.caption_extension)
     cached = load_cache(target.cache_path, root, settings.max_pixels)
-    facts: dict[str, ImageFacts] = {}
+    # What is not a readable regular file is never opened: its reason is its finding.
+    facts: dict[str, ImageFacts] = {relative: ImageFacts(error_code="unreadable", error=files.problems[relative])
+                                    for relative in files.images if relative in files.problems}
     todo: list[str] = []
     for relative in files.images:
+        if relative in facts:
+            continue
         entry = cached.get(relative)
         if entry is not None and entry[0] == files.stats[relative]:
             facts[relative] = entry[1]
@@ -160,18 +149,27 @@ def _scan(target, workers, progress, should_stop) -> ScanReport:
         list(relative_of), on_result, max_pixels=settings.max_pixels, workers=workers,
         should_stop=should_stop or (lambda: False),
     )
-    if todo or len(cached) != len(facts):
+    if todo or cached.keys() != files.stats.keys():
         # Saved even when stopped early: the files decoded so far need no second decode.
         save_cache(target.cache_path, root, settings.max_pixels,
-                   {relative: (files.stats[relative], facts[relative]) for relative in facts})
+                   {relative: (files.stats[relative], facts[relative]) for relative in facts
+                    if relative in files.stats})
     if not finished:
         raise ScanCancelled()
-    captions = {relative: _caption_text(root / relative) for relative in files.captions}
-    return ScanReport(root, total, dataset_findings(files, facts, captions, settings))
+    captions = _read_captions(root, files)
+    skipped = [Skipped(path, why) for path, why in files.skipped.items()]
+    return ScanReport(root, total, dataset_findings(files, facts, captions, settings), skipped)
 
 
-def _caption_text(path: Path) -> str | None:
-    try:
-        return training_caption(path)
-    except OSError:
-        return ""  # unreadable (permissions): to the trainer it is as good as empty
+def _read_captions(root: Path, files: DatasetFiles) -> dict[str, str]:
+    """The text of every caption file; one that cannot be read gets its reason in
+    files.problems instead (to the trainer it is an error, not an empty caption)."""
+    captions = {}
+    for relative in files.captions:
+        if relative in files.problems:
+            continue
+        try:
+            captions[relative] = decode_caption(read_regular_file(root / relative))
+        except OSError as error:
+            files.problems[relative] = reason(error)
+    return captions

@@ -143,6 +143,35 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     assert decoded == [str(touched)]
 
 
+DATASET_WIDE = {"duplicate", "near_duplicate", "blurry", "orphan_caption", "bad_folder_name", "unreadable_folder"}
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_each_images_own_findings_stream_before_the_report(workspace, cached):
+    """What the app's first screen fills in while a scan runs: each image once, with its
+    decode and caption findings, each progress call after the images it counts."""
+    root, _expected = workspace
+    if cached:
+        scan(target_for(root), workers=2)
+    streamed: dict[str, list] = {}
+    progress: list[tuple[int, int]] = []
+
+    def on_file(path, findings):
+        assert path not in streamed
+        streamed[path] = findings
+
+    def on_progress(done, total):
+        assert len(streamed) == done
+        progress.append((done, total))
+
+    report = scan(target_for(root), workers=2, progress=on_progress, on_file=on_file)
+    assert len(streamed) == report.images and progress[-1] == (report.images, report.images)
+    own = [item for items in streamed.values() for item in items]
+    assert len(own) == len(set(own))
+    assert set(own) == {item for item in report.findings if item.code not in DATASET_WIDE}
+    assert any(item.code == "missing_caption" for item in own) and any(item.code == "corrupt" for item in own)
+
+
 def test_bare_folder_keeps_its_cache_in_the_folder(tmp_path):
     folder = tmp_path / "pictures"
     folder.mkdir()

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -195,6 +196,11 @@ def test_named_pipes_are_never_opened(dataset):
     # A pipe put in a file's place after the folder was listed is not waited on either.
     facts = finishes(inspect_image, subject / "x.png", fifos=fifos)
     assert facts.error_code == "unreadable" and "named pipe" in facts.error
+    # The quarantine moves files only, and says so for the pipe instead of skipping it.
+    status, _out, err = scan_command(str(dataset), "--quarantine", fifos=fifos)
+    assert status == 1 and stat.S_ISFIFO(os.lstat(subject / "x.png").st_mode)
+    assert "not moved: 10_subject/x.png is not a file (a named pipe (FIFO)" in err
+    assert (dataset / "_quarantine" / "10_subject" / "piped_caption.png").is_file()
 
 
 def test_unreadable_folders_captions_and_images_are_findings(dataset):

@@ -35,9 +35,7 @@ def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions
     found: list[Finding] = []
     usable = [path for path in files.images if not facts[path].error_code]
     for path in files.images:
-        found.extend(file_findings(path, facts[path], settings))
-        if not facts[path].error_code:
-            found.extend(caption_findings(path, captions, settings, files.problems))
+        found.extend(image_findings(path, facts[path], captions, settings, files.problems))
     duplicates = duplicate_findings(usable, facts)
     found.extend(duplicates)
     already = {item.path for item in duplicates}
@@ -50,6 +48,20 @@ def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions
                          "and the trainer cannot list it either")
                  for folder, why in files.unreadable_folders.items())
     return sorted(found, key=lambda item: (item.path, CODE_ORDER[item.code]))
+
+
+def image_findings(path: str, facts: ImageFacts, captions: dict[str, str], settings: ScanSettings,
+                   problems: dict[str, str] | None = None) -> list[Finding]:
+    """One image's own findings, from its decode and its caption; what needs the whole
+    dataset (duplicates, blur, orphans, folders) aside."""
+    found = file_findings(path, facts, settings)
+    if not facts.error_code:
+        found.extend(caption_findings(path, captions, settings, problems))
+    return found
+
+
+def caption_path_of(path: str, settings: ScanSettings) -> str:
+    return posixpath.splitext(path)[0] + settings.caption_extension
 
 
 def file_findings(path: str, facts: ImageFacts, settings: ScanSettings) -> list[Finding]:
@@ -95,7 +107,7 @@ def low_resolution_message(size: tuple[int, int], settings: ScanSettings) -> str
 
 def caption_findings(path: str, captions: dict[str, str], settings: ScanSettings,
                      problems: dict[str, str] | None = None) -> list[Finding]:
-    caption_path = posixpath.splitext(path)[0] + settings.caption_extension
+    caption_path = caption_path_of(path, settings)
     name = posixpath.basename(caption_path)
     if problems and caption_path in problems:
         return [finding(path, "unreadable_caption", f"{name} cannot be read: {problems[caption_path]}")]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,14 +66,19 @@ def generate(folder: Path, count: int, size: tuple[int, int]) -> None:
         list(pool.map(_write_some, parts))
 
 
-def timed(command: list[str], cores: int | None, tree: Path = ROOT) -> float:
-    """Wall seconds of a command from its process start to its exit, run in `tree`."""
+def timed(command: list[str], cores: int | None, tree: Path = ROOT) -> tuple[float, float]:
+    """Wall seconds of a command from its process start to its exit, run in `tree`, and
+    the CPU seconds (user + system) of it and the children it waited for (forked scan
+    workers count; a forkserver's workers may not)."""
     environment = dict(os.environ, PYTHONPATH=str(tree))
     pin = (lambda: os.sched_setaffinity(0, range(cores))) if cores else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=tree, env=environment, preexec_fn=pin, check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
@@ -142,25 +148,25 @@ def main() -> None:
         cache.unlink(missing_ok=True)
         pillow_cpu, ours_cpu = cpu_per_image(paths)
         cores = args.cores or len(os.sched_getaffinity(0))
-        pillow = statistics.median(pillow_times)
+        pillow = statistics.median(wall for wall, _ in pillow_times)
         count = len(paths)
         print(f"\n{count} JPEGs, {megabytes:.0f} MB, {cores} cores, scan workers: "
               f"{args.workers or 'one per core'}, medians of {args.repeats} runs, "
               f"load average {os.getloadavg()[0]:.1f} at the end")
         print(f"CPU per image in one process: Pillow decode {pillow_cpu:.1f} ms, "
               f"loradeck checks {ours_cpu:.1f} ms (strict decode, damage test, pixel hash, pHash, sharpness)\n")
-        print(f"{'from process start to exit':48}{'seconds':>9}{'images/s':>10}{'Pillow/this':>13}")
-        rows = (("baseline: Pillow decode, 1 process, no checks", pillow),
-                (f"loradeck scan, cold (no cache), {cores} cores", statistics.median(cold_times)),
-                (f"loradeck scan, warm (cache), {cores} cores", statistics.median(warm_times)))
+        print(f"{'from process start to exit':48}{'seconds':>9}{'images/s':>10}{'Pillow/this':>13}{'CPU s':>8}")
+        rows = [("baseline: Pillow decode, 1 process, no checks", pillow_times),
+                (f"loradeck scan, cold (no cache), {cores} cores", cold_times),
+                (f"loradeck scan, warm (cache), {cores} cores", warm_times)]
         if before_times:
-            rows += ((f"--before: scan, cold, {cores} cores", statistics.median(before_times)),)
-        for label, seconds in rows:
-            print(f"{label:48}{seconds:>9.2f}{count / seconds:>10.0f}{pillow / seconds:>12.2f}x")
-        print("\nruns (s): Pillow " + " ".join(f"{value:.2f}" for value in pillow_times)
-              + " | cold " + " ".join(f"{value:.2f}" for value in cold_times)
-              + " | warm " + " ".join(f"{value:.2f}" for value in warm_times)
-              + (" | before " + " ".join(f"{value:.2f}" for value in before_times) if before_times else ""))
+            rows.append((f"--before: scan, cold, {cores} cores", before_times))
+        for label, runs in rows:
+            seconds, cpu = statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs)
+            print(f"{label:48}{seconds:>9.2f}{count / seconds:>10.0f}{pillow / seconds:>12.2f}x{cpu:>8.2f}")
+        print("\nruns (wall s): " + " | ".join(
+            f"{name}: " + " ".join(f"{wall:.2f}" for wall, _ in runs)
+            for name, (_label, runs) in zip(("Pillow", "cold", "warm", "before"), rows)))
     finally:
         if temporary and not args.keep:
             shutil.rmtree(temporary, ignore_errors=True)

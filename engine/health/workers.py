@@ -38,10 +38,11 @@ def inspect_batch(paths: list[str], max_pixels: int) -> list[ImageFacts]:
 
 def _pool_context():
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        # A process with one thread (`loradeck scan`) forks safely, and a forked worker
-        # starts at once with everything already imported. imagehash's phash imports
-        # scipy.fftpack on first use: once here, not once per worker.
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        # A process with one thread (`loradeck scan`) forks safely on Linux (macOS's
+        # system libraries do not survive a fork), and a forked worker starts at once
+        # with everything already imported. imagehash's phash imports scipy.fftpack on
+        # first use: once here, not once per worker.
         importlib.import_module("scipy.fftpack")
         return multiprocessing.get_context("fork")
     # Never fork a process that runs threads (the TUI does): a forkserver that has

@@ -1,7 +1,7 @@
 """Health-scan speed: our scan (cold and warm cache) against a single-process Pillow decode.
 
     /work/venv/bin/python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER]
-                                              [--workers N] [--keep]
+                                              [--workers N] [--keep] [--pixel-checks-only]
 
 1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, edges and mild noise,
    about 100 KB each at 1024x768) into a temporary folder, or uses --dir as it is.
@@ -9,6 +9,9 @@
    what a one-thread checker that only asks "does it decode?" costs.
 3. Times `engine.health.scan.scan` with no cache (strict libjpeg decode, pixel hash,
    perceptual hash, sharpness, over every core), then again with the cache it wrote.
+4. Times the per-image checks in one process with the silent-damage pixel checks
+   (engine.health.pixel_damage) on and off, alternating runs over the same 100 files, and
+   prints both and the ratio (--pixel-checks-only: just this, on COUNT generated files).
 Prints a table of seconds and images per second. Not a test: numbers to read.
 """
 from __future__ import annotations
@@ -78,12 +81,42 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
     return pillow * 1000 / len(sample), ours * 1000 / len(sample)
 
 
+def pixel_check_cost(paths: list[Path], rounds: int = 5) -> tuple[float, float]:
+    """CPU milliseconds per image of inspect_image with the pixel-damage checks and without
+    them (damaged_row answering "whole" at once), alternating runs over the same files so
+    that a busy machine slows both alike; the lowest of `rounds` runs of each."""
+    from engine.health import image_checks
+
+    sample = paths[:100]
+    image_checks.inspect_image(sample[0])
+    checks = image_checks.damaged_row
+    with_checks, without = [], []
+    try:
+        for _ in range(rounds):
+            for switched_on, times in ((True, with_checks), (False, without)):
+                image_checks.damaged_row = checks if switched_on else (lambda *args, **kwargs: -1)
+                started = time.process_time()
+                for path in sample:
+                    image_checks.inspect_image(path)
+                times.append((time.process_time() - started) * 1000 / len(sample))
+    finally:
+        image_checks.damaged_row = checks
+    return min(with_checks), min(without)
+
+
 def timed_scan(target, workers: int | None) -> tuple[float, int]:
     from engine.health.scan import scan
 
     started = time.perf_counter()
     report = scan(target, workers=workers)
     return time.perf_counter() - started, len(report.findings)
+
+
+def report_pixel_check_cost(paths: list[Path]) -> None:
+    with_checks, without = pixel_check_cost(paths)
+    print(f"\nCPU per image in one process (best of 5 alternating runs over {min(len(paths), 100)} files): "
+          f"{with_checks:.2f} ms with the silent-damage pixel checks, {without:.2f} ms without "
+          f"({with_checks / without - 1:+.0%})")
 
 
 def main() -> None:
@@ -93,6 +126,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="scan this folder instead of generating one")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
+    parser.add_argument("--pixel-checks-only", action="store_true",
+                        help="only compare the per-image cost with and without the silent-damage pixel checks")
     args = parser.parse_args()
 
     from engine.health.scan import target_for
@@ -109,6 +144,10 @@ def main() -> None:
         generate(folder, args.count, (width, height))
         print(f"generated {args.count} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
     try:
+        if args.pixel_checks_only:
+            paths = sorted(folder.glob("*.jpg"))
+            report_pixel_check_cost(paths)
+            return
         target = target_for(folder)
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CANDIDATE_EXTENSIONS
                        and "_quarantine" not in p.parts)
@@ -129,6 +168,7 @@ def main() -> None:
                                ("loradeck scan, cold (no cache)", cold),
                                ("loradeck scan, warm (cache)", warm)):
             print(f"{label:38}{seconds:>10.2f}{count / seconds:>12.0f}{pillow / seconds:>10.1f}x")
+        report_pixel_check_cost(paths)
     finally:
         if temporary and not args.keep:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -148,8 +148,9 @@ def test_hard_edges_between_two_textured_halves_are_not_flagged():
 
 @pytest.mark.parametrize("mcu_height", [8, 16])
 def test_most_silently_damaged_jpegs_are_found_at_their_row(mcu_height):
-    """The measured detection rate on a batch (bench/pixel_damage_rates.py measures it on
-    1,618 files: 82%): damage at a random depth, each kind, only what libjpeg passes;
+    """The measured detection rate on a batch of the first damage generator (16 bytes zeroed,
+    7 dropped or a bit flipped; bench/pixel_damage_rates.py measures the wider one): damage
+    at a random depth, each kind, only what libjpeg passes;
     reading every block row, or only the MCU rows (16 high here) as the scan does."""
     rng = np.random.default_rng(11)
     silent = found = 0

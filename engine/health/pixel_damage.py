@@ -72,7 +72,8 @@ FILL_GREY = 128
 FILL_TOLERANCE = 2
 # A colour cast big enough to push the picture below a seam out of range: from the seam
 # down nearly every pixel has a channel at 0 or 255, just above it nearly none do, and
-# the clipped rows still vary (a black bar or a flat sky is one colour).
+# the clipped rows still vary, from pixel to pixel (a black bar or a flat sky is one
+# colour; flat shapes in saturated colours differ only from shape to shape).
 CLIPPED_SHARE = 0.9
 UNCLIPPED_ABOVE = 0.1
 CLIPPED_MIN_SPREAD = 4.0
@@ -203,8 +204,12 @@ def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     above = np.abs(signed[1] - signed[0]).mean(axis=(-1, -2))
     across = np.abs(signed[2] - signed[1]).mean(axis=(-1, -2))
     spread = signed[2].std(axis=1).max(axis=-1)
+    # ... and vary from pixel to pixel, as a photo does: flat shapes in saturated colours
+    # have a channel at 0 or 255 too, and vary only from shape to shape.
+    grain = (np.abs(np.diff(signed[2], axis=1)).max(axis=-1) > damage_evidence.GRAIN_STEP).mean(axis=1)
     cast = ((clipped[3] >= CLIPPED_SHARE) & (clipped[1] <= UNCLIPPED_ABOVE)
-            & (across >= SEAM_MIN_STEP) & (across >= SEAM_RATIO * (above + 1)) & (spread >= CLIPPED_MIN_SPREAD))
+            & (across >= SEAM_MIN_STEP) & (across >= SEAM_RATIO * (above + 1)) & (spread >= CLIPPED_MIN_SPREAD)
+            & (grain >= damage_evidence.GRAINY_SHARE))
     found = np.flatnonzero(cast)
     return int(candidates[found[0]]) if len(found) else -1
 

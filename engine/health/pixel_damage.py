@@ -127,9 +127,18 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     if not len(candidates[0]):
         return -1
     wide = rows[:, :, :segments * segment_width].reshape(4, len(boundaries), segments, segment_width, -1)
-    over, above, below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
-    natural = np.maximum(np.abs(above - over).mean(axis=(1, 2)), np.abs(under - below).mean(axis=(1, 2)))
     above, below = wide[1:3, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
+    # Texture, not a flat area crossed by a line or two: a line that goes on under an
+    # offset explains a flat-to-flat edge just as well (rectangles in an illustration).
+    # Tested first: flat content has many stepping segments and none of them counts.
+    textured = ((np.abs(above - np.median(above, axis=1, keepdims=True)) > damage_evidence.TEXTURE_STEP).any(axis=-1)
+                .mean(axis=1) >= damage_evidence.TEXTURED_SHARE)
+    candidates = (candidates[0][textured], candidates[1][textured])
+    if not len(candidates[0]):
+        return -1
+    above, below = above[textured], below[textured]
+    over, near_above, near_below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
+    natural = np.maximum(np.abs(near_above - over).mean(axis=(1, 2)), np.abs(under - near_below).mean(axis=(1, 2)))
     # The offset that best explains the pixels below from those above, from the pixels
     # the cast did not push out of range, and what it leaves unexplained.
     inside = (below > 0) & (below < 255)
@@ -140,12 +149,8 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)
     residual = (np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).sum(axis=(1, 2)) / counted
     spread = (np.abs(below - below.mean(axis=1, keepdims=True)) * weight).sum(axis=(1, 2)) / counted
-    # Texture, not a flat area crossed by a line or two: a line that goes on under an
-    # offset explains a flat-to-flat edge just as well (rectangles in an illustration).
-    textured = ((np.abs(above - np.median(above, axis=1, keepdims=True)) > damage_evidence.TEXTURE_STEP).any(axis=-1)
-                .mean(axis=1) >= damage_evidence.TEXTURED_SHARE)
     luma, chroma = _luma_and_chroma(offset)
-    evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD) & textured
+    evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
                 & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2))
     # A colour gradient steps at every chroma block boundary; damage steps once.
     for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):

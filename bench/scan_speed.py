@@ -81,7 +81,7 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
     return pillow * 1000 / len(sample), ours * 1000 / len(sample)
 
 
-def pixel_check_cost(paths: list[Path], rounds: int = 5) -> tuple[float, float]:
+def pixel_check_cost(paths: list[Path], rounds: int = 9) -> tuple[float, float]:
     """CPU milliseconds per image of inspect_image with the pixel-damage checks and without
     them (damaged_row answering "whole" at once), alternating runs over the same files so
     that a busy machine slows both alike; the lowest of `rounds` runs of each."""
@@ -114,7 +114,7 @@ def timed_scan(target, workers: int | None) -> tuple[float, int]:
 
 def report_pixel_check_cost(paths: list[Path]) -> None:
     with_checks, without = pixel_check_cost(paths)
-    print(f"\nCPU per image in one process (best of 5 alternating runs over {min(len(paths), 100)} files): "
+    print(f"\nCPU per image in one process (best of 9 alternating runs over {min(len(paths), 100)} files): "
           f"{with_checks:.2f} ms with the silent-damage pixel checks, {without:.2f} ms without "
           f"({with_checks / without - 1:+.0%})")
 

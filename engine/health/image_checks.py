@@ -148,7 +148,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw, _mcu_height(image))
+                row = damaged_row(raw, *_mcu_size(image))
                 if row >= 0:
                     return _error(
                         "corrupt",
@@ -190,9 +190,11 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
-def _mcu_height(image: Image.Image) -> int:
-    """Pixel rows per minimum coded unit: 8 per vertical sampling step of the busiest component."""
-    return 8 * max((vertical for _, _, vertical, _ in getattr(image, "layer", None) or []), default=1)
+def _mcu_size(image: Image.Image) -> tuple[int, int]:
+    """Pixel rows and columns per minimum coded unit: 8 per sampling step of the busiest component."""
+    layers = getattr(image, "layer", None) or []
+    return (8 * max((vertical for _, _, vertical, _ in layers), default=1),
+            8 * max((horizontal for _, horizontal, _, _ in layers), default=1))
 
 
 def _image_over(pixels: np.ndarray) -> Image.Image:

@@ -1,0 +1,128 @@
+"""Layer shapes of the model architectures, read from configs alone (no torch, nothing loaded).
+
+    LayerShape                                  one Linear or conv a network adapts
+    unet_clip_layers(spec, unet, text_configs)  what engine.network adapts on a U-Net + CLIP model
+    read_json(path)                             a config file, or None
+
+The layers are sd-scripts' choice for SD 1.x/2.x and SDXL: every Linear and 1x1 conv of the
+U-Net's transformer blocks (`Transformer2DModel`) and of CLIP's attention and MLP, and for
+the conv types every Linear and conv of the ResNet blocks, downsamplers and upsamplers.
+The families built on a U-Net and CLIP describe their networks with these
+(engine.model.families.<name>: `adapted_layers`); a transformer family writes its own walk.
+Shared machinery below the families: imports no family. Light module.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    fan_in: int  # input features or channels
+    fan_out: int
+    kernel: int = 1  # side of a square conv kernel; 1 for Linear and 1x1 convs
+
+
+def read_json(path: Path | None) -> dict[str, Any] | None:
+    """A JSON config, or None when it is missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def transformer_widths(unet: dict) -> list[tuple[int, int]]:
+    """(channels, transformer depth) of every Transformer2DModel of a U-Net config, in
+    module order (SDXL's depth differs per block)."""
+    channels = unet["block_out_channels"]
+    depths = unet.get("transformer_layers_per_block") or 1
+    depths = depths if isinstance(depths, list) else [depths] * len(channels)
+    per_block = _first(unet.get("layers_per_block", 2))
+    widths: list[tuple[int, int]] = []
+    for index, kind in enumerate(unet["down_block_types"]):
+        if "CrossAttn" in kind:
+            widths += [(channels[index], depths[index])] * per_block
+    if "CrossAttn" in (unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+        widths.append((channels[-1], depths[-1]))
+    for index, kind in enumerate(unet["up_block_types"]):
+        if "CrossAttn" in kind:
+            up = len(channels) - 1 - index
+            widths += [(channels[up], depths[up])] * (per_block + 1)
+    return widths
+
+
+def transformer_layers(unet: dict) -> list[LayerShape]:
+    context = _first(unet.get("cross_attention_dim", 768))
+    layers: list[LayerShape] = []
+    for width, depth in transformer_widths(unet):
+        layers += [LayerShape(width, width)] * 2  # proj_in, proj_out
+        for _ in range(depth):
+            layers += [LayerShape(width, width)] * 4  # self-attention q, k, v, out
+            layers += [LayerShape(width, width), LayerShape(context, width), LayerShape(context, width),
+                       LayerShape(width, width)]  # cross-attention q, k, v, out
+            layers += [LayerShape(width, width * 8), LayerShape(width * 4, width)]  # GEGLU feed-forward
+    return layers
+
+
+def _resnet(fan_in: int, fan_out: int, time_channels: int) -> list[LayerShape]:
+    layers = [LayerShape(fan_in, fan_out, 3), LayerShape(time_channels, fan_out), LayerShape(fan_out, fan_out, 3)]
+    if fan_in != fan_out:
+        layers.append(LayerShape(fan_in, fan_out))  # conv_shortcut, 1x1
+    return layers
+
+
+def resnet_layers(unet: dict) -> list[LayerShape]:
+    """Linear and conv layers of the ResNet blocks, downsamplers and upsamplers
+    (diffusers' UNet2DConditionModel wiring, skip connections included)."""
+    channels = unet["block_out_channels"]
+    per_block = _first(unet.get("layers_per_block", 2))
+    time_channels = channels[0] * 4
+    layers: list[LayerShape] = []
+    previous = channels[0]
+    for index, width in enumerate(channels):
+        for number in range(per_block):
+            layers += _resnet(previous if number == 0 else width, width, time_channels)
+        previous = width
+        if index < len(channels) - 1:
+            layers.append(LayerShape(width, width, 3))  # downsampler
+    layers += _resnet(channels[-1], channels[-1], time_channels) * 2  # mid block
+    reversed_channels = list(reversed(channels))
+    previous = reversed_channels[0]
+    for index, width in enumerate(reversed_channels):
+        skip_from = reversed_channels[min(index + 1, len(channels) - 1)]
+        for number in range(per_block + 1):
+            skip = skip_from if number == per_block else width
+            layers += _resnet((previous if number == 0 else width) + skip, width, time_channels)
+        previous = width
+        if index < len(channels) - 1:
+            layers.append(LayerShape(width, width, 3))  # upsampler
+    return layers
+
+
+def text_encoder_layers(text: dict) -> list[LayerShape]:
+    hidden, inner = text["hidden_size"], text["intermediate_size"]
+    return ([LayerShape(hidden, hidden)] * 4 + [LayerShape(hidden, inner), LayerShape(inner, hidden)]) * text[
+        "num_hidden_layers"]
+
+
+def unet_clip_layers(spec, unet: dict, text_configs: list[dict]) -> list[LayerShape]:
+    """Every layer a network of `spec` adapts on a U-Net and CLIP text encoders (3x3
+    convolutions only where the spec gives them a rank)."""
+    layers: list[LayerShape] = []
+    if spec.train_unet:
+        layers += transformer_layers(unet)
+        if spec.adapts_resnets:
+            layers += resnet_layers(unet)
+    if spec.train_text_encoder:
+        for encoder in text_configs:
+            layers += text_encoder_layers(encoder)
+    return [layer for layer in layers if spec.rank_of(layer.kernel) is not None]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from engine.config.schema import load_config
@@ -50,7 +51,10 @@ def format_plan(plan: Plan) -> str:
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    notes: list[str] = []
+    config = load_config(args.config, notes)
+    for note in notes:  # an older config, migrated (engine.config.schema.migrate)
+        print(f"note: {args.config}: {note}", file=sys.stderr)
     plan = make_plan(config, args.config.resolve().parent)
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))

@@ -68,7 +68,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
-from engine.model.shapes import LayerShape
+from engine.errors import LoradeckError
+from engine.model.shapes import LayerShape, ModelShapes, folder_shapes
+from engine.paths import resolve_path
 
 if TYPE_CHECKING:
     import torch
@@ -104,16 +106,6 @@ class LoraComponent:
         return f"{self.prefix}_{module_name.replace('.', '_')}"
 
 
-@dataclass(frozen=True)
-class ModelShapes:
-    """The configs of a model's parts, as the plan needs them before anything is loaded:
-    from a local diffusers folder when there is one, else the family's shipped configs."""
-
-    denoiser: dict[str, Any]  # the U-Net's or transformer's config.json
-    text_encoders: list[dict[str, Any]]  # each text encoder's config.json, in the family's order
-    local_folder: Path | None = None  # the diffusers folder they were read from, if any
-
-
 class CaptionTensors(Protocol):
     """What a training example carries for its caption, by name: token ids per tokenizer
     (`input_ids`, `token_weights`, `input_ids_2`, ...) or cached encoder outputs
@@ -125,14 +117,18 @@ class CaptionTensors(Protocol):
 # --------------------------------------------------------------------------- the light descriptor
 
 
-@dataclass(frozen=True, eq=False)
+# How descriptor classes are declared: frozen data, compared and hashed by identity, shown by name
+descriptor_dataclass = dataclass(frozen=True, eq=False, repr=False)
+
+
+@descriptor_dataclass
 class FamilyDescriptor(ABC):
     """What the plan, the config and the TUI know of a family, without torch.
 
     A family folder's `__init__.py` defines `DESCRIPTORS`: one instance per model line it
     trains (the `sd` folder has SD 1.x and SD 2.x: one runtime, two descriptors that differ
-    in sizes, detection and metadata). A frozen dataclass compared by identity: a family
-    subclasses it for its methods and instantiates it with its data.
+    in sizes, detection and metadata). A family subclasses it for its methods (declared
+    with `@descriptor_dataclass`, as this class is) and instantiates it with its data.
     """
 
     # ---- identity
@@ -160,6 +156,9 @@ class FamilyDescriptor(ABC):
 
     # ---- the Kohya GUI
     kohya_flags: tuple[str, ...] = ()  # GUI JSON keys that, when true, select this family ("sdxl", "v2")
+    kohya_settings: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the boolean setting it turns
+    # on when this family is selected ("sdxl_cache_text_encoder_outputs" -> precision.cache_text_encoder_outputs)
+    kohya_notes: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the note its `true` gets
 
     # ---- detection (registry: the first family that recognises a model is its family)
 
@@ -176,10 +175,16 @@ class FamilyDescriptor(ABC):
 
     # ---- the plan
 
-    @abstractmethod
     def shapes(self, config, base_dir: str | Path) -> ModelShapes:
         """The part configs of the config's base model: its local diffusers folder's, else
-        this family's shipped ones. Called by the plan, the LoRA size and the VRAM estimate."""
+        this family's shipped ones (`config_folder`). Called by the plan, the LoRA size and
+        the VRAM estimate."""
+        local = resolve_path(base_dir, config.model.pretrained_model.strip())
+        found = folder_shapes(local, self.denoiser, self.text_encoders) or folder_shapes(
+            self.config_folder, self.denoiser, self.text_encoders)
+        if found is None:
+            raise LoradeckError(f"{self.config_folder}: the {self.label} configs shipped with loradeck are missing")
+        return found
 
     @abstractmethod
     def adapted_layers(self, spec, shapes: ModelShapes) -> list[LayerShape]:

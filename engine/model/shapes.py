@@ -1,7 +1,11 @@
 """Layer shapes of the model architectures, read from configs alone (no torch, nothing loaded).
 
     LayerShape                                  one Linear or conv a network adapts
+    ModelShapes                                 a model's part configs (the plan's view of it)
+    folder_shapes(folder, denoiser, text_encoders)   those of a diffusers folder, or None
     unet_clip_layers(spec, unet, text_configs)  what engine.network adapts on a U-Net + CLIP model
+    UNetClipShapes                              those as descriptor methods, for such families
+    UNET_TARGET_MODULES, CLIP_TARGET_MODULES, ...    the same layers, as peft targets
     read_json(path)                             a config file, or None
 
 The layers are sd-scripts' choice for SD 1.x/2.x and SDXL: every Linear and 1x1 conv of the
@@ -19,11 +23,42 @@ from pathlib import Path
 from typing import Any
 
 
+# The layers sd-scripts' networks.lora adapts on a U-Net and CLIP (peft target_modules for a
+# standard LoRA; the other types take every Linear/Conv2d inside the blocks, the conv types
+# the conv blocks' too)
+UNET_TARGET_MODULES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+UNET_BLOCKS = ("Transformer2DModel",)
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+CLIP_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+CLIP_BLOCKS = ("CLIPAttention", "CLIPMLP")
+
+
 @dataclass(frozen=True)
 class LayerShape:
     fan_in: int  # input features or channels
     fan_out: int
     kernel: int = 1  # side of a square conv kernel; 1 for Linear and 1x1 convs
+
+
+@dataclass(frozen=True)
+class ModelShapes:
+    """The configs of a model's parts, as the plan needs them before anything is loaded:
+    from a local diffusers folder when there is one, else the family's shipped configs."""
+
+    denoiser: dict[str, Any]  # the U-Net's or transformer's config.json
+    text_encoders: list[dict[str, Any]]  # each text encoder's config.json, in the family's order
+    local_folder: Path | None = None  # the diffusers folder they were read from, if any
+
+
+def folder_shapes(folder: Path | None, denoiser: str, text_encoders: tuple[str, ...]) -> ModelShapes | None:
+    """The part configs of a diffusers folder; None when it is not one or lacks one of them."""
+    if folder is None or not folder.is_dir():
+        return None
+    denoiser_config = read_json(folder / denoiser / "config.json")
+    text_configs = [read_json(folder / name / "config.json") for name in text_encoders]
+    if denoiser_config is None or any(config is None for config in text_configs):
+        return None
+    return ModelShapes(denoiser_config, text_configs, folder)
 
 
 def read_json(path: Path | None) -> dict[str, Any] | None:
@@ -126,3 +161,15 @@ def unet_clip_layers(spec, unet: dict, text_configs: list[dict]) -> list[LayerSh
         for encoder in text_configs:
             layers += text_encoder_layers(encoder)
     return [layer for layer in layers if spec.rank_of(layer.kernel) is not None]
+
+
+class UNetClipShapes:
+    """The descriptor methods of the families built on a U-Net and CLIP (SD 1.x/2.x, SDXL):
+    a mixin before engine.model.family.FamilyDescriptor in their bases."""
+
+    def adapted_layers(self, spec, shapes: ModelShapes) -> list[LayerShape]:
+        return unet_clip_layers(spec, shapes.denoiser, shapes.text_encoders)
+
+    def activation_scale(self, shapes: ModelShapes) -> float:
+        # the constants were measured at the released widths; the tiny test models are narrower
+        return shapes.denoiser.get("block_out_channels", [320])[0] / 320

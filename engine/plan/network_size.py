@@ -1,23 +1,16 @@
-"""How big a network is before it is built: its layers' shapes, parameters and file tensors.
+"""How big a network is before it is built: its layers' parameters and file tensors.
 
-The layers are the ones engine.network builds (sd-scripts' choice for SD1.x/2.x): every
-Linear and 1x1 conv of the U-Net's transformer blocks and of CLIP's attention and MLP, and,
-for the conv types, every Linear and conv of the ResNet blocks, downsamplers and
-upsamplers. The parameter count of each layer follows its type's tensors (the layout
-engine.network writes); tests compare it with the real network on the tiny model.
+The layers are the ones engine.network builds, as the model's family lists them
+(`FamilyDescriptor.adapted_layers`: for SD and SDXL, engine.model.shapes.unet_clip_layers).
+The parameter count of each layer follows its type's tensors (the layout engine.network
+writes); tests compare it with the real network on every family's tiny model.
 
 Light module: the standard library only.
 """
 from __future__ import annotations
 
 from engine.config.network_types import NetworkSpec
-from engine.model.shapes import LayerShape, unet_clip_layers
-
-
-def network_layers(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> list[LayerShape]:
-    """Every layer the network adapts (3x3 convolutions only where the spec gives them a rank);
-    `text`: the text encoder's config, or a list of them (SDXL's two)."""
-    return unet_clip_layers(spec, unet, text if isinstance(text, list) else [text])
+from engine.model.shapes import LayerShape
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -71,10 +64,9 @@ def layer_size(spec: NetworkSpec, layer: LayerShape) -> tuple[int, int]:
     raise ValueError(f"unknown network type {spec.type!r}")
 
 
-def network_size(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> tuple[int, int, int]:
-    """(parameters, file tensors, adapted layers) of the network a spec builds."""
+def network_size(spec: NetworkSpec, layers: list[LayerShape]) -> tuple[int, int, int]:
+    """(parameters, file tensors, adapted layers) of the network a spec builds on `layers`."""
     parameters = tensors = 0
-    layers = network_layers(spec, unet, text)
     for layer in layers:
         layer_parameters, layer_tensors = layer_size(spec, layer)
         parameters += layer_parameters
@@ -82,7 +74,7 @@ def network_size(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> tupl
     return parameters, tensors, len(layers)
 
 
-def rebuilt_weight_elements(spec: NetworkSpec, unet: dict, text: dict | list[dict]) -> int:
+def rebuilt_weight_elements(spec: NetworkSpec, layers: list[LayerShape]) -> int:
     """Elements of the full weight updates LoHa and LoKr layers hold while a step runs.
 
     peft's LoHa and LoKr layers rebuild each layer's whole ΔW in the forward and run the
@@ -91,5 +83,4 @@ def rebuilt_weight_elements(spec: NetworkSpec, unet: dict, text: dict | list[dic
     is detached, as its paper's section 4.3 does)."""
     if spec.type not in ("loha", "lokr"):
         return 0
-    return sum(layer.fan_in * layer.fan_out * layer.kernel * layer.kernel
-               for layer in network_layers(spec, unet, text))
+    return sum(layer.fan_in * layer.fan_out * layer.kernel * layer.kernel for layer in layers)

@@ -196,6 +196,7 @@ def test_sdxl_kohya_config_imports_and_plans_like_sd_scripts(tmp_path):
     assert vram.vae_encode_gb == pytest.approx(4 * 0.44)
     assert vram.total_gb == pytest.approx((vram.weights_gb + vram.lora_gb + vram.vae_encode_gb) * 1.05)
     assert vram.card_gb < 12  # a 24 GB card has room to spare
+    assert vram.ram_gb == pytest.approx(vram.weights_gb)  # bf16: every part passes through RAM once as loaded
     assert not plan.problems  # 1024², checkpointing, cached text-encoder outputs, bf16: nothing to advise
     sd15 = make_plan(replace_family(config, "sd15"), tmp_path).vram_estimate
     assert sd15.weights_gb < vram.weights_gb / 3 and sd15.total_gb < vram.total_gb / 2

@@ -45,6 +45,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
     lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
     lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
+    lines.append(f"RAM (estimate)    about {plan.vram_estimate.ram_gb:.1f} GiB of system memory while the model loads")
     for problem in plan.problems:
         lines.append(f"warning: {problem}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ A family is one folder, `engine/model/families/<name>/`, registered by one line 
 Who calls what, in the order a training run does (engine.train.loop):
 
     plan        descriptor.shapes, adapted_layers, frozen_parameters, activation constants,
-                plan_notes (engine.plan)
+                system_ram_bytes, plan_notes (engine.plan)
     load        runtime.load_diffusers / load_single_file -> parts; training_scheduler;
                 objective (engine.model.loading builds a `BaseModel`)
     network     descriptor.lora_components: which parts get adapters, their Kohya prefixes
@@ -201,6 +201,12 @@ class FamilyDescriptor(ABC):
         """GiB per image of the text encoders' activations when they train, for captions of
         `windows` 75-token windows (engine.plan.vram)."""
         return 0.0
+
+    def system_ram_bytes(self, parameters: Mapping[str, int], weight_bytes: int) -> int:
+        """System memory the model passes through while it loads, for the plan (by default
+        every frozen part once, in the compute precision). A family whose loading needs more
+        (a text encoder read in fp32 and cast, parts kept on the CPU while training) says so."""
+        return sum(parameters.values()) * weight_bytes
 
     def vae_runs_in_fp16(self, config) -> bool:
         """Whether the VAE may run in fp16 under fp16 training (else it runs in fp32)."""

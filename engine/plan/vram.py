@@ -19,6 +19,9 @@ they are being cached). In GiB (2^30 bytes):
                  (fp32: × 2)
     total        (weights + LoRA + max(activations, VAE encoding)) × (1 + WORKSPACE)
     card         total + CUDA_CONTEXT: what nvidia-smi shows at the peak, about
+    RAM          the family's rule for system memory while the model loads (by default its
+                 frozen weights in the compute precision: each part passes through RAM once);
+                 not measured yet, a floor rather than a peak
 
 Activation constants were measured on SD1.5's real architecture: every tensor the step
 allocates was tracked until freed (a TorchDispatchMode on the meta device, so no memory
@@ -66,6 +69,7 @@ class VramEstimate:
     vae_encode_gb: float
     total_gb: float  # comparable to torch.cuda.max_memory_allocated()
     card_gb: float  # a card needs at least this much memory
+    ram_gb: float = 0.0  # system memory the model passes through while it loads (the family's rule)
 
     def as_json(self) -> dict[str, float]:
         return {key: round(value, 3) for key, value in asdict(self).items()}
@@ -131,6 +135,7 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     return VramEstimate(
         weights_gb=weights / GIB, lora_gb=lora / GIB, activations_gb=activations / GIB,
         vae_encode_gb=vae_encode / GIB, total_gb=total, card_gb=total + CUDA_CONTEXT,
+        ram_gb=family.system_ram_bytes(counts, weight_bytes) / GIB,
     )
 
 

@@ -212,6 +212,12 @@ class FamilyDescriptor(ABC):
         """Whether the VAE may run in fp16 under fp16 training (else it runs in fp32)."""
         return False
 
+    def fp32_under_fp16(self, config) -> tuple[str, ...]:
+        """The parts that stay in fp32 when training in fp16, because they overflow there (SD's
+        VAE; a T5 encoder would be another). Called when the model loads and by the VRAM
+        estimate; bf16 keeps every part in bf16."""
+        return () if self.vae_runs_in_fp16(config) else ("vae",)
+
     def plan_notes(self, config) -> list[str]:
         """One line per setting that departs from what this family needs (shown by the plan
         and the config screen before a run starts)."""
@@ -227,7 +233,8 @@ class FamilyDescriptor(ABC):
     @abstractmethod
     def lora_metadata(self, config) -> dict[str, Any]:
         """Keys this family sets in a LoRA file's metadata: `ss_base_model_version`, `ss_v2`,
-        `modelspec.architecture` (engine.network.metadata writes them at every save)."""
+        `modelspec.architecture`, and any general key it says otherwise (they are applied
+        last; engine.network.metadata writes them at every save)."""
 
     # ---- the runtime
 

@@ -4,8 +4,8 @@
 
 The model's family (engine.model.families: detected from its files, never its name) loads
 its parts; they are cast to `dtype` (the mixed-precision type on a GPU, fp32 on the CPU),
-frozen and moved to the device. The VAE stays in fp32 under fp16 unless the family says it
-is safe there. The family's runtime also gives the training schedule and the objective
+frozen and moved to the device. Under fp16 the parts that overflow there stay in fp32 (the
+family's `fp32_under_fp16`: SD's VAE). The family's runtime also gives the training schedule and the objective
 (engine.model.family.BaseModel holds them). A local folder or file never touches the
 network (`local_files_only`); a hub id does, the first time. Anything a user can get wrong
 (a missing path, a `.ckpt` not allowed, an unreadable file) becomes one `LoradeckError` line.
@@ -82,12 +82,11 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
             resolve_path(base_dir, config.model.vae.strip()), base_folder, allow_ckpt=config.model.allow_ckpt
         )
 
-    if family.vae_runs_in_fp16(config):
-        vae_dtype = dtype
+    in_fp32 = family.fp32_under_fp16(config) if dtype == torch.float16 else ()
     for part, module in parts.items():
         if not isinstance(module, torch.nn.Module):
             continue  # tokenizers and the schedule
-        wanted = vae_dtype if part == "vae" else dtype
+        wanted = torch.float32 if part in in_fp32 else dtype
         if module.dtype != wanted:
             module.to(dtype=wanted)
         module.to(device)

@@ -71,7 +71,6 @@ def training_metadata(
         "ss_output_name": config.saving.output_name,
         "ss_sd_model_name": model_name,
         "ss_vae_name": config.model.vae or "",
-        **family.lora_metadata(config),  # ss_base_model_version, ss_v2, modelspec.architecture
         "ss_v_parameterization": config.model.v_parameterization,
         "ss_clip_skip": config.model.clip_skip,
         **NetworkSpec.of(config).metadata(),  # module, dim, alpha, dropout and args of the network type
@@ -148,6 +147,9 @@ def training_metadata(
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
         "training_tool": "loradeck",
     }
+    # the family's keys last: ss_base_model_version, ss_v2, modelspec.architecture, and any
+    # general key it says otherwise (a flow-matching family's modelspec.prediction_type)
+    metadata.update(family.lora_metadata(config))
     metadata.update(base_model_hashes(config.model.pretrained_model))
     if data.dataset_config:
         metadata["ss_datasets"] = _json([_dataset_record(config, plan, dataset, buckets, mean_ar_error)])

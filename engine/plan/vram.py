@@ -104,8 +104,8 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     shapes = model_shapes(config, base_dir or ".")
     channels = family.activation_scale(shapes)  # 1 for every released model; less for the tiny test models
     weight_bytes = BYTES[precision]
-    vae_bytes = 4 if precision == "fp16" and not family.vae_runs_in_fp16(config) else weight_bytes  # overflows
-    weights = sum(count for part, count in counts.items() if part != "vae") * weight_bytes + counts["vae"] * vae_bytes
+    in_fp32 = family.fp32_under_fp16(config) if precision == "fp16" else ()  # parts that overflow in fp16
+    weights = sum(count * (4 if part in in_fp32 else weight_bytes) for part, count in counts.items())
 
     if lora_parameters is None:
         lora_parameters, _ = lora_parameter_count(config, base_dir or ".")

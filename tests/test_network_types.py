@@ -272,7 +272,9 @@ def test_config_rules_for_the_types():
 # --------------------------------------------------------------------------- the grid
 
 
-@pytest.mark.parametrize("name", ["loha", "dora"])
+# LoHa on every family; DoRA (the same path through the trainer's network) on the first
+@pytest.mark.parametrize("family, name", [(family, "loha") for family in TINY_FAMILIES] + [(TINY_FAMILIES[0], "dora")],
+                         indirect=["family"])
 def test_grid_renders_lycoris_files_as_the_formula_reads_them(tmp_path, family, family_model_dir, family_pipelines,
                                                                name):
     """`loradeck grid` on a run of LoHa / DoRA files: weight 0 is the base model, weight 1 the

@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "Convert a Kohya GUI JSON config to a loradeck TOML config; reports, for each config, what "
                      "was mapped, what was changed and why, and what was ignored."),
     "make-tiny-model": ("engine.cli.make_tiny_model",
-                        "Write a tiny Stable Diffusion 1.5- or SDXL-layout model (random weights, offline) "
-                        "as a diffusers folder."),
+                        "Write a tiny model with a family's real layout (random weights, offline) as a diffusers "
+                        "folder."),
     "train": ("engine.cli.train", "Train a LoRA from a config; prints the run folder as its last line."),
     "stop": ("engine.cli.control", "Stop a run gracefully: finish the step, save the LoRA and state, exit."),
     "save-now": ("engine.cli.control", "Ask a running engine to save the LoRA and its state now."),

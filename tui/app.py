@@ -35,7 +35,7 @@ SCREEN_HELP = {
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
-PRELOAD_AFTER_S = 0.5  # after start-up: the first screen is drawn and its work has begun
+PRELOAD_AFTER_S = 1.5  # after start-up: the first screen is drawn and its own work (a scan) has begun
 PRELOAD_GAP_S = 0.1  # one screen module at a time, so a key pressed meanwhile waits little
 
 

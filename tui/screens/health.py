@@ -58,6 +58,7 @@ class FixesDone(Message):
 
 
 FILTER_STATE = "health_filters"
+FIRST_SCAN_DELAY_S = 0.1  # after the first frame has reached the terminal
 
 FIX_KEYS = Binding.Group("Fix", compact=True)
 QUARANTINE_KEYS = Binding.Group("Quarantine", compact=True)
@@ -118,7 +119,7 @@ class HealthScreen(Screen):
         # the scan starts once the screen is drawn: its first frame need not share the CPU
         # (nor wait for the decoders' import or the config), and already says what is coming
         self._set_status("Scanning …")
-        self.call_after_refresh(self.action_rescan)
+        self.call_after_refresh(self.set_timer, FIRST_SCAN_DELAY_S, self.action_rescan)
 
     def _repaint_tables(self) -> None:
         if self.report is not None:

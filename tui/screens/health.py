@@ -119,7 +119,10 @@ class HealthScreen(Screen):
         # the scan starts once the screen is drawn: its first frame need not share the CPU
         # (nor wait for the decoders' import or the config), and already says what is coming
         self._set_status("Scanning …")
-        self.call_after_refresh(self.set_timer, FIRST_SCAN_DELAY_S, self.action_rescan)
+        self.call_after_refresh(self._start_first_scan)
+
+    def _start_first_scan(self) -> None:
+        self.set_timer(FIRST_SCAN_DELAY_S, self.action_rescan)
 
     def _repaint_tables(self) -> None:
         if self.report is not None:

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
@@ -30,6 +30,7 @@ from tui.widgets.captions.dialogs import AutoCaptionDialog, CaptionTextEditor, C
 from tui.widgets.captions.caption_job import CaptionJobBar, caption_command
 from tui.widgets.captions.caption_list import CaptionFileList
 from tui.widgets.shared.image_preview import ImagePreview
+from tui.widgets.shared.key_footer import KeyFooter
 
 FREQUENCY_SHOWN = 300
 PREFETCH_AHEAD = 2
@@ -56,18 +57,19 @@ class CaptionsScreen(Screen):
     # The footer has room for the review loop; the other keys are named in the panel
     # headings beside what they act on (and all are listed by `?`).
     BINDINGS = [
+        # most used first: at 80 columns the footer shows what fits, `?` lists them all
         Binding("j", "step(1)", "Next", group=MOVE_KEYS),
         Binding("k", "step(-1)", "Prev", group=MOVE_KEYS),
-        Binding("n", "next_unreviewed", "Unreviewed"),
         Binding("space", "accept", "Accept"),
         Binding("a", "add_tag", "Add"),
         Binding("x", "remove_tag", "Remove"),
-        Binding("e", "edit_raw", "Edit"),
-        Binding("b", "bulk", "Bulk"),
         Binding("slash", "focus_filter", "Filter"),
         Binding("ctrl+z", "undo", "Undo"),
         Binding("c", "auto_caption", "Caption"),
         Binding("C", "stop_job", "Stop captioning"),
+        Binding("e", "edit_raw", "Edit"),
+        Binding("b", "bulk", "Bulk"),
+        Binding("n", "next_unreviewed", "Unreviewed"),
         Binding("left_square_bracket", "move_tag(-1)", "Tag up", show=False),
         Binding("right_square_bracket", "move_tag(1)", "Tag down", show=False),
         Binding("f", "move_tag_first", "Tag first", show=False),
@@ -107,7 +109,7 @@ class CaptionsScreen(Screen):
                             id="captions-frequency-title", classes="captions-keys")
                 yield OptionList(id="captions-frequency")
         yield CaptionJobBar(id="captions-job")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._open()

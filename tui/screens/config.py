@@ -30,7 +30,7 @@ from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
 from engine.errors import LoradeckError
@@ -39,6 +39,7 @@ from engine.config.presets import list_presets, load_preset
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
 from tui.widgets.config.form import ConfigForm
 from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.widgets.shared.key_footer import KeyFooter
 
 DRAFT_STATE = "config_draft"
 DRAFT_DELAY_S = 0.5
@@ -116,10 +117,10 @@ class ConfigScreen(Screen):
     CSS_PATH = "config.tcss"
     COMMANDS = {SettingsProvider}
     BINDINGS = [
-        Binding("slash", "jump", "Jump to setting"),
+        Binding("slash", "jump", "Jump"),
         Binding("ctrl+g", "jump", "Jump to setting", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+o", "open", "Preset/import", priority=True),
+        Binding("ctrl+o", "open", "Import", priority=True),
         Binding("ctrl+n", "next_name", "Next name", priority=True),
         Binding("ctrl+t", "start", "Train", priority=True),
         Binding("escape", "leave_field", "Leave field", show=False),
@@ -195,7 +196,7 @@ class ConfigScreen(Screen):
                 yield Static("", id="setting-help")
                 yield PlanPanel(self.base_dir, id="plan-panel")
         yield Static("", id="config-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     @property
     def form(self) -> ConfigForm:

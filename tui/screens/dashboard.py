@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
 
 from engine.errors import LoradeckError
 from engine.run.format import format_bytes, format_clock, format_duration, format_loss, format_speed
@@ -35,6 +35,7 @@ from tui.widgets.dashboard.sample_panel import SamplePanel
 from tui.widgets.dashboard.sparkline_panel import SparklinePanel
 from tui.widgets.dashboard.validation_panel import ValidationPanel
 from tui.widgets.shared.text_line import TextLine
+from tui.widgets.shared.key_footer import KeyFooter
 
 TABS = ("tab-notices", "tab-checkpoints", "tab-log")
 # actions that need a live engine / a finished-but-resumable run
@@ -116,7 +117,7 @@ class DashboardScreen(Screen):
                 with TabPane("Log", id="tab-log"):
                     yield Log(id="dash-log", max_lines=LOG_TAIL_LINES, auto_scroll=True)
         yield RunTailer(self.run.path, id="dash-tailer")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#dash-checkpoints", DataTable)

@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 from textual.worker import get_current_worker
 
 from engine.run.format import COLUMNS, summary_row
@@ -27,6 +27,7 @@ from engine.run.folder import RunDir, RunFollower, RunSummary
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
+from tui.widgets.shared.key_footer import KeyFooter
 
 REFRESH_SECONDS = 2.0
 RESUMABLE = (STOPPED, CRASHED, FAILED)
@@ -66,7 +67,7 @@ class RunsScreen(Screen):
         yield Static("", id="runs-where")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="runs-empty")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)

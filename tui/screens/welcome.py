@@ -7,10 +7,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from engine.config.schema import ConfigError, replace_setting, save_config, validate
 from engine.config.workspace import Workspace
+from tui.widgets.shared.key_footer import KeyFooter
 
 
 class WelcomeScreen(ModalScreen[bool]):
@@ -46,7 +47,7 @@ class WelcomeScreen(ModalScreen[bool]):
                          id="welcome-preset")
             yield Static("", id="welcome-error")
             yield Button("Create (ctrl+s)", id="welcome-create", variant="primary")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#welcome-images", Input).focus()

@@ -63,6 +63,7 @@ class LoradeckApp(App):
         Binding("ctrl+p", "command_palette", "Palette", show=False),
         Binding("q", "quit", "Quit"),
     ]
+    farewell: list[str] = []  # printed by the CLI once the terminal is back (live runs going on)
 
     def __init__(self, workspace: Workspace, *, start_screen: str | None = None,
                  image_protocol: str | None = None, attach_run: Path | None = None,
@@ -123,6 +124,30 @@ class LoradeckApp(App):
         if not isinstance(self.screen, KeysScreen):
             self.push_screen(KeysScreen(self.screen))
 
+    # ---- quitting: a live run goes on, and the user is told how to come back to it
+
+    async def action_quit(self) -> None:
+        from engine.run.next_steps import shown_path
+
+        live = live_runs(self.workspace.runs_dir)
+        if not live:
+            self.exit()
+            return
+        self.farewell = [f"{run.name} goes on training (its engine is its own process). "
+                         f"Re-attach: loradeck attach {shown_path(run.path, Path.cwd())}" for run in live]
+        self.farewell.append(f"or open the workspace again: loradeck {shown_path(self.workspace.root, Path.cwd())}, "
+                             "then 4 (Runs)")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+            else:
+                self.farewell = []
+
+        from tui.screens.confirm import ConfirmScreen
+
+        self.push_screen(ConfirmScreen("Quit loradeck?\n\n" + "\n".join(self.farewell)), answered)
+
     # ---- command palette: every screen, every theme, every key of the current screen
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -143,6 +168,17 @@ class LoradeckApp(App):
                 f"key: {self.get_key_display(binding)}",
                 partial(self.run_action, action, active.node),
             )
+
+
+def live_runs(runs_dir: Path) -> list:
+    """The runs (RunDir) of the workspace whose engine is alive (a listdir and a pid check each)."""
+    from engine.run.folder import RunDir
+
+    try:
+        folders = sorted(runs_dir.iterdir())
+    except OSError:
+        return []
+    return [run for run in map(RunDir, folders) if run.pid_file.exists() and run.engine_alive()]
 
 
 def make_app(workspace: str | Path, *, start_screen: str | None = None,

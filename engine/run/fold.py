@@ -78,6 +78,7 @@ class RunProgress:
     last_sample: SampleRecord | None = None
     last_checkpoint: CheckpointRecord | None = None
     lora_checkpoints: int = 0
+    last_lora: str = ""  # the newest LoRA file (relative to the run folder), "" before the first
     latest_validation: dict[str, Any] | None = None  # {step, epoch, loss, train_loss}
     best_validation_so_far: dict[str, Any] | None = None  # {step, epoch, loss, path}
     last_control: str = ""  # "stop: stopped at step 7"
@@ -170,6 +171,7 @@ class RunProgress:
             )
             if self.last_checkpoint.kind == "lora":
                 self.lora_checkpoints += 1
+                self.last_lora = self.last_checkpoint.path
         elif kind == VALIDATION:
             loss = as_float(event.get("loss"))
             if loss is None:

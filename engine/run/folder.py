@@ -221,6 +221,7 @@ class RunSummary(RunProgress):
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
+            "lora": str(self.path / self.last_lora) if self.last_lora else None,
             "validation": self.latest_validation,
             "best_validation": self.best_validation_so_far,
         })

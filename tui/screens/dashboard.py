@@ -21,8 +21,9 @@ from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
 
 from engine.errors import LoradeckError
 from engine.run.format import format_bytes, format_clock, format_duration, format_loss, format_speed
-from engine.run.events import CRASHED, FAILED, RUNNING, STARTING
+from engine.run.events import CRASHED, FAILED, FINISHED, RUNNING, STARTING, STOPPED
 from engine.run.folder import RunDir
+from engine.run.next_steps import ending_lines, is_demo
 from engine.config.workspace import Workspace
 from engine.run.fold import SampleRecord
 from tui.run_state import RunState
@@ -92,6 +93,7 @@ class DashboardScreen(Screen):
         self._log_version = -1
         self._status: str | None = None
         self._alerts_key: tuple | None = None
+        self._ending_key: tuple | None = None
         self._plot: RunPlotScreen | None = None
 
     # ------------------------------------------------------------------ layout
@@ -101,6 +103,7 @@ class DashboardScreen(Screen):
             yield TextLine("…", id="dash-badge")
             yield TextLine(f"{self.run.name} · reading events…", id="dash-status")
         yield Static("", id="dash-alerts")
+        yield Static("", id="dash-ending")
         with Vertical(id="dash-top"):
             yield ProgressRow("epoch", id="dash-epoch")
             yield ProgressRow("step", id="dash-step")
@@ -135,6 +138,7 @@ class DashboardScreen(Screen):
         state = view.state
         self._show_status(view)
         self._show_alerts(view)
+        self._show_ending(view)
         self._show_progress(state, view.health.status)
         self.query_one("#dash-sparklines", SparklinePanel).show(state)
         self.query_one("#dash-validation", ValidationPanel).show(state)
@@ -202,6 +206,21 @@ class DashboardScreen(Screen):
             lines[0] += "  —  press r to resume"
         alerts.update(Text("\n".join(lines)))
         alerts.set_classes(f"-{level}")
+
+    def _show_ending(self, view: RunView) -> None:
+        """A finished or stopped run: where its LoRA is, how to load it, what to try next."""
+        status = view.health.status
+        key = (status, view.state.last_lora, view.state.checkpoints_version)
+        if key == self._ending_key:
+            return
+        self._ending_key = key
+        ending = self.query_one("#dash-ending", Static)
+        ending.display = status in (FINISHED, STOPPED) and view.replayed is None
+        if ending.display:
+            lines = ending_lines(self.run, view.state, root=self.workspace.root, demo=is_demo(self.workspace))
+            if status == STOPPED:
+                lines[-1] = "Next: r resumes the run where it stopped"
+            ending.update(Text("\n".join(lines)))
 
     def _show_progress(self, state: RunState, status: str) -> None:
         done, per_epoch = state.epoch_step

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "stop": "engine.cli.control",
     "save-now": "engine.cli.control",
     "sample-now": "engine.cli.control",
+    "skip-sample": "engine.cli.control",
     "runs": "engine.cli.runs",
     "scan": "engine.cli.scan",
     "caption": "engine.cli.caption",

@@ -60,6 +60,7 @@ class LoradeckApp(App):
         for mode, (_module, _class, key, title) in SCREENS.items()
     ] + [
         Binding("question_mark", "keys", "Keys"),
+        Binding("p", "folders", "Image folders: repeats, a Kohya folder from a flat one", show=False),
         Binding("ctrl+p", "command_palette", "Palette", show=False),
         Binding("q", "quit", "Quit"),
     ]
@@ -95,9 +96,11 @@ class LoradeckApp(App):
 
             self.push_screen(WelcomeScreen(self.workspace), self._after_welcome)
 
-    def _after_welcome(self, created: bool | None) -> None:
+    def _after_welcome(self, created: "bool | Path | None") -> None:
         if created:
             self.notify(f"Workspace ready: {self.workspace.config_path}", title="loradeck")
+        if isinstance(created, Path):  # a flat folder of images: build its Kohya folder now
+            self.action_folders(created)
 
     def watch_theme(self, theme: str) -> None:
         if self.is_mounted and theme in self.available_themes:
@@ -117,6 +120,12 @@ class LoradeckApp(App):
             self.workspace.save_state("app", state)
         except OSError:
             pass  # a read-only workspace can still be viewed
+
+    def action_folders(self, source: Path | None = None) -> None:
+        from tui.screens.folders import FoldersScreen
+
+        if not isinstance(self.screen, FoldersScreen):
+            self.push_screen(FoldersScreen(self.workspace, source=source))
 
     def action_keys(self) -> None:
         from tui.screens.help import KeysScreen

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "scan": "engine.cli.scan",
     "caption": "engine.cli.caption",
     "tags": "engine.cli.tags",
+    "prepare": "engine.cli.prepare",
     "grid": "engine.cli.grid",
     "presets": "engine.cli.presets",
     "attach": "tui.cli_app",

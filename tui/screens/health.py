@@ -373,7 +373,8 @@ class HealthScreen(Screen):
         if item is None:
             self.notify("No finding selected")
         elif item.code == "bad_folder_name":
-            self.notify(f"{item.path}: folders are not moved; rename it to <repeats>_{item.path}")
+            self.notify(f"{item.path}: folders are not moved; rename it to <repeats>_{item.path}, or p (image "
+                        "folders) builds a Kohya folder from it")
         else:
             caption = " (and its caption)" if item.code != "orphan_caption" else ""
             self._confirm(f"Move {item.path}{caption} to _quarantine/?\n{item.code}: {item.message}\n"

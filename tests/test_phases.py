@@ -261,6 +261,8 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
             await pilot.press("y")
             await wait_until(pilot, lambda: screen.view.health.status == "stopped", 60, "the stop")
             assert state().step == 8 and state().phase == ""
+            # the libraries' import chatter stays out of the user's log
+            assert "torchvision" not in (run_dir / "engine.log").read_text()
     finally:
         from engine.run.folder import RunDir
 

@@ -51,6 +51,8 @@ async def test_guided_start_builds_the_kohya_folder_and_repeats_change_with_the_
     app = make_app(root)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
+        # the hub id suggested is one that exists (runwayml/... is gone from the hub)
+        assert app.screen.query_one("#welcome-model").value == "stable-diffusion-v1-5/stable-diffusion-v1-5"
         images = app.screen.query_one("#welcome-images")
         images.value = str(source)  # a flat folder of images, not Kohya folders
         app.screen.query_one("#welcome-model").value = "/models/v1-5.safetensors"

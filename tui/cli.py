@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from engine.errors import LoradeckError
+from engine.library_noise import silence_library_noise
 
 # command name -> module defining HELP, add_arguments(parser), run(args)
 COMMANDS: dict[str, str] = {
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli_app.open_workspace(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    silence_library_noise()  # a command's output is the user's: no import-time chatter of the libraries
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
+    from engine.library_noise import silence_library_noise
+
+    silence_library_noise()
     parser = argparse.ArgumentParser(prog="python -m engine.run.demo")
     parser.add_argument("dir", type=Path)
     parser.add_argument("--epochs", type=int, default=4)

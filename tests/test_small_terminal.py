@@ -63,8 +63,7 @@ async def test_every_screen_at_80x24_shows_keys_and_its_main_keys(small_workspac
         await pilot.pause(0.2)
         check_footer(app, MAIN_KEYS[screen_name])
         await pilot.press("question_mark")  # `?` works from every screen
-        await pilot.pause()
-        assert "Keys" in screen_text(app) and "Where" in screen_text(app)
+        await wait_until(pilot, lambda: "Keys" in screen_text(app) and "Action" in screen_text(app), 10, "the keys")
 
 
 async def test_dashboard_at_80x24_shows_keys_and_its_main_keys(workspace):

@@ -35,6 +35,9 @@ def flat_images(folder: Path) -> int:
         return 0
 
 
+REPEAT_KEYS = Binding.Group("Repeats", compact=True)
+
+
 class FoldersScreen(Screen):
     DEFAULT_CSS = """
     FoldersScreen { layout: vertical; }
@@ -45,9 +48,9 @@ class FoldersScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "close", "Back"),
-        Binding("plus,equals_sign", "repeats(1)", "More repeats"),
-        Binding("minus", "repeats(-1)", "Fewer repeats"),
-        Binding("r", "type_repeats", "Repeats…"),
+        Binding("plus,equals_sign", "repeats(1)", "More repeats", group=REPEAT_KEYS),
+        Binding("minus", "repeats(-1)", "Fewer repeats", group=REPEAT_KEYS),
+        Binding("r", "type_repeats", "Type repeats"),
         Binding("n", "prepare", "New from a flat folder"),
     ]
 

@@ -198,7 +198,7 @@ class RunsScreen(Screen):
         if run is None:
             return
         lora = lora_file(RunDir(run.path), run)
-        lines = []
+        lines = [f"grid: {self._grid_line or 'starting…'}"] if self._grid_run == run.name else []
         if lora is None:
             lines.append(f"{run.name}: no LoRA file yet")
         else:
@@ -206,8 +206,6 @@ class RunsScreen(Screen):
             lines += [f"LoRA {shown}", how_to_load(lora, shown)]
         if run.message and run.status in (FAILED, CRASHED, STOPPED):
             lines.append(f"{run.status}: {run.message}")
-        if self._grid_run == run.name:
-            lines.append(f"grid: {self._grid_line or 'starting…'}")
         detail.update("\n".join(lines))
 
     # ------------------------------------------------------------------ actions

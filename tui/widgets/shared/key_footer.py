@@ -71,7 +71,13 @@ class KeyFooter(Footer):
 
     async def recompose(self) -> None:
         await super().recompose()
+        # hidden until measured (no frame with a key cut in half), then fitted; once more a
+        # moment later, when every key's compact style has surely been applied
+        for item in self._items():
+            for widget in item:
+                widget.display = False
         self.call_after_refresh(self.fit)
+        self.set_timer(0.2, self.fit)
 
 
 def _width(widget: Widget) -> int:

@@ -242,6 +242,29 @@ def build_corpus(workspace: Path) -> dict[str, set[str]]:
     return expected
 
 
+def write_fuzzed_files(folder: Path) -> int:
+    """12 randomly damaged copies (bytes changed, a third also cut) of a small JPEG, PNG,
+    WebP and BMP each; returns how many files it wrote."""
+    rng = np.random.default_rng(5)
+    sources = {".jpg": jpeg_bytes(picture(1, (96, 80))), ".png": png_bytes(picture(2, (96, 80)))}
+    for extension, image_format, options in ((".webp", "WEBP", {"quality": 80}), (".bmp", "BMP", {})):
+        buffer = io.BytesIO()
+        picture(3 if image_format == "WEBP" else 4, (96, 80)).save(buffer, image_format, **options)
+        sources[extension] = buffer.getvalue()
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for extension, data in sources.items():
+        for trial in range(12):
+            damaged = bytearray(data)
+            if trial % 3 == 0:
+                damaged = damaged[: rng.integers(1, len(damaged))]
+            for _ in range(int(rng.integers(1, 8))):
+                damaged[int(rng.integers(0, len(damaged)))] = int(rng.integers(0, 256))
+            (folder / f"f{count:03d}{extension}").write_bytes(bytes(damaged))
+            count += 1
+    return count
+
+
 SILENT_JPEG_DAMAGE = ("corrupt_garbage_in_scan.jpg", "corrupt_end_marker_in_middle.jpg")
 
 

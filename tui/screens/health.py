@@ -23,7 +23,7 @@ from textual.widgets import DataTable, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
-from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport
+from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport, display
 from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
@@ -248,14 +248,14 @@ class HealthScreen(Screen):
         table.clear(columns=True)
         code_width, path_width, message_width = finding_column_widths(
             table.size.width or 80, max((len(item.code) for item in self.shown), default=4),
-            max((len(item.path) for item in self.shown), default=4))
+            max((len(display(item.path)) for item in self.shown), default=4))
         table.add_column("Code", width=code_width)
         table.add_column("Path", width=path_width)
         table.add_column("Message", width=message_width)
         self._table_width = table.size.width
         for index, item in enumerate(self.shown):
-            table.add_row(self._severity_text(item.code, item.severity), shorten_path(item.path, path_width),
-                          item.message, key=str(index))
+            table.add_row(self._severity_text(item.code, item.severity), shorten_path(display(item.path), path_width),
+                          display(item.message), key=str(index))
         if self.shown and row > 0:
             table.move_cursor(row=min(row, len(self.shown) - 1))
 
@@ -315,8 +315,8 @@ class HealthScreen(Screen):
             return
         path = self.report.root / item.path
         is_image = path.is_file() and item.code != "orphan_caption"
-        message.update(Text.assemble((f"{item.code}  ", "bold"), item.path, ("  (x quarantines, u undoes)", "dim")
-                                     if item.code != "bad_folder_name" else "", "\n", item.message))
+        message.update(Text.assemble((f"{item.code}  ", "bold"), display(item.path), ("  (x quarantines, u undoes)", "dim")
+                                     if item.code != "bad_folder_name" else "", "\n", display(item.message)))
         self._show_exif_pair(item.code == "exif_rotated")
         preview.marked_row = item.damaged_row
         preview.path = path if is_image else None

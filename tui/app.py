@@ -61,9 +61,11 @@ class LoradeckApp(OrderedKeys, App):
         for mode, (_module, _class, key, title) in SCREENS.items()
     ] + [
         Binding("question_mark", "keys", "Keys"),
+        Binding("p", "folders", "Image folders: repeats, a Kohya folder from a flat one", show=False),
         Binding("ctrl+p", "command_palette", "Palette", show=False),
         Binding("q", "quit", "Quit"),
     ]
+    farewell: list[str] = []  # printed by the CLI once the terminal is back (live runs going on)
 
     def __init__(self, workspace: Workspace, *, start_screen: str | None = None,
                  image_protocol: str | None = None, attach_run: Path | None = None,
@@ -120,9 +122,11 @@ class LoradeckApp(OrderedKeys, App):
                 self.stylesheet.read(folder / path)
         self.set_timer(PRELOAD_GAP_S, self._preload_next_screen)
 
-    def _after_welcome(self, created: bool | None) -> None:
+    def _after_welcome(self, created: "bool | Path | None") -> None:
         if created:
             self.notify(f"Workspace ready: {self.workspace.config_path}", title="loradeck")
+        if isinstance(created, Path):  # a flat folder of images: build its Kohya folder now
+            self.action_folders(created)
 
     def watch_theme(self, theme: str) -> None:
         if self.is_mounted and theme in self.available_themes:
@@ -153,11 +157,41 @@ class LoradeckApp(OrderedKeys, App):
             return False
         return super().check_action(action, parameters)
 
+    def action_folders(self, source: Path | None = None) -> None:
+        from tui.screens.folders import FoldersScreen
+
+        if not isinstance(self.screen, FoldersScreen):
+            self.push_screen(FoldersScreen(self.workspace, source=source))
+
     def action_keys(self) -> None:
         from tui.screens.help import KeysScreen
 
         if not isinstance(self.screen, KeysScreen):
             self.push_screen(KeysScreen(self.screen))
+
+    # ---- quitting: a live run goes on, and the user is told how to come back to it
+
+    async def action_quit(self) -> None:
+        from engine.run.next_steps import shown_path
+
+        live = live_runs(self.workspace.runs_dir)
+        if not live:
+            self.exit()
+            return
+        self.farewell = [f"{run.name} goes on training (its engine is its own process). "
+                         f"Re-attach: loradeck attach {shown_path(run.path, Path.cwd())}" for run in live]
+        self.farewell.append(f"or open the workspace again: loradeck {shown_path(self.workspace.root, Path.cwd())}, "
+                             "then 4 (Runs)")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+            else:
+                self.farewell = []
+
+        from tui.screens.confirm import ConfirmScreen
+
+        self.push_screen(ConfirmScreen("Quit loradeck?\n\n" + "\n".join(self.farewell)), answered)
 
     # ---- command palette: every screen, every theme, every key of the current screen
 
@@ -179,6 +213,17 @@ class LoradeckApp(OrderedKeys, App):
                 f"key: {self.get_key_display(binding)}",
                 partial(self.run_action, action, active.node),
             )
+
+
+def live_runs(runs_dir: Path) -> list:
+    """The runs (RunDir) of the workspace whose engine is alive (a listdir and a pid check each)."""
+    from engine.run.folder import RunDir
+
+    try:
+        folders = sorted(runs_dir.iterdir())
+    except OSError:
+        return []
+    return [run for run in map(RunDir, folders) if run.pid_file.exists() and run.engine_alive()]
 
 
 def make_app(workspace: str | Path, *, start_screen: str | None = None,

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from engine.errors import LoradeckError
+from engine.library_noise import silence_library_noise
 
 # command name -> (module defining add_arguments(parser) and run(args), its one-line help).
 # The help lives here so that `loradeck --help` lists every command without importing any:
@@ -26,12 +27,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("engine.cli.control", "Stop a run gracefully: finish the step, save the LoRA and state, exit."),
     "save-now": ("engine.cli.control", "Ask a running engine to save the LoRA and its state now."),
     "sample-now": ("engine.cli.control", "Ask a running engine to render its sample prompts now."),
+    "skip-sample": ("engine.cli.control", "Skip the samples a running engine is rendering; training goes on."),
     "runs": ("engine.cli.runs", "List the runs of a workspace: status, progress, loss, speed, start time, duration."),
     "scan": ("engine.cli.scan",
              "Check a dataset for corrupt, sideways, tiny, duplicate and uncaptioned images; fix what is safe."),
     "caption": ("engine.cli.caption",
                 "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a WD14 tagger."),
     "tags": ("engine.cli.tags", "Tag statistics and bulk tag edits (add, remove, replace, move first) over caption files."),
+    "prepare": ("engine.cli.prepare",
+                "Build the Kohya folder (<repeats>_<subject> <class>) from a flat folder of images and captions."),
     "grid": ("engine.cli.grid",
              "Render every sample prompt against every saved LoRA of a run into one labelled grid image."),
     "presets": ("engine.cli.presets", "List the shipped config presets, or write one out as a config file."),
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli_app.open_workspace(argv)
     parser = build_parser(full=(argv[0],))
     args = parser.parse_args(argv)
+    silence_library_noise()  # a command's output is the user's: no import-time chatter of the libraries
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

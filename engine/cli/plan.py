@@ -50,14 +50,30 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def estimate_line(plan: Plan, runs_dir: Path) -> str:
+    """How long the run would take, from a run this machine made (engine.plan.duration)."""
+    from engine.plan.duration import estimate_duration, recent_speed
+    from engine.run.format import format_duration
+
+    speed = recent_speed(runs_dir, plan.family_label)
+    estimate = estimate_duration(plan, speed) if speed is not None else None
+    if estimate is None:
+        return "Estimated         after a first run on this machine"
+    return f"Estimated         {format_duration(estimate.seconds)} of training {estimate.note}"
+
+
 def run(args) -> int:
+    from engine.config.schema import resolve_path
+
     notes: list[str] = []
     config = load_config(args.config, notes)
     for note in notes:  # an older config, migrated (engine.config.schema.migrate)
         print(f"note: {args.config}: {note}", file=sys.stderr)
-    plan = make_plan(config, args.config.resolve().parent)
+    base_dir = args.config.resolve().parent
+    plan = make_plan(config, base_dir)
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))
     else:
         print(format_plan(plan))
+        print(estimate_line(plan, resolve_path(base_dir, config.saving.output_dir) or base_dir))
     return 0

@@ -9,7 +9,7 @@ On disk (TOML), one table per group:
 
     version = 2
     [model]
-    pretrained_model = "runwayml/stable-diffusion-v1-5"
+    pretrained_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     [network]
     rank = 32
     alpha = 16.0
@@ -83,7 +83,7 @@ class ModelSettings:
         "Base model: a diffusers folder, a single-file .safetensors checkpoint, or a hub id.",
         label="Base model",
         advice="A local folder or .safetensors file loads with no network at all. A hub id "
-        "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
+        "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) needs the server to be online the first time.",
         path=True,
     )
     family: str = setting(

@@ -159,6 +159,11 @@ class Caption:
     def has(self, name: str) -> bool:
         return self.index(name) >= 0
 
+    def kept(self, keep_tokens: int = 0) -> int:
+        """How many leading tags caption shuffling never moves: the `|||` part when the
+        caption has one, else Kohya's `keep_tokens` first tags."""
+        return min(len(self.tags), self.keep_count if self.keep_count is not None else keep_tokens)
+
     def render(self) -> str:
         if self.original is not None:
             return self.original
@@ -243,7 +248,7 @@ class Caption:
         position = self.index(name)
         if position < 0:
             return self
-        fixed = self.keep_count if self.keep_count is not None else keep_tokens
+        fixed = self.kept(keep_tokens)
         target = 0 if position < fixed else min(fixed, len(self.tags) - 1)
         tags = list(self.tags)
         tags.insert(target, tags.pop(position))

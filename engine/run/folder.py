@@ -6,7 +6,7 @@
       engine.log     the engine's stdout/stderr
       engine.pid     {"pid", "start_ticks", "started", "host"} while the engine lives
                      (start_ticks: the process's start time as psutil reports it)
-      control/       request files: stop, save, sample (the engine removes them when done)
+      control/       request files: stop, save, sample, skip (the engine removes them when done)
       samples/ checkpoints/ state/ tb/
 
 Light module: the TUI reads runs through it.
@@ -36,7 +36,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_DIR = "state"
 TENSORBOARD_DIR = "tb"
 
-CONTROL_REQUESTS = ("stop", "save", "sample")
+CONTROL_REQUESTS = ("stop", "save", "sample", "skip")  # skip: the sampling in progress
 
 class RunDir:
     """Paths of one run folder."""
@@ -221,6 +221,7 @@ class RunSummary(RunProgress):
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
+            "lora": str(self.path / self.last_lora) if self.last_lora else None,
             "validation": self.latest_validation,
             "best_validation": self.best_validation_so_far,
         })

@@ -41,7 +41,7 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         run = RunDir(Path(resume).expanduser().resolve())
         if not run.config.is_file():
             raise LoradeckError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
-        if run.engine_alive():
+        if run.engine_alive() and not _ended_engine_exits(run):
             raise LoradeckError(f"{run.path}: its engine is still running (pid {run.read_pid()['pid']})")
         if config_path is not None:
             # new settings for the rest of the run (say, more epochs), frozen in place of the old
@@ -71,6 +71,26 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
         ) from None
     save_config(with_drawn_seed(with_absolute_paths(config, path.parent)), run.config)
     return run
+
+
+ENGINE_EXIT_SECONDS = 60.0
+
+
+def _ended_engine_exits(run: RunDir) -> bool:
+    """A run that has written its run end but whose engine is still closing (releasing the
+    GPU, tearing down torch): wait for it, so `resume` right after a stop just works.
+    True when the engine has gone; False at once for a run that has not ended."""
+    from engine.run.events import RUN_END_STATUSES
+    from engine.run.folder import summarize_run
+
+    if summarize_run(run.path).status not in RUN_END_STATUSES:
+        return False
+    deadline = time.monotonic() + ENGINE_EXIT_SECONDS
+    while run.engine_alive():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _looks_local(value: str) -> bool:

@@ -31,7 +31,7 @@ from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static, TextArea
+from textual.widgets import Input, Static, TextArea
 
 from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
 from engine.errors import LoradeckError
@@ -41,6 +41,7 @@ from engine.config.prompts import parse_prompts
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
 from tui.widgets.config.form import ConfigForm, SettingLine
 from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.widgets.shared.key_footer import KeyFooter
 
 DRAFT_STATE = "config_draft"
 DRAFT_DELAY_S = 0.5
@@ -133,7 +134,7 @@ class ConfigScreen(Screen):
         Binding("right", "choice(1)", "Next choice", show=False, priority=True),
         Binding("left", "choice(-1)", "Previous choice", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+o", "open", "Preset/import", priority=True),
+        Binding("ctrl+o", "open", "Import", priority=True),
         Binding("ctrl+n", "next_name", "Next name", priority=True),
         Binding("ctrl+t", "start", "Train", priority=True),
     ]
@@ -209,7 +210,7 @@ class ConfigScreen(Screen):
                 yield Static("", id="setting-help")
                 yield PlanPanel(self.base_dir, id="plan-panel")
         yield Static("", id="config-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     @property
     def form(self) -> ConfigForm:

@@ -135,7 +135,7 @@ class ConfigScreen(Screen):
         Binding("left", "choice(-1)", "Previous choice", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+o", "open", "Import", priority=True),
-        Binding("ctrl+n", "next_name", "Next name", priority=True),
+        Binding("ctrl+n", "next_name", "Next name", show=False, priority=True),  # in `?` and the palette: 80 columns keep the main keys
         Binding("ctrl+t", "start", "Train", priority=True),
     ]
 

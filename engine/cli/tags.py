@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.errors import LoradeckError, UsageError
 
 HELP = "Tag statistics and bulk tag edits (add, remove, replace, move first) over caption files."
 
@@ -73,9 +73,9 @@ def run(args) -> int:
         label, operation = operation_for("move-first", args.move_first, keep_tokens)
     else:
         label, operation = operation_for("dedupe", "", keep_tokens)
-    plan = session.plan_operation(indices, label, operation)
     scope = f"{len(indices)} of {len(session)} captions" if args.filter else f"{len(session)} captions"
     if args.dry_run:
+        plan = session.plan_operation(indices, label, operation)
         for change in plan.changes[:20]:
             entry = session.entries[change.index]
             print(f"{entry.relative}: {(change.before or '').strip()!r} -> {(change.after or '').strip()!r}")
@@ -83,8 +83,13 @@ def run(args) -> int:
             print(f"... and {len(plan.changes) - 20} more")
         print(f"{label}: would change {len(plan.changes)} of {scope}")
         return 0
-    written = session.commit(plan)
+    written, still_changing = session.apply(indices, label, operation)
     print(f"{label}: changed {len(written)} of {scope}")
+    if still_changing:
+        names = ", ".join(session.entries[index].relative for index in still_changing[:3])
+        more = f" and {len(still_changing) - 3} more" if len(still_changing) > 3 else ""
+        raise LoradeckError(f"{len(still_changing)} caption(s) kept changing on disk while being edited and were "
+                            f"left as they are: {names}{more}; run the command again")
     return 0
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from engine.errors import LoradeckError
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell tool killed by a closed pipe returns
 
 # command name -> module defining HELP, add_arguments(parser), run(args)
 COMMANDS: dict[str, str] = {
@@ -53,6 +56,21 @@ def _takes_command_name(function) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run_command(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (also after --help), not at the interpreter's exit
+    except BrokenPipeError:
+        # `loradeck plan --json | head -5`: the reader has all it wanted. Quietly, like `cat`:
+        # stdout goes to /dev/null so the exit's flush cannot complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+
+
+def _run_command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         # `loradeck`, `loradeck WORKSPACE`, `loradeck --theme x WORKSPACE`

@@ -50,7 +50,7 @@ def _fake_lora(path: Path) -> None:
 def scratch(tmp_path: Path) -> Path:
     t = tmp_path
     (t / "empty").mkdir()
-    (t / "model").mkdir()
+    (t / "model" / "unet").mkdir(parents=True)  # enough of a diffusers folder for the checks before a run
     (t / "file.txt").write_text("hello\n")
     (t / "garbage.toml").write_text("garbage = [\n")
     (t / "binary.toml").write_bytes(b"\xff\xfe\x00bad")

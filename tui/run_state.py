@@ -47,7 +47,7 @@ STALL_BEFORE_STEPS_SECONDS = 30 * 60.0
 # Free space below this (or below twice the biggest file the run writes) is flagged.
 LOW_DISK_BYTES = 512 * 1024 * 1024
 
-NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc")
+NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc", "disk full")
 
 
 @dataclass(frozen=True)

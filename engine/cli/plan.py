@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from engine.config.schema import load_config
+from engine.plan.preflight import check_before_run, plan_warnings
 from engine.plan.training_plan import Plan, make_plan
 from engine.run.format import format_bytes
+
+MAX_LISTED = 50  # checkpoints named on the plan's line; the count is always whole
 
 HELP = "Show images, repeats, buckets, steps per epoch and total steps of a config."
 
@@ -40,8 +44,12 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
     lines.append(f"Epochs            {plan.epochs}")
     lines.append(f"Total steps       {plan.total_steps}")
-    saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
-    lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
+    shown = plan.checkpoints if len(plan.checkpoints) <= MAX_LISTED else plan.checkpoints[:MAX_LISTED - 1] + plan.checkpoints[-1:]
+    saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
+    if len(shown) < plan.checkpoint_count:
+        head, last = saves.rsplit(", ", 1)
+        saves = f"{head}, … {last}"
+    lines.append(f"Checkpoints       {plan.checkpoint_count}: {saves}")
     lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
     lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
     for problem in plan.problems:
@@ -51,7 +59,11 @@ def format_plan(plan: Plan) -> str:
 
 def run(args) -> int:
     config = load_config(args.config)
-    plan = make_plan(config, args.config.resolve().parent)
+    base_dir = args.config.resolve().parent
+    # what `loradeck train` would refuse, refused here with the same line
+    dataset = check_before_run(config, base_dir)
+    plan = make_plan(config, base_dir, dataset)
+    plan = replace(plan, problems=plan.problems + plan_warnings(config, base_dir))
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))
     else:

@@ -18,12 +18,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from engine.run.folder import RunDir
     from engine.run.launch import start_training
 
     if args.config is None and args.resume is None:
         raise UsageError("give a CONFIG to start a run, or --resume RUN_DIR")
+    # read before the engine starts: a detached one may save before we look again
+    starting_over = args.resume is not None and RunDir(args.resume.expanduser().resolve()).saved_state_step() is None
     run_dir = start_training(args.config, detach=args.detach, resume=args.resume)
     if args.detach:
+        if starting_over:  # in the foreground the engine's log says so
+            print(f"note: {RunDir(run_dir).start_over_note()}")
         print(f"training in the background; follow it with `loradeck attach {run_dir}` or stop it with "
               f"`loradeck stop {run_dir}`")
     print(run_dir)

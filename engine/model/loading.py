@@ -11,20 +11,17 @@ user can get wrong (a missing path, a `.ckpt` not allowed, an unreadable file) b
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.config.schema import TrainConfig, resolve_path
+from engine.config.schema import SINGLE_FILE_SUFFIXES, TrainConfig, looks_like_hub_id, resolve_path
 from engine.errors import LoradeckError, first_line
 from engine.model.families import check_family, family_named, file_family, folder_family
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 log = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -56,10 +53,6 @@ class BaseModel:
         """The modules by their diffusers pipeline names (what a pipeline is built from)."""
         names = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-
-def looks_like_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value)) and not value.endswith(SINGLE_FILE_SUFFIXES)
 
 
 def model_display_name(value: str) -> str:

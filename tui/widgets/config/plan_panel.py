@@ -227,10 +227,10 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     saves = plan.checkpoints
     shown = saves if len(saves) <= MAX_CHECKPOINT_LINES else saves[:MAX_CHECKPOINT_LINES - 1] + [saves[-1]]
     listed = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
-    if len(shown) < len(saves):
+    if len(shown) < plan.checkpoint_count:
         head, last = listed.rsplit(", ", 1)
         listed = f"{head}, … {last}"
-    lines.append(f"Checkpoints [b]{len(saves)}[/b]: {listed}")
+    lines.append(f"Checkpoints [b]{plan.checkpoint_count}[/b]: {listed}")
     lines.append(f"LoRA file [b]{format_bytes(plan.lora_file_bytes)}[/b] ({plan.lora_parameters:,} parameters)")
     vram = plan.vram_estimate
     lines.append(f"VRAM [b]≈{vram.total_gb:.1f} GiB[/b] [$text-muted]at the peak; a {math.ceil(vram.card_gb)} GB card or more[/]")

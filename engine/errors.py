@@ -50,3 +50,10 @@ def no_space_reason(error: BaseException) -> str | None:
         match = _OS_ERROR_IN_TEXT.search(str(error))
         code = int(match.group(1)) if match else None
     return _NO_SPACE.get(code)
+
+
+def one_line(message: str) -> str:
+    """`message` with every character that would break or hide its line (newlines, tabs,
+    the other separators str.splitlines knows, control characters) written as an escape,
+    so a file's bad key or value shows as `\\x1e` instead of splitting the error in two."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in message)

@@ -6,46 +6,22 @@ of configs only (the plan reads configs, never weights), so nothing here loads a
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from engine.config.schema import load_config
 from engine.run.launch import prepare_run
-from tests.datasets import write_caption, write_image
+from tests.datasets import PLANNABLE_CONFIG, plannable_workspace
 from tests.time_limit import time_limit
 from tui.cli import main
 
-ASSETS = Path(__file__).resolve().parents[1] / "engine" / "model" / "assets" / "sd15"
-BASE_CONFIG = """\
-[model]
-pretrained_model = "model"
-[dataset]
-image_dir = "img"
-resolution = "64"
-min_bucket_resolution = 64
-max_bucket_resolution = 128
-bucket_step = 64
-[network]
-rank = 4
-alpha = 4.0
-[training]
-epochs = 2
-seed = 7
-[sampling]
-prompts = "a cat"
-"""
+BASE_CONFIG = PLANNABLE_CONFIG
 
 
 def workspace_at(root: Path) -> Path:
-    """A workspace: `model/` (configs of the SD1.5 layout), two captioned images, the config."""
-    shutil.copytree(ASSETS, root / "model")
-    for index in range(2):
-        write_caption(write_image(root / "img" / "2_cat" / f"{index}.png", (64, 64)), "cat")
+    plannable_workspace(root)
     (root / "lora.safetensors.txt").write_text("not a LoRA")
-    (root / "a-file").write_text("in the way")
-    (root / "loradeck.toml").write_text(BASE_CONFIG)
     return root
 
 

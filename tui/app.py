@@ -6,6 +6,8 @@ workspace: `SomeScreen(workspace)`. The app never imports torch or the HF stack.
 from __future__ import annotations
 
 import importlib
+import time
+from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -15,7 +17,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.config.workspace import Workspace
+from engine.errors import LoradeckError, first_line
+from tui.run_state import Notice
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
+from tui.workers import WorkFailed
 
 # textual-image asks the terminal about graphics support when imported; that only works
 # before Textual takes over stdin (else the answer arrives as keystrokes), so the shared
@@ -36,6 +41,7 @@ SCREEN_HELP = {
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
+MAX_APP_NOTICES = 100
 
 
 def _screen_factory(app: "LoradeckApp", mode: str):
@@ -75,6 +81,7 @@ class LoradeckApp(App):
         self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
         self.theme_problems = []
         self._requested_theme = theme
+        self.notices: deque[Notice] = deque(maxlen=MAX_APP_NOTICES)  # errors of background work, newest last
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
 
@@ -101,6 +108,21 @@ class LoradeckApp(App):
     def watch_theme(self, theme: str) -> None:
         if self.is_mounted and theme in self.available_themes:
             save_setting("theme", theme)
+
+    # ---- failed background work: the one handler (tui/workers.py)
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        error = message.error
+        line = str(error) if isinstance(error, LoradeckError) else f"{type(error).__name__}: {first_line(error)}"
+        self.notices.append(Notice(time.time(), "error", line, message.trace))
+        self.notify(line, title="Background work failed", severity="error", timeout=10)
+
+    def action_notices(self) -> None:
+        from tui.screens.help import ExplanationScreen
+
+        lines = [f"{time.strftime('%H:%M:%S', time.localtime(notice.time))}  {notice.text}" for notice in self.notices]
+        self.push_screen(ExplanationScreen("Notices: errors of background work, newest last",
+                                           "\n".join(lines) or "none so far"))
 
     # ---- navigation
 
@@ -131,6 +153,8 @@ class LoradeckApp(App):
             yield SystemCommand(f"Go to {title}", f"{SCREEN_HELP[mode]}  [{key}]", partial(self.action_show, mode))
         for name in sorted(self.available_themes):
             yield SystemCommand(f"Theme: {name}", "Switch theme (remembered)", partial(setattr, self, "theme", name))
+        yield SystemCommand("Notices", "Errors of background work this session (each was shown once)",
+                            self.action_notices)
         seen = {"show", "keys", "quit", "command_palette"}
         for key, active in screen.active_bindings.items():
             binding = active.binding

@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, one_line
 
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell tool killed by a closed pipe returns
 
@@ -85,7 +85,7 @@ def _run_command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     except LoradeckError as error:
-        print(f"loradeck {args.command}: {error}", file=sys.stderr)
+        print(f"loradeck {args.command}: {one_line(str(error))}", file=sys.stderr)
         return error.exit_status
 
 

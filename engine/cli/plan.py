@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from engine.config.schema import load_config
-from engine.plan.preflight import check_before_run, plan_warnings
-from engine.plan.training_plan import Plan, make_plan
+from engine.plan.preflight import check_before_run, plan_with_warnings
+from engine.plan.training_plan import Plan
 from engine.run.format import format_bytes
 
 MAX_LISTED = 50  # checkpoints named on the plan's line; the count is always whole
@@ -61,9 +60,7 @@ def run(args) -> int:
     config = load_config(args.config)
     base_dir = args.config.resolve().parent
     # what `loradeck train` would refuse, refused here with the same line
-    dataset = check_before_run(config, base_dir)
-    plan = make_plan(config, base_dir, dataset)
-    plan = replace(plan, problems=plan.problems + plan_warnings(config, base_dir))
+    plan = plan_with_warnings(config, base_dir, check_before_run(config, base_dir))
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))
     else:

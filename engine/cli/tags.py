@@ -47,6 +47,9 @@ def run(args) -> int:
     for flag, value in (("--keep-tokens", args.keep_tokens), ("--top", args.top)):
         if value is not None and value < 0:
             raise UsageError(f"{flag} {value}: must be 0 or more")
+    for name in ("add", "remove", "replace", "move_first", "filter"):
+        if isinstance(getattr(args, name), list):  # argparse reads `--add=--` as an empty list
+            raise UsageError(f"--{name.replace('_', '-')}: give a value, e.g. --{name.replace('_', '-')}=TAG")
     root, extension, keep_tokens = _dataset(args)
     session = CaptionSession(root, extension)
     session.load_all()

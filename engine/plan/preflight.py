@@ -4,6 +4,7 @@
     check_paths(config, base_dir)       the files and folders the config names
     check_dataset(config, dataset)      images to train on; held-out images for validation
     plan_warnings(config, base_dir)     what does not stop a run but is likely a mistake
+    plan_with_warnings(config, base_dir, dataset)   the plan a user reads, those warnings in it
 
 `loradeck plan` runs all three (an error is its one line and exit 1, a warning a line
 of the plan); `loradeck train` runs the checks before the run folder takes its name, and
@@ -13,6 +14,7 @@ rules between them are engine.config.schema's. Light module.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from engine.config.schema import SINGLE_FILE_SUFFIXES, TrainConfig, looks_like_hub_id, resolve_path
@@ -45,9 +47,29 @@ def check_paths(config: TrainConfig, base_dir: str | Path, *, new_run: bool = Tr
         # A typo here would otherwise surface only as a warning once the first samples are due.
         from engine.config.prompts import load_prompts
 
+        _kind("sampling.prompts_file", resolve_path(base_dir, config.sampling.prompts_file))  # never read a pipe
         load_prompts(config, base_dir)
     if new_run:
         _check_output_folder(config, base_dir)
+
+
+MISSING, FOLDER, FILE = "missing", "folder", "file"
+
+
+def _kind(key: str, path: Path) -> str:
+    """MISSING, FOLDER or FILE (a regular one, links followed); anything else (a FIFO, a
+    device: reading one can block forever) and any other error is one line."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return MISSING
+    except OSError as error:  # a name too long, a loop of links, no permission on the way
+        raise LoradeckError(f"{key}: {path} cannot be used ({error.strerror or error})") from None
+    if stat.S_ISDIR(mode):
+        return FOLDER
+    if stat.S_ISREG(mode):
+        return FILE
+    raise LoradeckError(f"{key}: {path} is not a regular file or folder (a pipe or a device)")
 
 
 def _check_base_model(config: TrainConfig, base_dir: Path) -> None:
@@ -57,13 +79,14 @@ def _check_base_model(config: TrainConfig, base_dir: Path) -> None:
     path = resolve_path(base_dir, value)
     if path is None:
         return  # the schema says it is required
-    if not path.exists():
+    kind = _kind(key, path)
+    if kind == MISSING:
         if looks_like_hub_id(value):
             return  # a hub id: plan_warnings says so, the engine downloads it
         raise LoradeckError(f"{key}: {path} does not exist")
-    _check_readable(key, path)
-    if path.is_dir():
-        if not (path / "unet").is_dir():
+    _check_readable(key, path, kind)
+    if kind == FOLDER:
+        if _kind(key, path / "unet") != FOLDER:
             raise LoradeckError(f"{key}: {path} is a folder but not a diffusers model (no unet/ inside)")
         found = folder_family(path)
     else:
@@ -81,12 +104,13 @@ def _check_vae(config: TrainConfig, base_dir: Path) -> None:
     path = resolve_path(base_dir, config.model.vae.strip())
     if path is None:
         return
-    if not path.exists():
+    kind = _kind(key, path)
+    if kind == MISSING:
         raise LoradeckError(f"{key}: {path} does not exist")
-    _check_readable(key, path)
-    if path.is_dir():
-        folder = path / "vae" if (path / "vae").is_dir() else path
-        if not (folder / "config.json").is_file():
+    _check_readable(key, path, kind)
+    if kind == FOLDER:
+        folder = path / "vae" if _kind(key, path / "vae") == FOLDER else path
+        if _kind(key, folder / "config.json") != FILE:
             raise LoradeckError(f"{key}: {path} is a folder but not a diffusers VAE (no config.json, nor vae/config.json)")
     else:
         _check_model_file(key, path, config.model.allow_ckpt)
@@ -102,28 +126,29 @@ def _check_model_file(key: str, path: Path, allow_ckpt: bool) -> None:
 
 
 def _check_file(key: str, path: Path, what: str, suffixes: tuple[str, ...]) -> None:
-    if not path.exists():
+    kind = _kind(key, path)
+    if kind == MISSING:
         raise LoradeckError(f"{key}: {what} {path} does not exist")
-    if path.is_dir():
+    if kind == FOLDER:
         raise LoradeckError(f"{key}: {path} is a folder; a {what} ({'/'.join(suffixes)}) belongs here")
     if path.suffix.lower() not in suffixes:
         raise LoradeckError(f"{key}: {path} is not a {what} ({'/'.join(suffixes)})")
-    _check_readable(key, path)
+    _check_readable(key, path, kind)
 
 
 def _check_folder(key: str, path: Path | None, what: str) -> None:
     if path is None:
         return
-    if not path.exists():
+    kind = _kind(key, path)
+    if kind == MISSING:
         raise LoradeckError(f"{key}: {what} {path} does not exist")
-    if not path.is_dir():
+    if kind != FOLDER:
         raise LoradeckError(f"{key}: {path} is a file; the {what} belongs here")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise LoradeckError(f"{key}: {what} {path} cannot be read (permission denied)")
+    _check_readable(key, path, kind)
 
 
-def _check_readable(key: str, path: Path) -> None:
-    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+def _check_readable(key: str, path: Path, kind: str) -> None:
+    if not os.access(path, os.R_OK | (os.X_OK if kind == FOLDER else 0)):
         raise LoradeckError(f"{key}: {path} cannot be read (permission denied)")
 
 
@@ -133,10 +158,11 @@ def _check_output_folder(config: TrainConfig, base_dir: Path) -> None:
     from engine.run.launch import run_folder_for
 
     run_folder = run_folder_for(config, base_dir)
-    if run_folder.exists() and not run_folder.is_dir():
+    if _kind("saving.output_name", run_folder) == FILE:
         raise LoradeckError(f"saving.output_name: {run_folder} is a file; the run folder belongs here")
-    existing = next(folder for folder in (run_folder.parent, *run_folder.parent.parents) if folder.exists())
-    if not existing.is_dir():
+    existing = next(folder for folder in (run_folder.parent, *run_folder.parent.parents)
+                    if _kind("saving.output_dir", folder) != MISSING)
+    if _kind("saving.output_dir", existing) != FOLDER:
         raise LoradeckError(f"saving.output_dir: cannot create the run folder {run_folder} ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise LoradeckError(f"saving.output_dir: cannot create the run folder {run_folder} "
@@ -175,6 +201,17 @@ def check_dataset(config: TrainConfig, dataset: Dataset, undecodable: list[tuple
 
 
 # --------------------------------------------------------------------------- warnings
+
+
+def plan_with_warnings(config: TrainConfig, base_dir: str | Path, dataset: Dataset):
+    """The plan a user reads (`loradeck plan`, the config screen's panel): the run's numbers
+    with `plan_warnings` after its own problems. The trainer's plan has no such lines."""
+    from dataclasses import replace
+
+    from engine.plan.training_plan import make_plan
+
+    plan = make_plan(config, base_dir, dataset)
+    return replace(plan, problems=plan.problems + plan_warnings(config, base_dir))
 
 
 def plan_warnings(config: TrainConfig, base_dir: str | Path) -> list[str]:

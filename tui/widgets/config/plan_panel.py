@@ -1,6 +1,6 @@
 """PlanPanel: what the run in the form will do, recomputed as the form changes.
 
-The numbers are `engine.plan.training_plan.make_plan` on the form's config, exactly what
+The numbers are `engine.plan.preflight.plan_with_warnings` on the form's config, exactly what
 `loradeck plan` prints: images per folder × repeats, buckets, steps per epoch, total
 steps, the checkpoints, the LoRA file size, and a duration estimated from the speed of
 the most recent run on this machine.
@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
@@ -33,7 +33,8 @@ from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, scan_dataset
 from engine.errors import LoradeckError
 from engine.run.events import STEP, as_float, read_events
-from engine.plan.training_plan import Plan, make_plan
+from engine.plan.preflight import plan_with_warnings
+from engine.plan.training_plan import Plan
 from engine.run.format import format_bytes
 from engine.run.folder import RunDir, list_runs
 
@@ -146,7 +147,7 @@ class PlanPanel(VerticalScroll):
         worker = get_current_worker()
         try:
             dataset = self._dataset_for(config)
-            plan = make_plan(config, self.base_dir, dataset)
+            plan = plan_with_warnings(config, self.base_dir, dataset)
         except LoradeckError as error:
             message: Message = self.Failed(str(error), config, serial)
         except (ValueError, ArithmeticError) as error:  # a config the form already flags

@@ -38,7 +38,7 @@ KEYS = [spec.key for spec in schema()]
 INTERESTING_TEXT = ["", " ", "\t", "\n", " x ", "x" * 300, "img", "model", "a-file", "nowhere", "someone/model",
                     "/", ".", "..", "~", "-1", "nan", "1e400", "512,768", "64x64", "0,0", "7", "a\x00b", "é ü 漢字",
                     "../img", "img/2_cat", "model/unet", "loradeck.toml", "runs", "(a:1.2), b", "--n x --w 0",
-                    "x.ckpt", "x.safetensors", "scale_parameter=False relative_step=yes", "betas=0.9"]
+                    "x.ckpt", "x.safetensors", "loop", "loop/x", "fifo.txt", "scale_parameter=False relative_step=yes", "betas=0.9"]
 INTERESTING_NUMBERS = [0, 1, -1, 2, 7, 8, 63, 64, 65, 1024, 100_000, 2**31, 2**32 - 1, 2**32, 2**53 + 1,
                        2**63 - 1, -2**63, 10**30, 0.5, -0.0, 1e-12, 1e308, float("inf"), float("-inf"), float("nan")]
 VALUES = st.one_of(
@@ -87,7 +87,12 @@ MUTATIONS = st.one_of(
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    return plannable_workspace(tmp_path_factory.mktemp("fuzz-config") / "ws")
+    import os
+
+    root = plannable_workspace(tmp_path_factory.mktemp("fuzz-config") / "ws")
+    (root / "loop").symlink_to("loop")
+    os.mkfifo(root / "fifo.txt")  # read by mistake, it would block forever
+    return root
 
 
 def mutated(mutations: list[tuple]) -> dict:

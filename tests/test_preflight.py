@@ -20,8 +20,12 @@ BASE_CONFIG = PLANNABLE_CONFIG
 
 
 def workspace_at(root: Path) -> Path:
+    import os
+
     plannable_workspace(root)
     (root / "lora.safetensors.txt").write_text("not a LoRA")
+    (root / "loop").symlink_to("loop")  # a link to itself
+    os.mkfifo(root / "fifo.txt")  # reading it would wait for a writer forever
     return root
 
 
@@ -75,6 +79,12 @@ REFUSED = [
     ("output-under-a-file", {"saving__output_dir": '"a-file/runs"'}, "saving.output_dir: cannot create the run folder"),
     ("run-folder-is-a-file", {"saving__output_dir": '"."', "saving__output_name": '"a-file"'}, "saving.output_name: {ws}/a-file is a file"),
     ("family-contradicts-model", {"model__family": '"sdxl"'}, "model.family: is sdxl but"),
+    ("output-a-link-loop", {"saving__output_dir": '"loop"'},
+     "saving.output_dir: {ws}/loop cannot be used (Too many levels of symbolic links)"),
+    ("model-name-too-long", {"model__pretrained_model": '"' + "m" * 300 + '"'}, "cannot be used (File name too long)"),
+    ("prompts-a-fifo", {"sampling__prompts": '""', "sampling__prompts_file": '"fifo.txt"'},
+     "sampling.prompts_file: {ws}/fifo.txt is not a regular file or folder"),
+    ("model-a-fifo", {"model__pretrained_model": '"fifo.txt"'}, "{ws}/fifo.txt is not a regular file or folder"),
 ]
 
 
@@ -140,3 +150,10 @@ def test_a_huge_run_plans_at_once(workspace, capsys, settings):
     out = capsys.readouterr().out
     assert len(out) < 10_000  # the plan lists the first saves, the count is whole
     assert "warning: saving: the run writes" in out
+
+
+def test_a_runs_folder_that_cannot_be_listed_has_no_names_and_train_says_why(workspace):
+    from engine.run.naming import existing_run_names
+
+    # the config screen asks for the names on every start: a loop of links must not crash it
+    assert existing_run_names(workspace / "loop") == set()

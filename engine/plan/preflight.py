@@ -158,8 +158,6 @@ def _check_output_folder(config: TrainConfig, base_dir: Path) -> None:
     from engine.run.launch import run_folder_for
 
     run_folder = run_folder_for(config, base_dir)
-    if _kind("saving.output_name", run_folder) == FILE:
-        raise LoradeckError(f"saving.output_name: {run_folder} is a file; the run folder belongs here")
     existing = next(folder for folder in (run_folder.parent, *run_folder.parent.parents)
                     if _kind("saving.output_dir", folder) != MISSING)
     if _kind("saving.output_dir", existing) != FOLDER:
@@ -167,6 +165,8 @@ def _check_output_folder(config: TrainConfig, base_dir: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise LoradeckError(f"saving.output_dir: cannot create the run folder {run_folder} "
                             f"(permission denied in {existing})")
+    if _kind("saving.output_name", run_folder) == FILE:
+        raise LoradeckError(f"saving.output_name: {run_folder} is a file; the run folder belongs here")
 
 
 def check_before_run(config: TrainConfig, base_dir: str | Path) -> Dataset:

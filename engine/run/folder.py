@@ -110,13 +110,13 @@ class RunDir:
         """For a resume: "" when a saved state is there to continue from, else the note that
         the run starts again from step 0 (it ended before its first save: nothing is lost).
         Raises LoradeckError when it can do neither: LoRA files but no state (saving.save_state
-        off) would be overwritten by a new start."""
+        off, or the first state save failed) would be overwritten by a new start."""
         if self.saved_state_step() is not None:
             return ""
         if any(self.checkpoints.glob("*.safetensors")):
-            raise LoradeckError(f"{self.path}: no saved trainer state to resume from (is saving.save_state off?), "
-                                "and starting it again would overwrite its LoRA files; train a new run under "
-                                "another saving.output_name")
+            raise LoradeckError(f"{self.path}: no saved trainer state to resume from, and starting it again from "
+                                f"step 0 would overwrite its LoRA files; move them out of {self.checkpoints} to "
+                                "start again, or train a new run under another saving.output_name")
         return f"{self.path} has no saved state (it ended before its first save): training starts again from step 0"
 
     def remove_temporary_files(self) -> int:

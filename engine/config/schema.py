@@ -1183,7 +1183,7 @@ OUTPUT_NAME_MAX_BYTES = 200
 def output_name_problem(name: str) -> str | None:
     """Why `saving.output_name` cannot name a run folder and its LoRA files, or None."""
     if not name.strip():
-        return f"{name!r} is empty; give the run a name, e.g. city-v1"
+        return f"{name!r} is blank; give the run a name, e.g. city-v1"
     if name != name.strip():
         return f"{name!r} starts or ends with a space"
     if any(unicodedata.category(char) == "Cc" for char in name):

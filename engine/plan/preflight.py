@@ -222,11 +222,14 @@ def plan_warnings(config: TrainConfig, base_dir: str | Path) -> list[str]:
     warnings = []
     value = config.model.pretrained_model.strip()
     local = resolve_path(base_dir, value)
-    if local is not None and not local.exists() and looks_like_hub_id(value):
-        warnings.append(f"model.pretrained_model: {value} is not a local path (no {local}); it is loaded from "
-                        "the model hub, which needs the network the first time")
     run = RunDir(run_folder_for(config, Path(base_dir)))
-    if run.is_run():
-        warnings.append(f"saving.output_name: {run.path} already holds a run; `loradeck train` refuses to start "
-                        f"over it: choose another name, or continue it with --resume {run.path}")
+    try:  # the config screen plans settings no check has passed yet: a path may be unusable
+        if local is not None and not local.exists() and looks_like_hub_id(value):
+            warnings.append(f"model.pretrained_model: {value} is not a local path (no {local}); it is loaded from "
+                            "the model hub, which needs the network the first time")
+        if run.is_run():
+            warnings.append(f"saving.output_name: {run.path} already holds a run; `loradeck train` refuses to "
+                            f"start over it: choose another name, or continue it with --resume {run.path}")
+    except OSError:
+        pass  # check_paths says what is wrong with such a path
     return warnings

@@ -150,7 +150,7 @@ class PlanPanel(VerticalScroll):
             plan = plan_with_warnings(config, self.base_dir, dataset)
         except LoradeckError as error:
             message: Message = self.Failed(str(error), config, serial)
-        except (ValueError, ArithmeticError) as error:  # a config the form already flags
+        except (ValueError, ArithmeticError, OSError) as error:  # a config the form already flags
             message = self.Failed(f"cannot plan these settings yet ({error})", config, serial)
         else:
             message = self.Planned(plan, config, serial)

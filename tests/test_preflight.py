@@ -79,6 +79,8 @@ REFUSED = [
     ("output-under-a-file", {"saving__output_dir": '"a-file/runs"'}, "saving.output_dir: cannot create the run folder"),
     ("run-folder-is-a-file", {"saving__output_dir": '"."', "saving__output_name": '"a-file"'}, "saving.output_name: {ws}/a-file is a file"),
     ("family-contradicts-model", {"model__family": '"sdxl"'}, "model.family: is sdxl but"),
+    ("resolution-below-a-bucket", {"dataset__resolution": '"1"'},
+     "dataset.resolution: 1,1: smaller than one bucket step (64x64)"),
     ("output-a-link-loop", {"saving__output_dir": '"loop"'},
      "saving.output_dir: {ws}/loop cannot be used (Too many levels of symbolic links)"),
     ("model-name-too-long", {"model__pretrained_model": '"' + "m" * 300 + '"'}, "cannot be used (File name too long)"),

@@ -1121,14 +1121,10 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         if not data.enable_buckets and (width % 8 or height % 8):
             # with buckets the resolution only sets the area; without, it is the image size
             problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8 when buckets are off"))
-        if data.enable_buckets and min(width, height) < data.min_bucket_resolution:
-            # sd-scripts asserts the same; below it no bucket keeps the resolution's area
-            problems.append(
-                (
-                    "dataset.min_bucket_resolution",
-                    f"{data.min_bucket_resolution} is above the resolution's shorter side {min(width, height)}",
-                )
-            )
+        if data.enable_buckets and width * height < data.bucket_step ** 2:
+            # the square bucket would have sides of 0 pixels
+            problems.append(("dataset.resolution", f"{width},{height}: smaller than one bucket step "
+                                                   f"({data.bucket_step}x{data.bucket_step})"))
         if data.enable_buckets and max(width, height) > data.max_bucket_resolution:
             problems.append(
                 (

@@ -13,7 +13,8 @@ import pytest
 
 from engine.config.schema import dumps_config, load_config, replace_setting, save_config
 from engine.run.events import EventWriter
-from engine.plan.training_plan import make_plan
+from engine.dataset.folders import scan_dataset
+from engine.plan.preflight import plan_with_warnings
 from engine.config.presets import load_preset
 from tests.datasets import write_caption, write_image
 from tui.app import make_app
@@ -259,7 +260,8 @@ async def test_plan_panel_equals_loradeck_plan(workspace):
         await pilot.pause()
         plan = panel.plan
         assert plan.as_json() == plan_json(path)
-        assert plan.as_json() == make_plan(load_config(path), workspace).as_json()
+        config = load_config(path)
+        assert plan.as_json() == plan_with_warnings(config, workspace, scan_dataset(config, workspace)).as_json()
 
         text = panel.plan_text()
         assert " 5_city: 3 × 5 = 15" in text

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
+from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -17,9 +19,12 @@ from textual.screen import Screen
 from textual.widgets import Input, TextArea
 
 from engine.config.workspace import Workspace
+from engine.errors import LoradeckError, first_line
+from tui.run_state import Notice
 from tui import terminal_graphics
 from tui.key_order import OrderedKeys
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
+from tui.workers import WorkFailed
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {
@@ -37,6 +42,7 @@ SCREEN_HELP = {
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
 PRELOAD_AFTER_S = 1.5  # after start-up: the first screen is drawn and its own work (a scan) has begun
 PRELOAD_GAP_S = 0.1  # one screen module at a time, so a key pressed meanwhile waits little
+MAX_APP_NOTICES = 100
 
 
 def _screen_factory(app: "LoradeckApp", mode: str):
@@ -76,6 +82,7 @@ class LoradeckApp(OrderedKeys, App):
         self.attach_run = attach_run
         remembered = workspace.load_state("app").get("screen")
         self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
+        self.notices: deque[Notice] = deque(maxlen=MAX_APP_NOTICES)  # errors of background work, newest last
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
         # the theme is set before the app starts: its styles are then parsed once, not
@@ -131,6 +138,21 @@ class LoradeckApp(OrderedKeys, App):
     def watch_theme(self, theme: str) -> None:
         if self.is_mounted and theme in self.available_themes:
             save_setting("theme", theme)
+
+    # ---- failed background work: the one handler (tui/workers.py)
+
+    def on_work_failed(self, message: WorkFailed) -> None:
+        error = message.error
+        line = str(error) if isinstance(error, LoradeckError) else f"{type(error).__name__}: {first_line(error)}"
+        self.notices.append(Notice(time.time(), "error", line, message.trace))
+        self.notify(line, title="Background work failed", severity="error", timeout=10)
+
+    def action_notices(self) -> None:
+        from tui.screens.help import ExplanationScreen
+
+        lines = [f"{time.strftime('%H:%M:%S', time.localtime(notice.time))}  {notice.text}" for notice in self.notices]
+        self.push_screen(ExplanationScreen("Notices: errors of background work, newest last",
+                                           "\n".join(lines) or "none so far"))
 
     # ---- navigation
 
@@ -201,6 +223,8 @@ class LoradeckApp(OrderedKeys, App):
             yield SystemCommand(f"Go to {title}", f"{SCREEN_HELP[mode]}  [{key}]", partial(self.action_show, mode))
         for name in sorted(self.available_themes):
             yield SystemCommand(f"Theme: {name}", "Switch theme (remembered)", partial(setattr, self, "theme", name))
+        yield SystemCommand("Notices", "Errors of background work this session (each was shown once)",
+                            self.action_notices)
         seen = {"show", "keys", "quit", "command_palette"}
         for key, active in screen.active_bindings.items():
             binding = active.binding

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, one_line
 from engine.library_noise import silence_library_noise
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell tool killed by a closed pipe returns
 
 # command name -> (module defining add_arguments(parser) and run(args), its one-line help).
 # The help lives here so that `loradeck --help` lists every command without importing any:
@@ -69,6 +72,21 @@ def _takes_command_name(function) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run_command(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (also after --help), not at the interpreter's exit
+    except BrokenPipeError:
+        # `loradeck plan --json | head -5`: the reader has all it wanted. Quietly, like `cat`:
+        # stdout goes to /dev/null so the exit's flush cannot complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+
+
+def _run_command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         # `loradeck`, `loradeck WORKSPACE`, `loradeck --theme x WORKSPACE`
@@ -84,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except LoradeckError as error:
-        print(f"loradeck {args.command}: {error}", file=sys.stderr)
+        print(f"loradeck {args.command}: {one_line(str(error))}", file=sys.stderr)
         return error.exit_status
 
 

@@ -51,7 +51,7 @@ UNCOUNTED_PHASES = (LOADING_MODEL, CACHING_TEXT, SAVING, VALIDATING)
 # Free space below this (or below twice the biggest file the run writes) is flagged.
 LOW_DISK_BYTES = 512 * 1024 * 1024
 
-NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc")
+NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc", "disk full")
 
 
 @dataclass(frozen=True)

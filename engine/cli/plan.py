@@ -5,10 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-from engine.config.schema import load_config
-from engine.plan.training_plan import Plan, make_plan
+from engine.config.schema import load_config, resolve_path
+from engine.plan.preflight import check_before_run, plan_with_warnings
+from engine.plan.training_plan import Plan
 from engine.run.format import format_bytes
 
+MAX_LISTED = 50  # checkpoints named on the plan's line; the count is always whole
 
 
 def add_arguments(parser) -> None:
@@ -40,8 +42,12 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
     lines.append(f"Epochs            {plan.epochs}")
     lines.append(f"Total steps       {plan.total_steps}")
-    saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
-    lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
+    shown = plan.checkpoints if len(plan.checkpoints) <= MAX_LISTED else plan.checkpoints[:MAX_LISTED - 1] + plan.checkpoints[-1:]
+    saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
+    if len(shown) < plan.checkpoint_count:
+        head, last = saves.rsplit(", ", 1)
+        saves = f"{head}, … {last}"
+    lines.append(f"Checkpoints       {plan.checkpoint_count}: {saves}")
     lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
     lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
     lines.append(f"RAM (estimate)    about {plan.vram_estimate.ram_gb:.1f} GiB of system memory while the model loads")
@@ -63,14 +69,13 @@ def estimate_line(plan: Plan, runs_dir: Path) -> str:
 
 
 def run(args) -> int:
-    from engine.config.schema import resolve_path
-
     notes: list[str] = []
     config = load_config(args.config, notes)
     for note in notes:  # an older config, migrated (engine.config.schema.migrate)
         print(f"note: {args.config}: {note}", file=sys.stderr)
     base_dir = args.config.resolve().parent
-    plan = make_plan(config, base_dir)
+    # what `loradeck train` would refuse, refused here with the same line
+    plan = plan_with_warnings(config, base_dir, check_before_run(config, base_dir))
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))
     else:

@@ -27,7 +27,7 @@ import torch
 
 from engine.train.checkpoints import Checkpointer, lora_file_name
 from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_config, save_config, with_drawn_seed
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, first_line, no_space_reason
 from engine.run.events import (CACHING_LATENTS, CACHING_TEXT, ERROR, LOADING_MODEL, RUN_END, RUN_START, SAMPLING,
                                SAVING, TRAINING, VALIDATING, WARNING, EventWriter)
 from engine.network.metadata import training_metadata
@@ -95,6 +95,8 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
     if main:
         run.create()
         run.write_pid()
+        if run.remove_temporary_files():
+            print("removed the temporary files of a save that was interrupted", flush=True)
         if resume:
             for action in CONTROL_REQUESTS:
                 run.clear_request(action)  # meant for the engine that is gone, not for this one
@@ -127,6 +129,12 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
         return 1
     except Exception as error:
         phases.close()
+        reason = no_space_reason(error)
+        if reason is not None:  # a full disk outside a save (events, cache, TensorBoard): one line too
+            message = f"{reason} at step {progress.step} ({first_line(error)})"
+            _fail(events, progress, message, "")
+            print(f"loradeck train: {message}", file=sys.stderr, flush=True)
+            return 1
         _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
         traceback.print_exc()
         return 1
@@ -139,8 +147,11 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
 
 
 def _fail(events, progress: Progress, message: str, trace: str) -> None:
-    events.emit(ERROR, message=message, traceback=trace)
-    events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.last_epoch, message=message)
+    try:
+        events.emit(ERROR, message=message, traceback=trace)
+        events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.last_epoch, message=message)
+    except OSError:
+        pass  # a full disk can refuse even these lines; the caller prints the message to stderr
 
 
 def make_accelerator(config: TrainConfig):
@@ -215,8 +226,7 @@ class Training:
         self.saves = SaveSchedule.of(config, plan.steps_per_epoch, plan.total_steps, plan.epochs)
 
         saved = load_state(self.run.state) if self.resume else None
-        if self.resume and saved is None:
-            raise LoradeckError(f"{self.run.path}: nothing to resume, {self.run.state} holds no saved state")
+        start_over = self.run.start_over_note() if self.resume and saved is None else ""
         if saved is not None:
             for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
                 setattr(progress, name, saved.progress[name])
@@ -227,6 +237,9 @@ class Training:
             device=str(self.device),
             precision=accelerator.mixed_precision, pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
         )
+        if start_over:
+            self.events.emit(WARNING, message=start_over, code="started_over")
+            self.log(start_over)
         self.log(f"{plan.images} images, {len(self.instances)} instances per epoch in {len(plan.buckets)} buckets; "
                  f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
                  f"{accelerator.num_processes} processes; {plan.steps_per_epoch} steps per epoch, "
@@ -541,20 +554,11 @@ def load_dataset(config: TrainConfig, base_dir: Path):
     """The dataset and one epoch's instances; refuses to start on images that cannot be
     read (a corrupt file must stop the run now, not hours in)."""
     from engine.dataset.folders import scan_dataset
+    from engine.plan.preflight import check_dataset
 
     dataset = scan_dataset(config, base_dir)
-    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items + dataset.validation_items])
-    if unreadable:
-        listed = "; ".join(message for _, message in unreadable)
-        raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
-    instances = dataset.training_instances()
-    if not instances:
-        raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
-    if config.validation.enabled and not dataset.validation_items:
-        where = (f"validation.image_dir: no images in {config.validation.image_dir}" if config.validation.image_dir
-                 else f"validation.split_fraction: {len(dataset.train_items)} training image(s) cannot be split")
-        raise LoradeckError(f"{where}; validation needs at least one held-out image")
-    return dataset, instances
+    check_dataset(config, dataset, check_images([item.path for item in dataset.items + dataset.validation_items]))
+    return dataset, dataset.training_instances()
 
 
 def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log,

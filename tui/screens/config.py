@@ -21,7 +21,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from textual import work
 from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -41,6 +40,7 @@ from engine.config.prompts import parse_prompts
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
 from tui.widgets.config.form import ConfigForm, SettingLine
 from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.workers import work
 from tui.widgets.shared.key_footer import KeyFooter
 
 DRAFT_STATE = "config_draft"

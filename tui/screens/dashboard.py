@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -209,11 +209,10 @@ class HealthScreen(Screen):
         self._fill_findings()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # The one place worker failures surface: a bug must not pass silently.
+        # the app shows the failure and keeps it (tui/workers.py); the screen stops scanning
         if event.state == WorkerState.ERROR and event.worker.group in ("health-scan", "health-fix"):
             self.scanning = False
             self.query_one("#health-top").remove_class("-scanning")
-            self.notify(f"{event.worker.error}", title="Health check failed", severity="error")
 
     def _set_status(self, text: str) -> None:
         self.query_one("#health-status", Static).update(text)

@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message

@@ -1,6 +1,6 @@
 """PlanPanel: what the run in the form will do, recomputed as the form changes.
 
-The numbers are `engine.plan.training_plan.make_plan` on the form's config, exactly what
+The numbers are `engine.plan.preflight.plan_with_warnings` on the form's config, exactly what
 `loradeck plan` prints: images per folder × repeats, buckets, steps per epoch, total
 steps, the checkpoints, the LoRA file size, and a duration estimated from the speed of
 the most recent run on this machine, scaled to the plan's pixels and batch
@@ -18,7 +18,7 @@ import math
 import threading
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
@@ -32,7 +32,8 @@ from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, scan_dataset
 from engine.errors import LoradeckError
 from engine.plan.duration import RunSpeed, estimate_duration, recent_speed  # noqa: F401 - the config screen's
-from engine.plan.training_plan import Plan, make_plan
+from engine.plan.preflight import plan_with_warnings
+from engine.plan.training_plan import Plan
 from engine.run.format import format_bytes
 
 PLAN_DELAY_S = 0.3  # pause in typing before planning
@@ -124,10 +125,10 @@ class PlanPanel(VerticalScroll):
         worker = get_current_worker()
         try:
             dataset = self._dataset_for(config)
-            plan = make_plan(config, self.base_dir, dataset)
+            plan = plan_with_warnings(config, self.base_dir, dataset)
         except LoradeckError as error:
             message: Message = self.Failed(str(error), config, serial)
-        except (ValueError, ArithmeticError) as error:  # a config the form already flags
+        except (ValueError, ArithmeticError, OSError) as error:  # a config the form already flags
             message = self.Failed(f"cannot plan these settings yet ({error})", config, serial)
         else:
             message = self.Planned(plan, config, serial)
@@ -205,10 +206,10 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     saves = plan.checkpoints
     shown = saves if len(saves) <= MAX_CHECKPOINT_LINES else saves[:MAX_CHECKPOINT_LINES - 1] + [saves[-1]]
     listed = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
-    if len(shown) < len(saves):
+    if len(shown) < plan.checkpoint_count:
         head, last = listed.rsplit(", ", 1)
         listed = f"{head}, … {last}"
-    lines.append(f"Checkpoints [b]{len(saves)}[/b]: {listed}")
+    lines.append(f"Checkpoints [b]{plan.checkpoint_count}[/b]: {listed}")
     lines.append(f"LoRA file [b]{format_bytes(plan.lora_file_bytes)}[/b] ({plan.lora_parameters:,} parameters)")
     vram = plan.vram_estimate
     lines.append(f"VRAM [b]≈{vram.total_gb:.1f} GiB[/b] [$text-muted]at the peak; a {math.ceil(vram.card_gb)} GB card or more[/]")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.message import Message
 from textual.widget import Widget
 from textual.worker import get_current_worker

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.reactive import reactive

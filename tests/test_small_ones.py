@@ -12,6 +12,7 @@ from tests.run_recordings import (
     wait_until,
     workspace,  # noqa: F401 - the fixture
 )
+from tests.datasets import write_image
 from tui.app import make_app
 
 
@@ -21,6 +22,7 @@ async def test_the_first_r_after_a_stop_resumes_once_the_engine_has_closed(works
     recorded = RecordedRun(workspace, "stopped").start(steps_per_epoch=10, epochs=3).steps(1, 4)
     recorded.event("run_end", status="stopped", step=4, epoch=1, message="stopped at step 4")
     recorded.write()
+    write_image(recorded.path / "img" / "1_x" / "0.png", (64, 64))  # the frozen config's dataset, checked at resume
     # the engine has written its run end but is still closing (a second and a half)
     closing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     recorded.run.write_pid(closing.pid)

@@ -199,6 +199,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         "max_resolution": "512,650",
         "train_batch_size": 2,
         "epoch": "4",
+        "max_train_epochs": "4",  # sd-scripts trains 4 epochs (without it the GUI's count of steps decides)
         "output_name": "city-v2",
         "xformers": "xformers",
         "mixed_precision": "bf16",

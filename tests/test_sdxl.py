@@ -367,7 +367,9 @@ def test_sdxl_kohya_config_with_upscaling_buckets_plans_sd_scripts_buckets_and_s
         expected[bucket] = expected.get(bucket, 0) + 3  # 3 repeats
     assert {(b.width, b.height): b.count for b in plan.buckets} == expected
     steps = sum(math.ceil(count / 2) for count in expected.values())
-    assert plan.steps_per_epoch == steps and plan.total_steps == 3 * steps
+    assert plan.steps_per_epoch == steps
+    # max_train_steps 0: the GUI passes sd-scripts its own count, 7 images × 3 repeats / batch 2 × 3 epochs
+    assert plan.total_steps == math.ceil(len(sizes) * 3 / 2 * 3) == 32 and plan.epochs == 3
 
 
 # --------------------------------------------------------------------------- samples and grid

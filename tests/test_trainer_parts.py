@@ -3,6 +3,7 @@ text conditioning, and runs that switch on the rarer training options."""
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -130,6 +131,42 @@ def test_schedules_warmup_cycles_and_power():
     squared = rates(lr_scheduler="polynomial", lr_scheduler_power=2.0)
     linear = rates(lr_scheduler="polynomial", lr_scheduler_power=1.0)
     assert squared[10] < linear[10]
+    # sd-scripts' lr_scheduler_type: torch's class with its --lr_scheduler_args, whatever lr_scheduler says
+    annealed = rates(lr_scheduler="cosine", lr_scheduler_type="CosineAnnealingLR", lr_scheduler_args="T_max=8 eta_min=0.1")
+    assert annealed[:9] == pytest.approx([0.1 + 0.9 * (1 + math.cos(math.pi * t / 8)) / 2 for t in range(9)])
+
+
+def test_warmup_percent_is_sd_scripts_ratio_rounded_down():
+    """sd-scripts: int(lr_warmup_steps * num_training_steps) for a ratio, which the Kohya GUI passes."""
+    from engine.train.optimizers import warmup_steps
+
+    for percent, total in [(10.0, 50), (8.0, 37), (5.0, 19), (12.5, 7), (0.0, 100)]:
+        assert warmup_steps(optimizer_config(lr_warmup_percent=percent), total) == int(percent / 100 * total)
+
+
+@pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptLion", "DAdaptSGD",
+                                  "DAdaptAdamPreprint", "DAdaptAdanIP"])
+def test_d_adaptation_optimizers_are_the_packages_and_find_their_step(name):
+    import dadaptation
+    import dadaptation.experimental
+
+    from engine.train.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 8))
+    groups = [{"params": [weight], "lr": 1.0, "name": "unet"}]
+    optimizer = make_optimizer(optimizer_config(optimizer=name, learning_rate=1.0), groups, torch.device("cpu"))
+    module = dadaptation.experimental if name in ("DAdaptAdamPreprint", "DAdaptAdanIP") else dadaptation
+    assert type(optimizer) is getattr(module, name)  # the class sd-scripts' get_optimizer picks for the name
+    before = weight.detach().clone()
+    for _ in range(3):
+        optimizer.zero_grad()
+        (weight ** 2).sum().backward()
+        optimizer.step()
+    assert not torch.equal(weight.detach(), before) and optimizer.param_groups[0]["d"] > 0
+    with pytest.raises(LoradeckError, match=f"{name} needs one learning rate"):
+        make_optimizer(optimizer_config(optimizer=name), groups + [{"params": [torch.nn.Parameter(torch.ones(2))],
+                                                                     "lr": 0.5}], torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------- images
@@ -290,7 +327,8 @@ def test_run_with_pixel_augmentation_and_max_steps(tmp_path, tiny_dataset, make_
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, 7))
     assert all(e["lr_text_encoder"] == 0.0 and e["lr_unet"] > 0 for e in steps)
-    assert [e["epoch"] for e in events if e["type"] == "epoch_end"] == []  # 6 of 8 steps: no epoch done
+    # 6 of 8 steps: the step limit falls in epoch 1, which still ends (samples, validation), as in sd-scripts
+    assert [(e["epoch"], e["step"]) for e in events if e["type"] == "epoch_end"] == [(1, 6)]
     from engine.network.lora import read_lora_file
 
     tensors, metadata = read_lora_file(run.checkpoints / "augmented.safetensors")

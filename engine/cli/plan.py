@@ -40,6 +40,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
     lines.append(f"Epochs            {plan.epochs}")
     lines.append(f"Total steps       {plan.total_steps}")
+    if plan.step_note:
+        lines.append(f"                  {plan.step_note}")
     saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in plan.checkpoints)
     lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
     lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")

@@ -31,7 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from engine.config.network_types import CONV_TYPES, MAX_RANK, NETWORK_TYPES
+from engine.config.network_types import CONV_TYPES, DORA_LAYOUTS, DROPOUT_TYPES, MAX_RANK, NETWORK_TYPES
 from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 
@@ -156,6 +156,14 @@ class DatasetSettings:
         "repeats, class tokens and caption extension. Its batch size, resolution, bucket, caption and "
         "augmentation settings must match this config (the Kohya import copies them).",
     )
+    dataset_config_base: str = setting(
+        "",
+        "Folder that relative image_dir paths in the dataset TOML start from (empty: the TOML's own folder).",
+        label="Dataset TOML base folder",
+        path=True,
+        advice="sd-scripts reads a dataset TOML's relative image_dir from its working folder, which is the "
+        "Kohya GUI's folder when the GUI starts it; the Kohya import sets this to that folder.",
+    )
     resolution: str = setting(
         "512,512",
         "Training resolution as W,H (or one number for a square). Sets the bucket area.",
@@ -270,13 +278,17 @@ class AugmentationSettings:
 class NetworkSettings:
     type: str = setting(
         "lora",
-        "Network type: lora, locon (LoRA on the ResNet convolutions too), loha, lokr or dora.",
+        "Network type: lora, locon (LoRA on the ResNet convolutions too), loha, lokr, dora, or LyCORIS' ia3, "
+        "diag-oft, dylora and glora.",
         label="Network type",
         choices=NETWORK_TYPES,
         advice="lora for most characters and objects; locon adds the convolutions, which helps styles "
         "and textures; loha packs more capacity into a small file (styles, several concepts); lokr "
         "gives the smallest files at a given quality and suits styles; dora (a learned magnitude per "
-        "output) follows a full fine-tune more closely at the same rank, a bit slower per step.",
+        "weight column) follows a full fine-tune more closely at the same rank, a bit slower per step. "
+        "ia3 (a scale per feature, tiny files, wants a high learning rate), diag-oft (an orthogonal "
+        "rotation: keeps the base model's look), dylora (any leading ranks work alone) and glora are "
+        "LyCORIS' own, trained with its library as the Kohya GUI does.",
     )
     rank: int = setting(
         32,
@@ -352,7 +364,7 @@ class NetworkSettings:
         advice="0.1-0.2 spreads what is learned over all ranks; 0 for most runs.",
         minimum=0.0,
         maximum=1.0,
-        network_types=("lora", "locon", "loha", "lokr"),
+        network_types=DROPOUT_TYPES,
     )
     module_dropout: float = setting(
         0.0,
@@ -361,7 +373,48 @@ class NetworkSettings:
         advice="A little (0.1) makes the network robust to its own weight; 0 for most runs.",
         minimum=0.0,
         maximum=1.0,
-        network_types=("lora", "locon", "loha", "lokr"),
+        network_types=DROPOUT_TYPES,
+    )
+    dora_layout: str = setting(
+        "input",
+        "Where DoRA's learned magnitude lives: one per input column (input) or one per output row (output).",
+        label="DoRA layout",
+        choices=DORA_LAYOUTS,
+        advice="input renders exactly in AUTOMATIC1111, ComfyUI and LyCORIS; output is peft's and the Kohya "
+        "GUI's (LyCORIS' default), which AUTOMATIC1111 and ComfyUI render wrongly (docs/network_types.md).",
+        network_types=("dora",),
+    )
+    train_on_input: bool = setting(
+        False,
+        "iA3 scales each layer's inputs instead of its outputs.",
+        label="iA3 on inputs",
+        advice="Off scales each output feature (LyCORIS' default); the Kohya GUI's iA3 presets turn it on.",
+        network_types=("ia3",),
+    )
+    block_size: int = setting(
+        4,
+        "DyLoRA: ranks trained together as one block (the Kohya GUI's unit); the rank must be a multiple.",
+        label="DyLoRA block",
+        minimum=1,
+        maximum=1024,
+        advice="1 lets every leading rank work alone; 4 (LyCORIS' default) trains faster.",
+        network_types=("dylora",),
+    )
+    constraint: float = setting(
+        0.0,
+        "Diag-OFT: bound on the norm of each rotation (0 = none; LyCORIS' constraint).",
+        label="OFT constraint",
+        minimum=0.0,
+        maximum=100.0,
+        advice="A small bound (1e-4 to 1e-3 per block) keeps the rotation near the base model; 0 leaves it free.",
+        network_types=("diag-oft",),
+    )
+    rescaled: bool = setting(
+        False,
+        "Diag-OFT: learn a scale per output after the rotation.",
+        label="OFT rescaled",
+        advice="Lets the rotation change magnitudes too; off keeps Diag-OFT purely orthogonal.",
+        network_types=("diag-oft",),
     )
     network_weights: str = setting(
         "",
@@ -385,7 +438,13 @@ class NetworkSettings:
     )
 
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion", "SGD")
+# the D-Adaptation family (the dadaptation package), as sd-scripts names them
+DADAPTATION_OPTIMIZERS = ("DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD",
+                          "DAdaptAdamPreprint")
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion", "SGD", *DADAPTATION_OPTIMIZERS)
+# torch.optim.lr_scheduler classes that take the optimizer and keyword arguments (sd-scripts' lr_scheduler_type)
+TORCH_SCHEDULERS = ("CosineAnnealingLR", "CosineAnnealingWarmRestarts", "ExponentialLR", "LinearLR", "StepLR",
+                    "MultiStepLR", "PolynomialLR", "ConstantLR", "OneCycleLR", "CyclicLR")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -405,7 +464,8 @@ class OptimizerSettings:
         label="Optimizer",
         advice="Adafactor with `scale_parameter=False relative_step=False warmup_init=False` "
         "uses your learning rate as given; without those args it picks its own and "
-        "ignores the scheduler. Prodigy finds the LR itself: set the LR to 1.0.",
+        "ignores the scheduler. Prodigy and the D-Adaptation family (DAdaptAdam, ...) find the LR "
+        "themselves: set the LR to 1.0.",
         choices=OPTIMIZERS,
     )
     optimizer_args: str = setting(
@@ -477,6 +537,21 @@ class OptimizerSettings:
         maximum=100.0,
         advice="5-10% steadies the first updates; the plan panel shows the total it is taken from.",
     )
+    lr_scheduler_type: str = setting(
+        "",
+        "A torch.optim.lr_scheduler class to use instead of the schedule above (sd-scripts' lr_scheduler_type), "
+        "e.g. CosineAnnealingLR; empty: the schedule above.",
+        label="Scheduler class",
+        choices=("", *TORCH_SCHEDULERS),
+        advice="For Kohya configs that pass --lr_scheduler_type: it steps once per optimizer step with the "
+        "arguments below and no warm-up, as in sd-scripts.",
+    )
+    lr_scheduler_args: str = setting(
+        "",
+        "Arguments of the scheduler class, `key=value key=value` (e.g. T_max=1000 eta_min=0).",
+        label="Scheduler class args",
+        advice="Each value is read as a Python literal, as sd-scripts reads --lr_scheduler_args.",
+    )
     max_grad_norm: float = setting(
         1.0,
         "Clip the gradient norm to this value (0 = no clipping).",
@@ -521,6 +596,14 @@ class TrainingSettings:
         "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
         "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
+    )
+    gui_step_count: bool = setting(
+        False,
+        "With max steps 0: train as many steps as the Kohya GUI passes sd-scripts, ceil(images × repeats / batch / "
+        "accumulation × epochs, × 2 with regularisation images), instead of the per-bucket count.",
+        label="Kohya GUI step count",
+        advice="Set by the Kohya import, so an imported config trains what the GUI would have run; the plan "
+        "says where it differs from the per-bucket count (buckets give part-empty batches).",
     )
     stop_text_encoder_training: int = setting(
         0,
@@ -811,6 +894,33 @@ class ValidationSettings:
 
 
 @dataclass(frozen=True)
+class MetadataSettings:
+    title: str = setting(
+        "", "Title written into the LoRA file (modelspec.title; empty: the output name).", label="Title",
+        advice="AUTOMATIC1111, ComfyUI and Civitai show it instead of the file name.",
+    )
+    author: str = setting("", "Author written into the LoRA file (modelspec.author).", label="Author")
+    description: str = setting(
+        "", "Description written into the LoRA file (modelspec.description).", label="Description", multiline=True,
+    )
+    license: str = setting(
+        "", "Licence written into the LoRA file (modelspec.license), e.g. CreativeML OpenRAIL-M.", label="Licence",
+    )
+    tags: str = setting("", "Comma-separated tags written into the LoRA file (modelspec.tags).", label="Tags")
+    trigger_phrase: str = setting(
+        "", "Trigger phrase written into the LoRA file (modelspec.trigger_phrase).", label="Trigger phrase",
+        advice="The words that call the LoRA up, so that users of the file do not have to guess them.",
+    )
+    usage_hint: str = setting(
+        "", "A short usage hint written into the LoRA file (modelspec.usage_hint), e.g. weight 0.8.",
+        label="Usage hint",
+    )
+    training_comment: str = setting(
+        "", "A comment written into the LoRA file (ss_training_comment).", label="Training comment",
+    )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     version: int = CONFIG_VERSION
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -825,6 +935,7 @@ class TrainConfig:
     saving: SavingSettings = field(default_factory=SavingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
 
     # derived views (never stored)
     @property
@@ -874,6 +985,7 @@ GROUPS: dict[str, str] = {
     "saving": "Saving and resume",
     "logging": "Logging",
     "validation": "Validation",
+    "metadata": "Metadata",
 }
 
 
@@ -1033,10 +1145,16 @@ def _check_field(spec: FieldSpec, value: Any) -> str | None:
     return None
 
 
-def config_from_dict(data: dict[str, Any], source: str = "") -> TrainConfig:
+# what a partial config (a Kohya GUI preset, imported before a base model is chosen) may leave unset;
+# `loradeck plan` and `train` refuse it until it is set
+PARTIAL_SETTINGS = ("model.pretrained_model",)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "", *, partial: bool = False) -> TrainConfig:
     """Build a config from TOML-shaped data (migrating old versions). Raises ConfigError.
 
-    Checks types, choices and ranges field by field, then the rules between fields.
+    Checks types, choices and ranges field by field, then the rules between fields
+    (with `partial`, the settings of PARTIAL_SETTINGS may be left empty).
     """
     data = migrate(data, source)
     specs: dict[str, dict[str, FieldSpec]] = {}
@@ -1067,7 +1185,8 @@ def config_from_dict(data: dict[str, Any], source: str = "") -> TrainConfig:
         group_class = type(getattr(TrainConfig(), group_name))
         groups[group_name] = group_class(**kwargs)
     config = TrainConfig(**groups)
-    problems = cross_field_problems(config)
+    problems = [(key, reason) for key, reason in cross_field_problems(config)
+                if not (partial and key in PARTIAL_SETTINGS)]
     if problems:
         key, reason = problems[0]
         raise ConfigError(key, reason, source)
@@ -1100,6 +1219,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
                                                    f"{net.conv_dim}: use at most {net.conv_dim}"))
         if net.conv_dim and net.conv_alpha <= 0:
             problems.append(("network.conv_alpha", "must be above 0 (the update is scaled by conv alpha / conv rank)"))
+    if net.type == "dylora" and net.rank % net.block_size:
+        problems.append(("network.block_size", f"the rank {net.rank} must be a multiple of the DyLoRA block "
+                                               f"{net.block_size}"))
     if net.type == "lokr" and net.factor == 0:
         problems.append(("network.factor", "must be -1 (balanced) or a positive factor"))
     if not net.train_unet and not net.train_text_encoder:
@@ -1136,6 +1258,16 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)
     if arguments_problem:
         problems.append(("optimizer.optimizer_args", arguments_problem))
+    if opt.lr_scheduler_type:
+        try:
+            parse_optimizer_args(opt.lr_scheduler_args)
+        except ValueError as error:
+            problems.append(("optimizer.lr_scheduler_args", f"{error}; write key=value pairs separated by spaces"))
+        if opt.lr_warmup_steps or opt.lr_warmup_percent:
+            problems.append(("optimizer.lr_scheduler_type", "a scheduler class takes no warm-up (sd-scripts refuses "
+                                                            "one): set warm-up to 0 or clear the class"))
+    elif opt.lr_scheduler_args.strip():
+        problems.append(("optimizer.lr_scheduler_args", "only used with a scheduler class (lr_scheduler_type)"))
     if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
         problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
     if train.max_steps == 0 and train.epochs == 0:

@@ -189,7 +189,8 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     assigner = BucketAssigner(BucketRules.from_config(config))
     toml_path = resolve_path(base_dir, config.dataset.dataset_config)
     if toml_path is not None:
-        dataset = _scan_dataset_toml(config, toml_path, assigner)
+        dataset = _scan_dataset_toml(config, toml_path, assigner,
+                                     resolve_path(base_dir, config.dataset.dataset_config_base))
     else:
         root = resolve_path(base_dir, config.dataset.image_dir)
         if root is None or not root.is_dir():
@@ -208,12 +209,13 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     return dataset
 
 
-def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner) -> Dataset:
+def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner, base: Path | None) -> Dataset:
     """The subsets of a Kohya dataset TOML (engine.dataset.kohya_toml), each image folder
-    with its own repeats, class tokens, caption extension and regularisation flag."""
+    with its own repeats, class tokens, caption extension and regularisation flag; relative
+    image folders start from `base` (dataset.dataset_config_base), else the TOML's folder."""
     from engine.dataset.kohya_toml import config_differences, read_dataset_toml
 
-    toml = read_dataset_toml(path)
+    toml = read_dataset_toml(path, base=base)
     differences = config_differences(config, toml)
     if differences:
         raise LoradeckError(f"dataset.dataset_config: {differences[0]}; loradeck uses one value per run, "

@@ -85,8 +85,39 @@ def _run_value(key: str, value: Any) -> Any:
     return value
 
 
-def read_dataset_toml(path: str | Path) -> DatasetToml:
-    """The subsets and per-run settings of a Kohya dataset TOML. Raises LoradeckError."""
+def relative_path(base: Path, text: str) -> Path:
+    """`text` under `base` (an absolute `text` as it is). A Windows-style relative path
+    (`.\\test\\img`, as the Kohya GUI's own test files have) that does not exist is tried
+    with forward slashes."""
+    path = expanded(text)
+    if path.is_absolute():
+        return path
+    joined = base / path
+    if "\\" in text and not exists(joined):
+        return base / Path(text.replace("\\", "/"))
+    return joined
+
+
+def expanded(text: str) -> Path:
+    """`~/x` under the home folder; `~nobody/x` of a user that does not exist stays as it is
+    (Path.expanduser raises RuntimeError there)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
+
+
+def exists(path: Path) -> bool:
+    """Path.exists() that says False, not ValueError, for a name with a NUL in it."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def read_dataset_toml(path: str | Path, *, base: Path | None = None) -> DatasetToml:
+    """The subsets and per-run settings of a Kohya dataset TOML; a relative image_dir starts
+    from `base` (default: the TOML's folder). Raises LoradeckError."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -123,9 +154,7 @@ def read_dataset_toml(path: str | Path) -> DatasetToml:
 
             if "image_dir" not in subset:
                 raise LoradeckError(f"{where}: image_dir is missing")
-            image_dir = Path(str(subset["image_dir"])).expanduser()
-            if not image_dir.is_absolute():
-                image_dir = path.parent / image_dir
+            image_dir = relative_path(base or path.parent, str(subset["image_dir"]))
             repeats = lookup("num_repeats", 1)
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
                 raise LoradeckError(f"{where}: num_repeats must be a whole number, got {repeats!r}")

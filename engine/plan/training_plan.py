@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.dataset.buckets import batches_in_bucket
-from engine.config.schema import TrainConfig
+from engine.config.schema import TrainConfig, resolve_path
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.plan.kohya_steps import SD_SCRIPTS_DEFAULT_STEPS, GuiStepCount, difference_note, gui_step_count
 from engine.plan.model_shapes import network_size_of
 from engine.model.families import config_family, config_family_name
 from engine.plan.vram import VramEstimate, estimate_vram
@@ -68,6 +69,7 @@ class Plan:
     validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
     validation_source: str = ""  # "folder", "split" or "" (no validation)
     family: str = "sd15"  # engine.model.families: detected from the base model, or model.family
+    step_note: str = ""  # training.gui_step_count: the Kohya GUI's count and how it differs from the buckets'
 
     @property
     def family_label(self) -> str:
@@ -115,9 +117,15 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
     ]
     batches_per_epoch = sum(b.batches for b in buckets)
     steps_per_epoch = math.ceil(-(-batches_per_epoch // num_processes) / accumulation)
+    step_note = ""
     if config.training.max_steps:
         total_steps = config.training.max_steps
         epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+    elif config.training.gui_step_count:
+        count = _gui_count(config, base_dir)
+        total_steps = count.steps if count is not None else SD_SCRIPTS_DEFAULT_STEPS
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        step_note = difference_note(count, steps_per_epoch, total_steps, epochs)
     else:
         epochs = config.training.epochs
         total_steps = epochs * steps_per_epoch
@@ -151,7 +159,18 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
         family=config_family_name(config, base_dir),
+        step_note=step_note,
     )
+
+
+def _gui_count(config: TrainConfig, base_dir: str | Path) -> GuiStepCount | None:
+    """The Kohya GUI's step count of the config's folders (None with a dataset TOML)."""
+    if config.dataset.dataset_config.strip():
+        return None
+    training = config.training
+    return gui_step_count(resolve_path(base_dir, config.dataset.image_dir) or Path(base_dir),
+                          bool(config.dataset.reg_dir.strip()), training.batch_size,
+                          training.gradient_accumulation_steps, training.epochs)
 
 
 def _folder_plan(folder: FolderInfo, instances, validation_items) -> FolderPlan:

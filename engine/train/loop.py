@@ -334,8 +334,8 @@ class Training:
         while progress.epoch < plan.epochs and progress.step < plan.total_steps:
             if self.train_epoch():
                 return self.finish() if self.early_stop else self.stopped()
-            if progress.batch_in_epoch < plan.batches_per_process:
-                break  # an epoch cut short by max_steps does not count as done
+            # an epoch cut short by the step limit still ends as sd-scripts ends it: validation and
+            # samples of the epoch (its save is the final file's)
             if self.end_epoch():
                 return self.finish() if self.early_stop else self.stopped()
         return self.finish()

@@ -172,7 +172,7 @@ class NetworkSpec:
             use_tucker=_true(args.get("use_tucker")) or _true(args.get("use_cp")),
             train_unet=train_unet, train_text_encoder=train_text_encoder,
             # LyCORIS' own default is per output; files of ours always say which
-            dora_layout="output" if _true(args.get("wd_on_output", "True")) else "input",
+            dora_layout="output" if kind == "dora" and _true(args.get("wd_on_output", "True")) else "input",
             train_on_input=_true(args.get("train_on_input")),
             block_size=int(args.get("block_size", 4) or 4),
             constraint=float(args.get("constraint", 0) or 0),

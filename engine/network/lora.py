@@ -206,7 +206,13 @@ class LoraNetwork:
     @classmethod
     def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec,
               text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
-        """Inject fresh adapters of the spec's type; every type starts at the base model's output."""
+        """Inject fresh adapters of the spec's type; every type starts at the base model's output.
+
+        LyCORIS' own types (and DoRA per input) are LyCORIS modules: engine.network.lycoris_network."""
+        if spec.built_by_lycoris:
+            from engine.network.lycoris_network import LycorisNetwork
+
+            return LycorisNetwork.build(unet, text_encoder, spec, text_encoder_2=text_encoder_2)  # type: ignore[return-value]
         from peft import LoraConfig, inject_adapter_in_model
 
         unet.requires_grad_(False)

@@ -333,7 +333,7 @@ def test_run_with_pixel_augmentation_and_max_steps(tmp_path, tiny_dataset, make_
 
     tensors, metadata = read_lora_file(run.checkpoints / "augmented.safetensors")
     assert not any(key.startswith("lora_te_") for key in tensors)
-    assert metadata["ss_steps"] == "6" and metadata["ss_optimizer"].startswith("Prodigy")
+    assert metadata["ss_steps"] == "6" and metadata["ss_optimizer"].startswith("prodigyopt.prodigy.Prodigy")
 
 
 def test_single_file_base_model_goes_through_engine_single_file(tmp_path, tiny_model_dir, monkeypatch):

@@ -29,7 +29,7 @@ from engine.train.checkpoints import Checkpointer, lora_file_name
 from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_config, save_config, with_drawn_seed
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
-from engine.network.metadata import training_metadata
+from engine.network.metadata import optimizer_class_path, training_metadata
 from engine.network.lora import LoraNetwork
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
@@ -251,7 +251,7 @@ class Training:
         return training_metadata(
             self.config, self.plan, self.dataset, model_name=self.model.name, session_id=self.progress.session_id,
             started_at=self.progress.started_at, epoch=epoch, step=step,
-            optimizer_name=self.config.optimizer.optimizer, scheduler_name=scheduler_name(self.config),
+            optimizer_name=optimizer_class_path(self.optimizer), scheduler_name=scheduler_name(self.config),
             num_processes=self.accelerator.num_processes,
         )
 

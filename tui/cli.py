@@ -15,6 +15,7 @@ from engine.errors import LoradeckError
 COMMANDS: dict[str, str] = {
     "plan": "engine.cli.plan",
     "import-kohya": "engine.cli.import_kohya",
+    "export-kohya": "engine.cli.export_kohya",
     "make-tiny-model": "engine.cli.make_tiny_model",
     "train": "engine.cli.train",
     "stop": "engine.cli.control",

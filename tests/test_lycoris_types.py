@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from engine.config.network_types import NetworkSpec
-from engine.network.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, LoraNetwork, kohya_name, read_lora_file, save_lora_file
+from engine.network.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, read_lora_file, save_lora_file
 from engine.plan.network_size import lycoris_factorization, network_size
-from tests.test_network_types import model_output
+from tests.test_network_types import model_output, randomized
 
 SPECS = {
     "ia3": NetworkSpec(type="ia3", rank=4, alpha=1.0, conv_dim=4, conv_alpha=1.0),
@@ -26,15 +26,6 @@ SPECS = {
     "dora-input": NetworkSpec(type="dora", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0, dora_layout="input"),
     "dora-output": NetworkSpec(type="dora", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0, dora_layout="output"),
 }
-
-
-def randomized(pipeline, spec: NetworkSpec):
-    network = LoraNetwork.build(pipeline.unet, pipeline.text_encoder, spec)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return network
 
 
 def saved(tmp_path, network, spec) -> dict[str, torch.Tensor]:

@@ -232,6 +232,83 @@ def test_captions_shuffle_keep_and_drop():
     assert 60 < dropped.count("") < 140 and set(dropped) == {"", caption}
 
 
+def sd_scripts_process_caption(caption, rng, *, shuffle, keep_tokens, dropout, tag_dropout, current_epoch,
+                               every_n_epochs, separator):
+    """library/train_util.py's BaseDataset.process_caption, rewritten with `rng` for its
+    `random` (no prefix, suffix, wildcard, token warm-up or secondary separator)."""
+    is_drop_out = dropout > 0 and rng.random() < dropout
+    is_drop_out = is_drop_out or every_n_epochs > 0 and current_epoch % every_n_epochs == 0
+    if is_drop_out:
+        return ""
+    caption = caption.split("\n")[0]
+    if shuffle or tag_dropout > 0:
+        fixed_tokens, flex_tokens, fixed_suffix_tokens = [], [], []
+        if separator and separator in caption:
+            fixed_part, flex_part = caption.split(separator, 1)
+            if separator in flex_part:
+                flex_part, fixed_suffix_part = flex_part.split(separator, 1)
+                fixed_suffix_tokens = [t.strip() for t in fixed_suffix_part.split(",") if t.strip()]
+            fixed_tokens = [t.strip() for t in fixed_part.split(",") if t.strip()]
+            flex_tokens = [t.strip() for t in flex_part.split(",") if t.strip()]
+        else:
+            tokens = [t.strip() for t in caption.strip().split(",")]
+            flex_tokens = tokens[:]
+            if keep_tokens > 0:
+                fixed_tokens = flex_tokens[:keep_tokens]
+                flex_tokens = tokens[keep_tokens:]
+        if shuffle:
+            rng.shuffle(flex_tokens)
+        if tag_dropout > 0:
+            flex_tokens = [token for token in flex_tokens if rng.random() >= tag_dropout]
+        caption = ", ".join(fixed_tokens + flex_tokens + fixed_suffix_tokens)
+    return caption
+
+
+def test_caption_rules_are_sd_scripts():
+    """Tag dropout, caption dropout every n epochs and keep_tokens_separator, with shuffle,
+    keep tokens and caption dropout, against sd-scripts' own rule with the same random draws."""
+    from engine.train.data import process_caption
+
+    captions = ["sks dog, red, outdoors, night, grass, tree", "sks dog ||| red, outdoors, night ||| photo, 4k",
+                "one", "a,, b , c", "sks ||| a, b", "sks dog, red\nsecond line"]
+    chooser = random.Random(0)
+    for trial in range(400):
+        caption = chooser.choice(captions)
+        settings = dict(shuffle=chooser.random() < 0.6, keep_tokens=chooser.choice([0, 1, 2]),
+                        dropout=chooser.choice([0.0, 0.3]), tag_dropout=chooser.choice([0.0, 0.2, 0.5]),
+                        separator=chooser.choice(["", "|||"]))
+        epoch, every = chooser.randrange(6), chooser.choice([0, 2, 3])
+        ours = process_caption(caption, random.Random(trial), drop_this_epoch=every > 0 and (epoch + 1) % every == 0,
+                               **settings)
+        theirs = sd_scripts_process_caption(caption, random.Random(trial), current_epoch=epoch + 1,
+                                            every_n_epochs=every, **settings)
+        assert ours == theirs, (caption, settings, epoch, every)
+    # the kept parts stay whatever the shuffle and the tag dropout
+    kept = process_caption(captions[1], random.Random(1), shuffle=True, keep_tokens=0, dropout=0.0, tag_dropout=0.9,
+                           separator="|||")
+    assert kept.startswith("sks dog") and kept.endswith("photo, 4k")
+
+
+def test_caption_dropout_every_n_epochs_in_the_dataset(tiny_dataset):
+    from engine.config.schema import config_from_dict
+    from engine.dataset.folders import scan_dataset
+    from engine.train.data import ExampleRules, TrainingImages
+
+    config = config_from_dict({"model": {"pretrained_model": "x"}, "dataset": {"image_dir": "img"},
+                               "captions": {"caption_dropout_every_n_epochs": 2}})
+    instances = scan_dataset(config, tiny_dataset).training_instances()
+
+    class Captions:
+        def example(self, caption):
+            return {}
+
+    images = TrainingImages(instances, ExampleRules.from_config(config), tokenizer=None)
+    images.text_states = Captions()
+    captions = {epoch: {images[(epoch, index)]["caption"] for index in range(len(instances))} for epoch in range(4)}
+    assert captions[1] == captions[3] == {""}  # sd-scripts' epochs 2 and 4
+    assert "" not in captions[0] and "" not in captions[2]
+
+
 def test_batches_hold_one_bucket_and_repeat_per_epoch():
     from engine.dataset.folders import ImageItem
     from engine.train.data import EpochBatchSampler

@@ -234,6 +234,32 @@ class CaptionSettings:
         advice="A little (0.05-0.1) lets the LoRA work without its trigger words; 0 keeps it "
         "strictly prompt-driven.",
     )
+    caption_tag_dropout_rate: float = setting(
+        0.0,
+        "Probability of dropping each tag (after the kept ones) from a caption, every time it is used.",
+        label="Tag dropout",
+        minimum=0.0,
+        maximum=1.0,
+        advice="sd-scripts' caption_tag_dropout_rate: 0.05-0.1 keeps the LoRA from leaning on any one tag; "
+        "the kept tokens (the trigger) are never dropped.",
+    )
+    caption_dropout_every_n_epochs: int = setting(
+        0,
+        "Train every N-th epoch with empty captions (0 = never).",
+        label="Caption dropout every N epochs",
+        minimum=0,
+        maximum=100000,
+        advice="sd-scripts' caption_dropout_every_n_epochs: a whole epoch without text now and then teaches the "
+        "look itself; usually 0.",
+    )
+    keep_tokens_separator: str = setting(
+        "",
+        "A separator in captions: tags before it stay in place (and after a second one, at the end); the "
+        "tags between are shuffled and dropped. Empty: keep tokens counts tags instead.",
+        label="Keep tokens separator",
+        advice="sd-scripts' keep_tokens_separator, often |||: `sks dog ||| red, outdoors ||| photo` keeps "
+        "`sks dog` first and `photo` last whatever the shuffle.",
+    )
     weighted_captions: bool = setting(
         False,
         "Read (tag:1.2) weights in captions and scale those tokens' embeddings.",

@@ -117,8 +117,8 @@ def training_metadata(
         "ss_zero_terminal_snr": False,
         "ss_debiased_estimation": False,
         "ss_scale_weight_norms": None,
-        "ss_caption_dropout_every_n_epochs": 0,
-        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_caption_dropout_every_n_epochs": caps.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": caps.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": None,
         "ss_full_fp16": False,
         "ss_lowram": False,
@@ -235,6 +235,7 @@ def _dataset_record(config, plan, dataset, buckets, mean_ar_error: float) -> dic
     subsets = [
         {"img_count": folder.images, "num_repeats": folder.repeats, "color_aug": aug.color, "flip_aug": aug.flip,
          "random_crop": aug.random_crop, "shuffle_caption": caps.shuffle_caption, "keep_tokens": caps.keep_tokens,
+         "keep_tokens_separator": caps.keep_tokens_separator,
          "image_dir": folder.path.name, "class_tokens": folder.class_tokens or None, "is_reg": folder.is_reg}
         for folder in dataset.folders
     ]

@@ -170,17 +170,35 @@ def prepare_pixels(item, *, flip: bool, hue_shift: int, rng_crop: random.Random 
 # --------------------------------------------------------------------------- captions
 
 
-def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tokens: int, dropout: float) -> str:
-    """sd-scripts' rules: drop the whole caption with probability `dropout`, else shuffle
-    the comma-separated tags after the first `keep_tokens`."""
-    if dropout and rng.random() < dropout:
+def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tokens: int, dropout: float,
+                    tag_dropout: float = 0.0, drop_this_epoch: bool = False, separator: str = "") -> str:
+    """sd-scripts' process_caption (its random draws, in its order): drop the whole caption
+    with probability `dropout` or in a dropped epoch; else its first line, and when shuffling
+    or dropping tags, the comma-separated tags split into kept ones (the first `keep_tokens`,
+    or those before `separator`, and after a second one) and the rest, which are shuffled,
+    then each dropped with probability `tag_dropout`."""
+    dropped = dropout > 0 and rng.random() < dropout
+    if dropped or drop_this_epoch:
         return ""
-    if not shuffle:
+    caption = caption.split("\n")[0]
+    if not (shuffle or tag_dropout > 0):
         return caption
-    tags = [tag.strip() for tag in caption.split(",") if tag.strip()]
-    fixed, rest = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(rest)
-    return ", ".join(fixed + rest)
+    suffix: list[str] = []
+    if separator and separator in caption:
+        fixed_part, flex_part = caption.split(separator, 1)
+        if separator in flex_part:
+            flex_part, suffix_part = flex_part.split(separator, 1)
+            suffix = [tag.strip() for tag in suffix_part.split(",") if tag.strip()]
+        fixed = [tag.strip() for tag in fixed_part.split(",") if tag.strip()]
+        flex = [tag.strip() for tag in flex_part.split(",") if tag.strip()]
+    else:
+        tags = [tag.strip() for tag in caption.strip().split(",")]
+        fixed, flex = (tags[:keep_tokens], tags[keep_tokens:]) if keep_tokens > 0 else ([], tags)
+    if shuffle:
+        rng.shuffle(flex)
+    if tag_dropout > 0:
+        flex = [tag for tag in flex if rng.random() >= tag_dropout]
+    return ", ".join(fixed + flex + suffix)
 
 
 # --------------------------------------------------------------------------- latent cache
@@ -292,6 +310,9 @@ class ExampleRules:
     max_token_length: int
     weighted_captions: bool
     size_conditioning: bool = False  # SDXL: each example carries its size and crop
+    tag_dropout: float = 0.0
+    dropout_every_n_epochs: int = 0
+    keep_tokens_separator: str = ""
 
     @classmethod
     def from_config(cls, config, size_conditioning: bool = False) -> "ExampleRules":
@@ -306,6 +327,9 @@ class ExampleRules:
             max_token_length=config.captions.max_token_length,
             weighted_captions=config.captions.weighted_captions,
             size_conditioning=size_conditioning,
+            tag_dropout=config.captions.caption_tag_dropout_rate,
+            dropout_every_n_epochs=config.captions.caption_dropout_every_n_epochs,
+            keep_tokens_separator=config.captions.keep_tokens_separator,
         )
 
 
@@ -346,9 +370,12 @@ class TrainingImages(torch.utils.data.Dataset):
         hue_shift = rng.randint(-HUE_SHIFT, HUE_SHIFT) if rules.color else 0
         crop_seed = rng.random() if rules.random_crop else None
         crop_rng = random.Random(crop_seed) if crop_seed is not None else None
+        every = rules.dropout_every_n_epochs
         caption = process_caption(
             item.caption, rng, shuffle=rules.shuffle_caption, keep_tokens=rules.keep_tokens,
-            dropout=rules.caption_dropout,
+            dropout=rules.caption_dropout, tag_dropout=rules.tag_dropout,
+            drop_this_epoch=every > 0 and (epoch + 1) % every == 0,  # sd-scripts counts epochs from 1
+            separator=rules.keep_tokens_separator,
         )
         if item.path in self.skip:
             return {"failed": (str(item.path), f"{item.path}: unreadable; skipped")}

@@ -173,7 +173,8 @@ def test_factorization_is_peft_s():
 TYPE_SETTINGS = {
     "locon": {"type": "locon", "conv_dim": 4, "conv_alpha": 2.0},
     "loha": {"type": "loha", "conv_dim": 2, "conv_alpha": 1.0, "rank_dropout": 0.1, "module_dropout": 0.1},
-    "lokr": {"type": "lokr", "conv_dim": 2, "conv_alpha": 1.0, "factor": 4},
+    # with sd-scripts' max norm after every step (tests/test_max_norm.py), which resume must repeat
+    "lokr": {"type": "lokr", "conv_dim": 2, "conv_alpha": 1.0, "factor": 4, "scale_weight_norms": 0.05},
     "dora": {"type": "dora", "conv_dim": 2, "conv_alpha": 2.0},  # per input: LyCORIS' module
     # LyCORIS' DyLoRA draws a block of ranks from Python's RNG every step: resume restores it too
     "dylora": {"type": "dylora", "conv_dim": 2, "conv_alpha": 1.0, "block_size": 2, "module_dropout": 0.1},

@@ -682,6 +682,10 @@ def _network_settings(reader: _Reader, gui_type: str) -> None:
                     continue
                 tucker_on = result is True
             put(setting, result, key)
+        elif result not in (UNSET, 0, False, -1, "") and key == "scale_weight_norms":
+            reader.off.append(key)  # LyCORIS' apply_max_norm does nothing for this type: the GUI's run is unscaled
+            notes.append(f"scale_weight_norms {data[key]!r}: LyCORIS has no max norm for {kind}, so the GUI trains "
+                         "without one too")
         elif result not in (UNSET, 0, False, -1, ""):
             notes.append(f"{key} {data[key]!r} not used: {kind} has no {setting}")
         else:

@@ -105,6 +105,7 @@ NETWORK_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "train_on_input": ("network.train_on_input", value.flag),
     "unit": ("network.block_size", value.integer),
     "constrain": ("network.constraint", value.number),
+    "scale_weight_norms": ("network.scale_weight_norms", value.number),
     "rescaled": ("network.rescaled", value.flag),
 }
 # LyCORIS options loradeck does not build: noted when set to something but their default
@@ -113,7 +114,6 @@ LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_s
 
 # key -> (the values that leave it off, what it would change). A note when it is on.
 NOT_BUILT: dict[str, tuple[tuple, str]] = {
-    "scale_weight_norms": ((0,), "sd-scripts' max-norm rescaling of each module after every step"),
     "noise_offset_random_strength": ((False,), "a noise offset drawn between 0 and noise_offset each step"),
     "ip_noise_gamma_random_strength": ((False,), "an input perturbation drawn between 0 and ip_noise_gamma"),
     "debiased_estimation_loss": ((False,), "the debiased estimation loss weighting"),
@@ -237,3 +237,5 @@ GUI_PASSES: dict[str, frozenset] = {
                                                   "train_norm"}),
 }
 GUI_PASSES["locon"] = GUI_PASSES["lycoris/locon"]
+# --scale_weight_norms goes to sd-scripts for every type (it calls the network's max norm)
+GUI_PASSES = {gui_type: keys | {"scale_weight_norms"} for gui_type, keys in GUI_PASSES.items()}

@@ -401,6 +401,18 @@ class NetworkSettings:
         maximum=1.0,
         network_types=DROPOUT_TYPES,
     )
+    scale_weight_norms: float = setting(
+        0.0,
+        "Hold each layer's weight update to this norm after every step (sd-scripts' max-norm "
+        "regularisation; 0 = off).",
+        label="Scale weight norms",
+        minimum=0.0,
+        maximum=1000.0,
+        advice="1 is the usual value (Kohya presets): it keeps a few layers from running away, so the LoRA "
+        "stays usable at weight 1 and mixes better with others; the step log shows how many layers it "
+        "scaled. LyCORIS has no such limit for ia3, dylora and glora.",
+        network_types=("lora", "locon", "loha", "lokr", "dora", "diag-oft"),
+    )
     dora_layout: str = setting(
         "input",
         "Where DoRA's learned magnitude lives: one per input column (input) or one per output row (output).",

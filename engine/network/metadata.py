@@ -116,7 +116,7 @@ def training_metadata(
         "ss_resize_interpolation": None,
         "ss_zero_terminal_snr": False,
         "ss_debiased_estimation": False,
-        "ss_scale_weight_norms": None,
+        "ss_scale_weight_norms": net.scale_weight_norms or None,
         "ss_caption_dropout_every_n_epochs": caps.caption_dropout_every_n_epochs,
         "ss_caption_tag_dropout_rate": caps.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": None,

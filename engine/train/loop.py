@@ -31,6 +31,7 @@ from engine.errors import LoradeckError
 from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.network.metadata import optimizer_class_path, training_metadata
 from engine.network.lora import LoraNetwork
+from engine.network.max_norm import apply_max_norm
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.run.folder import CONTROL_REQUESTS, RunDir
@@ -385,7 +386,9 @@ class Training:
         epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
         lr_unet, lr_text_encoder = _learning_rates(self.optimizer, self.lr_scheduler, self.network,
                                                    self.train_step.text_encoder_active)
-        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder)
+        # sd-scripts' scale_weight_norms: each layer's update held to the norm after the optimizer step
+        norms = apply_max_norm(self.network, config.network.scale_weight_norms)
+        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder, norms)
         if (self.train_step.text_encoder_active and self.stop_text_encoder_at
                 and progress.step >= self.stop_text_encoder_at):
             self.train_step.stop_text_encoder()

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from engine.config.network_types import NetworkSpec
-from engine.network.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name, read_lora_file, save_lora_file
+from engine.model.families import family_named
+from engine.network.lora import read_lora_file, save_lora_file
 from engine.plan.network_size import lycoris_factorization, network_size
+from tests.conftest import TINY_FAMILIES
 from tests.test_network_types import model_output, randomized
 
 SPECS = {
@@ -53,19 +55,26 @@ class KohyaNamedTextEncoder(torch.nn.Module):
 MODULE_LEVEL = {"ia3", "ia3-on-input", "dora-input"}
 
 
-def lycoris_reads(pipeline, tensors: dict[str, torch.Tensor], spec: NetworkSpec) -> int:
+def layers_by_key(pipeline, family) -> dict:
+    """Every module of the family's adapted parts, by its Kohya key."""
+    return {component.key(name): module for component in family.lora_components
+            for name, module in getattr(pipeline, component.part).named_modules()}
+
+
+def lycoris_reads(pipeline, tensors: dict[str, torch.Tensor], spec: NetworkSpec, family) -> int:
     """Attach the file to `pipeline` with LyCORIS' own code; the modules attached."""
     from lycoris.kohya import create_network_from_weights
     from lycoris.modules import get_module
 
+    tensors = family.runtime().lora_network_tensors(tensors)  # one key per diffusers module
     if spec.type not in ("ia3", "dora") or spec.dora_layout == "output":
-        loaded, _ = create_network_from_weights(1.0, None, None, KohyaNamedTextEncoder(pipeline.text_encoder),
-                                                pipeline.unet, weights_sd=tensors)
-        loaded.apply_to(pipeline.text_encoder, pipeline.unet, apply_text_encoder=True, apply_unet=True)
+        encoders = [KohyaNamedTextEncoder(getattr(pipeline, name)) for name in family.text_encoders]
+        denoiser = getattr(pipeline, family.denoiser)
+        loaded, _ = create_network_from_weights(1.0, None, None, encoders if len(encoders) > 1 else encoders[0],
+                                                denoiser, weights_sd=tensors)
+        loaded.apply_to(encoders, denoiser, apply_text_encoder=True, apply_unet=True)
         return len(loaded.loras)
-    layers = {}
-    for prefix, model in ((UNET_PREFIX, pipeline.unet), (TEXT_ENCODER_PREFIX, pipeline.text_encoder)):
-        layers.update({kohya_name(prefix, name): module for name, module in model.named_modules()})
+    layers = layers_by_key(pipeline, family)
     keys = sorted({name.split(".", 1)[0] for name in tensors})
     for key in keys:
         module_class, _ = get_module(tensors, key)
@@ -81,24 +90,35 @@ def lycoris_reads(pipeline, tensors: dict[str, torch.Tensor], spec: NetworkSpec)
     return len(keys)
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_lycoris_own_code_reads_the_file(tmp_path, pipeline_factory, tiny_model_dir, name):
-    spec = SPECS[name]
-    ours = pipeline_factory()
-    network = randomized(ours, spec)
-    expected = model_output(ours)
+def check_lycoris_reads_the_file(tmp_path, pipelines, model_dir, family, spec) -> None:
+    ours = pipelines()
+    network = randomized(ours, spec, family)
+    expected = model_output(ours, family)
     tensors = saved(tmp_path, network, spec)
-    theirs = pipeline_factory()
-    base = model_output(theirs)
-    assert lycoris_reads(theirs, tensors, spec) == len(list(network.layers()))  # every module, none left over
+    theirs = pipelines()
+    base = model_output(theirs, family)
+    assert lycoris_reads(theirs, tensors, spec, family) == len(list(network.layers()))  # every module, none left
     assert (expected - base).abs().max() > 1e-3  # the network does change the output
-    torch.testing.assert_close(model_output(theirs), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model_output(theirs, family), expected, rtol=1e-4, atol=1e-4)
     # the plan counts this network to the parameter, tensor and layer
-    unet = json.loads((tiny_model_dir / "unet" / "config.json").read_text())
-    text = json.loads((tiny_model_dir / "text_encoder" / "config.json").read_text())
-    parameters, file_tensors, layers = network_size(spec, unet, text)
+    from engine.config.schema import config_from_dict
+
+    config = config_from_dict({"model": {"pretrained_model": str(model_dir)}})
+    parameters, file_tensors, layers = network_size(spec, family.adapted_layers(spec, family.shapes(config, ".")))
     assert parameters == sum(p.numel() for p in network.parameters())
     assert file_tensors == len(tensors) and layers == len(list(network.layers()))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_lycoris_own_code_reads_the_file(tmp_path, pipeline_factory, tiny_model_dir, name):
+    check_lycoris_reads_the_file(tmp_path, pipeline_factory, tiny_model_dir, family_named(TINY_FAMILIES[0]),
+                                 SPECS[name])
+
+
+@pytest.mark.parametrize("name", ["dora-input", "ia3"])
+def test_lycoris_types_on_every_family(tmp_path, family, family_pipelines, family_model_dir, name):
+    """The same on each family's parts (SDXL: two text encoders, lora_te1 / lora_te2)."""
+    check_lycoris_reads_the_file(tmp_path, family_pipelines, family_model_dir, family_named(family), SPECS[name])
 
 
 # ------------------------------------------------------------------ the readers' formulas
@@ -169,13 +189,10 @@ def ours_per_layer(pipeline, network, keys=None) -> dict[str, tuple[torch.Tensor
     (`keys`, default: every 5th by name, which mixes Linears, 1x1, 3x3 and strided convs of the
     U-Net and CLIP), read from the layer's outputs on unit inputs (so whatever computes the
     update, LyCORIS' module or peft's layer, is measured the same way)."""
-    modules = {}
-    for prefix, model in ((UNET_PREFIX, pipeline.unet), (TEXT_ENCODER_PREFIX, pipeline.text_encoder)):
-        for name, module in model.named_modules():
-            modules[kohya_name(prefix, name)] = module
+    modules = layers_by_key(pipeline, network.family)
     result = {}
     if keys is None:
-        keys = sorted({name.split(".", 1)[0] for name in network.state_dict()})[::5]
+        keys = sorted({name.split(".", 1)[0] for name in network._module_tensors(torch.float32)})[::5]
     for key in keys:
         module = modules[key]
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
@@ -225,10 +242,11 @@ def test_readers_formulas_render_the_file(tmp_path, pipeline_factory, name):
     the update, where per input they are exact."""
     spec = SPECS[name]
     pipeline = pipeline_factory()
-    network = randomized(pipeline, spec)
+    network = randomized(pipeline, spec, family_named(TINY_FAMILIES[0]))
     pipeline.unet.eval()
     pipeline.text_encoder.eval()
-    tensors = saved(tmp_path, network, spec)
+    tensors = network._module_tensors(torch.float32)  # one key per module (the family's file layout aside)
+    saved(tmp_path, network, spec)
     layers = ours_per_layer(pipeline, network)
     for reader, formula in (("automatic1111", automatic1111), ("comfyui", comfyui)):
         if (name, reader) not in EXACT:

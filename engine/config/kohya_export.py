@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.config.network_types import LYCORIS_ALGOS, NetworkSpec
 from engine.config.schema import RANDOM_SEED, TrainConfig, parse_resolution, resolve_path
-from engine.model.families import config_family_name
+from engine.model.families import FAMILIES, config_family
 
 # our network.type -> the GUI's LoRA_type
 GUI_TYPES = {"lora": "Standard", "locon": "Kohya LoCon", "loha": "LyCORIS/LoHa", "lokr": "LyCORIS/LoKr",
@@ -60,16 +60,18 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
     model, data, caps, aug = config.model, config.dataset, config.captions, config.augmentation
     net, opt, train, precision = config.network, config.optimizer, config.training, config.precision
     sampling, saving, meta = config.sampling, config.saving, config.metadata
-    sdxl = config_family_name(config, base_dir) == "sdxl"
+    family = config_family(config, base_dir)
+    sdxl = "sdxl" in family.kohya_flags  # sd-scripts' script for it: sdxl_train_network.py
     spec = NetworkSpec.of(config)
     width, height = parse_resolution(data.resolution)
 
     gui: dict[str, Any] = {
         "LoRA_type": GUI_TYPES[net.type],
-        "sdxl": sdxl,
+        # the GUI's model checkboxes: the family's own on, every other family's off
+        **{flag: flag in family.kohya_flags for other in FAMILIES for flag in other.kohya_flags},
         "pretrained_model_name_or_path": _path(model.pretrained_model, base_dir),
         "vae": _path(model.vae, base_dir),
-        "v2": model.v2, "v_parameterization": model.v_parameterization, "clip_skip": model.clip_skip,
+        "v_parameterization": model.v_parameterization, "clip_skip": model.clip_skip,
         "train_data_dir": "" if data.dataset_config else _path(data.image_dir, base_dir),
         "reg_data_dir": "" if data.dataset_config else _path(data.reg_dir, base_dir),
         "dataset_config": _path(data.dataset_config, base_dir),
@@ -107,7 +109,8 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
         "save_precision": precision.save_precision, "gradient_checkpointing": precision.gradient_checkpointing,
         "xformers": precision.attention, "cache_latents": precision.cache_latents != "none",
         "cache_latents_to_disk": precision.cache_latents == "disk",
-        "sdxl_cache_text_encoder_outputs": sdxl and precision.cache_text_encoder_outputs,
+        **{key: precision.cache_text_encoder_outputs for key, setting in family.kohya_settings.items()
+           if setting == "precision.cache_text_encoder_outputs"},
         "max_data_loader_n_workers": precision.dataloader_workers,
         "sample_prompts": sampling.prompts, "sample_every_n_epochs": sampling.every_n_epochs,
         "sample_every_n_steps": sampling.every_n_steps,
@@ -183,7 +186,7 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
     opt, train = config.optimizer, config.training
     arguments: dict[str, Any] = {
         "pretrained_model_name_or_path": gui["pretrained_model_name_or_path"], "vae": gui["vae"],
-        "v2": gui["v2"], "v_parameterization": gui["v_parameterization"],
+        "v2": gui.get("v2", False), "v_parameterization": gui["v_parameterization"],
         "clip_skip": config.model.clip_skip if config.model.clip_skip != 1 else None,
         "train_data_dir": gui["train_data_dir"], "reg_data_dir": gui["reg_data_dir"],
         "dataset_config": gui["dataset_config"], "resolution": gui["max_resolution"],
@@ -221,7 +224,7 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
         "gradient_checkpointing": gui["gradient_checkpointing"], "xformers": gui["xformers"] == "xformers",
         "sdpa": gui["xformers"] == "sdpa", "cache_latents": gui["cache_latents"],
         "cache_latents_to_disk": gui["cache_latents_to_disk"],
-        "cache_text_encoder_outputs": gui["sdxl_cache_text_encoder_outputs"],
+        "cache_text_encoder_outputs": gui.get("sdxl_cache_text_encoder_outputs", False),
         "max_data_loader_n_workers": gui["max_data_loader_n_workers"],
         "sample_prompts": prompts_file if gui["sample_prompts"].strip() else None,
         "sample_every_n_epochs": gui["sample_every_n_epochs"] or None,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from engine.config import kohya_values as value
 from engine.config.kohya_keys import (
-    FAMILY_KEYS,
+    OTHER_FAMILY_KEYS,
     FAMILY_SWITCHES,
     GUI_PASSES,
     HUBER_KEYS,
@@ -57,6 +57,7 @@ from engine.config.schema import (
     schema,
 )
 from engine.errors import ConfigError, LoradeckError
+from engine.model.families import FAMILIES
 
 UNSET = value.UNSET
 GUI_DEFAULT_STEPS = 1600  # the GUI's max_train_steps when a config has none, and sd-scripts' default
@@ -91,14 +92,17 @@ TRAINED_TYPES = ("Standard, Kohya LoCon, LyCORIS/LoCon (dora_wd: DoRA), LyCORIS/
 SD_SCRIPTS_NAMES = {"optimizer_type": "optimizer", "resolution": "max_resolution", "network_weights": "lora_network_weights"}
 
 # keys handled by hand below
+# each family's GUI keys (engine.model.family: kohya_flags, kohya_settings, kohya_notes): "v2", "sdxl", ...
+FAMILY_KEYS = frozenset(key for family in FAMILIES
+                        for key in (*family.kohya_flags, *family.kohya_settings, *family.kohya_notes))
 SPECIAL_KEYS = frozenset({
-    "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "optimizer", "lr_scheduler", "lr_warmup",
+    "LoRA_type", *FAMILY_KEYS, "max_resolution", "xformers", "cache_latents", "optimizer", "lr_scheduler", "lr_warmup",
     "stop_text_encoder_training", "stop_text_encoder_training_pct", "max_train_epochs", "max_train_steps",
     "sample_sampler", "network_train_unet_only", "network_train_text_encoder_only", "noise_offset_type",
-    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae", "dora_wd", "LyCORIS_preset", "bucket_reso_steps",
+    "dora_wd", "LyCORIS_preset", "bucket_reso_steps",
     "max_grad_norm", "min_bucket_reso", "max_bucket_reso", "clip_skip", "network_alpha", "caption_extension",
     "seed", "lr_scheduler_num_cycles", "lr_scheduler_type", "lr_scheduler_args", "save_precision",
-    "additional_parameters", "cache_text_encoder_outputs", *PATH_KEYS, *NETWORK_KEYS, *LYCORIS_OPTIONS, *HUBER_KEYS,
+    "additional_parameters", *PATH_KEYS, *NETWORK_KEYS, *LYCORIS_OPTIONS, *HUBER_KEYS,
     *METADATA_KEYS,
 })
 
@@ -199,7 +203,7 @@ def _check_shape(data: dict[str, Any], where: str) -> None:
     """Refuse what is no GUI config at all: a fine-tuning metadata file, a deeply nested object."""
     if _depth(data, MAX_NESTING) >= MAX_NESTING:
         raise LoradeckError(f"{where}not a Kohya JSON config (nested more than {MAX_NESTING} levels)")
-    known = SPECIAL_KEYS | set(SIMPLE_KEYS) | set(NOT_BUILT) | NO_EFFECT | OTHER_TABS | FAMILY_KEYS
+    known = SPECIAL_KEYS | set(SIMPLE_KEYS) | set(NOT_BUILT) | NO_EFFECT | OTHER_TABS | OTHER_FAMILY_KEYS
     if data and not any(key in known for key in data):
         if all(isinstance(item, dict) and ("caption" in item or "tags" in item) for item in data.values()):
             raise LoradeckError(f"{where}a fine-tuning metadata file (image -> caption, sd-scripts' in_json), not a "
@@ -336,7 +340,7 @@ class _Reader:
             self.put(setting, self.convert(key, converter), key)
         elif key in NOT_BUILT:
             self._not_built(key)
-        elif key in NO_EFFECT or key in FAMILY_KEYS or key in OTHER_TABS:
+        elif key in NO_EFFECT or key in OTHER_FAMILY_KEYS or key in OTHER_TABS:
             self.ignored.append(key)
         elif key not in SPECIAL_KEYS:
             self.unknown.append(key)
@@ -409,17 +413,7 @@ class _Reader:
                 step = 64
             put("dataset.bucket_step", step, "bucket_reso_steps")
         self._sd_scripts_defaults()
-        if self.is_on("sdxl"):
-            put("model.family", "sdxl", "sdxl")
-            if self.is_on("sdxl_cache_text_encoder_outputs") or self.is_on("cache_text_encoder_outputs"):
-                put("precision.cache_text_encoder_outputs", True, "sdxl_cache_text_encoder_outputs")
-            if self.is_on("sdxl_no_half_vae"):
-                self.notes.append("sdxl_no_half_vae: loradeck runs SDXL's VAE in fp32 under fp16 unless model.vae "
-                                  "gives an fp16-fixed one (under bf16 it cannot overflow)")
-        else:
-            for key in ("sdxl", "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae"):
-                if key in data and self.convert(key, value.flag) is not True:
-                    self.ignored.append(key)
+        self._family()
         if "max_resolution" in data:
             text = self.convert("max_resolution", value.text)
             if text is not UNSET:
@@ -453,6 +447,28 @@ class _Reader:
         elif "seed" in data:
             put("training.seed", self.convert("seed", value.integer), "seed")
         self._text_encoder_stop()
+
+    def _family(self) -> None:
+        """The GUI's model checkboxes ("v2", "sdxl"): each family's own keys and notes."""
+        chosen = None
+        for family in FAMILIES:
+            flag = next((key for key in family.kohya_flags if self.is_on(key)), None)
+            if flag is None or chosen is not None:
+                continue
+            chosen = family
+            self.put("model.family", family.name, flag)
+            for key, setting in family.kohya_settings.items():
+                if self.is_on(key):
+                    self.put(setting, True, key)
+            self.notes.extend(note for key, note in family.kohya_notes.items() if self.is_on(key))
+        for key in FAMILY_KEYS:  # another family's switch and settings, off here
+            if key in self.data and (chosen is None or not self._belongs(chosen, key)):
+                self.convert(key, value.flag)  # a path where a switch belongs is still refused
+                self.ignored.append(key)
+
+    @staticmethod
+    def _belongs(family, key: str) -> bool:
+        return key in family.kohya_flags or key in family.kohya_settings or key in family.kohya_notes
 
     def _sd_scripts_defaults(self) -> None:
         """Values the GUI leaves out when they are 0: sd-scripts' default applies."""

@@ -7,7 +7,7 @@ Every key the GUI's LoRA tab saves falls in one of these tables:
     NOT_BUILT       changes training, loradeck does not train it: a note when it is on
     NO_EFFECT       does not change the LoRA (logging, uploads, speed, the GUI's own state)
     OTHER_TABS      belongs to the DreamBooth, fine-tuning or Textual Inversion tab
-    FAMILY_KEYS     a model family loradeck does not train (Flux.1, SD3, ...): refused when its switch is on
+    OTHER_FAMILY_KEYS  a model family loradeck does not train (Flux.1, SD3, ...): refused when its switch is on
 
 The keys the importer reads by hand are in kohya_import (SPECIAL_KEYS). A key in none
 of them is reported as unknown, never silently dropped.
@@ -23,7 +23,6 @@ from engine.config import kohya_values as value
 # kohya key -> (our setting, converter)
 SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "vae": ("model.vae", value.text),
-    "v2": ("model.v2", value.flag),
     "v_parameterization": ("model.v_parameterization", value.flag),
     "enable_bucket": ("dataset.enable_buckets", value.flag),
     "bucket_no_upscale": ("dataset.bucket_no_upscale", value.flag),
@@ -170,7 +169,7 @@ NO_EFFECT = frozenset({
     "save_last_n_steps_state", "save_last_n_epochs_state", "save_as_bool", "skip_cache_check",
     "disable_mmap_load_safetensors", "mem_eff_save", "model_list", "persistent_data_loader_workers",
     "vae_batch_size", "blockwise_fused_optimizers", "fused_optimizer_groups", "mem_eff_attn", "sdpa",
-    "sdxl_checkbox", "cache_latents_to_disk", "cache_text_encoder_outputs_to_disk",
+    "sdxl_checkbox", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
 })
 
 # settings of the GUI's other tabs (DreamBooth, fine-tuning, Textual Inversion)
@@ -186,7 +185,7 @@ TEXTUAL_INVERSION_KEYS = ("token_string", "init_word", "num_vectors_per_token")
 FAMILY_SWITCHES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3", "hunyuan_image_checkbox": "HunyuanImage",
                    "anima_checkbox": "Anima", "lumina_checkbox": "Lumina"}
 # settings of those families (no effect on an SD 1.x/2.x or SDXL LoRA)
-FAMILY_KEYS = frozenset({
+OTHER_FAMILY_KEYS = frozenset({
     *FAMILY_SWITCHES, "ae", "apply_t5_attn_mask", "blocks_to_swap", "clip_g", "clip_l", "cpu_offload_checkpointing",
     "discrete_flow_shift", "double_blocks_to_swap", "flux1_cache_text_encoder_outputs",
     "flux1_cache_text_encoder_outputs_to_disk", "flux1_clip_l", "flux1_t5xxl", "flux_fused_backward_pass",

@@ -15,7 +15,7 @@ inside the U-Net's Transformer2DModel, ResnetBlock2D, Downsample2D and Upsample2
 plus conv_in, conv_out and the time embedding's two Linears; every Linear of CLIP's
 attention and MLP. Linears and 1x1 convs get the rank, wider kernels the conv rank (none
 at conv rank 0), as LyCORIS' kohya network builds them. Key names are sd-scripts'
-(engine.network.lora.kohya_name).
+(the family's LoRA components: `component.key`).
 
 Each LyCORIS module hooks the forward of the layer it adapts (its `apply_to`) and is added
 to that layer as a child, so the U-Net's (or text encoder's) own parameters, train/eval
@@ -32,9 +32,10 @@ import torch
 
 from engine.config.network_types import NetworkSpec
 from engine.errors import LoradeckError
+from engine.model.family import FamilyDescriptor
+from engine.network.lora import LoraNetwork, _parts_of
 
 CHILD_NAME = "lycoris_adapter"
-UNET_PREFIX = "lora_unet"
 
 
 def _module_class(spec: NetworkSpec):
@@ -77,14 +78,14 @@ def _type_arguments(spec: NetworkSpec) -> dict[str, Any]:
     return {}
 
 
-def full_preset_layers(model: torch.nn.Module, part: str) -> Iterator[tuple[str, torch.nn.Module]]:
-    """(name, layer) of every Linear and Conv2d LyCORIS' `full` preset adapts in `model`
-    (`part`: "unet" or "text_encoder"), in module order, each once."""
+def full_preset_layers(model: torch.nn.Module, denoiser: bool) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(name, layer) of every Linear and Conv2d LyCORIS' `full` preset adapts in `model` (a
+    denoiser, or a text encoder), in module order, each once."""
     from lycoris.config import PRESET
 
     preset = PRESET["full"]
-    blocks = set(preset["unet_target_module" if part == "unet" else "text_encoder_target_module"])
-    names = set(preset["unet_target_name" if part == "unet" else "text_encoder_target_name"])
+    blocks = set(preset["unet_target_module" if denoiser else "text_encoder_target_module"])
+    names = set(preset["unet_target_name" if denoiser else "text_encoder_target_name"])
     seen: set[str] = set()
     for parent_name, parent in model.named_modules():
         if CHILD_NAME in parent_name.split("."):
@@ -103,75 +104,30 @@ def full_preset_layers(model: torch.nn.Module, part: str) -> Iterator[tuple[str,
 
 
 @dataclass
-class _Adapter:
-    key: str  # the file's key prefix, lora_unet_... / lora_te_...
-    module: Any  # the LyCORIS module
-    part: str  # "unet", "text_encoder" or "text_encoder_2"
+class LycorisNetwork(LoraNetwork):
+    """LyCORIS modules on the family's parts; the interface of LoraNetwork, which it shares
+    (the trainer, sampling, the grid and resume use either)."""
 
-
-@dataclass
-class LycorisNetwork:
-    """LyCORIS modules on a base model's U-Net and text encoder(s); the interface of
-    engine.network.lora.LoraNetwork (the trainer, sampling, the grid and resume use either)."""
-
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    spec: NetworkSpec
-    text_encoder_2: torch.nn.Module | None = None
-    adapters: list[_Adapter] = field(default_factory=list)
+    adapters: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)  # part -> (key, module)
     enabled: bool = True
 
-    @property
-    def rank(self) -> int:
-        return self.spec.rank
-
-    @property
-    def alpha(self) -> float:
-        return self.spec.alpha
-
-    @property
-    def has_unet(self) -> bool:
-        return self.spec.train_unet
-
-    @property
-    def has_text_encoder(self) -> bool:
-        return self.spec.train_text_encoder
-
-    @property
-    def text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
-        from engine.network.lora import SDXL_TEXT_ENCODER_PREFIXES, TEXT_ENCODER_PREFIX
-
-        if self.text_encoder_2 is None:
-            return [(TEXT_ENCODER_PREFIX, self.text_encoder)]
-        return list(zip(SDXL_TEXT_ENCODER_PREFIXES, (self.text_encoder, self.text_encoder_2)))
-
     @classmethod
-    def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec,
-              text_encoder_2: torch.nn.Module | None = None) -> "LycorisNetwork":
+    def build(cls, family: FamilyDescriptor, holder, spec: NetworkSpec) -> "LycorisNetwork":
         """Fresh modules of the spec's type; every type starts at the base model's output."""
-        from engine.network.lora import kohya_name
-
         logging.getLogger("LyCORIS").setLevel(logging.WARNING)  # its info is one line per layer
-        network = cls(unet, text_encoder, spec, text_encoder_2)
-        unet.requires_grad_(False)
-        for _, encoder in network.text_encoders:
-            encoder.requires_grad_(False)
-        models = []
-        if spec.train_unet:
-            models.append((UNET_PREFIX, unet, "unet"))
-        if spec.train_text_encoder:
-            parts = ("text_encoder", "text_encoder_2")
-            models += [(prefix, encoder, part) for (prefix, encoder), part in zip(network.text_encoders, parts)]
+        network = cls(family, _parts_of(holder, family), spec)
+        for module in network.modules.values():
+            module.requires_grad_(False)
         module_class, arguments = _module_class(spec), _type_arguments(spec)
-        for prefix, model, part in models:
-            layers = list(full_preset_layers(model, "unet" if part == "unet" else "text_encoder"))
-            for name, layer in layers:
+        for component, model in network.adapted():
+            adapters = network.adapters.setdefault(component.part, [])
+            for name, layer in full_preset_layers(model, component.is_denoiser):
                 kernel = layer.kernel_size[0] if isinstance(layer, torch.nn.Conv2d) else 1
                 chosen = spec.rank_of(kernel)
                 if chosen is None:
                     continue
                 rank, alpha = chosen
-                key = kohya_name(prefix, name)
+                key = component.key(name)
                 try:
                     module = module_class(key, layer, 1.0, rank, alpha, 0.0, spec.rank_dropout, spec.module_dropout,
                                           False, **arguments)
@@ -180,89 +136,66 @@ class LycorisNetwork:
                 module.to(device=layer.weight.device)
                 module.apply_to()
                 layer.add_module(CHILD_NAME, module)
-                network.adapters.append(_Adapter(key, module, part))
+                adapters.append((key, module))
         # the adapters train in fp32 even when the frozen base is fp16/bf16 (as peft's layers here)
         for parameter in network.parameters():
             parameter.data = parameter.data.float()
             parameter.requires_grad_(True)
         return network
 
-    # ---- parameters
+    # ---- parameters (LoraNetwork groups them by part through _component_parameters)
+
+    def _all(self) -> Iterator[tuple[str, Any]]:
+        for component, _ in self.adapted():
+            yield from self.adapters.get(component.part, [])
 
     def layers(self) -> Iterator[torch.nn.Module]:
-        for adapter in self.adapters:
-            yield adapter.module
+        for _, module in self._all():
+            yield module
 
-    def _part_parameters(self, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
-        return [parameter for adapter in self.adapters if adapter.part in parts
-                for parameter in adapter.module.parameters()]
-
-    def unet_parameters(self) -> list[torch.nn.Parameter]:
-        return self._part_parameters(("unet",))
-
-    def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
-        return self._part_parameters(("text_encoder", "text_encoder_2"))
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return self.unet_parameters() + self.text_encoder_parameters()
-
-    def param_groups(self, unet_lr: float, text_encoder_lr: float,
-                     text_encoder_2_lr: float | None = None) -> list[dict[str, Any]]:
-        """Optimizer groups, as LoraNetwork.param_groups: U-Net, then each text encoder."""
-        groups = []
-        if self.has_unet:
-            groups.append({"params": self.unet_parameters(), "lr": unet_lr, "name": "unet"})
-        if self.has_text_encoder:
-            second = text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr
-            for part, rate in (("text_encoder", text_encoder_lr), ("text_encoder_2", second)):
-                parameters = self._part_parameters((part,))
-                if parameters:
-                    groups.append({"params": parameters, "lr": rate, "name": part})
-        return groups
-
-    def freeze_text_encoder(self) -> None:
-        for parameter in self.text_encoder_parameters():
-            parameter.requires_grad_(False)
-            parameter.grad = None
+    def _component_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        part = next(name for name, module in self.modules.items() if module is model)
+        return [parameter for _, module in self.adapters.get(part, []) for parameter in module.parameters()]
 
     def set_multiplier(self, multiplier: float) -> None:
-        for adapter in self.adapters:
-            adapter.module.multiplier = multiplier
+        for module in self.layers():
+            module.multiplier = multiplier
 
     def enable(self, enabled: bool) -> None:
         """Switch every module on or off (off: the base model's own output)."""
         if enabled == self.enabled:
             return
-        for adapter in self.adapters:
+        for module in self.layers():
             if enabled:
-                adapter.module.apply_to()
+                module.apply_to()
             else:
-                adapter.module.restore()
+                module.restore()
         self.enabled = enabled
 
     def cast(self, device: torch.device, dtype: torch.dtype) -> None:
-        for adapter in self.adapters:
-            adapter.module.to(device=device, dtype=dtype)
+        for module in self.layers():
+            module.to(device=device, dtype=dtype)
 
-    # ---- the file's layout: each module's own state dict
+    # ---- the file's layout: each module's own state dict, through the family's file layout
 
-    def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def _module_tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
-        for adapter in self.adapters:
-            for suffix, tensor in _file_tensors(adapter.module).items():
+        for key, module in self._all():
+            for suffix, tensor in _file_tensors(module).items():
                 tensor = tensor.detach().to("cpu")
-                tensors[f"{adapter.key}.{suffix}"] = (tensor.to(dtype) if tensor.is_floating_point()
-                                                      else tensor).contiguous()
+                tensors[f"{key}.{suffix}"] = (tensor.to(dtype) if tensor.is_floating_point()
+                                              else tensor).contiguous()
         return tensors
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Set every module from a file's tensors; the file must fit this network exactly."""
+        tensors = self.family.runtime().lora_network_tensors(tensors)
         expected: set[str] = set()
         with torch.no_grad():
-            for adapter in self.adapters:
-                own = _file_tensors(adapter.module)
+            for key, module in self._all():
+                own = _file_tensors(module)
                 for suffix, tensor in own.items():
-                    name = f"{adapter.key}.{suffix}"
+                    name = f"{key}.{suffix}"
                     expected.add(name)
                     if name not in tensors:
                         raise LoradeckError(f"the file has no {name}; it is another network type, or was trained on "
@@ -270,7 +203,7 @@ class LycorisNetwork:
                     if tensors[name].shape != tensor.shape:
                         raise LoradeckError(f"the file's {name} is {tuple(tensors[name].shape)}, this network's "
                                             f"{tuple(tensor.shape)}: another rank, layout or network type")
-                _load_module(adapter.module, {suffix: tensors[f"{adapter.key}.{suffix}"] for suffix in own})
+                _load_module(module, {suffix: tensors[f"{key}.{suffix}"] for suffix in own})
         extra = sorted(set(tensors) - expected)
         if extra:
             raise LoradeckError(f"the file has {len(extra)} keys this network lacks, e.g. {extra[0]}")

@@ -41,7 +41,7 @@ def training_metadata(
     finished_at: float | None = None,
 ) -> dict[str, str]:
     width, height = config.resolution_size
-    family = family_named(getattr(plan, "family", "sd15"))
+    family = family_named(plan.family)
     net, opt, train, data, caps, aug = (
         config.network, config.optimizer, config.training, config.dataset, config.captions, config.augmentation,
     )
@@ -71,8 +71,6 @@ def training_metadata(
         "ss_training_finished_at": finished_at if finished_at is not None else time.time(),
         "ss_output_name": config.saving.output_name,
         "ss_sd_model_name": _file_name(config.model.pretrained_model) or model_name,
-        "ss_base_model_version": family.base_model_version(config),
-        "ss_v2": config.model.v2,
         "ss_v_parameterization": config.model.v_parameterization,
         # None where sd-scripts' argument is unset: clip skip 1 is the last layer, 75 tokens one window
         "ss_clip_skip": config.model.clip_skip if config.model.clip_skip != 1 else None,
@@ -144,9 +142,12 @@ def training_metadata(
         "ss_color_aug": aug.color,
         "ss_random_crop": aug.random_crop,
         **_validation_keys(config, plan),
-        **model_spec(config, family, width, height, started_at),
+        **model_spec(config, width, height, started_at),
         "training_tool": "loradeck",
     }
+    # the family's keys last: ss_base_model_version, ss_v2, modelspec.architecture, and any
+    # general key it says otherwise (a flow-matching family's modelspec.prediction_type)
+    metadata.update(family.lora_metadata(config))
     metadata.update(base_model_hashes(config.model.pretrained_model))
     if config.model.vae:  # sd-scripts writes the VAE's keys only when one is given
         metadata["ss_vae_name"] = _file_name(config.model.vae) or config.model.vae
@@ -157,14 +158,13 @@ def training_metadata(
     return {key: str(value) for key, value in metadata.items()}
 
 
-def model_spec(config: TrainConfig, family, width: int, height: int, started_at: float) -> dict[str, str]:
+def model_spec(config: TrainConfig, width: int, height: int, started_at: float) -> dict[str, str]:
     """The Stability AI model spec (1.0.1, as sd-scripts writes it), which A1111, ComfyUI and
     Civitai show: the [metadata] settings fill its title, author, description, licence, tags,
     trigger phrase and usage hint; unset ones are left out, as sd-scripts leaves them."""
     meta = config.metadata
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": family.modelspec_architecture(config),
         "modelspec.implementation": "diffusers",
         "modelspec.implementation_version": _diffusers_version(),
         "modelspec.title": meta.title or config.saving.output_name,

@@ -27,7 +27,6 @@ from engine.config.kohya_keys import (
     OTHER_FAMILY_KEYS,
     FAMILY_SWITCHES,
     GUI_PASSES,
-    HUBER_KEYS,
     LYCORIS_OPTIONS,
     METADATA_KEYS,
     NETWORK_KEYS,
@@ -102,7 +101,7 @@ SPECIAL_KEYS = frozenset({
     "dora_wd", "LyCORIS_preset", "bucket_reso_steps",
     "max_grad_norm", "min_bucket_reso", "max_bucket_reso", "clip_skip", "network_alpha", "caption_extension",
     "seed", "lr_scheduler_num_cycles", "lr_scheduler_type", "lr_scheduler_args", "save_precision",
-    "additional_parameters", *PATH_KEYS, *NETWORK_KEYS, *LYCORIS_OPTIONS, *HUBER_KEYS,
+    "additional_parameters", *PATH_KEYS, *NETWORK_KEYS, *LYCORIS_OPTIONS, "max_timestep",
     *METADATA_KEYS,
 })
 
@@ -474,8 +473,9 @@ class _Reader:
         """Values the GUI leaves out when they are 0: sd-scripts' default applies."""
         targets = {"max_grad_norm": "optimizer.max_grad_norm", "min_bucket_reso": "dataset.min_bucket_resolution",
                    "max_bucket_reso": "dataset.max_bucket_resolution", "clip_skip": "model.clip_skip",
-                   "network_alpha": "network.alpha"}
-        converters = {"min_bucket_reso": value.integer, "max_bucket_reso": value.integer, "clip_skip": value.integer}
+                   "network_alpha": "network.alpha", "max_timestep": "training.max_timestep"}
+        converters = {"min_bucket_reso": value.integer, "max_bucket_reso": value.integer, "clip_skip": value.integer,
+                      "max_timestep": value.integer}
         for key, setting in targets.items():
             if key not in self.data:
                 continue
@@ -558,13 +558,6 @@ class _Reader:
                 self.notes.append("caption_extension empty -> .caption: the GUI passes nothing and sd-scripts reads "
                                   ".caption files")
             self.put("captions.caption_extension", extension, "caption_extension")
-        for key in HUBER_KEYS:
-            if key in self.data:
-                loss = self.convert("loss_type", value.choice)
-                if loss in ("huber", "smooth_l1"):
-                    self.notes.append(f"{key} {self.data[key]!r} not trained: loradeck trains the squared error")
-                else:
-                    self.off.append(key)
 
     def _which_models(self) -> None:
         """The GUI (and sd-scripts) read a zero rate for one model, beside a rate for the other,

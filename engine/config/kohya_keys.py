@@ -52,6 +52,14 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "multires_noise_discount": ("training.multires_noise_discount", value.number),
     "ip_noise_gamma": ("training.ip_noise_gamma", value.number),
     "min_snr_gamma": ("training.min_snr_gamma", value.number),
+    "noise_offset_random_strength": ("training.noise_offset_random_strength", value.flag),
+    "ip_noise_gamma_random_strength": ("training.ip_noise_gamma_random_strength", value.flag),
+    "debiased_estimation_loss": ("training.debiased_estimation_loss", value.flag),
+    "min_timestep": ("training.min_timestep", value.integer),
+    "loss_type": ("training.loss_type", value.choice),
+    "huber_c": ("training.huber_c", value.number),
+    "huber_schedule": ("training.huber_schedule", value.choice),
+    "huber_scale": ("training.huber_scale", value.number),
     "mixed_precision": ("precision.mixed_precision", value.choice),
     "gradient_checkpointing": ("precision.gradient_checkpointing", value.flag),
     "max_data_loader_n_workers": ("precision.dataloader_workers", value.integer),
@@ -77,6 +85,7 @@ SD_SCRIPTS_DEFAULTS: dict[str, Any] = {
     "train_batch_size": 1,
     "network_alpha": 1.0,
     "clip_skip": 1,  # None: the last layer
+    "max_timestep": 1000,  # None: the schedule's end
 }
 
 # paths of the GUI, resolved as the GUI's sd-scripts process does: against its working folder
@@ -113,13 +122,7 @@ LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_s
 
 # key -> (the values that leave it off, what it would change). A note when it is on.
 NOT_BUILT: dict[str, tuple[tuple, str]] = {
-    "noise_offset_random_strength": ((False,), "a noise offset drawn between 0 and noise_offset each step"),
-    "ip_noise_gamma_random_strength": ((False,), "an input perturbation drawn between 0 and ip_noise_gamma"),
-    "debiased_estimation_loss": ((False,), "the debiased estimation loss weighting"),
     "masked_loss": ((False,), "the loss masked by the images' alpha or a conditioning folder"),
-    "min_timestep": ((0,), "the lowest timestep trained"),
-    "max_timestep": ((0, 1000), "the highest timestep trained"),
-    "loss_type": (("l2", ""), "the loss function (loradeck trains the squared error, sd-scripts' l2)"),
     "secondary_separator": (("",), "the secondary caption separator"),
     "enable_wildcard": ((False,), "caption wildcards"),
     "caption_prefix": (("",), "a caption prefix"),
@@ -153,10 +156,7 @@ NOT_BUILT: dict[str, tuple[tuple, str]] = {
     "train_inpainting": ((False,), "inpainting training"),
     "face_crop_aug_range": (("",), "face-centred crops"),
     "save_model_as": (("safetensors", ""), "the file format (loradeck writes .safetensors)"),
-    "huber_scale": ((1,), "the Huber loss scale"),
 }
-# the Huber settings only act with a Huber or smooth-L1 loss_type
-HUBER_KEYS = ("huber_c", "huber_schedule")
 
 # keys that do not change the LoRA a run trains
 NO_EFFECT = frozenset({

@@ -703,6 +703,75 @@ class TrainingSettings:
         minimum=0.0,
         maximum=100.0,
     )
+    noise_offset_random_strength: bool = setting(
+        False,
+        "Draw the noise offset's strength uniformly between 0 and the noise offset, each step.",
+        label="Random offset strength",
+        advice="sd-scripts' noise_offset_random_strength: softer on average than a fixed offset, with the "
+        "full offset still seen sometimes.",
+    )
+    ip_noise_gamma_random_strength: bool = setting(
+        False,
+        "Draw the input perturbation's strength uniformly between 0 and its gamma, each step.",
+        label="Random perturbation strength",
+        advice="sd-scripts' ip_noise_gamma_random_strength.",
+    )
+    debiased_estimation_loss: bool = setting(
+        False,
+        "Weight each timestep's loss by 1/√SNR (1/(SNR+1) for v-prediction), as sd-scripts' debiased "
+        "estimation loss.",
+        label="Debiased estimation",
+        advice="Evens out how much each noise level teaches (Yu et al. 2024); it can stand in for min-SNR, "
+        "or go with it.",
+    )
+    min_timestep: int = setting(
+        0,
+        "Lowest timestep trained (0 = the schedule's start).",
+        label="Min timestep",
+        minimum=0,
+        maximum=1000,
+        advice="Raise it (e.g. 100) to leave out the finest detail; timesteps are drawn from "
+        "[min, max) as sd-scripts draws them.",
+    )
+    max_timestep: int = setting(
+        1000,
+        "Highest timestep trained, exclusive (1000 = the schedule's end).",
+        label="Max timestep",
+        minimum=1,
+        maximum=1000,
+        advice="Lower it (e.g. 900) to leave out the noisiest steps, which decide composition; when it is "
+        "not above the min timestep every step trains at the max.",
+    )
+    loss_type: str = setting(
+        "l2",
+        "Loss function: l2 (squared error), l1, huber or smooth_l1 (sd-scripts' loss_type).",
+        label="Loss",
+        choices=("l2", "l1", "huber", "smooth_l1"),
+        advice="l2 is the standard; huber and smooth_l1 are l2 for small errors and l1 for large ones "
+        "(threshold huber_c, scheduled over the timesteps), which makes outliers in a dataset hurt less.",
+    )
+    huber_c: float = setting(
+        0.1,
+        "Huber / smooth-L1 threshold (sd-scripts' huber_c).",
+        label="Huber c",
+        minimum=0.0,
+        maximum=10.0,
+        advice="0.1 is sd-scripts' default; with the snr schedule it is the threshold at pure noise.",
+    )
+    huber_schedule: str = setting(
+        "snr",
+        "How the Huber threshold changes with the timestep: snr, exponential or constant.",
+        label="Huber schedule",
+        choices=("snr", "exponential", "constant"),
+        advice="snr (sd-scripts' default) is close to l2 where the image is clear and to l1 in noise.",
+    )
+    huber_scale: float = setting(
+        1.0,
+        "Scale of the Huber threshold (exponential and constant schedules).",
+        label="Huber scale",
+        minimum=0.0,
+        maximum=100.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -1289,6 +1358,8 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
             problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
     if not config.captions.caption_extension.startswith("."):
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if train.huber_c <= 0 and train.loss_type in ("huber", "smooth_l1"):
+        problems.append(("training.huber_c", f"must be above 0 for the {train.loss_type} loss"))
     if train.adaptive_noise_scale and not train.noise_offset:
         problems.append(("training.adaptive_noise_scale", "needs a noise offset (it scales the offset per channel)"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:

@@ -100,20 +100,20 @@ def training_metadata(
         "ss_multires_noise_iterations": train.multires_noise_iterations or None,
         "ss_multires_noise_discount": train.multires_noise_discount,
         "ss_ip_noise_gamma": train.ip_noise_gamma or None,
-        "ss_noise_offset_random_strength": False,
-        "ss_ip_noise_gamma_random_strength": False,
+        "ss_noise_offset_random_strength": train.noise_offset_random_strength,
+        "ss_ip_noise_gamma_random_strength": train.ip_noise_gamma_random_strength,
         "ss_training_comment": config.metadata.training_comment or None,
+        "ss_loss_type": train.loss_type,
+        "ss_huber_schedule": train.huber_schedule,
+        "ss_huber_scale": train.huber_scale,
+        "ss_huber_c": train.huber_c,
+        "ss_debiased_estimation": train.debiased_estimation_loss,
         # written by sd-scripts whatever the run; loradeck trains these at sd-scripts' defaults
         "ss_prior_loss_weight": 1.0,
-        "ss_loss_type": "l2",
-        "ss_huber_schedule": "snr",
-        "ss_huber_scale": 1.0,
-        "ss_huber_c": 0.1,
         "ss_fp8_base": False,
         "ss_fp8_base_unet": False,
         "ss_resize_interpolation": None,
         "ss_zero_terminal_snr": False,
-        "ss_debiased_estimation": False,
         "ss_scale_weight_norms": net.scale_weight_norms or None,
         "ss_caption_dropout_every_n_epochs": caps.caption_dropout_every_n_epochs,
         "ss_caption_tag_dropout_rate": caps.caption_tag_dropout_rate,
@@ -174,6 +174,9 @@ def model_spec(config: TrainConfig, width: int, height: int, started_at: float) 
     }
     if config.model.clip_skip != 1:
         spec["modelspec.encoder_layer"] = str(config.model.clip_skip)
+    training = config.training
+    if training.min_timestep or training.max_timestep != 1000:
+        spec["modelspec.timestep_range"] = f"{training.min_timestep},{training.max_timestep}"
     for name in ("author", "description", "license", "tags", "trigger_phrase", "usage_hint"):
         if getattr(meta, name).strip():
             spec[f"modelspec.{name}"] = getattr(meta, name)

@@ -12,6 +12,7 @@ import torch
 
 from engine.config.network_types import NetworkSpec
 from engine.model.families import family_named
+from engine.model.family import LoraComponent
 from engine.network.lora import read_lora_file, save_lora_file
 from engine.plan.network_size import lycoris_factorization, network_size
 from tests.conftest import TINY_FAMILIES
@@ -39,7 +40,8 @@ def saved(tmp_path, network, spec) -> dict[str, torch.Tensor]:
 
 
 class KohyaNamedTextEncoder(torch.nn.Module):
-    """transformers 5's CLIPTextModel under a `text_model` child, so that LyCORIS' loader, which
+    """transformers 5's CLIPTextModel (which has no `text_model` level, unlike its
+    CLIPTextModelWithProjection) under a `text_model` child, so that LyCORIS' loader, which
     names modules `lora_te_` + the module path, finds sd-scripts' `lora_te_text_model_...` keys."""
 
     def __init__(self, text_encoder):
@@ -55,10 +57,18 @@ class KohyaNamedTextEncoder(torch.nn.Module):
 MODULE_LEVEL = {"ia3", "ia3-on-input", "dora-input"}
 
 
-def layers_by_key(pipeline, family) -> dict:
-    """Every module of the family's adapted parts, by its Kohya key."""
-    return {component.key(name): module for component in family.lora_components
-            for name, module in getattr(pipeline, component.part).named_modules()}
+def layers_by_key(pipeline, family, *, diffusers_names: bool = False) -> dict:
+    """Every module of the family's adapted parts, by its Kohya key (`diffusers_names`: the
+    key after the diffusers module's own path, as LyCORIS names a diffusers model's modules;
+    SDXL's file keys follow sd-scripts' original-layout U-Net instead)."""
+    return {(LoraComponent.key(component, name) if diffusers_names else component.key(name)): module
+            for component in family.lora_components
+            for name, module in getattr(pipeline, component.part).named_modules() if has_weight(module)}
+
+
+def has_weight(module) -> bool:
+    """A layer (not a container of them): only layers have Kohya keys."""
+    return isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
 def lycoris_reads(pipeline, tensors: dict[str, torch.Tensor], spec: NetworkSpec, family) -> int:
@@ -66,15 +76,20 @@ def lycoris_reads(pipeline, tensors: dict[str, torch.Tensor], spec: NetworkSpec,
     from lycoris.kohya import create_network_from_weights
     from lycoris.modules import get_module
 
-    tensors = family.runtime().lora_network_tensors(tensors)  # one key per diffusers module
+    # one key per module, named after the diffusers module LyCORIS finds it on
+    diffusers_key = {component.key(name): LoraComponent.key(component, name) for component in family.lora_components
+                     for name, module in getattr(pipeline, component.part).named_modules() if has_weight(module)}
+    tensors = {f"{diffusers_key[module]}.{rest}": value for module, rest, value in
+               ((*key.split(".", 1), value) for key, value in family.runtime().lora_network_tensors(tensors).items())}
     if spec.type not in ("ia3", "dora") or spec.dora_layout == "output":
-        encoders = [KohyaNamedTextEncoder(getattr(pipeline, name)) for name in family.text_encoders]
+        encoders = [KohyaNamedTextEncoder(encoder) if not hasattr(encoder, "text_model") else encoder
+                    for encoder in (getattr(pipeline, name) for name in family.text_encoders)]
         denoiser = getattr(pipeline, family.denoiser)
         loaded, _ = create_network_from_weights(1.0, None, None, encoders if len(encoders) > 1 else encoders[0],
                                                 denoiser, weights_sd=tensors)
         loaded.apply_to(encoders, denoiser, apply_text_encoder=True, apply_unet=True)
         return len(loaded.loras)
-    layers = layers_by_key(pipeline, family)
+    layers = layers_by_key(pipeline, family, diffusers_names=True)
     keys = sorted({name.split(".", 1)[0] for name in tensors})
     for key in keys:
         module_class, _ = get_module(tensors, key)
@@ -115,7 +130,7 @@ def test_lycoris_own_code_reads_the_file(tmp_path, pipeline_factory, tiny_model_
                                  SPECS[name])
 
 
-@pytest.mark.parametrize("name", ["dora-input", "ia3"])
+@pytest.mark.parametrize("name", ["dora-input", "ia3", "glora"])
 def test_lycoris_types_on_every_family(tmp_path, family, family_pipelines, family_model_dir, name):
     """The same on each family's parts (SDXL: two text encoders, lora_te1 / lora_te2)."""
     check_lycoris_reads_the_file(tmp_path, family_pipelines, family_model_dir, family_named(family), SPECS[name])

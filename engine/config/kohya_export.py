@@ -109,7 +109,7 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
         "ip_noise_gamma_random_strength": train.ip_noise_gamma_random_strength,
         "debiased_estimation_loss": train.debiased_estimation_loss, "min_timestep": train.min_timestep,
         "max_timestep": train.max_timestep, "loss_type": train.loss_type, "huber_c": train.huber_c,
-        "huber_schedule": train.huber_schedule, "huber_scale": train.huber_scale,
+        "huber_schedule": train.huber_schedule, "huber_scale": train.huber_scale, "masked_loss": train.masked_loss,
         "mixed_precision": precision.mixed_precision,
         "save_precision": precision.save_precision, "gradient_checkpointing": precision.gradient_checkpointing,
         "xformers": precision.attention, "cache_latents": precision.cache_latents != "none",
@@ -129,8 +129,10 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
         "stop_text_encoder_training": 0, "additional_parameters": "",
     }
     _steps(config, gui)
-    if opt.max_grad_norm == 0:  # the GUI drops zeros, and sd-scripts' default clips at 1.0
-        gui["additional_parameters"] = "--max_grad_norm=0"
+    # what the GUI has no field for goes on sd-scripts' command line after its config
+    gui["additional_parameters"] = " ".join(
+        [*(["--max_grad_norm=0"] if opt.max_grad_norm == 0 else []),  # the GUI drops zeros: sd-scripts clips at 1.0
+         *(["--alpha_mask"] if data.alpha_mask else [])])
     _notes(config, notes)
     if net.type == "dora" and net.dora_layout == "input":
         notes.append("network.dora_layout input: the GUI has no setting for it and trains DoRA per output; the "
@@ -234,6 +236,7 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
         "huber_c": train.huber_c if train.loss_type in ("huber", "smooth_l1") else None,
         "huber_schedule": train.huber_schedule if train.loss_type in ("huber", "smooth_l1") else None,
         "huber_scale": train.huber_scale if train.loss_type in ("huber", "smooth_l1") else None,
+        "masked_loss": train.masked_loss, "alpha_mask": config.dataset.alpha_mask,
         "mixed_precision": gui["mixed_precision"], "save_precision": gui["save_precision"],
         "gradient_checkpointing": gui["gradient_checkpointing"], "xformers": gui["xformers"] == "xformers",
         "sdpa": gui["xformers"] == "sdpa", "cache_latents": gui["cache_latents"],

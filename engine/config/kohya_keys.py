@@ -55,6 +55,8 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "noise_offset_random_strength": ("training.noise_offset_random_strength", value.flag),
     "ip_noise_gamma_random_strength": ("training.ip_noise_gamma_random_strength", value.flag),
     "debiased_estimation_loss": ("training.debiased_estimation_loss", value.flag),
+    "masked_loss": ("training.masked_loss", value.flag),
+    "alpha_mask": ("dataset.alpha_mask", value.flag),  # sd-scripts' --alpha_mask (additional_parameters)
     "min_timestep": ("training.min_timestep", value.integer),
     "loss_type": ("training.loss_type", value.choice),
     "huber_c": ("training.huber_c", value.number),
@@ -122,7 +124,6 @@ LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_s
 
 # key -> (the values that leave it off, what it would change). A note when it is on.
 NOT_BUILT: dict[str, tuple[tuple, str]] = {
-    "masked_loss": ((False,), "the loss masked by the images' alpha or a conditioning folder"),
     "secondary_separator": (("",), "the secondary caption separator"),
     "enable_wildcard": ((False,), "caption wildcards"),
     "caption_prefix": (("",), "a caption prefix"),

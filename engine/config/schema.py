@@ -200,6 +200,14 @@ class DatasetSettings:
         advice="Turn on when many images are smaller than the resolution and should train at their "
         "own size rather than upscaled and soft.",
     )
+    alpha_mask: bool = setting(
+        False,
+        "Use each image's transparency as its loss mask (sd-scripts' alpha_mask): opaque pixels train, "
+        "transparent ones do not; an image without transparency trains everywhere.",
+        label="Alpha mask",
+        advice="For cut-out subjects: the background teaches nothing. The image itself is still composited "
+        "onto white.",
+    )
 
 
 @dataclass(frozen=True)
@@ -771,6 +779,14 @@ class TrainingSettings:
         label="Huber scale",
         minimum=0.0,
         maximum=100.0,
+    )
+    masked_loss: bool = setting(
+        False,
+        "Weight each pixel's loss by the image's mask (sd-scripts' masked_loss): the red channel of its "
+        "conditioning image (a dataset TOML subset's conditioning_data_dir) or its transparency "
+        "(dataset.alpha_mask); white or opaque trains, black or transparent does not.",
+        label="Masked loss",
+        advice="Masks keep a subject's background, or a watermark, out of what the LoRA learns.",
     )
 
 

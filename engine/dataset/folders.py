@@ -57,6 +57,7 @@ class ImageItem:
     is_reg: bool = False
     bucket: tuple[int, int] = (0, 0)
     resized: tuple[int, int] | None = None  # no upscale: resized to this, then cropped to the bucket
+    mask_path: Path | None = None  # its conditioning image: the loss mask (engine.train.masks)
 
 
 @dataclass(frozen=True)
@@ -227,9 +228,45 @@ def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner
         if not subset.image_dir.is_dir():
             raise LoradeckError(f"{path}: image_dir {subset.image_dir} does not exist")
         extension = subset.caption_extension or config.captions.caption_extension
+        first = len(dataset.items)
         _scan_folder(dataset, subset.image_dir, subset.num_repeats, subset.class_tokens, subset.is_reg,
                      extension, assigner)
+        if subset.conditioning_data_dir is not None:
+            if not config.training.masked_loss:
+                raise LoradeckError(f"{path}: conditioning_data_dir {subset.conditioning_data_dir} is read for the "
+                                    "masked loss only: turn on training.masked_loss, or remove it")
+            dataset.items[first:] = _with_masks(dataset.items[first:], subset.conditioning_data_dir, path)
     return dataset
+
+
+def _with_masks(items: list[ImageItem], folder: Path, toml: Path) -> list[ImageItem]:
+    """Each image with its conditioning image (same name, any image extension), as
+    sd-scripts pairs them: every image needs one, of its own size, and none is left over."""
+    if not folder.is_dir():
+        raise LoradeckError(f"{toml}: conditioning_data_dir {folder} does not exist")
+    masks = {Path(name).stem: folder / name for name in sorted(os.listdir(folder))
+             if is_image_file(name) and not name.startswith(".")}
+    missing = [item.path.name for item in items if item.path.stem not in masks]
+    if missing:
+        raise LoradeckError(f"{folder}: no conditioning image for {len(missing)} image(s) of the subset "
+                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); each needs one of "
+                            "the same name")
+    extra = sorted(set(masks) - {item.path.stem for item in items})
+    if extra:
+        raise LoradeckError(f"{folder}: {len(extra)} conditioning image(s) with no image of the same name "
+                            f"({', '.join(masks[stem].name for stem in extra[:3])})")
+    paired = []
+    for item in items:
+        mask = masks[item.path.stem]
+        try:
+            size = upright_size(mask)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise LoradeckError(f"{mask}: cannot read the conditioning image ({error})") from None
+        if size != (item.width, item.height):
+            raise LoradeckError(f"{mask}: {size[0]}x{size[1]}, its image {item.path.name} {item.width}x{item.height}; "
+                                "a conditioning image must have its image's size")
+        paired.append(replace(item, mask_path=mask))
+    return paired
 
 
 def held_out_count(images: int, fraction: float) -> int:

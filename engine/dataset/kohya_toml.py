@@ -21,8 +21,9 @@ train with the same repeats:
       num_repeats = 1
 
 A value is looked up in the subset, then its dataset, then `[general]`, as sd-scripts does.
-Each subset keeps its own image folder, repeats, class tokens, caption extension and
-regularisation flag. The other settings (resolution, batch size, buckets, caption shuffle,
+Each subset keeps its own image folder, repeats, class tokens, caption extension,
+regularisation flag and conditioning folder (`conditioning_data_dir`: the images' loss
+masks, by file name, for `training.masked_loss`). The other settings (resolution, batch size, buckets, caption shuffle,
 keep tokens, augmentation) are one per run in loradeck: they must agree across subsets
 and with the config (`loradeck import-kohya` copies them into the config); a difference
 is refused in one line rather than trained differently from sd-scripts.
@@ -60,8 +61,10 @@ RUN_SETTINGS = {
     "flip_aug": "augmentation.flip",
     "color_aug": "augmentation.color",
     "random_crop": "augmentation.random_crop",
+    "alpha_mask": "dataset.alpha_mask",
 }
-SUBSET_KEYS = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "name"}
+SUBSET_KEYS = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "name",
+               "conditioning_data_dir"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Subset:
     class_tokens: str
     caption_extension: str | None  # None: the config's captions.caption_extension
     is_reg: bool
+    conditioning_data_dir: Path | None = None  # the images' loss masks, by file name (training.masked_loss)
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,10 @@ def read_dataset_toml(path: str | Path, *, base: Path | None = None) -> DatasetT
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
                 raise LoradeckError(f"{where}: num_repeats must be a whole number, got {repeats!r}")
             extension = lookup("caption_extension")
+            masks = subset.get("conditioning_data_dir")
             subsets.append(Subset(image_dir, repeats, str(lookup("class_tokens", "") or ""),
-                                  str(extension) if extension is not None else None, bool(lookup("is_reg", False))))
+                                  str(extension) if extension is not None else None, bool(lookup("is_reg", False)),
+                                  relative_path(base or path.parent, str(masks)) if masks else None))
             for key, setting in RUN_SETTINGS.items():
                 value = lookup(key)
                 if value is None:

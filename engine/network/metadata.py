@@ -120,7 +120,7 @@ def training_metadata(
         "ss_face_crop_aug_range": None,
         "ss_full_fp16": False,
         "ss_lowram": False,
-        "ss_masked_loss": False,
+        "ss_masked_loss": train.masked_loss,
         "ss_min_snr_gamma": train.min_snr_gamma or None,
         "ss_mixed_precision": config.precision.mixed_precision,
         "ss_gradient_checkpointing": config.precision.gradient_checkpointing,

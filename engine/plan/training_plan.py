@@ -153,13 +153,23 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         lora_file_bytes=file_bytes,
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
-        problems=[problem.message for problem in dataset.problems] + family.plan_notes(config),
+        problems=[problem.message for problem in dataset.problems] + family.plan_notes(config)
+        + _mask_notes(config, dataset),
         num_processes=num_processes,
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
         family=family.name,
         step_note=step_note,
     )
+
+
+def _mask_notes(config: TrainConfig, dataset: Dataset) -> list[str]:
+    """A masked loss with no mask to read trains unmasked, as in sd-scripts: say so."""
+    if config.training.masked_loss and not config.dataset.alpha_mask and not any(
+            item.mask_path is not None for item in dataset.items):
+        return ["training.masked_loss is on but no image has a mask (no conditioning_data_dir in a dataset TOML "
+                "subset, dataset.alpha_mask off): the loss is not masked"]
+    return []
 
 
 def _gui_count(config: TrainConfig, base_dir: str | Path) -> GuiStepCount | None:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.dataset.buckets import epoch_batches
+from engine.train.masks import loss_mask
 
 HUE_SHIFT = 11  # of 256 hue steps, about ±16°, as sd-scripts' colour augmentation
 PREFETCH_BATCHES = 4  # per loader worker: covers a slow image (a big PNG) without an empty queue
@@ -315,6 +316,8 @@ class ExampleRules:
     tag_dropout: float = 0.0
     dropout_every_n_epochs: int = 0
     keep_tokens_separator: str = ""
+    loss_masks: bool = False  # each example carries its loss mask (engine.train.masks)
+    alpha_mask: bool = False  # ... from the image's alpha when it has no conditioning image
 
     @classmethod
     def from_config(cls, config, size_conditioning: bool = False) -> "ExampleRules":
@@ -330,6 +333,7 @@ class ExampleRules:
             tag_dropout=config.captions.caption_tag_dropout_rate,
             dropout_every_n_epochs=config.captions.caption_dropout_every_n_epochs,
             keep_tokens_separator=config.captions.keep_tokens_separator,
+            **mask_rules(config),
         )
 
     @classmethod
@@ -337,7 +341,13 @@ class ExampleRules:
         """Every example as it is: captions whole and unshuffled, no flip, colour or random
         crop (validation scores the same images the same way every time)."""
         return cls(seed=config.training.seed, shuffle_caption=False, keep_tokens=0, caption_dropout=0.0, flip=False,
-                   color=False, random_crop=False, size_conditioning=size_conditioning)
+                   color=False, random_crop=False, size_conditioning=size_conditioning, **mask_rules(config))
+
+
+def mask_rules(config) -> dict[str, bool]:
+    """sd-scripts masks the loss with `masked_loss`, and with alpha masks whenever they are on."""
+    return {"loss_masks": config.training.masked_loss or config.dataset.alpha_mask,
+            "alpha_mask": config.dataset.alpha_mask}
 
 
 class TrainingImages(torch.utils.data.Dataset):
@@ -390,6 +400,12 @@ class TrainingImages(torch.utils.data.Dataset):
                 image = {"pixels": prepare_pixels(item, flip=flip, hue_shift=hue_shift, rng_crop=crop_rng)}
         except Exception as error:  # the file changed or broke after the pre-flight check
             return {"failed": (str(item.path), f"{item.path}: cannot read image ({error}); skipped")}
+        if rules.loss_masks:
+            try:  # cached latents are of the centred crop
+                image["loss_mask"] = loss_mask(item, alpha=rules.alpha_mask, flip=flip,
+                                               crop_seed=crop_seed if self.latents is None else None)
+            except Exception as error:
+                return {"failed": (str(item.path), f"{item.path}: cannot read its loss mask ({error}); skipped")}
         text = self.captions.example(caption)
         if rules.size_conditioning:
             text.update(size_conditioning(item, crop_seed, flip))

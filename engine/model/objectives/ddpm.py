@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.model.objectives import NoiseDraw, Objective
+from engine.model.objectives import NoiseDraw, Objective, apply_loss_mask
 from engine.model.objectives.noise import training_noise
 
 
@@ -106,7 +106,8 @@ class DdpmObjective(Objective):
              batch: Mapping[str, Any]) -> torch.Tensor:
         training = self.training
         threshold = huber_threshold(training, timesteps, self.scheduler)
-        per_pixel = elementwise_loss(prediction.float(), target.float(), training.loss_type, threshold)
+        per_pixel = apply_loss_mask(elementwise_loss(prediction.float(), target.float(), training.loss_type, threshold),
+                                    batch)
         loss = per_pixel.mean(dim=tuple(range(1, per_pixel.dim())))
         if training.min_snr_gamma or training.debiased_estimation_loss:
             from diffusers.training_utils import compute_snr

@@ -309,6 +309,30 @@ def test_undo_leaves_a_file_edited_after_the_fix(workspace):
     assert (img / "_quarantine" / relative).exists()
 
 
+def test_undo_last_action_is_a_stack_and_reads_old_manifests(workspace):
+    from engine.dataset.quarantine import undo_last_action
+
+    root, _expected = workspace
+    img = root / "img"
+    fix_orientation(img, f"{SUBJECT}/orientation_8.jpg")  # action 1
+    edited = f"{SUBJECT}/orientation_6.jpg"
+    fix_orientation(img, edited)  # action 2
+    (img / edited).write_bytes(jpeg_bytes(picture(98)))  # edited since: cannot go back
+    result = undo_last_action(img)
+    assert result.restored == [] and result.skipped[0][0] == edited and result.actions_left == 1
+    # what could not go back stays in the quarantine, off the stack: the next undo takes action 1
+    result = undo_last_action(img)
+    assert result.restored == [f"{SUBJECT}/orientation_8.jpg"] and result.actions_left == 0
+    assert [(entry.path, entry.action) for entry in read_manifest(img)] == [(edited, 0)]
+    # a manifest written before actions were numbered is one action
+    manifest = img / "_quarantine" / "manifest.json"
+    document = json.loads(manifest.read_text())
+    for entry in document["entries"]:
+        del entry["action"]
+    manifest.write_text(json.dumps(document))
+    assert undo_last_action(img).skipped[0][0] == edited
+
+
 # ---- never crash
 
 

@@ -11,9 +11,6 @@ from pathlib import Path
 from engine.config.schema import load_config
 from engine.errors import LoradeckError, UsageError
 
-HELP = ("Write a config as a Kohya GUI JSON config and print the sd-scripts command line that trains it, to check "
-        "or reproduce a run in Kohya.")
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="loradeck config (TOML)")

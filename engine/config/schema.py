@@ -9,7 +9,7 @@ On disk (TOML), one table per group:
 
     version = 2
     [model]
-    pretrained_model = "runwayml/stable-diffusion-v1-5"
+    pretrained_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     [network]
     rank = 32
     alpha = 16.0
@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,7 +84,7 @@ class ModelSettings:
         "Base model: a diffusers folder, a single-file .safetensors checkpoint, or a hub id.",
         label="Base model",
         advice="A local folder or .safetensors file loads with no network at all. A hub id "
-        "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
+        "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) needs the server to be online the first time.",
         path=True,
     )
     family: str = setting(
@@ -638,7 +639,7 @@ class TrainingSettings:
     )
     seed: int = setting(
         42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
-        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
+        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**32 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
         "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
     )
@@ -1250,6 +1251,9 @@ def _coerce(spec: FieldSpec, value: Any, source: str) -> Any:
         return f"{int(value)},{int(value)}"
     if not isinstance(value, str):
         raise ConfigError(spec.key, f"expected text, got {value!r}", source)
+    if "\x00" in value:
+        # no file name, prompt or argument holds one; the OS refuses it in a path
+        raise ConfigError(spec.key, "holds a NUL character (\\u0000)", source)
     return value
 
 
@@ -1261,10 +1265,15 @@ def _check_field(spec: FieldSpec, value: Any) -> str | None:
         allowed = ", ".join(str(c) for c in spec.choices)
         return f"{value!r} is not one of: {allowed}"
     if spec.minimum is not None and value < spec.minimum:
-        return f"must be at least {spec.minimum:g}, got {value:g}"
+        return f"must be at least {_number(spec.minimum)}, got {_number(value)}"
     if spec.maximum is not None and value > spec.maximum:
-        return f"must be at most {spec.maximum:g}, got {value:g}"
+        return f"must be at most {_number(spec.maximum)}, got {_number(value)}"
     return None
+
+
+def _number(value: float) -> str:
+    """A limit as written: whole numbers in full (a seed's 4294967295), others short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 # what a partial config (a Kohya GUI preset, imported before a base model is chosen) may leave unset;
@@ -1357,6 +1366,10 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         if not data.enable_buckets and (width % 8 or height % 8):
             # with buckets the resolution only sets the area; without, it is the image size
             problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8 when buckets are off"))
+        if data.enable_buckets and width * height < data.bucket_step ** 2:
+            # the square bucket would have sides of 0 pixels
+            problems.append(("dataset.resolution", f"{width},{height}: smaller than one bucket step "
+                                                   f"({data.bucket_step}x{data.bucket_step})"))
         if data.enable_buckets and max(width, height) > data.max_bucket_resolution:
             problems.append(
                 (
@@ -1401,9 +1414,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         pass  # harmless: keep tokens only matters when shuffling or dropping
     if not config.model.pretrained_model.strip():
         problems.append(("model.pretrained_model", "a base model is required (folder, .safetensors file or hub id)"))
-    name = config.saving.output_name
-    if not name or "/" in name or name in (".", "..") or name.startswith("."):
-        problems.append(("saving.output_name", f"{name!r} is not a usable folder name"))
+    name_problem = output_name_problem(config.saving.output_name)
+    if name_problem:
+        problems.append(("saving.output_name", name_problem))
     validation = config.validation
     if validation.image_dir.strip() and validation.split_fraction:
         problems.append(("validation.split_fraction", "give a validation folder or a split fraction, not both"))
@@ -1413,6 +1426,28 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     if config.sampling.prompts_file and config.sampling.prompts.strip():
         problems.append(("sampling.prompts_file", "give inline prompts or a prompts file, not both"))
     return problems
+
+
+# A file name is at most 255 bytes; the longest loradeck makes from the output name adds 39:
+# `.<name>-step00000001.safetensors.XXXXXXXX.tmp`, the temporary file of a step save.
+OUTPUT_NAME_MAX_BYTES = 200
+
+
+def output_name_problem(name: str) -> str | None:
+    """Why `saving.output_name` cannot name a run folder and its LoRA files, or None."""
+    if not name.strip():
+        return f"{name!r} is blank; give the run a name, e.g. city-v1"
+    if name != name.strip():
+        return f"{name!r} starts or ends with a space"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return f"{name!r} holds a control character (a tab, a newline)"
+    if "/" in name or "\\" in name or name.startswith("."):
+        return f"{name!r} is not a usable folder name (no slash, no leading dot)"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > OUTPUT_NAME_MAX_BYTES:
+        return (f"is {size} bytes long; at most {OUTPUT_NAME_MAX_BYTES} (file names are limited to 255 bytes, "
+                "and the LoRA files add to the name)")
+    return None
 
 
 def validate(config: TrainConfig) -> list[tuple[str, str]]:
@@ -1544,6 +1579,16 @@ def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
     return dataclasses.replace(config, **{group_name: group})
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # a base model or VAE in one file
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """`owner/name`, as a model hub names models. A relative path with one slash looks the
+    same: a local path that exists is taken first."""
+    return bool(_HUB_ID.match(value)) and not value.endswith(SINGLE_FILE_SUFFIXES)
+
+
 RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)
 
 
@@ -1571,7 +1616,7 @@ def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfi
         resolved = resolve_path(base_dir, value)
         if resolved is None:
             continue
-        if spec.key in ("model.pretrained_model", "model.vae") and not resolved.exists() and not Path(value).is_absolute():
+        if spec.key == "model.pretrained_model" and not resolved.exists() and looks_like_hub_id(value.strip()):
             continue  # a hub id, not a local path
         config = replace_setting(config, spec.key, str(resolved.resolve()))
     return config

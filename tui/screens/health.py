@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, ProgressBar, Static
+from textual.widgets import DataTable, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
 from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport, display
-from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.shared.image_preview import ImagePreview
+from tui.widgets.shared.key_footer import KeyFooter
+
+if TYPE_CHECKING:
+    from engine.health.scan import ScanTarget
 
 SEVERITY_COLORS = {ERROR: "error", WARNING: "warning", INFO: "text-muted"}
 
@@ -55,24 +59,46 @@ class FixesDone(Message):
 
 
 FILTER_STATE = "health_filters"
+FIRST_SCAN_DELAY_S = 0.1  # after the first frame has reached the terminal
 
+FILTER_KEYS = Binding.Group("Filter", compact=True)
 FIX_KEYS = Binding.Group("Fix", compact=True)
 QUARANTINE_KEYS = Binding.Group("Quarantine", compact=True)
+
+# The findings table: code and path as wide as they need up to a share of the width, the
+# message takes the rest (it is also shown whole under the table).
+CODE_WIDTH = 16
+PATH_SHARE = 0.4
+MIN_MESSAGE_WIDTH = 20
+
+
+def finding_column_widths(width: int, longest_code: int, longest_path: int) -> tuple[int, int, int]:
+    """(code, path, message) widths for a findings table `width` cells wide (each column
+    also takes a cell of padding on both sides)."""
+    room = max(0, width - 2 * 3 - 1)  # padding of three columns, one cell for the scrollbar's edge
+    code = min(CODE_WIDTH, max(4, longest_code))
+    path = max(8, min(longest_path, int((room - code) * PATH_SHARE)))
+    return code, path, max(MIN_MESSAGE_WIDTH, room - code - path)
+
+
+def shorten_path(path: str, width: int) -> str:
+    """The end of a path (its file name matters most) in `width` cells."""
+    return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
 class HealthScreen(Screen):
     CSS_PATH = "health.tcss"
+    # one footer entry per group of keys so the footer fits 80 columns; `?` lists each key
     BINDINGS = [
         Binding("r", "rescan", "Rescan"),
-        Binding("c", "cycle_code", "By code"),
-        Binding("s", "cycle_severity", "By severity"),
-        Binding("a", "clear_filters", "Show all"),
-        # one footer entry per one/all pair so the footer fits; `?` lists each key
+        Binding("c", "cycle_code", "By code", group=FILTER_KEYS),
+        Binding("s", "cycle_severity", "By severity", group=FILTER_KEYS),
+        Binding("a", "clear_filters", "Show all", group=FILTER_KEYS),
         Binding("f", "fix", "Fix", group=FIX_KEYS),
         Binding("F", "fix_all", "Fix all", group=FIX_KEYS),
         Binding("x", "quarantine", "Quarantine", group=QUARANTINE_KEYS),
         Binding("X", "quarantine_all", "Quarantine all", group=QUARANTINE_KEYS),
-        Binding("u", "undo_quarantine", "Undo"),
+        Binding("u", "undo", "Undo"),
     ]
 
     code_filter: reactive[str | None] = reactive(None)
@@ -97,22 +123,28 @@ class HealthScreen(Screen):
                 yield DataTable(id="health-summary", cursor_type="row", zebra_stripes=True)
                 yield Static("", id="health-filter")
                 yield DataTable(id="health-findings", cursor_type="row", zebra_stripes=True)
+                # the selected finding whole: the table's message column is cut to fit
+                yield Static("", id="health-message")
             with Vertical(id="health-right"):
                 yield Static("As stored (what tools that ignore EXIF see)", id="health-stored-title")
                 yield ImagePreview(id="health-stored", apply_exif=False)
                 yield Static("As the trainer sees it", id="health-preview-title")
                 yield ImagePreview(id="health-preview")
-                yield Static("", id="health-message")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#health-summary", DataTable).add_columns("Severity", "Code", "Count", "What")
-        self.query_one("#health-findings", DataTable).add_columns("Severity", "Code", "Path", "Message")
         self._show_exif_pair(False)
         self.query_one("#health-findings").focus()
         # severity colours are baked into the table cells: repaint them in the new theme
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint_tables())
-        self.action_rescan()
+        # the scan starts once the screen is drawn: its first frame need not share the CPU
+        # (nor wait for the decoders' import or the config), and already says what is coming
+        self._set_status("Scanning …")
+        self.call_after_refresh(self._start_first_scan)
+
+    def _start_first_scan(self) -> None:
+        self.set_timer(FIRST_SCAN_DELAY_S, self.action_rescan)
 
     def _repaint_tables(self) -> None:
         if self.report is not None:
@@ -122,6 +154,8 @@ class HealthScreen(Screen):
     # ---- scanning
 
     def _target(self) -> ScanTarget:
+        from engine.health.scan import target_for_workspace  # numpy and the decoders: not before the first frame
+
         return target_for_workspace(self.workspace)  # read each time: the config may have changed
 
     def action_rescan(self) -> None:
@@ -138,6 +172,8 @@ class HealthScreen(Screen):
 
     @work(thread=True, exclusive=True, group="health-scan")
     def _scan(self, target: ScanTarget) -> None:
+        from engine.health.scan import ScanCancelled, scan
+
         worker = get_current_worker()
         started = time.monotonic()
         try:
@@ -173,32 +209,30 @@ class HealthScreen(Screen):
         self._fill_findings()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # The one place worker failures surface: a bug must not pass silently.
+        # the app shows the failure and keeps it (tui/workers.py); the screen stops scanning
         if event.state == WorkerState.ERROR and event.worker.group in ("health-scan", "health-fix"):
             self.scanning = False
             self.query_one("#health-top").remove_class("-scanning")
-            self.notify(f"{event.worker.error}", title="Health check failed", severity="error")
 
     def _set_status(self, text: str) -> None:
         self.query_one("#health-status", Static).update(text)
 
     # ---- tables
 
-    def _severity_text(self, severity: str) -> Text:
+    def _severity_text(self, text: str, severity: str) -> Text:
         color = self.app.theme_variables.get(SEVERITY_COLORS[severity], "")
-        return Text(severity, style=color)
+        return Text(text, style=color)
 
     def _fill_summary(self) -> None:
         table = self.query_one("#health-summary", DataTable)
         table.clear()
         for code, count in (self.report.summary if self.report else {}).items():
             check = CHECKS[code]
-            table.add_row(self._severity_text(check.severity), code, str(count), check.title, key=code)
+            table.add_row(self._severity_text(check.severity, check.severity), code, str(count), check.title, key=code)
 
     def _fill_findings(self) -> None:
         table = self.query_one("#health-findings", DataTable)
-        keep = self._selected()
-        table.clear()
+        keep, keep_row = self._selected(), table.cursor_row
         findings = self.report.findings if self.report else []
         order = {severity: index for index, severity in enumerate(SEVERITIES)}
         self.shown = sorted(
@@ -206,16 +240,47 @@ class HealthScreen(Screen):
              if self.code_filter in (None, item.code) and self.severity_filter in (None, item.severity)),
             key=lambda item: (order[item.severity], item.code, item.path),
         )
-        for index, item in enumerate(self.shown):
-            table.add_row(self._severity_text(item.severity), item.code, display(item.path), display(item.message),
-                          key=str(index))
+        self._fill_findings_table()
+        # The cursor stays where the user was: on the same finding, or, when that one is
+        # gone (fixed, quarantined), on the row that took its place.
         if keep in self.shown:
-            table.move_cursor(row=self.shown.index(keep))
+            table.move_cursor(row=self.shown.index(keep), scroll=True)
+        elif self.shown and keep_row > 0:
+            table.move_cursor(row=min(keep_row, len(self.shown) - 1), scroll=True)
         code = self.code_filter or "every code"
         severity = self.severity_filter or "every severity"
         self.query_one("#health-filter", Static).update(
             f"{len(self.shown)} of {len(findings)} findings · {code} · {severity}   (c code · s severity · a all)")
         self._show_selected()
+
+    def _fill_findings_table(self) -> None:
+        """The rows of `shown`, the columns sized to the table's width (severity is the
+        code's colour; the summary names it)."""
+        table = self.query_one("#health-findings", DataTable)
+        row = table.cursor_row
+        table.clear(columns=True)
+        code_width, path_width, message_width = finding_column_widths(
+            table.size.width or 80, max((len(item.code) for item in self.shown), default=4),
+            max((len(display(item.path)) for item in self.shown), default=4))
+        table.add_column("Code", width=code_width)
+        table.add_column("Path", width=path_width)
+        table.add_column("Message", width=message_width)
+        self._table_width = table.size.width
+        for index, item in enumerate(self.shown):
+            table.add_row(self._severity_text(item.code, item.severity), shorten_path(display(item.path), path_width),
+                          display(item.message), key=str(index))
+        if self.shown and row > 0:
+            table.move_cursor(row=min(row, len(self.shown) - 1))
+
+    def on_resize(self) -> None:
+        # the columns follow the width (a terminal resized, a pane split)
+        if self.report is not None:
+            self.call_after_refresh(self._refit_findings)
+
+    def _refit_findings(self) -> None:
+        table = self.query_one("#health-findings", DataTable)
+        if table.size.width != getattr(self, "_table_width", None):
+            self._fill_findings_table()
 
     def watch_code_filter(self) -> None:
         if self.is_mounted:
@@ -263,7 +328,8 @@ class HealthScreen(Screen):
             return
         path = self.report.root / item.path
         is_image = path.is_file() and item.code != "orphan_caption"
-        message.update(Text.assemble((f"{item.code}  ", "bold"), display(item.path), "\n", display(item.message)))
+        message.update(Text.assemble((f"{item.code}  ", "bold"), display(item.path), ("  (x quarantines, u undoes)", "dim")
+                                     if item.code != "bad_folder_name" else "", "\n", display(item.message)))
         self._show_exif_pair(item.code == "exif_rotated")
         preview.marked_row = item.damaged_row
         preview.path = path if is_image else None
@@ -320,9 +386,12 @@ class HealthScreen(Screen):
         if item is None:
             self.notify("No finding selected")
         elif item.code == "bad_folder_name":
-            self.notify(f"{item.path}: folders are not moved; rename it to <repeats>_{item.path}")
+            self.notify(f"{item.path}: folders are not moved; rename it to <repeats>_{item.path}, or p (image "
+                        "folders) builds a Kohya folder from it")
         else:
-            self._apply("quarantine", [item])
+            caption = " (and its caption)" if item.code != "orphan_caption" else ""
+            self._confirm(f"Move {item.path}{caption} to _quarantine/?\n{item.code}: {item.message}\n"
+                          "u undoes.", "quarantine", [item])
 
     def action_quarantine_all(self) -> None:
         findings = self._findings_of_selected_code()
@@ -342,8 +411,9 @@ class HealthScreen(Screen):
 
         self.app.push_screen(ConfirmScreen(question), answered)
 
-    def action_undo_quarantine(self) -> None:
-        self._apply("undo", [])
+    def action_undo(self) -> None:
+        """Take back the newest fix or quarantine (u again: the one before)."""
+        self._apply("undo_last", [])
 
     def _apply(self, kind: str, findings: list[Finding]) -> None:
         if self.report is None:

@@ -180,8 +180,8 @@ def test_gui_step_count_is_the_guis_and_the_plan_says_where_it_differs(tmp_path,
 def test_the_plan_command_prints_the_step_note(tmp_path, capsys):
     plan_dataset(tmp_path)
     (tmp_path / "gui.json").write_text(json.dumps({
-        "LoRA_type": "Standard", "pretrained_model_name_or_path": "x", "train_data_dir": "img", "reg_data_dir": "",
-        "train_batch_size": 4, "epoch": 4, "max_train_steps": "0", "network_dim": 8, "network_alpha": 8}))
+        "LoRA_type": "Standard", "pretrained_model_name_or_path": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "train_data_dir": "img", "reg_data_dir": "", "train_batch_size": 4, "epoch": 4, "max_train_steps": "0", "network_dim": 8, "network_alpha": 8}))
     assert main(["import-kohya", str(tmp_path / "gui.json"), "-o", str(tmp_path / "c.toml")]) == 0
     capsys.readouterr()
     assert main(["plan", str(tmp_path / "c.toml")]) == 0

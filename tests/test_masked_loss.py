@@ -169,7 +169,7 @@ def test_alpha_masks_are_the_images_transparency(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "extra", "size", "switch off"])
-def test_conditioning_folders_are_refused_in_one_line(tmp_path, case, capsys):
+def test_conditioning_folders_are_refused_in_one_line(tmp_path, case, capsys, tiny_model_dir):
     from engine.config.schema import save_config
     from tui.cli import main
 
@@ -182,6 +182,7 @@ def test_conditioning_folders_are_refused_in_one_line(tmp_path, case, capsys):
     elif case == "size":
         masks["b.jpg"] = gradient((64, 48))
     data = toml_dataset(tmp_path, sizes, masks)
+    data["model"]["pretrained_model"] = str(tiny_model_dir)
     data["training"]["masked_loss"] = case != "switch off"
     save_config(config_from_dict(data), tmp_path / "run.toml")
     assert main(["plan", str(tmp_path / "run.toml")]) == 1

@@ -205,6 +205,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         "max_resolution": "512,650",
         "train_batch_size": 2,
         "epoch": "4",
+        "max_train_epochs": "4",  # sd-scripts trains 4 epochs (without it the GUI's count of steps decides)
         "output_name": "city-v2",
         "xformers": "xformers",
         "mixed_precision": "bf16",
@@ -232,6 +233,28 @@ async def test_kohya_json_import_fills_the_form(workspace):
         assert app.screen.state.dirty
         assert "logging_dir" in notifications(app)  # the keys it did not use are listed
         assert app.screen.plan_panel.plan.epochs == 4
+
+
+async def test_kohya_preset_import_keeps_the_base_model(workspace):
+    """A GUI preset has no base model: importing it over the form keeps the model set there."""
+    import shutil
+
+    preset = Path(__file__).parent / "fixtures" / "kohya_gui" / "presets" / "lora" / "sd15 - LoKr v2.0.json"
+    shutil.copy(preset, workspace / "preset.json")
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        model = editor(app, "model.pretrained_model").value
+        assert model
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("end", "up", "enter")  # "Import a Kohya GUI JSON config…"
+        await pilot.pause()
+        await pilot.press(*"preset.json", "enter")
+        await settle(pilot)
+        assert editor(app, "model.pretrained_model").value == model
+        assert editor(app, "network.type").value == "lokr" and editor(app, "network.factor").value == "6"
+        assert app.screen.state.dirty
 
 
 @pytest.mark.slow

@@ -117,9 +117,9 @@ def test_import_reads_the_toml_and_plans_sd_scripts_numbers(tmp_path, capsys):
     gui = {"LoRA_type": "Standard", "pretrained_model_name_or_path": "someone/x", "dataset_config": "dataset.toml",
            "train_data_dir": "", "train_batch_size": 1, "shuffle_caption": False, "epoch": 3,
            "max_resolution": "768,768", "network_dim": 8, "network_alpha": 8}
-    result = import_kohya(gui, dataset_base=tmp_path)
+    result = import_kohya(gui, json_folder=tmp_path)
     config = result.config
-    assert config.dataset.dataset_config == "dataset.toml"
+    assert config.dataset.dataset_config == str(tmp_path / "dataset.toml")  # found beside the JSON: the GUI's folder
     assert config.training.batch_size == 2 and config.captions.shuffle_caption and config.captions.keep_tokens == 1
     assert config.resolution_size == (512, 512)
     assert any(note.startswith("dataset_config dataset.toml: 3 subsets") for note in result.notes)

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-kohya": ("engine.cli.import_kohya",
                      "Convert a Kohya GUI JSON config to a loradeck TOML config; reports, for each config, what "
                      "was mapped, what was changed and why, and what was ignored."),
+    "export-kohya": ("engine.cli.export_kohya",
+                     "Write a config as a Kohya GUI JSON config and print the sd-scripts command line that trains "
+                     "it, to check or reproduce a run in Kohya."),
     "make-tiny-model": ("engine.cli.make_tiny_model",
                         "Write a tiny model with a family's real layout (random weights, offline) as a diffusers "
                         "folder."),

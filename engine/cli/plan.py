@@ -42,6 +42,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
     lines.append(f"Epochs            {plan.epochs}")
     lines.append(f"Total steps       {plan.total_steps}")
+    if plan.step_note:
+        lines.append(f"                  {plan.step_note}")
     shown = plan.checkpoints if len(plan.checkpoints) <= MAX_LISTED else plan.checkpoints[:MAX_LISTED - 1] + plan.checkpoints[-1:]
     saves = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
     if len(shown) < plan.checkpoint_count:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.dataset.buckets import batches_in_bucket
-from engine.config.schema import TrainConfig
+from engine.config.schema import TrainConfig, resolve_path
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.plan.kohya_steps import SD_SCRIPTS_DEFAULT_STEPS, GuiStepCount, difference_note, gui_step_count
 from engine.plan.model_shapes import network_size_of
 from engine.model.families import config_family, family_named
 from engine.plan.vram import VramEstimate, estimate_vram
@@ -72,6 +73,7 @@ class Plan:
     validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
     validation_source: str = ""  # "folder", "split" or "" (no validation)
     family: str = ""  # engine.model.families' name: detected from the base model, or model.family
+    step_note: str = ""  # training.gui_step_count: the Kohya GUI's count and how it differs from the buckets'
     checkpoint_count: int = 0  # LoRA files the run writes (all of them; `checkpoints` may list fewer)
 
     @property
@@ -118,9 +120,15 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
     ]
     batches_per_epoch = sum(b.batches for b in buckets)
     steps_per_epoch = math.ceil(-(-batches_per_epoch // num_processes) / accumulation)
+    step_note = ""
     if config.training.max_steps:
         total_steps = config.training.max_steps
         epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+    elif config.training.gui_step_count:
+        count = _gui_count(config, base_dir)
+        total_steps = count.steps if count is not None else SD_SCRIPTS_DEFAULT_STEPS
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        step_note = difference_note(count, steps_per_epoch, total_steps, epochs)
     else:
         epochs = config.training.epochs
         total_steps = epochs * steps_per_epoch
@@ -153,12 +161,33 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=([problem.message for problem in dataset.problems] + family.plan_notes(config)
-                  + _warmup_problems(config, total_steps) + _save_count_problems(saves.count(), file_bytes)),
+                  + _warmup_problems(config, total_steps) + _save_count_problems(saves.count(), file_bytes)
+                  + _mask_notes(config, dataset)),
         num_processes=num_processes,
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
         family=family.name,
+        step_note=step_note,
     )
+
+
+def _mask_notes(config: TrainConfig, dataset: Dataset) -> list[str]:
+    """A masked loss with no mask to read trains unmasked, as in sd-scripts: say so."""
+    if config.training.masked_loss and not config.dataset.alpha_mask and not any(
+            item.mask_path is not None for item in dataset.items):
+        return ["training.masked_loss is on but no image has a mask (no conditioning_data_dir in a dataset TOML "
+                "subset, dataset.alpha_mask off): the loss is not masked"]
+    return []
+
+
+def _gui_count(config: TrainConfig, base_dir: str | Path) -> GuiStepCount | None:
+    """The Kohya GUI's step count of the config's folders (None with a dataset TOML)."""
+    if config.dataset.dataset_config.strip():
+        return None
+    training = config.training
+    return gui_step_count(resolve_path(base_dir, config.dataset.image_dir) or Path(base_dir),
+                          bool(config.dataset.reg_dir.strip()), training.batch_size,
+                          training.gradient_accumulation_steps, training.epochs)
 
 
 def _warmup_problems(config: TrainConfig, total_steps: int) -> list[str]:

@@ -30,8 +30,9 @@ from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_
 from engine.errors import LoradeckError, first_line, no_space_reason
 from engine.run.events import (CACHING_LATENTS, CACHING_TEXT, ERROR, LOADING_MODEL, RUN_END, RUN_START, SAMPLING,
                                SAVING, TRAINING, VALIDATING, WARNING, EventWriter)
-from engine.network.metadata import training_metadata
+from engine.network.metadata import optimizer_class_path, training_metadata
 from engine.network.lora import LoraNetwork, learning_rates
+from engine.network.max_norm import apply_max_norm
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.run.folder import CONTROL_REQUESTS, RunDir
@@ -275,7 +276,7 @@ class Training:
         return training_metadata(
             self.config, self.plan, self.dataset, model_name=self.model.name, session_id=self.progress.session_id,
             started_at=self.progress.started_at, epoch=epoch, step=step,
-            optimizer_name=self.config.optimizer.optimizer, scheduler_name=scheduler_name(self.config),
+            optimizer_name=optimizer_class_path(self.optimizer), scheduler_name=scheduler_name(self.config),
             num_processes=self.accelerator.num_processes,
         )
 
@@ -365,8 +366,8 @@ class Training:
         while progress.epoch < plan.epochs and progress.step < plan.total_steps:
             if self.train_epoch():
                 return self.finish() if self.early_stop else self.stopped()
-            if progress.batch_in_epoch < plan.batches_per_process:
-                break  # an epoch cut short by max_steps does not count as done
+            # an epoch cut short by the step limit still ends as sd-scripts ends it: validation and
+            # samples of the epoch (its save is the final file's)
             if self.end_epoch():
                 return self.finish() if self.early_stop else self.stopped()
         return self.finish()
@@ -417,7 +418,9 @@ class Training:
         self.phases.step, self.phases.epoch = progress.step, epoch  # said every few seconds, whatever the log interval
         lr_unet, lr_text_encoder = _learning_rates(self.optimizer, self.lr_scheduler, self.network,
                                                    self.train_step.text_encoder_active)
-        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder)
+        # sd-scripts' scale_weight_norms: each layer's update held to the norm after the optimizer step
+        norms = apply_max_norm(self.network, config.network.scale_weight_norms)
+        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder, norms)
         if (self.train_step.text_encoder_active and self.stop_text_encoder_at
                 and progress.step >= self.stop_text_encoder_at):
             self.train_step.stop_text_encoder()

@@ -32,7 +32,7 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Input, Static, TextArea
 
-from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
+from engine.config.schema import GROUPS, FieldSpec, replace_setting, resolve_path, save_config
 from engine.errors import LoradeckError
 from engine.run.naming import existing_run_names, run_folder_problem, suggest_names
 from engine.config.presets import list_presets, load_preset
@@ -579,7 +579,7 @@ class ConfigScreen(Screen):
         from engine.config.kohya_import import import_kohya_file
 
         try:
-            result = import_kohya_file(path, dataset_base=self.base_dir)
+            result = import_kohya_file(path)
         except LoradeckError as error:
             self.post_message(self.Failed("Kohya import failed", str(error)))
         else:
@@ -587,7 +587,11 @@ class ConfigScreen(Screen):
 
     def on_config_screen_imported(self, message: Imported) -> None:
         result = message.result
-        changed = self.state.apply(result.config)
+        config = result.config
+        for key in result.left_to_set:  # a preset: the model (and what else it leaves unset) stays as it is
+            group, name = key.split(".")
+            config = replace_setting(config, key, getattr(getattr(self.state.config, group), name))
+        changed = self.state.apply(config)
         self._show_values(changed)
         lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s).",
                  f"{len(result.mapped)} Kohya key(s) mapped."]

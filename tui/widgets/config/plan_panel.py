@@ -203,6 +203,8 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     lines.append(f"Steps per epoch [b]{plan.steps_per_epoch}[/b]")
     lines.append(f"Epochs [b]{plan.epochs}[/b]")
     lines.append(f"Total steps [b $accent]{plan.total_steps}[/]")
+    if plan.step_note:
+        lines.append(f"[$text-muted]{escape(plan.step_note)}[/]")
     saves = plan.checkpoints
     shown = saves if len(saves) <= MAX_CHECKPOINT_LINES else saves[:MAX_CHECKPOINT_LINES - 1] + [saves[-1]]
     listed = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)

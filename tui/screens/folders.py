@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical

@@ -131,6 +131,7 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     real = health.inspect_files
 
     def counting(paths, on_result, **options):
+        paths = list(paths)  # the scan hands over a generator (it stats each file on the way)
         decoded.extend(paths)
         return real(paths, on_result, **options)
 
@@ -141,6 +142,38 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     touched.write_bytes(touched.read_bytes() + b"")  # same bytes, new mtime
     scan(target_for(root), workers=1)
     assert decoded == [str(touched)]
+
+
+def test_a_decoder_that_kills_its_worker_costs_that_file_only(tmp_path, monkeypatch):
+    """The pool is fed while the scan still stats the files; a file whose decode kills
+    its worker process is reported corrupt, and every other file is inspected as usual."""
+    import multiprocessing
+    import os
+
+    import engine.health.image_checks as checks
+    import engine.health.workers as workers
+
+    folder = tmp_path / "img" / "1_cat"
+    folder.mkdir(parents=True)
+    for index in range(9):  # the pool starts at 8 files (4 per worker)
+        (folder / f"{index:02d}.jpg").write_bytes(jpeg_bytes(picture(index)))
+        (folder / f"{index:02d}.txt").write_text("a cat", encoding="utf-8")
+    real = checks.inspect_image
+
+    def dies_on_one_file(path, max_pixels):
+        if path.endswith("05.jpg"):
+            os._exit(1)  # what a decoder's segfault does to the worker
+        return real(path, max_pixels)
+
+    dies_on_one_file.__module__, dies_on_one_file.__qualname__ = checks.__name__, "inspect_image"  # pickled by name
+    monkeypatch.setattr(checks, "inspect_image", dies_on_one_file)
+    # forked workers run this process's stand-in decoder
+    monkeypatch.setattr(workers, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    report = scan(target_for(tmp_path), workers=2)
+    assert report.images == 9
+    corrupt = [item for item in report.findings if item.code == "corrupt"]
+    assert [(item.path, item.message) for item in corrupt] == [
+        ("1_cat/05.jpg", "the image decoder crashed on this file")]
 
 
 DATASET_WIDE = {"duplicate", "near_duplicate", "blurry", "orphan_caption", "bad_folder_name", "unreadable_folder"}

@@ -122,6 +122,47 @@ async def test_scan_filter_quarantine_fix_rescan_undo(workspace):
         assert (img / "5_cat" / "broken1.txt").exists()
 
 
+async def test_the_first_scan_fills_the_screen_in_as_it_goes(workspace, monkeypatch):
+    """Before the report: the count, and each decoded image's own findings, listed and
+    counted (and browsable); then the report's sorted list replaces them."""
+    import threading
+
+    import engine.health.scan as scan_module
+
+    decoded_three = threading.Event()
+    go_on = threading.Event()
+    real = scan_module.inspect_files
+
+    def held_after_three(paths, on_result, **options):
+        count = 0
+
+        def result(path, facts):
+            nonlocal count
+            on_result(path, facts)
+            count += 1
+            if count == 3:  # a.jpg, b.png, broken1.jpg (name order, one at a time)
+                decoded_three.set()
+                go_on.wait(30)
+
+        return real(paths, result, **{**options, "workers": 1})
+
+    monkeypatch.setattr(scan_module, "inspect_files", held_after_three)
+    app = make_app(workspace, start_screen="health")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await settle(pilot, lambda: decoded_three.is_set() and screen.shown)
+        assert screen.report is None and screen.scanning
+        assert "Scanning 3/6 images" in str(screen.query_one("#health-status", Static).render())
+        assert summary(screen) == {"corrupt": 1}
+        assert listed(screen) == [("corrupt", "5_cat/broken1.jpg")]
+        assert screen.query_one("#health-preview", ImagePreview).path == workspace / "img" / "5_cat" / "broken1.jpg"
+        go_on.set()
+        await settle(pilot, lambda: idle(screen))
+        assert summary(screen) == {"corrupt": 2, "exif_rotated": 1, "missing_caption": 1}
+        assert [path for _code, path in listed(screen)] == [
+            "5_cat/broken1.jpg", "5_cat/broken2.png", "5_cat/rot.jpg", "5_cat/nocap.jpg"]
+
+
 async def test_missing_image_folder_is_explained(tmp_path):
     root = tmp_path / "ws"
     root.mkdir()

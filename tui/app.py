@@ -7,24 +7,27 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import time
 from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Input, TextArea
+from textual.widgets import Input
 
 from engine.config.workspace import Workspace
 from engine.errors import LoradeckError, first_line
-from tui.run_state import Notice
 from tui import terminal_graphics
 from tui.key_order import OrderedKeys
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
 from tui.workers import WorkFailed
+
+if TYPE_CHECKING:  # the run state (and the plan code it reads) is the dashboard's, not the first frame's
+    from tui.run_state import Notice
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {
@@ -40,6 +43,7 @@ SCREEN_HELP = {
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
+ATTACHED_MODE = "attached-run"  # `loradeck attach RUN`: that run's dashboard, on its own
 PRELOAD_AFTER_S = 1.5  # after start-up: the first screen is drawn and its own work (a scan) has begun
 PRELOAD_GAP_S = 0.1  # one screen module at a time, so a key pressed meanwhile waits little
 MAX_APP_NOTICES = 100
@@ -50,7 +54,7 @@ def _screen_factory(app: "LoradeckApp", mode: str):
 
     def build():
         module = importlib.import_module(module_name)
-        return getattr(module, class_name)(app.workspace)
+        return app.with_width_class(getattr(module, class_name)(app.workspace))
 
     return build
 
@@ -82,7 +86,7 @@ class LoradeckApp(OrderedKeys, App):
         self.attach_run = attach_run
         remembered = workspace.load_state("app").get("screen")
         self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
-        self.notices: deque[Notice] = deque(maxlen=MAX_APP_NOTICES)  # errors of background work, newest last
+        self.notices: deque["Notice"] = deque(maxlen=MAX_APP_NOTICES)  # errors of background work, newest last
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
         # the theme is set before the app starts: its styles are then parsed once, not
@@ -103,7 +107,10 @@ class LoradeckApp(OrderedKeys, App):
     def on_mount(self) -> None:
         for problem in self.theme_problems:
             self.notify(f"{problem.path}: {problem.message}", title="Theme not loaded", severity="warning")
-        self.switch_mode(self.start_screen)
+        if self.attach_run is not None:
+            self._open_attached_run(self.attach_run)
+        else:
+            self.switch_mode(self.start_screen)
         if not self.workspace.config_path.exists() and self.attach_run is None:
             from tui.screens.welcome import WelcomeScreen
 
@@ -114,6 +121,34 @@ class LoradeckApp(OrderedKeys, App):
         self._screens_to_preload = [mode for mode in SCREENS if mode != self.start_screen]
         if self.attach_run is None:  # attaching, the CPU is the replay's
             self.set_timer(PRELOAD_AFTER_S, self._preload_next_screen)
+
+    def _open_attached_run(self, run_dir: Path) -> None:
+        """`loradeck attach RUN`: the run's dashboard is the first screen, in a mode of its
+        own, so nothing else (the runs list, its table and refresh) is built before it is
+        drawn. Leaving it (escape) goes to the runs list; `4` from another screen comes back."""
+        from tui.screens.dashboard import DashboardScreen
+
+        self.add_mode(ATTACHED_MODE, lambda: self.with_width_class(DashboardScreen(self.workspace, run_dir)))
+        self.switch_mode(ATTACHED_MODE)
+
+    def with_width_class(self, screen: Screen) -> Screen:
+        """`screen` with its width class (HORIZONTAL_BREAKPOINTS) set before it is first
+        styled. Textual sets it at the screen's first resize, just before its first frame,
+        which restyled every widget of the screen once more (a tenth of a second on a
+        dashboard)."""
+        width = self.size.width
+        for minimum, name in sorted(self.HORIZONTAL_BREAKPOINTS, reverse=True):
+            if width >= minimum:
+                screen.add_class(name, update=False)
+                break
+        return screen
+
+    def leave_attached_run(self) -> None:
+        """Escape on the attached dashboard: the runs list, and the dashboard is closed."""
+        self.switch_mode("runs")
+        self.workspace_state_set(screen="runs")
+        if ATTACHED_MODE in self._modes:
+            self.remove_mode(ATTACHED_MODE)
 
     def _preload_next_screen(self) -> None:
         if not self._screens_to_preload:
@@ -142,6 +177,8 @@ class LoradeckApp(OrderedKeys, App):
     # ---- failed background work: the one handler (tui/workers.py)
 
     def on_work_failed(self, message: WorkFailed) -> None:
+        from tui.run_state import Notice
+
         error = message.error
         line = str(error) if isinstance(error, LoradeckError) else f"{type(error).__name__}: {first_line(error)}"
         self.notices.append(Notice(time.time(), "error", line, message.trace))
@@ -157,8 +194,10 @@ class LoradeckApp(OrderedKeys, App):
     # ---- navigation
 
     def action_show(self, mode: str) -> None:
-        if self.current_mode != mode:
-            self.switch_mode(mode)
+        # the runs key leads back to an attached run's dashboard while it is open
+        shown = ATTACHED_MODE if mode == "runs" and ATTACHED_MODE in self._modes else mode
+        if self.current_mode != shown:
+            self.switch_mode(shown)
         self.workspace_state_set(screen=mode)
 
     def workspace_state_set(self, **values) -> None:
@@ -175,7 +214,7 @@ class LoradeckApp(OrderedKeys, App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # while a text field has focus the keys type into it: the footer offers no screen keys
-        if action in ("show", "keys", "quit") and isinstance(self.focused, (Input, TextArea)):
+        if action in ("show", "keys", "quit") and _is_text_field(self.focused):
             return False
         return super().check_action(action, parameters)
 
@@ -237,6 +276,13 @@ class LoradeckApp(OrderedKeys, App):
                 f"key: {self.get_key_display(binding)}",
                 partial(self.run_action, action, active.node),
             )
+
+
+def _is_text_field(widget) -> bool:
+    """An Input or a TextArea. TextArea (with its document and syntax modules) is imported
+    by the screens that use one, not for the first frame: until then nothing is one."""
+    text_area = sys.modules.get("textual.widgets._text_area")
+    return isinstance(widget, (Input, text_area.TextArea) if text_area else Input)
 
 
 def live_runs(runs_dir: Path) -> list:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from engine.errors import LoradeckError, UsageError
-from engine.run.folder import RunDir
 
 IMAGE_PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 
@@ -56,6 +55,8 @@ def workspace_of_run(run_dir: Path) -> Path:
 
 def run(args) -> int:
     if args.command == "attach":
+        from engine.run.folder import RunDir
+
         if not RunDir(args.run_dir).is_run():
             raise UsageError(f"{args.run_dir} is not a run folder (no config.toml or events.jsonl)")
         return _run_app(workspace_of_run(args.run_dir), args, start_screen="runs", attach_run=args.run_dir.resolve())
@@ -96,6 +97,8 @@ def _print_ending(run_dir: Path, root: Path) -> None:
     """Where the LoRA is, how to load it, what next (stderr: stdout ends with the run folder)."""
     from engine.run.folder import summarize_run
     from engine.run.next_steps import ending_lines
+
+    from engine.run.folder import RunDir
 
     summary = summarize_run(run_dir)
     for line in ending_lines(RunDir(run_dir), summary, root=root, demo=True, in_app=False):

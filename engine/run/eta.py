@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.plan.training_plan import SaveSchedule
 from engine.run.events import SAMPLING, SAVING, VALIDATING, as_int
 
 
@@ -38,6 +37,8 @@ def _points(every_steps: int, every_epochs: int, *, steps_per_epoch: int, total_
 def pauses_ahead(config: dict[str, Any], *, step: int, steps_per_epoch: int, total_steps: int,
                  epochs: int) -> dict[str, int]:
     """How many pauses of each phase come after optimizer step `step`."""
+    from engine.plan.training_plan import SaveSchedule  # the plan's code: not needed to open a dashboard
+
     shape = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "epochs": epochs}
     sampling = _points(_every(config, "sampling", "every_n_steps"), _every(config, "sampling", "every_n_epochs"), **shape)
     saves = {point["step"] for point in SaveSchedule(

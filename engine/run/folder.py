@@ -23,8 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from engine.atomic import atomic_write_text
 from engine.errors import LoradeckError
 from engine.run.events import CRASHED, EVENTS_FILE, RUNNING, STARTING, STEP, EventTail, _json_safe, parse_lines
@@ -218,6 +216,8 @@ def process_start_time(pid: int) -> float | None:
     Comparing it with the recorded value tells our engine from a new process that got
     the same pid. A zombie has finished; a process we may not inspect counts as 0.
     """
+    import psutil  # on first use: reading a run folder needs no process table
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:

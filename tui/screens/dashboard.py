@@ -133,12 +133,19 @@ class DashboardScreen(Screen):
         self.query_one("#dash-samples", SamplePanel).border_title = "samples"
         # elapsed time and "last step Ns ago" move with the clock, not with events
         self.set_interval(1.0, self._tick)
+        # a long history's preview is in the first frame (its replay follows)
+        preview = self._tailer.first_view()
+        if preview is not None:
+            self._show_view(preview)
 
     # ------------------------------------------------------------------ updates
 
     def on_run_tailer_updated(self, message: RunTailer.Updated) -> None:
         message.stop()
-        self.view = view = message.view
+        self._show_view(message.view)
+
+    def _show_view(self, view: RunView) -> None:
+        self.view = view
         state = view.state
         self._show_status(view)
         self._show_alerts(view)
@@ -424,5 +431,5 @@ class DashboardScreen(Screen):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
-        else:
-            self.app.switch_mode("runs")
+        else:  # the dashboard `loradeck attach` opened
+            self.app.leave_attached_run()

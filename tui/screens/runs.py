@@ -6,8 +6,8 @@ the summaries; rows update in place. Enter opens the dashboard, `t` starts train
 workspace config, `r` resumes and `x` stops the run under the cursor; `g` renders its
 comparison grid (`loradeck grid` in a subprocess: the app never imports torch) and shows
 it, `m` renames it, `d` moves it to the trash (engine.run.manage). Under the table: the
-selected run's LoRA file and how to load it. When the app was opened with
-`loradeck attach RUN_DIR`, the dashboard of that run opens on top at once.
+selected run's LoRA file and how to load it. (`loradeck attach RUN_DIR` opens that run's
+dashboard without this list: tui/app.py.)
 """
 from __future__ import annotations
 
@@ -109,12 +109,6 @@ class RunsScreen(Screen):
         for column in COLUMNS:
             table.add_column(column.lower(), key=column)
         self.query_one("#runs-where", Static).update(f"runs in {self.workspace.runs_dir}")
-        attach = getattr(self.app, "attach_run", None)
-        if attach:
-            self.app.attach_run = None  # once: coming back to the list must not re-open it
-            # the list waits until it is shown: the dashboard gets the CPU to itself
-            self._shown.clear()
-            self.app.push_screen(DashboardScreen(self.workspace, attach))
         self._refresh_runs()
 
     def on_screen_suspend(self) -> None:

@@ -289,6 +289,8 @@ class ImagePreview(Widget):
     def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int],
                        crop: Crop | None) -> None:
         result = decode_image(path, apply_exif, box, crop)
+        if self.protocol != "none":
+            terminal_graphics.image_widgets()  # its first import here, not in the UI's thread
         self.post_message(self.Decoded(generation, result))
 
     @work(thread=True, exclusive=True, group="image-preview-prefetch")

@@ -7,7 +7,13 @@ through at the edge. This one:
 - pins `? Keys` to the right edge, so the key that lists every other key is always there
   (the palette, ctrl+p, is listed by `?` and stays one key away);
 - leaves out, from the end, the keys that do not fit whole: a screen lists its most used
-  keys first, and nothing is drawn half.
+  keys first, and nothing is drawn half;
+- is in the screen's first frame: Textual's footer composes empty and fills in two
+  refreshes later (the screen's first frame had no keys), and composes its keys again
+  whenever the screen reports its bindings, even when they are the same (tens of ms each
+  on a dashboard that reports them at every state change). This one composes the
+  screen's keys at once, fits them to the terminal's width before the first frame, and
+  composes again only when the keys shown change.
 
 Screens use it in place of `Footer`; the keys themselves stay ordinary bindings.
 """
@@ -35,12 +41,26 @@ class KeyFooter(Footer):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("compact", True)
         super().__init__(show_command_palette=False, **kwargs)
+        self.set_reactive(Footer._bindings_ready, True)  # the screen's keys in the first compose
+        self._composed_keys: tuple | None = None
 
     def compose(self) -> ComposeResult:
+        self._composed_keys = self._shown_keys()
         for widget in super().compose():
             if isinstance(widget, FooterKey) and widget.action == PINNED_ACTION:
                 widget.add_class("-pinned")
             yield widget
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        # the footer spans the terminal: fitted to its width now, so the first frame has
+        # the keys that fit and no key cut in half (on_resize fits again when laid out)
+        self.fit(self.app.size.width)
+
+    def _shown_keys(self) -> tuple:
+        """What the footer would show for the screen's bindings now."""
+        return tuple((binding.key, binding.description, binding.action, binding.group, enabled)
+                     for _node, binding, enabled, _tooltip in self.screen.active_bindings.values() if binding.show)
 
     def _items(self) -> list[list[Widget]]:
         """The footer's entries in order: a key, or a key group with its label."""
@@ -54,10 +74,11 @@ class KeyFooter(Footer):
                 items.append([child])
         return items
 
-    def fit(self) -> None:
-        """Show the entries that fit whole beside the pinned key, in order."""
+    def fit(self, width: int | None = None) -> None:
+        """Show the entries that fit whole beside the pinned key, in order, in `width`
+        cells (the footer's own width by default)."""
         pinned = [child for child in self.children if child.has_class("-pinned")]
-        room = self.size.width - sum(_width(child) for child in pinned)
+        room = (width or self.size.width) - sum(_width(child) for child in pinned)
         used, full = 0, False
         for item in self._items():
             width = sum(_width(widget) for widget in item)
@@ -70,6 +91,8 @@ class KeyFooter(Footer):
         self.fit()
 
     async def recompose(self) -> None:
+        if not self.is_attached or self._shown_keys() == self._composed_keys:
+            return  # gone with its screen, or the same keys: nothing to compose again
         await super().recompose()
         # hidden until measured (no frame with a key cut in half), then fitted; once more a
         # moment later, when every key's compact style has surely been applied

@@ -207,6 +207,15 @@ async def test_the_dashboard_shows_the_phase_with_its_bar_an_eta_with_pauses_and
         assert "ahead: 2 samplings ≈ 2m00s" in text, text
         assert screen.view.state.notices[-1].text == "skip: sampling skipped at image 1/2 (0 written)"
 
+        # a validation counts its images
+        since = len(recorded.lines)
+        recorded.event("phase", phase="validating", step=20, epoch=2, done=2, total=3, since=t0 + 198,
+                       time=t0 + 199)
+        recorded.flush_new(since)
+        await wait_until(pilot, lambda: screen.view.state.phase == "validating", what="the validation")
+        await pilot.pause()
+        assert "validation loss · 2/3 images" in screen_text(app)
+
 
 @pytest.mark.slow
 async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippable_sample(
@@ -273,3 +282,20 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
         record = run.read_pid()
         if record and run.engine_alive():
             os.kill(record["pid"], signal.SIGKILL)
+
+
+def test_text_caching_and_validation_count_their_progress(tmp_path, family_model_dir):
+    """The caching-text and validating phases count captions and images (a T5 pass over
+    thousands of captions, or a large held-out set, takes minutes on a busy GPU)."""
+    import torch
+
+    from engine.config.schema import config_from_dict
+    from engine.model.loading import load_base_model
+    from tests.conftest import small_run_settings
+
+    config = config_from_dict(small_run_settings(family_model_dir))
+    model = load_base_model(config, tmp_path, device="cpu", dtype=torch.float32)
+    told = []
+    captions = [f"photo {index % 70}" for index in range(140)]  # 70 distinct, in batches of 64
+    cache = model.runtime.text_state_cache(model, captions, config, progress=told.append)
+    assert told == [64, 70] and len(cache) == 70

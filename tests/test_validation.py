@@ -120,7 +120,10 @@ def test_fixed_noise_and_scores_do_not_depend_on_batching(tmp_path, tiny_model_d
         evaluator = Evaluator.build(config, model, scan_dataset(config, root), device=torch.device("cpu"))
         assert evaluator.timesteps == [125, 375, 625, 875]  # the middle of 4 equal slices of the schedule
         model.unet.train()
-        scores.append(evaluator.evaluate(model.unet, model.text_encoders))
+        told = []
+        scores.append(evaluator.evaluate(model.unet, model.text_encoders, lambda done, total: told.append((done, total))))
+        # held-out images first, then the training sample, a batch at a time
+        assert told == ([(n, 7) for n in range(1, 8)] if batch_size == 1 else [(3, 7), (6, 7), (7, 7)])
         assert model.unet.training  # the mode is put back
     one, three = scores
     assert (one.images, one.train_images) == (3, 4) and sorted(one.bands) == ["t125", "t375", "t625", "t875"]
@@ -158,6 +161,9 @@ def test_run_with_validation_writes_a_curve_checkpoint_losses_tensorboard_and_be
     assert start["plan"]["validation_images"] == 1 and start["plan"]["steps_per_epoch"] == 3
     validations = events_of(run, "validation")
     assert [(e["step"], e["epoch"]) for e in validations] == [(3, 1), (6, 2)]
+    counted = [e for e in events_of(run, "phase") if e["phase"] == "validating" and e["total"]]
+    assert counted and {(e["done"], e["total"]) for e in counted} <= {(0, 3), (1, 3), (2, 3), (3, 3)}
+    assert (3, 3) in {(e["done"], e["total"]) for e in counted}  # each evaluation counts its 1 + 2 images
     for event in validations:
         assert (event["images"], event["train_images"]) == (1, 2)
         assert sorted(event["bands"]) == ["t166", "t500", "t833"] and event["seconds"] >= 0
@@ -224,7 +230,7 @@ def test_early_stop_after_patience_keeps_the_best_file(tmp_path, make_run, monke
 
     scripted = iter([1.0, 0.9, 0.95, 0.97, 0.5, 0.4])  # no better than 0.9 for two evaluations after epoch 2
 
-    def evaluate(self, denoiser, text_encoders):
+    def evaluate(self, denoiser, text_encoders, progress=None):
         loss = next(scripted)
         return validation.Scores(loss, {"t500": loss}, None, 0.0, 1, 0)
 

@@ -358,10 +358,13 @@ class FamilyRuntime(ABC):
         token ids of each tokenizer (and emphasis weights). Validation uses the same."""
 
     @abstractmethod
-    def text_state_cache(self, model: BaseModel, captions, config, *, autocast: Callable | None = None) -> CaptionTensors:
+    def text_state_cache(self, model: BaseModel, captions, config, *, autocast: Callable | None = None,
+                         progress: Callable[[int], None] | None = None) -> CaptionTensors:
         """Every distinct caption's encoder outputs, computed once (when the text encoders are
         frozen and captions never change: engine.model.text_conditioning.text_cache_refusal),
-        under the step's autocast so cached and live conditioning agree."""
+        under the step's autocast so cached and live conditioning agree. `progress(done)`
+        after each batch of captions: the number of distinct captions encoded so far (a
+        T5-XXL pass over thousands of captions takes minutes, and the dashboard counts it)."""
 
     # ---- the step (engine.train.step, every micro-batch; validation the same)
 

@@ -274,9 +274,10 @@ class TextStateCache:
 
     @torch.no_grad()
     def fill(self, captions, tokenizer, text_encoder, *, max_token_length: int, weighted: bool, clip_skip: int,
-             batch_size: int = 64, autocast=None) -> None:
+             batch_size: int = 64, autocast=None, progress=None) -> None:
         """Encode every caption not cached yet, `batch_size` at a time, under `autocast` (the
-        training step's mixed-precision context, so cached and live states agree)."""
+        training step's mixed-precision context, so cached and live states agree);
+        `progress(done)` after each batch."""
         import contextlib
 
         todo = sorted(set(captions) - set(self.states))
@@ -297,3 +298,5 @@ class TextStateCache:
                     states = condition_on_tokens(text_encoder, ids[plain], clip_skip=clip_skip)
                     for index, row in zip(plain, states.cpu()):
                         self.states[chunk[index]] = row.clone()
+            if progress is not None:
+                progress(start + len(chunk))

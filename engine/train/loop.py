@@ -490,8 +490,9 @@ class Training:
         self.evaluated_step = step
         stop = False
         if self.validation is not None:
-            self.phases.enter(VALIDATING)
-            self.validation.evaluate(self.model.denoiser, self.model.text_encoders, step=step, epoch=epoch)
+            self.phases.enter(VALIDATING, total=self.validation.evaluator.images + self.validation.evaluator.train_images)
+            self.validation.evaluate(self.model.denoiser, self.model.text_encoders, step=step, epoch=epoch,
+                                     progress=self.phases.advance)
             stop = self.validation.early_stop
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -605,10 +606,11 @@ def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_t
         log(f"text encoder outputs computed every step: {refusal}")
         return None
     captions = [item.caption for item in instances]
-    # the families encode in one call: the phase says how many, its heartbeat that it lives
-    phases.enter(CACHING_TEXT, total=len(set(captions)))
-    cache = model.runtime.text_state_cache(model, captions, config, autocast=accelerator.autocast)
-    phases.advance(len(set(captions)))
+    distinct = len(set(captions))
+    phases.enter(CACHING_TEXT, total=distinct)
+    cache = model.runtime.text_state_cache(model, captions, config, autocast=accelerator.autocast,
+                                           progress=lambda done: phases.advance(done, distinct))
+    phases.advance(distinct)
     log(f"cached the text encoder's outputs for {len(cache)} captions")
     return cache
 

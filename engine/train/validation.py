@@ -129,16 +129,22 @@ class Evaluator:
         return cls(config, model, batches(dataset.validation_items), batches(sample), timesteps,
                    len(dataset.validation_items), len(sample), autocast)
 
-    def evaluate(self, denoiser, text_encoders) -> Scores:
-        """The current LoRA's scores; the models are put back in the mode they were in."""
+    def evaluate(self, denoiser, text_encoders, progress: Callable[[int, int], None] | None = None) -> Scores:
+        """The current LoRA's scores; the models are put back in the mode they were in.
+        `progress(done, total)` after each batch, counting images (held-out, then the
+        training sample)."""
         start = time.perf_counter()
         modes = [(module, module.training) for module in (denoiser, *text_encoders)]
         for module, _ in modes:
             module.eval()
         try:
             with torch.no_grad():
-                bands = self._score(self.validation, denoiser, text_encoders)
-                train = self._score(self.training, denoiser, text_encoders) if self.training else None
+                total = self.images + self.train_images
+                report = progress or (lambda done, total: None)
+                bands = self._score(self.validation, denoiser, text_encoders,
+                                    lambda done: report(done, total))
+                train = (self._score(self.training, denoiser, text_encoders,
+                                     lambda done: report(self.images + done, total)) if self.training else None)
         finally:
             for module, mode in modes:
                 module.train(mode)
@@ -149,8 +155,10 @@ class Evaluator:
             seconds=time.perf_counter() - start, images=self.images, train_images=self.train_images,
         )
 
-    def _score(self, batches: list[_Batch], denoiser, text_encoders) -> dict[float, float]:
-        """Per timestep, the mean loss over every image of `batches`."""
+    def _score(self, batches: list[_Batch], denoiser, text_encoders,
+               progress: Callable[[int], None]) -> dict[float, float]:
+        """Per timestep, the mean loss over every image of `batches`; `progress(images done)`
+        after each batch (no device sync: the totals stay on the device)."""
         totals: dict[float, Any] = {t: 0.0 for t in self.timesteps}
         count = 0
         objective = self.model.objective
@@ -163,6 +171,7 @@ class Evaluator:
                 loss = loss_at(self.model, denoiser, text_encoders, batch.latents, batch.tensors, batch.noise[t],
                                timesteps, config=self.config, train_text_encoder=False, autocast=self.autocast)
                 totals[t] = totals[t] + loss.float() * size
+            progress(count)
         # one device-to-host copy for the whole evaluation
         values = torch.stack([torch.as_tensor(totals[t]).reshape(()) for t in self.timesteps]).cpu().tolist()
         return {t: value / count for t, value in zip(self.timesteps, values)}
@@ -214,8 +223,9 @@ class ValidationRun:
         patience = self.settings.early_stop_patience
         return bool(patience) and evaluations_since_best(self.points) >= patience
 
-    def evaluate(self, denoiser, text_encoders, *, step: int, epoch: int) -> Scores:
-        scores = self.evaluator.evaluate(denoiser, text_encoders)
+    def evaluate(self, denoiser, text_encoders, *, step: int, epoch: int,
+                 progress: Callable[[int, int], None] | None = None) -> Scores:
+        scores = self.evaluator.evaluate(denoiser, text_encoders, progress)
         previous_best = best_point(self.points)
         self.points.append(ValidationPoint(step, epoch, scores.loss, scores.train_loss))
         improved = previous_best is None or scores.loss < previous_best.loss

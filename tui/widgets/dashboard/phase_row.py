@@ -28,7 +28,7 @@ PHASE_WORDS = {
     TRAINING: ("training", "", "steps"),
     SAMPLING: ("sampling", "", "steps"),
     SAVING: ("saving", "the LoRA and its state", ""),
-    VALIDATING: ("validate", "validation loss", ""),
+    VALIDATING: ("validate", "validation loss", "images"),
 }
 PAUSE_NAMES = {SAMPLING: "sampling", VALIDATING: "validation", SAVING: "save"}
 

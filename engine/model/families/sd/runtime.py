@@ -49,11 +49,12 @@ class StableDiffusionRuntime(UNetClipRuntime, FamilyRuntime):
 
     # ---- data
 
-    def text_state_cache(self, model: BaseModel, captions, config, *, autocast=None) -> TextStateCache:
+    def text_state_cache(self, model: BaseModel, captions, config, *, autocast=None, progress=None) -> TextStateCache:
         """Every caption's U-Net conditioning, computed once (engine.model.text_conditioning)."""
         cache = TextStateCache()
         cache.fill(captions, model.tokenizer, model.text_encoder, max_token_length=config.captions.max_token_length,
-                   weighted=config.captions.weighted_captions, clip_skip=config.model.clip_skip, autocast=autocast)
+                   weighted=config.captions.weighted_captions, clip_skip=config.model.clip_skip, autocast=autocast,
+                   progress=progress)
         return cache
 
     # ---- the step

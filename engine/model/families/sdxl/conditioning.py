@@ -45,7 +45,7 @@ class TextStateCache:
         return {"text_states": states, "pooled_states": pooled}
 
     def fill(self, captions, tokenizers, text_encoders, *, max_token_length: int, weighted: bool,
-             batch_size: int = 64, autocast=None) -> None:
+             batch_size: int = 64, autocast=None, progress=None) -> None:
         todo = sorted(set(captions) - set(self.states))
         device = text_encoders[0].device
         with torch.no_grad():
@@ -61,6 +61,8 @@ class TextStateCache:
                             weights[None].to(device) if use_weights else None,
                         )
                     self.states[caption] = (states[0].cpu().clone(), pooled[0].cpu().clone())
+                if progress is not None:
+                    progress(start + len(chunk))
 
 
 def prompt_embeddings(pipeline, prompt: str, negative_prompt: str) -> dict[str, Any]:

@@ -58,10 +58,10 @@ class StableDiffusionXLRuntime(UNetClipRuntime, FamilyRuntime):
 
     # ---- data
 
-    def text_state_cache(self, model: BaseModel, captions, config, *, autocast=None) -> TextStateCache:
+    def text_state_cache(self, model: BaseModel, captions, config, *, autocast=None, progress=None) -> TextStateCache:
         cache = TextStateCache()
         cache.fill(captions, model.tokenizers, model.text_encoders, max_token_length=config.captions.max_token_length,
-                   weighted=config.captions.weighted_captions, autocast=autocast)
+                   weighted=config.captions.weighted_captions, autocast=autocast, progress=progress)
         return cache
 
     # ---- the step

@@ -422,3 +422,36 @@ async def test_starting_engine_then_one_that_died_before_its_first_event(workspa
         screen = await dashboard_ready(pilot)
         assert badge(screen) == "CRASHED"
         assert screen.query_one("#dash-log", Log).lines == ["ModuleNotFoundError: No module named 'diffusers'"]
+
+
+async def test_a_sparkline_repaints_only_when_its_line_changes_and_recolours_with_the_theme():
+    from textual.app import App
+
+    from tui.widgets.dashboard.sparkline_panel import SeriesSparkline
+
+    class One(App):
+        def compose(self):
+            yield SeriesSparkline("lr unet", id="line")
+
+    summary = SeriesSummary()
+    for x in range(1, 1001):
+        summary.add(x, 1e-4)
+    app = One()
+    async with app.run_test(size=(60, 3)) as pilot:
+        line = app.query_one(SeriesSparkline)
+        line.show(summary)
+        await pilot.pause()
+        drawn = line.render()
+        repaints = []
+        original = line.refresh
+        line.refresh = lambda *a, **k: repaints.append(1) or original(*a, **k)
+        summary.add(1001, 1e-4)  # a constant LR one step on: the same line
+        line.show(summary)
+        assert repaints == []
+        summary.add(1002, 5e-5)  # a new value: the line changes and is drawn
+        line.show(summary)
+        assert repaints == [1] and "5.00e-05" in line.render().plain
+        line.refresh = original
+        app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+        await pilot.pause()
+        assert line.render().spans != drawn.spans  # the theme's colours, not the cached line's

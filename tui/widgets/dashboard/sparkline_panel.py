@@ -77,12 +77,31 @@ class SeriesSparkline(Widget):
         # not as lone marks among empty columns
         self.sparse = sparse
         self.summary: SeriesSummary | None = None
+        self._drawn: tuple[int, Text] | None = None  # (width, line) last drawn
 
     def show(self, summary: SeriesSummary) -> None:
+        """Draw `summary`; a repaint only when the line would look different (a constant LR,
+        or a curve of 100,000 steps that one more step does not move, costs no frame)."""
         self.summary = summary
+        width = self.size.width
+        if self._drawn is not None and self._drawn[0] == width:
+            line = self._line(width)
+            if line == self._drawn[1]:
+                return
+            self._drawn = (width, line)
         self.refresh()
 
+    def notify_style_update(self) -> None:
+        self._drawn = None  # a new theme: the line's colours change
+        super().notify_style_update()
+
     def render(self) -> Text:
+        width = self.size.width
+        if self._drawn is None or self._drawn[0] != width:
+            self._drawn = (width, self._line(width))
+        return self._drawn[1].copy()
+
+    def _line(self, width: int) -> Text:
         label_style = self.get_component_rich_style("series-sparkline--label")
         text = Text(no_wrap=True, overflow="crop")
         text.append(self.label[: LABEL_WIDTH - 1].ljust(LABEL_WIDTH), label_style)
@@ -95,10 +114,10 @@ class SeriesSparkline(Widget):
                     self.get_component_rich_style("series-sparkline--value"))
         range_text = f" {self.formatter(summary.low if summary.count else None)}–" \
                      f"{self.formatter(summary.high if summary.count else None)}"
-        spark_width = self.size.width - LABEL_WIDTH - VALUE_WIDTH - len(range_text)
+        spark_width = width - LABEL_WIDTH - VALUE_WIDTH - len(range_text)
         if spark_width < 8:  # too narrow for both: the curve matters more than the range
             range_text = ""
-            spark_width = self.size.width - LABEL_WIDTH - VALUE_WIDTH
+            spark_width = width - LABEL_WIDTH - VALUE_WIDTH
         bar_style = self.get_component_rich_style("series-sparkline--bar")
         bad_style = self.get_component_rich_style("series-sparkline--bad")
         # one span per run of equal style: a line of 100 spans costs ten times more to draw

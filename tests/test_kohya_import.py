@@ -197,3 +197,8 @@ def test_several_configs_get_one_report_each(capsys, tmp_path):
     assert headers[0].endswith("lora_gui_strings.json:") and headers[1].endswith("dreambooth_tab.json:")
     assert "broken.json: not imported:" in headers[2] and len(headers) == 3
     assert main(["import-kohya", *files[:2], "-o", str(tmp_path / "x.toml")]) == 2
+
+
+def test_the_guis_process_count_becomes_training_processes():
+    result = import_kohya({"pretrained_model_name_or_path": "x", "LoRA_type": "Standard", "num_processes": "2"})
+    assert result.config.training.processes == 2 and "num_processes" not in result.ignored

@@ -125,6 +125,7 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "epoch": ("training.epochs", _integer),
     "max_train_steps": ("training.max_steps", _integer),
     "gradient_accumulation_steps": ("training.gradient_accumulation_steps", _integer),
+    "num_processes": ("training.processes", _integer),  # the GUI's accelerate launch setting
     "seed": ("training.seed", _integer),
     "noise_offset": ("training.noise_offset", _number),
     "adaptive_noise_scale": ("training.adaptive_noise_scale", _number),

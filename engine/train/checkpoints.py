@@ -56,8 +56,10 @@ class Checkpointer:
         return _relative(path, self.run)
 
     def save(self, *, epoch: int, step: int, name: str, final: bool,
-             optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None) -> Path:
-        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files."""
+             optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None,
+             process_rng: list[dict[str, Any]] | None = None) -> Path:
+        """Write the LoRA (in the save precision) and, if enabled, the state (with each
+        process's random state under several); prune old files."""
         path, size = self.write_lora(name, epoch=epoch, step=step)
         scored = {} if validation_loss is None else {"validation_loss": validation_loss}
         self.events.emit(CHECKPOINT, path=_relative(path, self.run), epoch=epoch, step=step, bytes=size,
@@ -71,7 +73,7 @@ class Checkpointer:
             progress = {**progress, "checkpoints": self.saved}
             folder = save_state(
                 self.run.state, step=step, lora=self.network.state_dict(), optimizer=optimizer.state_dict(),
-                lr_scheduler=lr_scheduler.state_dict(), progress=progress,
+                lr_scheduler=lr_scheduler.state_dict(), progress=progress, process_rng=process_rng,
             )
             self.events.emit(CHECKPOINT, path=_relative(folder, self.run), epoch=epoch, step=step,
                              bytes=folder_bytes(folder), kind="state", final=final)

@@ -4,7 +4,7 @@
 
 The run folder holds the frozen config (absolute paths); everything the run does is
 written beside it (engine.run.folder's layout): events.jsonl, checkpoints/, state/, samples/,
-tb/. Under `accelerate launch` every process trains its share of the batches and only
+tb/. Under torchrun or `accelerate launch` every process trains its share of the batches and only
 the main process writes files.
 
 Reading order: `train` (errors become events), `Training.setup` (the pieces, in order), then
@@ -36,9 +36,11 @@ from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer
 from engine.run.folder import CONTROL_REQUESTS, RunDir
 from engine.model.text_conditioning import text_cache_refusal
 from engine.train.control import StopSignal, obey_requests
+from engine.train.processes import (end_processes, first_failure, gather_from_all, report_failure,
+                                     share_from_main, start_processes)
 from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, TrainingImages, check_images, make_loader
 from engine.train.log import NonFiniteLoss, StepLog
-from engine.train.state import load_state, restore_rng
+from engine.train.state import capture_rng, load_state, restore_rng
 from engine.train.step import TrainStep, apply_speed_settings
 from engine.train.validation import Evaluator, ValidationRun, due_after_epoch, due_after_step
 from engine.plan.vram import out_of_memory_advice
@@ -73,58 +75,75 @@ class _NoEvents:
 
 
 def train(run_dir: str | Path, *, resume: bool = False) -> int:
-    """Train the run in `run_dir` (config.toml inside); returns the process exit status."""
+    """Train the run in `run_dir` (config.toml inside); returns the process exit status.
+
+    Under several processes (engine.train.processes) only the main one reads and writes the
+    run folder: the others get the config and the saved state from it, and any failure
+    becomes one error event and one run end, written by the main process."""
     run = RunDir(run_dir)
-    try:
-        config = load_config(run.config)
-        accelerator = make_accelerator(config)
-    except LoradeckError as error:
-        with EventWriter(run.path) as events:
-            _fail(events, Progress(), str(error), "")
-        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
-        return error.exit_status
-    main = accelerator.is_main_process
-    events = EventWriter(run.path) if main else _NoEvents()
-    stop_signal = StopSignal().install()
     progress = Progress()
-    if main:
-        run.create()
-        run.write_pid()
-        if resume:
-            for action in CONTROL_REQUESTS:
-                run.clear_request(action)  # meant for the engine that is gone, not for this one
+    main = os.environ.get("RANK", "0") == "0"  # until the process group says so
+    events: EventWriter | _NoEvents = _NoEvents()
+    stop_signal = StopSignal().install()
+    config = None
     try:
+        processes = start_processes()
+        main = processes.is_main_process
+        if main:
+            events = EventWriter(run.path)  # the one writer of events.jsonl
+        config = share_from_main(processes, lambda: _frozen_config(run))
+        accelerator = make_accelerator(config)
+        if main:
+            run.create()
+            run.write_pid()
+            if resume:
+                for action in CONTROL_REQUESTS:
+                    run.clear_request(action)  # meant for the engine that is gone, not for this one
         training = Training(run, config, accelerator, events, stop_signal, progress, resume)
         training.setup()
         return training.run_loop()
-    except LoradeckError as error:
-        _fail(events, progress, str(error), "")
-        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
-        return error.exit_status
-    except NonFiniteLoss as error:
-        message = (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
-                   f"instead of fp16; the last good checkpoint is in {run.checkpoints}")
-        _fail(events, progress, message, "")
-        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        _fail(events, progress, "interrupted twice: stopped without saving", "")
-        return 130
-    except torch.cuda.OutOfMemoryError:
-        # one line that says what to change, not a CUDA allocator traceback
-        message = out_of_memory_advice(config, run.path, progress.step)
-        _fail(events, progress, message, "")
-        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as error:
-        _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
-        traceback.print_exc()
-        return 1
+    except (Exception, KeyboardInterrupt) as error:
+        message, trace, status = _failure(error, config, run, progress)
+        if trace:
+            traceback.print_exc()
+        else:
+            print(f"loradeck train: {message}", file=sys.stderr, flush=True)
+        report_failure(message, trace)
+        if main:
+            message, trace = first_failure(message, trace)
+        _fail(events, progress, message, trace)
+        return status
     finally:
         stop_signal.uninstall()
         events.close()
         if main:
             run.clear_pid()
+        end_processes()
+
+
+def _frozen_config(run: RunDir) -> TrainConfig:
+    """The run's config. A random seed (a folder not made by prepare_run) is drawn here and
+    frozen into it, so a resume reuses it."""
+    config = load_config(run.config)
+    if config.training.seed == RANDOM_SEED:
+        config = with_drawn_seed(config)
+        save_config(config, run.config)
+    return config
+
+
+def _failure(error: BaseException, config: TrainConfig | None, run: RunDir, progress: Progress) -> tuple[str, str, int]:
+    """(one-line message, traceback worth keeping, exit status) of what ended the run."""
+    if isinstance(error, LoradeckError):
+        return str(error), "", error.exit_status
+    if isinstance(error, NonFiniteLoss):
+        return (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
+                f"instead of fp16; the last good checkpoint is in {run.checkpoints}", "", 1)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted twice: stopped without saving", "", 130
+    if isinstance(error, torch.cuda.OutOfMemoryError) and config is not None:
+        # one line that says what to change, not a CUDA allocator traceback
+        return out_of_memory_advice(config, run.path, progress.step), "", 1
+    return f"{type(error).__name__}: {error}", traceback.format_exc(), 1
 
 
 def _fail(events, progress: Progress, message: str, trace: str) -> None:
@@ -157,11 +176,6 @@ class Training:
 
     def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
                  progress: Progress, resume: bool):
-        if config.training.seed == RANDOM_SEED:
-            # a run folder not made by prepare_run: draw the seed here and freeze it, so a resume reuses it
-            config = with_drawn_seed(config)
-            if accelerator.is_main_process:
-                save_config(config, run.config)
         self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
         self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
         self.main = accelerator.is_main_process
@@ -201,12 +215,14 @@ class Training:
                                          accelerator.num_processes, accelerator.process_index)
         self.saves = SaveSchedule.of(config, plan.steps_per_epoch, plan.total_steps, plan.epochs)
 
-        saved = load_state(self.run.state) if self.resume else None
-        if self.resume and saved is None:
-            raise LoradeckError(f"{self.run.path}: nothing to resume, {self.run.state} holds no saved state")
+        saved = share_from_main(accelerator.state, self._saved_state) if self.resume else None
         if saved is not None:
             for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
                 setattr(progress, name, saved.progress[name])
+        if accelerator.num_processes != config.training.processes:
+            self.events.emit(WARNING, code="processes", message=(
+                f"training.processes is {config.training.processes}, this launch started "
+                f"{accelerator.num_processes}: planned for {accelerator.num_processes}"))
         vram = plan.vram_estimate
         self.events.emit(
             RUN_START, run_name=self.run.name, config=config_to_dict(config), plan=plan.as_json(),
@@ -219,6 +235,18 @@ class Training:
                  f"{accelerator.num_processes} processes; {plan.steps_per_epoch} steps per epoch, "
                  f"{plan.total_steps} steps in {plan.epochs} epochs; {self.device}, {accelerator.mixed_precision}")
         self.log(f"VRAM estimate on a GPU: {vram.summary()}")
+        return saved
+
+    def _saved_state(self):
+        """The state to resume from (read by the main process, shared with the others)."""
+        saved = load_state(self.run.state)
+        if saved is None:
+            raise LoradeckError(f"{self.run.path}: nothing to resume, {self.run.state} holds no saved state")
+        processes, launched = saved.progress.get("processes", 1), self.accelerator.num_processes
+        if processes != launched:
+            # each process's place in the epoch and its random state belong to that many processes
+            raise LoradeckError(f"{saved.folder}: saved by {processes} process(es), this launch has {launched}; "
+                                f"resume it with {processes} (training.processes = {processes})")
         return saved
 
     def _build_network(self) -> None:
@@ -243,6 +271,8 @@ class Training:
             images_per_step=config.training.batch_size * config.training.gradient_accumulation_steps
             * accelerator.num_processes,
             tensorboard_dir=self.run.tensorboard if (self.main and config.logging.tensorboard) else None,
+            mean_over_processes=(lambda losses: accelerator.reduce(losses, "mean"))
+            if accelerator.num_processes > 1 else None,
         )
         self.checkpointer = Checkpointer(self.run, config, self.events, self.network, self._metadata, self.log)
 
@@ -266,7 +296,7 @@ class Training:
                 self.lr_scheduler.load_state_dict(saved.lr_scheduler)
             except (ValueError, KeyError, RuntimeError) as error:
                 raise LoradeckError(f"{saved.folder}: the saved state does not fit this config ({error})") from None
-            restore_rng(saved.rng)
+            restore_rng(saved.process_rng(self.accelerator.process_index))
             self.step_log.load_state_dict(saved.progress.get("step_log", {}))
             self.checkpointer.saved = saved.progress.get("checkpoints", [])
             self.checkpointer.last_saved_step = progress.step
@@ -451,12 +481,15 @@ class Training:
             return  # saved at this step already (an epoch save, then a stop request)
         if self.config.validation.enabled:
             self.evaluate(progress.last_epoch)
+        processes = self.accelerator.num_processes
+        # each process's random state, so that each resumes where it was
+        rng = gather_from_all(capture_rng()) if processes > 1 else None
         if self.main:
             validation = self.validation
             self.checkpointer.save(
                 epoch=progress.last_epoch, step=progress.step, name=name, final=final,
-                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                progress={**asdict(progress), "step_log": self.step_log.state_dict(),
+                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, process_rng=rng,
+                progress={**asdict(progress), "processes": processes, "step_log": self.step_log.state_dict(),
                           **({"validation": validation.state_dict()} if validation is not None else {})},
                 validation_loss=validation.last_loss if validation is not None else None,
             )
@@ -511,7 +544,9 @@ def load_dataset(config: TrainConfig, base_dir: Path):
 
 
 def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log):
-    """(LatentCache or None, paths that failed to encode). On disk, the main process writes."""
+    """(LatentCache or None, paths that failed to encode). On disk, the first process of each
+    machine writes (the run folder lives on the main machine; another gets a local copy of
+    its cache folder), and the others read."""
     if not config.latents_cacheable:
         reason = ("precision.cache_latents is none" if config.precision.cache_latents == "none"
                   else "colour augmentation or random crop changes the pixels every epoch")
@@ -520,7 +555,7 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
     on_disk = config.precision.cache_latents == "disk"
     cache = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
     failed: set[Path] = set()
-    if accelerator.is_main_process or not on_disk:
+    if accelerator.is_local_main_process or not on_disk:
         log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
         last_report = [time.monotonic()]
 
@@ -535,7 +570,7 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
             on_progress=progress,
         )
     accelerator.wait_for_everyone()
-    if on_disk and not accelerator.is_main_process:
+    if on_disk and not accelerator.is_local_main_process:
         failed = {item.path for item in dataset.items if not cache.has(item)}
     return cache, failed
 

@@ -50,3 +50,35 @@ def test_a_random_seed_is_drawn_into_the_frozen_config_and_kept_on_resume(tmp_pa
     # new settings for the rest of the run, still with seed -1: the drawn seed stays
     prepare_run(tmp_path / "loradeck.toml", resume=run.path)
     assert load_config(run.config).training.seed == seed
+
+
+def test_several_processes_start_under_torchrun(tmp_path, monkeypatch):
+    """`loradeck train` (and ctrl+t) with training.processes = 2: the engine command is
+    torchrun's, as torch's own parser reads it."""
+    import os
+    import subprocess
+    import sys
+
+    from torch.distributed.run import get_args_parser
+
+    from engine.run.launch import start_training
+
+    commands = []
+
+    class Started:
+        pid = os.getpid()
+
+    def popen(command, **_):
+        commands.append(command)
+        return Started()
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    plan_dataset(tmp_path)
+    save_config(config_from_dict({"model": {"pretrained_model": "someone/model"}, "training": {"processes": 2},
+                                  "saving": {"output_name": "two"}}), tmp_path / "loradeck.toml")
+    run_dir = start_training(tmp_path / "loradeck.toml", detach=True)
+    (command,) = commands
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    launch = get_args_parser().parse_args(command[3:])
+    assert launch.standalone and launch.module and launch.nproc_per_node == "2"
+    assert launch.training_script == "engine.train.process" and launch.training_script_args == [str(run_dir)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -180,3 +181,28 @@ def test_a_resume_with_another_number_of_processes_is_refused(runs, tmp_path, ca
     assert message.startswith("loradeck train: ") and "saved by 2 process(es), this launch has 1" in message
     *_, error, end = events_of(copy)
     assert error["type"] == "error" and end["status"] == "failed"
+
+
+def documented_commands(section: str) -> list[list[str]]:
+    """The `accelerate launch` commands of a section of docs/several_gpus.md, as argument lists."""
+    text = (REPOSITORY / "docs" / "several_gpus.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    joined = text.replace("\\\n", " ")
+    return [shlex.split(line.strip())[2:] for line in joined.splitlines() if line.strip().startswith("accelerate launch")]
+
+
+def test_the_documented_two_machine_launch_is_what_accelerate_and_the_engine_read():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_multi_gpu_env
+
+    from engine.train.process import argument_parser
+
+    commands = documented_commands("Several machines")
+    assert len(commands) == 2
+    for machine, arguments in enumerate(commands):
+        launch, _, _ = _validate_launch_command(launch_command_parser().parse_args(arguments))
+        prepare_multi_gpu_env(launch)  # what accelerate hands torchrun on this machine
+        assert launch.multi_gpu and launch.module and launch.training_script == "engine.train.process"
+        assert (launch.nnodes, launch.node_rank, launch.nproc_per_node) == ("2", machine, "2")
+        assert launch.rdzv_endpoint == "10.0.0.1:29500"
+        engine = argument_parser().parse_args(launch.training_script_args)
+        assert engine.config == Path("lora.toml") and engine.run_dir is None and engine.resume is None

@@ -17,13 +17,17 @@ from pathlib import Path
 from engine.errors import LoradeckError
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.train.process")
     parser.add_argument("run_dir", nargs="?", type=Path, help="prepared run folder (holds config.toml)")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the run's saved state (with --config: the run folder)")
     parser.add_argument("--config", type=Path, help="start a new run from this config (for torchrun / accelerate launch)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     try:
         run_dir, resume = _run_dir(args)
     except LoradeckError as error:

@@ -82,3 +82,37 @@ def test_several_processes_start_under_torchrun(tmp_path, monkeypatch):
     launch = get_args_parser().parse_args(command[3:])
     assert launch.standalone and launch.module and launch.nproc_per_node == "2"
     assert launch.training_script == "engine.train.process" and launch.training_script_args == [str(run_dir)]
+
+
+def test_a_foreground_run_that_stopped_cleanly_is_not_a_failure_whatever_torchrun_exits_with(tmp_path, monkeypatch):
+    """Ctrl-C to `loradeck train`: torchrun forwards it, its engines save and stop, and
+    torchrun itself exits 1 for having been interrupted. The events say how the run ended."""
+    import io
+    import subprocess
+
+    from engine.run.events import EventWriter
+    from engine.run.launch import start_training
+
+    class Interrupted:
+        pid = 1
+
+        def __init__(self, run_dir, status):
+            self.run_dir, self.status = run_dir, status
+
+        def poll(self):
+            with EventWriter(self.run_dir) as events:
+                events.emit("run_start", plan={})
+                events.emit("run_end", status=self.status, step=3, epoch=1, message="")
+            return 1
+
+    plan_dataset(tmp_path)
+    for name, status in (("stopped", "stopped"), ("failed", "failed")):
+        save_config(config_from_dict({"model": {"pretrained_model": "someone/model"}, "training": {"processes": 2},
+                                      "saving": {"output_name": name}}), tmp_path / "loradeck.toml")
+        run_dir = (tmp_path / "runs" / name).resolve()
+        monkeypatch.setattr(subprocess, "Popen", lambda command, **_: Interrupted(run_dir, status))
+        if status == "stopped":
+            assert start_training(tmp_path / "loradeck.toml", detach=False, echo=io.StringIO()) == run_dir
+        else:
+            with pytest.raises(LoradeckError, match="training failed"):
+                start_training(tmp_path / "loradeck.toml", detach=False, echo=io.StringIO())

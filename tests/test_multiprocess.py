@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,13 @@ SETTINGS = dict(
 
 
 def launch(run, probe_dir: Path, *, resume: bool = False, fault: str = "") -> subprocess.CompletedProcess:
-    """The engine command loradeck builds for two processes (torchrun), with the probe's module."""
+    """The engine command loradeck builds for two processes (torchrun), with the probe's
+    module; on the CPU (gloo) even where there is a GPU, which two processes cannot share."""
     command = engine_command(run, resume=resume, processes=2)
     command[command.index("engine.train.process")] = "tests.multiprocess_probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY),
+           "CUDA_VISIBLE_DEVICES": "",
            "LORADECK_PROBE_DIR": str(probe_dir), "LORADECK_PROBE_FAULT": fault}
     return subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 

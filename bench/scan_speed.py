@@ -3,6 +3,7 @@ against a one-process Pillow decode of the same files measured in the same run.
 
     python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER] [--keep]
                                [--repeats 3] [--cores N] [--workers N] [--before TREE]
+                               [--pixel-checks-only]
 
 1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, hard-edged discs and
    grain, quality 90, about 100 KB each at 1024x768, each with a caption) into a
@@ -19,7 +20,9 @@ Each repeat alternates the order; the table gives medians and the ratio Pillow /
 (above 1: the scan finishes first). --cores N pins both sides to N cores (as `taskset`),
 so a bigger machine measures a small one; --before TREE also times the cold scan of
 another checkout (e.g. `git archive main | tar -x -C /tmp/main`) in the same runs. Also
-prints the CPU milliseconds per image of each in one process. Not a test: numbers to read.
+prints the CPU milliseconds per image of each in one process, and the per-image CPU cost
+of the checks with the silent-damage pixel checks on and off (alternating runs over the
+same 100 files; --pixel-checks-only: just this). Not a test: numbers to read.
 """
 from __future__ import annotations
 
@@ -101,6 +104,36 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
     return pillow * 1000 / len(sample), ours * 1000 / len(sample)
 
 
+def pixel_check_cost(paths: list[Path], rounds: int = 9) -> tuple[float, float]:
+    """CPU milliseconds per image of inspect_image with the pixel-damage checks and without
+    them (damaged_row answering "whole" at once), alternating runs over the same files so
+    that a busy machine slows both alike; the lowest of `rounds` runs of each."""
+    from engine.health import image_checks
+
+    sample = paths[:100]
+    image_checks.inspect_image(sample[0])
+    checks = image_checks.damaged_row
+    with_checks, without = [], []
+    try:
+        for _ in range(rounds):
+            for switched_on, times in ((True, with_checks), (False, without)):
+                image_checks.damaged_row = checks if switched_on else (lambda *args, **kwargs: -1)
+                started = time.process_time()
+                for path in sample:
+                    image_checks.inspect_image(path)
+                times.append((time.process_time() - started) * 1000 / len(sample))
+    finally:
+        image_checks.damaged_row = checks
+    return min(with_checks), min(without)
+
+
+def report_pixel_check_cost(paths: list[Path]) -> None:
+    with_checks, without = pixel_check_cost(paths)
+    print(f"\nCPU per image in one process (best of 9 alternating runs over {min(len(paths), 100)} files): "
+          f"{with_checks:.2f} ms with the silent-damage pixel checks, {without:.2f} ms without "
+          f"({with_checks / without - 1:+.0%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
@@ -111,6 +144,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=None, help="pin both sides to this many cores")
     parser.add_argument("--workers", type=int, default=None, help="scan workers (default: one per core it may use)")
     parser.add_argument("--before", type=Path, help="another checkout whose cold scan is timed too")
+    parser.add_argument("--pixel-checks-only", action="store_true",
+                        help="only compare the per-image cost with and without the silent-damage pixel checks")
     args = parser.parse_args()
 
     temporary = None
@@ -125,6 +160,9 @@ def main() -> None:
         print(f"generated {args.count} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
     try:
         paths = sorted(folder.glob("*.jpg"))
+        if args.pixel_checks_only:
+            report_pixel_check_cost(paths)
+            return
         megabytes = sum(len(path.read_bytes()) for path in paths) / 1e6  # also fills the page cache
         cache = folder / ".loradeck-scan-cache"
         scan = [sys.executable, "-m", "tui.cli", "scan", str(folder)]
@@ -167,6 +205,7 @@ def main() -> None:
         print("\nruns (wall s): " + " | ".join(
             f"{name}: " + " ".join(f"{wall:.2f}" for wall, _ in runs)
             for name, (_label, runs) in zip(("Pillow", "cold", "warm", "before"), rows)))
+        report_pixel_check_cost(paths)
     finally:
         if temporary and not args.keep:
             shutil.rmtree(temporary, ignore_errors=True)

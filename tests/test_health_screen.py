@@ -121,8 +121,12 @@ async def test_missing_image_folder_is_explained(tmp_path):
     save_config(config_from_dict({"model": {"pretrained_model": "some/model"}}), root / "loradeck.toml")
     app = make_app(root, start_screen="health")
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        status = str(app.screen.query_one("#health-status", Static).render())
+        status = ""
+        for _ in range(50):  # the check starts just after the first frame
+            await pilot.pause(0.1)
+            status = str(app.screen.query_one("#health-status", Static).render())
+            if "No image folder" in status:
+                break
         assert "No image folder" in status
         await pilot.press("x")  # nothing to act on: a notice, no crash
         await pilot.pause()

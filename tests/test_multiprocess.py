@@ -4,9 +4,11 @@ process after every step, a stop signalled to one process, a bit-exact resume, a
 in one process. tests/multiprocess_probe.py runs the unchanged engine in each process and
 records what that process trained.
 
-Three launches of two processes each, made once for the module: a whole run; a run whose
-process 1 is signalled to stop after step 1; its resume, in which process 1 crashes after
-step 3. The tests read what they left.
+Launches of two processes each, made once per family for the module: a whole run, for every
+family (the split, the writer and the equal weights involve the family's model under DDP);
+and, on the first family only (they do not depend on the family), a run whose process 1 is
+signalled to stop after step 1 and its resume, in which process 1 crashes after step 3.
+The tests read what they left.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from engine.run.folder import RunDir
 from engine.run.launch import engine_command
 from engine.train.data import EpochBatchSampler
 from engine.train.loop import load_dataset, train
-from tests.conftest import new_run, write_tiny_dataset
+from tests.conftest import TINY_FAMILIES, new_run, write_tiny_dataset
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 240  # a hang in a collective fails the test instead of the suite
@@ -74,18 +76,28 @@ def of_type(events, kind: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
-    """name -> (run folder, probe folder, completed launch) of the three launches."""
-    root = write_tiny_dataset(tmp_path_factory.mktemp("multiprocess"))
-    whole, stopped = (new_run(tiny_model_dir, root, name, **SETTINGS) for name in ("whole", "stopped"))
-    return {
-        "whole": (whole, root / "whole", launch(whole, root / "whole")),
-        "stopped": (stopped, root / "stopped", launch(stopped, root / "stopped", fault="1:1:signal")),
-        "resumed": (stopped, root / "resumed", launch(stopped, root / "resumed", resume=True, fault="1:3:crash")),
-    }
+def runs(tmp_path_factory, family, family_model_dir):
+    """name -> (run folder, probe folder, completed launch): "whole" for every family,
+    "stopped" and "resumed" for the first."""
+    root = write_tiny_dataset(tmp_path_factory.mktemp(f"multiprocess-{family}"))
+    whole = new_run(family_model_dir, root, "whole", **SETTINGS)
+    made = {"whole": (whole, root / "whole", launch(whole, root / "whole"))}
+    if family == TINY_FAMILIES[0]:
+        stopped = new_run(family_model_dir, root, "stopped", **SETTINGS)
+        made["stopped"] = (stopped, root / "stopped", launch(stopped, root / "stopped", fault="1:1:signal"))
+        made["resumed"] = (stopped, root / "resumed", launch(stopped, root / "resumed", resume=True,
+                                                              fault="1:3:crash"))
+    return made
 
 
-def test_each_process_trains_half_of_every_epoch(runs, tiny_model_dir):
+@pytest.fixture
+def interrupted(runs, family):
+    if family != TINY_FAMILIES[0]:
+        pytest.skip("stop, resume and crash are the same for every family: run on the first")
+    return runs
+
+
+def test_each_process_trains_half_of_every_epoch(runs):
     run, probe, completed = runs["whole"]
     assert completed.returncode == 0, completed.stdout + completed.stderr
     config = load_config(run.config)
@@ -133,8 +145,8 @@ def test_every_process_has_the_same_weights_after_every_step(runs):
     assert len(set(first.values())) == 4  # and the weights do move
 
 
-def test_a_stop_signalled_to_one_process_stops_all_at_the_same_step(runs):
-    run, probe, completed = runs["stopped"]
+def test_a_stop_signalled_to_one_process_stops_all_at_the_same_step(interrupted):
+    run, probe, completed = interrupted["stopped"]
     assert completed.returncode == 0, completed.stdout + completed.stderr
     events = events_of(run)  # and, after the first run_end, the resume's (below)
     first_session = events[: [event["type"] for event in events].index("run_end") + 1]
@@ -144,9 +156,9 @@ def test_a_stop_signalled_to_one_process_stops_all_at_the_same_step(runs):
     assert list(digests(probe, 0)) == list(digests(probe, 1)) == [1]
 
 
-def test_a_resume_with_the_same_processes_is_bit_exact(runs):
-    whole, whole_probe, _ = runs["whole"]
-    run, probe, _ = runs["resumed"]
+def test_a_resume_with_the_same_processes_is_bit_exact(interrupted):
+    whole, whole_probe, _ = interrupted["whole"]
+    run, probe, _ = interrupted["resumed"]
     events = events_of(run)
     assert [event["status"] for event in of_type(events, "run_end")] == ["stopped", "failed"]
     # steps 2 and 3, then process 1 crashes (below) before step 3's loss is averaged and logged
@@ -159,8 +171,8 @@ def test_a_resume_with_the_same_processes_is_bit_exact(runs):
     assert all(torch.equal(resumed[key], reference[key]) for key in reference)
 
 
-def test_a_crash_in_one_process_ends_the_run_with_one_error(runs):
-    run, _, completed = runs["resumed"]
+def test_a_crash_in_one_process_ends_the_run_with_one_error(interrupted):
+    run, _, completed = interrupted["resumed"]
     assert completed.returncode != 0
     events = events_of(run)
     resumed_session = events[[event["type"] for event in events].index("run_end") + 1:]
@@ -172,8 +184,8 @@ def test_a_crash_in_one_process_ends_the_run_with_one_error(runs):
     assert not run.pid_file.exists()
 
 
-def test_a_resume_with_another_number_of_processes_is_refused(runs, tmp_path, capsys):
-    run, _, _ = runs["resumed"]
+def test_a_resume_with_another_number_of_processes_is_refused(interrupted, tmp_path, capsys):
+    run, _, _ = interrupted["resumed"]
     copy = RunDir(tmp_path / "copy")
     shutil.copytree(run.path, copy.path)
     # one process, in this one: the state (step 2's) was saved by two

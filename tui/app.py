@@ -6,6 +6,7 @@ workspace: `SomeScreen(workspace)`. The app never imports torch or the HF stack.
 from __future__ import annotations
 
 import importlib
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -13,14 +14,12 @@ from typing import Iterable
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widgets import Input, TextArea
 
 from engine.config.workspace import Workspace
+from tui import terminal_graphics
+from tui.key_order import OrderedKeys
 from tui.themes import DEFAULT_THEME, load_settings, load_themes, save_setting
-
-# textual-image asks the terminal about graphics support when imported; that only works
-# before Textual takes over stdin (else the answer arrives as keystrokes), so the shared
-# image widget is imported here, before any app runs.
-import tui.widgets.shared.image_preview  # noqa: E402,F401
 
 # mode name -> (module, class, key, title)
 SCREENS: dict[str, tuple[str, str, str, str]] = {
@@ -36,6 +35,8 @@ SCREEN_HELP = {
     "runs": "Runs of this workspace; attach to the live dashboard",
 }
 SCREEN_KEYS = Binding.Group("Screens", compact=True)
+PRELOAD_AFTER_S = 1.5  # after start-up: the first screen is drawn and its own work (a scan) has begun
+PRELOAD_GAP_S = 0.1  # one screen module at a time, so a key pressed meanwhile waits little
 
 
 def _screen_factory(app: "LoradeckApp", mode: str):
@@ -48,7 +49,7 @@ def _screen_factory(app: "LoradeckApp", mode: str):
     return build
 
 
-class LoradeckApp(App):
+class LoradeckApp(OrderedKeys, App):
     TITLE = "loradeck"
     CSS_PATH = "app.tcss"
     # screens restyle themselves below 110 columns (phones, split tmux panes, 80x24)
@@ -73,19 +74,24 @@ class LoradeckApp(App):
         self.attach_run = attach_run
         remembered = workspace.load_state("app").get("screen")
         self.start_screen = start_screen or (remembered if remembered in SCREENS else "health")
-        self.theme_problems = []
-        self._requested_theme = theme
         for mode in SCREENS:
             self.add_mode(mode, _screen_factory(self, mode))
+        # the theme is set before the app starts: its styles are then parsed once, not
+        # parsed and parsed again for the theme chosen
+        themes, self.theme_problems = load_themes()
+        for loaded in themes:
+            self.register_theme(loaded)
+        wanted = theme or load_settings().get("theme") or DEFAULT_THEME
+        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
 
     # ---- start-up
 
+    def run(self, *args, **kwargs):
+        # what the terminal can draw must be asked before Textual reads the keyboard
+        terminal_graphics.probe()
+        return super().run(*args, **kwargs)
+
     def on_mount(self) -> None:
-        themes, self.theme_problems = load_themes()
-        for theme in themes:
-            self.register_theme(theme)
-        wanted = self._requested_theme or load_settings().get("theme") or DEFAULT_THEME
-        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
         for problem in self.theme_problems:
             self.notify(f"{problem.path}: {problem.message}", title="Theme not loaded", severity="warning")
         self.switch_mode(self.start_screen)
@@ -93,6 +99,26 @@ class LoradeckApp(App):
             from tui.screens.welcome import WelcomeScreen
 
             self.push_screen(WelcomeScreen(self.workspace), self._after_welcome)
+        # the other screens' code and styles are read once the first screen is up, while the
+        # user looks at it: the first `3` then builds the config screen without importing its
+        # code or re-reading every style sheet of the app (which Textual does for a new one)
+        self._screens_to_preload = [mode for mode in SCREENS if mode != self.start_screen]
+        if self.attach_run is None:  # attaching, the CPU is the replay's
+            self.set_timer(PRELOAD_AFTER_S, self._preload_next_screen)
+
+    def _preload_next_screen(self) -> None:
+        if not self._screens_to_preload:
+            # the new rules are for widgets not built yet: no need to restyle the ones shown
+            self.stylesheet.reparse()
+            return
+        module_name, class_name, _key, _title = SCREENS[self._screens_to_preload.pop(0)]
+        screen_class = getattr(importlib.import_module(module_name), class_name)
+        folder = Path(inspect.getfile(screen_class)).parent
+        paths = screen_class.CSS_PATH if isinstance(screen_class.CSS_PATH, list) else [screen_class.CSS_PATH]
+        for path in filter(None, paths):
+            if not self.stylesheet.has_source(str(folder / path), ""):
+                self.stylesheet.read(folder / path)
+        self.set_timer(PRELOAD_GAP_S, self._preload_next_screen)
 
     def _after_welcome(self, created: bool | None) -> None:
         if created:
@@ -110,12 +136,22 @@ class LoradeckApp(App):
         self.workspace_state_set(screen=mode)
 
     def workspace_state_set(self, **values) -> None:
+        # in a thread: a synced write costs tens of ms that a screen switch should not wait for
+        self.run_worker(partial(self._save_workspace_state, values), thread=True, group="app-state")
+
+    def _save_workspace_state(self, values: dict) -> None:
         state = self.workspace.load_state("app")
         state.update(values)
         try:
             self.workspace.save_state("app", state)
         except OSError:
             pass  # a read-only workspace can still be viewed
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # while a text field has focus the keys type into it: the footer offers no screen keys
+        if action in ("show", "keys", "quit") and isinstance(self.focused, (Input, TextArea)):
+            return False
+        return super().check_action(action, parameters)
 
     def action_keys(self) -> None:
         from tui.screens.help import KeysScreen

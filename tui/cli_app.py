@@ -9,10 +9,6 @@ from pathlib import Path
 
 from engine.errors import LoradeckError, UsageError
 
-HELP = {
-    "attach": "Open the dashboard of a run (live or finished); quitting leaves the run going.",
-    "demo": "Create a demo workspace (generated images, tiny model) and train it on CPU, watched live.",
-}
 IMAGE_PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 
 

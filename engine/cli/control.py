@@ -10,11 +10,6 @@ from pathlib import Path
 from engine.errors import LoradeckError
 
 ACTIONS = {"stop": "stop", "save-now": "save", "sample-now": "sample"}
-HELP = {
-    "stop": "Stop a run gracefully: finish the step, save the LoRA and state, exit.",
-    "save-now": "Ask a running engine to save the LoRA and its state now.",
-    "sample-now": "Ask a running engine to render its sample prompts now.",
-}
 
 
 def add_arguments(parser, command_name: str) -> None:

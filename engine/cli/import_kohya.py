@@ -10,8 +10,6 @@ from engine.config.schema import dumps_config, save_config
 from engine.errors import LoradeckError, UsageError
 from engine.config.kohya_import import import_kohya_file
 
-HELP = ("Convert a Kohya GUI JSON config to a loradeck TOML config; reports, for each config, what "
-        "was mapped, what was changed and why, and what was ignored.")
 
 
 def add_arguments(parser) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from engine.errors import UsageError
 
-HELP = "Tag statistics and bulk tag edits (add, remove, replace, move first) over caption files."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
 from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
+from engine.health.report import MAX_PIXELS  # Pillow's decompression-bomb threshold
 from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
@@ -44,9 +45,6 @@ EXTENSION_FORMATS = {
 }
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"RIFF": "WEBP", b"BM": "BMP"}
 
-# Pillow's own decompression-bomb threshold: above it, a trainer using Pillow warns,
-# at twice it refuses, and an RGB decode needs more than 250 MB per image.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Sharpness and the perceptual hash are measured on a copy this big, so that the
 # scores of a 12 MP photo and a 1 MP crop are comparable.
 WORKING_SIDE = 512
@@ -148,7 +146,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw, _mcu_height(image))
+                row = damaged_row(raw, *_mcu_size(image))
                 if row >= 0:
                     return _error(
                         "corrupt",
@@ -190,9 +188,11 @@ def _decode_jpeg_strictly(data: bytes, image: Image.Image) -> np.ndarray:
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
 
 
-def _mcu_height(image: Image.Image) -> int:
-    """Pixel rows per minimum coded unit: 8 per vertical sampling step of the busiest component."""
-    return 8 * max((vertical for _, _, vertical, _ in getattr(image, "layer", None) or []), default=1)
+def _mcu_size(image: Image.Image) -> tuple[int, int]:
+    """Pixel rows and columns per minimum coded unit: 8 per sampling step of the busiest component."""
+    layers = getattr(image, "layer", None) or []
+    return (8 * max((vertical for _, _, vertical, _ in layers), default=1),
+            8 * max((horizontal for _, horizontal, _, _ in layers), default=1))
 
 
 def _image_over(pixels: np.ndarray) -> Image.Image:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -24,10 +25,12 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
 from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport, display
-from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.shared.image_preview import ImagePreview
+
+if TYPE_CHECKING:
+    from engine.health.scan import ScanTarget
 
 SEVERITY_COLORS = {ERROR: "error", WARNING: "warning", INFO: "text-muted"}
 
@@ -55,6 +58,7 @@ class FixesDone(Message):
 
 
 FILTER_STATE = "health_filters"
+FIRST_SCAN_DELAY_S = 0.1  # after the first frame has reached the terminal
 
 FIX_KEYS = Binding.Group("Fix", compact=True)
 QUARANTINE_KEYS = Binding.Group("Quarantine", compact=True)
@@ -112,7 +116,13 @@ class HealthScreen(Screen):
         self.query_one("#health-findings").focus()
         # severity colours are baked into the table cells: repaint them in the new theme
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._repaint_tables())
-        self.action_rescan()
+        # the scan starts once the screen is drawn: its first frame need not share the CPU
+        # (nor wait for the decoders' import or the config), and already says what is coming
+        self._set_status("Scanning …")
+        self.call_after_refresh(self._start_first_scan)
+
+    def _start_first_scan(self) -> None:
+        self.set_timer(FIRST_SCAN_DELAY_S, self.action_rescan)
 
     def _repaint_tables(self) -> None:
         if self.report is not None:
@@ -122,6 +132,8 @@ class HealthScreen(Screen):
     # ---- scanning
 
     def _target(self) -> ScanTarget:
+        from engine.health.scan import target_for_workspace  # numpy and the decoders: not before the first frame
+
         return target_for_workspace(self.workspace)  # read each time: the config may have changed
 
     def action_rescan(self) -> None:
@@ -138,6 +150,8 @@ class HealthScreen(Screen):
 
     @work(thread=True, exclusive=True, group="health-scan")
     def _scan(self, target: ScanTarget) -> None:
+        from engine.health.scan import ScanCancelled, scan
+
         worker = get_current_worker()
         started = time.monotonic()
         try:

@@ -4,7 +4,8 @@ Set `preview.path` and the file is decoded, EXIF-transposed (unless `apply_exif`
 False, which shows the pixels the way a trainer that ignores EXIF sees them) and shrunk
 to the widget's pixel size in a thread worker, so the UI never waits on a decode. The
 picture is drawn with textual-image: Kitty graphics or Sixel where the terminal has them,
-coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal.
+coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal
+(`tui.terminal_graphics` asks the terminal once and imports textual-image on first use).
 `app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode",
 or "none" for the text line only.
 `marked_row` (a pixel row of the file as stored, -1 for none) draws a red line across
@@ -31,14 +32,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.run.format import format_bytes
-
-# Importing textual_image.widget asks the terminal for its cell size and graphics
-# support; that only works before Textual owns stdin, which is why the app imports
-# this module before it starts.
-try:
-    from textual_image import widget as _image_widgets
-except Exception:  # pragma: no cover - textual-image missing or the terminal query failed
-    _image_widgets = None
+from tui import terminal_graphics
 
 # Never decode bigger than this: a full-screen Sixel on a 4K terminal is about this size.
 MAX_DECODE_PIXELS = 1600
@@ -49,27 +43,6 @@ MARK_COLOR = (255, 0, 0)
 # The marker is this share of the shown height thick (at least 2 pixels), so that it
 # survives the half-cell renderer's two pixel rows per terminal line.
 MARK_THICKNESS = 0.01
-
-PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
-
-
-def image_widget_class(protocol: str | None):
-    """The textual-image widget class for a protocol name, or None when none can draw."""
-    if _image_widgets is None:
-        return None
-    name = (protocol or "auto").lower()
-    if name == "none":
-        return None  # the user asked for text only
-    classes = {
-        "auto": _image_widgets.Image,
-        "kitty": _image_widgets.TGPImage,
-        "tgp": _image_widgets.TGPImage,
-        "sixel": _image_widgets.SixelImage,
-        "halfcell": _image_widgets.HalfcellImage,
-        "unicode": _image_widgets.UnicodeImage,
-    }
-    # An unknown name is a user typo: draw with what the terminal supports.
-    return classes.get(name, _image_widgets.Image)
 
 
 @dataclass(frozen=True)
@@ -274,7 +247,7 @@ class ImagePreview(Widget):
         columns, rows = self.content_size.width, max(self.content_size.height - 1, 0)
         if columns <= 0 or rows <= 0:
             return (DEFAULT_DECODE_PIXELS, DEFAULT_DECODE_PIXELS)
-        cell_width, cell_height = _cell_size()
+        cell_width, cell_height = terminal_graphics.cell_size()
         return (min(MAX_DECODE_PIXELS, max(64, columns * cell_width)),
                 min(MAX_DECODE_PIXELS, max(64, rows * cell_height)))
 
@@ -329,7 +302,7 @@ class ImagePreview(Widget):
         label = self.query_one("#image-preview-label", Static)
         message = self.query_one("#image-preview-message", Static)
         label.update(result.describe())
-        widget_class = image_widget_class(self.protocol)
+        widget_class = terminal_graphics.widget_class(self.protocol)
         if result.picture is None or widget_class is None:
             self._remove_picture()
             message.display = True
@@ -376,14 +349,3 @@ def marked(result: DecodedImage, row: int, apply_exif: bool):
     ImageDraw.Draw(copy).rectangle((0, y, copy.width - 1, min(copy.height - 1, y + thickness - 1)), fill=MARK_COLOR)
     return copy
 
-
-def _cell_size() -> tuple[int, int]:
-    try:
-        from textual_image._terminal import get_cell_size
-
-        size = get_cell_size()
-        if size.width > 0 and size.height > 0:
-            return size.width, size.height
-    except Exception:
-        pass
-    return 10, 20

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.tmux_frames import TmuxPane, load_line, minimal_app_seconds, python, row  # noqa: E402
+from bench.tmux_frames import TmuxPane, cpu_row, load_line, minimal_app_seconds, python, row  # noqa: E402
 
 STEPS_PER_EPOCH = 1000
 
@@ -146,11 +146,13 @@ def follow_cpu(pane: TmuxPane, run_dir: Path, steps: int, seconds: float) -> dic
 
 
 def measure(pane: TmuxPane, run_dir: Path, steps: int, runs: int) -> dict:
-    results: dict = {"baseline": [], "first": [], "history": []}  # first: with the sampled history
-    for _ in range(runs):
+    results: dict = {"baseline": [], "first": [], "history": [], "baseline_cpu": [], "first_cpu": []}
+    for _ in range(runs):  # first: with the sampled history
         results["baseline"].append(minimal_app_seconds(pane))
+        results["baseline_cpu"].append(pane.cpu)
         pane.start([python(), "-m", "tui.cli", "attach", str(run_dir)])
         results["first"].append(pane.wait_until(history_preview_drawn))
+        results["first_cpu"].append(pane.cpu)
         results["history"].append(pane.wait_until(history_drawn(steps), timeout=120))
         pane.keys("q")
         time.sleep(0.5)
@@ -176,6 +178,7 @@ def main() -> None:
             print(row("minimal Textual app, start to first frame (baseline)", results["baseline"], results["baseline"]))
             print(row("loradeck attach → drawn, curves over the history", results["first"], results["baseline"],
                       1.0 if steps == args.steps else None))
+            print(cpu_row("  its CPU by then", results["first_cpu"], results["baseline_cpu"]))
             print(row("loradeck attach → the exact history replayed", results["history"], results["baseline"]))
         if args.follow_seconds:
             pane.start([python(), "-m", "tui.cli", "attach", str(run_dir)])

@@ -60,6 +60,9 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("TMUX", None)
+    # a user's install has its .pyc files (pip writes them; a checkout's first run does):
+    # the warm-up round writes ours, so no timed start compiles the sources again
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("TERM", "xterm-256color")
     return env
 

@@ -13,7 +13,8 @@ import pytest
 
 from engine.config.schema import dumps_config, load_config, replace_setting, save_config
 from engine.run.events import EventWriter
-from engine.plan.training_plan import make_plan
+from engine.dataset.folders import scan_dataset
+from engine.plan.preflight import plan_with_warnings
 from engine.config.presets import load_preset
 from tests.datasets import write_caption, write_image
 from tui.app import make_app
@@ -204,6 +205,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         "max_resolution": "512,650",
         "train_batch_size": 2,
         "epoch": "4",
+        "max_train_epochs": "4",  # sd-scripts trains 4 epochs (without it the GUI's count of steps decides)
         "output_name": "city-v2",
         "xformers": "xformers",
         "mixed_precision": "bf16",
@@ -233,6 +235,28 @@ async def test_kohya_json_import_fills_the_form(workspace):
         assert app.screen.plan_panel.plan.epochs == 4
 
 
+async def test_kohya_preset_import_keeps_the_base_model(workspace):
+    """A GUI preset has no base model: importing it over the form keeps the model set there."""
+    import shutil
+
+    preset = Path(__file__).parent / "fixtures" / "kohya_gui" / "presets" / "lora" / "sd15 - LoKr v2.0.json"
+    shutil.copy(preset, workspace / "preset.json")
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        model = shown(app, "model.pretrained_model")
+        assert model
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("end", "up", "enter")  # "Import a Kohya GUI JSON config…"
+        await pilot.pause()
+        await pilot.press(*"preset.json", "enter")
+        await settle(pilot)
+        assert shown(app, "model.pretrained_model") == model
+        assert shown(app, "network.type") == "lokr" and shown(app, "network.factor") == "6"
+        assert app.screen.state.dirty
+
+
 @pytest.mark.slow
 async def test_plan_panel_equals_loradeck_plan(workspace):
     path = workspace / "loradeck.toml"
@@ -259,7 +283,8 @@ async def test_plan_panel_equals_loradeck_plan(workspace):
         await pilot.pause()
         plan = panel.plan
         assert plan.as_json() == plan_json(path)
-        assert plan.as_json() == make_plan(load_config(path), workspace).as_json()
+        config = load_config(path)
+        assert plan.as_json() == plan_with_warnings(config, workspace, scan_dataset(config, workspace)).as_json()
 
         text = panel.plan_text()
         assert " 5_city: 3 × 5 = 15" in text
@@ -439,6 +464,8 @@ async def test_network_type_shows_only_its_settings_with_advice(workspace):
 async def test_processes_setting_plans_each_ones_share_and_ctrl_t_starts_torchrun(workspace, monkeypatch):
     import os
     import subprocess
+
+    from engine.plan.training_plan import make_plan
 
     commands = []
 

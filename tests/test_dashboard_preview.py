@@ -1,5 +1,6 @@
 """Attaching to a long run: the preview drawn while the history replays already spans the
-whole run (evenly spaced samples between head and tail), and agrees with the full fold."""
+whole run (evenly spaced samples between head and tail), agrees with the full fold, and is
+in the dashboard's first frame."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ from pathlib import Path
 
 from engine.run.events import EventTail
 from engine.run.folder import RunDir
+from tests.run_recordings import screen_text
+from tui.app import make_app
 from tui.run_state import RunState
-from tui.widgets.dashboard.run_tailer import PREVIEW_MIN_BYTES, preview_state
+from tui.widgets.dashboard.run_tailer import PREVIEW_MIN_BYTES, RunTailer, preview_state
 
 STEPS = 12_000
 
@@ -44,3 +47,15 @@ def test_the_preview_curve_spans_the_whole_run_and_matches_the_full_fold(tmp_pat
     assert all(value is not None for value in shown.mean)  # no gap between head and tail
     for sampled, folded in zip(shown.mean, exact.mean):
         assert math.isclose(sampled, folded, rel_tol=0.05)
+
+
+async def test_the_first_frame_of_an_attach_has_the_preview_before_any_replay(tmp_path, monkeypatch):
+    run = write_long_run(tmp_path / "runs" / "long")
+    monkeypatch.setattr(RunTailer, "_follow", lambda self: None)  # no replay, no following
+    app = make_app(tmp_path, start_screen="runs", attach_run=run.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        view = app.screen.view
+        assert view is not None and view.replayed == 0.0 and view.state.step == STEPS
+        loss_line = next(line for line in screen_text(app).splitlines() if line.strip().startswith("loss "))
+        assert "█" in loss_line and "▁" in loss_line  # the curve over the whole run

@@ -7,8 +7,9 @@ records what that process trained.
 Launches of two processes each, made once per family for the module: a whole run, for every
 family (the split, the writer and the equal weights involve the family's model under DDP);
 and, on the first family only (they do not depend on the family), a run whose process 1 is
-signalled to stop after step 1 and its resume, in which process 1 crashes after step 3.
-The tests read what they left.
+signalled to stop after step 1 and its resume, in which process 1 crashes after step 3; a
+run of LyCORIS' own Diag-OFT modules under sd-scripts' max norm; and a run on a dataset
+with an image that cannot be decoded. The tests read what they left.
 """
 from __future__ import annotations
 
@@ -40,11 +41,15 @@ SETTINGS = dict(
     # a schedule that moves, dropout and augmentation: a resume must restore all of it
     optimizer={"learning_rate": 1e-3, "lr_scheduler": "cosine"},
     network={"network_dropout": 0.1},
-    captions={"shuffle_caption": True},
+    # sd-scripts' caption and tag dropout: drawn per example, so a resume draws them again
+    captions={"shuffle_caption": True, "caption_dropout_rate": 0.2, "caption_tag_dropout_rate": 0.2},
     augmentation={"flip": True},
     sampling={"prompts": "a cat --w 64 --h 64 --s 2 --d 3", "every_n_epochs": 2},
     logging={"tensorboard": True, "log_every_n_steps": 1},
 )
+
+
+NORMED_NETWORK = {"type": "diag-oft", "scale_weight_norms": 0.002}
 
 
 def launch(run, probe_dir: Path, *, resume: bool = False, fault: str = "") -> subprocess.CompletedProcess:
@@ -87,6 +92,15 @@ def runs(tmp_path_factory, family, family_model_dir):
         made["stopped"] = (stopped, root / "stopped", launch(stopped, root / "stopped", fault="1:1:signal"))
         made["resumed"] = (stopped, root / "resumed", launch(stopped, root / "resumed", resume=True,
                                                               fault="1:3:crash"))
+        # every process scales the same layers by the same ratios after each step
+        normed = new_run(family_model_dir, root, "normed", **{**SETTINGS, "training": {"processes": 2, "epochs": 1},
+                                                               "network": NORMED_NETWORK})
+        made["normed"] = (normed, root / "normed", launch(normed, root / "normed"))
+        damaged = write_tiny_dataset(root / "damaged")
+        image = sorted((damaged / "img").rglob("*.png"))[0]
+        image.write_bytes(image.read_bytes()[:200])  # a header that promises pixels the file no longer has
+        unreadable = new_run(family_model_dir, damaged, "unreadable", **SETTINGS)
+        made["unreadable"] = (unreadable, damaged / "probe", launch(unreadable, damaged / "probe"))
     return made
 
 
@@ -194,6 +208,33 @@ def test_a_resume_with_another_number_of_processes_is_refused(interrupted, tmp_p
     assert message.startswith("loradeck train: ") and "saved by 2 process(es), this launch has 1" in message
     *_, error, end = events_of(copy)
     assert error["type"] == "error" and end["status"] == "failed"
+
+
+def test_lycoris_modules_under_max_norm_keep_the_processes_equal(interrupted):
+    run, probe, completed = interrupted["normed"]
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    first, second = digests(probe, 0), digests(probe, 1)
+    assert list(first) == [1, 2] and first == second  # step 2's weights are step 1's after its max norm
+    events = events_of(run)
+    steps = of_type(events, "step")
+    assert [event["step"] for event in steps] == [1, 2]  # one writer
+    bound = NORMED_NETWORK["scale_weight_norms"]
+    assert all(event["keys_scaled"] > 0 and event["max_norm"] <= bound * (1 + 1e-5) for event in steps)
+    (end,) = of_type(events, "run_end")
+    assert end["status"] == "finished"
+
+
+def test_a_dataset_that_cannot_be_read_fails_every_process_in_one_line(interrupted):
+    run, _, completed = interrupted["unreadable"]
+    assert completed.returncode != 0
+    said = [line for line in (completed.stdout + completed.stderr).splitlines() if line.startswith("loradeck train:")]
+    assert len(said) == 1 and "1 unreadable image(s), training not started" in said[0]  # the main process's
+    events = events_of(run)
+    (error,) = of_type(events, "error")
+    (end,) = of_type(events, "run_end")
+    assert said[0] == f"loradeck train: {error['message']}" and error["traceback"] == ""
+    assert end["status"] == "failed" and end["message"] == error["message"] and not of_type(events, "run_start")
+    assert not run.pid_file.exists()
 
 
 def documented_commands(section: str) -> list[list[str]]:

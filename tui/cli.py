@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from engine.errors import LoradeckError
+from engine.errors import LoradeckError, one_line
+from engine.library_noise import silence_library_noise
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell tool killed by a closed pipe returns
 
 # command name -> (module defining add_arguments(parser) and run(args), its one-line help).
 # The help lives here so that `loradeck --help` lists every command without importing any:
@@ -19,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-kohya": ("engine.cli.import_kohya",
                      "Convert a Kohya GUI JSON config to a loradeck TOML config; reports, for each config, what "
                      "was mapped, what was changed and why, and what was ignored."),
+    "export-kohya": ("engine.cli.export_kohya",
+                     "Write a config as a Kohya GUI JSON config and print the sd-scripts command line that trains "
+                     "it, to check or reproduce a run in Kohya."),
     "make-tiny-model": ("engine.cli.make_tiny_model",
                         "Write a tiny model with a family's real layout (random weights, offline) as a diffusers "
                         "folder."),
@@ -26,12 +33,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("engine.cli.control", "Stop a run gracefully: finish the step, save the LoRA and state, exit."),
     "save-now": ("engine.cli.control", "Ask a running engine to save the LoRA and its state now."),
     "sample-now": ("engine.cli.control", "Ask a running engine to render its sample prompts now."),
+    "skip-sample": ("engine.cli.control", "Skip the samples a running engine is rendering; training goes on."),
     "runs": ("engine.cli.runs", "List the runs of a workspace: status, progress, loss, speed, start time, duration."),
     "scan": ("engine.cli.scan",
              "Check a dataset for corrupt, sideways, tiny, duplicate and uncaptioned images; fix what is safe."),
     "caption": ("engine.cli.caption",
                 "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a WD14 tagger."),
     "tags": ("engine.cli.tags", "Tag statistics and bulk tag edits (add, remove, replace, move first) over caption files."),
+    "prepare": ("engine.cli.prepare",
+                "Build the Kohya folder (<repeats>_<subject> <class>) from a flat folder of images and captions."),
     "grid": ("engine.cli.grid",
              "Render every sample prompt against every saved LoRA of a run into one labelled grid image."),
     "presets": ("engine.cli.presets", "List the shipped config presets, or write one out as a config file."),
@@ -65,6 +75,21 @@ def _takes_command_name(function) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run_command(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (also after --help), not at the interpreter's exit
+    except BrokenPipeError:
+        # `loradeck plan --json | head -5`: the reader has all it wanted. Quietly, like `cat`:
+        # stdout goes to /dev/null so the exit's flush cannot complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+
+
+def _run_command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         # `loradeck`, `loradeck WORKSPACE`, `loradeck --theme x WORKSPACE`
@@ -73,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return cli_app.open_workspace(argv)
     parser = build_parser(full=(argv[0],))
     args = parser.parse_args(argv)
+    silence_library_noise()  # a command's output is the user's: no import-time chatter of the libraries
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
     except LoradeckError as error:
-        print(f"loradeck {args.command}: {error}", file=sys.stderr)
+        print(f"loradeck {args.command}: {one_line(str(error))}", file=sys.stderr)
         return error.exit_status
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import select
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -116,11 +117,18 @@ def cell_size() -> tuple[int, int]:
 
 
 def image_widgets() -> Any:
-    """textual_image.widget, imported on first use with the probe's answers (None if missing)."""
+    """textual_image.widget, imported on first use with the probe's answers (None if missing).
+
+    Thread-safe: the image workers call it before their first picture is drawn, so that
+    the import (textual-image brings numpy: a few tenths of a second) is not the UI's."""
     global _widgets
-    if _widgets is None:
-        _widgets = _import_textual_image(_graphics or Graphics(terminal=False))
+    with _import_lock:  # the import swaps sys.__stdout__ for a moment: one thread at a time
+        if _widgets is None:
+            _widgets = _import_textual_image(_graphics or Graphics(terminal=False))
     return _widgets or None
+
+
+_import_lock = threading.Lock()
 
 
 def _import_textual_image(graphics: Graphics) -> Any:

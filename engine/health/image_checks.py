@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
 from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
+from engine.health.jpeg_header import restart_interval
 from engine.health.report import MAX_PIXELS  # Pillow's decompression-bomb threshold
 from engine.health.pixel_damage import damaged_row
 
@@ -146,7 +147,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw, *_mcu_size(image))
+                row = damaged_row(raw, *_mcu_size(image), restart_interval=restart_interval(data))
                 if row >= 0:
                     return _error(
                         "corrupt",

@@ -45,7 +45,7 @@ def obey_requests(training, epoch_end: bool = False) -> bool:
     True when the run must stop now.
 
     One listdir per step on one GPU. With several processes the main one reads the request
-    files and any process may have been signalled: one all-reduce of the three flags makes
+    files and any process may have been signalled: one all-reduce of the request flags makes
     every process act on the same requests at the same step. It runs only at log points
     and epoch ends, so the GPUs do not wait on each other every step.
     """
@@ -61,6 +61,10 @@ def obey_requests(training, epoch_end: bool = False) -> bool:
 
         flags = any_process([action in requests for action in CONTROL_REQUESTS], accelerator.device)
         requests = {action for action, flag in zip(CONTROL_REQUESTS, flags) if flag}
+    if "skip" in requests:  # meant for a sampling that has ended since: nothing to skip now
+        requests.discard("skip")
+        if accelerator.is_main_process:
+            run.clear_request("skip")
     if not requests:
         return False
     name = lora_file_name(training.config.saving.output_name, step=progress.step)

@@ -27,11 +27,17 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.library_noise import silence_library_noise
+
+    silence_library_noise()  # engine.log is the user's: no import-time chatter of the libraries
     args = argument_parser().parse_args(argv)
     try:
         run_dir, resume = _run_dir(args)
     except LoradeckError as error:
-        print(f"loradeck train: {error}", file=sys.stderr)
+        from engine.train.processes import repeats_main
+
+        if not repeats_main(error):
+            print(f"loradeck train: {error}", file=sys.stderr)
         return error.exit_status
     from engine.train.loop import train
 

@@ -3,6 +3,7 @@
     processes = start_processes()           first, in every process
     share_from_main(processes, make)        make() on the main process; its result (or its
                                             LoradeckError) on every process
+    repeats_main(error)                     an error the main process has already said
     any_process(flags, device)              a flag set on any process is set on all
     gather_from_all(value)                  every process's value, in process order
     report_failure(message, traceback)      a failing process leaves its error for the main one
@@ -79,8 +80,15 @@ def share_from_main(processes, make: Callable[[], Any]) -> Any:
         message, status = payload
         error = LoradeckError(message)
         error.exit_status = status
+        error.said_by_main = not processes.is_main_process  # the main process says it; the others need not repeat it
         raise error
     return payload
+
+
+def repeats_main(error: BaseException) -> bool:
+    """True for another process's copy of the main process's error (share_from_main): one
+    line in engine.log for the user, not one per process."""
+    return bool(getattr(error, "said_by_main", False))
 
 
 def any_process(flags: Sequence[bool], device) -> list[bool]:

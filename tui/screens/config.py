@@ -21,7 +21,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from textual import work
 from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -31,9 +30,9 @@ from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static, TextArea
+from textual.widgets import Input, Static, TextArea
 
-from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
+from engine.config.schema import GROUPS, FieldSpec, replace_setting, resolve_path, save_config
 from engine.errors import LoradeckError
 from engine.run.naming import existing_run_names, run_folder_problem, suggest_names
 from engine.config.presets import list_presets, load_preset
@@ -41,6 +40,8 @@ from engine.config.prompts import parse_prompts
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
 from tui.widgets.config.form import ConfigForm, SettingLine
 from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.workers import work
+from tui.widgets.shared.key_footer import KeyFooter
 
 DRAFT_STATE = "config_draft"
 DRAFT_DELAY_S = 0.5
@@ -133,8 +134,8 @@ class ConfigScreen(Screen):
         Binding("right", "choice(1)", "Next choice", show=False, priority=True),
         Binding("left", "choice(-1)", "Previous choice", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+o", "open", "Preset/import", priority=True),
-        Binding("ctrl+n", "next_name", "Next name", priority=True),
+        Binding("ctrl+o", "open", "Import", priority=True),
+        Binding("ctrl+n", "next_name", "Next name", show=False, priority=True),  # in `?` and the palette: 80 columns keep the main keys
         Binding("ctrl+t", "start", "Train", priority=True),
     ]
 
@@ -209,7 +210,7 @@ class ConfigScreen(Screen):
                 yield Static("", id="setting-help")
                 yield PlanPanel(self.base_dir, id="plan-panel")
         yield Static("", id="config-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     @property
     def form(self) -> ConfigForm:
@@ -578,7 +579,7 @@ class ConfigScreen(Screen):
         from engine.config.kohya_import import import_kohya_file
 
         try:
-            result = import_kohya_file(path, dataset_base=self.base_dir)
+            result = import_kohya_file(path)
         except LoradeckError as error:
             self.post_message(self.Failed("Kohya import failed", str(error)))
         else:
@@ -586,7 +587,11 @@ class ConfigScreen(Screen):
 
     def on_config_screen_imported(self, message: Imported) -> None:
         result = message.result
-        changed = self.state.apply(result.config)
+        config = result.config
+        for key in result.left_to_set:  # a preset: the model (and what else it leaves unset) stays as it is
+            group, name = key.split(".")
+            config = replace_setting(config, key, getattr(getattr(self.state.config, group), name))
+        changed = self.state.apply(config)
         self._show_values(changed)
         lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s).",
                  f"{len(result.mapped)} Kohya key(s) mapped."]

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.message import Message
 from textual.widget import Widget
 from textual.worker import get_current_worker
@@ -34,11 +34,12 @@ REPLAY_CHUNK_BYTES = 1024 * 1024
 # histories bigger than this (about 8,000 steps) get a preview while they replay
 PREVIEW_MIN_BYTES = 2 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 64 * 1024
-PREVIEW_TAIL_BYTES = 512 * 1024
+PREVIEW_TAIL_BYTES = 128 * 1024
 # ...and between head and tail, this many evenly spaced samples of the history, so the
-# preview's curves already span the whole run (a few thousand of its steps, ~0.1 s)
-PREVIEW_SAMPLES = 192
-PREVIEW_SAMPLE_BYTES = 8 * 1024
+# preview's curves already span the whole run (about 2,000 of its steps: 0.02-0.05 s, in
+# the dashboard's first frame)
+PREVIEW_SAMPLES = 128
+PREVIEW_SAMPLE_BYTES = 4 * 1024
 # how long the replay waits for the preview to be painted (see `drawn`)
 PREVIEW_DRAW_SECONDS = 1.0
 # while a long history replays, say how far it got this often
@@ -115,10 +116,25 @@ class RunTailer(Widget):
         self.poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
         self._wake = threading.Event()
         self._drawn = threading.Event()
+        self._watcher = _FolderWatcher(RunDir(self.run_dir))
+        self._preview: RunState | None = None  # a long history's preview, shown before the replay
 
     def on_mount(self) -> None:
         # start once the screen has painted: its first frame need not share the CPU
         self.call_after_refresh(self._follow)
+
+    def first_view(self) -> RunView | None:
+        """A long history's preview (its head, evenly spaced samples and tail: a few
+        hundred KB, ~0.05 s), read now so that the owner's first frame already shows the
+        whole run's curves; None for a short history (its replay, right after the first
+        frame, takes no longer). Call before the first frame; the replay follows it."""
+        run = self._watcher.run
+        size = _file_size(run.events)
+        if size <= PREVIEW_MIN_BYTES:
+            return None
+        self._preview = preview_state(run, size)
+        self._watcher.check(self._preview, force=True)
+        return self._watcher.view(self._preview, 0, 0.0)
 
     def on_unmount(self) -> None:
         self._wake.set()  # let the worker see its cancellation now, not after a poll
@@ -134,22 +150,25 @@ class RunTailer(Widget):
     @work(thread=True, exclusive=True, group="run-tailer")
     def _follow(self) -> None:
         worker = get_current_worker()
-        run = RunDir(self.run_dir)
+        watcher = self._watcher
+        run = watcher.run
         state = RunState(path=run.path)
         tail = EventTail(run.events)
-        watcher = _FolderWatcher(run)
 
         def publish(shown: RunState, replayed: float | None) -> None:
-            self.post_message(self.Updated(watcher.view(shown, tail, replayed)))
+            self.post_message(self.Updated(watcher.view(shown, tail.skipped_lines, replayed)))
 
-        # ---- history. A long one first gets a quick preview from its head (the plan)
-        # and tail (where the run is now), so the dashboard paints at once; then every
+        # ---- history. A long one first gets a quick preview from its head (the plan),
+        # samples of its middle and its tail (where the run is now), so the dashboard
+        # paints at once (the owner may have shown it already: `first_view`); then every
         # event is folded, in big chunks, and the full picture replaces the preview.
         size = _file_size(run.events)
-        preview = preview_state(run, size) if size > PREVIEW_MIN_BYTES else None
-        if preview is not None:
+        preview = self._preview
+        if preview is None and size > PREVIEW_MIN_BYTES:
+            preview = preview_state(run, size)
             watcher.check(preview, force=True)
             publish(preview, 0.0)
+        if preview is not None:
             self._drawn.wait(PREVIEW_DRAW_SECONDS)
         last_progress = time.monotonic()
         while not worker.is_cancelled:
@@ -228,7 +247,8 @@ def _file_size(path: Path) -> int:
 
 
 class _FolderWatcher:
-    """The run folder's other signals, each checked at its own pace (worker thread only)."""
+    """The run folder's other signals, each checked at its own pace (by the worker, or
+    before it starts by `RunTailer.first_view`)."""
 
     def __init__(self, run: RunDir):
         self.run = run
@@ -287,7 +307,7 @@ class _FolderWatcher:
         self.log_version += 1
         return True
 
-    def view(self, state: RunState, tail: EventTail, replayed: float | None) -> RunView:
+    def view(self, state: RunState, skipped_lines: int, replayed: float | None) -> RunView:
         return RunView(
             run_dir=self.run.path,
             state=state.snapshot(),
@@ -298,7 +318,7 @@ class _FolderWatcher:
             missing_checkpoints=self.missing,
             free_bytes=self.free_bytes,
             replayed=replayed,
-            skipped_lines=tail.skipped_lines,
+            skipped_lines=skipped_lines,
         )
 
 

@@ -10,6 +10,8 @@ coloured half cells otherwise (also inside tmux), plain unicode when there is no
 or "none" for the text line only.
 `marked_row` (a pixel row of the file as stored, -1 for none) draws a red line across
 the picture there, on the shown copy only: the health screen marks where damage starts.
+`crop` (left, top, right, bottom as fractions of the upright picture, None for all of
+it) shows a part of the picture at the widget's full size: the zoom of the image viewer.
 A one-line label under the picture names the file, its pixel size and bytes; when no
 picture can be drawn (undecodable file, textual-image missing) that text is all there is.
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.reactive import reactive
@@ -93,22 +95,26 @@ class _DecodeCache:
 _cache = _DecodeCache(CACHE_SIZE)
 
 
-def _cache_key(path: Path, apply_exif: bool, box: tuple[int, int]) -> tuple | None:
+Crop = tuple[float, float, float, float]
+
+
+def _cache_key(path: Path, apply_exif: bool, box: tuple[int, int], crop: Crop | None = None) -> tuple | None:
     try:
         stat = path.stat()
     except OSError:
         return None
     # mtime and size in the key: a file fixed on disk (health screen) is decoded again.
-    return (str(path), apply_exif, box, stat.st_mtime_ns, stat.st_size)
+    return (str(path), apply_exif, box, crop, stat.st_mtime_ns, stat.st_size)
 
 
-def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedImage:
-    """Open, optionally EXIF-transpose and shrink one image to fit `box` pixels.
+def decode_image(path: Path, apply_exif: bool, box: tuple[int, int], crop: Crop | None = None) -> DecodedImage:
+    """Open, optionally EXIF-transpose, optionally crop (fractions of the upright picture)
+    and shrink one image to fit `box` pixels.
 
     Never raises for a bad file: the error is carried in the result so the widget can
     show it as text.
     """
-    key = _cache_key(path, apply_exif, box)
+    key = _cache_key(path, apply_exif, box, crop)
     if key is not None:
         cached = _cache.get(key)
         if cached is not None:
@@ -126,8 +132,10 @@ def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedI
             if apply_exif and orientation in (5, 6, 7, 8):
                 full_width, full_height = full_height, full_width
             # JPEG draft decodes at 1/2, 1/4 or 1/8 scale: a 24 MP photo in a few ms.
-            # The square box keeps enough pixels whichever way EXIF turns it.
-            side = max(box)
+            # The square box keeps enough pixels whichever way EXIF turns it; a crop
+            # needs as many more as it magnifies.
+            magnify = 1.0 if crop is None else 1.0 / max(1e-3, min(crop[2] - crop[0], crop[3] - crop[1]))
+            side = int(max(box) * magnify)
             opened.draft("RGB", (side, side))
             picture = ImageOps.exif_transpose(opened) if apply_exif else opened
             picture.load()
@@ -136,6 +144,10 @@ def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedI
                 background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
                 picture = Image.alpha_composite(background, rgba)
             picture = picture.convert("RGB")
+            if crop is not None:
+                left, top, right, bottom = crop
+                picture = picture.crop((int(left * picture.width), int(top * picture.height),
+                                        max(1, round(right * picture.width)), max(1, round(bottom * picture.height))))
             picture.thumbnail(box, Image.Resampling.BILINEAR)
         result = DecodedImage(path, picture, full_width, full_height, file_bytes, orientation)
     except Exception as error:  # any decoder failure is shown, not raised
@@ -181,6 +193,7 @@ class ImagePreview(Widget):
     path: reactive[Path | None] = reactive(None)
     apply_exif: reactive[bool] = reactive(True)
     marked_row: reactive[int] = reactive(-1)
+    crop: reactive[Crop | None] = reactive(None)
 
     class Decoded(Message):
         """A decode finished (posted by the worker)."""
@@ -240,6 +253,9 @@ class ImagePreview(Widget):
     def watch_marked_row(self, _old: int, _new: int) -> None:
         self._start_decode()
 
+    def watch_crop(self, _old: Crop | None, _new: Crop | None) -> None:
+        self._start_decode()
+
     # ---- decoding
 
     def _decode_box(self) -> tuple[int, int]:
@@ -260,18 +276,21 @@ class ImagePreview(Widget):
             return
         path = Path(self.path)
         box = self._decode_box()
-        key = _cache_key(path, self.apply_exif, box)
+        key = _cache_key(path, self.apply_exif, box, self.crop)
         cached = _cache.get(key) if key is not None else None
         if cached is not None:
             # Already decoded (prefetched): draw now, no worker round trip.
             self._show(cached)
             return
         self.query_one("#image-preview-label", Static).update(f"{path.name} · loading…")
-        self._decode_worker(self._generation, path, self.apply_exif, box)
+        self._decode_worker(self._generation, path, self.apply_exif, box, self.crop)
 
     @work(thread=True, exclusive=True, group="image-preview-decode")
-    def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int]) -> None:
-        result = decode_image(path, apply_exif, box)
+    def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int],
+                       crop: Crop | None) -> None:
+        result = decode_image(path, apply_exif, box, crop)
+        if self.protocol != "none":
+            terminal_graphics.image_widgets()  # its first import here, not in the UI's thread
         self.post_message(self.Decoded(generation, result))
 
     @work(thread=True, exclusive=True, group="image-preview-prefetch")
@@ -310,7 +329,7 @@ class ImagePreview(Widget):
             message.update(f"{result.path.name}\n{format_bytes(result.file_bytes)}\n{reason}")
             return
         message.display = False
-        picture = marked(result, self.marked_row, self.apply_exif)
+        picture = marked(result, self.marked_row, self.apply_exif) if self.crop is None else result.picture
         if self._picture_widget is not None and type(self._picture_widget) is widget_class:
             self._picture_widget.image = picture
             return

@@ -244,7 +244,7 @@ async def test_kohya_preset_import_keeps_the_base_model(workspace):
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        model = editor(app, "model.pretrained_model").value
+        model = shown(app, "model.pretrained_model")
         assert model
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -252,8 +252,8 @@ async def test_kohya_preset_import_keeps_the_base_model(workspace):
         await pilot.pause()
         await pilot.press(*"preset.json", "enter")
         await settle(pilot)
-        assert editor(app, "model.pretrained_model").value == model
-        assert editor(app, "network.type").value == "lokr" and editor(app, "network.factor").value == "6"
+        assert shown(app, "model.pretrained_model") == model
+        assert shown(app, "network.type") == "lokr" and shown(app, "network.factor") == "6"
         assert app.screen.state.dirty
 
 
@@ -459,3 +459,41 @@ async def test_network_type_shows_only_its_settings_with_advice(workspace):
     assert (network.type, network.conv_dim, network.conv_alpha, network.factor) == ("lokr", 4, 2.0, 8)
     plan = plan_json(path)
     assert plan["lora_parameters"] > 0
+
+
+async def test_processes_setting_plans_each_ones_share_and_ctrl_t_starts_torchrun(workspace, monkeypatch):
+    import os
+    import subprocess
+
+    from engine.plan.training_plan import make_plan
+
+    commands = []
+
+    class Started:
+        pid = os.getpid()  # stands in for the engine: alive while the test runs
+
+    def popen(command, **_):
+        commands.append(command)
+        return Started()
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    one_process = make_plan(load_config(workspace / "loradeck.toml"), workspace)
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert shown(app, "training.processes") == "1"
+        await type_into(pilot, "processes", "training.processes", "2")
+        await settle(pilot)
+        text = app.screen.plan_panel.plan_text()
+        assert f"× 2 processes = {2 * one_process.effective_batch}" in text
+        assert f"Steps per epoch {-(-one_process.batches_per_epoch // 2)}" in text
+        await pilot.press("ctrl+t")
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if type(app.screen).__name__ == "DashboardScreen":
+                break
+        assert type(app.screen).__name__ == "DashboardScreen"
+    assert load_config(workspace / "loradeck.toml").training.processes == 2
+    (command,) = commands
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert command[5:] == ["-m", "engine.train.process", str(workspace.resolve() / "runs" / "lora-v1")]

@@ -340,6 +340,17 @@ async def test_hundred_thousand_steps_replay_into_bounded_summaries(workspace):
         assert isinstance(app.screen, DashboardScreen)
 
 
+async def test_a_data_parallel_run_shows_its_processes_and_each_ones_speed(workspace):
+    recorded = RecordedRun(workspace, "parallel").start(steps_per_epoch=10, epochs=1, processes=4)
+    recorded.steps(1, 5, every=0.25)  # 4 steps a second of one image per process: 4 img/s in all
+    app = attach(workspace, recorded.write().engine_alive().path)
+    async with app.run_test(size=SIZE) as pilot:
+        await dashboard_ready(pilot)
+        text = screen_text(app)
+        assert "4 processes on cuda bf16" in text
+        assert "4.00 img/s (1.00 per process)" in text
+
+
 async def test_dashboard_fits_80x24(workspace):
     recorded = healthy_run(workspace)
     app = attach(workspace, recorded.path)

@@ -56,3 +56,16 @@ def test_command_writes_json_and_prints_the_sd_scripts_command_line(tmp_path, ca
     original = config_to_dict(load_config(config))
     assert again["dataset"].pop("image_dir") == str(tmp_path / "img") and original["dataset"].pop("image_dir") == "img"
     assert again == original
+
+
+def test_several_processes_export_as_accelerates_launch_reads_them(tmp_path):
+    from accelerate.commands.launch import launch_command_parser
+
+    plan_dataset(tmp_path)
+    config = tmp_path / "loradeck.toml"
+    config.write_text('[model]\npretrained_model = "/models/sd15.safetensors"\n[training]\nepochs = 2\nprocesses = 2\n')
+    exported = export_kohya(load_config(config), tmp_path)
+    assert exported.gui["num_processes"] == 2 and exported.gui["multi_gpu"] is True
+    launch = launch_command_parser().parse_args(exported.command[2:])
+    assert launch.multi_gpu and launch.num_processes == 2 and launch.training_script == "train_network.py"
+    assert "--max_train_epochs=2" in launch.training_script_args  # sd-scripts shares each epoch among them

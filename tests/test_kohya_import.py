@@ -204,6 +204,15 @@ def test_several_configs_get_one_report_each(capsys, tmp_path):
     assert main(["import-kohya", *files[:2], "-o", str(tmp_path / "x.toml")]) == 2
 
 
+def test_the_guis_process_count_becomes_training_processes():
+    result = import_kohya({"pretrained_model_name_or_path": "x", "LoRA_type": "Standard", "num_processes": "2"})
+    assert result.config.training.processes == 2 and "num_processes" not in result.ignored
+    default = import_kohya({"pretrained_model_name_or_path": "x", "LoRA_type": "Standard", "num_processes": 0,
+                            "multi_gpu": False})
+    assert default.config.training.processes == 1 and not any("num_processes" in note for note in default.notes)
+    assert "multi_gpu" in default.ignored
+
+
 def test_a_kohya_config_of_each_family_imports_and_plans(tmp_path, family, family_model_dir):
     """The GUI's model checkbox of the family (none for SD 1.x, "sdxl") picks it for a hub id,
     and the plan uses that family's sizes; with the family's local model the files decide."""

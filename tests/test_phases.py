@@ -233,7 +233,7 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
     for name, value in {**one_thread_env, "LORADECK_TEST_UNET_SLEEP": "0.4", "LORADECK_TEST_ENCODE_SLEEP": "1.0",
                         "XDG_CONFIG_HOME": str(tmp_path / "xdg")}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(launch, "engine_command", lambda run, resume: [
+    monkeypatch.setattr(launch, "engine_command", lambda run, resume, processes=1: [
         sys.executable, "-m", "tests.slow_engine", str(run.path)] + (["--resume"] if resume else []))
     monkeypatch.setattr(run_tailer, "POLL_SECONDS", 0.1)
     root = write_tiny_dataset(tmp_path / "ws")

@@ -27,7 +27,7 @@ async def test_the_first_r_after_a_stop_resumes_once_the_engine_has_closed(works
     closing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     recorded.run.write_pid(closing.pid)
     started = []
-    monkeypatch.setattr(launch, "engine_command", lambda run, resume: started.append(closing.poll()) or [
+    monkeypatch.setattr(launch, "engine_command", lambda run, resume, processes=1: started.append(closing.poll()) or [
         sys.executable, "-c", "pass"])
     app = make_app(workspace, start_screen="runs", attach_run=recorded.path)
     async with app.run_test(size=(80, 24)) as pilot:

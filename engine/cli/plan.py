@@ -38,7 +38,8 @@ def format_plan(plan: Plan) -> str:
     lines.append("Buckets")
     for bucket in plan.buckets:
         lines.append(f"  {bucket.width}x{bucket.height}: {bucket.count} images, {bucket.batches} batches")
-    lines.append(f"Batch size        {plan.batch_size} x {plan.gradient_accumulation_steps} accumulation")
+    lines.append(f"Batch size        {plan.batch_size} x {plan.gradient_accumulation_steps} accumulation"
+                 f"{plan.processes_text}")
     lines.append(f"Steps per epoch   {plan.steps_per_epoch}")
     lines.append(f"Epochs            {plan.epochs}")
     lines.append(f"Total steps       {plan.total_steps}")

@@ -100,6 +100,7 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
         "lr_scheduler_args": opt.lr_scheduler_args, "max_grad_norm": opt.max_grad_norm,
         "train_batch_size": train.batch_size, "epoch": train.epochs,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "num_processes": train.processes, "multi_gpu": train.processes > 1,  # the GUI's accelerate launch
         "seed": 0 if train.seed == RANDOM_SEED else train.seed,
         "noise_offset_type": "Multires" if train.multires_noise_iterations else "Original",
         "noise_offset": train.noise_offset, "adaptive_noise_scale": train.adaptive_noise_scale,
@@ -270,7 +271,10 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
     else:
         arguments["max_train_epochs"] = train.epochs
     script = "sdxl_train_network.py" if sdxl else "train_network.py"
-    command = ["accelerate", "launch", "--num_cpu_threads_per_process=2", script]
+    command = ["accelerate", "launch", "--num_cpu_threads_per_process=2"]
+    if train.processes > 1:  # sd-scripts shares each epoch among them as training.processes does
+        command += ["--multi_gpu", f"--num_processes={train.processes}"]
+    command.append(script)
     for name, value in arguments.items():
         if value is None or value is False or value == "" or value == []:
             continue

@@ -47,6 +47,7 @@ SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "train_batch_size": ("training.batch_size", value.integer),
     "epoch": ("training.epochs", value.integer),
     "gradient_accumulation_steps": ("training.gradient_accumulation_steps", value.integer),
+    "num_processes": ("training.processes", value.process_count),  # the GUI's accelerate launch setting
     "adaptive_noise_scale": ("training.adaptive_noise_scale", value.number),
     "multires_noise_iterations": ("training.multires_noise_iterations", value.integer),
     "multires_noise_discount": ("training.multires_noise_discount", value.number),
@@ -150,9 +151,6 @@ NOT_BUILT: dict[str, tuple[tuple, str]] = {
     "loraplus_unet_lr_ratio": ((0,), "LoRA+ learning-rate ratios"),
     "loraplus_text_encoder_lr_ratio": ((0,), "LoRA+ learning-rate ratios"),
     "fused_backward_pass": ((False,), "the optimizer step fused into the backward pass (no gradient clipping)"),
-    "num_processes": ((1, 0), "training on several GPUs (`accelerate launch -m engine.cli.train` does that in "
-                              "loradeck)"),
-    "multi_gpu": ((False,), "training on several GPUs"),
     "resume": (("",), "resuming an sd-scripts state (loradeck resumes its own runs: train --resume)"),
     "train_inpainting": ((False,), "inpainting training"),
     "face_crop_aug_range": (("",), "face-centred crops"),
@@ -163,6 +161,7 @@ NOT_BUILT: dict[str, tuple[tuple, str]] = {
 NO_EFFECT = frozenset({
     "additional_parameters", "async_upload", "dynamo_backend", "dynamo_mode", "dynamo_use_dynamic",
     "dynamo_use_fullgraph", "extra_accelerate_launch_args", "gpu_ids", "main_process_port", "num_machines",
+    "multi_gpu",  # accelerate's launcher switch; training.processes (num_processes) starts the processes
     "num_cpu_threads_per_process", "highvram", "lowvram", "log_config", "log_tracker_config", "log_tracker_name",
     "log_with", "logging_dir", "log_prefix", "use_wandb", "wandb_api_key", "wandb_run_name", "huggingface_path_in_repo",
     "huggingface_repo_id", "huggingface_repo_type", "huggingface_repo_visibility", "huggingface_token",

@@ -116,6 +116,12 @@ def optional_rate(value: Any) -> Any:
     return UNSET if result is UNSET or result == 0 else result
 
 
+def process_count(value: Any) -> Any:
+    """The GUI's accelerate `num_processes`: 0 (or empty) leaves accelerate's default, one."""
+    result = integer(value)
+    return UNSET if result is UNSET or result == 0 else result
+
+
 def choice(value: Any) -> Any:
     """A GUI drop-down's text (a scheduler, an optimizer, a sampler name)."""
     result = text(value)

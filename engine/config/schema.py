@@ -637,6 +637,13 @@ class TrainingSettings:
         advice="A bigger batch when VRAM is short: batch 2 × 4 accumulation updates like batch 8 at "
         "batch-2 memory, with a quarter of the steps.",
     )
+    processes: int = setting(
+        1, "Training processes, one per GPU (data-parallel: each trains a share of every epoch's batches "
+        "and their gradients are averaged). Above 1, loradeck starts the run with torchrun.",
+        label="Processes", minimum=1, maximum=64,
+        advice="On a machine with several GPUs, one process per GPU: each epoch takes 1/N of the steps and "
+        "each step sees N batches (batch size is per process). Without a GPU several processes share the CPU.",
+    )
     seed: int = setting(
         42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
         "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**32 - 1,

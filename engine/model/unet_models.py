@@ -11,6 +11,10 @@ import torch
 
 from engine.errors import LoradeckError
 
+# network types whose conv layers view their weights as contiguous NCHW, which channels_last
+# breaks: peft's DoRA, LyCORIS' GLoRA (its make_weight `.view`s each conv weight)
+CONTIGUOUS_CONV_TYPES = ("dora", "glora")
+
 
 def apply_unet_speed_settings(unet, vae, text_encoders, precision, *, train_text_encoder: bool,
                               network_type: str) -> None:
@@ -34,8 +38,7 @@ def apply_unet_speed_settings(unet, vae, text_encoders, precision, *, train_text
         # on the GPU: attention memory grows with the tokens, not with their square
         unet.set_attn_processor(AttnProcessor2_0())
         vae.set_attn_processor(AttnProcessor2_0())
-    # peft's DoRA on a conv views its weights as contiguous NCHW, which channels_last breaks
-    if precision.channels_last and network_type != "dora":
+    if precision.channels_last and network_type not in CONTIGUOUS_CONV_TYPES:
         # tensor-core convolutions (cuDNN) and oneDNN's run NHWC natively; NCHW costs a
         # transpose around each one. The numbers are the same either way.
         unet.to(memory_format=torch.channels_last)

@@ -83,7 +83,13 @@ class Plan:
 
     @property
     def effective_batch(self) -> int:
-        return self.batch_size * self.gradient_accumulation_steps
+        """Images per optimizer step, over all processes."""
+        return self.batch_size * self.gradient_accumulation_steps * self.num_processes
+
+    @property
+    def processes_text(self) -> str:
+        """" x 2 processes" for a data-parallel run, "" for one process."""
+        return f" x {self.num_processes} processes" if self.num_processes > 1 else ""
 
     @property
     def batches_per_process(self) -> int:
@@ -103,8 +109,11 @@ class Plan:
 
 
 def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None = None,
-              *, num_processes: int = 1) -> Plan:
-    """The plan of `config` on its dataset (scanned unless given), trained by `num_processes`."""
+              *, num_processes: int | None = None) -> Plan:
+    """The plan of `config` on its dataset (scanned unless given), trained by `num_processes`
+    (by default the config's `training.processes`; the trainer gives the launch's count)."""
+    if num_processes is None:
+        num_processes = config.training.processes
     if dataset is None:
         dataset = scan_dataset(config, base_dir)
     instances = dataset.training_instances()

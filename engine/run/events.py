@@ -5,11 +5,12 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
 
     run_start   run_name, config (dict), plan (dict: images, image_repeats, reg_images,
                 buckets [{width, height, count}], steps_per_epoch, total_steps, epochs,
-                batch_size, effective_batch), start_step, start_epoch, resumed (bool),
+                batch_size, effective_batch (over all processes), num_processes), start_step,
+                start_epoch, resumed (bool),
                 seed (the one used: a random seed, -1 in the config, as drawn),
-                device, precision, pid; optional vram_estimate_gb (engine.plan.vram)
-    step        step, epoch, loss, loss_avg, lr_unet, lr_text_encoder, steps_per_s,
-                images_per_s; optional gpu_memory_mb, gpu_memory_total_mb, gpu_util,
+                device, precision, pid (the main process's); optional vram_estimate_gb
+    step        step, epoch, loss (the mean over the processes), loss_avg, lr_unet,
+                lr_text_encoder, steps_per_s, images_per_s (all processes'); optional gpu_memory_mb, gpu_memory_total_mb, gpu_util,
                 data_wait (share of the interval spent waiting for batches)
     epoch_end   epoch, step, loss_epoch
     sample      path (relative to the run folder), epoch, step, prompt_index, prompt,

@@ -59,6 +59,7 @@ class RunProgress:
     batch_size: int = 0
     device: str = ""
     precision: str = ""
+    processes: int = 1  # data-parallel processes (the plan's num_processes)
     starts: int = 0  # run_start events: more than one means resumed
     started: float | None = None
     # from the newest step
@@ -144,6 +145,7 @@ class RunProgress:
             self.images = as_int(plan.get("images"), self.images)
             self.batch_size = as_int(plan.get("batch_size"), self.batch_size)
             self.model_family = str(plan.get("family_label") or self.model_family)
+            self.processes = max(1, as_int(plan.get("num_processes"), self.processes))
             self.device = str(event.get("device") or self.device)
             self.precision = str(event.get("precision") or self.precision)
             self.step = as_int(event.get("start_step"), self.step)
@@ -282,6 +284,11 @@ class RunProgress:
         """Called after each run of step events (the same for curves and timing)."""
 
     # ------------------------------------------------------------------ reading
+
+    @property
+    def images_per_s_per_process(self) -> float | None:
+        """Each process's share of the throughput (they step together, one batch each)."""
+        return self.images_per_s / self.processes if self.images_per_s is not None else None
 
     @property
     def progress(self) -> float:

@@ -5,7 +5,10 @@
 
 The engine (`python -m engine.train.process RUN_DIR`) runs in its own session with its
 stdout and stderr in the run's engine.log, so closing the terminal or losing SSH does not
-end it. Light module: no torch; the TUI starts runs through it.
+end it. With `training.processes` above 1 it runs under torchrun (`--standalone`: the
+rendezvous takes a free port, so two runs on one machine do not collide), which starts
+one engine per process and forwards a stop signal to each of them. Light module: no
+torch; the TUI starts runs through it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from engine.config.schema import (
 )
 from engine.errors import LoradeckError
 from engine.plan.preflight import check_before_run, check_paths
-from engine.run.events import ERROR, read_events
+from engine.run.events import ERROR, FINISHED, RUN_END, RUN_START, STOPPED, read_events
 from engine.run.folder import RunDir
 
 
@@ -104,8 +107,17 @@ def _prepare_resume(folder: Path, config_path: str | Path | None) -> RunDir:
     return run
 
 
-def engine_command(run: RunDir, *, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "engine.train.process", str(run.path)] + (["--resume"] if resume else [])
+def engine_command(run: RunDir, *, resume: bool, processes: int = 1) -> list[str]:
+    """The engine's command line: one process, or `processes` under torchrun.
+
+    torchrun rather than `accelerate launch`: it comes with torch, starts processes the
+    same way with or without GPUs (accelerate's launcher needs --multi_gpu even for CPU
+    processes), and reads no accelerate config file that could change the run behind the
+    config's back. The engine's Accelerator takes its settings from the config either way."""
+    engine = ["-m", "engine.train.process", str(run.path)] + (["--resume"] if resume else [])
+    if processes == 1:
+        return [sys.executable, *engine]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *engine]
 
 
 def start_training(config_path: str | Path | None, *, detach: bool = True, resume: str | Path | None = None,
@@ -121,7 +133,7 @@ def start_training(config_path: str | Path | None, *, detach: bool = True, resum
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run.log, "ab") as log:
         process = subprocess.Popen(
-            engine_command(run, resume=resume is not None),
+            engine_command(run, resume=resume is not None, processes=load_config(run.config).training.processes),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -132,7 +144,8 @@ def start_training(config_path: str | Path | None, *, detach: bool = True, resum
     if detach:
         return run.path
     status = _follow(process, run, echo or sys.stdout)
-    if status != 0:
+    # torchrun exits non-zero when it was interrupted, even after its engines stopped cleanly
+    if status != 0 and last_run_end(run) not in (FINISHED, STOPPED):
         raise LoradeckError(f"training failed: {last_error(run) or f'engine exit status {status}'} (see {run.log})")
     return run.path
 
@@ -166,6 +179,17 @@ def _follow(process: subprocess.Popen, run: RunDir, echo: TextIO) -> int:
             interrupts += 1
             # the engine finishes its step, saves and exits; a second Ctrl-C aborts it
             process.send_signal(signal.SIGINT if interrupts == 1 else signal.SIGTERM)
+
+
+def last_run_end(run: RunDir) -> str:
+    """The status of the run end of the run's last session ("" when it has none)."""
+    status = ""
+    for event in read_events(run.events):
+        if event.get("type") == RUN_START:
+            status = ""
+        elif event.get("type") == RUN_END:
+            status = str(event.get("status", ""))
+    return status
 
 
 def last_error(run: RunDir) -> str:

@@ -58,8 +58,10 @@ class Checkpointer:
         return _relative(path, self.run)
 
     def save(self, *, epoch: int, step: int, name: str, final: bool,
-             optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None) -> Path:
-        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files.
+             optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None,
+             process_rng: list[dict[str, Any]] | None = None) -> Path:
+        """Write the LoRA (in the save precision) and, if enabled, the state (with each
+        process's random state under several); prune old files.
 
         A full disk is one LoradeckError naming the step and the last good checkpoint; what
         the failed save had written is gone (engine.atomic, engine.train.state)."""
@@ -78,7 +80,7 @@ class Checkpointer:
             with self._out_of_space_is_one_line("the state", step):
                 folder = save_state(
                     self.run.state, step=step, lora=self.network.state_dict(), optimizer=optimizer.state_dict(),
-                    lr_scheduler=lr_scheduler.state_dict(), progress=progress,
+                    lr_scheduler=lr_scheduler.state_dict(), progress=progress, process_rng=process_rng,
                 )
             self.events.emit(CHECKPOINT, path=_relative(folder, self.run), epoch=epoch, step=step,
                              bytes=folder_bytes(folder), kind="state", final=final)

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.train.checkpoints import lora_file_name
 from engine.run.events import CONTROL
+from engine.run.folder import CONTROL_REQUESTS
 
 
 class StopSignal:
@@ -43,8 +44,10 @@ def obey_requests(training, epoch_end: bool = False) -> bool:
     its run folder, config, accelerator, events, stop signal, progress, `sample` and `save`);
     True when the run must stop now.
 
-    One listdir per step on one GPU; with several processes the decision is broadcast,
-    only at log points so the GPUs do not wait on each other every step.
+    One listdir per step on one GPU. With several processes the main one reads the request
+    files and any process may have been signalled: one all-reduce of the request flags makes
+    every process act on the same requests at the same step. It runs only at log points
+    and epoch ends, so the GPUs do not wait on each other every step.
     """
     run, accelerator, events, progress = training.run, training.accelerator, training.events, training.progress
     several = accelerator.num_processes > 1
@@ -54,11 +57,10 @@ def obey_requests(training, epoch_end: bool = False) -> bool:
     if training.stop_signal.triggered:
         requests.add("stop")
     if several:
-        from accelerate.utils import broadcast_object_list
+        from engine.train.processes import any_process
 
-        box = [sorted(requests)]
-        broadcast_object_list(box)
-        requests = set(box[0])
+        flags = any_process([action in requests for action in CONTROL_REQUESTS], accelerator.device)
+        requests = {action for action, flag in zip(CONTROL_REQUESTS, flags) if flag}
     if "skip" in requests:  # meant for a sampling that has ended since: nothing to skip now
         requests.discard("skip")
         if accelerator.is_main_process:

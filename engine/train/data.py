@@ -478,7 +478,12 @@ class EpochBatchSampler:
 def make_loader(dataset: TrainingImages, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool):
     """Batches decoded by `workers` processes that live for the whole run (no start-up
     pause at each epoch) and keep `PREFETCH_BATCHES` batches each ready; pinned memory lets
-    the step copy a batch to the GPU without waiting for it."""
+    the step copy a batch to the GPU without waiting for it.
+
+    The loader draws a seed each time an epoch's pass starts; from its own generator, not
+    torch's global one, which LoRA dropout draws from: a run resumed mid-epoch starts one
+    pass more than the run it continues, and must not shift the dropout that follows.
+    (Examples take their randomness from `ExampleRules.seed`, not from that seed.)"""
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -487,4 +492,5 @@ def make_loader(dataset: TrainingImages, sampler: EpochBatchSampler, *, workers:
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        generator=torch.Generator(),
     )

@@ -6,6 +6,10 @@ transfer: the GPU never waits on the host inside a step. The trainer flushes eve
 (epoch end, a save, a stop). Each step still gets its own `step` event. Nothing else in
 a step reads a device value, so the host queues work ahead of the GPU between flushes.
 
+Under several processes each step's loss is the mean over the processes (one all-reduce per
+flush, which every process makes at the same steps): the loss of the whole batch, and a NaN
+on any process stops them all.
+
 `timed(loader)` counts the time the loop waits for batches: `data_wait` in a step event
 is that share of the interval (near 0 when the loader keeps up).
 
@@ -22,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -68,8 +72,9 @@ class _Pending:
 
 class StepLog:
     def __init__(self, events, *, steps_per_epoch: int, images_per_step: int, tensorboard_dir: Path | None,
-                 log=print):
+                 log=print, mean_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.events = events
+        self.mean_over_processes = mean_over_processes
         self.images_per_step = images_per_step
         self.window: deque[float] = deque(maxlen=max(1, steps_per_epoch))
         self.epoch_sum = 0.0
@@ -124,7 +129,10 @@ class StepLog:
         """Write the pending steps (one device-to-host copy). Raises NonFiniteLoss."""
         if not self.pending:
             return
-        values = torch.stack([p.loss.float().reshape(()) for p in self.pending]).cpu().tolist()
+        losses = torch.stack([p.loss.float().reshape(()) for p in self.pending])
+        if self.mean_over_processes is not None:
+            losses = self.mean_over_processes(losses)
+        values = losses.cpu().tolist()
         norms = _host_norms(self.pending)
         now = time.perf_counter()
         elapsed = max(now - (self._interval_start or now), 1e-9)

@@ -4,7 +4,7 @@
 
 The run folder holds the frozen config (absolute paths); everything the run does is
 written beside it (engine.run.folder's layout): events.jsonl, checkpoints/, state/, samples/,
-tb/. Under `accelerate launch` every process trains its share of the batches and only
+tb/. Under torchrun or `accelerate launch` every process trains its share of the batches and only
 the main process writes files.
 
 Reading order: `train` (errors become events), `Training.setup` (the pieces, in order), then
@@ -38,10 +38,12 @@ from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer
 from engine.run.folder import CONTROL_REQUESTS, RunDir
 from engine.model.text_conditioning import text_cache_refusal
 from engine.train.control import StopSignal, obey_requests
+from engine.train.processes import (end_processes, first_failure, gather_from_all, repeats_main, report_failure,
+                                     share_from_main, start_processes)
 from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, TrainingImages, check_images, make_loader
 from engine.train.log import NonFiniteLoss, StepLog
 from engine.train.phase import PhaseReporter
-from engine.train.state import load_state, restore_rng
+from engine.train.state import capture_rng, load_state, restore_rng
 from engine.train.step import TrainStep, apply_speed_settings
 from engine.train.validation import Evaluator, ValidationRun, due_after_epoch, due_after_step
 from engine.plan.vram import out_of_memory_advice
@@ -76,75 +78,85 @@ class _NoEvents:
 
 
 def train(run_dir: str | Path, *, resume: bool = False) -> int:
-    """Train the run in `run_dir` (config.toml inside); returns the process exit status."""
+    """Train the run in `run_dir` (config.toml inside); returns the process exit status.
+
+    Under several processes (engine.train.processes) only the main one reads and writes the
+    run folder: the others get the config and the saved state from it, and any failure
+    becomes one error event and one run end, written by the main process."""
     run = RunDir(run_dir)
-    try:
-        config = load_config(run.config)
-        accelerator = make_accelerator(config)
-    except LoradeckError as error:
-        with EventWriter(run.path) as events:
-            _fail(events, Progress(), str(error), "")
-        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
-        return error.exit_status
-    main = accelerator.is_main_process
-    events = EventWriter(run.path) if main else _NoEvents()
-    phases = PhaseReporter(events)  # what the engine is doing, every few seconds (engine.train.phase)
-    if main:
-        phases.start()
-    stop_signal = StopSignal().install()
     progress = Progress()
-    if main:
-        run.create()
-        run.write_pid()
-        if run.remove_temporary_files():
-            print("removed the temporary files of a save that was interrupted", flush=True)
-        if resume:
-            for action in CONTROL_REQUESTS:
-                run.clear_request(action)  # meant for the engine that is gone, not for this one
+    main = os.environ.get("RANK", "0") == "0"  # until the process group says so
+    events: EventWriter | _NoEvents = _NoEvents()
+    phases = PhaseReporter(events)  # what the engine is doing, every few seconds (engine.train.phase)
+    stop_signal = StopSignal().install()
+    config = None
     try:
+        processes = start_processes()
+        main = processes.is_main_process
+        if main:
+            events = EventWriter(run.path)  # the one writer of events.jsonl
+            phases = PhaseReporter(events)
+            phases.start()
+        config = share_from_main(processes, lambda: _frozen_config(run))
+        accelerator = make_accelerator(config)
+        if main:
+            run.create()
+            run.write_pid()
+            if run.remove_temporary_files():
+                print("removed the temporary files of a save that was interrupted", flush=True)
+            if resume:
+                for action in CONTROL_REQUESTS:
+                    run.clear_request(action)  # meant for the engine that is gone, not for this one
         training = Training(run, config, accelerator, events, stop_signal, progress, resume, phases)
         training.setup()
         return training.run_loop()
-    except LoradeckError as error:
+    except (Exception, KeyboardInterrupt) as error:
         phases.close()
-        _fail(events, progress, str(error), "")
-        print(f"loradeck train: {error}", file=sys.stderr, flush=True)
-        return error.exit_status
-    except NonFiniteLoss as error:
-        phases.close()
-        message = (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
-                   f"instead of fp16; the last good checkpoint is in {run.checkpoints}")
-        _fail(events, progress, message, "")
-        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        phases.close()
-        _fail(events, progress, "interrupted twice: stopped without saving", "")
-        return 130
-    except torch.cuda.OutOfMemoryError:
-        # one line that says what to change, not a CUDA allocator traceback
-        phases.close()
-        message = out_of_memory_advice(config, run.path, progress.step)
-        _fail(events, progress, message, "")
-        print(f"loradeck train: {message}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as error:
-        phases.close()
-        reason = no_space_reason(error)
-        if reason is not None:  # a full disk outside a save (events, cache, TensorBoard): one line too
-            message = f"{reason} at step {progress.step} ({first_line(error)})"
-            _fail(events, progress, message, "")
+        message, trace, status = _failure(error, config, run, progress)
+        if trace:
+            traceback.print_exc()
+        elif not repeats_main(error):
             print(f"loradeck train: {message}", file=sys.stderr, flush=True)
-            return 1
-        _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
-        traceback.print_exc()
-        return 1
+        report_failure(message, trace)
+        if main:
+            message, trace = first_failure(message, trace)
+        _fail(events, progress, message, trace)
+        return status
     finally:
         phases.close()  # before the file closes: no heartbeat after the run end
         stop_signal.uninstall()
         events.close()
         if main:
             run.clear_pid()
+        end_processes()
+
+
+def _frozen_config(run: RunDir) -> TrainConfig:
+    """The run's config. A random seed (a folder not made by prepare_run) is drawn here and
+    frozen into it, so a resume reuses it."""
+    config = load_config(run.config)
+    if config.training.seed == RANDOM_SEED:
+        config = with_drawn_seed(config)
+        save_config(config, run.config)
+    return config
+
+
+def _failure(error: BaseException, config: TrainConfig | None, run: RunDir, progress: Progress) -> tuple[str, str, int]:
+    """(one-line message, traceback worth keeping, exit status) of what ended the run."""
+    if isinstance(error, LoradeckError):
+        return str(error), "", error.exit_status
+    if isinstance(error, NonFiniteLoss):
+        return (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
+                f"instead of fp16; the last good checkpoint is in {run.checkpoints}", "", 1)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted twice: stopped without saving", "", 130
+    if isinstance(error, torch.cuda.OutOfMemoryError) and config is not None:
+        # one line that says what to change, not a CUDA allocator traceback
+        return out_of_memory_advice(config, run.path, progress.step), "", 1
+    reason = no_space_reason(error)
+    if reason is not None:  # a full disk outside a save (events, cache, TensorBoard): one line too
+        return f"{reason} at step {progress.step} ({first_line(error)})", "", 1
+    return f"{type(error).__name__}: {error}", traceback.format_exc(), 1
 
 
 def _fail(events, progress: Progress, message: str, trace: str) -> None:
@@ -163,8 +175,13 @@ def make_accelerator(config: TrainConfig):
     precision = config.precision.mixed_precision if cuda else "no"  # the CPU trains in fp32
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise LoradeckError("precision.mixed_precision: this GPU has no bf16; use fp16")
-    # a text encoder frozen mid-run leaves DDP with parameters that get no gradient
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.training.stop_text_encoder_training else []
+    # DDP must look for LoRA parameters a step leaves without a gradient (several processes
+    # fail otherwise): a trained text encoder's layers past the hidden state the family reads
+    # (clip skip, SDXL's penultimate layers) or after it is frozen mid-run, and the layers
+    # module dropout skips. It costs a walk of the graph per step, so only then.
+    trains_text_encoder = config.network.train_text_encoder and config.text_encoder_learning_rate > 0
+    skips = trains_text_encoder or config.network.module_dropout > 0
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if skips else []
     return Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.training.gradient_accumulation_steps,
@@ -180,11 +197,6 @@ class Training:
 
     def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
                  progress: Progress, resume: bool, phases: PhaseReporter | None = None):
-        if config.training.seed == RANDOM_SEED:
-            # a run folder not made by prepare_run: draw the seed here and freeze it, so a resume reuses it
-            config = with_drawn_seed(config)
-            if accelerator.is_main_process:
-                save_config(config, run.config)
         self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
         self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
         self.phases = phases or PhaseReporter(events)  # without a thread: phase changes only
@@ -220,17 +232,20 @@ class Training:
         from engine.plan.training_plan import SaveSchedule, make_plan
 
         config, accelerator, progress = self.config, self.accelerator, self.progress
-        self.dataset, self.instances = load_dataset(config, self.base_dir)
+        self.dataset, self.instances = load_dataset(config, self.base_dir, accelerator.state)
         plan = self.plan = make_plan(config, self.base_dir, self.dataset, num_processes=accelerator.num_processes)
         self.batches = EpochBatchSampler(self.instances, config.training.batch_size, self.seed,
                                          accelerator.num_processes, accelerator.process_index)
         self.saves = SaveSchedule.of(config, plan.steps_per_epoch, plan.total_steps, plan.epochs)
 
-        saved = load_state(self.run.state) if self.resume else None
-        start_over = self.run.start_over_note() if self.resume and saved is None else ""
+        saved, start_over = share_from_main(accelerator.state, self._saved_state) if self.resume else (None, "")
         if saved is not None:
             for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
                 setattr(progress, name, saved.progress[name])
+        if accelerator.num_processes != config.training.processes:
+            self.events.emit(WARNING, code="processes", message=(
+                f"training.processes is {config.training.processes}, this launch started "
+                f"{accelerator.num_processes}: planned for {accelerator.num_processes}"))
         vram = plan.vram_estimate
         self.events.emit(
             RUN_START, run_name=self.run.name, config=config_to_dict(config), plan=plan.as_json(),
@@ -247,6 +262,19 @@ class Training:
                  f"{plan.total_steps} steps in {plan.epochs} epochs; {self.device}, {accelerator.mixed_precision}")
         self.log(f"VRAM estimate on a GPU: {vram.summary()}")
         return saved
+
+    def _saved_state(self):
+        """(the state to resume from, "") or (None, the note that the run starts again from
+        step 0); read by the main process, shared with the others."""
+        saved = load_state(self.run.state)
+        if saved is None:
+            return None, self.run.start_over_note()  # raises when the run can neither continue nor start again
+        processes, launched = saved.progress.get("processes", 1), self.accelerator.num_processes
+        if processes != launched:
+            # each process's place in the epoch and its random state belong to that many processes
+            raise LoradeckError(f"{saved.folder}: saved by {processes} process(es), this launch has {launched}; "
+                                f"resume it with {processes} (training.processes = {processes})")
+        return saved, ""
 
     def _build_network(self) -> None:
         """Base model, LoRA, optimizer, schedule, step log and checkpointer."""
@@ -268,6 +296,8 @@ class Training:
             images_per_step=config.training.batch_size * config.training.gradient_accumulation_steps
             * accelerator.num_processes,
             tensorboard_dir=self.run.tensorboard if (self.main and config.logging.tensorboard) else None,
+            mean_over_processes=(lambda losses: accelerator.reduce(losses, "mean"))
+            if accelerator.num_processes > 1 else None,
         )
         self.checkpointer = Checkpointer(self.run, config, self.events, self.network, self._metadata, self.log)
 
@@ -291,7 +321,7 @@ class Training:
                 self.lr_scheduler.load_state_dict(saved.lr_scheduler)
             except (ValueError, KeyError, RuntimeError) as error:
                 raise LoradeckError(f"{saved.folder}: the saved state does not fit this config ({error})") from None
-            restore_rng(saved.rng)
+            restore_rng(saved.process_rng(self.accelerator.process_index))
             self.step_log.load_state_dict(saved.progress.get("step_log", {}))
             self.checkpointer.saved = saved.progress.get("checkpoints", [])
             self.checkpointer.last_saved_step = progress.step
@@ -512,13 +542,16 @@ class Training:
             return  # saved at this step already (an epoch save, then a stop request)
         if self.config.validation.enabled:
             self.evaluate(progress.last_epoch)
+        processes = self.accelerator.num_processes
+        # each process's random state, so that each resumes where it was
+        rng = gather_from_all(capture_rng()) if processes > 1 else None
         if self.main:
             validation = self.validation
             self.phases.enter(SAVING)
             self.checkpointer.save(
                 epoch=progress.last_epoch, step=progress.step, name=name, final=final,
-                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-                progress={**asdict(progress), "step_log": self.step_log.state_dict(),
+                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, process_rng=rng,
+                progress={**asdict(progress), "processes": processes, "step_log": self.step_log.state_dict(),
                           **({"validation": validation.state_dict()} if validation is not None else {})},
                 validation_loss=validation.last_loss if validation is not None else None,
             )
@@ -554,20 +587,28 @@ class Training:
 # --------------------------------------------------------------------------- setup helpers
 
 
-def load_dataset(config: TrainConfig, base_dir: Path):
+def load_dataset(config: TrainConfig, base_dir: Path, processes=None):
     """The dataset and one epoch's instances; refuses to start on images that cannot be
-    read (a corrupt file must stop the run now, not hours in)."""
+    read (a corrupt file must stop the run now, not hours in). Under several processes
+    (`processes`: accelerate's state) the main one reads the images and its refusal is
+    every process's, so the check runs once and no process waits for one that gave up."""
     from engine.dataset.folders import scan_dataset
     from engine.plan.preflight import check_dataset
 
     dataset = scan_dataset(config, base_dir)
-    check_dataset(config, dataset, check_images([item.path for item in dataset.items + dataset.validation_items]))
+
+    def check() -> None:
+        check_dataset(config, dataset, check_images([item.path for item in dataset.items + dataset.validation_items]))
+
+    share_from_main(processes, check) if processes is not None else check()
     return dataset, dataset.training_instances()
 
 
 def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log,
                    phases: PhaseReporter):
-    """(LatentCache or None, paths that failed to encode). On disk, the main process writes."""
+    """(LatentCache or None, paths that failed to encode). On disk, the first process of each
+    machine writes (the run folder lives on the main machine; another gets a local copy of
+    its cache folder), and the others read."""
     if not config.latents_cacheable:
         reason = ("precision.cache_latents is none" if config.precision.cache_latents == "none"
                   else "colour augmentation or random crop changes the pixels every epoch")
@@ -576,7 +617,7 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
     on_disk = config.precision.cache_latents == "disk"
     cache = LatentCache(f"{model.source}|{config.model.vae}", folder=run.path / "cache" / "latents" if on_disk else None)
     failed: set[Path] = set()
-    if accelerator.is_main_process or not on_disk:
+    if accelerator.is_local_main_process or not on_disk:
         log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
         phases.enter(CACHING_LATENTS, total=len(dataset.items))
         last_report = [time.monotonic()]
@@ -593,7 +634,7 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
             on_progress=progress,
         )
     accelerator.wait_for_everyone()
-    if on_disk and not accelerator.is_main_process:
+    if on_disk and not accelerator.is_local_main_process:
         failed = {item.path for item in dataset.items if not cache.has(item)}
     return cache, failed
 

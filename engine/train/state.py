@@ -4,7 +4,7 @@
       latest.json              {"folder": "step-00000120"}   the state to resume from
       step-00000120/
         lora.safetensors       the LoRA in fp32 (the checkpoint may be fp16)
-        tensors.safetensors    optimizer moments, RNG states
+        tensors.safetensors    optimizer moments, RNG states (of each process, under several)
         state.json             progress, optimizer and scheduler settings, where each tensor goes
 
 A state is written into a hidden temporary folder, which is renamed into place and only
@@ -114,6 +114,11 @@ class SavedState:
     optimizer: dict[str, Any]
     lr_scheduler: dict[str, Any]
     rng: dict[str, Any]
+    process_rngs: list[dict[str, Any]] | None = None  # every process's, when several trained
+
+    def process_rng(self, index: int) -> dict[str, Any]:
+        """The random state process `index` saved (the one state of a one-process run)."""
+        return self.process_rngs[index] if self.process_rngs else self.rng
 
 
 def state_folder_name(step: int) -> str:
@@ -126,9 +131,11 @@ def folder_bytes(folder: Path) -> int:
 
 def save_state(
     state_dir: Path, *, step: int, lora: dict[str, torch.Tensor], optimizer: dict[str, Any],
-    lr_scheduler: dict[str, Any], progress: dict[str, Any],
+    lr_scheduler: dict[str, Any], progress: dict[str, Any], process_rng: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a complete state for `step` and make it the one to resume from; returns its folder."""
+    """Write a complete state for `step` and make it the one to resume from; returns its folder.
+
+    `process_rng`: every process's random state (several processes); else this process's is taken."""
     from safetensors.torch import save_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -148,8 +155,10 @@ def save_state(
         "progress": progress,
         "optimizer": split_tensors(optimizer, "optimizer", tensors),
         "lr_scheduler": split_tensors(lr_scheduler, "lr_scheduler", tensors),
-        "rng": split_tensors(capture_rng(), "rng", tensors),
+        "rng": split_tensors(capture_rng() if not process_rng else process_rng[0], "rng", tensors),
     }
+    if process_rng:
+        tree["process_rngs"] = split_tensors(process_rng, "process_rngs", tensors)
     try:
         with atomic_path(temp / "lora.safetensors") as path:
             save_file({k: v.float().contiguous() for k, v in lora.items()}, str(path))
@@ -207,4 +216,5 @@ def load_state(state_dir: Path) -> SavedState | None:
         optimizer=join_tensors(tree["optimizer"], tensors),
         lr_scheduler=join_tensors(tree["lr_scheduler"], tensors),
         rng=join_tensors(tree["rng"], tensors),
+        process_rngs=join_tensors(tree["process_rngs"], tensors) if "process_rngs" in tree else None,
     )

@@ -182,12 +182,16 @@ class JumpDialog(_PickDialog):
         self._show_hits("")
 
     def matches(self, query: str) -> list[FieldSpec]:
-        """Settings whose label or key match `query` fuzzily, best first (schema order on ties)."""
+        """Settings whose label or key match `query` fuzzily, best first; on a tie the setting
+        named exactly that ("alpha" is Alpha, not Alpha mask), then schema order."""
         if not query.strip():
             return list(self._specs)
         matcher = Matcher(query)
-        scored = [(matcher.match(f"{spec.label} · {spec.key}"), order, spec) for order, spec in enumerate(self._specs)]
-        return [spec for score, _order, spec in sorted(scored, key=lambda item: (-item[0], item[1])) if score > 0]
+        wanted = query.strip().lower()
+        scored = [(matcher.match(f"{spec.label} · {spec.key}"), wanted not in (spec.label.lower(), spec.key.lower()),
+                   order, spec) for order, spec in enumerate(self._specs)]
+        ranked = sorted(scored, key=lambda item: (-item[0], item[1], item[2]))
+        return [spec for score, _named, _order, spec in ranked if score > 0]
 
     def _show_hits(self, query: str) -> None:
         hits = self.query_one(OptionList)

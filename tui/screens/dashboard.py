@@ -193,7 +193,8 @@ class DashboardScreen(Screen):
             parts.append(state.model_family)
         if state.device:
             precision = "fp32" if state.precision in ("no", "") else state.precision  # accelerate's "no"
-            parts.append(f"{state.device} {precision}")
+            device = state.device if state.processes == 1 else f"{state.processes} processes on {state.device.split(':')[0]}"
+            parts.append(f"{device} {precision}")
         if state.started is not None:
             end = state.ended if state.ended is not None else (time.time() if status == RUNNING else state.last_event_time)
             parts.append(f"started {format_clock(state.started)}, {format_duration((end or state.started) - state.started)}")
@@ -260,7 +261,8 @@ class DashboardScreen(Screen):
     def _show_speed(self, state: RunState) -> None:
         parts = []
         if state.images_per_s:
-            parts.append(f"{state.images_per_s:.2f} img/s")
+            each = f" ({state.images_per_s_per_process:.2f} per process)" if state.processes > 1 else ""
+            parts.append(f"{state.images_per_s:.2f} img/s{each}")
         if state.gpu_memory_mb is not None:
             total = f"/{state.gpu_memory_total_mb / 1024:.1f}" if state.gpu_memory_total_mb else ""
             parts.append(f"GPU memory {state.gpu_memory_mb / 1024:.1f}{total} GiB")

@@ -198,7 +198,8 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     if len(plan.buckets) > MAX_BUCKET_LINES:
         lines.append(f" [$text-muted]… {len(plan.buckets) - MAX_BUCKET_LINES} more[/]")
     lines.append(
-        f"Batch {plan.batch_size} × {plan.gradient_accumulation_steps} accumulation = {plan.effective_batch}"
+        f"Batch {plan.batch_size} × {plan.gradient_accumulation_steps} accumulation"
+        f"{plan.processes_text.replace(' x ', ' × ')} = {plan.effective_batch}"
     )
     lines.append(f"Steps per epoch [b]{plan.steps_per_epoch}[/b]")
     lines.append(f"Epochs [b]{plan.epochs}[/b]")

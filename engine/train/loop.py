@@ -670,11 +670,16 @@ def _loader_workers(config: TrainConfig, latents) -> int:
 
 def _speed_summary(config: TrainConfig, latents, text_states, optimizer_steps: str, workers: int) -> str:
     """One line of engine.log saying which speed settings are in effect (see docs/speed.md)."""
+    from engine.model.unet_models import CONTIGUOUS_CONV_TYPES
+
     precision = config.precision
+    channels_last = "on" if precision.channels_last else "off"
+    if precision.channels_last and config.network.type in CONTIGUOUS_CONV_TYPES:
+        channels_last = f"off ({config.network.type} needs NCHW weights)"
     return (
         f"speed: latents {'cached (' + precision.cache_latents + ')' if latents is not None else 'encoded every step'}, "
         f"text encoder outputs {'cached' if text_states is not None else 'computed every step'}, "
-        f"attention {precision.attention}, channels_last {'on' if precision.channels_last else 'off'}, "
+        f"attention {precision.attention}, channels_last {channels_last}, "
         f"optimizer {optimizer_steps}, U-Net {'compiled' if precision.compile_unet else 'eager'}, "
         f"{workers} loader workers, losses to the CPU every {config.logging.log_every_n_steps} steps"
     )

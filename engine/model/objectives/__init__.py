@@ -1,0 +1,1 @@
+"""Training objectives shared by the model families (no family, train or sampling import)."""

@@ -1,0 +1,120 @@
+"""Rectified flow matching (Flux.1, SD3, and the families after them), as pure functions.
+
+A clean latent x and Gaussian noise n are mixed on a straight line by sigma in (0, 1):
+
+    noisy  = (1 - sigma) · x + sigma · n
+    target = n - x                      (the velocity the model predicts)
+    model timestep = sigma · 1000       (diffusers' Flux divides it back by 1000)
+
+Where sigma falls is what the timestep samplers decide, as sd-scripts'
+`library/flux_train_utils.get_noisy_model_input_and_timesteps` draws it:
+
+    uniform     sigma ~ U(0, 1)
+    sigmoid     sigma = sigmoid(sigmoid_scale · z), z ~ N(0, 1)         (x-flux; the default)
+    shift       s = sigmoid(sigmoid_scale · z);  sigma = shift·s / (1 + (shift - 1)·s)
+                (discrete_flow_shift; sd-scripts recommends 3.1582 for Flux.1 dev)
+    flux_shift  s as above;  sigma = e^mu / (e^mu + 1/s - 1), mu linear in the packed
+                token count: 0.5 at 256 tokens, 1.15 at 4096 (Flux's own sampling schedule,
+                so larger images train at noisier sigmas)
+
+`model_prediction_type` says how the model's output is read before the loss (sd-scripts'
+`apply_model_prediction_type`): `raw` as it is (what loradeck and the Kohya GUI's Flux
+preset use), `additive` plus the noisy input, `sigma_scaled` as noisy - sigma · output.
+
+Light module: torch is imported by the functions that need it.
+"""
+from __future__ import annotations
+
+import math
+
+TIMESTEP_SAMPLERS = ("sigmoid", "shift", "flux_shift", "uniform")
+PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
+NUM_TRAIN_TIMESTEPS = 1000
+RECOMMENDED_FLOW_SHIFT = 3.1582  # sd-scripts' docs/flux_train_network.md for Flux.1 dev
+
+# Flux's resolution-dependent shift: mu grows linearly from BASE_SHIFT at BASE_TOKENS packed
+# tokens (256² pixels) to MAX_SHIFT at MAX_TOKENS (1024²)
+BASE_TOKENS, MAX_TOKENS = 256, 4096
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+
+
+def flux_mu(tokens: int, base_shift: float = BASE_SHIFT, max_shift: float = MAX_SHIFT) -> float:
+    """The shift exponent for an image of `tokens` packed latent tokens (2x2 latent patches)."""
+    slope = (max_shift - base_shift) / (MAX_TOKENS - BASE_TOKENS)
+    return slope * tokens + base_shift - slope * BASE_TOKENS
+
+
+def time_shift(mu: float, sigmas):
+    """Flux's exponential time shift: e^mu / (e^mu + 1/sigma - 1)."""
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+def discrete_shift(sigmas, shift: float):
+    """SD3's shift of the schedule towards noise: shift·sigma / (1 + (shift - 1)·sigma)."""
+    return sigmas * shift / (1 + (shift - 1) * sigmas)
+
+
+def sample_sigmas(sampler: str, batch: int, *, generator=None, device="cpu", sigmoid_scale: float = 1.0,
+                  discrete_flow_shift: float = 3.0, latent_size: tuple[int, int] | None = None):
+    """(batch,) float32 sigmas drawn by `sampler` from `generator` (on the CPU, so a seed gives
+    the same sigmas on every device). `latent_size` (height, width of the unpacked latent) is
+    what `flux_shift` shifts by."""
+    import torch
+
+    if sampler == "uniform":
+        sigmas = torch.rand(batch, generator=generator)
+    elif sampler in ("sigmoid", "shift", "flux_shift"):
+        sigmas = torch.sigmoid(sigmoid_scale * torch.randn(batch, generator=generator))
+        if sampler == "shift":
+            sigmas = discrete_shift(sigmas, discrete_flow_shift)
+        elif sampler == "flux_shift":
+            if latent_size is None:
+                raise ValueError("flux_shift needs the latent size")
+            height, width = latent_size
+            sigmas = time_shift(flux_mu((height // 2) * (width // 2)), sigmas)
+    else:
+        raise ValueError(f"timestep sampler {sampler!r} is not one of {', '.join(TIMESTEP_SAMPLERS)}")
+    return sigmas.to(device)
+
+
+def fixed_sigmas(count: int):
+    """`count` sigmas at the middles of equal steps of (0, 1): validation's fixed noise levels."""
+    import torch
+
+    return (torch.arange(count, dtype=torch.float32) + 0.5) / count
+
+
+def _per_sample(sigmas, like):
+    return sigmas.to(like.device, like.dtype).reshape(-1, *[1] * (like.dim() - 1))
+
+
+def noisy_latents(latents, noise, sigmas):
+    """(1 - sigma) · latents + sigma · noise, sigma per sample."""
+    sigma = _per_sample(sigmas, latents)
+    return (1 - sigma) * latents + sigma * noise
+
+
+def velocity_target(latents, noise):
+    """What the model learns to predict: noise - latents."""
+    return noise - latents
+
+
+def model_timesteps(sigmas):
+    """The timestep a flow model is given: sigma on sd-scripts' 0..1000 scale."""
+    return sigmas * NUM_TRAIN_TIMESTEPS
+
+
+def read_prediction(prediction, noisy, sigmas, prediction_type: str = "raw"):
+    """The model output as the loss compares it with `velocity_target` (see the module doc)."""
+    if prediction_type == "raw":
+        return prediction
+    if prediction_type == "additive":
+        return prediction + noisy
+    if prediction_type == "sigma_scaled":
+        return noisy - prediction * _per_sample(sigmas, prediction)
+    raise ValueError(f"model prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
+def euler_step(sample, velocity, sigma: float, sigma_next: float):
+    """One Euler step of the flow ODE from sigma to sigma_next (sampling)."""
+    return sample + (sigma_next - sigma) * velocity

@@ -126,3 +126,22 @@ def stop_when_epoch_ends(run, monkeypatch, epoch: int = 1) -> None:
         return event
 
     monkeypatch.setattr(EventWriter, "emit", emit)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> Path:
+    """The tiny Flux.1 [dev] as a diffusers folder (engine.model.families.flux.tiny)."""
+    import torch
+
+    from engine.model.families.flux.tiny import make_tiny_flux
+
+    torch.set_num_threads(1)
+    return make_tiny_flux(tmp_path_factory.mktemp("tiny-flux") / "tiny-flux-dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_files(tiny_flux_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny Flux.1 as BFL's single files: transformer (bf16), clip_l, t5xxl, ae."""
+    from engine.model.families.flux.tiny import write_tiny_single_files
+
+    return write_tiny_single_files(tiny_flux_dir, tmp_path_factory.mktemp("tiny-flux-files"))

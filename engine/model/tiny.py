@@ -224,11 +224,19 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, family: str = "sd15") ->
     out = Path(out_dir)
     if family not in TINY_FAMILIES:
         raise LoradeckError(f"--family: {family!r} is not one of {', '.join(TINY_FAMILIES)}")
+    if family == "sdxl":
+        return save_tiny_pipeline(lambda: make_tiny_sdxl_pipeline(seed), out, "SDXL", ("tokenizer", "tokenizer_2"))
+    return save_tiny_pipeline(lambda: make_tiny_pipeline(seed), out, "Stable Diffusion 1.5", ("tokenizer",))
+
+
+def save_tiny_pipeline(make_pipeline, out: Path, layout: str, clip_tokenizer_folders: tuple[str, ...]) -> Path:
+    """Save the pipeline `make_pipeline()` builds as a diffusers folder at `out`, with CLIP's
+    slow-tokenizer files in `clip_tokenizer_folders` and a README naming the `layout`."""
     if out.exists() and not out.is_dir():
         raise LoradeckError(f"{out}: exists and is not a folder")
     try:
         ensure_folder(out.parent)
-        pipeline = make_tiny_sdxl_pipeline(seed) if family == "sdxl" else make_tiny_pipeline(seed)
+        pipeline = make_pipeline()
         # Built beside the target and moved in, so a crash never leaves half a model behind.
         temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         umask = os.umask(0)
@@ -237,9 +245,8 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, family: str = "sd15") ->
         try:
             pipeline.save_pretrained(temporary, safe_serialization=True)
             # The slow-tokenizer files too, as SD1.5 ships them, for tools that read those.
-            for tokenizer_folder in ("tokenizer", "tokenizer_2") if family == "sdxl" else ("tokenizer",):
+            for tokenizer_folder in clip_tokenizer_folders:
                 _write_vocabulary(temporary / tokenizer_folder, *tiny_clip_vocabulary())
-            layout = "SDXL" if family == "sdxl" else "Stable Diffusion 1.5"
             atomic_write_text(
                 temporary / "README.md",
                 f"Tiny {layout} layout with random weights, made by `loradeck make-tiny-model`.\n"

@@ -1,0 +1,68 @@
+"""Flux.1 [dev] and [schnell]: a rectified-flow transformer on packed 16-channel latents.
+
+What differs from SD and SDXL, and where it lives in this folder:
+
+* Model (`single_files`, `loading`, `layout`): BFL's single-file transformer with separate
+  `clip_l`, `t5xxl` and `ae` files, a diffusers folder, or a hub id; detected from the
+  keys (`double_blocks.*`) or the folder's configs, never from a name. [schnell] is the
+  same architecture without the guidance embedding: one setting derived from the weights.
+* Objective: flow matching (engine.model.objectives.flow_matching), target noise - latents,
+  sigmas from `sigmoid` / `shift` / `flux_shift` / `uniform`.
+* Denoiser input (`latents`): 2x2 latent patches packed into tokens, each with its (0, row,
+  column) position for the rotary embedding, the guidance scale embedded for [dev].
+* Text (`text`): CLIP-L's pooled output modulates every block; T5-XXL's hidden states
+  (`t5xxl_max_token_length` tokens: 512 for [dev], 256 for [schnell]) are the text tokens.
+* LoRA (`lora_layout`): sd-scripts' `networks.lora_flux` names (`lora_unet_double_blocks_0_img_attn_qkv`,
+  `lora_te1_` for CLIP-L, `lora_te3_` for T5), its fused projections written exactly.
+
+Light module: the standard library only (the plan and the TUI read it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.model.families.flux import layout
+
+NAME = "flux"
+LABEL = "Flux.1"
+VARIANTS = ("dev", "schnell")
+PIPELINE_CLASS = "FluxPipeline"
+DEFAULT_RESOLUTION = 1024
+TEXT_ENCODERS = (("text_encoder", "lora_te1"), ("text_encoder_2", "lora_te3"))
+T5_MAX_TOKENS = {"dev": 512, "schnell": 256}  # sd-scripts' t5xxl_max_token_length defaults
+DEFAULT_GUIDANCE = {"dev": 3.5, "schnell": 0.0}  # sampling; training embeds guidance_scale (1.0)
+DEFAULT_SAMPLE_STEPS = {"dev": 28, "schnell": 4}
+
+# Parameters of the frozen parts (counted on the meta device from the shipped configs; T5's
+# token embedding once, as the t5xxl files hold it)
+PARAMETERS = {
+    "dev": {"transformer": 11_901_408_320, "text_encoder": 123_060_480, "text_encoder_2": 4_762_310_656,
+            "vae": 83_819_683},
+    "schnell": {"transformer": 11_891_178_560, "text_encoder": 123_060_480, "text_encoder_2": 4_762_310_656,
+                "vae": 83_819_683},
+}
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "flux"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def folder_variant(folder: Path) -> str | None:
+    """"dev" or "schnell" for a Flux.1 diffusers folder, None for any other folder."""
+    index = _read_json(folder / "model_index.json") or {}
+    transformer = _read_json(folder / "transformer" / "config.json") or {}
+    if index.get("_class_name") != "FluxPipeline" and transformer.get("_class_name") != "FluxTransformer2DModel":
+        return None
+    return "dev" if transformer.get("guidance_embeds", True) else "schnell"
+
+
+def keys_variant(keys) -> str | None:
+    """"dev" or "schnell" for a BFL transformer file's tensor names, None for anything else."""
+    if not layout.is_bfl_transformer(keys):
+        return None
+    return "dev" if layout.has_guidance(keys) else "schnell"

@@ -66,3 +66,37 @@ def keys_variant(keys) -> str | None:
     if not layout.is_bfl_transformer(keys):
         return None
     return "dev" if layout.has_guidance(keys) else "schnell"
+
+
+# --------------------------------------------------------------------------- the LoRA's metadata
+# sd-scripts' flux_train_network writes ss_base_model_version "flux1", the modelspec
+# architecture by variant (library/sai_model_spec: flux-1-dev, flux-1-schnell) and its Flux
+# settings (FluxNetworkTrainer.update_metadata); the density-weighting ones loradeck does not
+# use carry sd-scripts' defaults (weighting_scheme "none"), as its files have them.
+MODELSPEC_IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
+
+
+def base_model_version(variant: str = "dev") -> str:
+    return "flux1"
+
+
+def modelspec_architecture(variant: str = "dev") -> str:
+    return f"flux-1-{variant}/lora"
+
+
+def training_settings_metadata(*, timestep_sampling: str, sigmoid_scale: float, discrete_flow_shift: float,
+                               model_prediction_type: str, guidance_scale: float,
+                               apply_t5_attn_mask: bool) -> dict[str, str]:
+    return {
+        "ss_model_type": "flux",
+        "ss_apply_t5_attn_mask": str(bool(apply_t5_attn_mask)),
+        "ss_weighting_scheme": "none",
+        "ss_logit_mean": "0.0",
+        "ss_logit_std": "1.0",
+        "ss_mode_scale": "1.29",
+        "ss_guidance_scale": str(float(guidance_scale)),
+        "ss_timestep_sampling": timestep_sampling,
+        "ss_sigmoid_scale": str(float(sigmoid_scale)),
+        "ss_model_prediction_type": model_prediction_type,
+        "ss_discrete_flow_shift": str(float(discrete_flow_shift)),
+    }

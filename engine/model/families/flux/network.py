@@ -87,6 +87,9 @@ def inject(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, l
                         holder[ADAPTER_NAME].weight = shared.weight
                     else:
                         holder[ADAPTER_NAME] = shared
+    # adapters train in fp32 whatever the base's dtype (peft made them in it: bf16, or fp8 with fp8_base)
+    for parameter in parameters(groups):
+        parameter.data = parameter.data.float()
     return groups
 
 

@@ -399,6 +399,54 @@ def run_loader(args) -> dict:
 # --------------------------------------------------------------------------- the memory model
 
 
+def _meta_unet_step(resolution: int, batch: int, rank: int):
+    """The LoRA'd U-Net of the family on the meta device, and its step's (prediction, target)."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from engine.network.lora import LoraNetwork
+
+    unet = _meta_unet(False).to(torch.bfloat16)
+    LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
+    unet.set_attn_processor(AttnProcessor2_0())
+    side = resolution // 8
+    latents = torch.empty(batch, 4, side, side, device="meta")
+    states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=torch.bfloat16)
+    extras = unet_conditioning_extras(unet, batch, "meta", torch.bfloat16)
+    timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
+    return unet, lambda: (unet(latents, timesteps, states, **extras).sample, latents)
+
+
+FLUX_TEXT_TOKENS = 512  # t5xxl_max_token_length of Flux.1 [dev]
+
+
+def _meta_flux_step(resolution: int, batch: int, rank: int):
+    """FLUX.1 [dev]'s transformer with the family's LoRA on the meta device, on packed latents
+    with cached T5 states (512 tokens) and CLIP's pooled output, and its step's (prediction, target)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from engine.config.network_types import NetworkSpec
+    from engine.model.families.flux import latents as flux_latents
+    from engine.model.families.flux import network as flux_network
+
+    config = json.loads((_assets() / "transformer" / "config.json").read_text())
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
+    flux_network.inject(transformer, NetworkSpec(rank=rank, alpha=float(rank), train_text_encoder=False))
+    side = resolution // 16  # packed: 2x2 patches of the 8x-downsampled latent
+    tokens = side * side
+    meta = dict(device="meta")
+    packed = torch.empty(batch, tokens, config["in_channels"], **meta)
+    states = torch.empty(batch, FLUX_TEXT_TOKENS, config["joint_attention_dim"], dtype=torch.bfloat16, **meta)
+    pooled = torch.empty(batch, config["pooled_projection_dim"], dtype=torch.bfloat16, **meta)
+    inputs = dict(hidden_states=packed, encoder_hidden_states=states, pooled_projections=pooled,
+                  timestep=torch.empty(batch, **meta), guidance=torch.empty(batch, **meta),
+                  img_ids=flux_latents.image_ids(2 * side, 2 * side, device="meta"),
+                  txt_ids=flux_latents.text_ids(FLUX_TEXT_TOKENS, device="meta"))
+    return transformer, lambda: (transformer(**inputs).sample, packed)
+
+
 def memory_model(args) -> dict:
     """engine/plan/vram.py's activation constants, measured: every tensor the U-Net step allocates
     is tracked until freed, on the meta device (no memory, no GPU), under CUDA autocast's bf16
@@ -409,13 +457,10 @@ def memory_model(args) -> dict:
 
     import torch
     import torch.nn.functional as F
-    from diffusers.models.attention_processor import AttnProcessor2_0
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
     from torch.utils.checkpoint import checkpoint
-
-    from engine.network.lora import LoraNetwork
 
     low = {F.conv2d, F.linear, torch.matmul, torch.bmm, torch.baddbmm, torch.mm, torch.addmm}
     high = {F.group_norm, F.layer_norm, F.softmax}
@@ -443,7 +488,8 @@ def memory_model(args) -> dict:
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func is F.scaled_dot_product_attention:
-                return FlashStandIn.apply(*cast(args[:3], torch.bfloat16))
+                qkv = [*args[:3], *(kwargs[name] for name in ("query", "key", "value")[len(args[:3]):])]
+                return FlashStandIn.apply(*cast(qkv, torch.bfloat16))
             if func in low:
                 return func(*cast(args, torch.bfloat16), **kwargs)
             if func in high:
@@ -474,35 +520,30 @@ def memory_model(args) -> dict:
             return out
 
     def peak_gib(resolution: int, batch: int, checkpointing: bool, rank: int) -> float:
-        unet = _meta_unet(False).to(torch.bfloat16)
-        LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
-        unet.set_attn_processor(AttnProcessor2_0())
+        model, run = (_meta_flux_step if FAMILY == "flux" else _meta_unet_step)(resolution, batch, rank)
         if checkpointing:  # recomputation must run under the same autocast rules
-            unet.enable_gradient_checkpointing(functools.partial(
+            model.enable_gradient_checkpointing(functools.partial(
                 checkpoint, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), Autocast())))
-        unet.train()
-        known = {p.untyped_storage()._cdata for p in [*unet.parameters(), *unet.buffers()]}
-        side = resolution // 8
-        latents = torch.empty(batch, 4, side, side, device="meta")
-        states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=torch.bfloat16)
-        extras = unet_conditioning_extras(unet, batch, "meta", torch.bfloat16)
+        model.train()
+        known = {p.untyped_storage()._cdata for p in [*model.parameters(), *model.buffers()]}
         tracker = LiveBytes(known)
         with tracker, Autocast():
-            prediction = unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), states, **extras).sample
-            F.mse_loss(prediction.float(), latents).backward()
+            prediction, target = run()
+            F.mse_loss(prediction.float(), target).backward()
         return tracker.peak / 2**30
 
     rows = []
     for checkpointing in (False, True):
         for resolution in args.resolutions:
-            batch = args.batches[-1]
-            peak = peak_gib(resolution, batch, checkpointing, 16)
-            per_image = peak / batch / (resolution**2 / 512**2)
-            rows.append({"resolution": resolution, "batch": batch, "gradient_checkpointing": checkpointing,
-                         "rank": 16, "peak_gib": peak, "per_512_image_gib": per_image})
-            print(f"{resolution:>5}² batch {batch:>2} checkpointing {'on ' if checkpointing else 'off'}: "
-                  f"peak {peak:6.2f} GiB = {per_image:.3f} GiB per 512² image (LoRA gradients included)",
-                  file=sys.stderr, flush=True)
+            for rank in args.ranks or [16]:
+                batch = args.batches[-1]
+                peak = peak_gib(resolution, batch, checkpointing, rank)
+                per_image = peak / batch / (resolution**2 / 512**2)
+                rows.append({"resolution": resolution, "batch": batch, "gradient_checkpointing": checkpointing,
+                             "rank": rank, "peak_gib": peak, "per_512_image_gib": per_image})
+                print(f"{resolution:>5}² batch {batch:>2} rank {rank:>3} checkpointing {'on ' if checkpointing else 'off'}: "
+                      f"peak {peak:6.2f} GiB = {per_image:.3f} GiB per 512² image (LoRA gradients included)",
+                      file=sys.stderr, flush=True)
     return {"unit": "GiB", "results": rows}
 
 
@@ -529,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8])
     parser.add_argument("--images", type=int, default=64, help="JPEGs for --loader")
     parser.add_argument("--memory-model", action="store_true", help="measure activation memory on the meta device")
-    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15", help="model architecture (default sd15)")
+    parser.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15",
+                        help="model architecture (default sd15; flux: --memory-model only, for now)")
     args = parser.parse_args(argv)
 
     import torch
@@ -539,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args.quick = args.quick or not torch.cuda.is_available()
     if args.memory_model:
         # at full size: the meta device needs no memory
-        defaults = ({"resolutions": [1024], "batches": [2]} if FAMILY == "sdxl"
+        defaults = ({"resolutions": [1024], "batches": [2]} if FAMILY in ("sdxl", "flux")
                     else {"resolutions": [512, 768], "batches": [4]})
     elif args.loader:
         defaults = {"resolutions": [512], "batches": [16]}

@@ -89,3 +89,14 @@ def test_dora_is_refused_on_fp8():
     with pytest.raises(LoradeckError, match="DoRA reads the frozen weights"):
         fp8.check_network("dora")
     fp8.check_network("lokr")
+
+
+def test_bf16_file_loads_straight_into_fp8(tiny_flux_dir, tiny_flux_files):
+    """fp8_base with a bf16 file: each tensor is cast as it is read (no full bf16 copy)."""
+    streamed = single_files.load_transformer(tiny_flux_files["transformer"], config_dir=tiny_flux_dir,
+                                             dtype=fp8.bfl_dtypes(torch.float32))
+    fp8.store_transformer_in_fp8(streamed, torch.float32)
+    late = single_files.load_transformer(tiny_flux_files["transformer"], config_dir=tiny_flux_dir, dtype=torch.float32)
+    fp8.store_transformer_in_fp8(late, torch.float32)
+    for (key, value), other in zip(streamed.state_dict().items(), late.state_dict().values()):
+        assert value.dtype == other.dtype and torch.equal(value.float(), other.float()), key

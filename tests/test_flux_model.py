@@ -138,3 +138,12 @@ def test_layout_matches_diffusers_converter_at_full_width():
     assert all(torch.equal(back[key][..., 0] if back[key].dim() > 1 else back[key],
                            state[key][..., 0] if state[key].dim() > 1 else state[key]) for key in state)
     assert layout.block_counts(state) == (2, 2)
+
+
+def test_system_ram_estimate():
+    """A loader that reads the release files first holds 12 B bf16 weights and T5 at once;
+    loradeck's streaming load holds the process and, at most, the text encoders."""
+    bf16 = flux.system_ram_gib("dev", fp8_base=False, text_encoders_in_ram=False)
+    assert 34 < bf16["read_all_first"] < 35.5 and bf16["loradeck"] < 4
+    fp8 = flux.system_ram_gib("dev", fp8_base=True, text_encoders_in_ram=True)
+    assert fp8["read_all_first"] < bf16["read_all_first"] - 15 and 8 < fp8["loradeck"] < 9

@@ -44,6 +44,41 @@ PARAMETERS = {
 }
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "flux"
 
+# --------------------------------------------------------------------------- memory
+# Activations of a training step grow with the tokens the transformer attends over, image
+# (latent 2x2 patches: 4096 at 1024²) plus text (T5's 512), not with pixels alone: GiB per
+# token at bf16, keyed by gradient checkpointing, measured on the meta device with FLUX.1-dev's
+# configs by `python bench/train_speed.py --memory-model --family flux` (docs/speed.md):
+# 1024² batch 1 rank 16: 42.49 GiB without checkpointing, 2.89 with; 512²: 14.27 and 0.97
+# (per token 0.00922 and 0.00929; 0.000627 and 0.000629). A rank's own share is small:
+# rank 32 adds 0.20 GiB at 1024² without checkpointing, nothing measurable with it.
+ACTIVATIONS_PER_TOKEN = {False: 0.00923, True: 0.000628}
+ACTIVATIONS_PER_TOKEN_RANK = {False: 0.0000027, True: 0.0}
+VAE_ENCODE_PER_IMAGE = 0.44  # GiB per 512² image: the VAE encoder is SD's architecture, 32 output channels instead of 8
+
+# System RAM, GiB. Where a loader reads every file into memory before moving it to the GPU
+# (sd-scripts does: flux_utils.load_flow_model, load_t5xxl), the peak is the files' sum;
+# loradeck reads each tensor and puts it on the device as it goes (single_files.read_tensors),
+# so its peak is the process itself plus what stays on the CPU.
+PROCESS_RAM = 3.0  # Python, torch with CUDA, diffusers and transformers imported, the data loader
+GIB = 2**30
+
+
+def weight_gib(variant: str, part: str, bytes_per_parameter: float) -> float:
+    return PARAMETERS[variant][part] * bytes_per_parameter / GIB
+
+
+def system_ram_gib(variant: str, *, fp8_base: bool, text_encoders_in_ram: bool) -> dict[str, float]:
+    """{"read_all_first": what a load-everything-first loader peaks at (sd-scripts' way),
+    "loradeck": what loradeck's streaming load and run hold}, for the bf16 / fp16 release files
+    (fp8 ones with `fp8_base`). `text_encoders_in_ram`: CLIP-L and T5 kept on the CPU after
+    their outputs are cached (to encode sample prompts), else freed."""
+    transformer = weight_gib(variant, "transformer", 1 if fp8_base else 2)
+    t5 = weight_gib(variant, "text_encoder_2", 1 if fp8_base else 2)
+    small = weight_gib(variant, "text_encoder", 2) + weight_gib(variant, "vae", 4)
+    kept = t5 + weight_gib(variant, "text_encoder", 2) if text_encoders_in_ram else 0.0
+    return {"read_all_first": PROCESS_RAM + transformer + t5 + small, "loradeck": PROCESS_RAM + kept + 0.5}
+
 
 def _read_json(path: Path) -> dict | None:
     try:

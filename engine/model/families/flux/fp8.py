@@ -79,6 +79,17 @@ def store_t5_in_fp8(text_encoder, compute_dtype: torch.dtype) -> None:
     _store(text_encoder, compute_dtype, T5_KEEP)
 
 
+def bfl_dtypes(compute_dtype: torch.dtype):
+    """Each BFL transformer key's dtype under fp8_base, for loading a bf16 file straight into
+    fp8 (engine.model.families.flux.single_files.read_tensors): every weight and bias of the
+    blocks but the q/k norm scales in fp8, the rest in the compute dtype."""
+    def dtype_of(key: str) -> torch.dtype:
+        key = key.removeprefix("model.diffusion_model.")
+        in_blocks = key.startswith(("double_blocks.", "single_blocks."))
+        return STORAGE_DTYPE if in_blocks and not key.endswith(".scale") else compute_dtype
+    return dtype_of
+
+
 def fp8_bytes(model: torch.nn.Module) -> int:
     """Bytes of the weights held in fp8 (tests and the plan's check)."""
     return sum(p.numel() for p in model.parameters() if p.dtype == STORAGE_DTYPE)

@@ -9,9 +9,10 @@
     transformer_to_bfl(state) / vae_to_bfl(vae) / clip_l_state / t5xxl_state   the other way
 
 Each model is built on the meta device from a config (engine/model/assets/flux, or a
-diffusers folder given as `config_dir`) and takes the file's tensors as they are
-(`assign=True`: an fp8 file stays fp8 until the caller casts it, nothing is copied twice),
-as sd-scripts' `flux_utils` loads them. The transformer's config is read from the file
+diffusers folder given as `config_dir`) and takes the file's tensors (`assign=True`),
+each read, cast and put on the device one at a time: where sd-scripts' `flux_utils` reads
+every file into memory first (24 GB for the transformer, 9.5 for T5), loading here holds
+one tensor at a time; an fp8 file stays fp8 unless a dtype is asked for. The transformer's config is read from the file
 itself (block counts, widths, guidance embedding: [dev] or [schnell]), so any model of
 Flux.1's architecture loads; its fused projections are split by engine.model.families.flux.layout.
 CLIP-L and T5 are already in transformers' layout in these files; the autoencoder is in
@@ -29,17 +30,31 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "flux"
 UNSUPPORTED_FP8 = ("scale_weight", "scaled_fp8")  # ComfyUI's "scaled fp8" files carry per-tensor scales
 
 
-def read_tensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
+def read_tensors(path: Path, *, device=None, dtype=None) -> dict[str, Any]:
+    """The file's tensors, read one at a time and put on `device` in `dtype` as they are
+    read (None: the file's; a callable: key -> dtype or None), so loading a 24 GB model
+    never holds more than one of its tensors in memory twice (the file itself is mapped)."""
+    from safetensors import safe_open
 
+    path = Path(path)
     if not path.is_file():
         raise LoradeckError(f"{path}: no such file")
     if path.suffix.lower() not in (".safetensors", ".sft"):
         raise LoradeckError(f"{path}: Flux weights load from .safetensors (or .sft) files only")
+    tensors = {}
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                wanted = dtype(key) if callable(dtype) else dtype
+                if wanted is not None and tensor.is_floating_point() and tensor.dtype != wanted:
+                    tensor = tensor.to(device=device, dtype=wanted)
+                elif device is not None:
+                    tensor = tensor.to(device)
+                tensors[key] = tensor
     except Exception as error:  # safetensors raises its own error type and OSError
         raise LoradeckError(f"{path}: not a readable .safetensors file ({first_line(error)})") from error
+    return tensors
 
 
 def read_config(folder: Path, part: str, name: str = "config.json") -> dict[str, Any]:
@@ -69,11 +84,6 @@ def _empty(factory):
 
     with init_empty_weights():  # parameters on the meta device: nothing allocated
         return factory()
-
-
-def _cast(model, dtype):
-    """Cast a loaded model to `dtype`, unless `dtype` is None (the file's own dtypes stay)."""
-    return model if dtype is None else model.to(dtype)
 
 
 # --------------------------------------------------------------------------- transformer
@@ -139,13 +149,14 @@ def _check_fp8_layout(state: dict[str, Any], path: Path) -> None:
                             "plain fp8 e4m3fn file (flux1-dev.safetensors / flux1-dev-fp8.safetensors)")
 
 
-def load_transformer(path: str | Path, *, config_dir: Path | None = None, dtype=None):
-    """FluxTransformer2DModel from a BFL single file. `dtype` None keeps the file's dtypes
-    (fp8 weights stay fp8: engine.model.families.flux.fp8 computes with them)."""
+def load_transformer(path: str | Path, *, config_dir: Path | None = None, dtype=None, device=None):
+    """FluxTransformer2DModel from a BFL single file, its tensors put on `device` as they are
+    read. `dtype` None keeps the file's dtypes (fp8 weights stay fp8); a callable gives each
+    BFL key its dtype (fp8_base: engine.model.families.flux.fp8.bfl_dtypes)."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(path)
-    state = read_tensors(path)
+    state = read_tensors(path, device=device, dtype=dtype)
     if not layout.is_bfl_transformer(state):
         raise LoradeckError(f"{path}: not a Flux.1 transformer in BFL's layout (no double_blocks.0.img_attn.qkv)")
     _check_fp8_layout(state, path)
@@ -156,7 +167,7 @@ def load_transformer(path: str | Path, *, config_dir: Path | None = None, dtype=
         raise LoradeckError(f"{path}: {first_line(error)}") from None
     del state
     model = _empty(lambda: FluxTransformer2DModel.from_config(config))
-    return _cast(_assign(model, converted, "transformer", path, config_dir or ASSETS), dtype)
+    return _assign(model, converted, "transformer", path, config_dir or ASSETS)
 
 
 # --------------------------------------------------------------------------- text encoders
@@ -167,18 +178,19 @@ def clip_l_state(clip) -> dict[str, Any]:
     return {"text_model." + key.removeprefix("text_model."): value for key, value in clip.state_dict().items()}
 
 
-def load_clip_l(path: str | Path, *, config_dir: Path | None = None, dtype=None):
+def load_clip_l(path: str | Path, *, config_dir: Path | None = None, dtype=None, device=None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from engine.model.single_file import match_text_model_level
 
     path, folder = Path(path), config_dir or ASSETS
-    state = {key: value for key, value in read_tensors(path).items() if key.startswith("text_model.")}
+    state = {key: value for key, value in read_tensors(path, device=device, dtype=dtype).items()
+             if key.startswith("text_model.")}
     if not state:
         raise LoradeckError(f"{path}: not a CLIP-L text encoder (no text_model.* weights)")
     model = _empty(lambda: CLIPTextModel(CLIPTextConfig.from_dict(read_config(folder, "text_encoder"))))
     state = match_text_model_level(state, model)
-    return _cast(_assign(model, state, "CLIP-L", path, folder / "text_encoder"), dtype)
+    return _assign(model, state, "CLIP-L", path, folder / "text_encoder")
 
 
 def t5xxl_state(t5) -> dict[str, Any]:
@@ -186,11 +198,11 @@ def t5xxl_state(t5) -> dict[str, Any]:
     return {key: value for key, value in t5.state_dict().items() if key != "encoder.embed_tokens.weight"}
 
 
-def load_t5xxl(path: str | Path, *, config_dir: Path | None = None, dtype=None):
+def load_t5xxl(path: str | Path, *, config_dir: Path | None = None, dtype=None, device=None):
     from transformers import T5Config, T5EncoderModel
 
     path, folder = Path(path), config_dir or ASSETS
-    state = read_tensors(path)
+    state = read_tensors(path, device=device, dtype=dtype)
     if not any(key.startswith("encoder.block.") for key in state):
         raise LoradeckError(f"{path}: not a T5 encoder (no encoder.block.* weights)")
     _check_fp8_layout(state, path)
@@ -200,7 +212,7 @@ def load_t5xxl(path: str | Path, *, config_dir: Path | None = None, dtype=None):
         state.setdefault("shared.weight", embedding)
         state.setdefault("encoder.embed_tokens.weight", embedding)
     model = _empty(lambda: T5EncoderModel(T5Config.from_dict(read_config(folder, "text_encoder_2"))))
-    return _cast(_assign(model, state, "T5", path, folder / "text_encoder_2"), dtype)
+    return _assign(model, state, "T5", path, folder / "text_encoder_2")
 
 
 # --------------------------------------------------------------------------- autoencoder

@@ -30,6 +30,7 @@ Heavy module (torch, peft).
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -63,17 +64,24 @@ def module_groups(transformer) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def inject(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, list[torch.nn.Module]]]:
-    """Adapters of the spec's type on every Linear of every block, fused groups tied."""
+    """Adapters of the spec's type on every Linear of every block, fused groups tied (what
+    engine.network does through the family contract; kept for the family's own tests)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     check_type(spec)
-    named = module_groups(transformer)
-    targets = [name for _, names in named for name in names]
+    targets = [name for _, names in module_groups(transformer) for name in names]
     config = _peft_config(spec, targets, {}, {})
     if isinstance(config, LoraConfig):
         transformer.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' entry point: set_adapters works
     else:
         inject_adapter_in_model(config, transformer, ADAPTER_NAME)
+    return tie(transformer, spec)
+
+
+def tie(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, list[torch.nn.Module]]]:
+    """Make each fused group's adapters one adapter: its input-side factors one shared
+    parameter, LoKr's factors reshaped to the fused module's; all in fp32. Returns the groups."""
+    check_type(spec)
     groups = groups_of(transformer)
     for kohya, layers in groups:
         if spec.type == "lokr":
@@ -99,6 +107,8 @@ def groups_of(transformer: torch.nn.Module) -> list[tuple[str, list[torch.nn.Mod
     for kohya, names in module_groups(transformer):
         layers = [modules.get(name) for name in names]
         if all(layer is not None and hasattr(layer, "get_base_layer") for layer in layers):
+            for layer, name in zip(layers, names):
+                layer.loradeck_module_name = name
             groups.append((kohya, layers))
     return groups
 
@@ -181,57 +191,123 @@ def _type_of(layer: torch.nn.Module) -> str:
     return "dora" if ADAPTER_NAME in getattr(layer, "lora_magnitude_vector", {}) else "lora"
 
 
+# --------------------------------------------------------------------------- the file layout
+# One key per diffusers module (what engine.network writes for any family) <-> sd-scripts'
+# fused keys. Row sizes come from the tensors themselves: a qkv group is three equal parts,
+# a single block's linear1 is (width, width, width, the rest), width = its input size.
+
+DIFFUSERS_PREFIX = "lora_unet"
+_DIFFUSERS_BLOCK = re.compile(rf"{DIFFUSERS_PREFIX}_(transformer_blocks|single_transformer_blocks)_(\d+)_")
+_FUSED_BLOCK = re.compile(rf"{DIFFUSERS_PREFIX}_(double_blocks|single_blocks)_(\d+)_")
+
+
+def module_key(module_name: str) -> str:
+    """The one-module Kohya key of a diffusers module (`lora_unet_transformer_blocks_0_attn_to_q`)."""
+    return f"{DIFFUSERS_PREFIX}_{module_name.replace('.', '_')}"
+
+
+def _block_counts(keys, pattern: re.Pattern, double: str) -> tuple[int, int]:
+    found = {(match.group(1), int(match.group(2))) for key in keys if (match := pattern.match(key))}
+    doubles = [index for kind, index in found if kind == double]
+    singles = [index for kind, index in found if kind != double]
+    return (max(doubles) + 1 if doubles else 0), (max(singles) + 1 if singles else 0)
+
+
+def _suffixes(tensors: dict, key: str) -> list[str]:
+    return [name[len(key) + 1:] for name in tensors if name.startswith(key + ".")]
+
+
+def fuse_file_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One key per diffusers module -> sd-scripts' fused Flux keys (other keys as they are)."""
+    fused = dict(tensors)
+    for kohya, names in layout.lora_groups(*_block_counts(tensors, _DIFFUSERS_BLOCK, "transformer_blocks")):
+        keys = [module_key(name) for name in names]
+        for suffix in _suffixes(tensors, keys[0]):
+            parts = [fused.pop(f"{key}.{suffix}") for key in keys]
+            if suffix == "alpha" or SIDES[suffix] == "in":
+                if any(not torch.equal(part, parts[0]) for part in parts[1:]):
+                    raise LoradeckError(f"{kohya}: the modules it fuses do not share {suffix}")
+                fused[f"{kohya}.{suffix}"] = parts[0]
+            else:
+                fused[f"{kohya}.{suffix}"] = torch.cat(parts, dim=0)
+    return fused
+
+
+def _fan_in_out(tensors: dict, kohya: str) -> tuple[int, int]:
+    """(input features, output rows) of a fused module, from its tensors of any type."""
+    get = lambda suffix: tensors.get(f"{kohya}.{suffix}")  # noqa: E731
+    if get("lora_down.weight") is not None:
+        return get("lora_down.weight").shape[1], get("lora_up.weight").shape[0]
+    if get("hada_w1_b") is not None:
+        return get("hada_w1_b").shape[1], get("hada_w1_a").shape[0]
+    w1 = get("lokr_w1") if get("lokr_w1") is not None else get("lokr_w1_a")
+    w2_rows = get("lokr_w2") if get("lokr_w2") is not None else get("lokr_w2_a")
+    w2_cols = get("lokr_w2") if get("lokr_w2") is not None else get("lokr_w2_b")
+    columns = w1.shape[1] if get("lokr_w1") is not None else get("lokr_w1_b").shape[1]
+    return columns * w2_cols.shape[1], w1.shape[0] * w2_rows.shape[0]
+
+
+def split_file_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """sd-scripts' fused Flux keys -> one key per diffusers module (the input side copied
+    to each, the output side's rows split); other keys as they are."""
+    split = dict(tensors)
+    for kohya, names in layout.lora_groups(*_block_counts(tensors, _FUSED_BLOCK, "double_blocks")):
+        suffixes = _suffixes(tensors, kohya)
+        if not suffixes:
+            continue
+        keys = [module_key(name) for name in names]
+        if len(keys) > 1:
+            fan_in, fan_out = _fan_in_out(tensors, kohya)
+            sizes = [fan_in] * 3 + [fan_out - 3 * fan_in] if len(keys) == 4 else [fan_out // 3] * 3
+        for suffix in suffixes:
+            value = split.pop(f"{kohya}.{suffix}")
+            if len(keys) == 1 or suffix == "alpha" or SIDES[suffix] == "in":
+                split.update({f"{key}.{suffix}": value for key in keys})
+                continue
+            unit = fan_out // value.shape[0]  # LoKr's w1 rows stand for w2's rows each
+            if any(size % unit for size in sizes):
+                raise LoradeckError(f"{kohya}.{suffix}: its {value.shape[0]} rows do not split into {names}")
+            split.update(zip((f"{key}.{suffix}" for key in keys), torch.split(value, [s // unit for s in sizes])))
+    return split
+
+
 def group_tensors(groups, spec: NetworkSpec, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """sd-scripts' / LyCORIS' tensors of every fused module, on the CPU in `dtype`."""
     tensors: dict[str, torch.Tensor] = {}
-    for kohya, layers in groups:
-        per_layer = [dict(_tensors(layer, spec.type)) for layer in layers]
-        for suffix in per_layer[0]:
-            parts = [found[suffix] for found in per_layer]
-            if SIDES[suffix] == "in":
-                if any(part is not parts[0] for part in parts[1:]):
-                    raise LoradeckError(f"{kohya}: its modules do not share {suffix}")
-                value = parts[0].detach()
-            else:
-                value = torch.cat([part.detach().reshape(part.shape[0], -1) for part in parts], dim=0)
-                if suffix == "lora_up.weight" or suffix.startswith(("hada_", "lokr_")):
-                    value = value.reshape(-1, *parts[0].shape[1:])
-            if suffix == "dora_scale":  # LyCORIS' wd_on_output layout: (out, 1) beside (out, in)
-                value = value.reshape(-1, 1)
-            tensors[f"{kohya}.{suffix}"] = value.to("cpu", dtype).contiguous()
-        tensors[f"{kohya}.alpha"] = torch.tensor(_alpha(layers[0]), dtype=dtype)
-    return tensors
+    for _, layers in groups:
+        for layer, name in zip(layers, _layer_names(layers)):
+            for suffix, parameter in _tensors(layer, spec.type):
+                value = parameter.detach()
+                if suffix == "dora_scale":  # LyCORIS' wd_on_output layout: (out, 1) beside (out, in)
+                    value = value.reshape(-1, 1)
+                tensors[f"{module_key(name)}.{suffix}"] = value.to("cpu", dtype).contiguous()
+            tensors[f"{module_key(name)}.alpha"] = torch.tensor(_alpha(layer), dtype=dtype)
+    return fuse_file_tensors(tensors)
+
+
+def _layer_names(layers) -> list[str]:
+    return [layer.loradeck_module_name for layer in layers]
 
 
 def load_group_tensors(groups, spec: NetworkSpec, tensors: dict[str, torch.Tensor]) -> set[str]:
-    """Set every group's factors from a file's fused tensors; returns the keys it used."""
+    """Set every group's factors from a file's fused tensors; returns the fused keys it used."""
+    split = split_file_tensors(tensors)
     used = set()
     with torch.no_grad():
         for kohya, layers in groups:
-            per_layer = [dict(_tensors(layer, spec.type)) for layer in layers]
-            for suffix in per_layer[0]:
-                key = f"{kohya}.{suffix}"
-                if key not in tensors:
-                    raise LoradeckError(f"the file has no {key}; it is another network type, or was trained on "
-                                        "another model")
-                parts = [found[suffix] for found in per_layer]
-                value = tensors[key]
-                if SIDES[suffix] == "in":
-                    if value.shape != parts[0].shape:
-                        raise LoradeckError(f"the file's {key} is {tuple(value.shape)}, this network's "
-                                            f"{tuple(parts[0].shape)}: another rank, factor or network type")
-                    parts[0].copy_(value)
-                else:
-                    rows = [part.shape[0] for part in parts]
-                    if value.shape[0] != sum(rows) or value[0].numel() != parts[0][0].numel():
-                        raise LoradeckError(f"the file's {key} is {tuple(value.shape)}, which does not fit this "
-                                            "network: another rank, factor or network type")
-                    for part, piece in zip(parts, torch.split(value, rows, dim=0)):
-                        part.copy_(piece.reshape(part.shape))
-                used.add(key)
-            alpha_key = f"{kohya}.alpha"
-            if alpha_key in tensors and not math.isclose(float(tensors[alpha_key]), _alpha(layers[0]), rel_tol=1e-3):
-                raise LoradeckError(f"the file's {alpha_key} is {float(tensors[alpha_key]):g}, this network's "
-                                    f"{_alpha(layers[0]):g}")
-            used.add(alpha_key)
+            for layer, name in zip(layers, _layer_names(layers)):
+                for suffix, parameter in _tensors(layer, spec.type):
+                    key = f"{module_key(name)}.{suffix}"
+                    if key not in split:
+                        raise LoradeckError(f"the file has no {kohya}.{suffix}; it is another network type, or was "
+                                            "trained on another model")
+                    value = split[key]
+                    if value.numel() != parameter.numel():
+                        raise LoradeckError(f"the file's {kohya}.{suffix} does not fit this network: another rank, "
+                                            "factor or network type")
+                    parameter.copy_(value.reshape(parameter.shape))
+                alpha = split.get(f"{module_key(name)}.alpha")
+                if alpha is not None and not math.isclose(float(alpha), _alpha(layer), rel_tol=1e-3):
+                    raise LoradeckError(f"the file's {kohya}.alpha is {float(alpha):g}, this network's {_alpha(layer):g}")
+            used |= {f"{kohya}.{suffix}" for suffix in _suffixes(tensors, kohya)}
     return used

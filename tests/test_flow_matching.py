@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,13 @@ def sd_scripts_sigmas(sampling: str, bsz: int, h: int, w: int, seed: int, sigmoi
     generator = torch.Generator().manual_seed(seed)
     if sampling == "uniform":
         return torch.rand((bsz,), generator=generator)
+    if sampling == "sigma":  # the scheduler's shifted sigmas, picked by compute_density_for_timestep_sampling's u
+        u = torch.rand(size=(bsz,), generator=generator)
+        indices = (u * 1000).long()
+        timesteps = np.linspace(1, 1000, 1000, dtype=np.float32)[::-1].copy()
+        sigmas = torch.from_numpy(timesteps) / 1000
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        return sigmas[indices]
     sigmas = torch.randn(bsz, generator=generator) * sigmoid_scale
     sigmas = sigmas.sigmoid()
     if sampling == "shift":
@@ -44,7 +52,7 @@ def test_sigmas_follow_sd_scripts(sampling, latent_size):
         got = fm.sample_sigmas(sampling, 64, generator=torch.Generator().manual_seed(3), sigmoid_scale=scale,
                                discrete_flow_shift=shift, latent_size=latent_size)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
-        assert got.dtype == torch.float32 and bool(((got > 0) & (got < 1)).all())
+        assert got.dtype == torch.float32 and bool(((got > 0) & (got <= 1)).all())
         assert torch.allclose(fm.model_timesteps(got), expected * 1000)
 
 
@@ -91,7 +99,7 @@ def test_noisy_input_target_and_prediction_types():
     with pytest.raises(ValueError, match="not one of"):
         fm.read_prediction(prediction, noisy, sigmas, "epsilon")
     with pytest.raises(ValueError, match="not one of"):
-        fm.sample_sigmas("sigma", 2)
+        fm.sample_sigmas("logit_normal", 2)
 
 
 def test_fixed_sigmas_are_evenly_spread():

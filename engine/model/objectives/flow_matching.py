@@ -16,6 +16,9 @@ Where sigma falls is what the timestep samplers decide, as sd-scripts'
     flux_shift  s as above;  sigma = e^mu / (e^mu + 1/s - 1), mu linear in the packed
                 token count: 0.5 at 256 tokens, 1.15 at 4096 (Flux's own sampling schedule,
                 so larger images train at noisier sigmas)
+    sigma       u ~ U(0, 1) picks one of the 1000 steps of the shifted training schedule:
+                s = (1000 - floor(1000·u)) / 1000, sigma = shift·s / (1 + (shift - 1)·s)
+                (sd-scripts' own default, and the Kohya GUI's)
 
 `model_prediction_type` says how the model's output is read before the loss (sd-scripts'
 `apply_model_prediction_type`): `raw` as it is (what loradeck and the Kohya GUI's Flux
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-TIMESTEP_SAMPLERS = ("sigmoid", "shift", "flux_shift", "uniform")
+TIMESTEP_SAMPLERS = ("sigmoid", "shift", "flux_shift", "uniform", "sigma")
 PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
 NUM_TRAIN_TIMESTEPS = 1000
 RECOMMENDED_FLOW_SHIFT = 3.1582  # sd-scripts' docs/flux_train_network.md for Flux.1 dev
@@ -63,6 +66,9 @@ def sample_sigmas(sampler: str, batch: int, *, generator=None, device="cpu", sig
 
     if sampler == "uniform":
         sigmas = torch.rand(batch, generator=generator)
+    elif sampler == "sigma":
+        steps = (torch.rand(batch, generator=generator) * NUM_TRAIN_TIMESTEPS).long()
+        sigmas = discrete_shift((NUM_TRAIN_TIMESTEPS - steps).float() / NUM_TRAIN_TIMESTEPS, discrete_flow_shift)
     elif sampler in ("sigmoid", "shift", "flux_shift"):
         sigmas = torch.sigmoid(sigmoid_scale * torch.randn(batch, generator=generator))
         if sampler == "shift":

@@ -7,7 +7,7 @@ What differs from SD and SDXL, and where it lives in this folder:
   keys (`double_blocks.*`) or the folder's configs, never from a name. [schnell] is the
   same architecture without the guidance embedding: one setting derived from the weights.
 * Objective: flow matching (engine.model.objectives.flow_matching), target noise - latents,
-  sigmas from `sigmoid` / `shift` / `flux_shift` / `uniform`.
+  sigmas from `sigmoid` / `shift` / `flux_shift` / `uniform` / `sigma`.
 * Denoiser input (`latents`): 2x2 latent patches packed into tokens, each with its (0, row,
   column) position for the rotary embedding, the guidance scale embedded for [dev].
 * Text (`text`): CLIP-L's pooled output modulates every block; T5-XXL's hidden states

@@ -67,14 +67,14 @@ def sync_check(args) -> int:
                 "precision": {"mixed_precision": precision},
             })
             accelerator = make_accelerator(config)
-            model = bench.build_model(True, accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision])
-            network = LoraNetwork.attach(model.unet, model.text_encoder, rank=4, alpha=4.0,
-                                         train_text_encoder=text_encoder)
+            model = bench.build_model(True, accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision], config)
+            network = LoraNetwork.attach(model.family, model, rank=4, alpha=4.0, train_text_encoder=text_encoder)
             apply_speed_settings(model, config, accelerator.device, text_encoder)
-            optimizer = make_optimizer(config, network.param_groups(1e-4, 1e-5), accelerator.device)
+            optimizer = make_optimizer(config, network.param_groups(
+                {"unet": 1e-4, "text_encoder": 1e-5, "text_encoder_2": 1e-5}), accelerator.device)
             step = TrainStep.prepare(accelerator, model, network, optimizer, make_lr_scheduler(config, optimizer, 1000),
                                      config, train_text_encoder=text_encoder, text_encoder_active=text_encoder)
-            items = bench.synthetic_batch(model, batch=2, resolution=64, text_encoder=text_encoder,
+            items = bench.synthetic_batch(model, config, batch=2, resolution=64, text_encoder=text_encoder,
                                           accelerator=accelerator, pin=True)
             generator = torch.Generator(device=accelerator.device).manual_seed(0)
             for _ in range(3):  # warm-up: lazy initialisation may sync once

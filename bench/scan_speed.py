@@ -1,21 +1,37 @@
-"""Health-scan speed: our scan (cold and warm cache) against a single-process Pillow decode.
+"""Health-scan speed as the user waits for it: `loradeck scan DIR` from process start,
+against a one-process Pillow decode of the same files measured in the same run.
 
-    /work/venv/bin/python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER]
-                                              [--workers N] [--keep]
+    python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER] [--keep]
+                               [--repeats 3] [--cores N] [--workers N] [--before TREE]
+                               [--pixel-checks-only]
 
-1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, edges and mild noise,
-   about 100 KB each at 1024x768) into a temporary folder, or uses --dir as it is.
-2. Times a plain single-process Pillow full decode of every file (`open` + `load`):
-   what a one-thread checker that only asks "does it decode?" costs.
-3. Times `engine.health.scan.scan` with no cache (strict libjpeg decode, pixel hash,
-   perceptual hash, sharpness, over every core), then again with the cache it wrote.
-Prints a table of seconds and images per second. Not a test: numbers to read.
+1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, hard-edged discs and
+   grain, quality 90, about 100 KB each at 1024x768, each with a caption) into a
+   temporary folder, or uses --dir as it is. Every file is read once first, so both
+   sides start with the files in the page cache.
+2. Baseline, in its own process from interpreter start: Pillow's default full decode
+   (`Image.open` + `load`: libjpeg-turbo, accurate integer DCT, fancy upsampling) of
+   every file, one after another in one process, nothing else checked.
+3. `python -m tui.cli scan DIR` in its own process from interpreter start, cold (no
+   scan cache: every file strictly decoded by libjpeg-turbo through simplejpeg with the
+   fast DCT, checked for silent damage, hashed, measured for sharpness and pHash, on a
+   worker process per core), then warm (the cache it wrote).
+Each repeat alternates the order; the table gives medians and the ratio Pillow / scan
+(above 1: the scan finishes first). --cores N pins both sides to N cores (as `taskset`),
+so a bigger machine measures a small one; --before TREE also times the cold scan of
+another checkout (e.g. `git archive main | tar -x -C /tmp/main`) in the same runs. Also
+prints the CPU milliseconds per image of each in one process, and the per-image CPU cost
+of the checks with the silent-damage pixel checks on and off (alternating runs over the
+same 100 files; --pixel-checks-only: just this). Not a test: numbers to read.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.health_corpus import photo  # noqa: E402  (the same photos the damage bench and tests use)
 
+PILLOW_DECODE = """
+import sys
+from pathlib import Path
+from PIL import Image
+for path in sorted(Path(sys.argv[1]).glob("*.jpg")):
+    with Image.open(path) as image:
+        image.load()
+"""
 
 
 def _write_some(args: tuple[Path, range, tuple[int, int]]) -> None:
@@ -45,21 +69,23 @@ def generate(folder: Path, count: int, size: tuple[int, int]) -> None:
         list(pool.map(_write_some, parts))
 
 
-def pillow_decode(paths: list[Path]) -> float:
-    from PIL import Image
-
+def timed(command: list[str], cores: int | None, tree: Path = ROOT) -> tuple[float, float]:
+    """Wall seconds of a command from its process start to its exit, run in `tree`, and
+    the CPU seconds (user + system) of it and the children it waited for (forked scan
+    workers count; a forkserver's workers may not)."""
+    environment = dict(os.environ, PYTHONPATH=str(tree))
+    pin = (lambda: os.sched_setaffinity(0, range(cores))) if cores else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    for path in paths:
-        with Image.open(path) as image:
-            image.load()
-    return time.perf_counter() - started
+    subprocess.run(command, cwd=tree, env=environment, preexec_fn=pin, check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
-    """CPU milliseconds per image in this process: Pillow's decode, and all our checks.
-
-    On a busy machine wall time lies; CPU time says what each image costs, so the
-    scan's rate on C free cores is about C x 1000 / (our milliseconds)."""
+    """CPU milliseconds per image in this process: Pillow's decode, and all our checks."""
     from PIL import Image
 
     from engine.health.image_checks import inspect_image
@@ -78,25 +104,49 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
     return pillow * 1000 / len(sample), ours * 1000 / len(sample)
 
 
-def timed_scan(target, workers: int | None) -> tuple[float, int]:
-    from engine.health.scan import scan
+def pixel_check_cost(paths: list[Path], rounds: int = 9) -> tuple[float, float]:
+    """CPU milliseconds per image of inspect_image with the pixel-damage checks and without
+    them (damaged_row answering "whole" at once), alternating runs over the same files so
+    that a busy machine slows both alike; the lowest of `rounds` runs of each."""
+    from engine.health import image_checks
 
-    started = time.perf_counter()
-    report = scan(target, workers=workers)
-    return time.perf_counter() - started, len(report.findings)
+    sample = paths[:100]
+    image_checks.inspect_image(sample[0])
+    checks = image_checks.damaged_row
+    with_checks, without = [], []
+    try:
+        for _ in range(rounds):
+            for switched_on, times in ((True, with_checks), (False, without)):
+                image_checks.damaged_row = checks if switched_on else (lambda *args, **kwargs: -1)
+                started = time.process_time()
+                for path in sample:
+                    image_checks.inspect_image(path)
+                times.append((time.process_time() - started) * 1000 / len(sample))
+    finally:
+        image_checks.damaged_row = checks
+    return min(with_checks), min(without)
+
+
+def report_pixel_check_cost(paths: list[Path]) -> None:
+    with_checks, without = pixel_check_cost(paths)
+    print(f"\nCPU per image in one process (best of 9 alternating runs over {min(len(paths), 100)} files): "
+          f"{with_checks:.2f} ms with the silent-damage pixel checks, {without:.2f} ms without "
+          f"({with_checks / without - 1:+.0%})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of generated images")
-    parser.add_argument("--dir", type=Path, help="scan this folder instead of generating one")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    parser.add_argument("--dir", type=Path, help="scan this folder (of .jpg files) instead of generating one")
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=None, help="pin both sides to this many cores")
+    parser.add_argument("--workers", type=int, default=None, help="scan workers (default: one per core it may use)")
+    parser.add_argument("--before", type=Path, help="another checkout whose cold scan is timed too")
+    parser.add_argument("--pixel-checks-only", action="store_true",
+                        help="only compare the per-image cost with and without the silent-damage pixel checks")
     args = parser.parse_args()
-
-    from engine.health.scan import target_for
-    from engine.health.image_checks import CANDIDATE_EXTENSIONS
 
     temporary = None
     if args.dir:
@@ -109,26 +159,53 @@ def main() -> None:
         generate(folder, args.count, (width, height))
         print(f"generated {args.count} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
     try:
-        target = target_for(folder)
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CANDIDATE_EXTENSIONS
-                       and "_quarantine" not in p.parts)
-        megabytes = sum(p.stat().st_size for p in paths) / 1e6
-        target.cache_path.unlink(missing_ok=True)
-        pillow = pillow_decode(paths)
-        cold, findings = timed_scan(target, args.workers)
-        warm, _ = timed_scan(target, args.workers)
+        paths = sorted(folder.glob("*.jpg"))
+        if args.pixel_checks_only:
+            report_pixel_check_cost(paths)
+            return
+        megabytes = sum(len(path.read_bytes()) for path in paths) / 1e6  # also fills the page cache
+        cache = folder / ".loradeck-scan-cache"
+        scan = [sys.executable, "-m", "tui.cli", "scan", str(folder)]
+        if args.workers:
+            scan += ["--workers", str(args.workers)]
+        pillow_times, cold_times, warm_times, before_times = [], [], [], []
+        for repeat in range(args.repeats):
+            def run_pillow():
+                pillow_times.append(timed([sys.executable, "-c", PILLOW_DECODE, str(folder)], args.cores))
+
+            def run_scan():
+                cache.unlink(missing_ok=True)
+                cold_times.append(timed(scan, args.cores))
+                warm_times.append(timed(scan, args.cores))
+                if args.before:
+                    cache.unlink(missing_ok=True)
+                    before_times.append(timed(scan, args.cores, args.before.resolve()))
+
+            for step in ((run_pillow, run_scan) if repeat % 2 == 0 else (run_scan, run_pillow)):
+                step()
+        cache.unlink(missing_ok=True)
         pillow_cpu, ours_cpu = cpu_per_image(paths)
+        cores = args.cores or len(os.sched_getaffinity(0))
+        pillow = statistics.median(wall for wall, _ in pillow_times)
         count = len(paths)
-        print(f"\n{count} images, {megabytes:.0f} MB, {os.cpu_count()} cores, "
-              f"{args.workers or os.cpu_count()} scan workers, {findings} findings, "
-              f"load average {os.getloadavg()[0]:.1f}")
-        print(f"CPU per image: Pillow decode {pillow_cpu:.1f} ms, loradeck checks {ours_cpu:.1f} ms "
-              f"(strict decode, pixel hash, pHash, sharpness)\n")
-        print(f"{'':38}{'seconds':>10}{'images/s':>12}{'vs Pillow':>11}")
-        for label, seconds in (("Pillow full decode, one process", pillow),
-                               ("loradeck scan, cold (no cache)", cold),
-                               ("loradeck scan, warm (cache)", warm)):
-            print(f"{label:38}{seconds:>10.2f}{count / seconds:>12.0f}{pillow / seconds:>10.1f}x")
+        print(f"\n{count} JPEGs, {megabytes:.0f} MB, {cores} cores, scan workers: "
+              f"{args.workers or 'one per core'}, medians of {args.repeats} runs, "
+              f"load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"CPU per image in one process: Pillow decode {pillow_cpu:.1f} ms, "
+              f"loradeck checks {ours_cpu:.1f} ms (strict decode, damage test, pixel hash, pHash, sharpness)\n")
+        print(f"{'from process start to exit':48}{'seconds':>9}{'images/s':>10}{'Pillow/this':>13}{'CPU s':>8}")
+        rows = [("baseline: Pillow decode, 1 process, no checks", pillow_times),
+                (f"loradeck scan, cold (no cache), {cores} cores", cold_times),
+                (f"loradeck scan, warm (cache), {cores} cores", warm_times)]
+        if before_times:
+            rows.append((f"--before: scan, cold, {cores} cores", before_times))
+        for label, runs in rows:
+            seconds, cpu = statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs)
+            print(f"{label:48}{seconds:>9.2f}{count / seconds:>10.0f}{pillow / seconds:>12.2f}x{cpu:>8.2f}")
+        print("\nruns (wall s): " + " | ".join(
+            f"{name}: " + " ".join(f"{wall:.2f}" for wall, _ in runs)
+            for name, (_label, runs) in zip(("Pillow", "cold", "warm", "before"), rows)))
+        report_pixel_check_cost(paths)
     finally:
         if temporary and not args.keep:
             shutil.rmtree(temporary, ignore_errors=True)

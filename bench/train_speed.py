@@ -43,17 +43,24 @@ QUICK = {"resolutions": [64], "batches": [1, 4], "ranks": [4], "steps": 3, "warm
 FULL = {"resolutions": [512, 768], "batches": [1, 4, 16], "ranks": [16, 64], "steps": 10, "warmup": 3}
 FULL_SDXL = {"resolutions": [1024], "batches": [1, 4, 8], "ranks": [16, 64], "steps": 10, "warmup": 3}
 FAMILY = "sd15"  # set by --family
+# a family's own full-size matrix and memory-model sizes, where they differ from SD1.5's
+FULL_BY_FAMILY = {"sdxl": FULL_SDXL}
+MEMORY_MODEL_SIZES = {"sdxl": {"resolutions": [1024], "batches": [2]}, "flux": {"resolutions": [512, 1024], "batches": [1]}}
 
 
 def _assets():
-    return ASSETS_ROOT / FAMILY
+    from engine.model.families import family_named
+
+    return family_named(FAMILY).config_folder
 
 
 def _model_label(quick: bool) -> str:
-    """"sd15"/"sdxl" for the real-size configs; "tiny" (SD1.5) or "tiny-sdxl" in quick mode."""
+    """The family's name for the real-size configs; "tiny" (the first family's) or "tiny-<family>" in quick mode."""
+    from engine.model.families import default_family
+
     if not quick:
         return FAMILY
-    return "tiny" if FAMILY == "sd15" else f"tiny-{FAMILY}"
+    return "tiny" if FAMILY == default_family().name else f"tiny-{FAMILY}"
 
 
 def unet_conditioning_extras(unet, batch: int, device, dtype=None) -> dict:
@@ -70,39 +77,41 @@ def unet_conditioning_extras(unet, batch: int, device, dtype=None) -> dict:
 # --------------------------------------------------------------------------- models
 
 
-def build_model(quick: bool, device, dtype):
-    """A BaseModel with random weights: SD1.5's architecture, or the tiny test model."""
+def build_model(quick: bool, device, dtype, config):
+    """A BaseModel with random weights: the family's real architecture (U-Net and CLIP from its
+    shipped configs), or its tiny test model."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.model.loading import BaseModel, training_scheduler
+    from engine.model.families import family_named
+    from engine.model.family import BaseModel
+    from engine.model.ldm_checkpoints import load_tokenizer
 
+    family = family_named(FAMILY)
+    runtime = family.runtime()
     torch.manual_seed(0)
-    text_encoder_2 = None
     if quick:
-        from engine.model.tiny import make_tiny_pipeline, make_tiny_sdxl_pipeline
-
-        pipeline = make_tiny_sdxl_pipeline() if FAMILY == "sdxl" else make_tiny_pipeline()
-        unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
-        text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
-        scheduler_config = pipeline.scheduler.config
+        pipeline = runtime.tiny_pipeline()
+        parts = {name: part for name, part in pipeline.components.items() if part is not None}
+        scheduler = parts.pop("scheduler")
     else:
         read = lambda part: json.loads((_assets() / part / "config.json").read_text())  # noqa: E731
+        text_classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
         with torch.device(device):  # initialise on the GPU: seconds instead of a minute on the CPU
-            unet = UNet2DConditionModel.from_config(read("unet"))
-            vae = AutoencoderKL.from_config(read("vae"))
-            text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(read("text_encoder")))
-            if FAMILY == "sdxl":
-                text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(read("text_encoder_2")))
-        scheduler_config = DDPMScheduler.load_config(str(_assets() / "scheduler"))
+            parts = {"unet": UNet2DConditionModel.from_config(read("unet")),
+                     "vae": AutoencoderKL.from_config(read("vae"))}
+            for name in family.text_encoders:
+                parts[name] = text_classes[name](CLIPTextConfig.from_dict(read(name)))
+        parts.update({name: load_tokenizer(_assets(), name) for name in family.tokenizers})
+        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(_assets() / "scheduler")))
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    for module, wanted in ((unet, dtype), (text_encoder, dtype), (text_encoder_2, dtype), (vae, vae_dtype)):
-        if module is not None:
-            module.to(device=device, dtype=wanted).requires_grad_(False)
-    return BaseModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=None,
-                     noise_scheduler=training_scheduler(scheduler_config, False), name="random", source="random",
-                     family=FAMILY, text_encoder_2=text_encoder_2)
+    for name, module in parts.items():
+        if isinstance(module, torch.nn.Module):
+            module.to(device=device, dtype=vae_dtype if name == "vae" else dtype).requires_grad_(False)
+    schedule = runtime.training_scheduler(scheduler, config)
+    return BaseModel(family=family, parts=parts, noise_scheduler=schedule, objective=runtime.objective(schedule, config),
+                     name="random", source="random")
 
 
 def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precision: str, compile_unet: bool,
@@ -126,10 +135,11 @@ def unet_flops_per_image(quick: bool, resolution: int, rank: int) -> float:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from engine.model.families import family_named
     from engine.network.lora import LoraNetwork
 
     unet = _meta_unet(quick)
-    LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
+    LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
     side = resolution // 8
     latents = torch.empty(1, 4, side, side, device="meta")
     states = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
@@ -146,9 +156,9 @@ def _meta_unet(quick: bool):
     from diffusers import UNet2DConditionModel
 
     if quick:
-        from engine.model.tiny import make_tiny_pipeline, make_tiny_sdxl_pipeline
+        from engine.model.tiny import make_tiny_pipeline
 
-        config = dict((make_tiny_sdxl_pipeline() if FAMILY == "sdxl" else make_tiny_pipeline()).unet.config)
+        config = dict(make_tiny_pipeline(FAMILY).unet.config)
     else:
         config = json.loads((_assets() / "unet" / "config.json").read_text())
     with torch.device("meta"):
@@ -158,40 +168,30 @@ def _meta_unet(quick: bool):
 # --------------------------------------------------------------------------- the matrix
 
 
-def synthetic_batch(model, *, batch: int, resolution: int, text_encoder: bool, accelerator, pin: bool):
+CAPTION = "a photo of a city street at night, red car"
+
+
+def synthetic_batch(model, config, *, batch: int, resolution: int, text_encoder: bool, accelerator, pin: bool):
     """What the trainer's loader yields with cached latents (and cached text states when the
-    text encoder is frozen): CPU tensors, pinned on CUDA."""
+    text encoder is frozen): CPU tensors, pinned on CUDA, made by the family's own code."""
     import torch
+
+    from engine.train.data import collate_examples
 
     side = resolution // 8
     generator = torch.Generator().manual_seed(0)
-    items = {"latents": torch.randn(batch, 4, side, side, generator=generator), "count": batch}
-    vocab = model.text_encoder.config.vocab_size
-    input_ids = torch.randint(0, vocab, (batch, 1, 77), generator=generator)
-    if FAMILY == "sdxl":  # sizes of a 1024² image trained uncropped at its own size
-        items.update({key: torch.full((batch, 2), float(resolution)) for key in ("original_size", "target_size")})
-        items["crop_top_left"] = torch.zeros(batch, 2)
+    runtime = model.runtime
     if text_encoder:
-        items["input_ids"] = input_ids
-        items["token_weights"] = torch.ones(batch, 1, 77)
-        if FAMILY == "sdxl":
-            items["input_ids_2"] = input_ids
-    elif FAMILY == "sdxl":
-        from engine.model.families.sdxl import encode_tokens
-
-        with torch.no_grad(), accelerator.autocast():
-            ids = input_ids.to(accelerator.device)
-            states, pooled = encode_tokens(model.text_encoder, model.text_encoder_2, ids, ids)
-        items["text_states"], items["pooled_states"] = states.cpu(), pooled.cpu()
+        captions = runtime.caption_tokens(model.tokenizers, max_token_length=75, weighted=False)
     else:
-        from engine.train.step import encode_captions
-
-        config = bench_config(rank=1, text_encoder=False, checkpointing=False, precision="no", compile_unet=False,
-                              batch=batch, resolution=resolution)
-        with torch.no_grad(), accelerator.autocast():
-            states = encode_captions(model.text_encoder, input_ids.to(accelerator.device), None, config=config,
-                                     train_text_encoder=False)
-        items["text_states"] = states.cpu()
+        captions = runtime.text_state_cache(model, [CAPTION], config, autocast=accelerator.autocast)
+    example = {"latents": torch.zeros(model.vae.config.latent_channels, side, side), **captions.example(CAPTION),
+               "caption": CAPTION, "path": "synthetic"}
+    if model.family.size_conditioning:  # sizes of an image trained uncropped at its own size
+        example.update({"original_size": torch.full((2,), float(resolution)), "crop_top_left": torch.zeros(2),
+                        "target_size": torch.full((2,), float(resolution))})
+    items = collate_examples([example] * batch)
+    items["latents"] = torch.randn(items["latents"].shape, generator=generator)
     if pin:
         items = {key: value.pin_memory() if hasattr(value, "pin_memory") else value for key, value in items.items()}
     return items
@@ -218,11 +218,12 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
                                      resolution=args.resolutions[0])
                 accelerator = make_accelerator(first)
                 device = accelerator.device
-                model = build_model(quick, device, WEIGHT_DTYPES[accelerator.mixed_precision])
-                network = LoraNetwork.attach(model.unet, model.text_encoder, rank=rank, alpha=float(rank),
-                                             train_text_encoder=text_encoder, text_encoder_2=model.text_encoder_2)
+                model = build_model(quick, device, WEIGHT_DTYPES[accelerator.mixed_precision], first)
+                network = LoraNetwork.attach(model.family, model, rank=rank, alpha=float(rank),
+                                             train_text_encoder=text_encoder)
                 apply_speed_settings(model, first, device, text_encoder)
-                optimizer = make_optimizer(first, network.param_groups(1e-4, 1e-5), device)
+                optimizer = make_optimizer(first, network.param_groups(
+                    {"unet": 1e-4, "text_encoder": 1e-5, "text_encoder_2": 1e-5}), device)
                 kernel = optimizer_kernel(optimizer)
                 step = TrainStep.prepare(accelerator, model, network, optimizer,
                                          make_lr_scheduler(first, optimizer, 10**6), first,
@@ -240,7 +241,8 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
                         row = {"resolution": resolution, "batch": batch, "rank": rank, "text_encoder": text_encoder,
                                "gradient_checkpointing": checkpointing, "tflop_per_image": flops[key] / 1e12,
                                "vram_estimate_gb": estimate}
-                        row.update(time_steps(step, model, batch, resolution, text_encoder, accelerator, args, cuda))
+                        row.update(time_steps(step, model, config, batch, resolution, text_encoder, accelerator, args,
+                                              cuda))
                         if row["status"] == "ok":
                             row["mfu"] = row["images_per_s"] * flops[key] / (args.peak_tflops * 1e12)
                         results.append(row)
@@ -264,14 +266,15 @@ def describe(args) -> dict:
             "peak_tflops": args.peak_tflops, "compile_unet": args.compile, "steps": args.steps, "warmup": args.warmup}
 
 
-def time_steps(step, model, batch: int, resolution: int, text_encoder: bool, accelerator, args, cuda: bool) -> dict:
+def time_steps(step, model, config, batch: int, resolution: int, text_encoder: bool, accelerator, args,
+               cuda: bool) -> dict:
     import torch
 
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        items = synthetic_batch(model, batch=batch, resolution=resolution, text_encoder=text_encoder,
+        items = synthetic_batch(model, config, batch=batch, resolution=resolution, text_encoder=text_encoder,
                                 accelerator=accelerator, pin=cuda)
         generator = torch.Generator(device=accelerator.device).manual_seed(0)
         losses = [step(items, generator) for _ in range(args.warmup)]
@@ -360,11 +363,12 @@ def run_loader(args) -> dict:
     from engine.dataset.buckets import BucketAssigner, BucketRules
     from engine.config.schema import config_from_dict
     from engine.dataset.folders import ImageItem
+    from engine.model.text_conditioning import CaptionTokens
     from engine.model.tiny import make_tiny_pipeline
     from engine.train.data import EpochBatchSampler, ExampleRules, TrainingImages, make_loader
 
     resolution, batch, count = args.resolutions[0], args.batches[-1], args.images
-    tokenizer = make_tiny_pipeline().tokenizer
+    captions = CaptionTokens([make_tiny_pipeline().tokenizer], max_token_length=75, weighted=False)
     config = config_from_dict({"model": {"pretrained_model": str(ASSETS)}, "dataset": {"resolution": str(resolution)},
                                "augmentation": {"flip": True, "color": True}, "training": {"batch_size": batch}})
     bucket = BucketAssigner(BucketRules.from_config(config)).bucket_for(1024, 768)
@@ -378,7 +382,7 @@ def run_loader(args) -> dict:
             coarse.resize((1024, 768), Image.Resampling.BICUBIC).save(path, quality=90)
             items.append(ImageItem(path=path, caption="a photo of a dog, outdoors", caption_path=None, width=1024,
                                    height=768, repeats=1, folder="1_dog", class_tokens="dog", bucket=bucket))
-        images = TrainingImages(items, ExampleRules.from_config(config), tokenizer)
+        images = TrainingImages(items, ExampleRules.from_config(config), captions)
         for workers in args.workers:
             sampler = EpochBatchSampler(items, batch, seed=0)
             loader = make_loader(images, sampler, workers=workers, pin_memory=torch.cuda.is_available())
@@ -404,10 +408,11 @@ def _meta_unet_step(resolution: int, batch: int, rank: int):
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    from engine.model.families import family_named
     from engine.network.lora import LoraNetwork
 
     unet = _meta_unet(False).to(torch.bfloat16)
-    LoraNetwork.attach(unet, torch.nn.Linear(1, 1, device="meta"), rank=rank, alpha=rank, train_text_encoder=False)
+    LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
     unet.set_attn_processor(AttnProcessor2_0())
     side = resolution // 8
     latents = torch.empty(batch, 4, side, side, device="meta")
@@ -551,6 +556,8 @@ def memory_model(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.model.tiny import tiny_families
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, tiny sizes: seconds on any CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -570,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8])
     parser.add_argument("--images", type=int, default=64, help="JPEGs for --loader")
     parser.add_argument("--memory-model", action="store_true", help="measure activation memory on the meta device")
-    parser.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15",
-                        help="model architecture (default sd15; flux: --memory-model only, for now)")
+    parser.add_argument("--family", choices=tiny_families(), default=tiny_families()[0],
+                        help=f"model architecture (default {tiny_families()[0]})")
     args = parser.parse_args(argv)
 
     import torch
@@ -581,12 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     args.quick = args.quick or not torch.cuda.is_available()
     if args.memory_model:
         # at full size: the meta device needs no memory
-        defaults = ({"resolutions": [1024], "batches": [2]} if FAMILY in ("sdxl", "flux")
-                    else {"resolutions": [512, 768], "batches": [4]})
+        defaults = MEMORY_MODEL_SIZES.get(FAMILY, {"resolutions": [512, 768], "batches": [4]})
     elif args.loader:
         defaults = {"resolutions": [512], "batches": [16]}
     else:
-        defaults = QUICK if args.quick else FULL_SDXL if FAMILY == "sdxl" else FULL
+        defaults = QUICK if args.quick else FULL_BY_FAMILY.get(FAMILY, FULL)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -1,9 +1,17 @@
-"""Shared fixtures: the tiny SD1.5 model, a small dataset, and run folders that train on them.
+"""Shared fixtures: the tiny models of every family, a small dataset, and run folders that train on them.
 
-    tiny_model_dir   session-scoped folder holding the tiny diffusers model (made offline)
+    family           parametrized over the families (one per family runtime, engine.model.families):
+                     a test or fixture that asks for it runs once per family, module by module
+    family_model_dir the tiny model of `family` (session-scoped, made offline, once per family)
+    family_run       family_run(root, name, **sections) -> RunDir training `family`'s tiny model
+    tiny_model_dir   the first family's (SD 1.5's) tiny model, for tests of its own formats
     tiny_dataset     a fresh Kohya dataset: img/2_sks dog/ with four 64x64 captioned images
     make_run         make_run(root, name, **sections) -> RunDir with a frozen config, ready for
                      engine.train.loop.train; sections override the small defaults below
+
+A feature test that takes `family` (or `family_run`) runs for every registered family, so
+a new family folder is tested by it without a line here, and a feature that forgets a family
+fails for that family.
 """
 from __future__ import annotations
 
@@ -50,15 +58,54 @@ def small_run_settings(model_dir: Path) -> dict[str, dict]:
     }
 
 
+def _tiny_families() -> tuple[str, ...]:
+    from engine.model.tiny import tiny_families
+
+    return tiny_families()
+
+
+TINY_FAMILIES = _tiny_families()
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def tiny_model_dirs(tmp_path_factory):
+    """family name -> its tiny model folder, each made once (`tiny-<family>`, as metadata names it)."""
     import torch
 
     from engine.model.tiny import make_tiny_model
 
     # Two busy cores: one torch thread is several times faster than two fighting for them.
     torch.set_num_threads(1)
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-sd15")
+    made: dict[str, Path] = {}
+
+    def model_dir(family: str) -> Path:
+        if family not in made:
+            made[family] = make_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}") / f"tiny-{family}",
+                                           family=family)
+        return made[family]
+
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_dirs) -> Path:
+    return tiny_model_dirs(TINY_FAMILIES[0])
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def family(request) -> str:
+    """A family's name; module-scoped, so a module's shared runs are made once per family."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def family_model_dir(family, tiny_model_dirs) -> Path:
+    return tiny_model_dirs(family)
+
+
+@pytest.fixture
+def family_run(family_model_dir):
+    return lambda root, name, **sections: new_run(family_model_dir, root, name, **sections)
 
 
 def write_tiny_dataset(root: Path) -> Path:
@@ -93,17 +140,28 @@ def make_run(tiny_model_dir):
     return lambda root, name, **sections: new_run(tiny_model_dir, root, name, **sections)
 
 
-@pytest.fixture
-def pipeline_factory(tiny_model_dir):
-    """Fresh diffusers pipelines of the tiny SD1.5 model, progress bars off."""
-    from diffusers import StableDiffusionPipeline
+def pipelines_of(model_dir: Path):
+    """A factory of fresh diffusers pipelines of a tiny model (its family's class), progress bars off."""
+    from diffusers import DiffusionPipeline
 
     def make():
-        pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+        pipeline = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
     return make
+
+
+@pytest.fixture
+def pipeline_factory(tiny_model_dir):
+    """Fresh diffusers pipelines of the tiny SD1.5 model, progress bars off."""
+    return pipelines_of(tiny_model_dir)
+
+
+@pytest.fixture
+def family_pipelines(family_model_dir):
+    """Fresh diffusers pipelines of `family`'s tiny model."""
+    return pipelines_of(family_model_dir)
 
 
 @pytest.fixture
@@ -133,10 +191,14 @@ def tiny_flux_dir(tmp_path_factory) -> Path:
     """The tiny Flux.1 [dev] as a diffusers folder (engine.model.families.flux.tiny)."""
     import torch
 
-    from engine.model.families.flux.tiny import make_tiny_flux
+    from engine.atomic import ensure_folder
+    from engine.model.families.flux.tiny import make_tiny_flux_pipeline
 
     torch.set_num_threads(1)
-    return make_tiny_flux(tmp_path_factory.mktemp("tiny-flux") / "tiny-flux-dev")
+    folder = tmp_path_factory.mktemp("tiny-flux") / "tiny-flux-dev"
+    ensure_folder(folder)
+    make_tiny_flux_pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,101 @@ def damage_scan(jpeg: bytes, kind: str, fraction: float) -> bytes:
     return jpeg[:at] + bytes([jpeg[at] ^ 0x10]) + jpeg[at + 1:]  # flipped
 
 
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(value) for value in rng.integers(0, 256, 3))
+
+
+def flat_scene(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """Flat colours, as in an illustration: overlapping rectangles whose top and bottom edges
+    lie on 16-pixel (MCU-row) boundaries across much of the width, over a plain background,
+    crossed by a few near-vertical lines, and a disc or two."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, _colour(rng))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 9))):
+        left = int(rng.integers(-width // 4, width * 3 // 4))
+        top = int(rng.integers(1, height // 16)) * 16
+        right, bottom = left + int(rng.integers(width // 4, width)), top + int(rng.integers(2, 12)) * 16
+        draw.rectangle((left, top, right, bottom - 1), fill=_colour(rng))
+    for _ in range(int(rng.integers(0, 4))):
+        ends = [(int(rng.integers(0, width)), 0), (int(rng.integers(0, width)), height)]
+        draw.line(ends, fill=_colour(rng), width=int(rng.integers(1, 5)))
+    for _ in range(int(rng.integers(0, 3))):
+        x, y, radius = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(10, 80))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=_colour(rng))
+    return image
+
+
+def screenshot(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A desktop screenshot: a title bar, a sidebar and windows of text lines, all on an
+    8-pixel grid, so hard vertical and horizontal edges fall on block boundaries."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, _colour(rng))
+    draw = ImageDraw.Draw(image)
+    bar = int(rng.integers(2, 6)) * 8
+    draw.rectangle((0, 0, width, bar - 1), fill=_colour(rng))
+    side = int(rng.integers(width // 8, width // 3)) // 8 * 8
+    draw.rectangle((0, bar, side - 1, height), fill=_colour(rng))
+    for _ in range(int(rng.integers(2, 6))):
+        left, top = int(rng.integers(side, width - 40)) // 8 * 8, int(rng.integers(bar, height - 40)) // 8 * 8
+        right = min(width, left + int(rng.integers(40, width)) // 8 * 8)
+        bottom = min(height, top + int(rng.integers(16, height // 2)) // 8 * 8)
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=_colour(rng), outline=_colour(rng))
+        ink = _colour(rng) if rng.random() < 0.3 else (20, 20, 20)
+        for y in range(top + 6, bottom - 10, int(rng.choice([12, 16, 20]))):
+            x = left + 6
+            while x < right - 20:
+                word = int(rng.integers(8, 48))
+                draw.rectangle((x, y, min(x + word, right - 6), y + int(rng.integers(5, 9))), fill=ink)
+                x += word + int(rng.integers(4, 10))
+    for y in range(bar + 8, height - 16, 24):
+        draw.rectangle((8, y, side - 8 - int(rng.integers(0, max(1, side // 2))), y + 10), fill=_colour(rng))
+    return image
+
+
+def anime_scene(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """Anime-style flat shading: a two-colour gradient sky, shapes of one flat colour with a
+    darker shadow band and dark outlines."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    top, bottom = np.array(_colour(rng)), np.array(_colour(rng))
+    blend = np.linspace(0, 1, height)[:, None, None]
+    image = Image.fromarray(((top * (1 - blend) + bottom * blend) * np.ones((1, width, 1))).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 8))):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        radius_x, radius_y = int(rng.integers(20, width // 3)), int(rng.integers(20, height // 3))
+        base = np.array(_colour(rng))
+        draw.ellipse((x - radius_x, y - radius_y, x + radius_x, y + radius_y), fill=tuple(int(v) for v in base),
+                     outline=tuple(int(v) for v in base * 0.25), width=3)
+        draw.chord((x - radius_x + 3, y - radius_y + 3, x + radius_x - 3, y + radius_y - 3), 20, 160,
+                   fill=tuple(int(v) for v in base * 0.7))
+        if rng.random() < 0.5:
+            corners = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(3)]
+            draw.polygon(corners, fill=_colour(rng), outline=(10, 10, 10), width=2)
+    return image
+
+
+DAMAGE_KINDS = ("zeroed", "dropped", "inserted", "flipped")
+
+
+def damage_bytes(jpeg: bytes, kind: str, length: int, fraction: float, rng: np.random.Generator) -> bytes:
+    """`length` bytes of the entropy-coded data, `fraction` of the way into it, damaged the
+    ways files get damaged: zeroed, dropped, random bytes inserted, or one bit of each flipped."""
+    start = scan_data_start(jpeg)
+    at = start + int((len(jpeg) - 2 - length - start) * fraction)
+    if kind == "zeroed":
+        return jpeg[:at] + bytes(length) + jpeg[at + length:]
+    if kind == "dropped":
+        return jpeg[:at] + jpeg[at + length:]
+    if kind == "inserted":
+        return jpeg[:at] + rng.integers(0, 256, length, dtype=np.uint8).tobytes() + jpeg[at:]
+    bits = (1 << rng.integers(0, 8, length)).astype(np.uint8)
+    return jpeg[:at] + (np.frombuffer(jpeg[at:at + length], np.uint8) ^ bits).tobytes() + jpeg[at + length:]
+
+
 def jpeg_bytes(image: Image.Image, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=options.pop("quality", 90), **options)
@@ -240,6 +335,29 @@ def build_corpus(workspace: Path) -> dict[str, set[str]]:
     expected["misc"] = {"bad_folder_name"}
     expected["misc/inside.jpg"] = set()
     return expected
+
+
+def write_fuzzed_files(folder: Path) -> int:
+    """12 randomly damaged copies (bytes changed, a third also cut) of a small JPEG, PNG,
+    WebP and BMP each; returns how many files it wrote."""
+    rng = np.random.default_rng(5)
+    sources = {".jpg": jpeg_bytes(picture(1, (96, 80))), ".png": png_bytes(picture(2, (96, 80)))}
+    for extension, image_format, options in ((".webp", "WEBP", {"quality": 80}), (".bmp", "BMP", {})):
+        buffer = io.BytesIO()
+        picture(3 if image_format == "WEBP" else 4, (96, 80)).save(buffer, image_format, **options)
+        sources[extension] = buffer.getvalue()
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for extension, data in sources.items():
+        for trial in range(12):
+            damaged = bytearray(data)
+            if trial % 3 == 0:
+                damaged = damaged[: rng.integers(1, len(damaged))]
+            for _ in range(int(rng.integers(1, 8))):
+                damaged[int(rng.integers(0, len(damaged)))] = int(rng.integers(0, 256))
+            (folder / f"f{count:03d}{extension}").write_bytes(bytes(damaged))
+            count += 1
+    return count
 
 
 SILENT_JPEG_DAMAGE = ("corrupt_garbage_in_scan.jpg", "corrupt_end_marker_in_middle.jpg")

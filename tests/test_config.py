@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine.config.schema import (
+    CONFIG_VERSION,
     GROUPS,
     config_from_dict,
     dumps_config,
@@ -35,7 +36,7 @@ def test_every_setting_is_documented_and_grouped():
 def test_required_settings_from_the_issue_exist():
     keys = {spec.key for spec in schema()}
     for key in [
-        "model.pretrained_model", "model.vae", "model.v2", "model.v_parameterization", "model.clip_skip",
+        "model.pretrained_model", "model.vae", "model.family", "model.v_parameterization", "model.clip_skip",
         "dataset.image_dir", "dataset.reg_dir", "captions.caption_extension", "dataset.resolution",
         "dataset.enable_buckets", "dataset.min_bucket_resolution", "dataset.max_bucket_resolution",
         "dataset.bucket_step", "dataset.bucket_no_upscale", "captions.shuffle_caption", "captions.keep_tokens",
@@ -129,8 +130,36 @@ def test_bad_toml_is_one_line(tmp_path):
 
 
 def test_version_0_flat_configs_are_migrated():
-    config = config_from_dict({"version": 0, "pretrained_model": "x", "rank": 16, "alpha": 8.0, "epochs": 3})
-    assert config.network.rank == 16 and config.training.epochs == 3 and config.version == 1
+    config = config_from_dict({"version": 0, "pretrained_model": "x", "rank": 16, "alpha": 8.0, "epochs": 3, "v2": True})
+    assert config.network.rank == 16 and config.training.epochs == 3 and config.version == CONFIG_VERSION
+    assert config.model.family == "sd2"
+
+
+def test_version_1_v2_flag_becomes_the_family_with_a_note(tmp_path, capsys):
+    """`model.v2` and `model.family = "sd2"` said the same thing; version 2 keeps the family."""
+    from tui.cli import main
+
+    notes: list[str] = []
+    config = config_from_dict({"version": 1, "model": {"pretrained_model": "x", "v2": True}}, notes=notes)
+    assert config.model.family == "sd2" and config.version == CONFIG_VERSION
+    assert notes == ['model.v2 = true is now model.family = "sd2" (config version 2); the next save writes it so']
+    assert config_from_dict({"version": 1, "model": {"pretrained_model": "x", "v2": False}}).model.family == "auto"
+    notes = []
+    sdxl = config_from_dict({"version": 1, "model": {"pretrained_model": "x", "v2": True, "family": "sdxl"}},
+                            notes=notes)
+    assert sdxl.model.family == "sdxl" and notes == ["model.v2 = true dropped: model.family = 'sdxl' says what the "
+                                                     "model is"]
+    # a hand-written file without a version is migrated too, never refused
+    assert config_from_dict({"model": {"pretrained_model": "x", "v2": True}}).model.family == "sd2"
+    # saved, it is version 2 without the flag; `loradeck plan` says what changed
+    path = tmp_path / "old.toml"
+    path.write_text('version = 1\n[model]\npretrained_model = "x"\nv2 = true\n[dataset]\nimage_dir = "img"\n')
+    (tmp_path / "img").mkdir()
+    assert main(["plan", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert 'model.v2 = true is now model.family = "sd2"' in captured.err and "Model family      SD 2.x" in captured.out
+    save_config(load_config(path), path)
+    assert "v2" not in path.read_text() and 'family = "sd2"' in path.read_text() and "version = 2" in path.read_text()
 
 
 def test_newer_version_is_refused():

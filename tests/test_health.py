@@ -22,7 +22,7 @@ from engine.health.image_checks import inspect_image
 from engine.health.findings import low_resolution_message
 from engine.dataset.quarantine import read_manifest, undo_quarantine
 from tests.health_corpus import (
-    SILENT_JPEG_DAMAGE, SUBJECT, build_corpus, jpeg_bytes, picture, png_bytes,
+    SILENT_JPEG_DAMAGE, SUBJECT, build_corpus, jpeg_bytes, picture, png_bytes, write_fuzzed_files,
 )
 from tui.cli import main as loradeck
 
@@ -141,6 +141,35 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     touched.write_bytes(touched.read_bytes() + b"")  # same bytes, new mtime
     scan(target_for(root), workers=1)
     assert decoded == [str(touched)]
+
+
+DATASET_WIDE = {"duplicate", "near_duplicate", "blurry", "orphan_caption", "bad_folder_name", "unreadable_folder"}
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_each_images_own_findings_stream_before_the_report(workspace, cached):
+    """What the app's first screen fills in while a scan runs: each image once, with its
+    decode and caption findings, each progress call after the images it counts."""
+    root, _expected = workspace
+    if cached:
+        scan(target_for(root), workers=2)
+    streamed: dict[str, list] = {}
+    progress: list[tuple[int, int]] = []
+
+    def on_file(path, findings):
+        assert path not in streamed
+        streamed[path] = findings
+
+    def on_progress(done, total):
+        assert len(streamed) == done
+        progress.append((done, total))
+
+    report = scan(target_for(root), workers=2, progress=on_progress, on_file=on_file)
+    assert len(streamed) == report.images and progress[-1] == (report.images, report.images)
+    own = [item for items in streamed.values() for item in items]
+    assert len(own) == len(set(own))
+    assert set(own) == {item for item in report.findings if item.code not in DATASET_WIDE}
+    assert any(item.code == "missing_caption" for item in own) and any(item.code == "corrupt" for item in own)
 
 
 def test_bare_folder_keeps_its_cache_in_the_folder(tmp_path):
@@ -284,37 +313,8 @@ def test_undo_leaves_a_file_edited_after_the_fix(workspace):
 
 
 def test_scan_survives_damaged_files_of_every_format(tmp_path):
-    rng = np.random.default_rng(5)
-    sources = {
-        ".jpg": jpeg_bytes(picture(1, (96, 80))),
-        ".png": png_bytes(picture(2, (96, 80))),
-        ".webp": _webp(picture(3, (96, 80))),
-        ".bmp": _bmp(picture(4, (96, 80))),
-    }
     folder = tmp_path / "fuzz"
-    folder.mkdir()
-    count = 0
-    for extension, data in sources.items():
-        for trial in range(12):
-            damaged = bytearray(data)
-            if trial % 3 == 0:
-                damaged = damaged[: rng.integers(1, len(damaged))]
-            for _ in range(int(rng.integers(1, 8))):
-                damaged[int(rng.integers(0, len(damaged)))] = int(rng.integers(0, 256))
-            (folder / f"f{count:03d}{extension}").write_bytes(bytes(damaged))
-            count += 1
+    count = write_fuzzed_files(folder)
     report = scan(target_for(folder), workers=1)
     assert report.images == count
     assert {item.code for item in report.findings} <= set(CHECKS)
-
-
-def _webp(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "WEBP", quality=80)
-    return buffer.getvalue()
-
-
-def _bmp(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "BMP")
-    return buffer.getvalue()

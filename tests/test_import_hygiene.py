@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What the TUI may import at any time: no torch or HF stack at module import, ever.
 LIGHT_PACKAGES = ("config", "dataset", "health", "run", "plan", "cli")
-LIGHT_MODULES = ("atomic", "errors")
+LIGHT_MODULES = ("atomic", "errors", "paths")
 # What trains, samples, captions and loads models: may import the heavy stack.
 HEAVY_PACKAGES = ("model", "network", "train", "sampling", "captioning")
 ENTRY_POINTS = ("engine.train.process",)  # `python -m` targets: importing them is running them
@@ -90,3 +90,71 @@ def test_engine_never_imports_the_tui():
     assert not [name for name in modules if name.split(".")[0] in ("textual", "tui")]
     for path in (ROOT / "engine").rglob("*.py"):
         assert not {name.split(".")[0] for name in _imported_modules(path)} & {"tui", "textual"}, path
+
+
+# --------------------------------------------------------------------------- one-way imports
+# The model-family layers of DESIGN.md, lowest first. A module imports its own layer and
+# those below, never one above; a family folder imports no other family's; the modules
+# above the registry reach a family only through the contract and the registry.
+SHARED, CONTRACT, FAMILY, REGISTRY, USER = range(5)
+LAYER_NAMES = ("shared machinery", "the contract", "a family folder", "the registry", "a user of the families")
+BASE_MODULES = ("engine.errors", "engine.atomic", "engine.paths")
+MODEL_USERS = ("engine.model.loading", "engine.model.single_file", "engine.model.tiny")  # the API over the registry
+
+
+def layer_of(module: str) -> tuple[int, str | None]:
+    """(layer, family folder) of an engine module."""
+    if module in BASE_MODULES:
+        return SHARED, None
+    if module == "engine.model.family":
+        return CONTRACT, None
+    if module == "engine.model.families":
+        return REGISTRY, None
+    if module.startswith("engine.model.families."):
+        return FAMILY, module.split(".")[3]
+    if (module == "engine.model" or module.startswith("engine.model.")) and module not in MODEL_USERS:
+        return SHARED, None
+    return USER, None
+
+
+def wrong_imports(importer: str, imported: set[str]) -> list[str]:
+    """Each engine import of `importer` that points the wrong way, in words."""
+    layer, family = layer_of(importer)
+    problems = []
+    for name in sorted(imported):
+        if not name.startswith("engine."):
+            continue
+        target, target_family = layer_of(name)
+        if target > layer:
+            problems.append(f"{importer} ({LAYER_NAMES[layer]}) imports {name} ({LAYER_NAMES[target]})")
+        elif target == FAMILY and layer == FAMILY and target_family != family:
+            problems.append(f"{importer} imports another family's {name}")
+        elif target == FAMILY and layer == USER:
+            problems.append(f"{importer} imports the family folder {name}; use the contract and the registry")
+    return problems
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(part for part in path.relative_to(ROOT).with_suffix("").parts if part != "__init__")
+
+
+def test_engine_imports_point_one_way():
+    """Every import in engine/, top-level, inside a function or under TYPE_CHECKING."""
+    problems = [problem for path in sorted((ROOT / "engine").rglob("*.py"))
+                for problem in wrong_imports(_module_name(path), _imported_modules(path))]
+    assert problems == []
+
+
+def test_upward_and_sideways_imports_are_caught():
+    assert wrong_imports("engine.model.families.sd.runtime", {"engine.train.step"}) == [
+        "engine.model.families.sd.runtime (a family folder) imports engine.train.step (a user of the families)"]
+    assert wrong_imports("engine.model.families.sdxl", {"engine.model.families"})  # a family asking the registry
+    assert wrong_imports("engine.model.families.sdxl.runtime", {"engine.model.families.sd.runtime"})
+    assert wrong_imports("engine.model.objectives.ddpm", {"engine.model.families.sd"})
+    assert wrong_imports("engine.model.text_conditioning", {"engine.sampling.sampler"})
+    assert wrong_imports("engine.model.family", {"engine.model.families"})  # the contract names no family
+    assert wrong_imports("engine.train.step", {"engine.model.families.sdxl.conditioning"})
+    assert wrong_imports("engine.train.step", {"engine.model.family", "engine.model.families",
+                                               "engine.model.objectives", "torch"}) == []
+    assert wrong_imports("engine.model.families.sd.runtime", {"engine.model.families.sd", "engine.model.family",
+                                                              "engine.model.ldm_checkpoints"}) == []

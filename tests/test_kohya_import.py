@@ -197,3 +197,26 @@ def test_several_configs_get_one_report_each(capsys, tmp_path):
     assert headers[0].endswith("lora_gui_strings.json:") and headers[1].endswith("dreambooth_tab.json:")
     assert "broken.json: not imported:" in headers[2] and len(headers) == 3
     assert main(["import-kohya", *files[:2], "-o", str(tmp_path / "x.toml")]) == 2
+
+
+def test_a_kohya_config_of_each_family_imports_and_plans(tmp_path, family, family_model_dir):
+    """The GUI's model checkbox of the family (none for SD 1.x, "sdxl") picks it for a hub id,
+    and the plan uses that family's sizes; with the family's local model the files decide."""
+    from engine.model.families import family_named
+    from engine.plan.model_shapes import frozen_parameters
+    from engine.plan.training_plan import make_plan
+
+    descriptor = family_named(family)
+    plan_dataset(tmp_path)
+    data = json.loads((FIXTURES / "lora_gui_native.json").read_text())
+    data.update(pretrained_model_name_or_path="someone/a-model", train_data_dir=str(tmp_path / "img"))
+    data.update({flag: True for flag in descriptor.kohya_flags[:1]})
+    result = import_kohya(data, source="gui.json", dataset_base=tmp_path)
+    assert result.config.model.family == (descriptor.name if descriptor.kohya_flags else "auto")
+    assert not set(descriptor.kohya_flags) & set(result.ignored)
+    plan = make_plan(result.config, tmp_path)
+    assert (plan.family, plan.family_label) == (descriptor.name, descriptor.label)
+    assert frozen_parameters(result.config, tmp_path) == dict(descriptor.frozen_parameters)
+    assert plan.lora_parameters > 0 and plan.vram_estimate.total_gb > 0
+    local = import_kohya({**data, "pretrained_model_name_or_path": str(family_model_dir)}, dataset_base=tmp_path)
+    assert make_plan(local.config, tmp_path).family == family

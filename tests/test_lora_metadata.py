@@ -43,10 +43,12 @@ def test_bucket_aspect_error_is_the_real_mean(tmp_path):
 
 def test_model_spec_and_always_written_keys(tmp_path):
     write_image(tmp_path / "img" / "1_x" / "a.png", (64, 64))
-    config = config_from_dict({"model": {"pretrained_model": "tiny", "v2": True, "v_parameterization": True},
+    config = config_from_dict({"model": {"pretrained_model": "tiny", "family": "sd2", "v_parameterization": True},
                                "training": {"multires_noise_iterations": 6}})
     metadata = metadata_for(config, tmp_path)
     assert metadata["modelspec.prediction_type"] == "v"
+    assert (metadata["ss_base_model_version"], metadata["ss_v2"]) == ("sd_v2", "True")
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"  # sd-scripts' sai_model_spec
     assert metadata["modelspec.implementation_version"].count(".") >= 1
     assert metadata["ss_multires_noise_iterations"] == "6" and metadata["ss_multires_noise_discount"] == "0.3"
     for key in ("ss_training_comment", "ss_network_dropout", "ss_prior_loss_weight", "ss_loss_type",

@@ -1,8 +1,9 @@
-"""Network types beyond standard LoRA: each trains on the tiny model end to end, resumes
-bit-exactly, is planned to the parameter, and its file is read back by an independent
-reader: diffusers' `load_lora_weights` for LoCon, and for LoHa, LoKr and DoRA (which
-diffusers' SD1.5 Kohya converter does not take: it drops `dora_scale`, refuses `hada_*`)
-the published formulas applied to the base weights, compared with the in-training network."""
+"""Network types beyond standard LoRA: each trains on every family's tiny model end to end,
+resumes bit-exactly, is planned to the parameter, and its file is read back by an
+independent reader: diffusers' `load_lora_weights` for LoCon, and for LoHa, LoKr and DoRA
+(which diffusers' SD1.5 Kohya converter does not take: it drops `dora_scale`, refuses
+`hada_*`) the published formulas applied to the base weights, compared with the
+in-training network."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,13 @@ import pytest
 import torch
 
 from engine.config.network_types import NetworkSpec
-from engine.config.schema import config_from_dict, load_config
+from engine.config.schema import TrainConfig, config_from_dict, load_config
+from engine.model.families import family_named
 from engine.network.lora import LoraNetwork, read_lora_file, save_lora_file
 from engine.plan.network_size import factorization, network_size
 from engine.run.events import EventWriter, read_events
 from engine.train.loop import train
+from tests.conftest import TINY_FAMILIES, write_tiny_dataset
 
 SPECS = {
     "locon": NetworkSpec(type="locon", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0),
@@ -28,19 +31,31 @@ SPECS = {
 }
 
 
-def model_output(pipeline) -> torch.Tensor:
-    """The U-Net's noise prediction for a fixed latent and caption (through the text encoder)."""
+def model_output(pipeline, family) -> torch.Tensor:
+    """The denoiser's prediction for a fixed latent and caption, conditioned by the family's
+    own code (through its text encoders, with its size numbers where it has them)."""
+    from engine.train.data import collate_examples
+
+    runtime = family.runtime()
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, 8, 8, generator=generator)
-    ids = pipeline.tokenizer(["sks dog, red"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    pipeline.unet.eval()
-    pipeline.text_encoder.eval()
+    latents = torch.randn(1, pipeline.vae.config.latent_channels, 8, 8, generator=generator)
+    tokenizers = [getattr(pipeline, name) for name in family.tokenizers]
+    example = dict(runtime.caption_tokens(tokenizers, max_token_length=75, weighted=False).example("sks dog, red"))
+    if family.size_conditioning:
+        example.update({"original_size": torch.tensor([64.0, 64.0]), "crop_top_left": torch.zeros(2),
+                        "target_size": torch.tensor([64.0, 64.0])})
+    batch = collate_examples([{**example, "caption": "", "path": ""}])
+    encoders = [getattr(pipeline, name) for name in family.text_encoders]
+    denoiser = getattr(pipeline, family.denoiser)
+    for module in (denoiser, *encoders):
+        module.eval()
     with torch.no_grad():
-        return pipeline.unet(latents, 10, pipeline.text_encoder(ids)[0]).sample
+        conditioning = runtime.condition(encoders, batch, config=TrainConfig(), train_text_encoder=False, device="cpu")
+        return runtime.predict(denoiser, latents, torch.tensor([10]), conditioning)
 
 
-def randomized(pipeline, spec: NetworkSpec) -> LoraNetwork:
-    network = LoraNetwork.build(pipeline.unet, pipeline.text_encoder, spec)
+def randomized(pipeline, spec: NetworkSpec, family=None) -> LoraNetwork:
+    network = LoraNetwork.build(family or family_named(TINY_FAMILIES[0]), pipeline, spec)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in network.parameters():
@@ -81,15 +96,13 @@ def delta_weight(tensors: dict[str, torch.Tensor], key: str, weight: torch.Tenso
     return torch.kron(w1, w2).reshape(weight.shape) * scale
 
 
-def apply_file(pipeline, tensors: dict[str, torch.Tensor]) -> int:
+def apply_file(pipeline, tensors: dict[str, torch.Tensor], family=None) -> int:
     """Merge the file into the pipeline's plain weights; returns the modules merged."""
-    from engine.network.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, kohya_name
-
     modules = {}
-    for prefix, model in ((UNET_PREFIX, pipeline.unet), (TEXT_ENCODER_PREFIX, pipeline.text_encoder)):
-        for name, module in model.named_modules():
+    for component in (family or family_named(TINY_FAMILIES[0])).lora_components:
+        for name, module in getattr(pipeline, component.part).named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                modules[kohya_name(prefix, name)] = module
+                modules[component.key(name)] = module
     keys = {name.rsplit(".", 1)[0] for name in tensors if name.endswith(".alpha")}
     with torch.no_grad():
         for key in keys:
@@ -104,11 +117,11 @@ def apply_file(pipeline, tensors: dict[str, torch.Tensor]) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_file_read_by_the_published_formula_matches_the_network(tmp_path, pipeline_factory, name):
-    spec = SPECS[name]
-    ours = pipeline_factory()
-    network = randomized(ours, spec)
-    expected = model_output(ours)
+def test_file_read_by_the_published_formula_matches_the_network(tmp_path, family, family_pipelines, name):
+    spec, descriptor = SPECS[name], family_named(family)
+    ours = family_pipelines()
+    network = randomized(ours, spec, descriptor)
+    expected = model_output(ours, descriptor)
     path = tmp_path / "net.safetensors"
     save_lora_file(path, network.state_dict(), spec.metadata())
     tensors, metadata = read_lora_file(path)
@@ -116,10 +129,10 @@ def test_file_read_by_the_published_formula_matches_the_network(tmp_path, pipeli
     args = json.loads(metadata["ss_network_args"])
     assert args["conv_dim"] == str(spec.conv_dim)
 
-    plain = pipeline_factory()
-    base = model_output(plain)
-    assert apply_file(plain, tensors) == len(list(network.layers()))
-    merged = model_output(plain)
+    plain = family_pipelines()
+    base = model_output(plain, descriptor)
+    assert apply_file(plain, tensors, descriptor) == len(list(network.layers()))
+    merged = model_output(plain, descriptor)
     assert (expected - base).abs().max() > 1e-2  # the network does change the output
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
 
@@ -134,7 +147,8 @@ def test_locon_loads_in_diffusers_with_its_conv_keys(tmp_path, pipeline_factory)
     assert any("resnets_0_conv1.lora_down.weight" in key and tensors[key].shape[-1] == 3 for key in tensors)
     theirs = pipeline_factory()
     theirs.load_lora_weights(str(path))
-    torch.testing.assert_close(model_output(theirs), model_output(ours), rtol=1e-4, atol=1e-4)
+    sd = family_named(TINY_FAMILIES[0])
+    torch.testing.assert_close(model_output(theirs, sd), model_output(ours, sd), rtol=1e-4, atol=1e-4)
 
 
 def test_lokr_full_matrices_are_stored_whole_at_scale_one(tmp_path, pipeline_factory):
@@ -145,14 +159,14 @@ def test_lokr_full_matrices_are_stored_whole_at_scale_one(tmp_path, pipeline_fac
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_plan_counts_the_real_network(pipeline_factory, tiny_model_dir, name):
-    spec = SPECS[name]
-    network = LoraNetwork.build(*(lambda p: (p.unet, p.text_encoder))(pipeline_factory()), spec)
-    unet = json.loads((tiny_model_dir / "unet" / "config.json").read_text())
-    text = json.loads((tiny_model_dir / "text_encoder" / "config.json").read_text())
-    parameters, tensors, layers = network_size(spec, unet, text)
+def test_plan_counts_the_real_network(family, family_pipelines, family_model_dir, name):
+    spec, descriptor = SPECS[name], family_named(family)
+    network = LoraNetwork.build(descriptor, family_pipelines(), spec)
+    config = config_from_dict({"model": {"pretrained_model": str(family_model_dir)}})
+    layers = descriptor.adapted_layers(spec, descriptor.shapes(config, "."))
+    parameters, tensors, count = network_size(spec, layers)
     assert parameters == sum(p.numel() for p in network.parameters())
-    assert tensors == len(network.state_dict()) and layers == len(list(network.layers()))
+    assert tensors == len(network.state_dict()) and count == len(list(network.layers()))
 
 
 def test_factorization_is_peft_s():
@@ -177,10 +191,18 @@ TYPE_SETTINGS = {
 SAMPLING = {"prompts": "sks dog --w 64 --h 64 --s 1 --d 5", "every_n_epochs": 1}
 
 
+@pytest.fixture
+def one_repeat_dataset(tmp_path):
+    """The tiny dataset at one repeat: two steps an epoch, the fewest a mid-run stop needs."""
+    root = write_tiny_dataset(tmp_path)
+    (root / "img" / "2_sks dog").rename(root / "img" / "1_sks dog")
+    return root
+
+
 @pytest.mark.parametrize("name", sorted(TYPE_SETTINGS))
-def test_each_type_trains_stops_and_resumes_bit_exactly(tmp_path, tiny_dataset, make_run, monkeypatch, name):
+def test_each_type_trains_stops_and_resumes_bit_exactly(one_repeat_dataset, family_run, monkeypatch, name):
     network = TYPE_SETTINGS[name]
-    reference = make_run(tiny_dataset, "reference", network=network, sampling=SAMPLING)
+    reference = family_run(one_repeat_dataset, "reference", network=network, sampling=SAMPLING)
     assert train(reference.path) == 0
     expected, metadata = read_lora_file(reference.checkpoints / "reference.safetensors")
     spec = NetworkSpec.of(load_config(reference.config))
@@ -190,7 +212,7 @@ def test_each_type_trains_stops_and_resumes_bit_exactly(tmp_path, tiny_dataset, 
     samples = sorted(path.name for path in reference.samples.glob("*.png"))
     assert samples  # the in-training network renders samples every epoch
 
-    run = make_run(tiny_dataset, "stopped", network=network, sampling=SAMPLING)
+    run = family_run(one_repeat_dataset, "stopped", network=network, sampling=SAMPLING)
     real_emit = EventWriter.emit
 
     def emit(self, type, **fields):  # stop as epoch 1 ends
@@ -250,26 +272,29 @@ def test_config_rules_for_the_types():
 # --------------------------------------------------------------------------- the grid
 
 
-@pytest.mark.parametrize("name", ["loha", "dora"])
-def test_grid_renders_lycoris_files_as_the_formula_reads_them(tmp_path, tiny_model_dir, pipeline_factory, name):
+# LoHa on every family; DoRA (the same path through the trainer's network) on the first
+@pytest.mark.parametrize("family, name", [(family, "loha") for family in TINY_FAMILIES] + [(TINY_FAMILIES[0], "dora")],
+                         indirect=["family"])
+def test_grid_renders_lycoris_files_as_the_formula_reads_them(tmp_path, family, family_model_dir, family_pipelines,
+                                                               name):
     """`loradeck grid` on a run of LoHa / DoRA files: weight 0 is the base model, weight 1 the
     image of the base weights merged with the file by the published formula."""
     from PIL import Image
 
     from engine.config.prompts import SamplePrompt
-    from engine.config.schema import TrainConfig, replace_setting, save_config, with_absolute_paths
+    from engine.config.schema import replace_setting, save_config, with_absolute_paths
     from engine.run.folder import RunDir
     from engine.sampling.grid import GRID_TEXT_KEY, render_grid
     from engine.sampling.sampler import render
 
-    spec = SPECS[name]
-    config = replace_setting(TrainConfig(), "model.pretrained_model", str(tiny_model_dir))
+    spec, descriptor = SPECS[name], family_named(family)
+    config = replace_setting(TrainConfig(), "model.pretrained_model", str(family_model_dir))
     config = replace_setting(config, "sampling.prompts", "a red house --w 64 --h 64 --s 2 --d 3")
     config = replace_setting(config, "saving.output_name", "net")
     run = RunDir(tmp_path / "runs" / "net")
     run.create()
     save_config(with_absolute_paths(config, tmp_path), run.config)
-    network = randomized(pipeline_factory(), spec)
+    network = randomized(family_pipelines(), spec, descriptor)
     files = []
     for epoch in (1, 2):
         with torch.no_grad():
@@ -288,11 +313,11 @@ def test_grid_renders_lycoris_files_as_the_formula_reads_them(tmp_path, tiny_mod
         return pixels[y: y + h, x: x + w]
 
     def reference(tensors=None) -> torch.Tensor:
-        pipeline = pipeline_factory()
+        pipeline = family_pipelines()
         if tensors is not None:
-            apply_file(pipeline, tensors)
+            apply_file(pipeline, tensors, descriptor)
         image = render(pipeline, SamplePrompt(prompt="a red house", width=64, height=64, steps=2, seed=3),
-                       base_scheduler_config=pipeline.scheduler.config)
+                       runtime=descriptor.runtime(), base_scheduler_config=pipeline.scheduler.config)
         return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
 
     base = reference()
@@ -311,7 +336,7 @@ def _saved_elements(spec: NetworkSpec) -> list[int]:
     inside a network (its input needs a gradient: the layers before it train too)."""
     from peft import inject_adapter_in_model
 
-    from engine.network.lora import _peft_config
+    from engine.model.adapters import peft_config as _peft_config
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 48)).requires_grad_(False)
     model = inject_adapter_in_model(_peft_config(spec, ["0"], {}, {}), model, "net")

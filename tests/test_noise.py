@@ -7,7 +7,7 @@ import torch
 from engine.config.kohya_import import import_kohya
 from engine.config.schema import config_from_dict
 from engine.errors import ConfigError
-from engine.train.step import training_noise
+from engine.model.objectives.noise import training_noise
 
 
 def training(**values):
@@ -60,31 +60,26 @@ def test_defaults_draw_exactly_the_plain_noise():
     assert torch.equal(training_noise(latents, torch.Generator().manual_seed(3), training()), plain)
 
 
-def test_input_perturbation_noises_the_input_not_the_target(monkeypatch):
-    from engine.train import step
+def test_input_perturbation_noises_the_input_not_the_target():
+    from diffusers import DDPMScheduler
 
-    seen = {}
+    from engine.model.objectives.ddpm import DdpmObjective, ddpm_schedule
 
-    def record(model, unet, text_encoder, latents, input_ids, token_weights, noise, timesteps, **kwargs):
-        seen.update(noise=noise, perturbation=kwargs["perturbation"])
-        return torch.zeros(())
-
-    monkeypatch.setattr(step, "loss_from_noise", record)
     config = config_from_dict({"model": {"pretrained_model": "x"}, "training": {"ip_noise_gamma": 0.1}})
-
-    class Model:
-        class noise_scheduler:
-            class config:
-                num_train_timesteps = 1000
-
+    objective = DdpmObjective(ddpm_schedule(DDPMScheduler().config, False), config.training)
     latents = torch.zeros(2, 4, 8, 8)
-    step.diffusion_loss(Model, None, None, {"latents": latents}, config=config,
-                        generator=torch.Generator().manual_seed(9), train_text_encoder=False)
-    generator = torch.Generator().manual_seed(9)
+    draw = objective.draw(latents, torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(9)  # sd-scripts' order: noise, timesteps, perturbation
     noise = torch.randn(latents.shape, generator=generator)
-    torch.randint(0, 1000, (2,), generator=generator)
-    torch.testing.assert_close(seen["noise"], noise)  # the target: without the perturbation
-    torch.testing.assert_close(seen["perturbation"], 0.1 * torch.randn(latents.shape, generator=generator))
+    timesteps = torch.randint(0, 1000, (2,), generator=generator)
+    perturbation = 0.1 * torch.randn(latents.shape, generator=generator)
+    torch.testing.assert_close(draw.noise, noise)
+    assert torch.equal(draw.timesteps, timesteps)
+    torch.testing.assert_close(draw.input_noise, noise + perturbation)
+    # the target is made of the noise without the perturbation, the model input of the noise with it
+    torch.testing.assert_close(objective.target(latents, draw.noise, draw.timesteps), noise)
+    torch.testing.assert_close(objective.noisy(latents, draw.input_noise, draw.timesteps),
+                               objective.scheduler.add_noise(latents, noise + perturbation, timesteps))
 
 
 def test_adaptive_noise_scale_needs_an_offset():

@@ -1,4 +1,5 @@
-"""`loradeck grid`: every prompt × every checkpoint × every weight, labelled, on the tiny model."""
+"""`loradeck grid`: every prompt × every checkpoint × every weight, labelled, on the tiny models
+(of every family)."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def finished_run(tmp_path, tiny_model_dir, prompts: str) -> RunDir:
     run.create()
     save_config(with_absolute_paths(config, tmp_path), run.config)
     model = load_base_model(config, tmp_path, device="cpu", dtype=torch.float32)
-    network = LoraNetwork.attach(model.unet, model.text_encoder, rank=4, alpha=4.0)
+    network = LoraNetwork.attach(model.family, model, rank=4, alpha=4.0)
     generator = torch.Generator().manual_seed(0)
     # written out of order on purpose: the grid orders columns by the step in the metadata
     for name, epoch, step in (("tiny-lora", 2, 16), ("tiny-lora-000001", 1, 8)):
@@ -47,8 +48,8 @@ def finished_run(tmp_path, tiny_model_dir, prompts: str) -> RunDir:
     return run
 
 
-def test_grid_rows_columns_and_labels(tmp_path, tiny_model_dir, capsys):
-    run = finished_run(tmp_path, tiny_model_dir, "a red house --w 64 --h 64 --s 1\na city street --w 64 --h 96 --s 1 --d 5 --ss ddim")
+def test_grid_rows_columns_and_labels(tmp_path, family_model_dir, capsys):
+    run = finished_run(tmp_path, family_model_dir, "a red house --w 64 --h 64 --s 1\na city street --w 64 --h 96 --s 1 --d 5 --ss ddim")
     out = tmp_path / "compare.png"
     assert main(["grid", str(run.path), "--weights", "0,1.0", "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)

@@ -14,19 +14,15 @@ from engine.network.lora import LoraNetwork, save_lora_file
 from engine.model.loading import load_base_model
 from engine.config.prompts import SamplePrompt
 from engine.run.folder import RunDir
-from engine.sampling.sampler import (
-    TrainingSampler,
-    a1111_parameters,
-    encode_prompts,
-    inference_mode_for,
-    make_scheduler,
-)
+from engine.model.text_conditioning import encode_prompts
+from engine.model.unet_models import make_scheduler
+from engine.sampling.sampler import TrainingSampler, a1111_parameters, inference_mode_for
 
 
 def load_model(tiny_model_dir, *, lora_seed: int = 1):
     """The base model as the trainer loads it, with a LoRA whose weights are far from zero."""
     model = load_base_model(make_config(tiny_model_dir), tiny_model_dir, device="cpu", dtype=torch.float32)
-    network = LoraNetwork.attach(model.unet, model.text_encoder, rank=4, alpha=4.0)
+    network = LoraNetwork.attach(model.family, model, rank=4, alpha=4.0)
     generator = torch.Generator().manual_seed(lora_seed)
     with torch.no_grad():
         for parameter in network.parameters():

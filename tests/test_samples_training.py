@@ -1,5 +1,5 @@
-"""Samples inside a real training run (engine.train.loop on the tiny model, CPU): when they are
-made, and that a run with samples trains bit for bit like the same run without."""
+"""Samples inside a real training run (engine.train.loop on the tiny models, CPU): when they are
+made, and that a run with samples trains bit for bit like the same run without, for every family."""
 from __future__ import annotations
 
 import pytest
@@ -30,10 +30,10 @@ AUGMENTED = {
 }
 
 
-def test_run_with_samples_trains_exactly_like_one_without(tmp_path, tiny_dataset, make_run, one_thread):
+def test_run_with_samples_trains_exactly_like_one_without(tmp_path, tiny_dataset, family_run, one_thread):
     sampling = {"prompts": PROMPTS, "at_start": True, "every_n_epochs": 1, "every_n_steps": 2}
-    with_samples = make_run(tmp_path, "with-samples", sampling=sampling, **AUGMENTED)
-    without = make_run(tmp_path, "without", sampling={"prompts": "", "every_n_epochs": 0}, **AUGMENTED)
+    with_samples = family_run(tmp_path, "with-samples", sampling=sampling, **AUGMENTED)
+    without = family_run(tmp_path, "without", sampling={"prompts": "", "every_n_epochs": 0}, **AUGMENTED)
     assert train(with_samples.path) == 0
     assert train(without.path) == 0
 

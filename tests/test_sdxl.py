@@ -1,6 +1,8 @@
-"""SDXL end to end on the tiny SDXL-layout model (CPU): the model, its family detection,
+"""What is SDXL's own, on the tiny SDXL-layout model (CPU): the model and its detection,
 two-encoder conditioning with size/crop numbers, LoRA files in Kohya's SDXL layout that
-diffusers' StableDiffusionXLPipeline loads, and `train` on a run folder."""
+diffusers' StableDiffusionXLPipeline loads, its Kohya configs, plan advice and memory
+constants, its single files. Training, resume, validation, samples and the grid run for
+SDXL as for every family in the trainer's feature tests (tests/conftest.py's `family`)."""
 from __future__ import annotations
 
 import random
@@ -11,37 +13,23 @@ import pytest
 import torch
 
 from engine.config.schema import config_from_dict
-from engine.model.families import config_family_name, folder_family
-from engine.network.lora import LoraNetwork, lora_layers, network_shape, read_lora_file, save_lora_file
-from engine.train.loop import train
-from tests.conftest import new_run, small_run_settings
+from engine.model.families import config_family, family_named, folder_family
+from engine.network.lora import LoraNetwork, learning_rates, lora_layers, network_shape, read_lora_file, save_lora_file
+from tests.conftest import pipelines_of, small_run_settings
 from tests.test_lora_file import load_in_diffusers, render
 from tests.test_single_file import assert_same_weights, no_network  # noqa: F401 (a fixture)
 
+SDXL = family_named("sdxl")
+
 
 @pytest.fixture(scope="session")
-def tiny_sdxl_dir(tmp_path_factory):
-    from engine.model.tiny import make_tiny_model
-
-    torch.set_num_threads(1)
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl", family="sdxl")
+def tiny_sdxl_dir(tiny_model_dirs):
+    return tiny_model_dirs("sdxl")
 
 
 @pytest.fixture
 def sdxl_pipeline(tiny_sdxl_dir):
-    from diffusers import StableDiffusionXLPipeline
-
-    def make():
-        pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, local_files_only=True)
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
-    return make
-
-
-@pytest.fixture
-def make_sdxl_run(tiny_sdxl_dir):
-    return lambda root, name, **sections: new_run(tiny_sdxl_dir, root, name, **sections)
+    return pipelines_of(tiny_sdxl_dir)
 
 
 # --------------------------------------------------------------------------- the model
@@ -58,9 +46,9 @@ def test_tiny_sdxl_has_sdxl_structure_and_is_detected(tiny_sdxl_dir, tiny_model_
     assert list(unet.transformer_layers_per_block) == [1, 1, 2]
     assert type(pipeline.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     assert pipeline.tokenizer_2.pad_token == "!"
-    assert folder_family(tiny_sdxl_dir) == "sdxl" and folder_family(tiny_model_dir) == "sd15"
+    assert folder_family(tiny_sdxl_dir) is SDXL and folder_family(tiny_model_dir) is family_named("sd15")
     config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)}})
-    assert config_family_name(config, ".") == "sdxl"
+    assert config_family(config, ".") is SDXL
 
 
 def test_loaded_model_carries_both_encoders(tiny_sdxl_dir):
@@ -68,13 +56,13 @@ def test_loaded_model_carries_both_encoders(tiny_sdxl_dir):
 
     config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)}})
     model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
-    assert model.family == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
+    assert model.family is SDXL and model.text_encoder_2 is not None and model.tokenizer_2 is not None
     assert model.noise_scheduler.config.num_train_timesteps == 1000
     assert not any(p.requires_grad for encoder in model.text_encoders for p in encoder.parameters())
 
 
 def test_our_conditioning_is_diffusers_encode_prompt(sdxl_pipeline):
-    from engine.model.families.sdxl import encode_tokens
+    from engine.model.families.sdxl.conditioning import encode_tokens
     from engine.model.text_conditioning import tokenize_caption
 
     pipeline = sdxl_pipeline()
@@ -102,7 +90,7 @@ def test_examples_carry_the_size_and_crop_actually_applied(tmp_path, tiny_sdxl_d
     item = dataset.items[0]
     assert item.bucket == (64, 64)
     rules = ExampleRules.from_config(config, size_conditioning=True)
-    images = TrainingImages(dataset.training_instances(), rules, None, text_states=_NoText())
+    images = TrainingImages(dataset.training_instances(), rules, _NoText())
     seen = set()
     for epoch in range(8):
         example = images[(epoch, 0)]
@@ -150,7 +138,7 @@ def _randomize(network):
 
 def test_lora_file_is_kohya_sdxl_layout_and_loads_in_diffusers(tmp_path, sdxl_pipeline):
     ours = sdxl_pipeline()
-    network = LoraNetwork.attach(ours.unet, ours.text_encoder, rank=4, alpha=2.0, text_encoder_2=ours.text_encoder_2)
+    network = LoraNetwork.attach(SDXL, ours, rank=4, alpha=2.0)
     _randomize(network)
     path = tmp_path / "xl.safetensors"
     save_lora_file(path, network.state_dict(torch.float32))
@@ -170,34 +158,6 @@ def test_lora_file_is_kohya_sdxl_layout_and_loads_in_diffusers(tmp_path, sdxl_pi
     loaded = render(fresh)
     assert np.abs(loaded - base).max() > 1e-3
     np.testing.assert_allclose(loaded, render(ours), atol=1e-5)
-
-
-# --------------------------------------------------------------------------- training
-
-
-@pytest.mark.parametrize("sections", [
-    {},  # U-Net and both text encoders, captions encoded every step
-    {"network": {"train_text_encoder": False}, "precision": {"cache_text_encoder_outputs": True,
-                                                           "cache_latents": "memory"}},
-], ids=["text-encoders", "cached"])
-def test_train_writes_an_sdxl_lora_that_diffusers_loads(tmp_path, tiny_dataset, make_sdxl_run, sdxl_pipeline,
-                                                         sections):
-    run = make_sdxl_run(tiny_dataset, "xl", training={"epochs": 1}, optimizer={"learning_rate": 5e-3},
-                        **sections)
-    assert train(run.path) == 0
-    tensors, metadata = read_lora_file(run.checkpoints / "xl.safetensors")
-    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
-    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
-    has_text = any(key.startswith("lora_te") for key in tensors)
-    assert has_text == ("network" not in sections)
-    assert any(key.startswith("lora_te2_") for key in tensors) == has_text
-    fresh = sdxl_pipeline()
-    base = render(fresh)
-    messages = load_in_diffusers(fresh, run.checkpoints / "xl.safetensors")
-    if not has_text:  # diffusers notes a U-Net-only file; nothing is wrong
-        messages = [m for m in messages if not m.startswith("No LoRA keys associated to CLIPTextModel")]
-    assert messages == []
-    assert np.abs(render(fresh) - base).max() > 0
 
 
 # --------------------------------------------------------------------------- import and plan
@@ -236,6 +196,7 @@ def test_sdxl_kohya_config_imports_and_plans_like_sd_scripts(tmp_path):
     assert vram.vae_encode_gb == pytest.approx(4 * 0.44)
     assert vram.total_gb == pytest.approx((vram.weights_gb + vram.lora_gb + vram.vae_encode_gb) * 1.05)
     assert vram.card_gb < 12  # a 24 GB card has room to spare
+    assert vram.ram_gb == pytest.approx(vram.weights_gb)  # bf16: every part passes through RAM once as loaded
     assert not plan.problems  # 1024², checkpointing, cached text-encoder outputs, bf16: nothing to advise
     sd15 = make_plan(replace_family(config, "sd15"), tmp_path).vram_estimate
     assert sd15.weights_gb < vram.weights_gb / 3 and sd15.total_gb < vram.total_gb / 2
@@ -305,10 +266,8 @@ def test_second_text_encoder_trains_at_its_own_learning_rate(tiny_sdxl_dir):
     config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_dir)},
                                "optimizer": {"unet_lr": 1e-4, "text_encoder_lr": 5e-5, "text_encoder_2_lr": 2e-5}})
     model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
-    network = LoraNetwork.attach(model.unet, model.text_encoder, rank=2, alpha=2.0,
-                                 text_encoder_2=model.text_encoder_2)
-    groups = network.param_groups(config.unet_learning_rate, config.text_encoder_learning_rate,
-                                  config.text_encoder_2_learning_rate)
+    network = LoraNetwork.attach(model.family, model, rank=2, alpha=2.0)
+    groups = network.param_groups(learning_rates(config))
     assert [(group["name"], group["lr"]) for group in groups] == [
         ("unet", 1e-4), ("text_encoder", 5e-5), ("text_encoder_2", 2e-5)]
     second = {id(p) for _, layer in lora_layers(model.text_encoder_2) for p in layer.parameters() if p.requires_grad}
@@ -370,76 +329,12 @@ def test_sdxl_kohya_config_with_upscaling_buckets_plans_sd_scripts_buckets_and_s
     assert plan.steps_per_epoch == steps and plan.total_steps == 3 * steps
 
 
-# --------------------------------------------------------------------------- samples and grid
-
-
-def test_sdxl_run_writes_samples_and_its_grid(tmp_path, tiny_dataset, make_sdxl_run, capsys):
-    import json
-
-    from PIL import Image
-
-    from engine.run.events import read_events
-    from engine.sampling.grid import GRID_TEXT_KEY
-    from tui.cli import main
-
-    prompts = "a cat --w 64 --h 64 --s 2 --d 3\na dog --n blurry --w 64 --h 96 --s 2 --d 4 --ss ddim"
-    run = make_sdxl_run(tiny_dataset, "xl-samples", training={"epochs": 1}, optimizer={"learning_rate": 5e-3},
-                        sampling={"prompts": prompts, "at_start": True, "every_n_epochs": 1})
-    assert train(run.path) == 0
-    names = sorted(path.name for path in run.samples.glob("*.png"))
-    assert names == ["e0000-s000000-p00.png", "e0000-s000000-p01.png", "e0001-s000004-p00.png",
-                     "e0001-s000004-p01.png"]
-    assert {Image.open(run.samples / name).size for name in names} == {(64, 64), (64, 96)}
-    start = Image.open(run.samples / "e0000-s000000-p00.png")
-    end = Image.open(run.samples / "e0001-s000004-p00.png")
-    assert start.tobytes() != end.tobytes()  # the LoRA changed what the U-Net draws
-    assert "Size: 64x64" in start.text["parameters"] and "Seed: 3" in start.text["parameters"]
-    samples = [event for event in read_events(run.events) if event["type"] == "sample"]
-    assert [(event["step"], event["prompt_index"]) for event in samples] == [(0, 0), (0, 1), (4, 0), (4, 1)]
-
-    out = tmp_path / "grid.png"
-    assert main(["grid", str(run.path), "--weights", "0,1", "-o", str(out)]) == 0
-    layout = json.loads(Image.open(out).text[GRID_TEXT_KEY])
-    assert layout["checkpoints"] == ["xl-samples.safetensors"] and len(layout["rows"]) == 4
-    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
-
-    def cell(row):
-        x, y, w, h = layout["cells"][row][0]
-        return pixels[y : y + h, x : x + w]
-
-    assert not (cell(0) == cell(1)).all()  # weight 1 differs from the base model at weight 0
-
-
-@pytest.mark.slow
-def test_loradeck_make_tiny_model_and_train_an_sdxl_lora_from_the_command_line(tmp_path, tiny_dataset, one_thread_env,
-                                                                                 monkeypatch, capsys):
-    from engine.config.schema import save_config
-    from engine.run.events import read_events
-    from tui.cli import main
-
-    for name, value in one_thread_env.items():
-        monkeypatch.setenv(name, value)
-    assert main(["make-tiny-model", str(tmp_path / "xl-model"), "--family", "sdxl"]) == 0
-    data = small_run_settings(tmp_path / "xl-model")
-    data["training"]["epochs"] = 1
-    data["saving"]["output_name"] = "xl-cli"
-    save_config(config_from_dict(data), tiny_dataset / "xl.toml")
-    capsys.readouterr()
-    assert main(["train", str(tiny_dataset / "xl.toml")]) == 0
-    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    events = list(read_events(run_dir / "events.jsonl"))
-    assert events[0]["type"] == "run_start" and events[0]["plan"]["family_label"] == "SDXL"
-    assert events[-1]["status"] == "finished"
-    _, metadata = read_lora_file(run_dir / "checkpoints" / "xl-cli.safetensors")
-    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
-
-
 # --------------------------------------------------------------------------- single files
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_file(tiny_sdxl_dir, tmp_path_factory):
-    from engine.model.families.sdxl import export_single_file
+    from engine.model.single_file import export_single_file
 
     # named like an SD1.5 file on purpose: the family comes from the keys, never the name
     return export_single_file(tiny_sdxl_dir, tmp_path_factory.mktemp("xl-single") / "sd15-pruned.safetensors")
@@ -450,7 +345,7 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
     from safetensors import safe_open
 
     from engine.model.families import file_family
-    from engine.model.families.sdxl import load_single_file
+    from engine.model.single_file import load_single_file
 
     with safe_open(str(tiny_sdxl_file), framework="pt") as handle:
         keys = set(handle.keys())
@@ -459,7 +354,7 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
     assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
     assert "conditioner.embedders.1.model.text_projection" in keys
     assert "first_stage_model.encoder.conv_in.weight" in keys
-    assert file_family(tiny_sdxl_file) == "sdxl"
+    assert file_family(tiny_sdxl_file) is SDXL
 
     reference = sdxl_pipeline()
     parts = load_single_file(tiny_sdxl_file, config_dir=tiny_sdxl_dir)
@@ -491,32 +386,6 @@ def test_sdxl_single_file_is_the_original_layout_and_round_trips(tiny_sdxl_file,
                        reference.text_encoder_2.text_model.embeddings.position_embedding.weight)
 
 
-def test_sdxl_single_file_trains_as_sdxl_whatever_its_name(tiny_sdxl_file, tiny_sdxl_dir, tiny_dataset,
-                                                           monkeypatch, no_network):
-    from engine.model.families import sdxl
-    from engine.model.loading import load_base_model
-
-    # the shipped configs are SDXL base's full size; the tiny file needs the tiny model's
-    monkeypatch.setattr(sdxl, "SINGLE_FILE_CONFIG", tiny_sdxl_dir)
-    config = config_from_dict({"model": {"pretrained_model": str(tiny_sdxl_file)}})
-    assert config_family_name(config, ".") == "sdxl"
-    model = load_base_model(config, ".", device="cpu", dtype=torch.float32)
-    assert model.family == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
-
-    run = new_run(tiny_sdxl_file, tiny_dataset, "xl-file", training={"epochs": 1})
-    assert train(run.path) == 0
-    _, metadata = read_lora_file(run.checkpoints / "xl-file.safetensors")
-    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
-
-
-
-def test_an_sd15_file_named_like_sdxl_is_sd15(tmp_path, tiny_model_dir):
-    from engine.model.families import file_family
-    from engine.model.single_file import export_single_file
-
-    assert file_family(export_single_file(tiny_model_dir, tmp_path / "sdxl-base-1.0.safetensors")) == "sd15"
-
-
 # --------------------------------------------------------------------------- bench
 
 
@@ -544,9 +413,7 @@ def test_speed_bench_runs_sdxl_rows(capsys):
 def test_sdxl_activation_constants_are_what_the_meta_device_measures(capsys):
     import json
 
-    from engine.model.families import sdxl
-
     assert _train_speed().main(["--memory-model", "--family", "sdxl"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     measured = {row["gradient_checkpointing"]: row["per_512_image_gib"] for row in rows}
-    assert measured == pytest.approx(sdxl.ACTIVATIONS_PER_IMAGE, abs=0.01)
+    assert measured == pytest.approx(dict(SDXL.activations_per_image), abs=0.01)

@@ -10,22 +10,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import LoradeckError
-from engine.model.single_file import (
-    FAMILY_CONFIGS,
-    _text_encoder_to_ldm,
-    _unet_to_ldm,
-    _vae_to_ldm,
-    export_single_file,
-    load_single_file,
-    load_single_file_vae,
-    load_tokenizer,
-)
-from engine.model.tiny import make_tiny_model
+from engine.model.families import family_named
+from tests.conftest import pipelines_of
+from engine.model.ldm_checkpoints import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from engine.model.single_file import export_single_file, load_single_file, load_single_file_vae, load_tokenizer
+
+
+def shipped_configs(family: str) -> Path:
+    return family_named(family).config_folder
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +148,7 @@ def make_tiny_sd2(folder: Path) -> Path:
         layers_per_block=1,
         norm_num_groups=8,
     )
-    tokenizer = load_tokenizer(FAMILY_CONFIGS["sd2"])
+    tokenizer = load_tokenizer(shipped_configs("sd2"))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
@@ -286,18 +283,55 @@ def test_file_that_is_not_stable_diffusion(tmp_path):
         load_single_file(path)
 
 
-def test_sdxl_and_inpainting_are_refused_by_name(tiny_file, tmp_path):
+def test_another_familys_file_and_inpainting_are_refused_by_name(tiny_file, tmp_path):
     state = ldm_state(tiny_file)
     sdxl = tmp_path / "xl.safetensors"
     save_file({**state, "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.ones(4)}, sdxl)
-    with pytest.raises(LoradeckError, match=r"xl\.safetensors: an SDXL checkpoint"):
-        load_single_file(sdxl)
+    with pytest.raises(LoradeckError, match=r"xl\.safetensors: is an SDXL model, not SD 1\.x"):
+        load_single_file(sdxl, family="sd15")
+    with pytest.raises(LoradeckError, match=r"xl\.safetensors: not an SD 1\.x/2\.x checkpoint: its text encoders are "
+                                            r"conditioner\.embedders"):
+        family_named("sd15").runtime().load_single_file(sdxl, allow_ckpt=False, config_dir=None,
+                                                        prediction_type=None, dtype=None)
     conv_in = state["model.diffusion_model.input_blocks.0.0.weight"]
     inpainting = tmp_path / "inpaint.safetensors"
     wide = torch.zeros(conv_in.shape[0], 9, *conv_in.shape[2:])
     save_file({**state, "model.diffusion_model.input_blocks.0.0.weight": wide}, inpainting)
     with pytest.raises(LoradeckError, match=r"inpaint\.safetensors: its U-Net takes 9 input channels"):
         load_single_file(inpainting)
+
+
+def test_a_single_file_of_each_family_is_that_family_whatever_its_name(tmp_path, family, family_model_dir,
+                                                                       monkeypatch, no_network):
+    """Exported through its family, a tiny model's single file is recognised (by its keys,
+    never its name) by that family alone, loads as it, and is refused as any other family."""
+    import torch
+
+    from engine.config.schema import config_from_dict
+    from engine.model.families import FAMILIES, file_family, safetensors_keys
+    from engine.model.loading import load_base_model
+
+    descriptor = family_named(family)
+    others = [other for other in FAMILIES if other.runtime_path != descriptor.runtime_path]
+    path = export_single_file(family_model_dir, tmp_path / f"{others[0].name}-base.safetensors", family=family)
+    shapes = {key: entry["shape"] for key, entry in safetensors_keys(path).items()}
+    assert [other for other in FAMILIES if other.recognizes_checkpoint(shapes)] == [descriptor]
+    assert file_family(path) is descriptor
+    for other in others:
+        with pytest.raises(LoradeckError, match=f"is an {descriptor.label} model, not {other.label}"):
+            export_single_file(family_model_dir, tmp_path / "wrong.safetensors", family=other.name)
+        with pytest.raises(LoradeckError, match=f"is an {descriptor.label} model, not {other.label}"):
+            load_single_file(path, family=other.name)
+    assert not (tmp_path / "wrong.safetensors").exists()
+
+    # trained from: the family's loader with its offline configs (the tiny model's, here)
+    monkeypatch.setitem(descriptor.__dict__, "config_folder", family_model_dir)
+    model = load_base_model(config_from_dict({"model": {"pretrained_model": str(path)}}), ".", device="cpu",
+                            dtype=torch.float32)
+    assert model.family is descriptor and model.name == f"{others[0].name}-base"
+    reference = pipelines_of(family_model_dir)()
+    for part in (descriptor.denoiser, *descriptor.text_encoders, "vae"):
+        assert_same_weights(getattr(reference, part), model.parts[part])
 
 
 def test_incomplete_checkpoint_names_the_missing_weight(tiny_file, tiny, tmp_path):
@@ -357,7 +391,7 @@ def meta_models(family):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = FAMILY_CONFIGS[family]
+    folder = shipped_configs(family)
     read = lambda name: json.loads((folder / name / "config.json").read_text())  # noqa: E731
     with init_empty_weights():
         return (
@@ -385,9 +419,9 @@ def test_shipped_configs_build_the_published_architectures_on_meta(family, count
 def test_shipped_sd15_config_maps_to_the_real_checkpoint_keys():
     unet, vae, text_encoder = meta_models("sd15")
     keys = {
-        **_unet_to_ldm(unet.state_dict(), unet.config),
-        **_vae_to_ldm(vae.state_dict(), vae.config),
-        **_text_encoder_to_ldm(text_encoder.state_dict(), text_encoder.config.hidden_act),
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
+        **text_encoder_to_ldm(text_encoder.state_dict(), text_encoder.config.hidden_act),
     }
     # 686 U-Net + 248 VAE + 196 text-encoder tensors, as in v1-5-pruned.safetensors.
     assert len(keys) == 1130
@@ -409,7 +443,7 @@ def test_shipped_sd15_config_maps_to_the_real_checkpoint_keys():
 
 
 def test_sd15_tokenizer_matches_clip_bpe(no_network):
-    tokenizer = load_tokenizer(FAMILY_CONFIGS["sd15"])
+    tokenizer = load_tokenizer(shipped_configs("sd15"))
     assert len(tokenizer) == 49408
     assert tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"]) == [49406, 49407]
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -421,6 +455,6 @@ def test_sd15_tokenizer_matches_clip_bpe(no_network):
 
 
 def test_sd2_tokenizer_pads_with_exclamation_mark(no_network):
-    tokenizer = load_tokenizer(FAMILY_CONFIGS["sd2"])
+    tokenizer = load_tokenizer(shipped_configs("sd2"))
     padded = tokenizer("a cat", padding="max_length", max_length=8).input_ids
     assert padded == [49406, 320, 2368, 49407, 0, 0, 0, 0]

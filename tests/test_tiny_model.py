@@ -50,3 +50,23 @@ def test_make_tiny_model_command(tmp_path, capsys):
     assert loradeck(["make-tiny-model", str(tmp_path / "tiny"), "--seed", "3"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "tiny")
     assert (tmp_path / "tiny" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_every_family_has_a_tiny_model_that_is_recognised_as_it(tmp_path, family, capsys):
+    """`loradeck make-tiny-model --family F` writes F's layout, which the registry finds to be
+    F's and no other family's; it loads as F, with F's parts."""
+    from engine.config.schema import config_from_dict
+    from engine.model.families import FAMILIES, family_named, folder_family
+    from engine.model.loading import load_base_model
+
+    folder = tmp_path / f"tiny-{family}"
+    assert loradeck(["make-tiny-model", str(folder), "--family", family]) == 0
+    assert capsys.readouterr().out.strip() == str(folder)
+    descriptor = family_named(family)
+    assert [other for other in FAMILIES if other.recognizes_folder(folder)] == [descriptor]
+    assert folder_family(folder) is descriptor
+    model = load_base_model(config_from_dict({"model": {"pretrained_model": str(folder)}}), ".", device="cpu",
+                            dtype=torch.float32)
+    assert model.family is descriptor
+    assert set(model.parts) == {descriptor.denoiser, "vae", *descriptor.text_encoders, *descriptor.tokenizers}
+    assert not any(p.requires_grad for module in model.modules() for p in module.parameters())

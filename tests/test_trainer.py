@@ -1,5 +1,5 @@
-"""The trainer end to end on the tiny model (CPU): it learns, writes the run folder of
-DESIGN.md with events that follow engine/run/events.py, and refuses corrupt datasets."""
+"""The trainer end to end on the tiny models (CPU): it learns, for every family, writes the run
+folder of DESIGN.md with events that follow engine/run/events.py, and refuses corrupt datasets."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from engine.config.schema import load_config
 from engine.run.events import EVENT_TYPES, EVENTS_VERSION, read_events
 from engine.network.lora import read_lora_file
 from engine.train.loop import train
@@ -34,8 +35,10 @@ def check_schema(events: list[dict]) -> None:
         assert not missing, (event["type"], missing)
 
 
-def test_short_run_learns_and_writes_the_run_folder(tmp_path, tiny_dataset, make_run):
-    run = make_run(
+def test_short_run_learns_and_writes_the_run_folder(tmp_path, tiny_dataset, family, family_run):
+    from engine.model.families import family_named
+
+    run = family_run(
         tiny_dataset, "learns",
         training={"epochs": 4},
         optimizer={"learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 2},
@@ -54,6 +57,7 @@ def test_short_run_learns_and_writes_the_run_folder(tmp_path, tiny_dataset, make
     start = events[0]
     assert start["plan"]["steps_per_epoch"] == 4 and start["plan"]["total_steps"] == 16
     assert start["start_step"] == 0 and start["resumed"] is False and start["precision"] == "no"
+    assert start["plan"]["family"] == family
     steps = [event for event in events if event["type"] == "step"]
     assert [event["step"] for event in steps] == list(range(1, 17))
     assert [event["epoch"] for event in steps] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
@@ -83,7 +87,13 @@ def test_short_run_learns_and_writes_the_run_folder(tmp_path, tiny_dataset, make
     assert metadata["ss_num_train_images"] == "8"
     assert json.loads(metadata["ss_dataset_dirs"]) == {"2_sks dog": {"n_repeats": 2, "img_count": 4}}
     assert json.loads(metadata["ss_tag_frequency"])["2_sks dog"]["sks dog"] == 4
-    assert metadata["ss_resolution"] == "(64, 64)" and metadata["ss_sd_model_name"] == "tiny-sd15"
+    assert metadata["ss_resolution"] == "(64, 64)" and metadata["ss_sd_model_name"] == f"tiny-{family}"
+    descriptor = family_named(family)
+    for key, value in descriptor.lora_metadata(load_config(run.config)).items():  # ss_base_model_version, ...
+        assert metadata[key] == str(value), key
+    # one Kohya prefix per adapted part (U-Net and text encoders train by default), nothing else
+    prefixes = {component.prefix for component in descriptor.lora_components}
+    assert {next(p for p in prefixes if key.startswith(p + "_")) for key in tensors} == prefixes
     assert float(metadata["ss_training_finished_at"]) >= float(metadata["ss_training_started_at"])
     assert all(t.dtype == torch.float32 for t in tensors.values())
 
@@ -143,7 +153,7 @@ def test_image_that_breaks_mid_run_is_skipped_with_a_warning(tmp_path, tiny_data
 def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, monkeypatch):
     import engine.train.step
 
-    real_loss = engine.train.step.loss_from_noise
+    real_loss = engine.train.step.loss_at
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -151,7 +161,7 @@ def test_nan_loss_stops_the_run_with_an_error(tmp_path, tiny_dataset, make_run, 
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(engine.train.step, "loss_from_noise", poisoned)
+    monkeypatch.setattr(engine.train.step, "loss_at", poisoned)
     run = make_run(tiny_dataset, "nan", saving={"save_every_n_epochs": 0})
     assert train(run.path) == 1
     events = list(read_events(run.events))

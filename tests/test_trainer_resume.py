@@ -1,5 +1,6 @@
 """Stop, kill and resume: a run interrupted any way ends where an uninterrupted one does,
-with the same LoRA weights, and checkpoint names keep counting."""
+with the same LoRA weights, and checkpoint names keep counting (stopping and resuming for
+every family)."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from engine.network.lora import read_lora_file
 from engine.train.state import load_state
 from engine.train.loop import train
 from tui.cli import main as loradeck
-from tests.conftest import stop_when_epoch_ends
+from tests.conftest import TINY_FAMILIES, stop_when_epoch_ends
 
 SETTINGS = dict(
     # text encoder trained for 3 steps only, and a schedule that moves: both must resume right
@@ -27,14 +28,14 @@ SETTINGS = dict(
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir):
-    """The LoRA of an uninterrupted run with SETTINGS."""
+def reference(tmp_path_factory, family_model_dir):
+    """The LoRA of an uninterrupted run with SETTINGS, for the module's family."""
     from engine.config.schema import config_from_dict, save_config, with_absolute_paths
     from engine.run.folder import RunDir
     from tests.conftest import small_run_settings, write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("reference"))
-    data = small_run_settings(tiny_model_dir)
+    data = small_run_settings(family_model_dir)
     for group, values in SETTINGS.items():
         data[group].update(values)
     data["saving"]["output_name"] = "reference"
@@ -64,8 +65,12 @@ def events_of(run, kind):
     return [event for event in read_events(run.events) if event["type"] == kind]
 
 
-def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_dataset, make_run, monkeypatch, reference):
-    run = make_run(tiny_dataset, "stopped", **SETTINGS)
+# every family stops at an epoch end and resumes bit-exactly in the network-type and validation
+# tests, and mid-epoch below; this one adds the text-encoder stop and a moving schedule
+@pytest.mark.parametrize("family", TINY_FAMILIES[:1], indirect=True)
+def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_dataset, family_run, monkeypatch,
+                                                                 reference):
+    run = family_run(tiny_dataset, "stopped", **SETTINGS)
     stop_when_epoch_ends(run, monkeypatch, epoch=1)  # the user presses stop as epoch 1 ends
     assert train(run.path) == 0
     end = events_of(run, "run_end")[-1]
@@ -88,18 +93,18 @@ def test_stop_after_epoch_one_then_resume_matches_uninterrupted(tmp_path, tiny_d
     assert_same_weights(tensors, reference)
 
 
-def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make_run, reference, monkeypatch):
+def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, family_run, reference, monkeypatch):
     """`loradeck stop` from another terminal (here a thread) stops mid-epoch; resume continues."""
     import engine.train.step
 
-    real_loss = engine.train.step.loss_from_noise
+    real_loss = engine.train.step.loss_at
 
     def slow_loss(*args, **kwargs):  # steps slow enough for the requests to land mid-run
         time.sleep(0.25)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(engine.train.step, "loss_from_noise", slow_loss)
-    run = make_run(tiny_dataset, "stop-cli", **SETTINGS)
+    monkeypatch.setattr(engine.train.step, "loss_at", slow_loss)
+    run = family_run(tiny_dataset, "stop-cli", **SETTINGS)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("status", train(run.path)))
     worker.start()
@@ -133,9 +138,10 @@ def test_stop_command_mid_epoch_then_resume_matches(tmp_path, tiny_dataset, make
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, make_run, one_thread_env, reference):
+@pytest.mark.parametrize("family", TINY_FAMILIES[:1], indirect=True)  # the process side is the family's no more
+def test_kill_9_mid_run_then_resume(tmp_path, tiny_dataset, family_run, one_thread_env, reference):
     """A detached engine killed with SIGKILL leaves a loadable checkpoint and state."""
-    run = make_run(tiny_dataset, "killed", saving={"save_every_n_epochs": 0, "save_every_n_steps": 1}, **SETTINGS)
+    run = family_run(tiny_dataset, "killed", saving={"save_every_n_epochs": 0, "save_every_n_steps": 1}, **SETTINGS)
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.train.process", str(run.path)],
         env=one_thread_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

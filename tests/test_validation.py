@@ -1,6 +1,6 @@
 """Validation loss: the seeded split, the fixed-noise evaluator, a deterministic curve
-(re-run and resume), TensorBoard, the -best file, early stop, the advice rules, the
-dashboard's panel and checkpoint marks, `loradeck runs --json`, the grid's labels."""
+(re-run and resume), TensorBoard, the -best file (for every family), early stop, the advice
+rules, the dashboard's panel and checkpoint marks, `loradeck runs --json`, the grid's labels."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from engine.run.advice import ValidationPoint, advise, best_point, evaluations_s
 from engine.run.events import read_events
 from engine.train.loop import train
 from tests.datasets import write_caption, write_image
-from tests.conftest import stop_when_epoch_ends
+from tests.conftest import TINY_FAMILIES, stop_when_epoch_ends
 from tests.run_recordings import RecordedRun, dashboard_ready, screen_text, wait_until, workspace  # noqa: F401
 from tui.cli import main as loradeck
 
@@ -106,9 +106,8 @@ def test_validation_folder_plan_command_and_bad_settings(tmp_path, capsys):
 
 def test_fixed_noise_and_scores_do_not_depend_on_batching(tmp_path, tiny_model_dir):
     from engine.model.loading import load_base_model
-    from engine.train.validation import Evaluator, fixed_noise, fixed_timesteps
+    from engine.train.validation import Evaluator, fixed_noise
 
-    assert fixed_timesteps(4, 1000) == [125, 375, 625, 875]
     assert torch.equal(fixed_noise(1, "a/b.png", 125, (4, 8, 8)), fixed_noise(1, "a/b.png", 125, (4, 8, 8)))
     assert not torch.equal(fixed_noise(1, "a/b.png", 125, (4, 8, 8)), fixed_noise(1, "a/b.png", 375, (4, 8, 8)))
     root = ten_images(tmp_path)
@@ -119,8 +118,9 @@ def test_fixed_noise_and_scores_do_not_depend_on_batching(tmp_path, tiny_model_d
         config = config_of(model={"pretrained_model": str(tiny_model_dir)},
                            validation={"split_fraction": 0.3, "batch_size": batch_size, "train_sample": 4})
         evaluator = Evaluator.build(config, model, scan_dataset(config, root), device=torch.device("cpu"))
+        assert evaluator.timesteps == [125, 375, 625, 875]  # the middle of 4 equal slices of the schedule
         model.unet.train()
-        scores.append(evaluator.evaluate(model.unet, model.text_encoder))
+        scores.append(evaluator.evaluate(model.unet, model.text_encoders))
         assert model.unet.training  # the mode is put back
     one, three = scores
     assert (one.images, one.train_images) == (3, 4) and sorted(one.bands) == ["t125", "t375", "t625", "t875"]
@@ -133,14 +133,14 @@ def test_fixed_noise_and_scores_do_not_depend_on_batching(tmp_path, tiny_model_d
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir):
-    """An uninterrupted run with validation (split) and TensorBoard."""
+def reference(tmp_path_factory, family_model_dir):
+    """An uninterrupted run with validation (split) and TensorBoard, of the module's family."""
     from engine.config.schema import save_config, with_absolute_paths
     from engine.run.folder import RunDir
     from tests.conftest import small_run_settings, write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path_factory.mktemp("validation-reference"))
-    data = small_run_settings(tiny_model_dir)
+    data = small_run_settings(family_model_dir)
     data.update(SPLIT)
     data["logging"]["tensorboard"] = True
     data["saving"]["output_name"] = "reference"
@@ -195,18 +195,19 @@ def _runs_json(run) -> str:
     return json.dumps(json.loads(out.getvalue())[0])
 
 
-def test_same_seed_gives_the_same_curve(reference, tmp_path, make_run):
+@pytest.mark.parametrize("family", TINY_FAMILIES[:1], indirect=True)  # the resume test below compares every family's
+def test_same_seed_gives_the_same_curve(reference, tmp_path, family_run):
     from tests.conftest import write_tiny_dataset
 
-    run = make_run(write_tiny_dataset(tmp_path), "again", **SPLIT)
+    run = family_run(write_tiny_dataset(tmp_path), "again", **SPLIT)
     assert train(run.path) == 0
     assert curve(run) == curve(reference)  # bit-equal: the same code path on the same numbers
 
 
-def test_stop_and_resume_gives_the_same_curve(reference, tmp_path, make_run, monkeypatch):
+def test_stop_and_resume_gives_the_same_curve(reference, tmp_path, family_run, monkeypatch):
     from tests.conftest import write_tiny_dataset
 
-    run = make_run(write_tiny_dataset(tmp_path), "resumed", **SPLIT)
+    run = family_run(write_tiny_dataset(tmp_path), "resumed", **SPLIT)
     stop_when_epoch_ends(run, monkeypatch, epoch=1)  # the user presses stop as epoch 1 ends
     assert train(run.path) == 0
     assert events_of(run, "run_end")[-1]["status"] == "stopped"
@@ -223,7 +224,7 @@ def test_early_stop_after_patience_keeps_the_best_file(tmp_path, make_run, monke
 
     scripted = iter([1.0, 0.9, 0.95, 0.97, 0.5, 0.4])  # no better than 0.9 for two evaluations after epoch 2
 
-    def evaluate(self, unet, text_encoder):
+    def evaluate(self, denoiser, text_encoders):
         loss = next(scripted)
         return validation.Scores(loss, {"t500": loss}, None, 0.0, 1, 0)
 

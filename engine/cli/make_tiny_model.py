@@ -1,15 +1,18 @@
-"""`loradeck make-tiny-model DIR [--family sdxl]`: a tiny random SD1.5- or SDXL-layout model for tests and demos."""
+"""`loradeck make-tiny-model DIR [--family sdxl]`: a tiny random model of a family's layout for tests and demos."""
 from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "Write a tiny Stable Diffusion 1.5- or SDXL-layout model (random weights, offline) as a diffusers folder."
+from engine.model.families import one_per_runtime
+
+HELP = "Write a tiny model with a family's real layout (random weights, offline) as a diffusers folder."
 
 
 def add_arguments(parser) -> None:
+    names = [family.name for family in one_per_runtime()]
     parser.add_argument("directory", type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15", help="model layout (default sd15)")
+    parser.add_argument("--family", choices=names, default=names[0], help=f"model layout (default {names[0]})")
 
 
 def run(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from engine.config.schema import load_config
@@ -44,13 +45,17 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"Checkpoints       {len(plan.checkpoints)}: {saves}")
     lines.append(f"LoRA file         {format_bytes(plan.lora_file_bytes)} ({plan.lora_parameters:,} parameters)")
     lines.append(f"VRAM (estimate)   {plan.vram_estimate.summary()}")
+    lines.append(f"RAM (estimate)    about {plan.vram_estimate.ram_gb:.1f} GiB of system memory while the model loads")
     for problem in plan.problems:
         lines.append(f"warning: {problem}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    notes: list[str] = []
+    config = load_config(args.config, notes)
+    for note in notes:  # an older config, migrated (engine.config.schema.migrate)
+        print(f"note: {args.config}: {note}", file=sys.stderr)
     plan = make_plan(config, args.config.resolve().parent)
     if args.json:
         print(json.dumps(plan.as_json(), indent=1))

@@ -1,11 +1,12 @@
 """`loradeck scan DIR [--json] [--fix-exif] [--quarantine] [--undo-quarantine]`.
 
 Exit status 1 while any error finding remains, else 0; 2 on bad usage. What the fixes
-did goes to stderr, so `--json` keeps stdout to the one report object.
+did goes to stderr, so `--json` keeps stdout to the one report object. A file name that
+is not valid UTF-8 is shown as `\\xNN` per undecodable byte in text, and kept exactly in
+JSON (see engine.health.report).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,19 +28,23 @@ def add_arguments(parser) -> None:
 
 
 def format_report(report) -> str:
-    from engine.health.report import CHECKS
+    """One line per finding, then one per skipped entry, then the summary. File names
+    are shown with `display` (an undecodable byte as \\xNN), so each stays one line."""
+    from engine.health.report import CHECKS, display
 
-    lines = [f"{report.images} images in {report.root}"]
+    lines = [display(f"{report.images} images in {report.root}")]
+    skipped = [f"{'skipped':<8} {'':<18} {display(item.path)}  {display(item.reason)}" for item in report.skipped]
     if not report.findings:
-        return lines[0] + ": no problems found"
-    width = max(len(item.path) for item in report.findings)
+        return "\n".join([lines[0] + ": no problems found"] + skipped)
+    width = max(len(display(item.path)) for item in report.findings)
     for item in report.findings:
-        lines.append(f"{item.severity:<8} {item.code:<16} {item.path:<{width}}  {item.message}")
+        lines.append(f"{item.severity:<8} {item.code:<18} {display(item.path):<{width}}  {display(item.message)}")
+    lines.extend(skipped)
     lines.append("")
     lines.append("Summary")
     for code, count in report.summary.items():
         check = CHECKS[code]
-        lines.append(f"  {check.severity:<8} {code:<16} {count:>6}  {check.title}")
+        lines.append(f"  {check.severity:<8} {code:<18} {count:>6}  {check.title}")
     return "\n".join(lines)
 
 
@@ -61,6 +66,7 @@ def _progress_printer():
 def run(args) -> int:
     from engine.health.scan import scan, target_for
     from engine.health.actions import apply_action
+    from engine.health.report import display, json_text
 
     if args.undo_quarantine and (args.fix_exif or args.quarantine):
         raise UsageError("--undo-quarantine cannot be combined with --fix-exif or --quarantine")
@@ -80,7 +86,7 @@ def run(args) -> int:
     def act(kind: str, findings) -> None:
         lines, _failed = apply_action(kind, target.root, findings, target.settings.caption_extension)
         for line in lines:
-            print(line, file=sys.stderr)
+            print(display(line), file=sys.stderr)
 
     if args.undo_quarantine:
         act("undo", [])
@@ -93,7 +99,7 @@ def run(args) -> int:
         act("quarantine", report.errors)
         report = run_scan()
     if args.json:
-        print(json.dumps(report.as_json(), indent=1, ensure_ascii=False))
+        print(json_text(report.as_json(), indent=1))
     else:
         print(format_report(report))
     return 1 if report.errors else 0

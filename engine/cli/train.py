@@ -1,6 +1,7 @@
 """`loradeck train CONFIG [--detach] [--resume RUN_DIR]`: train a LoRA; prints the run folder last."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from engine.errors import UsageError
@@ -18,10 +19,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from engine.config.schema import load_config
     from engine.run.launch import start_training
 
     if args.config is None and args.resume is None:
         raise UsageError("give a CONFIG to start a run, or --resume RUN_DIR")
+    if args.config is not None and args.config.is_file():
+        notes: list[str] = []
+        load_config(args.config, notes)
+        for note in notes:  # an older config, migrated; the run folder holds it in the current version
+            print(f"note: {args.config}: {note}", file=sys.stderr)
     run_dir = start_training(args.config, detach=args.detach, resume=args.resume)
     if args.detach:
         print(f"training in the background; follow it with `loradeck attach {run_dir}` or stop it with "

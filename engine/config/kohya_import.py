@@ -31,6 +31,7 @@ from engine.config.schema import (
 )
 from engine.errors import ConfigError, LoradeckError
 from engine.config.prompts import normalize_sampler
+from engine.model.families import FAMILIES
 
 _UNSET = object()
 
@@ -92,7 +93,6 @@ def _optional_rate(value: Any) -> Any:
 SIMPLE_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "pretrained_model_name_or_path": ("model.pretrained_model", _text),
     "vae": ("model.vae", _text),
-    "v2": ("model.v2", _flag),
     "v_parameterization": ("model.v_parameterization", _flag),
     "clip_skip": ("model.clip_skip", _integer),
     "train_data_dir": ("dataset.image_dir", _text),
@@ -177,13 +177,15 @@ LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_s
                    "rescaled": False, "train_norm": False, "bypass_mode": False}
 
 # keys handled by hand below
+# each family's GUI keys (engine.model.family: kohya_flags, kohya_settings, kohya_notes)
+FAMILY_KEYS = {key for family in FAMILIES
+               for key in (*family.kohya_flags, *family.kohya_settings, *family.kohya_notes)}
 SPECIAL_KEYS = {
-    "LoRA_type", "sdxl", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
+    "LoRA_type", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
     "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
     "stop_text_encoder_training_pct", "max_train_epochs", "sample_sampler",
     "network_train_unet_only", "network_train_text_encoder_only", "sdpa", "mem_eff_attn", "noise_offset_type",
-    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
-    "dora_wd", "LyCORIS_preset", "bucket_reso_steps", *NETWORK_KEYS, *LYCORIS_OPTIONS,
+    *FAMILY_KEYS, "dora_wd", "LyCORIS_preset", "bucket_reso_steps", *NETWORK_KEYS, *LYCORIS_OPTIONS,
 }
 
 
@@ -286,13 +288,15 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
                          f"{', '.join(map(str, BUCKET_STEPS))} (64 is sd-scripts' default)")
             step = 64
         put("dataset.bucket_step", step, "bucket_reso_steps")
-    if _flag(data.get("sdxl", False)) is True:
-        put("model.family", "sdxl", "sdxl")
-        if _flag(data.get("sdxl_cache_text_encoder_outputs", False)) is True:
-            put("precision.cache_text_encoder_outputs", True, "sdxl_cache_text_encoder_outputs")
-        if _flag(data.get("sdxl_no_half_vae", False)) is True:
-            notes.append("sdxl_no_half_vae: loradeck runs SDXL's VAE in fp32 under fp16 unless model.vae "
-                         "gives an fp16-fixed one (under bf16 it cannot overflow)")
+    for family in FAMILIES:  # the GUI's model checkboxes ("v2", "sdxl"), each family's own
+        flag = next((key for key in family.kohya_flags if _flag(data.get(key, False)) is True), None)
+        if flag is None:
+            continue
+        put("model.family", family.name, flag)
+        for key, setting in family.kohya_settings.items():
+            if _flag(data.get(key, False)) is True:
+                put(setting, True, key)
+        notes.extend(note for key, note in family.kohya_notes.items() if _flag(data.get(key, False)) is True)
     if "max_resolution" in data:
         value = _text(data["max_resolution"])
         if value is not _UNSET:

@@ -7,7 +7,7 @@ TOML into frozen dataclasses and never mutated afterwards; derived numbers live 
 
 On disk (TOML), one table per group:
 
-    version = 1
+    version = 2
     [model]
     pretrained_model = "runwayml/stable-diffusion-v1-5"
     [network]
@@ -34,8 +34,11 @@ except ModuleNotFoundError:  # Python 3.10
 from engine.config.network_types import CONV_TYPES, MAX_RANK, NETWORK_TYPES
 from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
+from engine.model.families import FAMILY_NAMES
+from engine.paths import resolve_path  # noqa: F401 (path settings are resolved with it; many import it from here)
 
-CONFIG_VERSION = 1
+# 2: `model.v2` became `model.family = "sd2"` (engine.model.families names every family)
+CONFIG_VERSION = 2
 BUCKET_STEPS = (8, 16, 32, 64, 128)
 
 
@@ -85,11 +88,12 @@ class ModelSettings:
     )
     family: str = setting(
         "auto",
-        "Model family: auto (read from the base model's files), sd15, sd2 or sdxl.",
+        f"Model family: auto (read from the base model's files), {', '.join(FAMILY_NAMES)}.",
         label="Model family",
-        choices=("auto", "sd15", "sd2", "sdxl"),
-        advice="Leave on auto: a local folder or .safetensors file says what it is. Set sdxl for an "
-        "SDXL hub id or a .ckpt, so the plan and the VRAM estimate use SDXL's sizes before loading.",
+        choices=("auto", *FAMILY_NAMES),
+        advice="Leave on auto: a local folder or .safetensors file says what it is. Name the family "
+        "for a hub id or a .ckpt (sd2 for SD 2.x, sdxl for SDXL), so the plan and the VRAM estimate "
+        "use its sizes before loading.",
     )
     vae: str = setting(
         "",
@@ -98,11 +102,6 @@ class ModelSettings:
         path=True,
         advice="Only needed when the base model's own VAE gives washed-out or broken colours (some "
         "merges); latents are cached with the VAE chosen here.",
-    )
-    v2: bool = setting(
-        False, "The base model is Stable Diffusion 2.x.", label="SD 2.x model",
-        advice="SD 2.x uses a different text encoder (OpenCLIP): a LoRA trained on one family does "
-        "not load on the other.",
     )
     v_parameterization: bool = setting(
         False,
@@ -1033,12 +1032,12 @@ def _check_field(spec: FieldSpec, value: Any) -> str | None:
     return None
 
 
-def config_from_dict(data: dict[str, Any], source: str = "") -> TrainConfig:
+def config_from_dict(data: dict[str, Any], source: str = "", notes: list[str] | None = None) -> TrainConfig:
     """Build a config from TOML-shaped data (migrating old versions). Raises ConfigError.
 
     Checks types, choices and ranges field by field, then the rules between fields.
     """
-    data = migrate(data, source)
+    data = migrate(data, source, notes)
     specs: dict[str, dict[str, FieldSpec]] = {}
     for spec in schema():
         specs.setdefault(spec.group, {})[spec.name] = spec
@@ -1171,8 +1170,10 @@ def validate(config: TrainConfig) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- versions
 
 
-def migrate(data: dict[str, Any], source: str = "") -> dict[str, Any]:
-    """Bring TOML data of any earlier schema version to the current one."""
+def migrate(data: dict[str, Any], source: str = "", notes: list[str] | None = None) -> dict[str, Any]:
+    """Bring TOML data of any earlier schema version to the current one; what changed
+    meaning is appended to `notes` (one line each), for the user to read."""
+    notes = [] if notes is None else notes
     version = data.get("version", CONFIG_VERSION)
     if not isinstance(version, int) or version < 0:
         raise ConfigError("version", f"{version!r} is not a config version", source)
@@ -1183,7 +1184,27 @@ def migrate(data: dict[str, Any], source: str = "") -> dict[str, Any]:
     data = dict(data)
     if version == 0:
         data = _migrate_flat_v0(data)
+    if version <= 1 or "v2" in (data.get("model") if isinstance(data.get("model"), dict) else {}):
+        data = _migrate_v2_flag(data, notes)  # also a hand-written file that names no version
     data["version"] = CONFIG_VERSION
+    return data
+
+
+def _migrate_v2_flag(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Version 1 said SD 2.x twice: `model.v2 = true` and `model.family = "sd2"`. The flag
+    becomes the family (when the family was auto or SD 1.x); a local model's files still
+    decide over both, as before."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "v2" not in model:
+        return data
+    model = dict(model)
+    flag = model.pop("v2")
+    data = {**data, "model": model}
+    if flag is True and model.get("family", "auto") in ("auto", "sd15"):
+        model["family"] = "sd2"
+        notes.append('model.v2 = true is now model.family = "sd2" (config version 2); the next save writes it so')
+    elif flag is True:
+        notes.append(f"model.v2 = true dropped: model.family = {model['family']!r} says what the model is")
     return data
 
 
@@ -1191,6 +1212,7 @@ def _migrate_flat_v0(data: dict[str, Any]) -> dict[str, Any]:
     """Version 0 was one flat table of `group_setting = value` keys; nest them."""
     nested: dict[str, dict[str, Any]] = {}
     known = {spec.name: spec.group for spec in schema()}
+    known["v2"] = "model"  # a version-1 setting: _migrate_v2_flag turns it into model.family
     for key, value in data.items():
         if key == "version":
             continue
@@ -1225,15 +1247,17 @@ def dumps_config(config: TrainConfig) -> str:
     return tomli_w.dumps(config_to_dict(config), multiline_strings=True)
 
 
-def loads_config(text: str, source: str = "") -> TrainConfig:
+def loads_config(text: str, source: str = "", notes: list[str] | None = None) -> TrainConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("toml", f"not valid TOML: {error}", source) from None
-    return config_from_dict(data, source)
+    return config_from_dict(data, source, notes)
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, notes: list[str] | None = None) -> TrainConfig:
+    """The config in a TOML file, migrated from an older version (what changed meaning is
+    appended to `notes` when given)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -1243,7 +1267,7 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ConfigError("file", "not a UTF-8 text file", str(path)) from None
     except OSError as error:  # a folder, no permission, an I/O error
         raise ConfigError("file", f"cannot read ({error.strerror or error})", str(path)) from None
-    return loads_config(text, str(path))
+    return loads_config(text, str(path), notes)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -1260,14 +1284,6 @@ def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
     group_name, name = key.split(".", 1)
     group = dataclasses.replace(getattr(config, group_name), **{name: value})
     return dataclasses.replace(config, **{group_name: group})
-
-
-def resolve_path(base_dir: str | Path, value: str) -> Path | None:
-    """A path setting resolved against the config file's folder; None when unset."""
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(base_dir) / path
 
 
 RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)

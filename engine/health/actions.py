@@ -8,6 +8,7 @@ Each returns one line per file for the user and whether anything failed.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from engine.errors import LoradeckError
@@ -45,9 +46,16 @@ def fix_findings(root: Path, findings: list[Finding]) -> tuple[list[str], bool]:
 def quarantine_findings(root: Path, findings: list[Finding], caption_extension: str) -> tuple[list[str], bool]:
     from engine.dataset.quarantine import quarantine_files
 
-    lines = [f"not moved: folder {item.path} has no <repeats>_ prefix; rename it"
-             for item in findings if item.code == "bad_folder_name"]
-    movable = [(item.path, item.code) for item in findings if item.code != "bad_folder_name"]
+    # Folders stay where they are: the user renames them or fixes their permissions.
+    reasons = {"bad_folder_name": "has no <repeats>_ prefix; rename it",
+               "unreadable_folder": "cannot be read; fix its permissions"}
+    lines = [f"not moved: folder {item.path} {reasons[item.code]}" for item in findings if item.code in reasons]
+    # A named pipe or a broken link is not moved (the quarantine holds files and can only
+    # restore files): said here, so it is never skipped silently.
+    lines += [f"not moved: {item.path} is not a file ({item.message}); remove or replace it by hand"
+              for item in findings if item.code not in reasons and not os.path.isfile(root / item.path)]
+    movable = [(item.path, item.code) for item in findings
+               if item.code not in reasons and os.path.isfile(root / item.path)]
     try:
         entries = quarantine_files(root, movable, caption_extension)
     except LoradeckError as error:

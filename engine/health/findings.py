@@ -28,14 +28,14 @@ ORIENTATION_NAMES = {
 }
 
 
-def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions: dict[str, str | None],
+def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions: dict[str, str],
                      settings: ScanSettings) -> list[Finding]:
+    """`captions`: the text of every caption file that could be read (the others have
+    a reason in `files.problems`)."""
     found: list[Finding] = []
     usable = [path for path in files.images if not facts[path].error_code]
     for path in files.images:
-        found.extend(file_findings(path, facts[path], settings))
-        if not facts[path].error_code:
-            found.extend(caption_findings(path, captions, settings))
+        found.extend(image_findings(path, facts[path], captions, settings, files.problems))
     duplicates = duplicate_findings(usable, facts)
     found.extend(duplicates)
     already = {item.path for item in duplicates}
@@ -44,7 +44,24 @@ def dataset_findings(files: DatasetFiles, facts: dict[str, ImageFacts], captions
     found.extend(orphan_caption_findings(files, settings))
     if settings.kohya_layout:
         found.extend(folder_findings(files))
+    found.extend(finding(folder, "unreadable_folder", f"{why}: its images are not checked, "
+                         "and the trainer cannot list it either")
+                 for folder, why in files.unreadable_folders.items())
     return sorted(found, key=lambda item: (item.path, CODE_ORDER[item.code]))
+
+
+def image_findings(path: str, facts: ImageFacts, captions: dict[str, str], settings: ScanSettings,
+                   problems: dict[str, str] | None = None) -> list[Finding]:
+    """One image's own findings, from its decode and its caption; what needs the whole
+    dataset (duplicates, blur, orphans, folders) aside."""
+    found = file_findings(path, facts, settings)
+    if not facts.error_code:
+        found.extend(caption_findings(path, captions, settings, problems))
+    return found
+
+
+def caption_path_of(path: str, settings: ScanSettings) -> str:
+    return posixpath.splitext(path)[0] + settings.caption_extension
 
 
 def file_findings(path: str, facts: ImageFacts, settings: ScanSettings) -> list[Finding]:
@@ -88,15 +105,18 @@ def low_resolution_message(size: tuple[int, int], settings: ScanSettings) -> str
     return ""
 
 
-def caption_findings(path: str, captions: dict[str, str | None], settings: ScanSettings) -> list[Finding]:
-    caption_path = posixpath.splitext(path)[0] + settings.caption_extension
+def caption_findings(path: str, captions: dict[str, str], settings: ScanSettings,
+                     problems: dict[str, str] | None = None) -> list[Finding]:
+    caption_path = caption_path_of(path, settings)
     name = posixpath.basename(caption_path)
+    if problems and caption_path in problems:
+        return [finding(path, "unreadable_caption", f"{name} cannot be read: {problems[caption_path]}")]
     if caption_path not in captions:
         parts = path.split("/")
         parsed = parse_folder_name(parts[0]) if settings.kohya_layout and len(parts) > 1 else None
         fallback = f": trained with the folder's class tokens \"{parsed[1]}\" only" if parsed else ""
         return [finding(path, "missing_caption", f"no caption file {name}{fallback}")]
-    if not captions[caption_path]:
+    if not captions[caption_path].strip():  # no line with a tag on it: the trainer's caption is ""
         return [finding(path, "empty_caption", f"{name} is empty")]
     return []
 

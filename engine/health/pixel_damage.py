@@ -1,16 +1,29 @@
 """Damage that decoders do not report, found in the decoded pixels.
 
-Bytes zeroed, dropped or flipped in the middle of a JPEG's entropy-coded data often
-decode without a warning. libjpeg then stays in step with the blocks (a stream that
-fell out of step would end early or late, and that it reports), but every DC value from
-the damaged block on is off by the same amount: the picture below comes out the same
-picture with a colour cast, from a block boundary in the row where the damage is to the
-right edge and from the next MCU row down across the rest. A lost tail comes out flat
-grey. Numpy only, on a few rows per block boundary and every second column.
+Bytes zeroed, dropped, inserted or flipped in the middle of a JPEG's entropy-coded data
+often decode without a warning (libjpeg only notices when the stream ends early or late).
+The decoder then reads the MCUs after the damage out of step: from the damaged MCU on,
+the picture comes out shifted sideways by whole MCUs and colour-cast (every DC value off
+by the same amount), often after an MCU or two of garbage, to the end of the picture or,
+with restart markers, of the restart interval. A lost tail comes out flat grey.
+
+Three tests, the first that finds a row wins:
+- seams on the MCU grid shaped like that region (`engine.health.mcu_seams`): an L from
+  the damaged MCU, or a strip to the end of its row, with evidence in the pixels that it
+  is damage and not content of the same shape (`engine.health.damage_evidence`);
+- a cast on textured content: a block-row boundary below which the picture is the one
+  above plus one offset per channel (with restart markers the strip, without them a
+  damaged MCU at the start of a row);
+- a cast that pushes the picture below a seam out of range, and a grey tail.
+Numpy only, on a few rows per MCU-row boundary and a few columns per candidate.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from engine.health import damage_evidence
+from engine.health.mcu_seams import SEGMENT as STEP_SEGMENT
+from engine.health.mcu_seams import boundary_steps, first_seam_row
 
 BLOCK = 8
 # Columns are compared per segment of SEGMENT read columns, every OFFSET_COLUMN_STEP-th.
@@ -59,18 +72,20 @@ FILL_GREY = 128
 FILL_TOLERANCE = 2
 # A colour cast big enough to push the picture below a seam out of range: from the seam
 # down nearly every pixel has a channel at 0 or 255, just above it nearly none do, and
-# the clipped rows still vary (a black bar or a flat sky is one colour).
+# the clipped rows still vary, from pixel to pixel (a black bar or a flat sky is one
+# colour; flat shapes in saturated colours differ only from shape to shape).
 CLIPPED_SHARE = 0.9
 UNCLIPPED_ABOVE = 0.1
 CLIPPED_MIN_SPREAD = 4.0
 
 
-def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK) -> int:
+def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | None = None) -> int:
     """The first pixel row of silent damage, or -1 when the pixels look whole.
 
-    `pixels` is height × width (× channels) uint8, as decoded; `mcu_height` the height
-    of the JPEG's minimum coded unit (16 with chroma halved vertically): damage starts
-    on a boundary between MCU rows, so only those are read."""
+    `pixels` is height × width (× channels) uint8, as decoded; `mcu_height` and
+    `mcu_width` the size of the JPEG's minimum coded unit (16 × 16 with chroma halved
+    both ways; the width defaults to the height): damage starts on an MCU, so only the
+    boundaries between MCU rows are read, and only seams that start on an MCU count."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     height = pixels.shape[0]
@@ -80,38 +95,50 @@ def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK) -> int:
     boundaries = np.arange(mcu_height, height - 1, mcu_height)
     if filled >= 0:
         boundaries = boundaries[boundaries < filled]
-    found = [_offset_seam(pixels, boundaries)]
+    if len(boundaries) < 2:
+        return filled
+    # Two rows either side of each boundary, copied whole (row copies are cheap, strided
+    # gathers are not): rows[k, boundary, column, channel]; both seam tests start from
+    # which 8-pixel segments of each boundary step.
+    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
+    rows = rows.reshape(4, len(boundaries), *pixels.shape[1:])
+    steps = boundary_steps(rows)
+    found = [_offset_seam(rows, steps, boundaries),
+             first_seam_row(pixels, boundaries, steps, mcu_height, mcu_width or mcu_height)]
     if pixels.shape[1] >= MIN_SEAM_WIDTH:
         found.append(_clipped_seam(pixels[:, ::COLUMN_STEP, :3], boundaries))
     found = [row for row in found if row >= 0]
     return min(found) if found else filled
 
 
-def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
+def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) -> int:
     """The first boundary below which the picture is the one above plus a colour offset
-    (the DC of every block shifted by the same amount), or -1."""
+    (the DC of every block shifted by the same amount), or -1. `rows` are the four rows
+    around each boundary, `steps` which 8-pixel segments of each boundary step."""
     segment_width = SEGMENT * OFFSET_COLUMN_STEP
-    segments = pixels.shape[1] // segment_width
-    if not len(boundaries) or segments < 2:
+    segments = rows.shape[2] // segment_width
+    if segments < 2:
         return -1
-    step = int(boundaries[1] - boundaries[0]) if len(boundaries) > 1 else BLOCK
-    # Two rows either side of each boundary, copied whole (row copies are cheap, strided
-    # gathers are not): rows[k, boundary, segment, column, channel]
-    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
-    rows = rows[:, :segments * segment_width, :3].reshape(4, len(boundaries), segments, segment_width, -1)
-    # A step across the boundary well above the row-to-row steps beside it, from every
-    # fourth column; only the few such places are looked at closely.
-    over, above, below, under = rows[..., ::STEP_COLUMN_STEP, :].astype(np.int16)
-    values = over.shape[-2] * over.shape[-1]
-    across = np.abs(below - above).reshape(*over.shape[:2], -1).sum(axis=-1) / values
-    natural = np.maximum(np.abs(above - over).reshape(*over.shape[:2], -1).sum(axis=-1),
-                         np.abs(under - below).reshape(*over.shape[:2], -1).sum(axis=-1)) / values
-    candidates = np.nonzero(across >= STEP_RATIO * natural + MIN_STEP)
+    step = int(boundaries[1] - boundaries[0])
+    # Only the places where most of a segment steps are looked at closely.
+    per_segment = segment_width // STEP_SEGMENT
+    stepping = steps[:, :segments * per_segment].reshape(len(boundaries), segments, per_segment).sum(axis=-1)
+    candidates = np.nonzero(stepping * 2 >= per_segment)
     if not len(candidates[0]):
         return -1
-    natural = natural[candidates]
-    close = rows[1:3, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP].astype(np.int16)
-    above, below = close  # candidate, column, channel
+    wide = rows[:, :, :segments * segment_width].reshape(4, len(boundaries), segments, segment_width, -1)
+    above, below = wide[1:3, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
+    # Texture, not a flat area crossed by a line or two: a line that goes on under an
+    # offset explains a flat-to-flat edge just as well (rectangles in an illustration).
+    # Tested first: flat content has many stepping segments and none of them counts.
+    textured = ((np.abs(above - np.median(above, axis=1, keepdims=True)) > damage_evidence.TEXTURE_STEP).any(axis=-1)
+                .mean(axis=1) >= damage_evidence.TEXTURED_SHARE)
+    candidates = (candidates[0][textured], candidates[1][textured])
+    if not len(candidates[0]):
+        return -1
+    above, below = above[textured], below[textured]
+    over, near_above, near_below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
+    natural = np.maximum(np.abs(near_above - over).mean(axis=(1, 2)), np.abs(under - near_below).mean(axis=(1, 2)))
     # The offset that best explains the pixels below from those above, from the pixels
     # the cast did not push out of range, and what it leaves unexplained.
     inside = (below > 0) & (below < 255)
@@ -128,8 +155,8 @@ def _offset_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     # A colour gradient steps at every chroma block boundary; damage steps once.
     for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):
         neighbour = np.clip(candidates[0] + distance, 0, len(boundaries) - 1)
-        again = (rows[2, neighbour, candidates[1], ::STEP_COLUMN_STEP].astype(np.int16)
-                 - rows[1, neighbour, candidates[1], ::STEP_COLUMN_STEP]).mean(axis=1)
+        again = (wide[2, neighbour, candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
+                 - wide[1, neighbour, candidates[1], ::STEP_COLUMN_STEP, :3]).mean(axis=1)
         evidence &= ~((neighbour != candidates[0])
                       & (np.abs(again - offset).max(axis=1) <= REPEAT_SHARE * np.abs(offset).max(axis=1)))
     if not evidence.any():
@@ -182,8 +209,12 @@ def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     above = np.abs(signed[1] - signed[0]).mean(axis=(-1, -2))
     across = np.abs(signed[2] - signed[1]).mean(axis=(-1, -2))
     spread = signed[2].std(axis=1).max(axis=-1)
+    # ... and vary from pixel to pixel, as a photo does: flat shapes in saturated colours
+    # have a channel at 0 or 255 too, and vary only from shape to shape.
+    grain = (np.abs(np.diff(signed[2], axis=1)).max(axis=-1) > damage_evidence.GRAIN_STEP).mean(axis=1)
     cast = ((clipped[3] >= CLIPPED_SHARE) & (clipped[1] <= UNCLIPPED_ABOVE)
-            & (across >= SEAM_MIN_STEP) & (across >= SEAM_RATIO * (above + 1)) & (spread >= CLIPPED_MIN_SPREAD))
+            & (across >= SEAM_MIN_STEP) & (across >= SEAM_RATIO * (above + 1)) & (spread >= CLIPPED_MIN_SPREAD)
+            & (grain >= damage_evidence.GRAINY_SHARE))
     found = np.flatnonzero(cast)
     return int(candidates[found[0]]) if len(found) else -1
 

@@ -3,11 +3,30 @@
     report = scan(target_for(Path("ws/img")), progress=print)
     report.findings  -> [Finding(path="10_cat/a.jpg", code="corrupt", severity="error", ...)]
 
-Each image is decoded once, in worker processes on every core (engine.health.image_checks);
-what a decode tells is cached by path, size and mtime (engine.health.cache), so
-scanning an unchanged dataset again only lists files and compares numbers. The
-dataset-wide comparisons (duplicates, blur, captions, folders) are redone each time
-from the facts (engine.health.findings). Fixes live in engine.health.exif_fix and
+The API the app uses (all keyword arguments optional; a scan without them behaves as
+it always did):
+
+    scan(target, workers=None, progress=None, should_stop=None, on_file=None) -> ScanReport
+      progress(done, total)   after the cached files at once, then as each file finishes
+      should_stop() -> bool   checked between files; True ends the scan with ScanCancelled
+                              (what was decoded is cached, so a rescan resumes from there)
+      on_file(path, findings) once per image as soon as its own findings are known: the
+                              cached and unreadable ones first, at once, then each as it is
+                              decoded; `findings` are that image's decode and caption
+                              findings (possibly none). Dataset-wide findings (duplicate,
+                              near_duplicate, blurry, orphan_caption, bad_folder_name,
+                              unreadable_folder) come only in the returned report, whose
+                              findings are the complete, sorted list.
+    target_for(dir) / target_for_workspace(workspace) -> ScanTarget
+    ScanCancelled
+
+All callbacks run in the thread that called `scan`. One scan runs at a time (a second
+call waits for the first). Each image is decoded once, in worker processes on every core
+(engine.health.workers, engine.health.image_checks); what a decode tells is cached by
+path, size and mtime (engine.health.cache), so scanning an unchanged dataset again only
+lists files (engine.health.listing) and compares numbers. The dataset-wide comparisons
+(duplicates, blur, captions, folders) are redone each time from the facts
+(engine.health.findings). Fixes live in engine.health.exif_fix and
 engine.dataset.quarantine. Light module: no torch.
 """
 from __future__ import annotations
@@ -19,12 +38,15 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config.schema import TrainConfig, load_config
-from engine.dataset.folders import QUARANTINE_DIR, parse_folder_name, training_caption
+from engine.dataset.folders import decode_caption, parse_folder_name
 from engine.errors import LoradeckError
-from engine.health.findings import dataset_findings
+from engine.health.file_access import read_regular_file, reason
+from engine.health.findings import caption_path_of, dataset_findings, image_findings
 from engine.health.cache import load_cache, save_cache
-from engine.health.report import DatasetFiles, ScanReport, ScanSettings
-from engine.health.image_checks import CANDIDATE_EXTENSIONS, ImageFacts, inspect_files
+from engine.health.listing import list_files
+from engine.health.report import DatasetFiles, Finding, ScanReport, ScanSettings, Skipped
+from engine.health.image_checks import ImageFacts
+from engine.health.workers import inspect_files
 from engine.config.workspace import CONFIG_NAME, Workspace
 
 class ScanCancelled(Exception):
@@ -63,7 +85,8 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise LoradeckError(f"{path}: not a folder")
-    if (path / CONFIG_NAME).exists() or (path / "img").is_dir():
+    entries = {entry.name: entry for entry in _entries(path)}  # a LoradeckError when it cannot be read
+    if CONFIG_NAME in entries or ("img" in entries and _is_folder(entries["img"])):
         return target_for_workspace(Workspace(path))
     parent = Workspace(path.parent)
     if parent.exists() and parent.image_dir == path:
@@ -71,7 +94,7 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     # A bare folder follows the Kohya layout when it is called img or any subfolder
     # already has the <repeats>_ prefix; otherwise its subfolders are just folders.
     kohya = path.name == "img" or any(
-        entry.is_dir() and parse_folder_name(entry.name) is not None for entry in os.scandir(path)
+        parse_folder_name(entry.name) is not None and _is_folder(entry) for entry in entries.values()
     )
     return ScanTarget(
         root=path,
@@ -80,37 +103,19 @@ def target_for(path: str | os.PathLike) -> ScanTarget:
     )
 
 
-# ---- the files
+def _entries(path: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as listing:
+            return list(listing)
+    except OSError as error:
+        raise LoradeckError(f"{path}: cannot read the folder: {reason(error)}") from None
 
 
-def list_files(root: Path, caption_extension: str) -> DatasetFiles:
-    """Every image and caption under root; hidden folders and _quarantine/ are skipped."""
-    files = DatasetFiles()
-    seen: set[tuple[int, int]] = set()  # folders walked, so a symlink loop ends
-
-    def walk(folder: str, prefix: str) -> None:
-        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
-        if identity in seen:
-            return
-        seen.add(identity)
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda item: item.name):
-                relative = prefix + entry.name
-                if entry.is_dir(follow_symlinks=True):
-                    if entry.name.startswith(".") or (not prefix and entry.name == QUARANTINE_DIR):
-                        continue
-                    if not prefix:
-                        files.folders.append(entry.name)
-                    walk(entry.path, relative + "/")
-                elif entry.name.lower().endswith(CANDIDATE_EXTENSIONS):
-                    stat = entry.stat()
-                    files.images.append(relative)
-                    files.stats[relative] = (stat.st_size, stat.st_mtime_ns)
-                elif entry.name.endswith(caption_extension):
-                    files.captions.append(relative)
-
-    walk(str(root), "")
-    return files
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 # ---- the scan
@@ -122,56 +127,93 @@ def scan(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_file: Callable[[str, list[Finding]], None] | None = None,
 ) -> ScanReport:
-    """Check every image under target.root. `progress(done, total)` is called as files finish."""
+    """Check every image under target.root (the callbacks: see the module docstring)."""
     # One scan at a time: a rescan started while a cancelled one winds down waits for
     # it to save its cache, and then decodes only what that one had not reached.
     with _one_scan_at_a_time:
-        return _scan(target, workers, progress, should_stop)
+        return _scan(target, workers, progress, should_stop, on_file)
 
 
 _one_scan_at_a_time = threading.Lock()
 
 
-def _scan(target, workers, progress, should_stop) -> ScanReport:
+def _scan(target, workers, progress, should_stop, on_file) -> ScanReport:
     root, settings = target.root, target.settings
     if not root.is_dir():
         raise LoradeckError(f"{root}: image folder does not exist")
     files = list_files(root, settings.caption_extension)
     cached = load_cache(target.cache_path, root, settings.max_pixels)
-    facts: dict[str, ImageFacts] = {}
+    # What is not a readable regular file is never opened: its reason is its finding.
+    facts: dict[str, ImageFacts] = {relative: ImageFacts(error_code="unreadable", error=files.problems[relative])
+                                    for relative in files.images if relative in files.problems}
     todo: list[str] = []
     for relative in files.images:
+        if relative in facts:
+            continue
         entry = cached.get(relative)
         if entry is not None and entry[0] == files.stats[relative]:
             facts[relative] = entry[1]
         else:
             todo.append(relative)
     total = len(files.images)
+    captions = _Captions(root, files, settings)
     report = progress or (lambda done, count: None)
+
+    def known(relative: str) -> None:
+        if on_file is not None:
+            on_file(relative, image_findings(relative, facts[relative], captions.texts_for(relative),
+                                              settings, files.problems))
+
+    for relative in list(facts):
+        known(relative)
     report(len(facts), total)
     relative_of = {str(root / relative): relative for relative in todo}
 
     def on_result(path: str, result: ImageFacts) -> None:
         facts[relative_of[path]] = result
+        known(relative_of[path])
         report(len(facts), total)
 
     finished = inspect_files(
         list(relative_of), on_result, max_pixels=settings.max_pixels, workers=workers,
         should_stop=should_stop or (lambda: False),
     )
-    if todo or len(cached) != len(facts):
+    if todo or cached.keys() != files.stats.keys():
         # Saved even when stopped early: the files decoded so far need no second decode.
         save_cache(target.cache_path, root, settings.max_pixels,
-                   {relative: (files.stats[relative], facts[relative]) for relative in facts})
+                   {relative: (files.stats[relative], facts[relative]) for relative in facts
+                    if relative in files.stats})
     if not finished:
         raise ScanCancelled()
-    captions = {relative: _caption_text(root / relative) for relative in files.captions}
-    return ScanReport(root, total, dataset_findings(files, facts, captions, settings))
+    skipped = [Skipped(path, why) for path, why in files.skipped.items()]
+    return ScanReport(root, total, dataset_findings(files, facts, captions.all(), settings), skipped)
 
 
-def _caption_text(path: Path) -> str | None:
-    try:
-        return training_caption(path)
-    except OSError:
-        return ""  # unreadable (permissions): to the trainer it is as good as empty
+class _Captions:
+    """Caption texts, each read once, when first needed. One that cannot be read gets its
+    reason in files.problems instead (to the trainer it is an error, not an empty caption)."""
+
+    def __init__(self, root: Path, files: DatasetFiles, settings: ScanSettings):
+        self.root, self.files, self.settings = root, files, settings
+        self.listed = set(files.captions)
+        self.texts: dict[str, str] = {}
+
+    def texts_for(self, image: str) -> dict[str, str]:
+        """The texts read so far, with the caption of `image` among them (if it has one)."""
+        self._read(caption_path_of(image, self.settings))
+        return self.texts
+
+    def all(self) -> dict[str, str]:
+        for relative in self.files.captions:
+            self._read(relative)
+        return self.texts
+
+    def _read(self, relative: str) -> None:
+        if relative in self.texts or relative in self.files.problems or relative not in self.listed:
+            return
+        try:
+            self.texts[relative] = decode_caption(read_regular_file(self.root / relative))
+        except OSError as error:
+            self.files.problems[relative] = reason(error)

@@ -7,6 +7,9 @@
   layer norm, as sd-scripts and AUTOMATIC1111 do.
 * Weighted captions read A1111's emphasis, `(tag:1.3)`, `(tag)` = 1.1, `[tag]` = 1/1.1,
   scale each token's state by its weight and restore the mean (sd-scripts' rule).
+
+Shared CLIP machinery for the families built on CLIP text encoders (SD 1.x/2.x, SDXL; a
+family's runtime picks what it uses): imports no family.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import re
 import torch
 
 WINDOW = 75  # caption tokens per CLIP pass (77 with <BOS> and <EOS>)
+MAX_PROMPT_WINDOWS = 3  # 225 tokens, sd-scripts' limit for long sample prompts
 
 _ATTENTION = re.compile(
     r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:",
@@ -94,6 +98,62 @@ def tokenize_caption(tokenizer, caption: str, max_token_length: int = WINDOW, we
     return _windows(body, weights, tokenizer, max_token_length)
 
 
+class CaptionTokens:
+    """Each example's token ids for its caption, by every tokenizer of a CLIP family:
+    `input_ids` and `token_weights` (emphasis, all 1 unless weighted) of the first,
+    `input_ids_2`, ... of the others (SDXL's second tokenizer pads differently)."""
+
+    def __init__(self, tokenizers, *, max_token_length: int, weighted: bool):
+        self.tokenizers = list(tokenizers)
+        self.max_token_length = max_token_length
+        self.weighted = weighted
+
+    def example(self, caption: str) -> dict[str, torch.Tensor]:
+        input_ids, weights = tokenize_caption(self.tokenizers[0], caption, self.max_token_length, self.weighted)
+        tensors = {"input_ids": input_ids, "token_weights": weights}
+        for number, tokenizer in enumerate(self.tokenizers[1:], start=2):
+            tensors[f"input_ids_{number}"] = tokenize_caption(tokenizer, caption, self.max_token_length, self.weighted)[0]
+        return tensors
+
+
+def prompt_windows(tokenizer, prompt: str, negative_prompt: str) -> int:
+    """How many 75-token windows a sample prompt and its negative get: as many as the longer
+    needs (emphasis marks left out), at most MAX_PROMPT_WINDOWS."""
+    import math
+
+    def token_count(text: str) -> int:
+        return sum(len(tokenizer(part, add_special_tokens=False).input_ids) for part, _ in parse_emphasis(text))
+
+    longest = max(token_count(prompt), token_count(negative_prompt))
+    return min(MAX_PROMPT_WINDOWS, max(1, math.ceil(longest / WINDOW)))
+
+
+def encode_prompts(pipeline, prompt: str, negative_prompt: str, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CLIP encoder's conditioning of a prompt and its negative, as sd-scripts' samples
+    and A1111 make it.
+
+    A1111 emphasis, `(tag:1.3)`, `(tag)`, `[tag]`, is applied; a prompt over 75 tokens is
+    encoded in 75-token windows (both prompts get as many windows as the longer needs);
+    clip skip counts from 1 = last layer. A plain prompt of up to 75 tokens gives exactly
+    what diffusers' pipeline computes. (The pipeline's own `clip_skip` cannot be used: it
+    reaches for `text_encoder.text_model`, which transformers 5 removed.)
+    """
+    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+    windows = prompt_windows(tokenizer, prompt, negative_prompt)
+    encoded = []
+    for text in (prompt, negative_prompt):
+        ids, weights = tokenize_caption(tokenizer, text, windows * WINDOW, weighted=True)
+        encoded.append(
+            encode_tokens(
+                text_encoder,
+                ids.unsqueeze(0).to(pipeline.device),
+                clip_skip=clip_skip,
+                weights=weights.unsqueeze(0).to(pipeline.device),
+            )
+        )
+    return encoded[0], encoded[1]
+
+
 def _final_layer_norm(text_encoder):
     norm = getattr(text_encoder, "final_layer_norm", None)
     if norm is None:  # transformers 4.x keeps it one level down
@@ -127,6 +187,16 @@ def condition_on_tokens(
     if weights is not None:
         states = apply_token_weights(states, weights)
     return join_windows(states, windows, length)
+
+
+def applied_weights(token_weights: torch.Tensor | None, weighted: bool, device) -> torch.Tensor | None:
+    """The emphasis weights a conditioning applies: None unless captions are weighted and
+    some weight differs from 1. Asked on the CPU only (the trainer decided before copying the
+    batch: weights that reach the device already matter), so the GPU never waits for the host."""
+    weights = token_weights if weighted else None
+    if weights is not None and weights.device.type == "cpu":
+        weights = None if bool(torch.all(weights == 1)) else weights.to(device)
+    return weights
 
 
 def apply_token_weights(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

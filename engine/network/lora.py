@@ -1,13 +1,16 @@
-"""The network: peft adapters on the U-Net and CLIP, saved in the Kohya / LyCORIS key layout.
+"""The network: peft adapters on a model's parts, saved in the Kohya / LyCORIS key layout.
 
 The adapters are peft's own layers (LoRA and DoRA from `peft.tuners.lora`, LoHa and LoKr
 from `peft.tuners.loha` / `lokr`), injected with the libraries' entry points (diffusers'
 `add_adapter` for a LoRA on the U-Net, peft's `inject_adapter_in_model` otherwise), so the
 modules stay ordinary diffusers/transformers models that a pipeline can run as they are.
-Which layers get one follows sd-scripts' `networks.lora` for SD1.x: every Linear and 1x1
-conv inside the U-Net's transformer blocks (`Transformer2DModel`) and inside CLIP's
-attention and MLP; the conv types (engine.config.network_types) add every Linear and conv
-of the ResNet blocks, downsamplers and upsamplers, the 3x3 ones at `conv_dim`/`conv_alpha`.
+Which parts and layers get one is the family's (engine.model.family.LoraComponent: its
+part, Kohya prefix, target names and blocks); for SD and SDXL it follows sd-scripts'
+`networks.lora`: every Linear and 1x1 conv inside the U-Net's transformer blocks
+(`Transformer2DModel`) and inside CLIP's attention and MLP; the conv types
+(engine.config.network_types) add every Linear and conv of the ResNet blocks, downsamplers
+and upsamplers, the 3x3 ones at `conv_dim`/`conv_alpha`. A family whose file layout is not
+one key per module converts in its runtime (`lora_file_tensors` / `lora_network_tensors`).
 
 On disk a network is a `.safetensors` file in the layout diffusers' `load_lora_weights`,
 AUTOMATIC1111, ComfyUI and sd-scripts read; one key prefix per adapted module:
@@ -21,10 +24,10 @@ AUTOMATIC1111, ComfyUI and sd-scripts read; one key prefix per adapted module:
     lora_te_text_model_encoder_layers_0_self_attn_q_proj....
 
 The key is the module's dotted path with dots turned into underscores (that is why the
-mapping back goes through the model's own module names, not by parsing the key). SDXL's
-two text encoders are `lora_te1_*` (CLIP-L) and `lora_te2_*` (OpenCLIP-bigG), as
-sd-scripts' SDXL networks.lora names them; its U-Net gets the same Transformer2DModel
-layers as SD1.x's (every Linear of every transformer block, at all depths).
+mapping back goes through the model's own module names, not by parsing the key), after the
+component's prefix: SD's `lora_unet_*` and `lora_te_*`; SDXL's two text encoders are
+`lora_te1_*` (CLIP-L) and `lora_te2_*` (OpenCLIP-bigG), as sd-scripts' SDXL networks.lora
+names them.
 """
 from __future__ import annotations
 
@@ -38,39 +41,13 @@ import torch
 from engine.atomic import atomic_path
 from engine.config.network_types import NetworkSpec
 from engine.errors import LoradeckError
+from engine.model.adapters import ADAPTER_NAME, TENSORS, peft_config
+from engine.model.families import lora_prefixes
+from engine.model.family import FamilyDescriptor, LoraComponent
 from engine.network.dropout import add_lora_dropouts
 from engine.plan.network_size import LayerShape, lokr_layout
 
-ADAPTER_NAME = "loradeck"
-UNET_TARGET_MODULES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-UNET_BLOCKS = ("Transformer2DModel",)
-UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")  # sd-scripts' conv targets
-UNET_PREFIX = "lora_unet"
-TEXT_ENCODER_PREFIX = "lora_te"
-SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1", "lora_te2")
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# file name of each tensor -> the peft attribute (a dict by adapter name) that holds it
-_LORA = (("lora_down.weight", "lora_A"), ("lora_up.weight", "lora_B"))
-TENSORS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lora": _LORA,
-    "locon": _LORA,
-    "dora": _LORA + (("dora_scale", "lora_magnitude_vector"),),
-    "loha": tuple((name, name) for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")),
-    "lokr": tuple((name, name) for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-                                             "lokr_t2")),
-}
-
-
-def kohya_name(prefix: str, module_name: str) -> str:
-    """`lora_unet_down_blocks_0_attentions_0_proj_in` for `down_blocks.0.attentions.0.proj_in`.
-
-    transformers 5 dropped CLIPTextModel's `text_model.` level; Kohya keys always have it.
-    """
-    if prefix.startswith(TEXT_ENCODER_PREFIX):
-        module_name = "text_model." + module_name.removeprefix("text_model.")
-    return f"{prefix}_{module_name.replace('.', '_')}"
 
 
 def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -95,14 +72,15 @@ def _block_layers(model: torch.nn.Module, blocks: tuple[str, ...]) -> Iterator[t
                     yield f"{parent_name}.{child_name}", child
 
 
-def _targets(model: torch.nn.Module, spec: NetworkSpec, standard: tuple[str, ...], blocks: tuple[str, ...]):
-    """(target modules, rank pattern, alpha pattern) of one model for peft.
+def _targets(model: torch.nn.Module, spec: NetworkSpec, component: LoraComponent):
+    """(target modules, rank pattern, alpha pattern) of one model part for peft.
 
     Standard LoRA targets by name suffix, as it always has; the other types list every
     layer by its full name, with the layers whose rank or alpha differ from the spec's
     (the 3x3 convolutions, LoKr's full-matrix layers) in the patterns."""
     if not spec.adapts_resnets and spec.type == "lora":
-        return list(standard), {}, {}
+        return list(component.target_names), {}, {}
+    blocks = component.blocks + (component.conv_blocks if spec.adapts_resnets else ())
     names, ranks, alphas = [], {}, {}
     for name, module in _block_layers(model, blocks):
         chosen = spec.rank_of(_kernel(module))
@@ -121,34 +99,12 @@ def _targets(model: torch.nn.Module, spec: NetworkSpec, standard: tuple[str, ...
     return names, ranks, alphas
 
 
-def _peft_config(spec: NetworkSpec, targets, ranks: dict, alphas: dict):
-    common = dict(target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
-    if spec.type in ("lora", "locon", "dora"):
-        from peft import LoraConfig
-
-        return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, init_lora_weights=True, use_dora=spec.type == "dora",
-                          **common)
-    if spec.type == "loha":
-        from peft import LoHaConfig
-
-        return LoHaConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker, init_weights=True,
-                          **common)
-    if spec.type == "lokr":
-        from peft import LoKrConfig
-
-        return LoKrConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker,
-                          decompose_factor=spec.factor, init_weights="lycoris", **common)
-    raise LoradeckError(f"network.type: {spec.type!r} is not a network type loradeck builds")
-
-
 @dataclass
 class LoraNetwork:
-    """The adapters attached to a base model's U-Net and text encoder (or SDXL's two)."""
+    """The adapters attached to a base model's parts, as its family's LoRA components say."""
 
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
+    family: FamilyDescriptor
+    modules: dict[str, torch.nn.Module]  # part name -> the module its adapters live in
     spec: NetworkSpec
 
     @property
@@ -161,37 +117,32 @@ class LoraNetwork:
 
     @property
     def has_unet(self) -> bool:
+        """Whether the denoiser (U-Net or transformer) is adapted (`network.train_unet`)."""
         return self.spec.train_unet
 
     @property
     def has_text_encoder(self) -> bool:
         return self.spec.train_text_encoder
-    text_encoder_2: torch.nn.Module | None = None
 
-    @property
-    def text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
-        """(Kohya prefix, module) of each text encoder."""
-        if self.text_encoder_2 is None:
-            return [(TEXT_ENCODER_PREFIX, self.text_encoder)]
-        return list(zip(SDXL_TEXT_ENCODER_PREFIXES, (self.text_encoder, self.text_encoder_2)))
+    def adapted(self) -> list[tuple[LoraComponent, torch.nn.Module]]:
+        """(component, module) of every part this network adapts, denoiser first."""
+        return [(component, self.modules[component.part]) for component in self.family.lora_components
+                if (self.has_unet if component.is_denoiser else self.has_text_encoder)]
 
     @classmethod
-    def attach(
-        cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, *, rank: int, alpha: float,
-        train_unet: bool = True, train_text_encoder: bool = True, text_encoder_2: torch.nn.Module | None = None,
-    ) -> "LoraNetwork":
+    def attach(cls, family: FamilyDescriptor, holder, *, rank: int, alpha: float, train_unet: bool = True,
+               train_text_encoder: bool = True) -> "LoraNetwork":
         """A fresh standard LoRA (down: Kaiming uniform, up: zeros, so training starts at the base)."""
         spec = NetworkSpec(rank=rank, alpha=alpha, train_unet=train_unet, train_text_encoder=train_text_encoder)
-        return cls.build(unet, text_encoder, spec, text_encoder_2=text_encoder_2)
+        return cls.build(family, holder, spec)
 
     @classmethod
-    def from_config(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, config, *, base_dir,
-                    train_text_encoder: bool, text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
-        """The network a config trains, started from `network.network_weights` when it names a file."""
+    def from_config(cls, model, config, *, base_dir, train_text_encoder: bool) -> "LoraNetwork":
+        """The network a config trains on a loaded model (engine.model.family.BaseModel),
+        started from `network.network_weights` when it names a file."""
         from engine.config.schema import resolve_path
 
-        network = cls.build(unet, text_encoder, NetworkSpec.of(config, train_text_encoder=train_text_encoder),
-                            text_encoder_2=text_encoder_2)
+        network = cls.build(model.family, model, NetworkSpec.of(config, train_text_encoder=train_text_encoder))
         start = resolve_path(base_dir, config.network.network_weights)
         if start is not None:
             if not start.is_file():
@@ -204,29 +155,23 @@ class LoraNetwork:
         return network
 
     @classmethod
-    def build(cls, unet: torch.nn.Module, text_encoder: torch.nn.Module, spec: NetworkSpec,
-              text_encoder_2: torch.nn.Module | None = None) -> "LoraNetwork":
-        """Inject fresh adapters of the spec's type; every type starts at the base model's output."""
+    def build(cls, family: FamilyDescriptor, holder, spec: NetworkSpec) -> "LoraNetwork":
+        """Inject fresh adapters of the spec's type into the family's parts of `holder` (a
+        loaded model, a diffusers pipeline, or a dict of parts by name); every type starts at
+        the base model's output."""
         from peft import LoraConfig, inject_adapter_in_model
 
-        unet.requires_grad_(False)
-        network = cls(unet, text_encoder, spec, text_encoder_2)
-        for _, encoder in network.text_encoders:
-            encoder.requires_grad_(False)
-        if spec.train_unet:
-            config = _peft_config(spec, *_targets(unet, spec, UNET_TARGET_MODULES, UNET_BLOCKS + UNET_CONV_BLOCKS
-                                                  if spec.adapts_resnets else UNET_BLOCKS))
-            if isinstance(config, LoraConfig):
+        network = cls(family, _parts_of(holder, family), spec)
+        for module in network.modules.values():
+            module.requires_grad_(False)
+        for component, module in network.adapted():
+            config = peft_config(spec, *_targets(module, spec, component))
+            if component.is_denoiser and isinstance(config, LoraConfig) and hasattr(module, "add_adapter"):
                 # diffusers' own entry point, so set_adapters()/disable_adapters() work on it later
-                unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+                module.add_adapter(config, adapter_name=ADAPTER_NAME)
             else:
-                inject_adapter_in_model(config, unet, ADAPTER_NAME)
-        if spec.train_text_encoder:
-            # peft directly: transformers' add_adapter insists on a newer peft than diffusers
-            for _, encoder in network.text_encoders:
-                config = _peft_config(spec, *_targets(encoder, spec, TEXT_ENCODER_TARGET_MODULES,
-                                                      ("CLIPAttention", "CLIPMLP")))
-                inject_adapter_in_model(config, encoder, ADAPTER_NAME)
+                # peft directly: transformers' add_adapter insists on a newer peft than diffusers
+                inject_adapter_in_model(config, module, ADAPTER_NAME)
         # adapter weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
@@ -241,33 +186,26 @@ class LoraNetwork:
         for _, layer in self._modules():
             yield layer
 
+    def _component_parameters(self, module: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [p for _, layer in lora_layers(module) for p in self._layer_parameters(layer)]
+
     def unet_parameters(self) -> list[torch.nn.Parameter]:
-        if not self.has_unet:
-            return []
-        return [p for _, layer in lora_layers(self.unet) for p in self._layer_parameters(layer)]
+        return [p for component, module in self.adapted() if component.is_denoiser
+                for p in self._component_parameters(module)]
 
     def text_encoder_parameters(self) -> list[torch.nn.Parameter]:
-        if not self.has_text_encoder:
-            return []
-        return [p for _, encoder in self.text_encoders for _, layer in lora_layers(encoder)
-                for p in self._layer_parameters(layer)]
+        return [p for component, module in self.adapted() if not component.is_denoiser
+                for p in self._component_parameters(module)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.unet_parameters() + self.text_encoder_parameters()
 
-    def param_groups(self, unet_lr: float, text_encoder_lr: float,
-                     text_encoder_2_lr: float | None = None) -> list[dict[str, Any]]:
-        """Optimizer groups, U-Net first, then one per text encoder (SDXL's second at
-        `text_encoder_2_lr`, else `text_encoder_lr`); each carries its `name` for logging."""
-        groups = []
-        if self.has_unet:
-            groups.append({"params": self.unet_parameters(), "lr": unet_lr, "name": "unet"})
-        if self.has_text_encoder:
-            rates = (text_encoder_lr, text_encoder_lr if text_encoder_2_lr is None else text_encoder_2_lr)
-            for (_, encoder), rate, name in zip(self.text_encoders, rates, ("text_encoder", "text_encoder_2")):
-                parameters = [p for _, layer in lora_layers(encoder) for p in self._layer_parameters(layer)]
-                groups.append({"params": parameters, "lr": rate, "name": name})
-        return groups
+    def param_groups(self, rates: dict[str, float]) -> list[dict[str, Any]]:
+        """Optimizer groups, the denoiser first, then one per text encoder, each at the rate
+        its component names ("unet", "text_encoder", "text_encoder_2": `learning_rates`) and
+        carrying that name for logging."""
+        return [{"params": self._component_parameters(module), "lr": rates[component.learning_rate],
+                 "name": component.learning_rate} for component, module in self.adapted()]
 
     def freeze_text_encoder(self) -> None:
         """Stop training the text-encoder adapters (their weights stay in the file as they are)."""
@@ -304,13 +242,9 @@ class LoraNetwork:
     # ---- Kohya / LyCORIS layout
 
     def _modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
-        if self.has_unet:
-            for name, layer in lora_layers(self.unet):
-                yield kohya_name(UNET_PREFIX, name), layer
-        if self.has_text_encoder:
-            for prefix, encoder in self.text_encoders:
-                for name, layer in lora_layers(encoder):
-                    yield kohya_name(prefix, name), layer
+        for component, module in self.adapted():
+            for name, layer in lora_layers(module):
+                yield component.key(name), layer
 
     @staticmethod
     def _alpha(layer: torch.nn.Module) -> float:
@@ -327,7 +261,12 @@ class LoraNetwork:
         return torch.Size((weight.shape[0], *[1] * (weight.dim() - 1)))
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """The file's tensors on the CPU in `dtype`, with each layer's `.alpha`."""
+        """The file's tensors on the CPU in `dtype`, with each layer's `.alpha`, in the
+        family's file layout."""
+        return self.family.runtime().lora_file_tensors(self._module_tensors(dtype))
+
+    def _module_tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """One Kohya key per adapted module."""
         tensors: dict[str, torch.Tensor] = {}
         for key, layer in self._modules():
             for suffix, parameter in self._tensors_of(layer):
@@ -339,6 +278,7 @@ class LoraNetwork:
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Set every adapter from a file's tensors; the file must fit this network exactly
         (type, layers, ranks and alphas)."""
+        tensors = self.family.runtime().lora_network_tensors(tensors)
         expected = set()
         with torch.no_grad():
             for key, layer in self._modules():
@@ -403,9 +343,11 @@ def network_shape(tensors: dict[str, torch.Tensor]) -> tuple[int, float, bool, b
 
 
 def _parts(tensors: dict[str, torch.Tensor]) -> tuple[bool, bool]:
-    prefixes = (TEXT_ENCODER_PREFIX, *SDXL_TEXT_ENCODER_PREFIXES)
-    return (any(key.startswith(UNET_PREFIX + "_") for key in tensors),
-            any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in tensors))
+    """(has denoiser adapters, has text-encoder adapters), by any family's Kohya prefixes."""
+    def has(prefixes: tuple[str, ...]) -> bool:
+        return any(key.startswith(tuple(prefix + "_" for prefix in prefixes)) for key in tensors)
+
+    return has(lora_prefixes(denoiser=True)), has(lora_prefixes(denoiser=False))
 
 
 def file_spec(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> NetworkSpec:
@@ -421,13 +363,30 @@ def file_spec(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Net
     return NetworkSpec(rank=rank, alpha=alpha, train_unet=has_unet, train_text_encoder=has_text_encoder)
 
 
-def attach_lora_file(unet: torch.nn.Module, text_encoder: torch.nn.Module, path: str | Path,
-                     text_encoder_2: torch.nn.Module | None = None) -> LoraNetwork:
-    """Attach the adapters of a file we wrote (any type) to a fresh U-Net and text encoder(s)."""
+def attach_lora_file(family: FamilyDescriptor, holder, path: str | Path) -> LoraNetwork:
+    """Attach the adapters of a file we wrote (any type) to the family's fresh parts of
+    `holder` (a loaded model, a pipeline, or a dict of parts)."""
     tensors, metadata = read_lora_file(path)
     try:
-        network = LoraNetwork.build(unet, text_encoder, file_spec(tensors, metadata), text_encoder_2=text_encoder_2)
+        network = LoraNetwork.build(family, holder, file_spec(tensors, metadata))
         network.load_state_dict(tensors)
     except LoradeckError as error:
         raise LoradeckError(f"{path}: {error}") from None
     return network
+
+
+def _parts_of(holder, family: FamilyDescriptor) -> dict[str, torch.nn.Module]:
+    """The family's adaptable parts of a loaded model, a pipeline or a dict of parts (a part
+    the holder lacks is left out: a network that does not train it never needs it)."""
+    parts = {}
+    for component in family.lora_components:
+        module = holder.get(component.part) if isinstance(holder, dict) else getattr(holder, component.part, None)
+        if module is not None:
+            parts[component.part] = module
+    return parts
+
+
+def learning_rates(config) -> dict[str, float]:
+    """The config's learning rate for each rate a LoRA component names."""
+    return {"unet": config.unet_learning_rate, "text_encoder": config.text_encoder_learning_rate,
+            "text_encoder_2": config.text_encoder_2_learning_rate}

@@ -41,7 +41,7 @@ def training_metadata(
     finished_at: float | None = None,
 ) -> dict[str, str]:
     width, height = config.resolution_size
-    family = family_named(getattr(plan, "family", "sd15"))
+    family = family_named(plan.family)
     net, opt, train, data, caps, aug = (
         config.network, config.optimizer, config.training, config.dataset, config.captions, config.augmentation,
     )
@@ -71,8 +71,6 @@ def training_metadata(
         "ss_output_name": config.saving.output_name,
         "ss_sd_model_name": model_name,
         "ss_vae_name": config.model.vae or "",
-        "ss_base_model_version": family.base_model_version(config),
-        "ss_v2": config.model.v2,
         "ss_v_parameterization": config.model.v_parameterization,
         "ss_clip_skip": config.model.clip_skip,
         **NetworkSpec.of(config).metadata(),  # module, dim, alpha, dropout and args of the network type
@@ -141,7 +139,6 @@ def training_metadata(
         "ss_random_crop": aug.random_crop,
         # the Stability AI model spec, which newer A1111/ComfyUI builds show
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture(config),
         "modelspec.implementation": "diffusers",
         "modelspec.implementation_version": _diffusers_version(),
         "modelspec.prediction_type": "v" if config.model.v_parameterization else "epsilon",
@@ -150,6 +147,9 @@ def training_metadata(
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
         "training_tool": "loradeck",
     }
+    # the family's keys last: ss_base_model_version, ss_v2, modelspec.architecture, and any
+    # general key it says otherwise (a flow-matching family's modelspec.prediction_type)
+    metadata.update(family.lora_metadata(config))
     metadata.update(base_model_hashes(config.model.pretrained_model))
     if data.dataset_config:
         metadata["ss_datasets"] = _json([_dataset_record(config, plan, dataset, buckets, mean_ar_error)])

@@ -1,72 +1,24 @@
-"""The shapes of the models a config trains: U-Net and text-encoder configs, the frozen
-parameter counts and the LoRA's parameter count. Read from a local diffusers folder when
-there is one (configs and safetensors headers only, no tensor), else the family's own
-(SD1.5's, SD2's, or SDXL base's shipped configs in engine/model/assets/sdxl).
-Below both the plan and the VRAM estimate. Light module: no torch import.
+"""The shapes of the model a config trains, asked of its family (engine.model.families):
+the part configs, the frozen parameter counts and the LoRA's size. Read from a local
+diffusers folder when there is one (configs and safetensors headers only, no tensor), else
+the family's own shipped configs and released counts. Below both the plan and the VRAM
+estimate. Light module: no torch import.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 from engine.config.network_types import NetworkSpec
 from engine.config.schema import TrainConfig, resolve_path
+from engine.model.families import config_family
+from engine.model.family import ModelShapes
 from engine.plan.network_size import network_size, rebuilt_weight_elements
-from engine.model.families import config_family_name
-from engine.model.families.sd15 import PARAMETERS as SD_PARAMETERS
-from engine.model.families.sdxl import PARAMETERS as SDXL_PARAMETERS
-
-# Parameters of the frozen parts (the LoRA comes from engine.plan.training_plan)
-PARAMETERS = {**SD_PARAMETERS, **SDXL_PARAMETERS}
-ASSETS = Path(__file__).resolve().parents[1] / "model" / "assets"
-SD15_UNET = {
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "transformer_layers_per_block": 1,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12}
-SD2_OVERRIDES = ({"cross_attention_dim": 1024}, {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23})
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def text_encoder_configs(config: TrainConfig, base_dir) -> list[dict]:
-    """Every text encoder's config (SDXL has two): the local folder's, else the family's."""
-    unet, text = model_configs(config, base_dir)
-    if config_family_name(config, base_dir) != "sdxl":
-        return [text]
-    folder = resolve_path(base_dir, config.model.pretrained_model)
-    second = _read_json(folder / "text_encoder_2" / "config.json") if folder and folder.is_dir() else None
-    return [text, second or _read_json(ASSETS / "sdxl" / "text_encoder_2" / "config.json")]
-
-
-def model_configs(config: TrainConfig, base_dir) -> tuple[dict, dict]:
-    """U-Net and text-encoder configs of a local diffusers folder, else SD1.5's (or SD2's, SDXL's)."""
-    folder = resolve_path(base_dir, config.model.pretrained_model)
-    unet = _read_json(folder / "unet" / "config.json") if folder and folder.is_dir() else None
-    text = _read_json(folder / "text_encoder" / "config.json") if folder and folder.is_dir() else None
-    if (unet is None or text is None) and config_family_name(config, base_dir) == "sdxl":
-        unet = _read_json(ASSETS / "sdxl" / "unet" / "config.json")
-        text = _read_json(ASSETS / "sdxl" / "text_encoder" / "config.json")
-    if unet is None or text is None:
-        unet, text = dict(SD15_UNET), dict(SD15_TEXT)
-        if config.model.v2:
-            unet.update(SD2_OVERRIDES[0])
-            text.update(SD2_OVERRIDES[1])
-    return unet, text
+def model_shapes(config: TrainConfig, base_dir) -> ModelShapes:
+    """The part configs of the config's base model (its family's, when it is not local)."""
+    return config_family(config, base_dir).shapes(config, base_dir)
 
 
 def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
@@ -75,24 +27,28 @@ def lora_parameter_count(config: TrainConfig, base_dir) -> tuple[int, int]:
     return parameters, layers
 
 
+def _adapted_layers(config: TrainConfig, base_dir):
+    family = config_family(config, base_dir)
+    spec = NetworkSpec.of(config)
+    return spec, family.adapted_layers(spec, family.shapes(config, base_dir))
+
+
 def network_size_of(config: TrainConfig, base_dir) -> tuple[int, int, int]:
     """(parameters, file tensors, adapted layers) of the network the config trains
-    (engine.plan.network_size, on this base model's shapes)."""
-    unet, _ = model_configs(config, base_dir)
-    return network_size(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
+    (engine.plan.network_size, on the layers its family adapts on this base model)."""
+    return network_size(*_adapted_layers(config, base_dir))
 
 
 def rebuilt_weights_of(config: TrainConfig, base_dir) -> int:
     """Elements of the weight updates the config's network rebuilds per step (LoHa, LoKr)."""
-    unet, _ = model_configs(config, base_dir)
-    return rebuilt_weight_elements(NetworkSpec.of(config), unet, text_encoder_configs(config, base_dir))
+    return rebuilt_weight_elements(*_adapted_layers(config, base_dir))
 
 
 def frozen_parameters(config, base_dir: str | Path | None) -> dict[str, int]:
-    """Parameters of the U-Net, text encoder and VAE: read from the safetensors headers of a
-    local diffusers folder (no tensor is loaded), else the family's (SD1.5's, SD2's, SDXL's)."""
-    family = config_family_name(config, base_dir or ".")
-    counts = dict(PARAMETERS[family if family in PARAMETERS else "sd2" if config.model.v2 else "sd15"])
+    """Parameters of each frozen part (denoiser, text encoders, VAE): read from the
+    safetensors headers of a local diffusers folder (no tensor is loaded), else the
+    released model's counts the family gives."""
+    counts = dict(config_family(config, base_dir or ".").frozen_parameters)
     folder = resolve_path(base_dir or ".", config.model.pretrained_model.strip())
     if folder is None or not folder.is_dir():
         return counts

@@ -19,7 +19,7 @@ from engine.dataset.buckets import batches_in_bucket
 from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
 from engine.plan.model_shapes import network_size_of
-from engine.model.families import config_family, config_family_name
+from engine.model.families import config_family, family_named
 from engine.plan.vram import VramEstimate, estimate_vram
 
 BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
@@ -67,14 +67,12 @@ class Plan:
     num_processes: int = 1
     validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
     validation_source: str = ""  # "folder", "split" or "" (no validation)
-    family: str = "sd15"  # engine.model.families: detected from the base model, or model.family
+    family: str = ""  # engine.model.families' name: detected from the base model, or model.family
 
     @property
     def family_label(self) -> str:
         """The model family in words (SD 1.x, SD 2.x, SDXL)."""
-        from engine.model.families import LABELS
-
-        return LABELS.get(self.family, self.family)
+        return family_named(self.family).label if self.family else ""
 
     @property
     def effective_batch(self) -> int:
@@ -124,6 +122,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
 
     reg_instances = sum(1 for item in instances if item.is_reg)
     folders = [_folder_plan(folder, instances, dataset.validation_items) for folder in dataset.folders]
+    family = config_family(config, base_dir)
     parameters, tensors, layers = network_size_of(config, base_dir)
     value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
     # the weights and one alpha per layer, plus the safetensors header (about 160 bytes of
@@ -146,11 +145,11 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         lora_file_bytes=file_bytes,
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
-        problems=[problem.message for problem in dataset.problems] + config_family(config, base_dir).plan_notes(config),
+        problems=[problem.message for problem in dataset.problems] + family.plan_notes(config),
         num_processes=num_processes,
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
-        family=config_family_name(config, base_dir),
+        family=family.name,
     )
 
 

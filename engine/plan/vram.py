@@ -8,15 +8,20 @@ gradients and optimizer state, and the larger of two transients: the activations
 backward pass needs, or the VAE encoding a batch (when latents are not cached, and while
 they are being cached). In GiB (2^30 bytes):
 
-    weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16);
-                 counted from a local diffusers folder's safetensors headers, else SD1.5's/SD2's
+    weights      parameters × bytes of the compute precision (the VAE stays fp32 under fp16 unless
+                 the family says otherwise); counted from a local diffusers folder's safetensors
+                 headers, else the family's released model's
     LoRA         LoRA parameters × (4 weight + 4 gradient + optimizer state bytes), plus for
                  LoHa / LoKr every adapted layer's rebuilt ΔW in the compute precision
     activations  batch × (width × height / 512²) × (ACTIVATIONS_PER_IMAGE + rank × PER_RANK)
                  (rank: lora, locon and dora; LoHa and LoKr have no rank intermediate)
-                 + text-encoder activations per 75-token window when it trains (fp32: × 2)
+                 + the family's text-encoder activations per 75-token window when they train
+                 (fp32: × 2)
     total        (weights + LoRA + max(activations, VAE encoding)) × (1 + WORKSPACE)
     card         total + CUDA_CONTEXT: what nvidia-smi shows at the peak, about
+    RAM          the family's rule for system memory while the model loads (by default its
+                 frozen weights in the compute precision: each part passes through RAM once);
+                 not measured yet, a floor rather than a peak
 
 Activation constants were measured on SD1.5's real architecture: every tensor the step
 allocates was tracked until freed (a TorchDispatchMode on the meta device, so no memory
@@ -24,9 +29,10 @@ and no GPU) while the U-Net ran forward and backward under CUDA autocast's bf16 
 with a flash-attention stand-in that keeps what the real kernel keeps (q, k, v, output,
 log-sum-exp). `python bench/train_speed.py --memory-model` repeats the measurement.
 They scale with the pixels (flash attention is linear in tokens): 512² and 768² agree
-within 1%. A model of another width (the tiny test model) scales them by its U-Net's first
-block channels over SD's 320 and its text encoder's width over 768, a rough rule; every
-SD1.x model has exactly SD's widths. `bench/train_speed.py` prints its measured peak
+within 1%. Each family holds its own constants (engine.model.families.<name>: SDXL's were
+measured the same way on its architecture) and scales them for a model of another width
+(the tiny test models: the U-Net's first block channels over SD's 320 and each text
+encoder's width over 768, a rough rule; every released SD model has exactly those widths). `bench/train_speed.py` prints its measured peak
 (`max_memory_allocated`) next to this estimate: that is how the constants get checked on
 a GPU (not yet done: see docs/speed.md).
 
@@ -39,11 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.model.families import config_family
-# GiB per 512² image, keyed by gradient checkpointing; the VAE encoder's transient (no
-# gradients) per 512² image. Each family module holds its own (SDXL's in families/sdxl.py).
-from engine.model.families.sd15 import ACTIVATIONS_PER_IMAGE, VAE_ENCODE_PER_IMAGE  # noqa: F401
-from engine.plan.model_shapes import (frozen_parameters, lora_parameter_count, model_configs, rebuilt_weights_of,
-                                      text_encoder_configs)
+from engine.plan.model_shapes import frozen_parameters, lora_parameter_count, model_shapes, rebuilt_weights_of
 
 GIB = 2**30
 
@@ -51,7 +53,6 @@ BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
 # GiB per 512×512 image at bf16/fp16 (measured, see above); fp32 activations are twice as large
 ACTIVATIONS_PER_RANK = 0.0003  # the LoRA's own intermediate (x · down) per rank
-TEXT_ENCODER_PER_WINDOW = 0.037  # CLIP-L activations per 77-token window and image, when it trains
 
 # Optimizer state in bytes per LoRA parameter (fp32 unless the optimizer says otherwise)
 OPTIMIZER_STATE_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Adafactor": 1, "Prodigy": 16, "Lion": 4, "SGD": 4}
@@ -68,6 +69,7 @@ class VramEstimate:
     vae_encode_gb: float
     total_gb: float  # comparable to torch.cuda.max_memory_allocated()
     card_gb: float  # a card needs at least this much memory
+    ram_gb: float = 0.0  # system memory the model passes through while it loads (the family's rule)
 
     def as_json(self) -> dict[str, float]:
         return {key: round(value, 3) for key, value in asdict(self).items()}
@@ -99,11 +101,11 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     precision = config.precision.mixed_precision
     family = config_family(config, base_dir or ".")
     counts = frozen_parameters(config, base_dir)
-    unet_config, _ = model_configs(config, base_dir or ".")
-    channels = unet_config.get("block_out_channels", [320])[0] / 320  # 1 for every SD1.x/2.x/XL U-Net
+    shapes = model_shapes(config, base_dir or ".")
+    channels = family.activation_scale(shapes)  # 1 for every released model; less for the tiny test models
     weight_bytes = BYTES[precision]
-    vae_bytes = 4 if precision == "fp16" and not family.vae_safe_in_fp16(config) else weight_bytes  # overflows
-    weights = sum(count for part, count in counts.items() if part != "vae") * weight_bytes + counts["vae"] * vae_bytes
+    in_fp32 = family.fp32_under_fp16(config) if precision == "fp16" else ()  # parts that overflow in fp16
+    weights = sum(count * (4 if part in in_fp32 else weight_bytes) for part, count in counts.items())
 
     if lora_parameters is None:
         lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
@@ -118,25 +120,22 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     images = batch * width * height / 512**2
     scale = 2.0 if precision == "no" else 1.0
     checkpointing = config.precision.gradient_checkpointing
-    per_image = family.ACTIVATIONS_PER_IMAGE[checkpointing]
+    per_image = family.activations_per_image[checkpointing]
     # the `x · down` intermediate exists for the types that run through the rank
     rank = config.network.rank if config.network.type in ("lora", "locon", "dora") else 0
     activations = images * channels * (per_image + rank * ACTIVATIONS_PER_RANK)
     trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
     if trains_text_encoder:
-        windows = config.captions.max_token_length // 75
-        for text_config in text_encoder_configs(config, base_dir or "."):
-            layers = text_config.get("num_hidden_layers", 12) / 12
-            activations += batch * windows * TEXT_ENCODER_PER_WINDOW * text_config.get("hidden_size", 768) / 768 * (
-                layers if family.NAME == "sdxl" else 1)
+        activations += batch * family.text_encoder_activations(shapes, config.captions.max_token_length // 75)
     activations *= scale * GIB
     # also while latents are being cached
-    vae_encode = images * channels * family.VAE_ENCODE_PER_IMAGE * scale * GIB
+    vae_encode = images * channels * family.vae_encode_per_image * scale * GIB
 
     total = (weights + lora + max(activations, vae_encode)) * (1 + WORKSPACE) / GIB
     return VramEstimate(
         weights_gb=weights / GIB, lora_gb=lora / GIB, activations_gb=activations / GIB,
         vae_encode_gb=vae_encode / GIB, total_gb=total, card_gb=total + CUDA_CONTEXT,
+        ram_gb=family.system_ram_bytes(counts, weight_bytes) / GIB,
     )
 
 
@@ -150,15 +149,10 @@ def out_of_memory_advice(config, run_dir: str | Path, step: int) -> str:
         changes.append(f"lower training.batch_size (now {config.training.batch_size}; "
                        "gradient_accumulation_steps keeps the effective batch)")
     if not precision.gradient_checkpointing:
-        saving = family.ACTIVATIONS_PER_IMAGE[False] / family.ACTIVATIONS_PER_IMAGE[True]
+        saving = family.activations_per_image[False] / family.activations_per_image[True]
         changes.append(f"turn on precision.gradient_checkpointing (about {saving:.0f}x less activation memory, "
                        "~25% slower)")
-    if "precision.cache_text_encoder_outputs" in getattr(family, "RECOMMENDED", {}) and (
-            config.network.train_text_encoder or not precision.cache_text_encoder_outputs):
-        wanted = [*(["turn off network.train_text_encoder"] if config.network.train_text_encoder else []),
-                  *([] if precision.cache_text_encoder_outputs else ["turn on precision.cache_text_encoder_outputs"])]
-        changes.append(" and ".join(wanted) + " (the text encoders' outputs are then cached: no text-encoder "
-                       "LoRA, gradients or activations)")
+    changes += family.memory_advice(config)
     changes.append(f"lower dataset.resolution (now {config.dataset.resolution})")
     if config.network.rank > 16:
         changes.append(f"lower network.rank (now {config.network.rank})")

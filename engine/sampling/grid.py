@@ -289,8 +289,8 @@ class CheckpointAdapters:
 
     DIFFUSERS_TYPES = ("lora", "locon")
 
-    def __init__(self, pipeline: Any, device: Any, dtype: Any):
-        self.pipeline, self.device, self.dtype = pipeline, device, dtype
+    def __init__(self, pipeline: Any, family: Any, device: Any, dtype: Any):
+        self.pipeline, self.family, self.device, self.dtype = pipeline, family, device, dtype
         self.adapter: str | None = None
         self.network: Any = None
 
@@ -307,7 +307,7 @@ class CheckpointAdapters:
             self.pipeline.load_lora_weights(str(path), adapter_name=self.adapter)
             return
         if self.network is None:
-            self.network = LoraNetwork.build(self.pipeline.unet, self.pipeline.text_encoder, spec)
+            self.network = LoraNetwork.build(self.family, self.pipeline, spec)
         elif self.network.spec != spec:
             raise LoradeckError(f"{path}: a {spec.type} network unlike the run's other files; "
                                 "render it in a grid of its own")
@@ -361,7 +361,7 @@ def render_grid(
     import torch
 
     from engine.model.loading import load_base_model
-    from engine.sampling.sampler import build_pipeline, make_scheduler, render, save_png
+    from engine.sampling.sampler import build_pipeline, render, save_png
 
     run = RunDir(run_dir)
     if not run.config.exists():
@@ -393,11 +393,12 @@ def render_grid(
     if target.type == "cuda" and config.precision.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if config.precision.mixed_precision == "fp16" else torch.bfloat16
     model = load_base_model(config, run.path, device=target, dtype=dtype)
-    pipeline = build_pipeline(model, make_scheduler(config.sampling.sampler, model.noise_scheduler.config))
+    runtime = model.runtime
+    pipeline = build_pipeline(model, runtime.sampling_scheduler(config.sampling.sampler, model.noise_scheduler.config))
 
     rows = [GridRow(prompt, weight) for prompt in prompts for weight in weights]
     cells: list[list[Image.Image]] = [[] for _ in rows]
-    adapters = CheckpointAdapters(pipeline, target, dtype)
+    adapters = CheckpointAdapters(pipeline, model.family, target, dtype)
     for number, checkpoint in enumerate(checkpoints):
         if progress:
             progress(f"{checkpoint.path.name} ({number + 1}/{len(checkpoints)})")
@@ -407,6 +408,7 @@ def render_grid(
             image = render(
                 pipeline,
                 row.prompt,
+                runtime=runtime,
                 base_scheduler_config=model.noise_scheduler.config,
                 clip_skip=config.model.clip_skip,
                 v_prediction=config.model.v_parameterization,

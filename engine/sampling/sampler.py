@@ -1,24 +1,25 @@
 """Sample images while a LoRA trains, without disturbing the training.
 
-`TrainingSampler.sample(epoch, step)` renders every prompt of the config through a diffusers
-`StableDiffusionPipeline` built around the modules the trainer already holds (so the LoRA
-layers peft injected are active and nothing is loaded twice), writes one PNG per prompt
-into `samples/` with A1111's `parameters` text, and emits a `sample` event per image.
+`TrainingSampler.sample(epoch, step)` renders every prompt of the config through the model
+family's diffusers pipeline (`StableDiffusionPipeline`, `StableDiffusionXLPipeline`, ...),
+built around the modules the trainer already holds (so the LoRA layers peft injected are
+active and nothing is loaded twice), writes one PNG per prompt into `samples/` with
+A1111's `parameters` text, and emits a `sample` event per image. The family gives the
+pipeline, its schedulers, the prompt embeddings and the decoding (engine.model.family).
 
 Training must go on exactly as if no sample had been taken: every RNG the trainer draws
 from (torch CPU/CUDA, Python `random`, NumPy) is saved before and restored after, each
 prompt draws its noise from its own `torch.Generator`, and the train/eval flag of every
 submodule and the device of every model are put back as they were.
 
-The pieces the grid command shares (scheduler choice, pipeline assembly, rendering, PNG
-text) are module-level functions here.
+The pieces the grid command shares (pipeline assembly, rendering, PNG text) are
+module-level functions here.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -34,47 +35,6 @@ from engine.train.state import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from PIL import Image
-    from diffusers import StableDiffusionPipeline
-
-
-# --------------------------------------------------------------------------- schedulers
-
-
-def make_scheduler(sampler: str, base_config: Any, *, v_prediction: bool = False) -> Any:
-    """A fresh diffusers scheduler for one of engine.config.schema.SAMPLERS, from the model's config.
-
-    `from_config` keeps the model's betas, timestep count and spacing, so the sampler
-    walks the same noise schedule the model was trained on.
-    """
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-    )
-
-    overrides: dict[str, Any] = {}
-    if v_prediction:
-        overrides["prediction_type"] = "v_prediction"
-    if sampler == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(base_config, **overrides)
-    if sampler == "euler":
-        return EulerDiscreteScheduler.from_config(base_config, **overrides)
-    if sampler == "ddim":
-        # a DDPM training config says clip_sample=True, which SD's latents must not get
-        return DDIMScheduler.from_config(base_config, clip_sample=False, set_alpha_to_one=False, **overrides)
-    if sampler in ("dpm++_2m", "dpm++_2m_karras"):
-        return DPMSolverMultistepScheduler.from_config(
-            base_config,
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            use_karras_sigmas=sampler == "dpm++_2m_karras",
-            **overrides,
-        )
-    if sampler == "pndm":
-        return PNDMScheduler.from_config(base_config, skip_prk_steps=True, **overrides)
-    raise LoradeckError(f"unknown sampler {sampler!r}")
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -93,47 +53,41 @@ def unwrap_module(module: Any) -> Any:
             return module
 
 
-def build_pipeline(model: Any, scheduler: Any) -> "StableDiffusionPipeline":
-    """A pipeline of the model's family (StableDiffusionPipeline, StableDiffusionXLPipeline)
-    sharing the model's modules (no copy, no load), without a safety checker."""
-    parts = {name: unwrap_module(part) if name.startswith(("unet", "vae", "text_encoder")) else part
-             for name, part in model.parts().items()}
-    pipeline = model.family_module.build_pipeline(parts, scheduler)
+def build_pipeline(model: Any, scheduler: Any) -> Any:
+    """A pipeline of the model's family sharing the model's modules (no copy, no load),
+    without a safety checker."""
+    parts = {name: unwrap_module(part) if isinstance(part, torch.nn.Module) else part
+             for name, part in model.parts.items()}
+    pipeline = model.runtime.build_pipeline(parts, scheduler)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-def pipeline_family(pipeline: Any):
-    """The family module of a pipeline build_pipeline made."""
-    from engine.model.families import family_named
-
-    return family_named("sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd15")
-
-
 def render(
-    pipeline: "StableDiffusionPipeline",
+    pipeline: Any,
     prompt: SamplePrompt,
     *,
+    runtime: Any,
     base_scheduler_config: Any,
     clip_skip: int = 1,
     v_prediction: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> "Image.Image":
-    """One image for one prompt, with the prompt's sampler, seed, size, steps and CFG.
+    """One image for one prompt, with the prompt's sampler, seed, size, steps and CFG, through
+    the pipeline of `runtime`'s family (engine.model.family.FamilyRuntime).
 
     The noise comes from a CPU generator seeded with the prompt's seed, so a seed gives
     the same starting noise on any GPU or on the CPU (in A1111: RNG source = CPU).
     """
-    pipeline.scheduler = make_scheduler(prompt.sampler, base_scheduler_config, v_prediction=v_prediction)
+    pipeline.scheduler = runtime.sampling_scheduler(prompt.sampler, base_scheduler_config, v_prediction=v_prediction)
     generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
     device = torch.device(device)
     use_autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
     with torch.no_grad():
         with autocast:
-            embeddings = pipeline_family(pipeline).prompt_embeddings(
-                pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
+            embeddings = runtime.prompt_embeddings(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
             latents = pipeline(
                 **embeddings,
                 width=prompt.width,
@@ -144,47 +98,9 @@ def render(
                 output_type="latent",
             ).images
         # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
-        # fp32 under fp16 training because SD's VAE overflows in fp16.
-        vae = pipeline.vae
-        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        # fp32 under fp16 training when the family's overflows in fp16.
+        pixels = runtime.decode(pipeline, latents)
     return pipeline.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True])[0]
-
-
-MAX_PROMPT_WINDOWS = 3  # 225 tokens, sd-scripts' limit for long sample prompts
-
-
-def encode_prompts(
-    pipeline: "StableDiffusionPipeline", prompt: str, negative_prompt: str, clip_skip: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP conditioning of a prompt and its negative, as sd-scripts' samples and A1111 make it.
-
-    A1111 emphasis, `(tag:1.3)`, `(tag)`, `[tag]`, is applied; a prompt over 75 tokens is
-    encoded in 75-token windows (both prompts get as many windows as the longer needs);
-    clip skip counts from 1 = last layer. A plain prompt of up to 75 tokens gives exactly
-    what diffusers' pipeline computes. (The pipeline's own `clip_skip` cannot be used: it
-    reaches for `text_encoder.text_model`, which transformers 5 removed.)
-    """
-    from engine.model.text_conditioning import WINDOW, encode_tokens, parse_emphasis, tokenize_caption
-
-    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
-
-    def token_count(text: str) -> int:
-        return sum(len(tokenizer(part, add_special_tokens=False).input_ids) for part, _ in parse_emphasis(text))
-
-    longest = max(token_count(prompt), token_count(negative_prompt))
-    windows = min(MAX_PROMPT_WINDOWS, max(1, math.ceil(longest / WINDOW)))
-    encoded = []
-    for text in (prompt, negative_prompt):
-        ids, weights = tokenize_caption(tokenizer, text, windows * WINDOW, weighted=True)
-        encoded.append(
-            encode_tokens(
-                text_encoder,
-                ids.unsqueeze(0).to(pipeline.device),
-                clip_skip=clip_skip,
-                weights=weights.unsqueeze(0).to(pipeline.device),
-            )
-        )
-    return encoded[0], encoded[1]
 
 
 # --------------------------------------------------------------------------- PNG files
@@ -290,7 +206,7 @@ class TrainingSampler:
         self.events = events
         self.device = torch.device(device)
         self.dtype = dtype
-        self._pipeline: StableDiffusionPipeline | None = None
+        self._pipeline: Any = None
         # A prompt without --d keeps the seed chosen the first time it was seen, so the
         # same prompt is comparable from epoch to epoch even though the file is re-read.
         self._chosen_seeds: dict[tuple, int] = {}
@@ -328,7 +244,7 @@ class TrainingSampler:
             return []
         if self._last is not None and self._last[:2] == ((epoch, step), prompts):
             return list(self._last[2])
-        modules = [unwrap_module(m) for m in (self.model.unet, *self.model.text_encoders, self.model.vae)]
+        modules = [unwrap_module(m) for m in self.model.modules()]
         paths: list[Path] = []
         with inference_mode_for(modules, self.device):
             pipeline = self._get_pipeline()
@@ -337,6 +253,7 @@ class TrainingSampler:
                     image = render(
                         pipeline,
                         prompt,
+                        runtime=self.model.runtime,
                         base_scheduler_config=self.model.noise_scheduler.config,
                         clip_skip=self.config.model.clip_skip,
                         v_prediction=self.config.model.v_parameterization,
@@ -373,9 +290,10 @@ class TrainingSampler:
         self._last = ((epoch, step), prompts, paths)
         return paths
 
-    def _get_pipeline(self) -> "StableDiffusionPipeline":
+    def _get_pipeline(self) -> Any:
         if self._pipeline is None:
-            scheduler = make_scheduler(self.config.sampling.sampler, self.model.noise_scheduler.config)
+            scheduler = self.model.runtime.sampling_scheduler(self.config.sampling.sampler,
+                                                             self.model.noise_scheduler.config)
             self._pipeline = build_pipeline(self.model, scheduler)
         return self._pipeline
 

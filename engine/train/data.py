@@ -7,7 +7,7 @@ number of loader workers, and a resumed run sees exactly the batches it would ha
 
     check_images(paths) -> [(path, message)]        the pre-flight refusal list
     load_rgb(path) -> PIL image                      upright, 8-bit RGB, whatever the file
-    TrainingImages(instances, ...)                   torch Dataset, index -> example dict
+    TrainingImages(instances, rules, captions, ...)  torch Dataset, index -> example dict
     EpochBatchSampler(instances, batch_size, seed)   batches of one bucket, per epoch
     make_loader(...) / collate_examples(...)
 """
@@ -25,10 +25,8 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.dataset.buckets import epoch_batches
-from engine.model.text_conditioning import tokenize_caption
 
 HUE_SHIFT = 11  # of 256 hue steps, about ±16°, as sd-scripts' colour augmentation
-SDXL_TENSORS = ("input_ids_2", "pooled_states", "original_size", "crop_top_left", "target_size")
 PREFETCH_BATCHES = 4  # per loader worker: covers a slow image (a big PNG) without an empty queue
 
 
@@ -129,7 +127,8 @@ def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], rng: random.Rando
 
 
 def size_conditioning(item, crop_seed: float | None, flip: bool) -> dict[str, torch.Tensor]:
-    """SDXL's per-image numbers, each (height, width)-ordered: the image's own size, the
+    """Per-image numbers for a family with size conditioning (SDXL's `time_ids`), each
+    (height, width)-ordered: the image's own size, the
     top-left of the crop the bucket fit applies (mirrored with the image when flipped, as
     sd-scripts does) and the bucket's size. Computed from the image's header size and the
     same crop draw `prepare_pixels` makes, so cached latents get the same numbers."""
@@ -270,9 +269,14 @@ class LatentCache:
 
 @torch.no_grad()
 def encode_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Scaled latents of a (B, 3, H, W) batch in [-1, 1], on the VAE's device."""
+    """Latents of a (B, 3, H, W) batch in [-1, 1], on the VAE's device: the posterior's mode,
+    shifted and scaled as the VAE's config says (Flux's 16-channel VAE has a shift, SD's none)."""
     pixels = pixels.to(vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    latents = vae.encode(pixels).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        latents = latents - shift
+    return latents * vae.config.scaling_factor
 
 
 # --------------------------------------------------------------------------- dataset and batches
@@ -289,9 +293,7 @@ class ExampleRules:
     flip: bool
     color: bool
     random_crop: bool
-    max_token_length: int
-    weighted_captions: bool
-    size_conditioning: bool = False  # SDXL: each example carries its size and crop
+    size_conditioning: bool = False  # the family's: each example carries its size and crop
 
     @classmethod
     def from_config(cls, config, size_conditioning: bool = False) -> "ExampleRules":
@@ -303,10 +305,15 @@ class ExampleRules:
             flip=config.augmentation.flip,
             color=config.augmentation.color,
             random_crop=config.augmentation.random_crop,
-            max_token_length=config.captions.max_token_length,
-            weighted_captions=config.captions.weighted_captions,
             size_conditioning=size_conditioning,
         )
+
+    @classmethod
+    def fixed(cls, config, size_conditioning: bool = False) -> "ExampleRules":
+        """Every example as it is: captions whole and unshuffled, no flip, colour or random
+        crop (validation scores the same images the same way every time)."""
+        return cls(seed=config.training.seed, shuffle_caption=False, keep_tokens=0, caption_dropout=0.0, flip=False,
+                   color=False, random_crop=False, size_conditioning=size_conditioning)
 
 
 class TrainingImages(torch.utils.data.Dataset):
@@ -315,20 +322,17 @@ class TrainingImages(torch.utils.data.Dataset):
     An index is an instance number (the epoch is `self.epoch`) or an (epoch, instance)
     pair, which is what `EpochBatchSampler` yields: loader workers that live across
     epochs then still draw each epoch's augmentation, without being told the epoch.
-    With `text_states` (engine.model.text_conditioning.TextStateCache, or a family's) an
-    example carries the text encoders' outputs for its caption instead of token ids; with
-    `tokenizer_2` (SDXL) the second tokenizer's ids too.
+    `captions` says what an example carries for its caption (the family's token ids, or
+    its text encoders' cached outputs: engine.model.family.CaptionTensors).
     """
 
-    def __init__(self, instances: Sequence, rules: ExampleRules, tokenizer, latents: LatentCache | None = None,
-                 skip: set[Path] | None = None, text_states=None, tokenizer_2=None):
+    def __init__(self, instances: Sequence, rules: ExampleRules, captions, latents: LatentCache | None = None,
+                 skip: set[Path] | None = None):
         self.instances = list(instances)
         self.rules = rules
-        self.tokenizer = tokenizer
-        self.tokenizer_2 = tokenizer_2
+        self.captions = captions
         self.latents = latents
         self.skip = skip or set()
-        self.text_states = text_states
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -359,14 +363,7 @@ class TrainingImages(torch.utils.data.Dataset):
                 image = {"pixels": prepare_pixels(item, flip=flip, hue_shift=hue_shift, rng_crop=crop_rng)}
         except Exception as error:  # the file changed or broke after the pre-flight check
             return {"failed": (str(item.path), f"{item.path}: cannot read image ({error}); skipped")}
-        if self.text_states is not None:
-            text = self.text_states.example(caption)
-        else:
-            input_ids, weights = tokenize_caption(self.tokenizer, caption, rules.max_token_length, rules.weighted_captions)
-            text = {"input_ids": input_ids, "token_weights": weights}
-            if self.tokenizer_2 is not None:
-                text["input_ids_2"] = tokenize_caption(self.tokenizer_2, caption, rules.max_token_length,
-                                                       rules.weighted_captions)[0]
+        text = self.captions.example(caption)
         if rules.size_conditioning:
             text.update(size_conditioning(item, crop_seed, flip))
         return {**image, **text, "caption": caption, "path": str(item.path)}
@@ -382,8 +379,10 @@ def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "paths": [example["path"] for example in good],
     }
     if good:
-        for key in ("latents", "pixels", "text_states", "input_ids", "token_weights", *SDXL_TENSORS):
-            if key in good[0]:
+        # every tensor an example carries, by name: latents or pixels, and what the family's
+        # conditioning reads (token ids, cached states, size numbers)
+        for key, value in good[0].items():
+            if isinstance(value, torch.Tensor):
                 batch[key] = torch.stack([example[key] for example in good])
     return batch
 

@@ -30,7 +30,7 @@ from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_
 from engine.errors import LoradeckError
 from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
 from engine.network.metadata import training_metadata
-from engine.network.lora import LoraNetwork
+from engine.network.lora import LoraNetwork, learning_rates
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.run.folder import CONTROL_REQUESTS, RunDir
@@ -225,17 +225,14 @@ class Training:
         """Base model, LoRA, optimizer, schedule, step log and checkpointer."""
         config, accelerator = self.config, self.accelerator
         model = self.model = load_base_model(config, self.base_dir, device=self.device, dtype=self.weight_dtype)
-        unet_lr, text_encoder_lr = config.unet_learning_rate, config.text_encoder_learning_rate
-        self.train_text_encoder = config.network.train_text_encoder and text_encoder_lr > 0
-        self.network = LoraNetwork.from_config(model.unet, model.text_encoder, config, base_dir=self.base_dir,
-                                               train_text_encoder=self.train_text_encoder,
-                                               text_encoder_2=model.text_encoder_2)
-        note = getattr(model.family_module, "FP16_VAE_NOTE", "")  # a family whose VAE overflows in fp16 says so
+        self.train_text_encoder = config.network.train_text_encoder and config.text_encoder_learning_rate > 0
+        self.network = LoraNetwork.from_config(model, config, base_dir=self.base_dir,
+                                               train_text_encoder=self.train_text_encoder)
+        note = model.family.fp16_vae_note  # a family whose VAE overflows in fp16 says so
         if note and self.weight_dtype == torch.float16 and model.vae.dtype != self.weight_dtype:
             self.log(note)
         apply_speed_settings(model, config, self.device, self.train_text_encoder)
-        self.optimizer = make_optimizer(config, self.network.param_groups(
-            unet_lr, text_encoder_lr, config.text_encoder_2_learning_rate), self.device)
+        self.optimizer = make_optimizer(config, self.network.param_groups(learning_rates(config)), self.device)
         self.optimizer_steps = optimizer_kernel(self.optimizer)
         self.lr_scheduler = make_lr_scheduler(config, self.optimizer, self.plan.total_steps)
         self.step_log = StepLog(
@@ -295,9 +292,12 @@ class Training:
         latents, skip = _cache_latents(self.run, config, self.model, self.dataset, accelerator, self.events, self.log)
         text_states = _cache_text_states(config, self.model, self.instances, self.train_text_encoder, accelerator,
                                          self.log)
-        rules = ExampleRules.from_config(config, size_conditioning=self.model.family_module.SIZE_CONDITIONING)
-        images = TrainingImages(self.instances, rules, self.model.tokenizer, latents, skip, text_states,
-                                tokenizer_2=self.model.tokenizer_2)
+        model = self.model
+        rules = ExampleRules.from_config(config, size_conditioning=model.family.size_conditioning)
+        captions = text_states if text_states is not None else model.runtime.caption_tokens(
+            model.tokenizers, max_token_length=config.captions.max_token_length,
+            weighted=config.captions.weighted_captions)
+        images = TrainingImages(self.instances, rules, captions, latents, skip)
         workers = _loader_workers(config, latents)
         # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last
         # accumulation still makes an optimizer step; batches are already sharded per process
@@ -431,7 +431,7 @@ class Training:
         self.evaluated_step = step
         stop = False
         if self.validation is not None:
-            self.validation.evaluate(self.model.unet, self.model.text_encoder, step=step, epoch=epoch)
+            self.validation.evaluate(self.model.denoiser, self.model.text_encoders, step=step, epoch=epoch)
             stop = self.validation.early_stop
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -547,7 +547,7 @@ def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_t
         log(f"text encoder outputs computed every step: {refusal}")
         return None
     captions = (item.caption for item in instances)
-    cache = model.family_module.text_state_cache(model, captions, config, autocast=accelerator.autocast)
+    cache = model.runtime.text_state_cache(model, captions, config, autocast=accelerator.autocast)
     log(f"cached the text encoder's outputs for {len(cache)} captions")
     return cache
 

@@ -1,21 +1,25 @@
 """Validation loss: held-out images scored at fixed timesteps with fixed noise.
 
     evaluator = Evaluator.build(config, model, dataset, device=..., autocast=...)
-    result = evaluator.evaluate(unet, text_encoder)      -> Scores(loss, bands, train_loss, ...)
+    result = evaluator.evaluate(denoiser, text_encoders)   -> Scores(loss, bands, train_loss, ...)
 
 The training loss of a diffusion model is dominated by the random timestep and noise
 drawn at each step, so it says little about how good the LoRA is. Here every image is
-scored at the same `validation.timesteps` timesteps (evenly spread over the schedule)
-with the same noise every time: the noise of one image at one timestep comes from a
-seed made of the validation seed, the image's folder and name, and the timestep, so it
-does not depend on the batch size, the order of the images or the device. The number
-then moves only when the LoRA changes.
+scored at the same `validation.timesteps` points of the objective's schedule (evenly
+spread: `Objective.validation_timesteps`) with the same noise every time: the noise of
+one image at one timestep comes from a seed made of the validation seed, the image's
+folder and name, and the timestep, so it does not depend on the batch size, the order of
+the images or the device. The number then moves only when the LoRA changes.
 
-The score is the step's own loss (`engine.train.step.loss_from_noise`: the prediction
-target, Min-SNR weighting and text conditioning exactly as in training), computed with
-no gradients, the network in eval mode, on latents encoded once. Besides the held-out
-images, a fixed sample of training images (`validation.train_sample`) is scored the
-same way: the gap between the two shows memorising.
+The batches are built by the training data's own code (engine.train.data's
+`TrainingImages` and `collate_examples`, with every augmentation off and the family's
+caption tokens), so an example carries exactly what the family's conditioning reads in
+training: the two cannot drift apart. The score is the step's own loss
+(`engine.train.step.loss_at`: the objective's target and weighting, the family's
+conditioning and denoiser call exactly as in training), computed with no gradients, the
+network in eval mode, on latents encoded once. Besides the held-out images, a fixed sample
+of training images (`validation.train_sample`) is scored the same way: the gap between
+the two shows memorising.
 """
 from __future__ import annotations
 
@@ -27,22 +31,15 @@ from typing import Any, Callable
 
 import torch
 
-from engine.model.text_conditioning import tokenize_caption
 from engine.run.advice import ValidationPoint, best_point, evaluations_since_best
 from engine.run.events import VALIDATION
-from engine.train.data import LatentCache
-from engine.train.step import loss_from_noise
+from engine.train.data import ExampleRules, LatentCache, TrainingImages, collate_examples
+from engine.train.step import batch_to_device, loss_at
 
 
-def fixed_timesteps(count: int, num_train_timesteps: int) -> list[int]:
-    """`count` timesteps at the middle of equal slices of the schedule: 4 of 1000 are
-    125, 375, 625, 875 (fine detail to overall layout)."""
-    return [int((index + 0.5) * num_train_timesteps / count) for index in range(count)]
-
-
-def band_name(timestep: int) -> str:
+def band_name(timestep: float) -> str:
     """The name of a timestep band in events and TensorBoard (`loss/validation_t125`)."""
-    return f"t{timestep}"
+    return f"t{timestep:g}"
 
 
 def image_key(item) -> str:
@@ -51,7 +48,7 @@ def image_key(item) -> str:
     return f"{item.folder}/{item.path.name}"
 
 
-def fixed_noise(seed: int, key: str, timestep: int, shape: tuple[int, ...]) -> torch.Tensor:
+def fixed_noise(seed: int, key: str, timestep: float, shape: tuple[int, ...]) -> torch.Tensor:
     """The noise of one image at one timestep: the same for the same (seed, key, timestep)."""
     digest = hashlib.sha256(f"validation-noise:{seed}:{key}:{timestep}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
@@ -79,15 +76,14 @@ class Scores:
 @dataclass
 class _Batch:
     latents: torch.Tensor  # (B, C, h, w) on the device
-    input_ids: torch.Tensor
-    token_weights: torch.Tensor | None
-    noise: dict[int, torch.Tensor]  # timestep -> (B, C, h, w) on the device
+    tensors: dict[str, Any]  # what the family's conditioning reads (engine.train.step.batch_to_device)
+    noise: dict[float, torch.Tensor]  # timestep -> (B, C, h, w) on the device
 
 
 class Evaluator:
     """Scores the current LoRA on fixed batches built once (latents, tokens and noise)."""
 
-    def __init__(self, config, model, validation: list[_Batch], training: list[_Batch], timesteps: list[int],
+    def __init__(self, config, model, validation: list[_Batch], training: list[_Batch], timesteps: list,
                  images: int, train_images: int, autocast: Callable | None):
         self.config, self.model = config, model
         self.validation, self.training = validation, training
@@ -99,7 +95,7 @@ class Evaluator:
     def build(cls, config, model, dataset, *, device: torch.device, autocast: Callable | None = None) -> "Evaluator":
         """Encode the held-out images and the train-set sample once, and draw their noise."""
         settings = config.validation
-        timesteps = fixed_timesteps(settings.timesteps, model.noise_scheduler.config.num_train_timesteps)
+        timesteps = list(model.objective.validation_timesteps(settings.timesteps))
         sample = train_sample(dataset.train_items, settings.train_sample, settings.seed)
         items = list(dataset.validation_items) + sample
         latents = LatentCache(f"{model.source}|{config.model.vae}|validation")
@@ -107,6 +103,9 @@ class Evaluator:
                               on_failure=lambda path, message: None)
         if failed:  # the pre-flight check read them; they broke since
             raise OSError(f"cannot read validation image(s): {', '.join(sorted(map(str, failed)))}")
+        captions = model.runtime.caption_tokens(model.tokenizers, max_token_length=config.captions.max_token_length,
+                                                weighted=config.captions.weighted_captions)
+        rules = ExampleRules.fixed(config, size_conditioning=model.family.size_conditioning)
 
         def batches(group: list) -> list[_Batch]:
             by_bucket: dict[tuple[int, int], list] = {}
@@ -117,30 +116,29 @@ class Evaluator:
                 bucket_items = by_bucket[bucket]
                 for start in range(0, len(bucket_items), settings.batch_size):
                     chunk = bucket_items[start:start + settings.batch_size]
-                    stacked = torch.stack([latents.get(item, flipped=False) for item in chunk])
-                    tokens = [tokenize_caption(model.tokenizer, item.caption, config.captions.max_token_length,
-                                               config.captions.weighted_captions) for item in chunk]
-                    weights = torch.stack([w for _, w in tokens])
-                    weighted = config.captions.weighted_captions and not bool(torch.all(weights == 1))
-                    noise = {t: torch.stack([fixed_noise(settings.seed, image_key(item), t, tuple(stacked.shape[1:]))
+                    # the training data's own examples and collate: what training's conditioning reads
+                    images = TrainingImages(chunk, rules, captions, latents)
+                    tensors = batch_to_device(collate_examples([images[index] for index in range(len(chunk))]),
+                                              device, config)
+                    shape = tuple(tensors["latents"].shape[1:])
+                    noise = {t: torch.stack([fixed_noise(settings.seed, image_key(item), t, shape)
                                              for item in chunk]).to(device) for t in timesteps}
-                    built.append(_Batch(stacked.to(device), torch.stack([ids for ids, _ in tokens]).to(device),
-                                        weights.to(device) if weighted else None, noise))
+                    built.append(_Batch(tensors["latents"], tensors, noise))
             return built
 
         return cls(config, model, batches(dataset.validation_items), batches(sample), timesteps,
                    len(dataset.validation_items), len(sample), autocast)
 
-    def evaluate(self, unet, text_encoder) -> Scores:
+    def evaluate(self, denoiser, text_encoders) -> Scores:
         """The current LoRA's scores; the models are put back in the mode they were in."""
         start = time.perf_counter()
-        modes = [(module, module.training) for module in (unet, text_encoder)]
+        modes = [(module, module.training) for module in (denoiser, *text_encoders)]
         for module, _ in modes:
             module.eval()
         try:
             with torch.no_grad():
-                bands = self._score(self.validation, unet, text_encoder)
-                train = self._score(self.training, unet, text_encoder) if self.training else None
+                bands = self._score(self.validation, denoiser, text_encoders)
+                train = self._score(self.training, denoiser, text_encoders) if self.training else None
         finally:
             for module, mode in modes:
                 module.train(mode)
@@ -151,21 +149,19 @@ class Evaluator:
             seconds=time.perf_counter() - start, images=self.images, train_images=self.train_images,
         )
 
-    def _score(self, batches: list[_Batch], unet, text_encoder) -> dict[int, float]:
+    def _score(self, batches: list[_Batch], denoiser, text_encoders) -> dict[float, float]:
         """Per timestep, the mean loss over every image of `batches`."""
-        totals: dict[int, Any] = {t: 0.0 for t in self.timesteps}
+        totals: dict[float, Any] = {t: 0.0 for t in self.timesteps}
         count = 0
+        objective = self.model.objective
         for batch in batches:
             size = batch.latents.shape[0]
             count += size
             for t in self.timesteps:
-                timesteps = torch.full((size,), t, dtype=torch.long, device=batch.latents.device)
+                timesteps = objective.timesteps_tensor(t, size, batch.latents.device)
                 # the step's own loss, so the validation number means what the training loss means
-                loss = loss_from_noise(
-                    self.model, unet, text_encoder, batch.latents, batch.input_ids, batch.token_weights,
-                    batch.noise[t], timesteps, config=self.config, train_text_encoder=False,
-                    autocast=self.autocast,
-                )
+                loss = loss_at(self.model, denoiser, text_encoders, batch.latents, batch.tensors, batch.noise[t],
+                               timesteps, config=self.config, train_text_encoder=False, autocast=self.autocast)
                 totals[t] = totals[t] + loss.float() * size
         # one device-to-host copy for the whole evaluation
         values = torch.stack([torch.as_tensor(totals[t]).reshape(()) for t in self.timesteps]).cpu().tolist()
@@ -218,8 +214,8 @@ class ValidationRun:
         patience = self.settings.early_stop_patience
         return bool(patience) and evaluations_since_best(self.points) >= patience
 
-    def evaluate(self, unet, text_encoder, *, step: int, epoch: int) -> Scores:
-        scores = self.evaluator.evaluate(unet, text_encoder)
+    def evaluate(self, denoiser, text_encoders, *, step: int, epoch: int) -> Scores:
+        scores = self.evaluator.evaluate(denoiser, text_encoders)
         previous_best = best_point(self.points)
         self.points.append(ValidationPoint(step, epoch, scores.loss, scores.train_loss))
         improved = previous_best is None or scores.loss < previous_best.loss

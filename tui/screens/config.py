@@ -45,7 +45,7 @@ DRAFT_DELAY_S = 0.5
 START_PRESET = "sd15-general"
 # what a preset does not replace: where the model, images and runs are, and the run's name
 LOCATION_KEYS = (
-    "model.pretrained_model", "model.vae", "model.v2", "model.v_parameterization", "model.clip_skip",
+    "model.pretrained_model", "model.vae", "model.v_parameterization", "model.clip_skip",
     "dataset.image_dir", "dataset.reg_dir", "sampling.prompts", "sampling.prompts_file",
     "saving.output_dir", "saving.output_name",
 )

@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import LoradeckError
-from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport
+from engine.health.report import CHECKS, ERROR, INFO, SEVERITIES, WARNING, Finding, ScanReport, display
 from engine.health.scan import ScanCancelled, ScanTarget, scan, target_for_workspace
 from engine.config.workspace import Workspace
 from tui.screens.confirm import ConfirmScreen
@@ -207,7 +207,8 @@ class HealthScreen(Screen):
             key=lambda item: (order[item.severity], item.code, item.path),
         )
         for index, item in enumerate(self.shown):
-            table.add_row(self._severity_text(item.severity), item.code, item.path, item.message, key=str(index))
+            table.add_row(self._severity_text(item.severity), item.code, display(item.path), display(item.message),
+                          key=str(index))
         if keep in self.shown:
             table.move_cursor(row=self.shown.index(keep))
         code = self.code_filter or "every code"
@@ -262,7 +263,7 @@ class HealthScreen(Screen):
             return
         path = self.report.root / item.path
         is_image = path.is_file() and item.code != "orphan_caption"
-        message.update(Text.assemble((f"{item.code}  ", "bold"), item.path, "\n", item.message))
+        message.update(Text.assemble((f"{item.code}  ", "bold"), display(item.path), "\n", display(item.message)))
         self._show_exif_pair(item.code == "exif_rotated")
         preview.marked_row = item.damaged_row
         preview.path = path if is_image else None

@@ -1,62 +1,75 @@
-"""Model families: everything that differs between SD 1.x/2.x and SDXL, one module per family.
+"""The registry of model families: one line per family folder.
 
-    family_named("sdxl") -> the family module
-    folder_family(folder) / file_family(path) -> "sd15" | "sd2" | "sdxl" | None
-    config_family(config, base_dir) -> the family a config trains (detected, never from a name)
+    FAMILIES                              every FamilyDescriptor, in detection order
+    family_named("sdxl")                  the descriptor of a `model.family` name
+    folder_family(folder) / file_family(path) / checkpoint_family(shapes)
+    config_family(config, base_dir)       what a config trains (detected, never from a file name)
 
-A family module (`sd15.py` for SD 1.x and 2.x, `sdxl.py`) holds, at module level and
-without importing torch (the plan and the TUI read them): `NAME`, `LABEL`,
-`PIPELINE_CLASS`, `DEFAULT_RESOLUTION`, `TEXT_ENCODERS` ((model attribute, Kohya key
-prefix) per text encoder), `PARAMETERS` and the VRAM constants, `base_model_version(config)`
-and `modelspec_architecture(config)` for the LoRA's metadata. Its heavy functions import
-torch and the HF stack when called: `load_diffusers(...)` (the parts of a diffusers
-folder), `condition(...)` (the U-Net's conditioning for a batch), `text_state_cache()`,
-`build_pipeline(...)` and `prompt_embeddings(...)` for samples. A new family (Flux) is a
-new module registered here.
+A family is a folder here (`sd/` for SD 1.x and 2.x, `sdxl/`) whose `__init__.py` holds its
+light descriptors (`DESCRIPTORS`) and whose `runtime.py` holds its heavy half; both
+implement engine.model.family's contract. Adding a family is adding its folder and its
+line below; nothing else in loradeck names a family (the config's choices, the plan, the
+tests' `family` fixture all read this tuple).
 
-Detection reads what the model is, never its name: a folder's `model_index.json` and
-U-Net config, or the tensor names in a `.safetensors` file's header (no tensor is read).
+Detection reads what the model is, never its name: a folder's `model_index.json` and part
+configs, or the tensor names in a `.safetensors` file's header (no tensor is read). The
+first family that recognises a model is its family; the first family registered is the
+fallback when nothing can be read (a hub id offline, a .ckpt).
+
 Light module.
 """
 from __future__ import annotations
 
 import json
 import struct
+from importlib import import_module
 from pathlib import Path
-from types import ModuleType
 
 from engine.errors import LoradeckError
-from engine.model.families import sd15, sdxl
+from engine.model.family import FamilyDescriptor
+from engine.paths import resolve_path
 
-FAMILIES: dict[str, ModuleType] = {"sd15": sd15, "sd2": sd15, "sdxl": sdxl}
-FAMILY_CHOICES = ("auto", "sd15", "sd2", "sdxl")
-LABELS = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-
-
-def family_named(name: str) -> ModuleType:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise LoradeckError(f"model.family: {name!r} is not one of {', '.join(FAMILY_CHOICES)}") from None
+FAMILIES: tuple[FamilyDescriptor, ...] = (
+    *import_module("engine.model.families.sd").DESCRIPTORS,  # SD 1.x, SD 2.x
+    *import_module("engine.model.families.sdxl").DESCRIPTORS,  # SDXL
+)
+FAMILY_NAMES = tuple(family.name for family in FAMILIES)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def one_per_runtime() -> tuple[FamilyDescriptor, ...]:
+    """The first descriptor of each runtime (SD 1.x for the `sd` folder, SDXL): the families
+    a tiny model is made of, and that every trainer feature test runs on (tests/conftest.py).
+    A variant sharing a runtime (SD 2.x) differs only in data its own tests check."""
+    return tuple({family.runtime_path: family for family in reversed(FAMILIES)}.values())[::-1]
 
 
-def folder_family(folder: Path) -> str | None:
+def family_named(name: str) -> FamilyDescriptor:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise LoradeckError(f"model.family: {name!r} is not one of auto, {', '.join(FAMILY_NAMES)}")
+
+
+def default_family() -> FamilyDescriptor:
+    """What a model nothing can be read of is loaded as (its own loader then says if it is not)."""
+    return FAMILIES[0]
+
+
+def lora_prefixes(*, denoiser: bool) -> tuple[str, ...]:
+    """Every Kohya key prefix any family's networks use for denoisers (lora_unet) or for
+    text encoders (lora_te, lora_te1, lora_te2, ...)."""
+    return tuple(dict.fromkeys(component.prefix for family in FAMILIES for component in family.lora_components
+                               if component.is_denoiser == denoiser))
+
+
+def folder_family(folder: Path) -> FamilyDescriptor | None:
     """The family of a diffusers folder from its configs; None when they say nothing."""
-    index = _read_json(folder / "model_index.json") or {}
-    unet = _read_json(folder / "unet" / "config.json") or {}
-    if index.get("_class_name", "").startswith("StableDiffusionXL") or unet.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    text = _read_json(folder / "text_encoder" / "config.json") or {}
-    if unet or text:
-        return "sd2" if text.get("hidden_size") == 1024 or unet.get("cross_attention_dim") == 1024 else "sd15"
-    return None
+    return next((family for family in FAMILIES if family.recognizes_folder(Path(folder))), None)
+
+
+def checkpoint_family(shapes) -> FamilyDescriptor | None:
+    """The family of an original-layout checkpoint from its tensor names and shapes."""
+    return next((family for family in FAMILIES if family.recognizes_checkpoint(shapes)), None)
 
 
 def safetensors_keys(path: Path) -> dict[str, dict]:
@@ -73,30 +86,16 @@ def safetensors_keys(path: Path) -> dict[str, dict]:
     return header
 
 
-def keys_family(shapes: dict[str, tuple]) -> str | None:
-    """The family of an original-layout checkpoint from its tensor names (and CLIP width)."""
-    if any(key.startswith("conditioner.embedders.") for key in shapes):
-        return "sdxl"
-    if not any(key.startswith("model.diffusion_model.") for key in shapes):
-        return None
-    for key in ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
-                "cond_stage_model.transformer.embeddings.token_embedding.weight"):
-        if key in shapes:
-            return "sd2" if tuple(shapes[key])[-1] == 1024 else "sd15"
-    return "sd2" if "cond_stage_model.model.token_embedding.weight" in shapes else "sd15"
-
-
-def file_family(path: Path) -> str | None:
+def file_family(path: Path) -> FamilyDescriptor | None:
     """The family of a single-file checkpoint; None for a pickle (read only when loading)."""
+    path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return None
-    return keys_family({key: entry.get("shape", ()) for key, entry in safetensors_keys(path).items()})
+    return checkpoint_family({key: entry.get("shape", ()) for key, entry in safetensors_keys(path).items()})
 
 
-def detected_family(config, base_dir) -> str | None:
+def detected_family(config, base_dir) -> FamilyDescriptor | None:
     """The family of the config's local base model, or None (a hub id, a .ckpt, nothing there)."""
-    from engine.config.schema import resolve_path
-
     value = config.model.pretrained_model.strip()
     path = resolve_path(base_dir, value) if value else None
     if path is None:
@@ -111,24 +110,21 @@ def detected_family(config, base_dir) -> str | None:
     return None
 
 
-def config_family_name(config, base_dir) -> str:
+def config_family(config, base_dir) -> FamilyDescriptor:
     """What the config trains: the base model's own family when it is local, else
-    `model.family`, else SD 1.x (SD 2.x with `model.v2`)."""
-    setting = getattr(config.model, "family", "auto")
+    `model.family`, else the fallback family."""
     found = detected_family(config, base_dir)
     if found is not None:
         return found
-    if setting != "auto":
-        return setting
-    return "sd2" if config.model.v2 else "sd15"
+    setting = config.model.family
+    return default_family() if setting == "auto" else family_named(setting)
 
 
-def config_family(config, base_dir) -> ModuleType:
-    return family_named(config_family_name(config, base_dir))
-
-
-def check_family(config, found: str, source) -> None:
-    """Refuse a base model whose family contradicts an explicit `model.family`."""
-    setting = getattr(config.model, "family", "auto")
-    if setting not in ("auto", found) and not {setting, found} <= {"sd15", "sd2"}:
-        raise LoradeckError(f"model.family: is {setting} but {source} is an {LABELS[found]} model")
+def check_family(config, found: FamilyDescriptor, source) -> None:
+    """Refuse a base model whose family contradicts an explicit `model.family`; a variant the
+    same runtime loads (SD 1.x named, SD 2.x found) is not a contradiction."""
+    setting = config.model.family
+    if setting == "auto" or setting == found.name:
+        return
+    if family_named(setting).runtime_path != found.runtime_path:
+        raise LoradeckError(f"model.family: is {setting} but {source} is an {found.label} model")

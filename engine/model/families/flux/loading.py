@@ -33,7 +33,7 @@ def scheduler_for(variant: str, config_dir: Path | None = None):
 
 
 def load_clip_tokenizer(config_dir: Path | None = None):
-    from engine.model.single_file import load_tokenizer
+    from engine.model.ldm_checkpoints import load_tokenizer
 
     return load_tokenizer(config_dir or ASSETS)
 
@@ -61,7 +61,7 @@ def load_diffusers(source: str, *, local_only: bool, dtype, vae_dtype) -> dict[s
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
-    from engine.model.loading import load_parts
+    from engine.model.parts import load_parts
 
     def pretrained(model_class, subfolder: str, **kwargs):
         return lambda: model_class.from_pretrained(source, subfolder=subfolder, local_files_only=local_only, **kwargs)

@@ -34,11 +34,10 @@ import re
 
 import torch
 
-from engine.config.network_types import NetworkSpec
 from engine.errors import LoradeckError
+from engine.model.adapters import ADAPTER_NAME, TENSORS, peft_config
 from engine.model.families.flux import layout
-from engine.network.lora import ADAPTER_NAME, TENSORS, _peft_config
-from engine.plan.network_size import factorization
+from engine.model.shapes import factorization
 
 FLUX_NETWORK_TYPES = ("lora", "dora", "loha", "lokr")
 # Which side of ΔW = (out x in) each file tensor holds: "in" tensors are shared by a fused
@@ -51,7 +50,7 @@ SIDES = {
 _SHARED_ATTRIBUTES = {"lora": ("lora_A",), "dora": ("lora_A",), "loha": ("hada_w1_b", "hada_w2_b")}
 
 
-def check_type(spec: NetworkSpec) -> None:
+def check_type(spec) -> None:
     if spec.type == "locon":
         raise LoradeckError("network.type: locon adds LoRA to convolutions, and Flux.1's transformer has none; "
                             "use lora")
@@ -63,14 +62,14 @@ def module_groups(transformer) -> list[tuple[str, tuple[str, ...]]]:
     return layout.lora_groups(len(transformer.transformer_blocks), len(transformer.single_transformer_blocks))
 
 
-def inject(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, list[torch.nn.Module]]]:
+def inject(transformer: torch.nn.Module, spec) -> list[tuple[str, list[torch.nn.Module]]]:
     """Adapters of the spec's type on every Linear of every block, fused groups tied (what
     engine.network does through the family contract; kept for the family's own tests)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     check_type(spec)
     targets = [name for _, names in module_groups(transformer) for name in names]
-    config = _peft_config(spec, targets, {}, {})
+    config = peft_config(spec, targets, {}, {})
     if isinstance(config, LoraConfig):
         transformer.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' entry point: set_adapters works
     else:
@@ -78,7 +77,7 @@ def inject(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, l
     return tie(transformer, spec)
 
 
-def tie(transformer: torch.nn.Module, spec: NetworkSpec) -> list[tuple[str, list[torch.nn.Module]]]:
+def tie(transformer: torch.nn.Module, spec) -> list[tuple[str, list[torch.nn.Module]]]:
     """Make each fused group's adapters one adapter: its input-side factors one shared
     parameter, LoKr's factors reshaped to the fused module's; all in fp32. Returns the groups."""
     check_type(spec)
@@ -128,7 +127,7 @@ def lokr_sides(out_sizes: list[int], fan_in: int, rank: int, factor: int) -> tup
     return (a, b, c, d), rank >= max(b, d) / 2
 
 
-def _fuse_lokr(kohya: str, layers: list[torch.nn.Module], spec: NetworkSpec) -> None:
+def _fuse_lokr(kohya: str, layers: list[torch.nn.Module], spec) -> None:
     """Replace peft's per-module LoKr factors by one fused LoKr's: w1's rows split, w2 shared."""
     out_sizes = [layer.get_base_layer().out_features for layer in layers]
     fan_in = layers[0].get_base_layer().in_features
@@ -271,7 +270,7 @@ def split_file_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return split
 
 
-def group_tensors(groups, spec: NetworkSpec, dtype=torch.float32) -> dict[str, torch.Tensor]:
+def group_tensors(groups, spec, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """sd-scripts' / LyCORIS' tensors of every fused module, on the CPU in `dtype`."""
     tensors: dict[str, torch.Tensor] = {}
     for _, layers in groups:
@@ -289,7 +288,7 @@ def _layer_names(layers) -> list[str]:
     return [layer.loradeck_module_name for layer in layers]
 
 
-def load_group_tensors(groups, spec: NetworkSpec, tensors: dict[str, torch.Tensor]) -> set[str]:
+def load_group_tensors(groups, spec, tensors: dict[str, torch.Tensor]) -> set[str]:
     """Set every group's factors from a file's fused tensors; returns the fused keys it used."""
     split = split_file_tensors(tensors)
     used = set()

@@ -58,13 +58,13 @@ def read_tensors(path: Path, *, device=None, dtype=None) -> dict[str, Any]:
 
 
 def read_config(folder: Path, part: str, name: str = "config.json") -> dict[str, Any]:
-    from engine.model.single_file import _read_json
+    from engine.model.ldm_checkpoints import read_config as read_json_config
 
-    return _read_json(folder / part / name)
+    return read_json_config(folder / part / name)
 
 
 def save_file(state: dict[str, Any], path: Path, dtype=None) -> Path:
-    from engine.model.single_file import save_ldm_file
+    from engine.model.ldm_checkpoints import save_ldm_file
 
     return save_ldm_file(state, Path(path), dtype)
 
@@ -72,9 +72,9 @@ def save_file(state: dict[str, Any], path: Path, dtype=None) -> Path:
 def _assign(model, state: dict[str, Any], what: str, path: Path, config_source: Path):
     """Load `state` into a meta-device `model` (tensors taken as they are), or one line
     naming the first weight that is missing or misshapen."""
-    from engine.model.single_file import _check_fit
+    from engine.model.ldm_checkpoints import check_fit
 
-    _check_fit(model, state, what, path, config_source)
+    check_fit(model, state, what, path, config_source)
     model.load_state_dict({key: state[key] for key in model.state_dict()}, strict=True, assign=True)
     return model.eval()
 
@@ -181,7 +181,7 @@ def clip_l_state(clip) -> dict[str, Any]:
 def load_clip_l(path: str | Path, *, config_dir: Path | None = None, dtype=None, device=None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.model.single_file import match_text_model_level
+    from engine.model.ldm_checkpoints import match_text_model_level
 
     path, folder = Path(path), config_dir or ASSETS
     state = {key: value for key, value in read_tensors(path, device=device, dtype=dtype).items()
@@ -220,19 +220,19 @@ def load_t5xxl(path: str | Path, *, config_dir: Path | None = None, dtype=None, 
 
 def vae_to_bfl(vae) -> dict[str, Any]:
     """The autoencoder in BFL's ae.safetensors layout (LDM's names, no prefix)."""
-    from engine.model.single_file import VAE_PREFIX, _vae_to_ldm
+    from engine.model.ldm_checkpoints import VAE_PREFIX, vae_to_ldm
 
-    return {key.removeprefix(VAE_PREFIX): value for key, value in _vae_to_ldm(vae.state_dict(), vae.config).items()}
+    return {key.removeprefix(VAE_PREFIX): value for key, value in vae_to_ldm(vae.state_dict(), vae.config).items()}
 
 
 def load_ae(path: str | Path, *, config_dir: Path | None = None, dtype=None):
-    from engine.model.single_file import _build_vae
+    from engine.model.ldm_checkpoints import build_vae
 
     path, folder = Path(path), config_dir or ASSETS
     state = read_tensors(path)
     if "decoder.conv_in.weight" not in state and "first_stage_model.decoder.conv_in.weight" not in state:
         raise LoradeckError(f"{path}: not an autoencoder (no decoder.conv_in weights)")
-    vae = _build_vae(state, folder, path, dtype)
+    vae = build_vae(state, folder, path, dtype)
     if vae.config.latent_channels != 16:
         raise LoradeckError(f"{path}: a {vae.config.latent_channels}-channel autoencoder; Flux.1's has 16 (ae.safetensors)")
     return vae

@@ -1,7 +1,6 @@
 """A tiny Flux.1 made offline: diffusers' real classes at toy width, random weights.
 
     make_tiny_flux_pipeline(seed, schnell=False) -> FluxPipeline
-    make_tiny_flux(out_dir, seed, schnell=False) -> out_dir (a diffusers folder)
     write_tiny_single_files(folder, out_dir, fp8=False) -> {"transformer", "clip_l", "t5xxl", "ae"} paths
 
 The layout is Flux.1's: `FluxTransformer2DModel` with two double and two single blocks
@@ -18,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.atomic import ensure_folder
-from engine.model.tiny import _COMMON_WORDS, _tiny_tokenizer, save_tiny_pipeline
+from engine.model.tiny_parts import _COMMON_WORDS, tiny_tokenizer
 
 WIDTH = 64  # 2 heads of 32; Flux.1: 24 heads of 128
 HEAD = 32
@@ -61,7 +60,7 @@ def make_tiny_flux_pipeline(seed: int = 0, schnell: bool = False):
         norm_num_groups=8, sample_size=64, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
         **FLUX_VAE_FACTORS,
     )
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=TEXT_WIDTH,
@@ -76,12 +75,6 @@ def make_tiny_flux_pipeline(seed: int = 0, schnell: bool = False):
     scheduler = FlowMatchEulerDiscreteScheduler(**(SCHNELL_SCHEDULE if schnell else DEV_SCHEDULE))
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
-
-
-def make_tiny_flux(out_dir: str | Path, seed: int = 0, schnell: bool = False) -> Path:
-    """Write the tiny Flux.1 [dev] ([schnell] with `schnell`) as a diffusers folder at `out_dir`."""
-    label = f"FLUX.1 [{'schnell' if schnell else 'dev'}]"
-    return save_tiny_pipeline(lambda: make_tiny_flux_pipeline(seed, schnell), Path(out_dir), label, ("tokenizer",))
 
 
 def write_tiny_single_files(folder: str | Path, out_dir: str | Path, *, fp8: bool = False) -> dict[str, Path]:

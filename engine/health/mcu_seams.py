@@ -1,0 +1,133 @@
+"""Seams on a JPEG's MCU grid shaped like silent damage, found from where the rows step.
+
+Lost, gained or misread bits in the entropy-coded data put the decoder off by some MCUs
+and off in every DC value: from the damaged MCU on, the picture is shifted sideways by
+whole MCUs and colour-cast, often after an MCU or two of garbage. In raster order that
+region starts mid-row, so its edge against the picture above is an L: the boundary above
+the damaged MCU row from that MCU to the right edge, then the boundary below it from the
+left edge back to that MCU, with a one-MCU-high vertical seam joining the two. A restart
+marker resets the decoder, so there the damage is a strip from the damaged MCU to the end
+of its row. Each 8-pixel segment of each MCU-row boundary is marked as stepping or not;
+an L or a strip counts when nearly all its segments step and the boundary beside it does
+not, it starts on an MCU, and `engine.health.damage_evidence` finds the damage in the
+pixels (content makes these shapes now and then too). Numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.health import damage_evidence as evidence
+
+SEGMENT = 8
+# A segment steps when the mean step across the boundary (0-255, over its pixels and
+# channels) is STEP_RATIO times the larger row-to-row step beside it, plus STEP_MARGIN.
+STEP_RATIO = 2.0
+STEP_MARGIN = 4.0
+# An arm of the seam counts when ARM_SHARE of its segments step; the rest of those
+# boundaries (the picture on either side, whole) must step at most QUIET_SHARE.
+ARM_SHARE = 0.6
+QUIET_SHARE = 0.3
+# Colours below the seam the picture above it does not have, as a share of its pixels.
+UNSEEN_SHARE = 0.6
+# An arm of one segment is a coincidence away from a horizon on the next boundary.
+MIN_ARM_SEGMENTS = 2
+MIN_STRIP_SEGMENTS = 4
+
+
+def first_seam_row(pixels: np.ndarray, boundaries: np.ndarray, steps: np.ndarray,
+                   mcu_height: int, mcu_width: int) -> int:
+    """The top row of the first MCU row where an L or a restart strip of damage starts, or -1.
+
+    `boundaries` are the first rows of MCU rows (from the second), `steps` which segments
+    of each step (`boundary_steps`)."""
+    segments = steps.shape[1]
+    if len(boundaries) < 3 or segments < 4:
+        return -1
+    # before[b, c]: stepping segments of boundary b left of segment c (c = 1 .. segments-1)
+    counts = np.concatenate([np.zeros((len(boundaries), 1), int), np.cumsum(steps, axis=1)], axis=1)
+    column = np.arange(1, segments)
+    before, total = counts[:, 1:segments], counts[:, segments:]
+    after = total - before
+    aligned = column % max(1, mcu_width // SEGMENT) == 0
+    rows = [row for row in (_l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width),
+                            _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width))
+            if row >= 0]
+    return min(rows) if rows else -1
+
+
+def boundary_steps(rows: np.ndarray) -> np.ndarray:
+    """steps[b, s]: 8-pixel segment s of boundary b steps well above the row-to-row steps
+    beside it. `rows[k, b]` are the two rows above and the two below boundary b, whole
+    (height 4 × boundaries × width × channels)."""
+    # This is the one pass over every boundary, so it is kept cheap: unsigned differences,
+    # no widening copy, summed by BLAS. The fourth byte of RGBX is constant and adds nothing.
+    segments = rows.shape[2] // SEGMENT
+    over, above, below, under = rows[:, :, :segments * SEGMENT].reshape(*rows.shape[:2], segments, -1)
+    values = SEGMENT * min(rows.shape[3], 3)
+    across = _difference_sum(below, above)
+    beside = np.maximum(_difference_sum(above, over), _difference_sum(under, below))
+    return across > STEP_RATIO * beside + STEP_MARGIN * values
+
+
+def _difference_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of |first - second| (uint8 in, float32 out); a product with
+    ones runs on BLAS, twice as fast as numpy's integer sum."""
+    difference = np.maximum(first, second) - np.minimum(first, second)
+    return difference @ np.ones(difference.shape[-1], np.float32)
+
+
+def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width) -> int:
+    """Damage to the end of the picture: boundary b steps from the damaged MCU to the right
+    edge, boundary b+1 from the left edge to it, boundary b left of it is quiet."""
+    segments = len(column) + 1
+    shaped = ((after[:-1] >= ARM_SHARE * (segments - column)) & (before[1:] >= ARM_SHARE * column)
+              & (before[:-1] <= QUIET_SHARE * column) & aligned
+              & (np.minimum(column, segments - column) >= MIN_ARM_SEGMENTS))
+    for boundary, index in zip(*np.nonzero(shaped)):
+        top, x = int(boundaries[boundary]), int(column[index]) * SEGMENT
+        if top + mcu_height + 2 > pixels.shape[0] or not evidence.vertical_seam(pixels, top, mcu_height, x):
+            continue
+        bottom = top + mcu_height
+        above = np.concatenate([pixels[top - 2:top, x:], pixels[bottom - 2:bottom, :x]], axis=1)
+        below = np.concatenate([pixels[top:top + 2, x:], pixels[bottom:bottom + 2, :x]], axis=1)
+        if evidence.grainy(pixels[top - 1]):
+            # On texture the picture goes on across a boundary: colours it does not have
+            # just above are a cast (or other content, which the seam's shape rules out).
+            cast = evidence.unseen_share(below, above) >= UNSEEN_SHARE
+        else:
+            # Flat content: overlapping shapes make the same seam with their own colours;
+            # a cast moves all colours by one offset.
+            cast = evidence.one_cast(below[:1], above[-1:]) or (
+                evidence.unseen_share(below, above) >= UNSEEN_SHARE
+                and evidence.garbage_at(pixels, top, x, mcu_height, mcu_width))
+        if cast or evidence.moved_edges([pixels[top - 1, x:], pixels[bottom - 1, :x]],
+                                        [pixels[top, x:], pixels[bottom, :x]],
+                                        [(x, pixels.shape[1]), (0, x)], mcu_width):
+            return top
+    return -1
+
+
+def _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width) -> int:
+    """Damage a restart marker ended with its MCU row: boundaries b and b+1 step from the
+    damaged MCU to the right edge and are quiet left of it."""
+    segments = len(column) + 1
+    length = segments - column
+    shaped = ((after[:-1] >= ARM_SHARE * length) & (after[1:] >= ARM_SHARE * length)
+              & (before[:-1] <= QUIET_SHARE * column) & (before[1:] <= QUIET_SHARE * column)
+              & (length >= MIN_STRIP_SEGMENTS) & aligned)
+    for boundary, index in zip(*np.nonzero(shaped)):
+        top, x = int(boundaries[boundary]), int(column[index]) * SEGMENT
+        bottom = top + mcu_height
+        if bottom + 2 > pixels.shape[0] or not evidence.vertical_seam(pixels, top, mcu_height, x):
+            continue
+        around = np.concatenate([pixels[top - 2:top, x:], pixels[bottom:bottom + 2, x:]], axis=1)
+        strip = pixels[top:bottom:max(1, mcu_height // 4), x:]
+        if evidence.unseen_share(strip, around) < UNSEEN_SHARE:
+            continue
+        # A bar of a new colour is common in flat content (a toolbar): a strip in a flat
+        # area counts only when the offset carries structure through it, or it starts
+        # with garbage.
+        if (evidence.textured(pixels[top - 1, x:]) or evidence.offset_strip(pixels, top, x, mcu_height)
+                or evidence.garbage_at(pixels, top, x, mcu_height, mcu_width)):
+            return top
+    return -1

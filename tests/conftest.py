@@ -55,6 +55,7 @@ def small_run_settings(model_dir: Path) -> dict[str, dict]:
         "sampling": {"every_n_epochs": 0},
         "saving": {"save_every_n_epochs": 1},
         "logging": {"tensorboard": False, "log_every_n_steps": 1},
+        "flux": {"t5xxl_max_token_length": 16},  # Flux only: T5 tokens per caption (512 on the real model)
     }
 
 
@@ -187,18 +188,9 @@ def stop_when_epoch_ends(run, monkeypatch, epoch: int = 1) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_flux_dir(tmp_path_factory) -> Path:
-    """The tiny Flux.1 [dev] as a diffusers folder (engine.model.families.flux.tiny)."""
-    import torch
-
-    from engine.atomic import ensure_folder
-    from engine.model.families.flux.tiny import make_tiny_flux_pipeline
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("tiny-flux") / "tiny-flux-dev"
-    ensure_folder(folder)
-    make_tiny_flux_pipeline().save_pretrained(folder, safe_serialization=True)
-    return folder
+def tiny_flux_dir(tiny_model_dirs) -> Path:
+    """The tiny Flux.1 [dev] as a diffusers folder."""
+    return tiny_model_dirs("flux")
 
 
 @pytest.fixture(scope="session")

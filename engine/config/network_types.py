@@ -43,6 +43,7 @@ class NetworkSpec:
     module_dropout: float = 0.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    train_t5xxl: bool = False  # Flux.1: T5 gets adapters too (with the text encoder); sd-scripts' train_t5xxl
 
     @classmethod
     def of(cls, config, *, train_text_encoder: bool | None = None) -> "NetworkSpec":
@@ -61,6 +62,7 @@ class NetworkSpec:
             module_dropout=net.module_dropout if net.type != "dora" else 0.0,
             train_unet=net.train_unet,
             train_text_encoder=net.train_text_encoder if train_text_encoder is None else train_text_encoder,
+            train_t5xxl=getattr(net, "train_t5xxl", False),
         )
 
     @property
@@ -93,6 +95,8 @@ class NetworkSpec:
         if self.type == "dora":
             args["dora_wd"] = "True"
             args["wd_on_output"] = "True"  # peft's magnitude is per output row
+        if self.train_t5xxl and self.train_text_encoder:
+            args["train_t5xxl"] = "True"
         if self.network_dropout and self.type in LYCORIS_TYPES:
             args["dropout"] = _number(self.network_dropout)
         for name in ("rank_dropout", "module_dropout"):
@@ -134,7 +138,7 @@ class NetworkSpec:
             conv_alpha=float(args.get("conv_alpha", alpha)) if conv else 1.0,
             factor=int(args.get("factor", -1)) if kind == "lokr" else -1,
             use_tucker=_true(args.get("use_tucker")) or _true(args.get("use_cp")),
-            train_unet=train_unet, train_text_encoder=train_text_encoder,
+            train_unet=train_unet, train_text_encoder=train_text_encoder, train_t5xxl=_true(args.get("train_t5xxl")),
         )
 
 

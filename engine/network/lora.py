@@ -78,7 +78,7 @@ def _targets(model: torch.nn.Module, spec: NetworkSpec, component: LoraComponent
     Standard LoRA targets by name suffix, as it always has; the other types list every
     layer by its full name, with the layers whose rank or alpha differ from the spec's
     (the 3x3 convolutions, LoKr's full-matrix layers) in the patterns."""
-    if not spec.adapts_resnets and spec.type == "lora":
+    if not spec.adapts_resnets and spec.type == "lora" and component.target_names:
         return list(component.target_names), {}, {}
     blocks = component.blocks + (component.conv_blocks if spec.adapts_resnets else ())
     names, ranks, alphas = [], {}, {}
@@ -127,7 +127,8 @@ class LoraNetwork:
     def adapted(self) -> list[tuple[LoraComponent, torch.nn.Module]]:
         """(component, module) of every part this network adapts, denoiser first."""
         return [(component, self.modules[component.part]) for component in self.family.lora_components
-                if (self.has_unet if component.is_denoiser else self.has_text_encoder)]
+                if (self.has_unet if component.is_denoiser else self.has_text_encoder)
+                and (not component.switch or getattr(self.spec, component.switch, False))]
 
     @classmethod
     def attach(cls, family: FamilyDescriptor, holder, *, rank: int, alpha: float, train_unet: bool = True,
@@ -172,6 +173,7 @@ class LoraNetwork:
             else:
                 # peft directly: transformers' add_adapter insists on a newer peft than diffusers
                 inject_adapter_in_model(config, module, ADAPTER_NAME)
+            family.runtime().adapters_attached(component, module, spec)
         # adapter weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
@@ -187,7 +189,9 @@ class LoraNetwork:
             yield layer
 
     def _component_parameters(self, module: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return [p for _, layer in lora_layers(module) for p in self._layer_parameters(layer)]
+        """Every adapter parameter once (a family may share one between modules it fuses)."""
+        unique = {id(p): p for _, layer in lora_layers(module) for p in self._layer_parameters(layer)}
+        return list(unique.values())
 
     def unet_parameters(self) -> list[torch.nn.Parameter]:
         return [p for component, module in self.adapted() if component.is_denoiser

@@ -87,19 +87,11 @@ def render(
     autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
     with torch.no_grad():
         with autocast:
-            embeddings = runtime.prompt_embeddings(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
-            latents = pipeline(
-                **embeddings,
-                width=prompt.width,
-                height=prompt.height,
-                num_inference_steps=prompt.steps,
-                guidance_scale=prompt.cfg,
-                generator=generator,
-                output_type="latent",
-            ).images
+            arguments = runtime.sample_arguments(pipeline, prompt, clip_skip)
+            latents = pipeline(**arguments, generator=generator, output_type="latent").images
         # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
         # fp32 under fp16 training when the family's overflows in fp16.
-        pixels = runtime.decode(pipeline, latents)
+        pixels = runtime.decode(pipeline, latents, width=arguments["width"], height=arguments["height"])
     return pipeline.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True])[0]
 
 

@@ -24,11 +24,15 @@ Where sigma falls is what the timestep samplers decide, as sd-scripts'
 `apply_model_prediction_type`): `raw` as it is (what loradeck and the Kohya GUI's Flux
 preset use), `additive` plus the noisy input, `sigma_scaled` as noisy - sigma · output.
 
+    FlowMatchingObjective(settings, training)   the objective a family trains with (engine.model.objectives)
+
 Light module: torch is imported by the functions that need it.
 """
 from __future__ import annotations
 
 import math
+
+from engine.model.objectives import NoiseDraw, Objective
 
 TIMESTEP_SAMPLERS = ("sigmoid", "shift", "flux_shift", "uniform", "sigma")
 PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
@@ -59,18 +63,18 @@ def discrete_shift(sigmas, shift: float):
 
 def sample_sigmas(sampler: str, batch: int, *, generator=None, device="cpu", sigmoid_scale: float = 1.0,
                   discrete_flow_shift: float = 3.0, latent_size: tuple[int, int] | None = None):
-    """(batch,) float32 sigmas drawn by `sampler` from `generator` (on the CPU, so a seed gives
-    the same sigmas on every device). `latent_size` (height, width of the unpacked latent) is
-    what `flux_shift` shifts by."""
+    """(batch,) float32 sigmas drawn by `sampler` from `generator` (on its device), moved to
+    `device`. `latent_size` (height, width of the unpacked latent) is what `flux_shift` shifts by."""
     import torch
 
+    draw_on = generator.device if generator is not None else "cpu"
     if sampler == "uniform":
-        sigmas = torch.rand(batch, generator=generator)
+        sigmas = torch.rand(batch, generator=generator, device=draw_on)
     elif sampler == "sigma":
-        steps = (torch.rand(batch, generator=generator) * NUM_TRAIN_TIMESTEPS).long()
+        steps = (torch.rand(batch, generator=generator, device=draw_on) * NUM_TRAIN_TIMESTEPS).long()
         sigmas = discrete_shift((NUM_TRAIN_TIMESTEPS - steps).float() / NUM_TRAIN_TIMESTEPS, discrete_flow_shift)
     elif sampler in ("sigmoid", "shift", "flux_shift"):
-        sigmas = torch.sigmoid(sigmoid_scale * torch.randn(batch, generator=generator))
+        sigmas = torch.sigmoid(sigmoid_scale * torch.randn(batch, generator=generator, device=draw_on))
         if sampler == "shift":
             sigmas = discrete_shift(sigmas, discrete_flow_shift)
         elif sampler == "flux_shift":
@@ -124,3 +128,53 @@ def read_prediction(prediction, noisy, sigmas, prediction_type: str = "raw"):
 def euler_step(sample, velocity, sigma: float, sigma_next: float):
     """One Euler step of the flow ODE from sigma to sigma_next (sampling)."""
     return sample + (sigma_next - sigma) * velocity
+
+
+class FlowMatchingObjective(Objective):
+    """engine.model.objectives.Objective for flow matching, with `[flux]`'s sampler settings
+    (timestep_sampling, sigmoid_scale, discrete_flow_shift) and `[training]`'s ip_noise_gamma
+    (input perturbation, as sd-scripts' flux training has it). Timesteps are sigmas in (0, 1);
+    the family reads the model output by `model_prediction_type` in its `predict`.
+    sd-scripts' flux training adds no noise offset, multires noise or min-SNR weighting
+    (flow matching has no SNR schedule), so neither does this."""
+
+    def __init__(self, settings, training):
+        self.settings, self.training = settings, training
+
+    def to(self, device) -> None:
+        pass  # no tables to move
+
+    def draw(self, latents, generator):
+        import torch
+
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+        sigmas = sample_sigmas(self.settings.timestep_sampling, latents.shape[0], generator=generator,
+                               device=latents.device, sigmoid_scale=self.settings.sigmoid_scale,
+                               discrete_flow_shift=self.settings.discrete_flow_shift,
+                               latent_size=tuple(latents.shape[-2:]))
+        input_noise = noise
+        gamma = getattr(self.training, "ip_noise_gamma", 0.0)
+        if gamma:
+            input_noise = noise + gamma * torch.randn(latents.shape, generator=generator, device=generator.device)
+        return NoiseDraw(noise.to(latents.device), sigmas, input_noise.to(latents.device))
+
+    def noisy(self, latents, noise, timesteps):
+        return noisy_latents(latents, noise, timesteps)
+
+    def target(self, latents, noise, timesteps):
+        return velocity_target(latents, noise)
+
+    def loss(self, prediction, target, timesteps, batch):
+        import torch.nn.functional as F
+
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        return per_example.mean(dim=tuple(range(1, per_example.dim()))).mean()
+
+    def validation_timesteps(self, count: int):
+        """The middles of `count` equal slices of (0, 1): 4 are 0.125, 0.375, 0.625, 0.875."""
+        return [round(float(sigma), 6) for sigma in fixed_sigmas(count)]
+
+    def timesteps_tensor(self, point: float, size: int, device):
+        import torch
+
+        return torch.full((size,), float(point), dtype=torch.float32, device=device)

@@ -15,14 +15,18 @@ What differs from SD and SDXL, and where it lives in this folder:
 * LoRA (`lora_layout`): sd-scripts' `networks.lora_flux` names (`lora_unet_double_blocks_0_img_attn_qkv`,
   `lora_te1_` for CLIP-L, `lora_te3_` for T5), its fused projections written exactly.
 
-Light module: the standard library only (the plan and the TUI read it).
+Light module (the descriptor): the plan and the TUI read it; the heavy half is runtime.py.
 """
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from engine.model.families.flux import layout
+from engine.model.family import FamilyDescriptor, LoraComponent, descriptor_dataclass
+from engine.model.shapes import CLIP_BLOCKS, CLIP_TARGET_MODULES, LayerShape, ModelShapes, text_encoder_layers
 
 NAME = "flux"
 LABEL = "Flux.1"
@@ -111,7 +115,7 @@ def keys_variant(keys) -> str | None:
 MODELSPEC_IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 
 
-def base_model_version(variant: str = "dev") -> str:
+def base_model_version(variant: str = "dev") -> str:  # noqa: ARG001 (the same for both variants)
     return "flux1"
 
 
@@ -135,3 +139,177 @@ def training_settings_metadata(*, timestep_sampling: str, sigmoid_scale: float, 
         "ss_model_prediction_type": model_prediction_type,
         "ss_discrete_flow_shift": str(float(discrete_flow_shift)),
     }
+
+
+# --------------------------------------------------------------------------- the descriptor
+
+T5_TARGET_MODULES = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")  # sd-scripts: T5Attention, T5DenseGatedActDense
+T5_BLOCKS = ("T5Attention", "T5DenseGatedActDense")
+TRANSFORMER_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+CARD_NOTE = ("Flux.1 on a 24 GB card: precision.fp8_base, gradient checkpointing and cached text outputs fit 1024² at "
+             "batch 1 (about 16 GiB); on a 16 GB card: 512² with those, or 1024² with precision.blocks_to_swap")
+
+
+def _header_keys(path: Path) -> list[str]:
+    """Tensor names of a .safetensors file from its header alone (nothing else is read)."""
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                return []
+            return [key for key in json.loads(handle.read(length)) if key != "__metadata__"]
+    except (OSError, ValueError, struct.error):
+        return []
+
+
+def config_variant(config, base_dir=".") -> str:
+    """"dev" or "schnell" of a config's base model, when its files say; else "dev"."""
+    from engine.paths import resolve_path
+
+    path = resolve_path(base_dir, config.model.pretrained_model.strip())
+    if path is not None and path.is_dir():
+        return folder_variant(path) or "dev"
+    if path is not None and path.is_file() and path.suffix.lower() == ".safetensors":
+        return keys_variant(_header_keys(path)) or "dev"
+    return "schnell" if "schnell" in config.model.pretrained_model.lower() else "dev"  # a hub id says it
+
+
+def t5_tokens(config, base_dir=".") -> int:
+    """T5 tokens per caption: the setting, else the variant's (sd-scripts' defaults)."""
+    return config.flux.t5xxl_max_token_length or T5_MAX_TOKENS[config_variant(config, base_dir)]
+
+
+def fused_layers(transformer: Mapping[str, Any]) -> list[LayerShape]:
+    """The transformer's adapted modules as sd-scripts has them (fused qkv and linear1)."""
+    inner = transformer.get("num_attention_heads", 24) * transformer.get("attention_head_dim", 128)
+    mlp = 4 * inner
+    stream = [LayerShape(inner, 3 * inner), LayerShape(inner, inner), LayerShape(inner, mlp), LayerShape(mlp, inner),
+              LayerShape(inner, 6 * inner)]  # qkv, proj, mlp 0 and 2, modulation
+    single = [LayerShape(inner, 3 * inner + mlp), LayerShape(inner + mlp, inner), LayerShape(inner, 3 * inner)]
+    return stream * 2 * transformer.get("num_layers", 19) + single * transformer.get("num_single_layers", 38)
+
+
+def t5_layers(text: Mapping[str, Any]) -> list[LayerShape]:
+    width, inner, feed = text["d_model"], text["num_heads"] * text["d_kv"], text["d_ff"]
+    per_layer = [LayerShape(width, inner)] * 3 + [LayerShape(inner, width)] + [LayerShape(width, feed)] * 2 + [
+        LayerShape(feed, width)]
+    return per_layer * text["num_layers"]
+
+
+@descriptor_dataclass
+class Flux(FamilyDescriptor):
+    def recognizes_folder(self, folder: Path) -> bool:
+        return folder_variant(Path(folder)) is not None
+
+    def recognizes_checkpoint(self, shapes: Mapping[str, Sequence[int]]) -> bool:
+        return layout.is_bfl_transformer(shapes)
+
+    def adapted_layers(self, spec, shapes: ModelShapes) -> list[LayerShape]:
+        layers = fused_layers(shapes.denoiser) if spec.train_unet else []
+        if spec.train_text_encoder:
+            layers += text_encoder_layers(shapes.text_encoders[0])
+            if spec.train_t5xxl:
+                layers += t5_layers(shapes.text_encoders[1])
+        return layers
+
+    def activation_scale(self, shapes: ModelShapes) -> float:
+        # the constants were measured at Flux.1's width (3072); the tiny test model is narrower
+        transformer = shapes.denoiser
+        return transformer.get("num_attention_heads", 24) * transformer.get("attention_head_dim", 128) / 3072
+
+    def step_activations(self, config, shapes: ModelShapes, *, width: int, height: int, batch: int) -> float:
+        tokens = (width // 16) * (height // 16) + t5_tokens(config)
+        checkpointing = config.precision.gradient_checkpointing
+        rank = config.network.rank if config.network.type in ("lora", "dora") else 0
+        per_token = ACTIVATIONS_PER_TOKEN[checkpointing] + rank * ACTIVATIONS_PER_TOKEN_RANK[checkpointing]
+        return batch * tokens * per_token * self.activation_scale(shapes)
+
+    def resident_weights(self, config, parameters: Mapping[str, int], weight_bytes: int,
+                         in_fp32: tuple[str, ...]) -> float:
+        """The transformer (1 byte a weight under fp8_base), the VAE, and the text encoders only
+        when they run every step: cached outputs send them off the GPU (runtime.py)."""
+        transformer_bytes = 1 if config.precision.fp8_base else weight_bytes
+        total = parameters.get("transformer", 0) * transformer_bytes
+        total += parameters.get("vae", 0) * (4 if "vae" in in_fp32 else weight_bytes)
+        if _text_encoders_run(config):
+            t5_bytes = 1 if config.precision.fp8_base else weight_bytes
+            total += parameters.get("text_encoder", 0) * weight_bytes + parameters.get("text_encoder_2", 0) * t5_bytes
+        if config.precision.blocks_to_swap:
+            total -= parameters.get("transformer", 0) * transformer_bytes * config.precision.blocks_to_swap / 57
+        return total
+
+    def system_ram_bytes(self, parameters: Mapping[str, int], weight_bytes: int, config=None) -> int:
+        """loradeck's streaming load holds the process and the text encoders once they leave the
+        GPU (engine.model.families.flux.system_ram_gib; a read-everything-first loader needs
+        the files' sum)."""
+        fp8 = bool(config is not None and config.precision.fp8_base)
+        kept = not (config is not None and _text_encoders_run(config))
+        text = (parameters.get("text_encoder", 0) * weight_bytes
+                + parameters.get("text_encoder_2", 0) * (1 if fp8 else weight_bytes)) if kept else 0
+        return int(PROCESS_RAM * GIB + text)
+
+    def fp32_under_fp16(self, config) -> tuple[str, ...]:
+        return ("vae",)
+
+    def plan_notes(self, config) -> list[str]:
+        notes = [CARD_NOTE]
+        precision = config.precision
+        if not precision.fp8_base:
+            notes.append("Flux.1: precision.fp8_base is off: the transformer alone holds 22 GiB in bf16 (11 in fp8)")
+        if not precision.gradient_checkpointing:
+            notes.append("Flux.1: precision.gradient_checkpointing is off: 1024² activations take about 42 GiB "
+                         "per image (3 with it)")
+        if precision.fp8_base and config.network.type == "dora":
+            notes.append("Flux.1: DoRA cannot train over fp8_base weights (the run refuses it); use lora, loha or lokr")
+        if precision.blocks_to_swap and not precision.gradient_checkpointing:
+            notes.append("Flux.1: precision.blocks_to_swap needs precision.gradient_checkpointing (the run refuses it)")
+        return notes
+
+    def memory_advice(self, config) -> list[str]:
+        precision, advice = config.precision, []
+        if not precision.fp8_base:
+            advice.append("turn on precision.fp8_base (the transformer's weights in 11 GiB instead of 22)")
+        if _text_encoders_run(config):
+            advice.append("turn off network.train_text_encoder and on precision.cache_text_encoder_outputs "
+                          "(T5 and CLIP then leave the GPU after encoding the captions)")
+        if precision.gradient_checkpointing and precision.blocks_to_swap < 40:
+            advice.append(f"raise precision.blocks_to_swap (now {precision.blocks_to_swap}; each block about "
+                          "0.2 GiB in fp8)")
+        return advice
+
+    def lora_metadata(self, config) -> dict[str, Any]:
+        settings = config.flux
+        variant = config_variant(config)
+        return {"ss_base_model_version": base_model_version(variant), "ss_v2": False,
+                "modelspec.architecture": modelspec_architecture(variant),
+                "modelspec.implementation": MODELSPEC_IMPLEMENTATION,
+                **training_settings_metadata(
+                    timestep_sampling=settings.timestep_sampling, sigmoid_scale=settings.sigmoid_scale,
+                    discrete_flow_shift=settings.discrete_flow_shift,
+                    model_prediction_type=settings.model_prediction_type, guidance_scale=settings.guidance_scale,
+                    apply_t5_attn_mask=settings.apply_t5_attn_mask)}
+
+
+def _text_encoders_run(config) -> bool:
+    """Whether CLIP-L and T5 run at every step (they train, or their outputs are not cached)."""
+    return bool(config.network.train_text_encoder or not config.precision.cache_text_encoder_outputs)
+
+
+FLUX = Flux(
+    name="flux", label="Flux.1", runtime_path="engine.model.families.flux.runtime:FluxRuntime",
+    default_resolution=DEFAULT_RESOLUTION, config_folder=ASSETS, denoiser="transformer",
+    text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
+    lora_components=(
+        LoraComponent("transformer", "lora_unet", "unet", (), TRANSFORMER_BLOCKS),
+        LoraComponent("text_encoder", "lora_te1", "text_encoder", CLIP_TARGET_MODULES, CLIP_BLOCKS,
+                      text_model_level=True),
+        LoraComponent("text_encoder_2", "lora_te3", "text_encoder_2", T5_TARGET_MODULES, T5_BLOCKS,
+                      switch="train_t5xxl"),
+    ),
+    frozen_parameters=PARAMETERS["dev"],
+    # GiB per 512² of pixels at 1024² (the plan uses step_activations; these give the checkpointing ratio)
+    activations_per_image={False: 42.49 / 4, True: 2.89 / 4},
+    vae_encode_per_image=VAE_ENCODE_PER_IMAGE,
+    kohya_flags=("flux1_checkbox",),
+)
+DESCRIPTORS = (FLUX,)

@@ -171,8 +171,8 @@ class FlowMatchingObjective(Objective):
         return per_example.mean(dim=tuple(range(1, per_example.dim()))).mean()
 
     def validation_timesteps(self, count: int):
-        """The middles of `count` equal slices of (0, 1): 4 are 0.125, 0.375, 0.625, 0.875."""
-        return [round(float(sigma), 6) for sigma in fixed_sigmas(count)]
+        """The middles of `count` equal slices of (0, 1), to 3 places: 4 are 0.125, 0.375, 0.625, 0.875."""
+        return [round(float(sigma), 3) for sigma in fixed_sigmas(count)]
 
     def timesteps_tensor(self, point: float, size: int, device):
         import torch

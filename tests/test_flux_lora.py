@@ -66,19 +66,28 @@ def trained(base, spec: NetworkSpec):
     return model, groups
 
 
-def merged_by_formula(base, tensors) -> torch.nn.Module:
-    """The file applied to BFL's fused weights by the published formulas, then split back."""
-    bfl = single_files.transformer_to_bfl(base.state_dict())
+def merge_fused(transformer, tensors) -> int:
+    """Merge a file's sd-scripts Flux modules into `transformer` by the published formulas,
+    applied to BFL's fused weights (then split back); returns the modules merged."""
+    bfl = single_files.transformer_to_bfl(transformer.state_dict())
     modules = {"lora_unet_" + key.removesuffix(".weight").replace(".", "_"): key for key in bfl if key.endswith(".weight")}
-    for key in {name.rsplit(".", 1)[0] for name in tensors if name.endswith(".alpha")}:
+    keys = {name.rsplit(".", 1)[0] for name in tensors if name.endswith(".alpha") and name.startswith("lora_unet_")}
+    for key in keys:
         weight = bfl[modules[key]].float()
         merged = weight + delta_weight(tensors, key, weight)
         if f"{key}.dora_scale" in tensors:  # DoRA, wd_on_output: W' = m · (W + ΔW) / ‖row of W + ΔW‖
             scale = tensors[f"{key}.dora_scale"].float()
             merged = scale * merged / merged.norm(dim=1, keepdim=True)
         bfl[modules[key]] = merged
+    with torch.no_grad():
+        transformer.load_state_dict(single_files.bfl_to_diffusers(bfl))
+    return len(keys)
+
+
+def merged_by_formula(base, tensors) -> torch.nn.Module:
+    """The file applied to BFL's fused weights by the published formulas, then split back."""
     model = fresh(base)
-    model.load_state_dict(single_files.bfl_to_diffusers(bfl))
+    merge_fused(model, tensors)
     return model
 
 

@@ -91,7 +91,7 @@ class SamplePrompt:
     sampler: str = "euler_a"  # one of engine.config.schema.SAMPLERS
     line: int = 0  # 1-based line number in its source
     guidance: float | None = None  # --g: embedded guidance (Flux.1 [dev]); None: the family's default
-    cfg_given: bool = True  # False: no --l on the line, `cfg` is the default (Flux then runs no true CFG)
+    cfg_given: bool = False  # whether --l was on the line (Flux runs true CFG only then; SD always uses cfg)
 
     @property
     def sampler_label(self) -> str:

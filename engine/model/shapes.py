@@ -39,6 +39,7 @@ class LayerShape:
     fan_in: int  # input features or channels
     fan_out: int
     kernel: int = 1  # side of a square conv kernel; 1 for Linear and 1x1 convs
+    parts: tuple[int, ...] = ()  # a fused layer's modules' output rows (Flux's qkv, linear1); () for one module
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,15 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 
 
 def lokr_layout(layer: LayerShape, rank: int, factor: int) -> tuple[tuple[int, int, int, int], bool]:
-    """((a, b, c, d), w2 stored full): out = a*b, in = c*d; w1 is a x c, w2 is b x d (x kernel)."""
+    """((a, b, c, d), w2 stored full): out = a*b, in = c*d; w1 is a x c, w2 is b x d (x kernel).
+
+    A fused layer's Kronecker rows split between its modules only at multiples of w2's b
+    rows, so where only the swapped order (a, b) = (b, a) fits that, it is taken (LyCORIS'
+    readers take the shapes a file has); where neither fits, b is 0 (the caller refuses)."""
     a, b = factorization(layer.fan_out, factor)
+    if layer.parts and any(part % b for part in layer.parts):
+        a, b = b, a
+        if any(part % b for part in layer.parts):
+            b = 0
     c, d = factorization(layer.fan_in, factor)
     return (a, b, c, d), rank >= max(b, d) / 2

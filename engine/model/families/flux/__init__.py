@@ -183,9 +183,10 @@ def fused_layers(transformer: Mapping[str, Any]) -> list[LayerShape]:
     """The transformer's adapted modules as sd-scripts has them (fused qkv and linear1)."""
     inner = transformer.get("num_attention_heads", 24) * transformer.get("attention_head_dim", 128)
     mlp = 4 * inner
-    stream = [LayerShape(inner, 3 * inner), LayerShape(inner, inner), LayerShape(inner, mlp), LayerShape(mlp, inner),
-              LayerShape(inner, 6 * inner)]  # qkv, proj, mlp 0 and 2, modulation
-    single = [LayerShape(inner, 3 * inner + mlp), LayerShape(inner + mlp, inner), LayerShape(inner, 3 * inner)]
+    stream = [LayerShape(inner, 3 * inner, 1, (inner,) * 3), LayerShape(inner, inner), LayerShape(inner, mlp),
+              LayerShape(mlp, inner), LayerShape(inner, 6 * inner)]  # qkv, proj, mlp 0 and 2, modulation
+    single = [LayerShape(inner, 3 * inner + mlp, 1, (inner, inner, inner, mlp)), LayerShape(inner + mlp, inner),
+              LayerShape(inner, 3 * inner)]  # linear1 (q, k, v, MLP in), linear2, modulation
     return stream * 2 * transformer.get("num_layers", 19) + single * transformer.get("num_single_layers", 38)
 
 

@@ -37,7 +37,7 @@ import torch
 from engine.errors import LoradeckError
 from engine.model.adapters import ADAPTER_NAME, TENSORS, peft_config
 from engine.model.families.flux import layout
-from engine.model.shapes import factorization
+from engine.model.shapes import LayerShape, lokr_layout
 
 FLUX_NETWORK_TYPES = ("lora", "dora", "loha", "lokr")
 # Which side of ΔW = (out x in) each file tensor holds: "in" tensors are shared by a fused
@@ -113,18 +113,13 @@ def groups_of(transformer: torch.nn.Module) -> list[tuple[str, list[torch.nn.Mod
 
 
 def lokr_sides(out_sizes: list[int], fan_in: int, rank: int, factor: int) -> tuple[tuple[int, int, int, int], bool]:
-    """((a, b, c, d), w2 full) of a fused group's LoKr: out = a·b, in = c·d, w1 (a x c),
-    w2 (b x d); LyCORIS' factorization, its sides swapped when only then do w2's b rows
-    divide each module's rows."""
-    fan_out = sum(out_sizes)
-    a, b = factorization(fan_out, factor)
-    if any(size % b for size in out_sizes):
-        a, b = b, a
-        if any(size % b for size in out_sizes):
-            raise LoradeckError(f"network.factor: {factor} splits {fan_out} rows into {a} x {b}, which does not fit "
-                                f"the fused projection's parts {out_sizes}; try another factor (or -1)")
-    c, d = factorization(fan_in, factor)
-    return (a, b, c, d), rank >= max(b, d) / 2
+    """((a, b, c, d), w2 full) of a fused group's LoKr (engine.model.shapes.lokr_layout: w2's
+    b rows divide each module's rows)."""
+    (a, b, c, d), full = lokr_layout(LayerShape(fan_in, sum(out_sizes), 1, tuple(out_sizes)), rank, factor)
+    if b == 0:
+        raise LoradeckError(f"network.factor: {factor} does not split the fused projection's {sum(out_sizes)} rows "
+                            f"at its parts {out_sizes}; try another factor (or -1)")
+    return (a, b, c, d), full
 
 
 def _fuse_lokr(kohya: str, layers: list[torch.nn.Module], spec) -> None:

@@ -27,7 +27,7 @@ def scheduler_for(variant: str, config_dir: Path | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = single_files.read_config(config_dir or ASSETS, "scheduler", "scheduler_config.json")
-    if variant == "schnell" and config_dir is None:
+    if variant == "schnell" and Path(config_dir or ASSETS) == ASSETS:  # the shipped config is [dev]'s
         config = {**config, **SCHNELL_SCHEDULER}
     return FlowMatchEulerDiscreteScheduler.from_config(config)
 

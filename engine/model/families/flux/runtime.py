@@ -104,9 +104,11 @@ class FluxRuntime(FamilyRuntime):
                          dtype, clip_l="", t5xxl="", ae="", fp8_base: bool = False) -> dict[str, Any]:
         from engine.model.families.flux.fp8 import bfl_dtypes
 
+        from engine.model.families.flux import FLUX
+
         if Path(path).suffix.lower() != ".safetensors":
             raise LoradeckError(f"model.pretrained_model: {path}: Flux.1 loads from .safetensors files only")
-        parts = loading.load_single_files(path, clip_l=clip_l, t5xxl=t5xxl, ae=ae, config_dir=config_dir,
+        parts = loading.load_single_files(path, clip_l=clip_l, t5xxl=t5xxl, ae=ae, config_dir=config_dir or FLUX.config_folder,
                                           dtype=bfl_dtypes(dtype) if fp8_base else dtype, text_dtype=dtype,
                                           vae_dtype=torch.float32 if dtype == torch.float16 else dtype,
                                           local_only=False)

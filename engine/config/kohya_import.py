@@ -23,6 +23,7 @@ from engine.config.schema import (
     RANDOM_SEED,
     NetworkSettings,
     TrainConfig,
+    field_spec,
     schema,
     config_from_dict,
     config_to_dict,
@@ -156,8 +157,8 @@ NOISE_TYPE_KEYS = {
 
 # the GUI's LoRA_type -> our network.type (a LyCORIS/LoCon with dora_wd is DoRA)
 NETWORK_TYPES = {"standard": "lora", "": "lora", "kohya locon": "locon", "lycoris/locon": "locon",
-                 "lycoris/loha": "loha", "lycoris/lokr": "lokr"}
-GUI_NETWORK_TYPES = "Standard, Kohya LoCon, LyCORIS/LoCon, LyCORIS/LoHa and LyCORIS/LoKr (dora_wd: DoRA)"
+                 "lycoris/loha": "loha", "lycoris/lokr": "lokr", "flux1": "lora"}
+GUI_NETWORK_TYPES = "Standard, Flux1, Kohya LoCon, LyCORIS/LoCon, LyCORIS/LoHa and LyCORIS/LoKr (dora_wd: DoRA)"
 
 # network settings the GUI keeps for every type and passes sd-scripts only for the ones
 # that use them: mapped where our type uses them, noted when set for one that does not
@@ -179,7 +180,7 @@ LYCORIS_OPTIONS = {"decompose_both": False, "use_scalar": False, "rank_dropout_s
 # keys handled by hand below
 # each family's GUI keys (engine.model.family: kohya_flags, kohya_settings, kohya_notes)
 FAMILY_KEYS = {key for family in FAMILIES
-               for key in (*family.kohya_flags, *family.kohya_settings, *family.kohya_notes)}
+               for key in (*family.kohya_flags, *family.kohya_settings, *family.kohya_notes, *family.kohya_values)}
 SPECIAL_KEYS = {
     "LoRA_type", "max_resolution", "xformers", "cache_latents", "cache_latents_to_disk",
     "optimizer", "lr_scheduler", "lr_warmup", "stop_text_encoder_training",
@@ -188,6 +189,8 @@ SPECIAL_KEYS = {
     *FAMILY_KEYS, "dora_wd", "LyCORIS_preset", "bucket_reso_steps", *NETWORK_KEYS, *LYCORIS_OPTIONS,
 }
 
+
+VALUE_CONVERTERS = {str: _text, int: _integer, float: _number, bool: _flag}
 
 # the keys only the GUI's LoRA tab writes; a config without any came from another tab
 LORA_KEYS = ("LoRA_type", "network_dim", "network_alpha")
@@ -288,7 +291,8 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
                          f"{', '.join(map(str, BUCKET_STEPS))} (64 is sd-scripts' default)")
             step = 64
         put("dataset.bucket_step", step, "bucket_reso_steps")
-    for family in FAMILIES:  # the GUI's model checkboxes ("v2", "sdxl"), each family's own
+    chosen: set[str] = set()  # GUI keys of the families the config selects
+    for family in FAMILIES:  # the GUI's model checkboxes ("v2", "sdxl", "flux1_checkbox"), each family's own
         flag = next((key for key in family.kohya_flags if _flag(data.get(key, False)) is True), None)
         if flag is None:
             continue
@@ -296,7 +300,14 @@ def import_kohya(data: dict[str, Any], source: str = "", dataset_base: str | Pat
         for key, setting in family.kohya_settings.items():
             if _flag(data.get(key, False)) is True:
                 put(setting, True, key)
+        for key, setting in family.kohya_values.items():
+            if key in data:
+                put(setting, convert(key, VALUE_CONVERTERS[field_spec(setting).type]), key)
+        chosen |= {*family.kohya_settings, *family.kohya_values, *family.kohya_notes}
         notes.extend(note for key, note in family.kohya_notes.items() if _flag(data.get(key, False)) is True)
+    # another family's settings (the GUI writes every tab's): not this config's
+    ignored += [key for key in data if key in FAMILY_KEYS and key not in chosen
+                and not any(key in family.kohya_flags for family in FAMILIES)]
     if "max_resolution" in data:
         value = _text(data["max_resolution"])
         if value is not _UNSET:

@@ -160,6 +160,8 @@ class FamilyDescriptor(ABC):
     kohya_settings: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the boolean setting it turns
     # on when this family is selected ("sdxl_cache_text_encoder_outputs" -> precision.cache_text_encoder_outputs)
     kohya_notes: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the note its `true` gets
+    # GUI key -> the setting that takes its value, when this family's flag is set (else the key is ignored)
+    kohya_values: Mapping[str, str] = field(default_factory=dict)
 
     # ---- detection (registry: the first family that recognises a model is its family)
 

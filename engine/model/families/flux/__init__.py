@@ -247,7 +247,11 @@ class Flux(FamilyDescriptor):
         kept = not (config is not None and _text_encoders_run(config))
         text = (parameters.get("text_encoder", 0) * weight_bytes
                 + parameters.get("text_encoder_2", 0) * (1 if fp8 else weight_bytes)) if kept else 0
-        return int(PROCESS_RAM * GIB + text)
+        # a diffusers folder or hub id passes its parts through memory (from_pretrained): the
+        # transformer, the largest, in the compute precision before fp8 storage
+        streamed = config is not None and config.model.pretrained_model.strip().lower().endswith(".safetensors")
+        through = 0 if streamed else parameters.get("transformer", 0) * weight_bytes
+        return int(PROCESS_RAM * GIB + max(text, through))
 
     def fp32_under_fp16(self, config) -> tuple[str, ...]:
         return ("vae",)
@@ -262,6 +266,12 @@ class Flux(FamilyDescriptor):
                          "per image (3 with it)")
         if precision.fp8_base and config.network.type == "dora":
             notes.append("Flux.1: DoRA cannot train over fp8_base weights (the run refuses it); use lora, loha or lokr")
+        training = config.training
+        unused = [name for name in ("min_snr_gamma", "noise_offset", "adaptive_noise_scale", "multires_noise_iterations")
+                  if getattr(training, name)]
+        if unused:
+            notes.append(f"Flux.1: training.{', training.'.join(unused)} not used: flow matching has no SNR "
+                         "schedule or noise offset (sd-scripts' Flux training ignores them too)")
         if precision.blocks_to_swap and not precision.gradient_checkpointing:
             notes.append("Flux.1: precision.blocks_to_swap needs precision.gradient_checkpointing (the run refuses it)")
         return notes
@@ -312,5 +322,28 @@ FLUX = Flux(
     activations_per_image={False: 42.49 / 4, True: 2.89 / 4},
     vae_encode_per_image=VAE_ENCODE_PER_IMAGE,
     kohya_flags=("flux1_checkbox",),
+    kohya_values={
+        "ae": "model.ae", "clip_l": "model.clip_l", "t5xxl": "model.t5xxl",
+        "flux1_clip_l": "model.clip_l", "flux1_t5xxl": "model.t5xxl",
+        "fp8_base": "precision.fp8_base", "blocks_to_swap": "precision.blocks_to_swap",
+        "flux1_cache_text_encoder_outputs": "precision.cache_text_encoder_outputs",
+        "train_t5xxl": "network.train_t5xxl",
+        "timestep_sampling": "flux.timestep_sampling", "sigmoid_scale": "flux.sigmoid_scale",
+        "discrete_flow_shift": "flux.discrete_flow_shift", "model_prediction_type": "flux.model_prediction_type",
+        "guidance_scale": "flux.guidance_scale", "t5xxl_max_token_length": "flux.t5xxl_max_token_length",
+        "apply_t5_attn_mask": "flux.apply_t5_attn_mask",
+    },
+    kohya_notes={
+        "flux1_cache_text_encoder_outputs_to_disk": "flux1_cache_text_encoder_outputs_to_disk: the captions' T5 "
+        "outputs are cached in memory (4 MiB a caption at 512 tokens)",
+        "split_mode": "split_mode: not honoured; precision.fp8_base and precision.blocks_to_swap fit small cards",
+        "split_qkv": "split_qkv: not needed; loradeck writes sd-scripts' fused qkv, exactly",
+        "cpu_offload_checkpointing": "cpu_offload_checkpointing: not honoured; use precision.blocks_to_swap",
+        "flux_fused_backward_pass": "flux_fused_backward_pass: not honoured (an optimizer step per parameter); "
+        "AdamW8bit and checkpointing keep the optimizer small",
+        "blockwise_fused_optimizers": "blockwise_fused_optimizers: not honoured",
+        "mem_eff_save": "mem_eff_save: not needed; a LoRA file is small",
+        "enable_all_linear": "enable_all_linear: not honoured; every Linear of the blocks trains, as sd-scripts' default",
+    },
 )
 DESCRIPTORS = (FLUX,)

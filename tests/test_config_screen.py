@@ -429,3 +429,30 @@ async def test_network_type_shows_only_its_settings_with_advice(workspace):
     assert (network.type, network.conv_dim, network.conv_alpha, network.factor) == ("lokr", 4, 2.0, 8)
     plan = plan_json(path)
     assert plan["lora_parameters"] > 0
+
+
+async def test_flux_settings_show_only_for_flux(workspace):
+    """Flux.1's settings ([flux], its files, fp8 and block swap) appear once the model is Flux,
+    as the network types' settings appear for their type; saved from the form."""
+    path = workspace / "loradeck.toml"
+    app = make_app(workspace, start_screen="config")
+
+    def shown(key: str) -> bool:
+        return app.screen.form.rows[key].display
+
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert not shown("flux.timestep_sampling") and not shown("precision.fp8_base") and not shown("model.t5xxl")
+        assert not app.screen.query_one("#group-flux").display
+        await jump(pilot, "model family", "model.family")
+        choices = list(app.screen.form.rows["model.family"].spec.choices)
+        await pilot.press("enter", *["down"] * (choices.index("flux") - choices.index("auto")), "enter")
+        await pilot.pause()
+        assert app.screen.state.config.model.family == "flux"
+        assert shown("flux.timestep_sampling") and shown("precision.fp8_base") and shown("model.t5xxl")
+        assert app.screen.query_one("#group-flux").display and shown("optimizer.text_encoder_2_lr")
+        await type_into(pilot, "discrete flow shift", "flux.discrete_flow_shift", "2.5")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    config = load_config(path)
+    assert (config.model.family, config.flux.discrete_flow_shift) == ("flux", 2.5)

@@ -199,3 +199,11 @@ class SaveSchedule:
         if self.total_steps:
             points[self.total_steps] = self.epochs
         return [{"epoch": epoch, "step": step} for step, epoch in sorted(points.items())]
+
+
+def family_name_of(config, base_dir) -> str:
+    """The family a config trains (engine.model.families: detected from the base model, else
+    model.family), for the config form's family-only settings. Light: reads configs only."""
+    from engine.model.families import config_family
+
+    return config_family(config, base_dir).name

@@ -164,6 +164,9 @@ class ConfigForm(VerticalScroll):
 
     network_type: reactive[str] = reactive("lora")
     """The chosen network type: settings of other types are hidden (FieldSpec.applies_to)."""
+    family: reactive[str] = reactive("")
+    """The model family the config trains: other families' settings (and a group left empty)
+    are hidden (FieldSpec.applies_to_family)."""
 
     def __init__(self, specs: Iterable[FieldSpec], raw: dict[str, Any], base_dir: Path, **kwargs):
         super().__init__(**kwargs)
@@ -186,6 +189,16 @@ class ConfigForm(VerticalScroll):
     def watch_network_type(self, network_type: str) -> None:
         for row in self.rows.values():
             row.set_class(not row.spec.applies_to(network_type), "-other-network")
+
+    def watch_family(self, family: str) -> None:
+        shown_groups = set()
+        for row in self.rows.values():
+            other = bool(family) and not row.spec.applies_to_family(family)
+            row.set_class(other, "-other-family")
+            if not other:
+                shown_groups.add(row.spec.group)
+        for title in self.query(".group-title"):
+            title.set_class(title.id.removeprefix("group-") not in shown_groups, "-other-family")
 
     def set_raw(self, key: str, raw: Any) -> None:
         self.rows[key].set_raw(raw)

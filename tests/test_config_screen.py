@@ -396,12 +396,15 @@ async def test_a_missing_image_folder_is_flagged_and_blocks_start(workspace, lau
 
 
 @pytest.mark.slow
+def row_shown(app):
+    """Whether a setting's row is shown on the app's config screen, by key."""
+    return lambda key: app.screen.form.rows[key].display
+
+
 async def test_network_type_shows_only_its_settings_with_advice(workspace):
     path = workspace / "loradeck.toml"
     app = make_app(workspace, start_screen="config")
-
-    def shown(key: str) -> bool:
-        return app.screen.form.rows[key].display
+    shown = row_shown(app)
 
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -436,9 +439,7 @@ async def test_flux_settings_show_only_for_flux(workspace):
     as the network types' settings appear for their type; saved from the form."""
     path = workspace / "loradeck.toml"
     app = make_app(workspace, start_screen="config")
-
-    def shown(key: str) -> bool:
-        return app.screen.form.rows[key].display
+    shown = row_shown(app)
 
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)

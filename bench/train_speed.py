@@ -160,7 +160,10 @@ def flops_per_image(quick: bool, resolution: int, rank: int) -> float:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, run = (_meta_flux_step if FAMILY == "flux" else _meta_unet_step)(resolution, 1, rank, quick=quick)
+    import torch
+
+    model, run = (_meta_flux_step if FAMILY == "flux" else _meta_unet_step)(resolution, 1, rank, quick=quick,
+                                                                             dtype=torch.float32)
     counter = FlopCounterMode(display=False)
     with counter:
         prediction, target = run()
@@ -422,7 +425,7 @@ def run_loader(args) -> dict:
 # --------------------------------------------------------------------------- the memory model
 
 
-def _meta_unet_step(resolution: int, batch: int, rank: int, quick: bool = False):
+def _meta_unet_step(resolution: int, batch: int, rank: int, quick: bool = False, dtype=None):
     """The LoRA'd U-Net of the family on the meta device, and its step's (prediction, target)."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -430,13 +433,14 @@ def _meta_unet_step(resolution: int, batch: int, rank: int, quick: bool = False)
     from engine.model.families import family_named
     from engine.network.lora import LoraNetwork
 
-    unet = _meta_unet(quick).to(torch.bfloat16)
+    dtype = dtype or torch.bfloat16
+    unet = _meta_unet(quick).to(dtype)
     LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
     unet.set_attn_processor(AttnProcessor2_0())
     side = resolution // 8
-    latents = torch.empty(batch, 4, side, side, device="meta")
-    states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=torch.bfloat16)
-    extras = unet_conditioning_extras(unet, batch, "meta", torch.bfloat16)
+    latents = torch.empty(batch, 4, side, side, device="meta", dtype=torch.float32 if dtype == torch.bfloat16 else dtype)
+    states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=dtype)
+    extras = unet_conditioning_extras(unet, batch, "meta", dtype)
     timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
     return unet, lambda: (unet(latents, timesteps, states, **extras).sample, latents)
 
@@ -444,7 +448,7 @@ def _meta_unet_step(resolution: int, batch: int, rank: int, quick: bool = False)
 FLUX_TEXT_TOKENS = 512  # t5xxl_max_token_length of Flux.1 [dev]
 
 
-def _meta_flux_step(resolution: int, batch: int, rank: int, quick: bool = False):
+def _meta_flux_step(resolution: int, batch: int, rank: int, quick: bool = False, dtype=None):
     """FLUX.1 [dev]'s transformer with the family's LoRA on the meta device, on packed latents
     with cached T5 states (512 tokens) and CLIP's pooled output, and its step's (prediction, target)."""
     import torch
@@ -460,15 +464,16 @@ def _meta_flux_step(resolution: int, batch: int, rank: int, quick: bool = False)
         config = dict(make_tiny_pipeline(FAMILY).transformer.config)
     else:
         config = json.loads((_assets() / "transformer" / "config.json").read_text())
+    dtype = dtype or torch.bfloat16
     with torch.device("meta"):
-        transformer = FluxTransformer2DModel.from_config(config).to(torch.bfloat16)
+        transformer = FluxTransformer2DModel.from_config(config).to(dtype)
     flux_network.inject(transformer, NetworkSpec(rank=rank, alpha=float(rank), train_text_encoder=False))
     side = resolution // 16  # packed: 2x2 patches of the 8x-downsampled latent
     tokens = side * side
     meta = dict(device="meta")
     packed = torch.empty(batch, tokens, config["in_channels"], **meta)
-    states = torch.empty(batch, FLUX_TEXT_TOKENS, config["joint_attention_dim"], dtype=torch.bfloat16, **meta)
-    pooled = torch.empty(batch, config["pooled_projection_dim"], dtype=torch.bfloat16, **meta)
+    states = torch.empty(batch, FLUX_TEXT_TOKENS, config["joint_attention_dim"], dtype=dtype, **meta)
+    pooled = torch.empty(batch, config["pooled_projection_dim"], dtype=dtype, **meta)
     inputs = dict(hidden_states=packed, encoder_hidden_states=states, pooled_projections=pooled,
                   timestep=torch.empty(batch, **meta), guidance=torch.empty(batch, **meta),
                   img_ids=flux_latents.image_ids(2 * side, 2 * side, device="meta"),
@@ -606,9 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=tiny_families(), default=tiny_families()[0],
                         help=f"model architecture (default {tiny_families()[0]})")
     args = parser.parse_args(argv)
-    if args.family == "flux" and "--fp8" not in (argv if argv is not None else sys.argv):
-        args.fp8 = "both"  # the issue's rows: fp8 on and off
-        args.text_encoder = "off" if args.text_encoder == "both" else args.text_encoder  # T5 is frozen and cached
+    given = argv if argv is not None else sys.argv
+    if args.family == "flux":  # the rows Flux users train: fp8 on and off, T5 and CLIP-L frozen and cached
+        args.fp8 = args.fp8 if "--fp8" in given else "both"
+        args.text_encoder = args.text_encoder if "--text-encoder" in given else "off"
 
     import torch
 

@@ -210,3 +210,27 @@ def test_metadata_names_flux_as_sd_scripts_does():
     assert settings["ss_apply_t5_attn_mask"] == "True" and settings["ss_model_type"] == "flux"
     assert flux.base_model_version() == "flux1"
     assert flux.modelspec_architecture("schnell") == "flux-1-schnell/lora"
+
+
+def test_text_encoders_get_sd_scripts_prefixes_and_their_own_rates(tiny_flux_dir):
+    """CLIP-L as lora_te1_, T5 (network.train_t5xxl) as lora_te3_ with sd-scripts' module names;
+    one optimizer group per part at its rate: transformer, CLIP-L, T5."""
+    from diffusers import FluxPipeline
+
+    from engine.model.families import family_named
+    from engine.network.lora import LoraNetwork
+
+    pipeline = FluxPipeline.from_pretrained(tiny_flux_dir, local_files_only=True)
+    spec = NetworkSpec(type="lora", rank=2, alpha=2.0, train_t5xxl=True)
+    network = LoraNetwork.build(family_named("flux"), pipeline, spec)
+    tensors = network.state_dict()
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in tensors
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight" in tensors
+    assert "lora_te3_encoder_block_1_layer_1_DenseReluDense_wi_0.lora_up.weight" in tensors
+    groups = network.param_groups({"unet": 1e-4, "text_encoder": 2e-5, "text_encoder_2": 1e-5})
+    assert [(group["name"], group["lr"]) for group in groups] == [
+        ("unet", 1e-4), ("text_encoder", 2e-5), ("text_encoder_2", 1e-5)]
+    assert spec.metadata()["ss_network_args"] == '{"train_t5xxl": "True"}'
+    without = LoraNetwork.build(family_named("flux"), FluxPipeline.from_pretrained(tiny_flux_dir),
+                                NetworkSpec(type="lora", rank=2, alpha=2.0))
+    assert not any(key.startswith("lora_te3_") for key in without.state_dict())  # T5 off by default

@@ -1,27 +1,26 @@
-"""Dashboard cost: time to attach to a long run, CPU while following, memory.
+"""Dashboard cost as the user feels it: `loradeck attach` of a long run to a drawn view
+with its history, and CPU while following a live run.
 
-    /work/venv/bin/python bench/dashboard_attach.py [--steps 100000] [--follow-seconds 20]
+    python bench/dashboard_attach.py [--steps 100000] [--runs 3] [--follow-seconds 20]
 
 1. Writes a run folder with STEPS logged steps (plus epochs, samples, checkpoints), and
-   one a tenth as long.
-2. Opens the app headless (pilot, 120x40) in a fresh process with `attach_run` = that
-   folder and measures, from the app's creation: the dashboard mounted, its first paint
-   (a preview from the head and tail of the history), and the whole history shown.
-3. Follows the run while it is idle for FOLLOW seconds, then while a separate writer
-   process appends 10 steps a second, and reports this process's CPU time per second
-   (all threads: UI, tailer) as a percentage of one core.
-4. Reports resident memory after attaching and after following, and the size of the
-   folded run state (fixed: 512 bins per curve whatever the number of steps).
-Not a test: numbers to read, not assertions.
+   one a tenth as long; our own pid stands in for a live engine.
+2. Runs `loradeck attach RUN` in a real terminal (tmux, 120x40; bench/tmux_frames.py) and
+   times, from process start (interpreter, imports, terminal probe, first paint): the
+   dashboard drawn with curves over the whole history (the preview of head, evenly spaced
+   samples and tail counts: what the user sees while the exact replay goes on), and the
+   exact history replayed (the step row at the last step, nothing left to replay). Baseline in
+   the same pane, interleaved: a minimal Textual app to its first frame.
+3. With the long run open, the app process's CPU (all its threads, /proc) while the run is
+   idle for FOLLOW seconds, then while a writer process appends 10 steps a second.
+Medians of --runs runs. Not a test: numbers to read, not assertions.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.tmux_frames import TmuxPane, cpu_row, load_line, minimal_app_seconds, python, row  # noqa: E402
 
 STEPS_PER_EPOCH = 1000
 
@@ -98,97 +99,96 @@ with open(path, "a") as handle:
 """
 
 
-def resident_mib() -> float:
-    """Resident memory now (Linux); the peak is set by Textual's start-up, not by the run."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(run_dir: Path, steps: int, follow_seconds: float) -> dict:
-    from tui.app import make_app
-    from tui.screens.dashboard import DashboardScreen
+def history_drawn(steps: int):
+    """The view with the whole history: the step row at the last step, nothing left to replay."""
+    shown = f"{steps}/"
 
-    results: dict = {}
-    started = time.perf_counter()
-    app = make_app(run_dir.parent.parent, start_screen="runs", attach_run=run_dir)
-    async with app.run_test(size=(120, 40)) as pilot:
-        first_paint = mounted = None
-        while True:
-            screen = app.screen
-            if isinstance(screen, DashboardScreen):
-                if mounted is None and screen.is_mounted:
-                    mounted = time.perf_counter()
-                if first_paint is None and screen.view is not None:
-                    first_paint = time.perf_counter() - started
-                if screen.view is not None and screen.view.replayed is None and screen.view.state.step == steps:
-                    break
-            await pilot.pause(0.01)
-        full_history = time.perf_counter() - started
-        results["first_paint_s"] = round(first_paint, 3)
-        results["full_history_s"] = round(full_history, 3)
-        results["app_start_to_dashboard_mount_s"] = round(mounted - started, 3)
-        results["mount_to_first_paint_s"] = round(first_paint - (mounted - started), 3)
-        results["mount_to_full_history_s"] = round(full_history - (mounted - started), 3)
-        results["rss_after_attach_mib"] = resident_mib()
-        state = app.screen.view.state
-        results["loss_summary_bins"] = state.loss_series.capacity
-        results["loss_summary_steps_per_bin"] = state.loss_series.bin_width
-        if not follow_seconds:
-            return results
+    def drawn(text: str) -> bool:
+        return shown in text and "replaying history" not in text and "reading events" not in text
 
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(follow_seconds)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        results["idle_follow_cpu_percent"] = round(100 * cpu / wall, 2)
+    return drawn
 
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run_dir / "events.jsonl"), str(steps),
-                                   str(follow_seconds), "10"])
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(follow_seconds)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        writer.wait()
-        results["live_follow_10_steps_per_s_cpu_percent"] = round(100 * cpu / wall, 2)
-        await pilot.pause(1.0)
-        results["steps_shown_after_follow"] = app.screen.view.state.step
-        results["rss_after_follow_mib"] = resident_mib()
-        results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+SPARKS = set("▁▂▃▄▅▆▇█")
+
+
+def history_preview_drawn(text: str) -> bool:
+    """The dashboard drawn with curves over the history: the preview (head, evenly spaced
+    samples, tail) while the exact replay goes on counts."""
+    loss_row = next((line for line in text.splitlines() if line.lstrip().startswith("loss ")), "")
+    return "reading events" not in text and "no data yet" not in loss_row and sum(c in SPARKS for c in loss_row) >= 16
+
+
+def follow_cpu(pane: TmuxPane, run_dir: Path, steps: int, seconds: float) -> dict:
+    """The app's CPU share while the run is idle, then while 10 steps a second arrive."""
+    pid = pane.pid()
+    time.sleep(2.0)  # the dashboard settles after the replay
+    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    idle = 100 * (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run_dir / "events.jsonl"), str(steps),
+                               str(seconds), "10"])
+    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    live = 100 * (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0)
+    writer.wait()
+    time.sleep(1.5)
+    text = pane.text()
+    last = steps + int(seconds * 10)
+    followed = any(f"{step}/" in text for step in range(last - 20, last + 5))
+    return {"idle": idle, "live": live, "followed": followed}
+
+
+def measure(pane: TmuxPane, run_dir: Path, steps: int, runs: int) -> dict:
+    results: dict = {"baseline": [], "first": [], "history": [], "baseline_cpu": [], "first_cpu": []}
+    for _ in range(runs):  # first: with the sampled history
+        results["baseline"].append(minimal_app_seconds(pane))
+        results["baseline_cpu"].append(pane.cpu)
+        pane.start([python(), "-m", "tui.cli", "attach", str(run_dir)])
+        results["first"].append(pane.wait_until(history_preview_drawn))
+        results["first_cpu"].append(pane.cpu)
+        results["history"].append(pane.wait_until(history_drawn(steps), timeout=120))
+        pane.keys("q")
+        time.sleep(0.5)
     return results
-
-
-def measure_in_subprocess(run_dir: Path, steps: int, follow_seconds: float) -> dict:
-    """A fresh interpreter per measurement: its peak memory is the app's alone."""
-    output = subprocess.run(
-        [sys.executable, __file__, "--measure", str(run_dir), "--steps", str(steps),
-         "--follow-seconds", str(follow_seconds)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--follow-seconds", type=float, default=20.0)
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(asyncio.run(measure(args.measure, args.steps, args.follow_seconds))))
-        return
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory() as temp:
-        rows = []
+    print(load_line())
+    with tempfile.TemporaryDirectory() as temp, TmuxPane(120, 40, name="loradeck-attach") as pane:
         # a run a tenth as long shows what does (and does not) grow with length
-        for steps, follow in ((args.steps // 10, 0.0), (args.steps, args.follow_seconds)):
+        for steps in (args.steps // 10, args.steps):
             workspace = Path(temp) / f"ws{steps}"
             (workspace / "img").mkdir(parents=True)
             run_dir = write_run(workspace / "runs" / "bench", steps)
             size = (run_dir / "events.jsonl").stat().st_size
-            print(f"\n{steps} steps, events.jsonl {size / 2**20:.1f} MiB")
-            results = measure_in_subprocess(run_dir, steps, follow)
-            for key, value in results.items():
-                print(f"  {key:42s} {value}")
-            rows.append(results)
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+            print(f"\n{steps:,} steps, events.jsonl {size / 2**20:.1f} MiB")
+            results = measure(pane, run_dir, steps, args.runs)
+            print(row("minimal Textual app, start to first frame (baseline)", results["baseline"], results["baseline"]))
+            print(row("loradeck attach → drawn, curves over the history", results["first"], results["baseline"],
+                      1.0 if steps == args.steps else None))
+            print(cpu_row("  its CPU by then", results["first_cpu"], results["baseline_cpu"]))
+            print(row("loradeck attach → the exact history replayed", results["history"], results["baseline"]))
+        if args.follow_seconds:
+            pane.start([python(), "-m", "tui.cli", "attach", str(run_dir)])
+            pane.wait_until(history_drawn(args.steps), timeout=120)
+            cpu = follow_cpu(pane, run_dir, args.steps, args.follow_seconds)
+            print(f"CPU following the run while it is idle:        {cpu['idle']:.2f}% of a core")
+            print(f"CPU following it at 10 steps/s:                {cpu['live']:.2f}% of a core (goal ≤ 1%); "
+                  f"the new steps were {'shown' if cpu['followed'] else 'NOT shown'}")
+            pane.keys("q")
+    print(load_line())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ textured halves on a block-row boundary (a collage, every other one with a chann
 clipped at 255 below it), and --clean each of flat-colour scenes (overlapping rectangles
 whose edges lie on MCU-row boundaries, crossed by lines), screenshots (an 8-pixel grid of
 hard vertical and horizontal edges) and anime-style flat shading; every other image
-4:2:0, the rest 4:4:4, quality 90.
+4:2:0, the rest 4:4:4, quality 90, each tried with no restart interval, one per MCU row and one of 8-63 MCUs
+(restart markers leave the pixels as they are; the strip test reads where intervals end).
 
 Damaged: --damaged images, photo-like and flat-colour scenes in turn, at 4:2:0 and
 4:4:4, without restart markers (half), with one every MCU row (a quarter) or every 8-63
@@ -38,6 +39,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.health.jpeg_header import restart_interval  # noqa: E402
 from engine.health.pixel_damage import damaged_row  # noqa: E402
 from tests.health_corpus import (  # noqa: E402
     DAMAGE_KINDS, anime_scene, damage_bytes, flat_scene, jpeg_bytes, photo, screenshot,
@@ -108,13 +110,17 @@ def clean_rates(count: int, size: tuple[int, int]) -> None:
         "screenshots": (count, lambda seed: screenshot(seed, size)),
         "anime-style flat shading": (count, lambda seed: anime_scene(seed, size)),
     }
-    print(f"\nclean images {size[0]}x{size[1]}, quality 90, half 4:2:0 and half 4:4:4")
+    print(f"\nclean images {size[0]}x{size[1]}, quality 90, half 4:2:0 and half 4:4:4, each with 0, 1 row and 8-63 MCU restart intervals")
     print(f"{'set':48}{'images':>8}{'flagged':>9}")
     for name, (images, make) in sets.items():
         flagged = []
         for seed in range(images):
             subsampling = 2 if seed % 2 == 0 else 0
-            if damaged_row(decode(encode(make(seed), subsampling, "none", rng)), mcu_size(subsampling)) >= 0:
+            # Restart markers leave the pixels as they are; the strip test reads where each
+            # interval ends, so each picture is also tried as if it had them.
+            pixels, mcu = decode(encode(make(seed), subsampling, "none", rng)), mcu_size(subsampling)
+            per_row = -(-size[0] // mcu)
+            if any(damaged_row(pixels, mcu, restart_interval=interval) >= 0 for interval in (0, per_row, 8 + seed % 56)):
                 flagged.append(seed)
         print(f"{name:48}{images:>8}{len(flagged):>9}" + (f"   seeds {flagged[:10]}" if flagged else ""))
 
@@ -164,7 +170,7 @@ def damaged_rates(images: int, tries: int, size: tuple[int, int]) -> None:
                 silent[key] += 1
                 if changed >= VISIBLE_MCUS:
                     visible[key] += 1
-                    flagged = damaged_row(pixels, mcu)
+                    flagged = damaged_row(pixels, mcu, restart_interval=restart_interval(damaged))
                     found[key] += flagged >= 0 and abs(flagged - row) <= mcu
     print(f"\ndamaged: {images} images x {tries} tries = {tried}; {loud} reported by libjpeg or Pillow "
           f"(found by the strict decode), {tried - loud} silent")

@@ -9,7 +9,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -45,12 +45,16 @@ def ensure_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike,
+                replace_guard: Callable[[Path], ContextManager[object]] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically.
 
     For writers that want a file name (safetensors, PIL, torch): write to the yielded
     path, and it is fsynced and renamed over `path` when the block ends without error.
     On error the temporary file is removed and `path` is untouched.
+
+    `replace_guard(temp)`, when given, is entered around the rename alone: a
+    compare-and-swap takes its lock and checks the target there, and raises to cancel.
     """
     target = Path(path)
     ensure_folder(target.parent)
@@ -62,7 +66,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(temp, _mode_for(target))
-        os.replace(temp, target)
+        with replace_guard(temp) if replace_guard is not None else contextlib.nullcontext():
+            os.replace(temp, target)
         _fsync_directory(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -47,3 +47,38 @@ def plan_dataset(root: Path) -> Path:
     for name in ("r1.png", "r2.png"):
         write_image(root / "reg" / "1_person" / name, (512, 512), color=(10, 10, 10))
     return root
+
+
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "engine" / "model" / "assets" / "sd15"
+PLANNABLE_CONFIG = """\
+[model]
+pretrained_model = "model"
+[dataset]
+image_dir = "img"
+resolution = "64"
+min_bucket_resolution = 64
+max_bucket_resolution = 128
+bucket_step = 64
+[network]
+rank = 4
+alpha = 4.0
+[training]
+epochs = 2
+seed = 7
+[sampling]
+prompts = "a cat"
+"""
+
+
+def plannable_workspace(root: Path) -> Path:
+    """A workspace `loradeck plan` and the checks before a run accept, loading nothing:
+    `model/` holds the SD1.5 layout's configs only (no weights), `img/2_cat/` two captioned
+    64x64 images, `loradeck.toml` PLANNABLE_CONFIG; plus `a-file` to put where a folder belongs."""
+    import shutil
+
+    shutil.copytree(MODEL_CONFIGS, root / "model")
+    for index in range(2):
+        write_caption(write_image(root / "img" / "2_cat" / f"{index}.png", (64, 64)), "cat")
+    (root / "a-file").write_text("in the way")
+    (root / "loradeck.toml").write_text(PLANNABLE_CONFIG)
+    return root

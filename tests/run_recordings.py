@@ -57,12 +57,12 @@ class RecordedRun:
         self.seq += 1
 
     def start(self, *, steps_per_epoch: int = 10, epochs: int = 3, start_step: int = 0,
-              start_epoch: int = 0, device: str = "cuda:0") -> "RecordedRun":
+              start_epoch: int = 0, device: str = "cuda:0", config: dict | None = None) -> "RecordedRun":
         self.steps_per_epoch = steps_per_epoch
         plan = {"images": 4, "image_repeats": 8, "reg_images": 0, "buckets": [{"width": 64, "height": 64, "count": 4}],
                 "steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * epochs, "epochs": epochs,
                 "batch_size": 1, "effective_batch": 1}
-        self.event("run_start", run_name=self.run.name, config={}, plan=plan, start_step=start_step,
+        self.event("run_start", run_name=self.run.name, config=config or {}, plan=plan, start_step=start_step,
                    start_epoch=start_epoch, resumed=start_step > 0, device=device, precision="bf16", pid=12345)
         return self
 

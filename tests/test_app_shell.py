@@ -1,5 +1,9 @@
-"""The app shell: screens by key and palette, themes remembered, keys screen, guided start."""
+"""The app shell: screens by key and palette, themes remembered, keys screen, guided start,
+failed background work."""
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +12,7 @@ from tui.app import SCREENS, make_app
 from tui.themes import load_settings, load_themes
 
 SIZE = (120, 40)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -230,7 +235,52 @@ async def test_health_severity_colours_follow_a_theme_switch(workspace):
         assert table.row_count
         app.theme = "loradeck-light"
         await pilot.pause()
-        severity = table.get_row_at(0)[0]
-        assert str(severity) == "warning"
+        severity = table.get_row_at(0)[0]  # the code, in its severity's colour
+        assert str(severity) == "missing_caption"
         wanted = app.theme_variables["warning"]
         assert wanted.lower() in str(severity.style).lower()
+
+
+# ---- a background worker that fails never closes the app (tui/workers.py)
+
+
+@pytest.mark.slow
+async def test_a_worker_that_raises_leaves_the_app_up_and_the_error_in_the_notices(workspace, monkeypatch):
+    import tui.screens.config as config_screen
+
+    def unreadable_runs(runs_dir):
+        raise PermissionError(13, "Permission denied", str(runs_dir))
+
+    monkeypatch.setattr(config_screen, "existing_run_names", unreadable_runs)
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        expected = f"PermissionError: [Errno 13] Permission denied: '{workspace / 'runs'}'"
+        assert app.is_running
+        assert [notice.text for notice in app.notices] == [expected]
+        assert app.notices[-1].level == "error" and "unreadable_runs" in app.notices[-1].detail
+        assert [str(note.message) for note in app._notifications] == [expected]  # shown, in one line
+        # the app still answers keys, and the notices can be read again from the palette
+        await pilot.press("4")
+        await pilot.pause()
+        assert app.current_mode == "runs"
+        await pilot.press("ctrl+p", *"notices")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert expected in str(app.screen.query_one("#explain-text").visual)
+
+
+def test_every_worker_of_the_app_reports_its_failures():
+    # Textual's own @work closes the app on an error: tui/ takes `work` from tui.workers
+    offenders = []
+    for path in sorted((ROOT / "tui").rglob("*.py")):
+        if path.name == "workers.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "textual" and \
+                    any(alias.name == "work" for alias in node.names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -286,3 +286,62 @@ async def test_image_preview_decodes_in_the_background_and_says_what_it_shows(tm
         preview.path = None
         await settle(pilot)
         assert str(label.render()) == ""
+
+
+async def test_tag_cursor_follows_undo_and_redo_prefix_moves_warn_and_the_image_zooms(tmp_path):
+    from tui.screens.image_view import ImageViewScreen
+
+    from engine.config.schema import replace_setting
+
+    save_config(replace_setting(TrainConfig(), "captions.keep_tokens", 1), tmp_path / "loradeck.toml")
+    folder = tmp_path / "img" / "10_city"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 48), (200, 90, 40)).save(folder / "a.png")
+    caption = folder / "a.txt"
+    caption.write_text("ohwx, city, arch, street\n")
+    app = make_app(tmp_path, start_screen="captions", image_protocol="halfcell")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        tags = screen.query_one("#captions-tags")
+
+        def cursor_tag() -> str:
+            return screen.session.entries[screen.current_index].caption.tags[tags.highlighted].name
+
+        await pilot.press("tab", "down", "down")
+        assert cursor_tag() == "arch"
+        await pilot.press("f")  # first, but after the kept prefix (keep_tokens 1)
+        await settle(pilot)
+        assert caption.read_text() == "ohwx, arch, city, street\n" and cursor_tag() == "arch"
+        # undo and redo leave the cursor on the tag they moved: the next x is not a surprise
+        await pilot.press("ctrl+z")
+        await settle(pilot)
+        assert caption.read_text() == "ohwx, city, arch, street\n" and cursor_tag() == "arch"
+        await pilot.press("ctrl+y")
+        await settle(pilot)
+        assert caption.read_text() == "ohwx, arch, city, street\n" and cursor_tag() == "arch"
+        await pilot.press("x")
+        await settle(pilot)
+        await pilot.press("ctrl+z")  # the removed tag comes back under the cursor
+        await settle(pilot)
+        assert caption.read_text() == "ohwx, arch, city, street\n" and cursor_tag() == "arch"
+
+        # moving a tag in front of the kept prefix warns
+        app._notifications.clear()
+        await pilot.press("left_square_bracket")
+        await settle(pilot)
+        assert caption.read_text() == "arch, ohwx, city, street\n"
+        warnings = [n for n in app._notifications if n.severity == "warning"]
+        assert warnings and "is now arch; it was ohwx" in warnings[0].message
+
+        # z: the image on the whole terminal, zoomed in and out
+        await pilot.press("z")
+        await pilot.pause()
+        assert isinstance(app.screen, ImageViewScreen) and app.screen.path == folder / "a.png"
+        await pilot.press("plus", "plus", "right")
+        preview = app.screen.query_one("#image-view")
+        assert app.screen.zoom == 4 and preview.crop is not None and preview.crop[0] > 0.375
+        await settle(pilot)
+        assert preview._picture_widget is not None
+        await pilot.press("0", "escape")
+        assert app.screen is screen

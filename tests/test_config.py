@@ -19,6 +19,7 @@ from engine.config.schema import (
     with_absolute_paths,
 )
 from engine.errors import ConfigError
+from tests.datasets import write_image
 
 BASE = {"model": {"pretrained_model": "runwayml/stable-diffusion-v1-5"}}
 
@@ -153,8 +154,9 @@ def test_version_1_v2_flag_becomes_the_family_with_a_note(tmp_path, capsys):
     assert config_from_dict({"model": {"pretrained_model": "x", "v2": True}}).model.family == "sd2"
     # saved, it is version 2 without the flag; `loradeck plan` says what changed
     path = tmp_path / "old.toml"
-    path.write_text('version = 1\n[model]\npretrained_model = "x"\nv2 = true\n[dataset]\nimage_dir = "img"\n')
-    (tmp_path / "img").mkdir()
+    path.write_text('version = 1\n[model]\npretrained_model = "owner/sd2-model"\nv2 = true\n'
+                    '[dataset]\nimage_dir = "img"\n')
+    write_image(tmp_path / "img" / "1_sks dog" / "0.png", (64, 64))  # plan refuses a dataset with no image
     assert main(["plan", str(path)]) == 0
     captured = capsys.readouterr()
     assert 'model.v2 = true is now model.family = "sd2"' in captured.err and "Model family      SD 2.x" in captured.out

@@ -28,6 +28,9 @@ def _constructor(name):
     if name == "Lion":
         from lion_pytorch import Lion
         return Lion
+    if name.startswith("DAdapt"):
+        from engine.train.optimizers import optimizer_class
+        return optimizer_class(name)
     return pytest.importorskip("bitsandbytes").optim.AdamW8bit
 
 

@@ -13,12 +13,12 @@ import pytest
 
 from engine.config.schema import dumps_config, load_config, replace_setting, save_config
 from engine.run.events import EventWriter
-from engine.plan.training_plan import make_plan
+from engine.dataset.folders import scan_dataset
+from engine.plan.preflight import plan_with_warnings
 from engine.config.presets import load_preset
 from tests.datasets import write_caption, write_image
 from tui.app import make_app
 from tui.cli import main as loradeck
-from tui.widgets.config.form import editor_id
 from tui.widgets.config.plan_panel import PLAN_DELAY_S
 
 SIZE = (120, 40)
@@ -72,15 +72,15 @@ async def settle(pilot) -> None:
 
 
 async def jump(pilot, query: str, key: str) -> None:
-    """`/`, type part of a setting's name, enter: the setting's editor has focus."""
+    """`/`, type part of a setting's name, enter: the setting's editor (text) or line has focus."""
     await pilot.press("escape")
     await pilot.press("slash")
-    await pilot.pause()
     await pilot.press(*query)
-    await pilot.pause(0.4)
     await pilot.press("enter")
     await pilot.pause()
-    assert pilot.app.focused is editor(pilot.app, key), f"{query!r} did not reach {key}"
+    target = line(pilot.app, key)
+    expected = target.editor if target.editable else target
+    assert expected is not None and pilot.app.focused is expected, f"{query!r} did not reach {key}"
 
 
 async def type_into(pilot, query: str, key: str, text: str) -> None:
@@ -89,12 +89,18 @@ async def type_into(pilot, query: str, key: str, text: str) -> None:
     await pilot.pause()
 
 
-def editor(app, key: str):
-    return app.screen.query_one(f"#{editor_id(key)}")
+def line(app, key: str):
+    """The form's line of a setting (label, value and message in one widget)."""
+    return app.screen.form.rows[key]
+
+
+def shown(app, key: str):
+    """The value the line of a setting holds (what it draws, and what its editor opens with)."""
+    return line(app, key).raw
 
 
 def row_message(app, key: str) -> str:
-    return str(app.screen.form.rows[key].query_one(".setting-message").visual)
+    return line(app, key).message[0]
 
 
 def plan_json(config_path: Path) -> dict:
@@ -129,7 +135,7 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
         await pilot.press(*"a city at night")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        shown = app.screen.state.config
+        before = app.screen.state.config
         assert not app.screen.state.dirty
     config = load_config(path)
     assert config.network.rank == 48 and config.network.alpha == 24.0
@@ -143,10 +149,10 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
     again = make_app(workspace, start_screen="config")
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert again.screen.state.config == shown and not again.screen.state.dirty
-        assert editor(again, "network.rank").value == "48"
-        assert editor(again, "optimizer.optimizer").value == "Adafactor"
-        assert editor(again, "sampling.prompts").text == "a city at night"
+        assert again.screen.state.config == before and not again.screen.state.dirty
+        assert shown(again, "network.rank") == "48"
+        assert shown(again, "optimizer.optimizer") == "Adafactor"
+        assert shown(again, "sampling.prompts") == "a city at night"
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert path.read_text() == saved
@@ -173,7 +179,7 @@ async def test_invalid_values_are_flagged_inline_and_block_start(workspace, laun
         assert launches == []
         assert "Cannot start training" in notifications(app)
         assert "alpha 64 is above rank 32" in notifications(app)
-        assert app.focused is editor(app, "network.alpha")  # taken to the first problem
+        assert app.focused is line(app, "network.alpha")  # taken to the first problem
         assert "cannot train: network.alpha" in str(app.screen.query_one("#config-status").visual)
 
         await pilot.press("ctrl+s")  # an invalid config is not saved either
@@ -199,6 +205,7 @@ async def test_kohya_json_import_fills_the_form(workspace):
         "max_resolution": "512,650",
         "train_batch_size": 2,
         "epoch": "4",
+        "max_train_epochs": "4",  # sd-scripts trains 4 epochs (without it the GUI's count of steps decides)
         "output_name": "city-v2",
         "xformers": "xformers",
         "mixed_precision": "bf16",
@@ -214,18 +221,40 @@ async def test_kohya_json_import_fills_the_form(workspace):
         await pilot.pause()
         await pilot.press(*"kohya.json", "enter")
         await settle(pilot)
-        assert editor(app, "model.pretrained_model").value == "/models/v1-5-pruned-emaonly.safetensors"
-        assert editor(app, "network.rank").value == "64"
-        assert editor(app, "network.alpha").value == "56.0"
-        assert editor(app, "optimizer.optimizer").value == "Adafactor"
-        assert editor(app, "optimizer.optimizer_args").value == kohya["optimizer_args"]
-        assert editor(app, "dataset.resolution").value == "512,650"
-        assert editor(app, "training.epochs").value == "4"
-        assert editor(app, "saving.output_name").value == "city-v2"
-        assert editor(app, "precision.attention").value == "xformers"
+        assert shown(app, "model.pretrained_model") == "/models/v1-5-pruned-emaonly.safetensors"
+        assert shown(app, "network.rank") == "64"
+        assert shown(app, "network.alpha") == "56.0"
+        assert shown(app, "optimizer.optimizer") == "Adafactor"
+        assert shown(app, "optimizer.optimizer_args") == kohya["optimizer_args"]
+        assert shown(app, "dataset.resolution") == "512,650"
+        assert shown(app, "training.epochs") == "4"
+        assert shown(app, "saving.output_name") == "city-v2"
+        assert shown(app, "precision.attention") == "xformers"
         assert app.screen.state.dirty
         assert "logging_dir" in notifications(app)  # the keys it did not use are listed
         assert app.screen.plan_panel.plan.epochs == 4
+
+
+async def test_kohya_preset_import_keeps_the_base_model(workspace):
+    """A GUI preset has no base model: importing it over the form keeps the model set there."""
+    import shutil
+
+    preset = Path(__file__).parent / "fixtures" / "kohya_gui" / "presets" / "lora" / "sd15 - LoKr v2.0.json"
+    shutil.copy(preset, workspace / "preset.json")
+    app = make_app(workspace, start_screen="config")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        model = editor(app, "model.pretrained_model").value
+        assert model
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("end", "up", "enter")  # "Import a Kohya GUI JSON config…"
+        await pilot.pause()
+        await pilot.press(*"preset.json", "enter")
+        await settle(pilot)
+        assert editor(app, "model.pretrained_model").value == model
+        assert editor(app, "network.type").value == "lokr" and editor(app, "network.factor").value == "6"
+        assert app.screen.state.dirty
 
 
 @pytest.mark.slow
@@ -254,7 +283,8 @@ async def test_plan_panel_equals_loradeck_plan(workspace):
         await pilot.pause()
         plan = panel.plan
         assert plan.as_json() == plan_json(path)
-        assert plan.as_json() == make_plan(load_config(path), workspace).as_json()
+        config = load_config(path)
+        assert plan.as_json() == plan_with_warnings(config, workspace, scan_dataset(config, workspace)).as_json()
 
         text = panel.plan_text()
         assert " 5_city: 3 × 5 = 15" in text
@@ -283,10 +313,10 @@ async def test_preset_replaces_settings_but_keeps_model_and_folders(workspace):
         await pilot.pause()
         await pilot.press("down", "down", "down", "enter")  # the fourth preset: seed workflow
         await settle(pilot)
-        assert editor(app, "optimizer.optimizer").value == "Adafactor"
-        assert editor(app, "network.rank").value == "64"
-        assert editor(app, "network.alpha").value == "56.0"
-        assert editor(app, "model.pretrained_model").value == "/models/mine.safetensors"
+        assert shown(app, "optimizer.optimizer") == "Adafactor"
+        assert shown(app, "network.rank") == "64"
+        assert shown(app, "network.alpha") == "56.0"
+        assert shown(app, "model.pretrained_model") == "/models/mine.safetensors"
         assert app.screen.plan_panel.planned_config.network.rank == 64
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -311,8 +341,8 @@ async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
     again = make_app(workspace, start_screen="config")
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        assert editor(again, "network.rank").value == "40"
-        assert editor(again, "training.epochs").value == "1x"
+        assert shown(again, "network.rank") == "40"
+        assert shown(again, "training.epochs") == "1x"
         assert again.screen.state.dirty
         assert "Restored unsaved changes" in notifications(again)
         await type_into(pilot, "epochs", "training.epochs", "12")
@@ -331,13 +361,13 @@ async def test_start_refuses_an_existing_run_then_trains_under_the_suggested_nam
         await pilot.press("ctrl+t")
         await pilot.pause()
         assert launches == []
-        assert app.focused is editor(app, "saving.output_name")
+        assert app.focused is line(app, "saving.output_name")
 
         await pilot.press("ctrl+n")
         await pilot.pause()
         await pilot.press("enter")  # lora-v2: new images
         await pilot.pause()
-        assert editor(app, "saving.output_name").value == "lora-v2"
+        assert shown(app, "saving.output_name") == "lora-v2"
         assert "a new run folder" in row_message(app, "saving.output_name")
         await pilot.press("ctrl+t")
         # not settle(): the dashboard's followers run until the app exits
@@ -359,7 +389,7 @@ async def test_a_broken_config_file_is_shown_with_its_problems(workspace):
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        assert editor(app, "network.alpha").value == "99.0"
+        assert shown(app, "network.alpha") == "99.0"
         assert "above rank" in row_message(app, "network.alpha")
         assert "network.width: unknown setting" in notifications(app)
 
@@ -376,7 +406,7 @@ async def test_a_config_written_while_away_is_shown(tmp_path):
         await pilot.press("escape")
         await settle(pilot)
         assert type(app.screen).__name__ == "ConfigScreen"
-        assert editor(app, "network.rank").value == "64"
+        assert shown(app, "network.rank") == "64"
         assert not app.screen.state.dirty
 
 
@@ -392,38 +422,38 @@ async def test_a_missing_image_folder_is_flagged_and_blocks_start(workspace, lau
         await pilot.press("ctrl+t")
         await pilot.pause()
         assert launches == []
-        assert app.focused is editor(app, "dataset.image_dir")
+        assert app.focused is line(app, "dataset.image_dir")
 
 
-@pytest.mark.slow
 def row_shown(app):
     """Whether a setting's row is shown on the app's config screen, by key."""
     return lambda key: app.screen.form.rows[key].display
 
 
+@pytest.mark.slow
 async def test_network_type_shows_only_its_settings_with_advice(workspace):
     path = workspace / "loradeck.toml"
     app = make_app(workspace, start_screen="config")
-    shown = row_shown(app)
+    displayed = row_shown(app)
 
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         # standard LoRA: its dropouts and the starting file; no conv or LoKr settings
-        assert shown("network.network_dropout") and shown("network.rank_dropout") and shown("network.network_weights")
-        assert not shown("network.conv_dim") and not shown("network.factor") and not shown("network.use_tucker")
+        assert displayed("network.network_dropout") and displayed("network.rank_dropout") and displayed("network.network_weights")
+        assert not displayed("network.conv_dim") and not displayed("network.factor") and not displayed("network.use_tucker")
         await jump(pilot, "network type", "network.type")
         assert "locon adds the convolutions" in str(app.screen.query_one("#setting-help").visual)
         await pilot.press("enter", "down", "down", "enter")  # lora -> locon -> loha
         await pilot.pause()
         assert app.screen.state.config.network.type == "loha"
-        assert shown("network.conv_dim") and shown("network.conv_alpha") and shown("network.use_tucker")
-        assert not shown("network.factor") and not shown("network.network_dropout")
+        assert displayed("network.conv_dim") and displayed("network.conv_alpha") and displayed("network.use_tucker")
+        assert not displayed("network.factor") and not displayed("network.network_dropout")
         await type_into(pilot, "conv rank", "network.conv_dim", "4")
         await type_into(pilot, "conv alpha", "network.conv_alpha", "2")
         await jump(pilot, "network type", "network.type")
         await pilot.press("enter", "down", "enter")  # loha -> lokr
         await pilot.pause()
-        assert shown("network.factor") and not shown("network.network_dropout")
+        assert displayed("network.factor") and not displayed("network.network_dropout")
         await type_into(pilot, "lokr factor", "network.factor", "8")
         await pilot.press("ctrl+s")
         await pilot.pause()

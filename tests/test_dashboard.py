@@ -370,6 +370,33 @@ async def test_escape_goes_back_to_the_runs_list_and_quit_leaves_files_alone(wor
     assert after == before  # viewing never writes to the run folder
 
 
+async def test_attach_builds_the_dashboard_alone_and_the_runs_key_leads_back_to_it(workspace, monkeypatch):
+    built: list[RunsScreen] = []
+    real_init = RunsScreen.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunsScreen, "__init__", counted)
+    recorded = healthy_run(workspace)
+    app = attach(workspace, recorded.path)
+    async with app.run_test(size=SIZE) as pilot:
+        dashboard = await dashboard_ready(pilot)
+        assert built == []  # nothing but the dashboard before it is drawn
+        await pilot.press("1")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HealthScreen"
+        await pilot.press("4")  # Runs: the attached run's dashboard, as it was
+        await pilot.pause()
+        assert app.screen is dashboard and built == []
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list")
+        await pilot.press("1", "4")  # the dashboard was closed: the list
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen) and len(built) == 1
+
+
 def test_run_state_snapshot_is_independent():
     state = RunState(path=__import__("pathlib").Path("/tmp/x"))
     state.fold_all([{"type": "run_start", "time": 1.0, "plan": {"total_steps": 10, "steps_per_epoch": 5, "epochs": 2}},

@@ -53,7 +53,10 @@ async def test_start_detach_reattach_and_stop(training_workspace):
                              and screen.view.health.status == "running", ENGINE_TIMEOUT, "training steps")
             await pilot.pause()
             assert "RUNNING" in screen_text(app) and "e2e" in screen_text(app)
-            await pilot.press("q")  # detach: quit the app
+            await pilot.press("q")  # detach: quit the app; it says the run goes on
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the quit question")
+            assert "e2e goes on training" in screen_text(app)
+            await pilot.press("y")
         assert run.engine_alive(), "quitting the app must leave the run going"
 
         # ---- re-attach: history replayed, then followed

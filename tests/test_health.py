@@ -131,6 +131,7 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     real = health.inspect_files
 
     def counting(paths, on_result, **options):
+        paths = list(paths)  # the scan hands over a generator (it stats each file on the way)
         decoded.extend(paths)
         return real(paths, on_result, **options)
 
@@ -141,6 +142,38 @@ def test_unchanged_files_are_not_decoded_again(workspace, monkeypatch):
     touched.write_bytes(touched.read_bytes() + b"")  # same bytes, new mtime
     scan(target_for(root), workers=1)
     assert decoded == [str(touched)]
+
+
+def test_a_decoder_that_kills_its_worker_costs_that_file_only(tmp_path, monkeypatch):
+    """The pool is fed while the scan still stats the files; a file whose decode kills
+    its worker process is reported corrupt, and every other file is inspected as usual."""
+    import multiprocessing
+    import os
+
+    import engine.health.image_checks as checks
+    import engine.health.workers as workers
+
+    folder = tmp_path / "img" / "1_cat"
+    folder.mkdir(parents=True)
+    for index in range(9):  # the pool starts at 8 files (4 per worker)
+        (folder / f"{index:02d}.jpg").write_bytes(jpeg_bytes(picture(index)))
+        (folder / f"{index:02d}.txt").write_text("a cat", encoding="utf-8")
+    real = checks.inspect_image
+
+    def dies_on_one_file(path, max_pixels):
+        if path.endswith("05.jpg"):
+            os._exit(1)  # what a decoder's segfault does to the worker
+        return real(path, max_pixels)
+
+    dies_on_one_file.__module__, dies_on_one_file.__qualname__ = checks.__name__, "inspect_image"  # pickled by name
+    monkeypatch.setattr(checks, "inspect_image", dies_on_one_file)
+    # forked workers run this process's stand-in decoder
+    monkeypatch.setattr(workers, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    report = scan(target_for(tmp_path), workers=2)
+    assert report.images == 9
+    corrupt = [item for item in report.findings if item.code == "corrupt"]
+    assert [(item.path, item.message) for item in corrupt] == [
+        ("1_cat/05.jpg", "the image decoder crashed on this file")]
 
 
 DATASET_WIDE = {"duplicate", "near_duplicate", "blurry", "orphan_caption", "bad_folder_name", "unreadable_folder"}
@@ -307,6 +340,30 @@ def test_undo_leaves_a_file_edited_after_the_fix(workspace):
     result = undo_quarantine(img)
     assert result.restored == [] and result.skipped[0][0] == relative
     assert (img / "_quarantine" / relative).exists()
+
+
+def test_undo_last_action_is_a_stack_and_reads_old_manifests(workspace):
+    from engine.dataset.quarantine import undo_last_action
+
+    root, _expected = workspace
+    img = root / "img"
+    fix_orientation(img, f"{SUBJECT}/orientation_8.jpg")  # action 1
+    edited = f"{SUBJECT}/orientation_6.jpg"
+    fix_orientation(img, edited)  # action 2
+    (img / edited).write_bytes(jpeg_bytes(picture(98)))  # edited since: cannot go back
+    result = undo_last_action(img)
+    assert result.restored == [] and result.skipped[0][0] == edited and result.actions_left == 1
+    # what could not go back stays in the quarantine, off the stack: the next undo takes action 1
+    result = undo_last_action(img)
+    assert result.restored == [f"{SUBJECT}/orientation_8.jpg"] and result.actions_left == 0
+    assert [(entry.path, entry.action) for entry in read_manifest(img)] == [(edited, 0)]
+    # a manifest written before actions were numbered is one action
+    manifest = img / "_quarantine" / "manifest.json"
+    document = json.loads(manifest.read_text())
+    for entry in document["entries"]:
+        del entry["action"]
+    manifest.write_text(json.dumps(document))
+    assert undo_last_action(img).skipped[0][0] == edited
 
 
 # ---- never crash

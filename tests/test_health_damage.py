@@ -12,6 +12,7 @@ import simplejpeg
 from PIL import Image, ImageDraw
 
 from engine.health.image_checks import inspect_image
+from engine.health.jpeg_header import restart_interval
 from engine.health.pixel_damage import damaged_row
 from tests.health_corpus import anime_scene, damage_bytes, flat_scene, screenshot
 from tests.health_corpus import damage_scan as damage
@@ -247,6 +248,37 @@ def test_damage_a_restart_marker_confines_to_a_strip_is_corrupt_from_its_row(tmp
     assert abs(facts.damaged_row - top) <= 16
 
 
+# Found by search: damage that a restart marker every 13 MCUs ends mid-row, in the MCUs
+# 612-623 (row 15) and 380-389 (row 9) of 40 a row.
+MID_ROW_STRIPS = [(0, "zeroed", 24, 0.5), (2, "zeroed", 24, 0.3)]
+
+
+@pytest.mark.parametrize(("seed", "kind", "length", "fraction"), MID_ROW_STRIPS)
+def test_damage_that_ends_with_its_restart_interval_mid_row_is_corrupt_from_its_row(
+        tmp_path, seed, kind, length, fraction):
+    data = jpeg(photo(seed), restart_marker_blocks=13)
+    damaged = damage_bytes(data, kind, length, fraction, np.random.default_rng(seed))
+    pixels, clean = decode(damaged), decode(data)
+    assert pillow_is_silent(damaged)
+    changed = np.flatnonzero(np.abs(pixels.astype(np.int16) - clean).mean(axis=-1)
+                             .reshape(30, 16, 40, 16).mean(axis=(1, 3)).ravel() > 2)
+    assert changed[-1] // 40 == changed[0] // 40 and changed[-1] % 40 < 39  # a strip that ends mid-row
+    assert changed[-1] - changed[0] < 13 and (changed[-1] + 1) % 13 == 0  # where its interval ends
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(damaged)
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    assert abs(facts.damaged_row - changed[0] // 40 * 16) <= 16
+
+
+def test_restart_interval_is_read_from_the_header():
+    picture = photo(0, (96, 64))
+    assert restart_interval(jpeg(picture)) == 0
+    assert restart_interval(jpeg(picture, restart_marker_blocks=13)) == 13
+    assert restart_interval(jpeg(picture, restart_marker_rows=1)) == 6  # 96 px: six 16-px MCUs a row
+    assert restart_interval(b"not a jpeg") == 0 and restart_interval(jpeg(picture)[:40]) == 0
+
+
 def test_clean_flat_colour_scenes_screenshots_and_anime_shading_are_not_flagged():
     """Rectangles over a plain background with their hard horizontal edges on MCU-row
     boundaries across much of the width, crossed by lines (seeds 62-81: the colour-offset
@@ -255,6 +287,10 @@ def test_clean_flat_colour_scenes_screenshots_and_anime_shading_are_not_flagged(
     for maker, seeds in ((flat_scene, range(62, 82)), (screenshot, range(10)), (anime_scene, range(10))):
         for seed in seeds:
             subsampling = 2 if seed % 2 == 0 else 0
-            if damaged_row(decode(jpeg(maker(seed), subsampling=subsampling)), 16 if subsampling == 2 else 8) >= 0:
-                flagged.append((maker.__name__, seed))
+            pixels, mcu = decode(jpeg(maker(seed), subsampling=subsampling)), 16 if subsampling == 2 else 8
+            # with and without restart markers (the pixels are the same; the strip test
+            # reads where each interval ends): none, one per MCU row, every 8-63 MCUs
+            for interval in (0, SIZE[0] // mcu, 8 + seed % 56):
+                if damaged_row(pixels, mcu, restart_interval=interval) >= 0:
+                    flagged.append((maker.__name__, seed, interval))
     assert flagged == []

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What the TUI may import at any time: no torch or HF stack at module import, ever.
 LIGHT_PACKAGES = ("config", "dataset", "health", "run", "plan", "cli")
-LIGHT_MODULES = ("atomic", "errors", "paths")
+LIGHT_MODULES = ("atomic", "errors", "paths", "library_noise")
 # What trains, samples, captions and loads models: may import the heavy stack.
 HEAVY_PACKAGES = ("model", "network", "train", "sampling", "captioning")
 ENTRY_POINTS = ("engine.train.process",)  # `python -m` targets: importing them is running them

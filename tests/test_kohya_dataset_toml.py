@@ -106,7 +106,7 @@ def test_a_setting_that_differs_from_the_config_is_refused_in_one_line(tmp_path,
         scan_dataset(config_with_toml(dataset_config="bad.toml"), tmp_path)
     (tmp_path / "odd.toml").write_text(DATASET_TOML.replace("[general]", "[general]\ncaption_prefix = 'x'"))
     config = tmp_path / "c.toml"
-    config.write_text('[model]\npretrained_model = "x"\n[dataset]\ndataset_config = "odd.toml"\n')
+    config.write_text('[model]\npretrained_model = "someone/x"\n[dataset]\ndataset_config = "odd.toml"\n')
     assert main(["plan", str(config)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "caption_prefix cannot be trained by loradeck" in err
@@ -114,12 +114,12 @@ def test_a_setting_that_differs_from_the_config_is_refused_in_one_line(tmp_path,
 
 def test_import_reads_the_toml_and_plans_sd_scripts_numbers(tmp_path, capsys):
     write_toml_dataset(tmp_path)
-    gui = {"LoRA_type": "Standard", "pretrained_model_name_or_path": "x", "dataset_config": "dataset.toml",
+    gui = {"LoRA_type": "Standard", "pretrained_model_name_or_path": "someone/x", "dataset_config": "dataset.toml",
            "train_data_dir": "", "train_batch_size": 1, "shuffle_caption": False, "epoch": 3,
            "max_resolution": "768,768", "network_dim": 8, "network_alpha": 8}
-    result = import_kohya(gui, dataset_base=tmp_path)
+    result = import_kohya(gui, json_folder=tmp_path)
     config = result.config
-    assert config.dataset.dataset_config == "dataset.toml"
+    assert config.dataset.dataset_config == str(tmp_path / "dataset.toml")  # found beside the JSON: the GUI's folder
     assert config.training.batch_size == 2 and config.captions.shuffle_caption and config.captions.keep_tokens == 1
     assert config.resolution_size == (512, 512)
     assert any(note.startswith("dataset_config dataset.toml: 3 subsets") for note in result.notes)

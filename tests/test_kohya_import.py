@@ -27,7 +27,7 @@ def test_strings_and_empty_values():
     assert config.precision.attention == "xformers"
     assert config.precision.cache_latents == "memory"
     assert config.optimizer.lr_warmup_percent == 10.0
-    assert config.optimizer.lr_scheduler_num_cycles == 1  # "" = unset
+    assert config.optimizer.lr_scheduler_num_cycles == config.training.epochs == 10  # "": the GUI sends the epochs
     assert config.training.seed == 1234 and config.training.batch_size == 2
     assert config.model.clip_skip == 1 and config.captions.keep_tokens == 1
     assert config.precision.mixed_precision == "bf16" and config.training.min_snr_gamma == 5.0
@@ -44,20 +44,18 @@ def test_native_types_percentages_and_overrides(tmp_path):
     config = result.config
     assert config.precision.attention == "xformers"
     assert config.precision.cache_latents == "disk"
-    assert config.training.epochs == 6  # max_train_epochs overrides epoch
+    assert config.training.epochs == 6 and config.training.max_steps == 0  # max_train_epochs wins, as in sd-scripts
     assert config.training.seed == 42  # "" keeps the default
     assert config.optimizer.text_encoder_lr is None and config.optimizer.unet_lr is None
     assert config.optimizer.lr_scheduler_num_cycles == 3
     assert config.resolution_size == (768, 768)
-    # 50% of the planned total steps (batch 1: 36 instances per epoch, 6 epochs = 216)
-    assert config.training.stop_text_encoder_training == 108
-    assert any("50%" in note for note in result.notes)
-
-
-def test_percent_without_dataset_is_noted_not_fatal():
-    result = import_kohya_file(FIXTURES / "lora_gui_native.json")
-    assert result.config.training.stop_text_encoder_training == 0
-    assert any("not converted" in note for note in result.notes)
+    # the GUI's LoRA tab does not pass stop_text_encoder_training to sd-scripts: neither do we
+    assert config.training.stop_text_encoder_training == 0
+    assert any(note.startswith("stop_text_encoder_training 50% not used: the GUI's LoRA tab does not pass it")
+               for note in result.notes)
+    # the relative train_data_dir "img" is found next to the JSON: the GUI's folder, said in the report
+    assert config.dataset.image_dir == str(tmp_path / "img")
+    assert any(f"Kohya GUI's folder {tmp_path}" in note for note in result.notes)
 
 
 def test_unsupported_network_type_fails_with_one_line(capsys):
@@ -69,8 +67,9 @@ def test_unsupported_network_type_fails_with_one_line(capsys):
 # the Kohya GUI's shipped SD1.5 LyCORIS presets (loha-sd15, sd15 - LoKr v2.0, sd15 -
 # EDG_LoConOptiSettings) and the other LyCORIS shapes: type, its settings, the plan
 LYCORIS_PRESETS = {
+    # the GUI passes LoHa use_tucker, not this preset's use_cp (only LoKr gets use_cp): no Tucker, as in the GUI
     "loha-sd15.json": {"type": "loha", "rank": 32, "alpha": 16.0, "conv_dim": 8, "conv_alpha": 4.0,
-                       "use_tucker": True},
+                       "use_tucker": False},
     "lokr-sd15-v2.json": {"type": "lokr", "rank": 100000, "alpha": 1.0, "conv_dim": 100000, "conv_alpha": 1.0,
                           "factor": 6, "use_tucker": False},
     "locon-edg-sd15.json": {"type": "locon", "rank": 64, "alpha": 64.0, "conv_dim": 32, "conv_alpha": 1.0},
@@ -90,7 +89,7 @@ def test_lycoris_presets_import_and_plan(tmp_path, name):
     data.update(pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5", train_data_dir=str(tmp_path / "img"))
     if name == "locon.json":
         data["conv_dim"] = 4  # LoCon needs a conv rank; this fixture has none
-    result = import_kohya(data, source=name, dataset_base=tmp_path)
+    result = import_kohya(data, source=name, json_folder=tmp_path)
     network = result.config.network
     for key, value in LYCORIS_PRESETS[name].items():
         assert getattr(network, key) == value, key
@@ -105,16 +104,19 @@ def test_lycoris_settings_a_type_does_not_use_are_noted():
     assert any(note.startswith("rank_dropout 0.1 not used: dora") for note in dora.notes)
     loha = json.loads((FIXTURES / "loha-sd15.json").read_text())
     result = import_kohya({**loha, "network_dropout": 0.2, "decompose_both": True, "LyCORIS_preset": "attn-only",
-                           "pretrained_model_name_or_path": "x"})
-    assert any(note.startswith("network_dropout 0.2 not used: loha") for note in result.notes)
-    assert any(note.startswith("decompose_both True not used") for note in result.notes)
+                           "rank_dropout_scale": True, "pretrained_model_name_or_path": "x"})
+    # the GUI passes LyCORIS no network_dropout (sd-scripts' neuron_dropout, which lycoris.kohya does not read)
+    # and no decompose_both for LoHa: they change nothing there either
+    assert "network_dropout" in result.ignored and "decompose_both" in result.ignored
+    assert any(note.startswith("rank_dropout_scale True not used: loradeck builds loha") for note in result.notes)
     assert any("LyCORIS_preset 'attn-only' not built" in note for note in result.notes)
     standard = import_kohya({"LoRA_type": "Standard", "conv_dim": 8, "rank_dropout": 0.1, "dora_wd": True,
                              "lora_network_weights": "/x/start.safetensors", "pretrained_model_name_or_path": "x"})
     assert standard.config.network.type == "lora" and standard.config.network.rank_dropout == 0.1
     assert standard.config.network.network_weights == "/x/start.safetensors"
-    assert any(note.startswith("conv_dim 8 not used: lora") for note in standard.notes)
-    assert any(note.startswith("dora_wd not used") for note in standard.notes)
+    # the GUI passes Standard LoRA neither conv_dim nor dora_wd
+    assert {"conv_dim", "dora_wd"} <= set(standard.ignored)
+    assert not any(note.startswith(("conv_dim", "dora_wd")) for note in standard.notes)
 
 
 def test_bad_number_names_the_key():
@@ -168,16 +170,19 @@ def test_command_reports_mapped_changed_and_ignored(capsys):
     assert "    network_dim -> network.rank = 64" in err
     assert "    xformers -> precision.attention = 'xformers'" in err
     assert "    max_resolution -> dataset.resolution = '512,650'" in err
-    assert any(line.startswith("  kept loradeck's default for") and "lr_scheduler_num_cycles" in line for line in err)
-    assert "  changed nothing" in err
-    assert any(line.startswith("  ignored 12 keys: ") and "logging_dir" in line for line in err)
+    assert any(line.startswith("  kept loradeck's default for") and "lr_scheduler_power" in line for line in err)
+    assert err[err.index("  changed 1:") + 1] == "    no max_train_steps: the GUI keeps its default 1600 and trains that many steps"
+    # keys that change training are either mapped, noted, or off here as loradeck trains; the rest change nothing
+    assert any(line.startswith("  off here, as loradeck trains: ") and "prior_loss_weight" in line for line in err)
+    assert any(line.startswith("  ignored 9 keys (no effect on training): ") and "logging_dir" in line for line in err)
     assert loads_config(captured.out).network.rank == 64  # stdout stays the TOML
     assert main(["import-kohya", str(FIXTURES / "standard_buckets_off.json")]) == 0
     err = capsys.readouterr().err.splitlines()
-    changed = err.index("  changed 2:")
+    changed = err.index("  changed 3:")
     assert err[changed + 1].startswith("    max_resolution 512,650 -> 512,648: with buckets off")
     assert err[changed + 2].startswith("    seed 0 means a random seed")
-    assert "  ignored nothing" in err and "    adaptive_noise_scale -> training.adaptive_noise_scale = 0.0" in err
+    assert "  ignored 1 keys (no effect on training): cache_latents_to_disk" in err
+    assert "    adaptive_noise_scale -> training.adaptive_noise_scale = 0.0" in err
 
 
 def test_seed_zero_means_a_random_seed():
@@ -211,14 +216,14 @@ def test_a_kohya_config_of_each_family_imports_and_plans(tmp_path, family, famil
     data = json.loads((FIXTURES / "lora_gui_native.json").read_text())
     data.update(pretrained_model_name_or_path="someone/a-model", train_data_dir=str(tmp_path / "img"))
     data.update({flag: True for flag in descriptor.kohya_flags[:1]})
-    result = import_kohya(data, source="gui.json", dataset_base=tmp_path)
+    result = import_kohya(data, source="gui.json", json_folder=tmp_path)
     assert result.config.model.family == (descriptor.name if descriptor.kohya_flags else "auto")
     assert not set(descriptor.kohya_flags) & set(result.ignored)
     plan = make_plan(result.config, tmp_path)
     assert (plan.family, plan.family_label) == (descriptor.name, descriptor.label)
     assert frozen_parameters(result.config, tmp_path) == dict(descriptor.frozen_parameters)
     assert plan.lora_parameters > 0 and plan.vram_estimate.total_gb > 0
-    local = import_kohya({**data, "pretrained_model_name_or_path": str(family_model_dir)}, dataset_base=tmp_path)
+    local = import_kohya({**data, "pretrained_model_name_or_path": str(family_model_dir)}, json_folder=tmp_path)
     assert make_plan(local.config, tmp_path).family == family
 
 

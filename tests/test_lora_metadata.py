@@ -54,7 +54,8 @@ def test_model_spec_and_always_written_keys(tmp_path):
     for key in ("ss_training_comment", "ss_network_dropout", "ss_prior_loss_weight", "ss_loss_type",
                 "ss_ip_noise_gamma", "ss_adaptive_noise_scale", "ss_caption_dropout_every_n_epochs"):
         assert key in metadata
-    assert "ss_datasets" not in metadata and "ss_sd_model_hash" not in metadata  # folders; a hub id
+    # a hub id: no hashes (for a diffusers folder sd-scripts writes "IsADirectory"; loradeck leaves them out)
+    assert "ss_datasets" not in metadata and "ss_sd_model_hash" not in metadata
 
 
 def test_dataset_toml_runs_get_ss_datasets(tmp_path):
@@ -93,3 +94,56 @@ def test_base_model_hashes_of_a_single_file(tmp_path):
         "ss_new_sd_model_hash": hashlib.sha256(data).hexdigest(),
     }
     assert base_model_hashes(str(tmp_path)) == {} and base_model_hashes("someone/model") == {}
+
+
+def test_values_and_keys_as_sd_scripts_writes_them(tmp_path):
+    """train_network.py's metadata, rewritten: None for unset arguments, the optimizer's class
+    path and its keyword arguments joined by commas, the VAE's keys only with a VAE, the
+    validation and Huber keys, and model spec 1.0.1 filled from the [metadata] settings."""
+    from engine.network.metadata import optimizer_class_path
+
+    write_image(tmp_path / "img" / "1_x" / "a.png", (64, 64))
+    vae = tmp_path / "vae.safetensors"
+    vae.write_bytes(bytes(range(256)) * 5000)
+    config = config_from_dict({
+        "model": {"pretrained_model": "tiny", "vae": str(vae)},
+        "optimizer": {"optimizer": "AdamW", "optimizer_args": "weight_decay=0.1 betas=0.9,0.99"},
+        "metadata": {"title": "City", "author": "me", "description": "a city", "license": "CreativeML OpenRAIL-M",
+                     "tags": "city, night", "trigger_phrase": "cty city", "usage_hint": "weight 0.8",
+                     "training_comment": "v2"},
+    })
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))], weight_decay=0.1, betas=(0.9, 0.99))
+    assert optimizer_class_path(optimizer) == "torch.optim.adamw.AdamW"  # sd-scripts: __module__ + "." + __name__
+    dataset = scan_dataset(config, tmp_path)
+    metadata = training_metadata(config, make_plan(config, tmp_path, dataset), dataset, model_name="m",
+                                 session_id="s", started_at=0.0, epoch=1, step=1,
+                                 optimizer_name=optimizer_class_path(optimizer), scheduler_name="cosine")
+    assert metadata["ss_optimizer"] == "torch.optim.adamw.AdamW(weight_decay=0.1,betas=(0.9, 0.99))"
+    for key in ("ss_clip_skip", "ss_max_token_length", "ss_min_snr_gamma", "ss_network_dropout",
+                "ss_validation_seed", "ss_max_validation_steps", "ss_resize_interpolation"):
+        assert metadata[key] == "None", key
+    assert metadata["ss_num_validation_images"] == "0" and metadata["ss_validation_split"] == "0.0"
+    assert metadata["ss_huber_scale"] == "1.0" and metadata["ss_training_comment"] == "v2"
+    assert metadata["ss_vae_name"] == "vae.safetensors"
+    data = vae.read_bytes()
+    assert metadata["ss_vae_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert metadata["ss_new_vae_hash"] == hashlib.sha256(data).hexdigest()
+    assert metadata["modelspec.sai_model_spec"] == "1.0.1"
+    assert {key: metadata[f"modelspec.{key}"] for key in ("title", "author", "description", "license", "tags",
+                                                          "trigger_phrase", "usage_hint")} == {
+        "title": "City", "author": "me", "description": "a city", "license": "CreativeML OpenRAIL-M",
+        "tags": "city, night", "trigger_phrase": "cty city", "usage_hint": "weight 0.8"}
+    # unset: sd-scripts leaves the keys out, the title falls back to the output name
+    plain = metadata_for(config_from_dict({"model": {"pretrained_model": "tiny", "clip_skip": 2},
+                                           "captions": {"max_token_length": 225}}), tmp_path)
+    assert "ss_vae_name" not in plain and "modelspec.author" not in plain and plain["modelspec.title"] == "lora"
+    assert plain["ss_clip_skip"] == "2" and plain["modelspec.encoder_layer"] == "2"
+    assert plain["ss_max_token_length"] == "225"
+    # relative-step Adafactor: sd-scripts fills in relative_step and names the schedule adafactor:<lr>
+    adafactor = config_from_dict({"model": {"pretrained_model": "tiny"}, "optimizer": {"optimizer": "Adafactor"}})
+    dataset = scan_dataset(adafactor, tmp_path)
+    written = training_metadata(adafactor, make_plan(adafactor, tmp_path, dataset), dataset, model_name="m",
+                                session_id="s", started_at=0.0, epoch=1, step=1,
+                                optimizer_name="transformers.optimization.Adafactor", scheduler_name="adafactor")
+    assert written["ss_optimizer"] == "transformers.optimization.Adafactor(relative_step=True)"
+    assert written["ss_lr_scheduler"] == "adafactor:0.0001"

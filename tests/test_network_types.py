@@ -27,7 +27,8 @@ SPECS = {
     "loha-tucker": NetworkSpec(type="loha", rank=2, alpha=2.0, conv_dim=2, conv_alpha=1.0, use_tucker=True),
     "lokr": NetworkSpec(type="lokr", rank=2, alpha=2.0, conv_dim=2, conv_alpha=1.0, factor=4),
     "lokr-full": NetworkSpec(type="lokr", rank=100000, alpha=1.0, conv_dim=100000, conv_alpha=1.0, factor=8),
-    "dora": NetworkSpec(type="dora", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0),
+    "dora": NetworkSpec(type="dora", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0),  # per input: LyCORIS' module
+    "dora-output": NetworkSpec(type="dora", rank=4, alpha=2.0, conv_dim=4, conv_alpha=2.0, dora_layout="output"),
 }
 
 
@@ -117,9 +118,13 @@ def apply_file(pipeline, tensors: dict[str, torch.Tensor], family=None) -> int:
         for key in keys:
             weight = modules[key].weight
             merged = weight.float() + delta_weight(tensors, key, weight)
-            if f"{key}.dora_scale" in tensors:  # DoRA, wd_on_output: W' = m · (W + ΔW) / ‖row of W + ΔW‖
+            if f"{key}.dora_scale" in tensors:  # DoRA: W' = m · (W + ΔW) / ‖row (or column) of W + ΔW‖
                 scale = tensors[f"{key}.dora_scale"].float()
-                norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(scale.shape)
+                if scale.shape[0] == merged.shape[0]:  # per output row (wd_on_output)
+                    norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(scale.shape)
+                else:  # per input column
+                    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
+                    norm = norm.reshape(merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
                 merged = scale * merged / norm
             weight.copy_(merged)
     return len(keys) + merged_fused
@@ -200,8 +205,11 @@ def test_factorization_is_peft_s():
 TYPE_SETTINGS = {
     "locon": {"type": "locon", "conv_dim": 4, "conv_alpha": 2.0},
     "loha": {"type": "loha", "conv_dim": 2, "conv_alpha": 1.0, "rank_dropout": 0.1, "module_dropout": 0.1},
-    "lokr": {"type": "lokr", "conv_dim": 2, "conv_alpha": 1.0, "factor": 4},
-    "dora": {"type": "dora", "conv_dim": 2, "conv_alpha": 2.0},
+    # with sd-scripts' max norm after every step (tests/test_max_norm.py), which resume must repeat
+    "lokr": {"type": "lokr", "conv_dim": 2, "conv_alpha": 1.0, "factor": 4, "scale_weight_norms": 0.05},
+    "dora": {"type": "dora", "conv_dim": 2, "conv_alpha": 2.0},  # per input: LyCORIS' module
+    # LyCORIS' DyLoRA draws a block of ranks from Python's RNG every step: resume restores it too
+    "dylora": {"type": "dylora", "conv_dim": 2, "conv_alpha": 1.0, "block_size": 2, "module_dropout": 0.1},
     "lora-dropouts": {"type": "lora", "network_dropout": 0.2, "rank_dropout": 0.2, "module_dropout": 0.2},
 }
 
@@ -282,10 +290,12 @@ def test_config_rules_for_the_types():
     assert NetworkSpec.of(lokr).rank == 100000
     dora = config_from_dict({**base, "network": {"type": "dora", "rank_dropout": 0.3}})
     assert NetworkSpec.of(dora).rank_dropout == 0.0  # not used by dora: left out, not refused
-    with pytest.raises(ValueError, match="glora"):
+    with pytest.raises(ValueError, match="boft"):
         NetworkSpec.from_metadata({"ss_network_module": "lycoris.kohya", "ss_network_dim": "4",
-                                   "ss_network_alpha": "1", "ss_network_args": '{"algo": "glora"}'},
+                                   "ss_network_alpha": "1", "ss_network_args": '{"algo": "boft"}'},
                                   train_unet=True, train_text_encoder=True)
+    with pytest.raises(Exception, match="network.block_size"):
+        config_from_dict({**base, "network": {"type": "dylora", "rank": 6, "alpha": 1, "block_size": 4}})
 
 
 # --------------------------------------------------------------------------- the grid

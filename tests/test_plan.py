@@ -114,7 +114,7 @@ def test_lora_file_size_for_sd15_rank(tmp_path):
 def test_plan_command_json(tmp_path, capsys):
     plan_dataset(tmp_path)
     config_path = tmp_path / "loradeck.toml"
-    config_path.write_text('[model]\npretrained_model = "tiny"\n[training]\nbatch_size = 2\nepochs = 2\n')
+    config_path.write_text('[model]\npretrained_model = "someone/tiny"\n[training]\nbatch_size = 2\nepochs = 2\n')
     assert main(["plan", str(config_path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["images"] == 5 and data["image_repeats"] == 36

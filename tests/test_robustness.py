@@ -50,7 +50,7 @@ def _fake_lora(path: Path) -> None:
 def scratch(tmp_path: Path) -> Path:
     t = tmp_path
     (t / "empty").mkdir()
-    (t / "model").mkdir()
+    (t / "model" / "unet").mkdir(parents=True)  # enough of a diffusers folder for the checks before a run
     (t / "file.txt").write_text("hello\n")
     (t / "garbage.toml").write_text("garbage = [\n")
     (t / "binary.toml").write_bytes(b"\xff\xfe\x00bad")
@@ -254,3 +254,28 @@ def test_tiny_model_is_written_whole_with_no_temporary_left(tiny_model_dir):
     assert (tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert [p.name for p in tiny_model_dir.parent.iterdir()] == [tiny_model_dir.name]
     assert tiny_model_dir.stat().st_mode & 0o077  # not mkdtemp's owner-only 0700
+
+
+# ---- a closed stdout (`loradeck ... | head`)
+
+
+@pytest.mark.parametrize("argv, statuses", [
+    (["plan", "{t}/good.toml", "--json"], {141}),
+    (["runs", "{t}/runs", "--json"], {141}),
+    (["tags", "{t}/img", "--stats"], {141}),
+    (["presets"], {141}),
+    (["--help"], {0, 141}),  # argparse swallows the error of its own help text: 0 when the help is long
+], ids=["plan", "runs", "tags", "presets", "help"])
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(scratch, argv, statuses):
+    # The reader goes away before the command prints (as `head` does once it has its lines).
+    import os
+    import subprocess
+    import sys
+
+    argv = [part.replace("{t}", str(scratch)) for part in argv]
+    command = subprocess.Popen([sys.executable, "-m", "tui.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command.stdout.close()
+    _out, err = command.communicate(timeout=120)
+    assert err.decode() == ""
+    assert command.returncode in statuses  # 141 = 128 + SIGPIPE, as a shell tool stopped by the closed pipe

@@ -51,6 +51,7 @@ def test_runs_json_lists_every_status(workspace, capsys):
     finished = runs["a_finished"]
     assert finished["step"] == finished["total_steps"] == 30 and finished["progress"] == 1.0
     assert finished["epochs"] == 3 and finished["checkpoints"] == 3
+    assert finished["lora"] == str(workspace / "runs" / "a_finished" / "checkpoints" / "a_finished-000003.safetensors")
     assert finished["loss"] == pytest.approx(0.1 + 0.4 * 2.718281828 ** (-30 / 50) + 0.01 * (30 % 7))
     assert finished["steps_per_s"] == 2.0 and finished["duration"] == pytest.approx(15.0)
     assert runs["c_failed"]["message"] == "ValueError: bad bucket"
@@ -61,8 +62,10 @@ def test_runs_table_and_paths(workspace, capsys):
     five_runs(workspace)
     assert main(["runs", str(workspace)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["STATUS", "PROGRESS", "LOSS", "AVG", "LOSS", "SPEED", "STARTED", "DURATION", "NAME"]
-    assert any(line.startswith("failed") and line.endswith("c_failed") for line in out)
+    assert out[0].split() == ["STATUS", "PROGRESS", "LOSS", "AVG", "LOSS", "SPEED", "STARTED", "DURATION", "NAME", "LORA"]
+    assert any(line.startswith("failed") and line.rstrip().endswith("c_failed    -") for line in out)
+    assert any(line.startswith("finished") and line.endswith("a_finished  a_finished-000003.safetensors")
+               for line in out)
     assert "c_failed: ValueError: bad bucket" in out
     # the runs folder itself, and one run folder, work too
     assert main(["runs", str(workspace / "runs"), "--json"]) == 0
@@ -157,7 +160,7 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
         table = screen.query_one("#runs-table", DataTable)
         await wait_until(pilot, lambda: table.row_count == 5, what="five runs")
         statuses = [table.get_row_at(row)[0] for row in range(5)]
-        names = [table.get_row_at(row)[-1] for row in range(5)]
+        names = [table.get_row_at(row)[-2] for row in range(5)]
         assert names[0] == "a_finished"  # newest first
         assert dict(zip(names, statuses))["b_crashed"] == "crashed"
         # a new run appears by itself
@@ -165,7 +168,7 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
         await wait_until(pilot, lambda: table.row_count == 6, what="the new run")
         assert "f_new" in screen_text(app)
         # rows update in place as a run goes on
-        row = [table.get_row_at(r)[-1] for r in range(6)].index("d_running")
+        row = [table.get_row_at(r)[-2] for r in range(6)].index("d_running")
         table.move_cursor(row=row)
         await pilot.pause()
         assert screen.check_action("stop", ()) is True and screen.check_action("resume", ()) is False
@@ -198,7 +201,7 @@ async def test_runs_screen_stop_and_resume_keys(workspace, monkeypatch):
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.screen.query_one("#runs-table", DataTable)
         await wait_until(pilot, lambda: table.row_count == 5, what="five runs")
-        names = [table.get_row_at(r)[-1] for r in range(5)]
+        names = [table.get_row_at(r)[-2] for r in range(5)]
         table.move_cursor(row=names.index("d_running"))
         await pilot.press("x", "y")
         assert (workspace / "runs" / "d_running" / "control" / "stop").exists()

@@ -14,7 +14,8 @@ import torch
 
 from engine.config.schema import config_from_dict
 from engine.model.families import config_family, family_named, folder_family
-from engine.network.lora import LoraNetwork, learning_rates, lora_layers, network_shape, read_lora_file, save_lora_file
+from engine.network.lora import (LoraNetwork, attach_lora_file, learning_rates, lora_layers, network_shape, read_lora_file,
+                                 save_lora_file)
 from tests.conftest import pipelines_of, small_run_settings
 from tests.test_lora_file import load_in_diffusers, render
 from tests.test_single_file import assert_same_weights, no_network  # noqa: F401 (a fixture)
@@ -136,28 +137,145 @@ def _randomize(network):
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
-def test_lora_file_is_kohya_sdxl_layout_and_loads_in_diffusers(tmp_path, sdxl_pipeline):
+def sd_scripts_unet_modules(unet_config, conv: bool) -> set[str]:
+    """The U-Net modules sd-scripts' networks.lora adapts on SDXL, by their names in its own
+    U-Net (library/sdxl_original_unet.py, rewritten here for the config's channels and
+    transformer depths): every Linear in each Transformer2DModel; with conv on (LoCon),
+    each ResnetBlock2D's convolutions, time projection and 1x1 skip, Downsample2D's `op`
+    and Upsample2D's `conv`."""
+    channels, depths = unet_config.block_out_channels, unet_config.transformer_layers_per_block
+
+    def transformer(at: str, depth: int) -> set[str]:
+        per_layer = [f"attn{n}_{name}" for n in (1, 2) for name in ("to_q", "to_k", "to_v", "to_out_0")]
+        return {f"{at}_proj_in", f"{at}_proj_out", *(f"{at}_transformer_blocks_{layer}_{name}"
+                                                     for layer in range(depth)
+                                                     for name in (*per_layer, "ff_net_0_proj", "ff_net_2"))}
+
+    def resnet(at: str, in_channels: int, out_channels: int) -> set[str]:
+        if not conv:
+            return set()
+        skip = {f"{at}_skip_connection"} if in_channels != out_channels else set()
+        return {f"{at}_in_layers_2", f"{at}_emb_layers_1", f"{at}_out_layers_3", *skip}
+
+    modules, block, skips = set(), 1, [channels[0]]  # input block 0 is conv_in
+    for level, width in enumerate(channels):
+        for layer in range(2):
+            modules |= resnet(f"input_blocks_{block}_0", skips[-1] if layer == 0 else width, width)
+            if level > 0:
+                modules |= transformer(f"input_blocks_{block}_1", depths[level])
+            block, skips = block + 1, skips + [width]
+        if level < len(channels) - 1:
+            modules |= {f"input_blocks_{block}_0_op"} if conv else set()
+            block, skips = block + 1, skips + [width]
+    deepest = channels[-1]
+    modules |= resnet("middle_block_0", deepest, deepest) | transformer("middle_block_1", depths[-1])
+    modules |= resnet("middle_block_2", deepest, deepest)
+    block, previous = 0, deepest
+    for level in reversed(range(len(channels))):
+        width = channels[level]
+        for layer in range(3):
+            modules |= resnet(f"output_blocks_{block}_0", previous + skips.pop(), width)
+            previous = width
+            if level > 0:
+                modules |= transformer(f"output_blocks_{block}_1", depths[level])
+                if layer == 2 and conv:
+                    modules.add(f"output_blocks_{block}_2_conv")
+            block += 1
+    return {f"lora_unet_{name}" for name in modules}
+
+
+@pytest.mark.parametrize("network_type", ["lora", "locon"])
+def test_lora_file_has_sd_scripts_sdxl_keys_and_diffusers_reads_them(tmp_path, sdxl_pipeline, network_type):
+    from engine.config.network_types import NetworkSpec
+
     ours = sdxl_pipeline()
-    network = LoraNetwork.attach(SDXL, ours, rank=4, alpha=2.0)
+    conv = network_type == "locon"
+    network = LoraNetwork.build(SDXL, ours, NetworkSpec(type=network_type, rank=4, alpha=2.0,
+                                                        conv_dim=2 if conv else 0, conv_alpha=1.0))
     _randomize(network)
     path = tmp_path / "xl.safetensors"
     save_lora_file(path, network.state_dict(torch.float32))
     tensors, _ = read_lora_file(path)
-    prefixes = {key.split("_text_model_")[0] if "_text_model_" in key else "lora_unet" for key in tensors}
-    assert prefixes == {"lora_unet", "lora_te1", "lora_te2"}
-    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in tensors
-    assert "lora_te2_text_model_encoder_layers_3_mlp_fc2.lora_up.weight" in tensors
-    # the deepest block's second transformer layer (SDXL's transformer_layers_per_block)
-    assert "lora_unet_down_blocks_2_attentions_1_transformer_blocks_1_attn2_to_k.lora_down.weight" in tensors
-    assert not any(key.startswith("lora_unet_down_blocks_0_attentions") for key in tensors)  # SDXL: no attention there
+    modules = {key.split(".")[0] for key in tensors}
+    # key for key sd-scripts' names: its own U-Net's module names, CLIP's under lora_te1 / lora_te2
+    assert {m for m in modules if m.startswith("lora_unet_")} == sd_scripts_unet_modules(ours.unet.config, conv)
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in modules
+    assert "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k" in modules  # SDXL's deeper stacks
+    assert {m.split("_text_model_")[0] for m in modules if not m.startswith("lora_unet_")} == {"lora_te1", "lora_te2"}
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in modules
+    assert "lora_te2_text_model_encoder_layers_3_mlp_fc2" in modules
     assert network_shape(tensors) == (4, 2.0, True, True)
 
+    # diffusers' own SGM-to-diffusers conversion puts every tensor on the module it adapts
     fresh = sdxl_pipeline()
-    base = render(fresh)
     assert load_in_diffusers(fresh, path) == []
-    loaded = render(fresh)
-    assert np.abs(loaded - base).max() > 1e-3
-    np.testing.assert_allclose(loaded, render(ours), atol=1e-5)
+    theirs = {name: module for part in ("unet", "text_encoder", "text_encoder_2")
+              for name, module in ((f"{part}.{n}", m) for n, m in getattr(fresh, part).named_modules())
+              if hasattr(module, "lora_A") and module.lora_A}
+    mine = {f"{component.part}.{name}": layer for component, part in network.adapted()
+            for name, layer in lora_layers(part)}
+    assert theirs.keys() == mine.keys() and len(mine) == len(modules)
+    for name, layer in mine.items():
+        adapter = next(iter(theirs[name].lora_A))
+        for attribute in ("lora_A", "lora_B"):
+            torch.testing.assert_close(getattr(theirs[name], attribute)[adapter].weight,
+                                       getattr(layer, attribute)["loradeck"].weight)
+        assert theirs[name].scaling[adapter] == pytest.approx(next(iter(layer.scaling.values())))
+    if not conv:
+        base = render(sdxl_pipeline())
+        loaded = render(fresh)
+        assert np.abs(loaded - base).max() > 1e-3
+        np.testing.assert_allclose(loaded, render(ours), atol=1e-5)
+
+
+def test_sdxl_file_keyed_by_diffusers_module_names_loads_as_the_same_network(tmp_path, sdxl_pipeline):
+    """loradeck's SDXL files before sd-scripts' names (and other Kohya-format files written
+    after diffusers' modules) are read: their U-Net keys are renamed to the original layout's."""
+    from engine.model.family import LoraComponent
+
+    ours = sdxl_pipeline()
+    network = LoraNetwork.attach(SDXL, ours, rank=4, alpha=2.0)
+    _randomize(network)
+    written, diffusers_named = network.state_dict(), {}
+    for component, part in network.adapted():
+        for name, layer in lora_layers(part):
+            key = LoraComponent.key(component, name)  # the names a diffusers-layout file carries
+            for suffix in ("lora_down.weight", "lora_up.weight", "alpha"):
+                diffusers_named[f"{key}.{suffix}"] = written[f"{component.key(name)}.{suffix}"]
+    assert len(diffusers_named) == len(written)
+    assert "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight" in diffusers_named
+    assert "lora_unet_up_blocks_0_attentions_2_transformer_blocks_1_ff_net_2.alpha" in diffusers_named
+    path = tmp_path / "old.safetensors"
+    save_lora_file(path, diffusers_named)
+    loaded = attach_lora_file(SDXL, sdxl_pipeline(), path).state_dict()
+    assert loaded.keys() == written.keys()
+    for key, value in written.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_sgm_names_of_every_sdxl_base_unet_layer_diffusers_converts_back():
+    """Every Linear and Conv2d of SDXL base's U-Net (its shipped config, on the meta device):
+    the original-layout name we give it is the one diffusers' single-file converter maps back
+    to that module, and the diffusers-named Kohya key of it renames to the same."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from engine.model.families.sdxl import SGM_LAYERS, SGM_UP_WITH_ATTENTION, sgm_named
+    from engine.model.ldm_checkpoints import UNET_PREFIX, unet_module_to_ldm
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL.config_folder / "unet"))
+    layers = {name: module for name, module in unet.named_modules()
+              if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+    weights = [key.rsplit(".", 1) for key in unet.state_dict()]  # (module, weight or bias), norms too
+    original = {f"{UNET_PREFIX}{unet_module_to_ldm(module, SGM_LAYERS, SGM_UP_WITH_ATTENTION)}.{kind}": f"{module}.{kind}"
+                for module, kind in weights}
+    assert set(convert_ldm_unet_checkpoint(original, unet.config).items()) == {(name, name) for name in unet.state_dict()}
+    assert len(layers) > 700
+    component = SDXL.lora_components[0]
+    renamed = sgm_named({f"lora_unet_{name.replace('.', '_')}.alpha": name for name in layers})
+    assert renamed == {f"{component.key(name)}.alpha": name for name in layers}
 
 
 # --------------------------------------------------------------------------- import and plan
@@ -326,7 +444,9 @@ def test_sdxl_kohya_config_with_upscaling_buckets_plans_sd_scripts_buckets_and_s
         expected[bucket] = expected.get(bucket, 0) + 3  # 3 repeats
     assert {(b.width, b.height): b.count for b in plan.buckets} == expected
     steps = sum(math.ceil(count / 2) for count in expected.values())
-    assert plan.steps_per_epoch == steps and plan.total_steps == 3 * steps
+    assert plan.steps_per_epoch == steps
+    # max_train_steps 0: the GUI passes sd-scripts its own count, 7 images × 3 repeats / batch 2 × 3 epochs
+    assert plan.total_steps == math.ceil(len(sizes) * 3 / 2 * 3) == 32 and plan.epochs == 3
 
 
 # --------------------------------------------------------------------------- single files

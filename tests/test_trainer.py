@@ -23,6 +23,7 @@ REQUIRED_FIELDS = {
     "warning": {"message"},
     "error": {"message", "traceback"},
     "run_end": {"status", "step", "epoch", "message"},
+    "phase": {"phase", "step", "epoch", "done", "total", "since"},
 }
 
 

@@ -3,6 +3,7 @@ text conditioning, and runs that switch on the rarer training options."""
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -130,6 +131,42 @@ def test_schedules_warmup_cycles_and_power():
     squared = rates(lr_scheduler="polynomial", lr_scheduler_power=2.0)
     linear = rates(lr_scheduler="polynomial", lr_scheduler_power=1.0)
     assert squared[10] < linear[10]
+    # sd-scripts' lr_scheduler_type: torch's class with its --lr_scheduler_args, whatever lr_scheduler says
+    annealed = rates(lr_scheduler="cosine", lr_scheduler_type="CosineAnnealingLR", lr_scheduler_args="T_max=8 eta_min=0.1")
+    assert annealed[:9] == pytest.approx([0.1 + 0.9 * (1 + math.cos(math.pi * t / 8)) / 2 for t in range(9)])
+
+
+def test_warmup_percent_is_sd_scripts_ratio_rounded_down():
+    """sd-scripts: int(lr_warmup_steps * num_training_steps) for a ratio, which the Kohya GUI passes."""
+    from engine.train.optimizers import warmup_steps
+
+    for percent, total in [(10.0, 50), (8.0, 37), (5.0, 19), (12.5, 7), (0.0, 100)]:
+        assert warmup_steps(optimizer_config(lr_warmup_percent=percent), total) == int(percent / 100 * total)
+
+
+@pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptLion", "DAdaptSGD",
+                                  "DAdaptAdamPreprint", "DAdaptAdanIP"])
+def test_d_adaptation_optimizers_are_the_packages_and_find_their_step(name):
+    import dadaptation
+    import dadaptation.experimental
+
+    from engine.train.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 8))
+    groups = [{"params": [weight], "lr": 1.0, "name": "unet"}]
+    optimizer = make_optimizer(optimizer_config(optimizer=name, learning_rate=1.0), groups, torch.device("cpu"))
+    module = dadaptation.experimental if name in ("DAdaptAdamPreprint", "DAdaptAdanIP") else dadaptation
+    assert type(optimizer) is getattr(module, name)  # the class sd-scripts' get_optimizer picks for the name
+    before = weight.detach().clone()
+    for _ in range(3):
+        optimizer.zero_grad()
+        (weight ** 2).sum().backward()
+        optimizer.step()
+    assert not torch.equal(weight.detach(), before) and optimizer.param_groups[0]["d"] > 0
+    with pytest.raises(LoradeckError, match=f"{name} needs one learning rate"):
+        make_optimizer(optimizer_config(optimizer=name), groups + [{"params": [torch.nn.Parameter(torch.ones(2))],
+                                                                     "lr": 0.5}], torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------- images
@@ -193,6 +230,82 @@ def test_captions_shuffle_keep_and_drop():
     dropped = [process_caption(caption, random.Random(seed), shuffle=False, keep_tokens=0, dropout=0.5)
                for seed in range(200)]
     assert 60 < dropped.count("") < 140 and set(dropped) == {"", caption}
+
+
+def sd_scripts_process_caption(caption, rng, *, shuffle, keep_tokens, dropout, tag_dropout, current_epoch,
+                               every_n_epochs, separator):
+    """library/train_util.py's BaseDataset.process_caption, rewritten with `rng` for its
+    `random` (no prefix, suffix, wildcard, token warm-up or secondary separator)."""
+    is_drop_out = dropout > 0 and rng.random() < dropout
+    is_drop_out = is_drop_out or every_n_epochs > 0 and current_epoch % every_n_epochs == 0
+    if is_drop_out:
+        return ""
+    caption = caption.split("\n")[0]
+    if shuffle or tag_dropout > 0:
+        fixed_tokens, flex_tokens, fixed_suffix_tokens = [], [], []
+        if separator and separator in caption:
+            fixed_part, flex_part = caption.split(separator, 1)
+            if separator in flex_part:
+                flex_part, fixed_suffix_part = flex_part.split(separator, 1)
+                fixed_suffix_tokens = [t.strip() for t in fixed_suffix_part.split(",") if t.strip()]
+            fixed_tokens = [t.strip() for t in fixed_part.split(",") if t.strip()]
+            flex_tokens = [t.strip() for t in flex_part.split(",") if t.strip()]
+        else:
+            tokens = [t.strip() for t in caption.strip().split(",")]
+            flex_tokens = tokens[:]
+            if keep_tokens > 0:
+                fixed_tokens = flex_tokens[:keep_tokens]
+                flex_tokens = tokens[keep_tokens:]
+        if shuffle:
+            rng.shuffle(flex_tokens)
+        if tag_dropout > 0:
+            flex_tokens = [token for token in flex_tokens if rng.random() >= tag_dropout]
+        caption = ", ".join(fixed_tokens + flex_tokens + fixed_suffix_tokens)
+    return caption
+
+
+def test_caption_rules_are_sd_scripts():
+    """Tag dropout, caption dropout every n epochs and keep_tokens_separator, with shuffle,
+    keep tokens and caption dropout, against sd-scripts' own rule with the same random draws."""
+    from engine.train.data import process_caption
+
+    captions = ["sks dog, red, outdoors, night, grass, tree", "sks dog ||| red, outdoors, night ||| photo, 4k",
+                "one", "a,, b , c", "sks ||| a, b", "sks dog, red\nsecond line"]
+    chooser = random.Random(0)
+    for trial in range(400):
+        caption = chooser.choice(captions)
+        settings = dict(shuffle=chooser.random() < 0.6, keep_tokens=chooser.choice([0, 1, 2]),
+                        dropout=chooser.choice([0.0, 0.3]), tag_dropout=chooser.choice([0.0, 0.2, 0.5]),
+                        separator=chooser.choice(["", "|||"]))
+        epoch, every = chooser.randrange(6), chooser.choice([0, 2, 3])
+        ours = process_caption(caption, random.Random(trial), drop_this_epoch=every > 0 and (epoch + 1) % every == 0,
+                               **settings)
+        theirs = sd_scripts_process_caption(caption, random.Random(trial), current_epoch=epoch + 1,
+                                            every_n_epochs=every, **settings)
+        assert ours == theirs, (caption, settings, epoch, every)
+    # the kept parts stay whatever the shuffle and the tag dropout
+    kept = process_caption(captions[1], random.Random(1), shuffle=True, keep_tokens=0, dropout=0.0, tag_dropout=0.9,
+                           separator="|||")
+    assert kept.startswith("sks dog") and kept.endswith("photo, 4k")
+
+
+def test_caption_dropout_every_n_epochs_in_the_dataset(tiny_dataset):
+    from engine.config.schema import config_from_dict
+    from engine.dataset.folders import scan_dataset
+    from engine.train.data import ExampleRules, TrainingImages
+
+    config = config_from_dict({"model": {"pretrained_model": "x"}, "dataset": {"image_dir": "img"},
+                               "captions": {"caption_dropout_every_n_epochs": 2}})
+    instances = scan_dataset(config, tiny_dataset).training_instances()
+
+    class Captions:
+        def example(self, caption):
+            return {}
+
+    images = TrainingImages(instances, ExampleRules.from_config(config), Captions())
+    captions = {epoch: {images[(epoch, index)]["caption"] for index in range(len(instances))} for epoch in range(4)}
+    assert captions[1] == captions[3] == {""}  # sd-scripts' epochs 2 and 4
+    assert "" not in captions[0] and "" not in captions[2]
 
 
 def test_batches_hold_one_bucket_and_repeat_per_epoch():
@@ -290,12 +403,13 @@ def test_run_with_pixel_augmentation_and_max_steps(tmp_path, tiny_dataset, make_
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, 7))
     assert all(e["lr_text_encoder"] == 0.0 and e["lr_unet"] > 0 for e in steps)
-    assert [e["epoch"] for e in events if e["type"] == "epoch_end"] == []  # 6 of 8 steps: no epoch done
+    # 6 of 8 steps: the step limit falls in epoch 1, which still ends (samples, validation), as in sd-scripts
+    assert [(e["epoch"], e["step"]) for e in events if e["type"] == "epoch_end"] == [(1, 6)]
     from engine.network.lora import read_lora_file
 
     tensors, metadata = read_lora_file(run.checkpoints / "augmented.safetensors")
     assert not any(key.startswith("lora_te_") for key in tensors)
-    assert metadata["ss_steps"] == "6" and metadata["ss_optimizer"].startswith("Prodigy")
+    assert metadata["ss_steps"] == "6" and metadata["ss_optimizer"].startswith("prodigyopt.prodigy.Prodigy")
 
 
 def test_single_file_base_model_goes_through_engine_single_file(tmp_path, tiny_model_dir, monkeypatch):

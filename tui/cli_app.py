@@ -9,10 +9,6 @@ from pathlib import Path
 
 from engine.errors import LoradeckError, UsageError
 
-HELP = {
-    "attach": "Open the dashboard of a run (live or finished); quitting leaves the run going.",
-    "demo": "Create a demo workspace (generated images, tiny model) and train it on CPU, watched live.",
-}
 IMAGE_PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
 
 
@@ -43,6 +39,8 @@ def _run_app(workspace: Path, args, **options) -> int:
 
     app = make_app(workspace, theme=args.theme, image_protocol=_protocol(args), **options)
     app.run()
+    for line in app.farewell:  # a live run goes on: how to come back to it
+        print(line)
     return int(app.return_code or 0)
 
 
@@ -88,10 +86,23 @@ def run_demo(args) -> int:
     save_config(config, workspace.config_path)
     if args.headless:
         run_dir = start_training(workspace.config_path, detach=False)
+        _print_ending(run_dir, root)
         print(run_dir)
         return 0
     run_dir = start_training(workspace.config_path, detach=True)
     return _run_app(root, args, start_screen="runs", attach_run=run_dir)
+
+
+def _print_ending(run_dir: Path, root: Path) -> None:
+    """Where the LoRA is, how to load it, what next (stderr: stdout ends with the run folder)."""
+    from engine.run.folder import summarize_run
+    from engine.run.next_steps import ending_lines
+
+    from engine.run.folder import RunDir
+
+    summary = summarize_run(run_dir)
+    for line in ending_lines(RunDir(run_dir), summary, root=root, demo=True, in_app=False):
+        print(line, file=sys.stderr)
 
 
 def open_workspace(argv: list[str]) -> int:

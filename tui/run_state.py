@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.run.advice import Advice, ValidationPoint, advise, best_point
-from engine.run.events import (CHECKPOINT, CONTROL, CRASHED, EPOCH_END, ERROR, FAILED, RUN_END, RUN_START, RUNNING,
-                               SAMPLE, STARTING, STOPPED, VALIDATION, WARNING, as_float,
-                               as_int)
+from engine.run.eta import pauses_ahead
+from engine.run.events import (CACHING_TEXT, CHECKPOINT, CONTROL, CRASHED, EPOCH_END, ERROR, FAILED, LOADING_MODEL,
+                               RUN_END, RUN_START, RUNNING, SAMPLE, SAVING, STARTING, STOPPED, VALIDATING,
+                               VALIDATION, WARNING, as_float, as_int)
 from engine.run.fold import CheckpointRecord, RunProgress
 from engine.run.format import format_clock, format_duration
 from tui.series_summary import SeriesSummary
@@ -42,12 +43,15 @@ MAX_VALIDATIONS = 2000
 STALL_FACTOR = 10
 STALL_MIN_SECONDS = 120.0
 GAP_MIN_SECONDS = 1.0
-# Before the first steps (loading the model, caching latents) only a long silence counts.
+# Before the first steps, and in a phase that reports no count (loading the model, saving,
+# validating, encoding the captions: the engine's heartbeat says it lives), only a long
+# standstill counts.
 STALL_BEFORE_STEPS_SECONDS = 30 * 60.0
+UNCOUNTED_PHASES = (LOADING_MODEL, CACHING_TEXT, SAVING, VALIDATING)
 # Free space below this (or below twice the biggest file the run writes) is flagged.
 LOW_DISK_BYTES = 512 * 1024 * 1024
 
-NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc")
+NO_SPACE_MARKERS = ("no space left", "errno 28", "disk quota exceeded", "enospc", "disk full")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class RunState(RunProgress):
     validation_seconds: float | None = None
     best_validation_path: str = ""
     validation_version: int = 0
+    run_config: dict = field(default_factory=dict)  # the config run_start carried (the schedule)
 
     # ------------------------------------------------------------------ folding
 
@@ -101,6 +106,8 @@ class RunState(RunProgress):
         """The lists and alerts of one event RunProgress.fold has just folded."""
         if kind == RUN_START:
             self.no_space_message = ""
+            config = event.get("config")
+            self.run_config = config if isinstance(config, dict) else {}
             self.last_step_time = when  # the silence before the first step counts from here
             if self.starts > 1:
                 self._notice(when, "info", f"resumed at step {self.step}")
@@ -130,6 +137,12 @@ class RunState(RunProgress):
         elif kind == RUN_END:
             text = f"run {self.status}" + (f": {self.end_message}" if self.end_message else "")
             self._notice(when, "error" if self.status == FAILED else "info", text)
+
+    def _fold_phase(self, event: dict[str, Any], when: float | None) -> None:
+        before = self.step
+        super()._fold_phase(event, when)
+        if self.step > before and when is not None:
+            self.last_step_time = when  # a heartbeat told of a new step before its step event
 
     def _folded_steps(self, steps: list[dict[str, Any]]) -> None:
         """The curves, the first NaN and the usual gap between steps, from a run of steps."""
@@ -215,6 +228,8 @@ class RunState(RunProgress):
         other.checkpoints = self.checkpoints.copy()
         other.notices = self.notices.copy()
         other.validations = self.validations.copy()
+        other.phase_seconds = dict(self.phase_seconds)
+        other.run_config = self.run_config  # replaced, never changed in place
         return other
 
     @property
@@ -227,12 +242,22 @@ class RunState(RunProgress):
         return (max(0, min(per_epoch, self.step - done_epochs * per_epoch)), per_epoch)
 
     def eta_seconds(self) -> float | None:
-        if not self.total_steps:
+        """Time to the end: the steps left at the measured speed, plus the sampling,
+        validation and saving pauses still ahead at what each took last time."""
+        if not self.total_steps or not self.steps_per_s or self.steps_per_s <= 0:
             return None
-        remaining = max(0, self.total_steps - self.step)
-        if self.steps_per_s and self.steps_per_s > 0:
-            return remaining / self.steps_per_s
-        return None
+        return max(0, self.total_steps - self.step) / self.steps_per_s + self.pause_seconds_ahead()
+
+    def pause_seconds_ahead(self) -> float:
+        """The pauses still ahead (engine.run.eta), each as long as its phase took last time;
+        the one in progress counts what is left of it."""
+        ahead = pauses_ahead(self.run_config, step=self.step, steps_per_epoch=self.steps_per_epoch,
+                             total_steps=self.total_steps, epochs=self.epochs)
+        seconds = sum(count * self.phase_seconds.get(phase, 0.0) for phase, count in ahead.items())
+        if self.phase in ahead and self.phase_since is not None and self.last_event_time is not None:
+            took = self.phase_seconds.get(self.phase, 0.0)
+            seconds += max(0.0, took - (self.last_event_time - self.phase_since))
+        return seconds
 
 
 def _last_lines(text: str, count: int) -> str:
@@ -280,10 +305,11 @@ def check_health(state: RunState, *, alive: bool, now: float, last_activity: flo
         alerts.append(("warning", f"disk nearly full: {free_bytes / 2**20:.0f} MiB free in the run folder"))
     stalled_for = None
     if status in (RUNNING, STARTING):
-        activity = max(t for t in (state.last_step_time, state.last_event_time, last_activity, state.started, 0.0)
+        # heartbeats (phase events that repeat themselves) show the engine lives, not that it moves
+        activity = max(t for t in (state.last_step_time, state.last_progress_time, last_activity, state.started, 0.0)
                        if t is not None)
         silence = now - activity if activity else 0.0
-        if state.step > 0:
+        if state.step > 0 and state.phase not in UNCOUNTED_PHASES:
             limit = max(STALL_MIN_SECONDS, STALL_FACTOR * (state.step_gap or 0.0))
         else:
             limit = STALL_BEFORE_STEPS_SECONDS

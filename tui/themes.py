@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 try:
@@ -20,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from textual.theme import Theme
 
+import themes as shipped_themes
 from engine.atomic import atomic_write_text
 
 DEFAULT_THEME = "loradeck-dark"
@@ -51,7 +51,7 @@ def theme_from_file(path: Path) -> Theme:
 
 
 def theme_files() -> list[Path]:
-    shipped = sorted(Path(str(resources.files("themes"))).glob("*.toml"))
+    shipped = sorted(Path(shipped_themes.__file__).parent.glob("*.toml"))
     user_dir = user_config_dir() / "themes"
     own = sorted(user_dir.glob("*.toml")) if user_dir.is_dir() else []
     return shipped + own
@@ -81,6 +81,8 @@ def load_settings() -> dict:
 
 def save_setting(key: str, value) -> None:
     data = load_settings()
+    if key in data and data[key] == value:
+        return  # unchanged (Textual reports the theme at every start): no synced write
     data[key] = value
     try:
         atomic_write_text(_settings_path(), json.dumps(data, indent=1, sort_keys=True))

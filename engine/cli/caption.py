@@ -14,7 +14,6 @@ from pathlib import Path
 from engine.errors import LoradeckError, UsageError
 from engine.run.events import CAPTION_DONE, CAPTION_PROGRESS, CAPTION_START, ERROR, EventWriter
 
-HELP = "Auto-caption every image of a dataset folder with BLIP, Florence-2 or a WD14 tagger."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
-"""`loradeck stop|save-now|sample-now RUN_DIR`: requests to a running engine.
+"""`loradeck stop|save-now|sample-now|skip-sample RUN_DIR`: requests to a running engine.
 
 The engine handles a request at its next step boundary: stop finishes the step, saves the
 LoRA and state and exits; save-now saves them and goes on; sample-now renders samples.
+skip-sample ends the sampling in progress after its current denoising step.
 """
 from __future__ import annotations
 
@@ -9,12 +10,7 @@ from pathlib import Path
 
 from engine.errors import LoradeckError
 
-ACTIONS = {"stop": "stop", "save-now": "save", "sample-now": "sample"}
-HELP = {
-    "stop": "Stop a run gracefully: finish the step, save the LoRA and state, exit.",
-    "save-now": "Ask a running engine to save the LoRA and its state now.",
-    "sample-now": "Ask a running engine to render its sample prompts now.",
-}
+ACTIONS = {"stop": "stop", "save-now": "save", "sample-now": "sample", "skip-sample": "skip"}
 
 
 def add_arguments(parser, command_name: str) -> None:
@@ -35,5 +31,6 @@ def run(args) -> int:
         run_dir.request(args._action)
     except OSError as error:  # a read-only run folder, or a file where control/ should be
         raise LoradeckError(f"{run_dir.control}: cannot write the request ({error.strerror or error})") from None
-    print(f"{args._action} requested; the engine handles it at its next step ({run_dir.path})")
+    when = "after its current denoising step" if args._action == "skip" else "at its next step"
+    print(f"{args._action} requested; the engine handles it {when} ({run_dir.path})")
     return 0

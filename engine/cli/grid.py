@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HELP = "Render every sample prompt against every saved LoRA of a run into one labelled grid image."
 
 
 def add_arguments(parser) -> None:

@@ -5,8 +5,6 @@ from pathlib import Path
 
 from engine.model.families import one_per_runtime
 
-HELP = "Write a tiny model with a family's real layout (random weights, offline) as a diffusers folder."
-
 
 def add_arguments(parser) -> None:
     names = [family.name for family in one_per_runtime()]

@@ -7,7 +7,6 @@ from engine.config.schema import save_config
 from engine.errors import UsageError
 from engine.config.presets import list_presets, load_preset
 
-HELP = "List the shipped config presets, or write one out as a config file."
 
 
 def add_arguments(parser) -> None:

@@ -10,7 +10,6 @@ from engine.run.events import CRASHED, FAILED
 from engine.run.folder import RunDir, RunSummary, list_runs, summarize_run
 from engine.config.workspace import Workspace
 
-HELP = "List the runs of a workspace: status, progress, loss, speed, start time, duration."
 
 def add_arguments(parser) -> None:
     parser.add_argument(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from engine.errors import LoradeckError, UsageError
 
-HELP = "Check a dataset for corrupt, sideways, tiny, duplicate and uncaptioned images; fix what is safe."
 
 
 def add_arguments(parser) -> None:

@@ -9,9 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.errors import LoradeckError, UsageError
 
-HELP = "Tag statistics and bulk tag edits (add, remove, replace, move first) over caption files."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +46,9 @@ def run(args) -> int:
     for flag, value in (("--keep-tokens", args.keep_tokens), ("--top", args.top)):
         if value is not None and value < 0:
             raise UsageError(f"{flag} {value}: must be 0 or more")
+    for name in ("add", "remove", "replace", "move_first", "filter"):
+        if isinstance(getattr(args, name), list):  # argparse reads `--add=--` as an empty list
+            raise UsageError(f"--{name.replace('_', '-')}: give a value, e.g. --{name.replace('_', '-')}=TAG")
     root, extension, keep_tokens = _dataset(args)
     session = CaptionSession(root, extension)
     session.load_all()
@@ -73,9 +75,9 @@ def run(args) -> int:
         label, operation = operation_for("move-first", args.move_first, keep_tokens)
     else:
         label, operation = operation_for("dedupe", "", keep_tokens)
-    plan = session.plan_operation(indices, label, operation)
     scope = f"{len(indices)} of {len(session)} captions" if args.filter else f"{len(session)} captions"
     if args.dry_run:
+        plan = session.plan_operation(indices, label, operation)
         for change in plan.changes[:20]:
             entry = session.entries[change.index]
             print(f"{entry.relative}: {(change.before or '').strip()!r} -> {(change.after or '').strip()!r}")
@@ -83,8 +85,13 @@ def run(args) -> int:
             print(f"... and {len(plan.changes) - 20} more")
         print(f"{label}: would change {len(plan.changes)} of {scope}")
         return 0
-    written = session.commit(plan)
+    written, still_changing = session.apply(indices, label, operation)
     print(f"{label}: changed {len(written)} of {scope}")
+    if still_changing:
+        names = ", ".join(session.entries[index].relative for index in still_changing[:3])
+        more = f" and {len(still_changing) - 3} more" if len(still_changing) > 3 else ""
+        raise LoradeckError(f"{len(still_changing)} caption(s) kept changing on disk while being edited and were "
+                            f"left as they are: {names}{more}; run the command again")
     return 0
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from engine.errors import UsageError
 
-HELP = "Train a LoRA from a config; prints the run folder as its last line."
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +19,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from engine.config.schema import load_config
+    from engine.run.folder import RunDir
     from engine.run.launch import start_training
 
     if args.config is None and args.resume is None:
@@ -29,8 +29,12 @@ def run(args) -> int:
         load_config(args.config, notes)
         for note in notes:  # an older config, migrated; the run folder holds it in the current version
             print(f"note: {args.config}: {note}", file=sys.stderr)
+    # read before the engine starts: a detached one may save before we look again
+    starting_over = args.resume is not None and RunDir(args.resume.expanduser().resolve()).saved_state_step() is None
     run_dir = start_training(args.config, detach=args.detach, resume=args.resume)
     if args.detach:
+        if starting_over:  # in the foreground the engine's log says so
+            print(f"note: {RunDir(run_dir).start_over_note()}")
         print(f"training in the background; follow it with `loradeck attach {run_dir}` or stop it with "
               f"`loradeck stop {run_dir}`")
     print(run_dir)

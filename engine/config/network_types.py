@@ -4,7 +4,12 @@
     locon   LoRA there and on the ResNet convolutions, 3x3 included (conv_dim / conv_alpha)
     loha    LyCORIS LoHa: a Hadamard product of two low-rank pairs, attention and ResNets
     lokr    LyCORIS LoKr: a Kronecker product of a small and a low-rank (or full) matrix
-    dora    weight-decomposed LoRA (LyCORIS `dora_wd`): a learned magnitude per output row
+    dora    weight-decomposed LoRA (LyCORIS `dora_wd`): a learned magnitude per input column
+            (`dora_layout = "input"`, LyCORIS `wd_on_output=False`) or per output row ("output")
+    ia3     LyCORIS iA3: one learned scale per output (or input) feature of each layer
+    diag-oft  LyCORIS Diag-OFT: a block-diagonal orthogonal rotation of each layer's outputs
+    dylora  LyCORIS DyLoRA: LoRA trained block by block of ranks (any leading ranks work alone)
+    glora   LyCORIS GLoRA: generalised LoRA, a low-rank scale and a low-rank shift of each weight
 
 `NetworkSpec` is what the trainer builds, the plan counts and the file's metadata records;
 it is derived from the config (never stored in it). The `ss_network_module` and
@@ -18,12 +23,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dora")
-CONV_TYPES = ("locon", "loha", "lokr", "dora")  # adapt the ResNet blocks and their convolutions
-LYCORIS_TYPES = ("loha", "lokr", "dora")  # saved as `lycoris.kohya` networks
-LYCORIS_ALGOS = {"loha": "loha", "lokr": "lokr", "dora": "locon"}  # DoRA is LyCORIS' locon with dora_wd
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dora", "ia3", "diag-oft", "dylora", "glora")
+# trained with the LyCORIS library's own modules (engine.network.lycoris_network), with its `full` preset's
+# layers; the others with peft's layers (engine.network.lora)
+LYCORIS_BUILT_TYPES = ("ia3", "diag-oft", "dylora", "glora")
+CONV_TYPES = ("locon", "loha", "lokr", "dora", *LYCORIS_BUILT_TYPES)  # adapt the ResNet blocks and their convolutions
+LYCORIS_TYPES = ("loha", "lokr", "dora", *LYCORIS_BUILT_TYPES)  # saved as `lycoris.kohya` networks
+# DoRA is LyCORIS' locon with dora_wd
+LYCORIS_ALGOS = {"loha": "loha", "lokr": "lokr", "dora": "locon", "ia3": "ia3", "diag-oft": "diag-oft",
+                 "dylora": "dylora", "glora": "glora"}
+DORA_LAYOUTS = ("input", "output")  # where DoRA's magnitude lives: per input column, per output row
 SD_SCRIPTS_MODULE = "networks.lora"
 LYCORIS_MODULE = "lycoris.kohya"
+# the types that take sd-scripts' / LyCORIS' rank and module dropout
+DROPOUT_TYPES = ("lora", "locon", "loha", "lokr", "diag-oft", "dylora", "glora")
 MAX_RANK = 1024  # every type but lokr; lokr's rank may be larger, to mean full matrices
 
 
@@ -44,6 +57,11 @@ class NetworkSpec:
     train_unet: bool = True
     train_text_encoder: bool = True
     train_t5xxl: bool = False  # Flux.1: T5 gets adapters too (with the text encoder); sd-scripts' train_t5xxl
+    dora_layout: str = "input"  # dora: "input" (LyCORIS wd_on_output=False) or "output" (peft's)
+    train_on_input: bool = False  # ia3: scale each layer's inputs instead of its outputs
+    block_size: int = 4  # dylora: ranks trained together (the GUI's "unit")
+    constraint: float = 0.0  # diag-oft: the rotation's norm bound (0: none)
+    rescaled: bool = False  # diag-oft: a learned scale per output after the rotation
 
     @classmethod
     def of(cls, config, *, train_text_encoder: bool | None = None) -> "NetworkSpec":
@@ -58,12 +76,22 @@ class NetworkSpec:
             use_tucker=net.use_tucker and net.type in ("loha", "lokr"),
             # a dropout the type has no use for is left out, not refused (the form hides it)
             network_dropout=net.network_dropout if net.type in ("lora", "locon") else 0.0,
-            rank_dropout=net.rank_dropout if net.type != "dora" else 0.0,
-            module_dropout=net.module_dropout if net.type != "dora" else 0.0,
+            rank_dropout=net.rank_dropout if net.type in DROPOUT_TYPES else 0.0,
+            module_dropout=net.module_dropout if net.type in DROPOUT_TYPES else 0.0,
             train_unet=net.train_unet,
             train_text_encoder=net.train_text_encoder if train_text_encoder is None else train_text_encoder,
             train_t5xxl=getattr(net, "train_t5xxl", False),
+            dora_layout=net.dora_layout if net.type == "dora" else "input",
+            train_on_input=net.train_on_input and net.type == "ia3",
+            block_size=net.block_size if net.type == "dylora" else 4,
+            constraint=net.constraint if net.type == "diag-oft" else 0.0,
+            rescaled=net.rescaled and net.type == "diag-oft",
         )
+
+    @property
+    def built_by_lycoris(self) -> bool:
+        """Trained with LyCORIS' modules (its iA3, Diag-OFT, DyLoRA, GLoRA, and DoRA per input)."""
+        return self.type in LYCORIS_BUILT_TYPES or (self.type == "dora" and self.dora_layout == "input")
 
     @property
     def adapts_resnets(self) -> bool:
@@ -94,7 +122,14 @@ class NetworkSpec:
             args["use_tucker"] = "True"
         if self.type == "dora":
             args["dora_wd"] = "True"
-            args["wd_on_output"] = "True"  # peft's magnitude is per output row
+            args["wd_on_output"] = str(self.dora_layout == "output")
+        if self.type == "ia3":
+            args["train_on_input"] = str(self.train_on_input)
+        if self.type == "dylora":
+            args["block_size"] = str(self.block_size)
+        if self.type == "diag-oft":
+            args["constraint"] = _number(self.constraint)
+            args["rescaled"] = str(self.rescaled)
         if self.train_t5xxl and self.train_text_encoder:
             args["train_t5xxl"] = "True"
         if self.network_dropout and self.type in LYCORIS_TYPES:
@@ -124,7 +159,8 @@ class NetworkSpec:
             raise ValueError(f"no usable ss_network_dim / ss_network_alpha / ss_network_args ({error})") from None
         if module == LYCORIS_MODULE:
             algo = args.get("algo", "lora")
-            kind = "dora" if _true(args.get("dora_wd")) else {"loha": "loha", "lokr": "lokr"}.get(algo)
+            by_algo = {algo_name: kind for kind, algo_name in LYCORIS_ALGOS.items() if kind != "dora"}
+            kind = "dora" if _true(args.get("dora_wd")) else by_algo.get(algo)
             if kind is None or (kind == "dora" and algo not in ("lora", "locon")):
                 raise ValueError(f"LyCORIS algo {algo!r} is not a type loradeck trains")
         elif module == SD_SCRIPTS_MODULE:
@@ -139,6 +175,12 @@ class NetworkSpec:
             factor=int(args.get("factor", -1)) if kind == "lokr" else -1,
             use_tucker=_true(args.get("use_tucker")) or _true(args.get("use_cp")),
             train_unet=train_unet, train_text_encoder=train_text_encoder, train_t5xxl=_true(args.get("train_t5xxl")),
+            # LyCORIS' own default is per output; files of ours always say which
+            dora_layout="output" if kind == "dora" and _true(args.get("wd_on_output", "True")) else "input",
+            train_on_input=_true(args.get("train_on_input")),
+            block_size=int(args.get("block_size", 4) or 4),
+            constraint=float(args.get("constraint", 0) or 0),
+            rescaled=_true(args.get("rescaled")),
         )
 
 

@@ -44,6 +44,33 @@ ACCEPTED_ARGUMENTS: dict[str, dict[str, Any]] = {
     "Lion": {  # lion_pytorch.Lion
         "betas": (0.9, 0.99), "weight_decay": 0.0, "use_triton": False, "decoupled_weight_decay": False,
     },
+    # the dadaptation package (DAdaptAdamPreprint and DAdaptAdanIP from dadaptation.experimental)
+    "DAdaptAdam": {
+        "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0, "log_every": 0, "decouple": False,
+        "use_bias_correction": False, "d0": 1e-06, "growth_rate": _INFINITY, "fsdp_in_use": False,
+    },
+    "DAdaptAdaGrad": {
+        "momentum": 0, "log_every": 0, "weight_decay": 0.0, "eps": 1e-06, "d0": 1e-06, "growth_rate": _INFINITY,
+    },
+    "DAdaptAdan": {
+        "betas": (0.98, 0.92, 0.99), "eps": 1e-08, "weight_decay": 0.02, "no_prox": False, "log_every": 0,
+        "d0": 1e-06, "growth_rate": _INFINITY,
+    },
+    "DAdaptAdanIP": {
+        "betas": (0.98, 0.92, 0.99), "eps": 1e-08, "weight_decay": 0.02, "no_prox": False, "log_every": 0,
+        "d0": 1e-06, "growth_rate": _INFINITY,
+    },
+    "DAdaptLion": {
+        "betas": (0.9, 0.99), "weight_decay": 0.0, "log_every": 0, "d0": 1e-06, "fsdp_in_use": False,
+    },
+    "DAdaptSGD": {
+        "momentum": 0.0, "weight_decay": 0, "log_every": 0, "d0": 1e-06, "growth_rate": _INFINITY,
+        "fsdp_in_use": False,
+    },
+    "DAdaptAdamPreprint": {
+        "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0, "log_every": 0, "decouple": False, "d0": 1e-06,
+        "growth_rate": _INFINITY, "fsdp_in_use": False,
+    },
     "SGD": {  # torch.optim.SGD
         "momentum": 0, "dampening": 0, "weight_decay": 0, "nesterov": False,
         "maximize": False, "foreach": None, "differentiable": False, "fused": None,

@@ -9,7 +9,7 @@ On disk (TOML), one table per group:
 
     version = 2
     [model]
-    pretrained_model = "runwayml/stable-diffusion-v1-5"
+    pretrained_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     [network]
     rank = 32
     alpha = 16.0
@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +32,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from engine.config.network_types import CONV_TYPES, MAX_RANK, NETWORK_TYPES
+from engine.config.network_types import CONV_TYPES, DORA_LAYOUTS, DROPOUT_TYPES, MAX_RANK, NETWORK_TYPES
 from engine.config.optimizer_args import optimizer_args_problem, parse_optimizer_args
 from engine.errors import ConfigError, LoradeckError
 from engine.model.families import FAMILY_NAMES
@@ -86,7 +87,7 @@ class ModelSettings:
         "Base model: a diffusers folder, a single-file .safetensors checkpoint, or a hub id.",
         label="Base model",
         advice="A local folder or .safetensors file loads with no network at all. A hub id "
-        "(e.g. runwayml/stable-diffusion-v1-5) needs the server to be online the first time.",
+        "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) needs the server to be online the first time.",
         path=True,
     )
     family: str = setting(
@@ -184,6 +185,14 @@ class DatasetSettings:
         "repeats, class tokens and caption extension. Its batch size, resolution, bucket, caption and "
         "augmentation settings must match this config (the Kohya import copies them).",
     )
+    dataset_config_base: str = setting(
+        "",
+        "Folder that relative image_dir paths in the dataset TOML start from (empty: the TOML's own folder).",
+        label="Dataset TOML base folder",
+        path=True,
+        advice="sd-scripts reads a dataset TOML's relative image_dir from its working folder, which is the "
+        "Kohya GUI's folder when the GUI starts it; the Kohya import sets this to that folder.",
+    )
     resolution: str = setting(
         "512,512",
         "Training resolution as W,H (or one number for a square). Sets the bucket area.",
@@ -221,6 +230,14 @@ class DatasetSettings:
         advice="Turn on when many images are smaller than the resolution and should train at their "
         "own size rather than upscaled and soft.",
     )
+    alpha_mask: bool = setting(
+        False,
+        "Use each image's transparency as its loss mask (sd-scripts' alpha_mask): opaque pixels train, "
+        "transparent ones do not; an image without transparency trains everywhere.",
+        label="Alpha mask",
+        advice="For cut-out subjects: the background teaches nothing. The image itself is still composited "
+        "onto white.",
+    )
 
 
 @dataclass(frozen=True)
@@ -253,6 +270,32 @@ class CaptionSettings:
         maximum=1.0,
         advice="A little (0.05-0.1) lets the LoRA work without its trigger words; 0 keeps it "
         "strictly prompt-driven.",
+    )
+    caption_tag_dropout_rate: float = setting(
+        0.0,
+        "Probability of dropping each tag (after the kept ones) from a caption, every time it is used.",
+        label="Tag dropout",
+        minimum=0.0,
+        maximum=1.0,
+        advice="sd-scripts' caption_tag_dropout_rate: 0.05-0.1 keeps the LoRA from leaning on any one tag; "
+        "the kept tokens (the trigger) are never dropped.",
+    )
+    caption_dropout_every_n_epochs: int = setting(
+        0,
+        "Train every N-th epoch with empty captions (0 = never).",
+        label="Caption dropout every N epochs",
+        minimum=0,
+        maximum=100000,
+        advice="sd-scripts' caption_dropout_every_n_epochs: a whole epoch without text now and then teaches the "
+        "look itself; usually 0.",
+    )
+    keep_tokens_separator: str = setting(
+        "",
+        "A separator in captions: tags before it stay in place (and after a second one, at the end); the "
+        "tags between are shuffled and dropped. Empty: keep tokens counts tags instead.",
+        label="Keep tokens separator",
+        advice="sd-scripts' keep_tokens_separator, often |||: `sks dog ||| red, outdoors ||| photo` keeps "
+        "`sks dog` first and `photo` last whatever the shuffle.",
     )
     weighted_captions: bool = setting(
         False,
@@ -298,13 +341,17 @@ class AugmentationSettings:
 class NetworkSettings:
     type: str = setting(
         "lora",
-        "Network type: lora, locon (LoRA on the ResNet convolutions too), loha, lokr or dora.",
+        "Network type: lora, locon (LoRA on the ResNet convolutions too), loha, lokr, dora, or LyCORIS' ia3, "
+        "diag-oft, dylora and glora.",
         label="Network type",
         choices=NETWORK_TYPES,
         advice="lora for most characters and objects; locon adds the convolutions, which helps styles "
         "and textures; loha packs more capacity into a small file (styles, several concepts); lokr "
         "gives the smallest files at a given quality and suits styles; dora (a learned magnitude per "
-        "output) follows a full fine-tune more closely at the same rank, a bit slower per step.",
+        "weight column) follows a full fine-tune more closely at the same rank, a bit slower per step. "
+        "ia3 (a scale per feature, tiny files, wants a high learning rate), diag-oft (an orthogonal "
+        "rotation: keeps the base model's look), dylora (any leading ranks work alone) and glora are "
+        "LyCORIS' own, trained with its library as the Kohya GUI does.",
     )
     rank: int = setting(
         32,
@@ -380,7 +427,7 @@ class NetworkSettings:
         advice="0.1-0.2 spreads what is learned over all ranks; 0 for most runs.",
         minimum=0.0,
         maximum=1.0,
-        network_types=("lora", "locon", "loha", "lokr"),
+        network_types=DROPOUT_TYPES,
     )
     module_dropout: float = setting(
         0.0,
@@ -389,7 +436,60 @@ class NetworkSettings:
         advice="A little (0.1) makes the network robust to its own weight; 0 for most runs.",
         minimum=0.0,
         maximum=1.0,
-        network_types=("lora", "locon", "loha", "lokr"),
+        network_types=DROPOUT_TYPES,
+    )
+    scale_weight_norms: float = setting(
+        0.0,
+        "Hold each layer's weight update to this norm after every step (sd-scripts' max-norm "
+        "regularisation; 0 = off).",
+        label="Scale weight norms",
+        minimum=0.0,
+        maximum=1000.0,
+        advice="1 is the usual value (Kohya presets): it keeps a few layers from running away, so the LoRA "
+        "stays usable at weight 1 and mixes better with others; the step log shows how many layers it "
+        "scaled. LyCORIS has no such limit for ia3, dylora and glora.",
+        network_types=("lora", "locon", "loha", "lokr", "dora", "diag-oft"),
+    )
+    dora_layout: str = setting(
+        "input",
+        "Where DoRA's learned magnitude lives: one per input column (input) or one per output row (output).",
+        label="DoRA layout",
+        choices=DORA_LAYOUTS,
+        advice="input renders exactly in AUTOMATIC1111, ComfyUI and LyCORIS; output is peft's and the Kohya "
+        "GUI's (LyCORIS' default), which AUTOMATIC1111 and ComfyUI render wrongly (docs/network_types.md).",
+        network_types=("dora",),
+    )
+    train_on_input: bool = setting(
+        False,
+        "iA3 scales each layer's inputs instead of its outputs.",
+        label="iA3 on inputs",
+        advice="Off scales each output feature (LyCORIS' default); the Kohya GUI's iA3 presets turn it on.",
+        network_types=("ia3",),
+    )
+    block_size: int = setting(
+        4,
+        "DyLoRA: ranks trained together as one block (the Kohya GUI's unit); the rank must be a multiple.",
+        label="DyLoRA block",
+        minimum=1,
+        maximum=1024,
+        advice="1 lets every leading rank work alone; 4 (LyCORIS' default) trains faster.",
+        network_types=("dylora",),
+    )
+    constraint: float = setting(
+        0.0,
+        "Diag-OFT: bound on the norm of each rotation (0 = none; LyCORIS' constraint).",
+        label="OFT constraint",
+        minimum=0.0,
+        maximum=100.0,
+        advice="A small bound (1e-4 to 1e-3 per block) keeps the rotation near the base model; 0 leaves it free.",
+        network_types=("diag-oft",),
+    )
+    rescaled: bool = setting(
+        False,
+        "Diag-OFT: learn a scale per output after the rotation.",
+        label="OFT rescaled",
+        advice="Lets the rotation change magnitudes too; off keeps Diag-OFT purely orthogonal.",
+        network_types=("diag-oft",),
     )
     network_weights: str = setting(
         "",
@@ -421,7 +521,13 @@ class NetworkSettings:
     )
 
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion", "SGD")
+# the D-Adaptation family (the dadaptation package), as sd-scripts names them
+DADAPTATION_OPTIMIZERS = ("DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD",
+                          "DAdaptAdamPreprint")
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion", "SGD", *DADAPTATION_OPTIMIZERS)
+# torch.optim.lr_scheduler classes that take the optimizer and keyword arguments (sd-scripts' lr_scheduler_type)
+TORCH_SCHEDULERS = ("CosineAnnealingLR", "CosineAnnealingWarmRestarts", "ExponentialLR", "LinearLR", "StepLR",
+                    "MultiStepLR", "PolynomialLR", "ConstantLR", "OneCycleLR", "CyclicLR")
 SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -441,7 +547,8 @@ class OptimizerSettings:
         label="Optimizer",
         advice="Adafactor with `scale_parameter=False relative_step=False warmup_init=False` "
         "uses your learning rate as given; without those args it picks its own and "
-        "ignores the scheduler. Prodigy finds the LR itself: set the LR to 1.0.",
+        "ignores the scheduler. Prodigy and the D-Adaptation family (DAdaptAdam, ...) find the LR "
+        "themselves: set the LR to 1.0.",
         choices=OPTIMIZERS,
     )
     optimizer_args: str = setting(
@@ -514,6 +621,21 @@ class OptimizerSettings:
         maximum=100.0,
         advice="5-10% steadies the first updates; the plan panel shows the total it is taken from.",
     )
+    lr_scheduler_type: str = setting(
+        "",
+        "A torch.optim.lr_scheduler class to use instead of the schedule above (sd-scripts' lr_scheduler_type), "
+        "e.g. CosineAnnealingLR; empty: the schedule above.",
+        label="Scheduler class",
+        choices=("", *TORCH_SCHEDULERS),
+        advice="For Kohya configs that pass --lr_scheduler_type: it steps once per optimizer step with the "
+        "arguments below and no warm-up, as in sd-scripts.",
+    )
+    lr_scheduler_args: str = setting(
+        "",
+        "Arguments of the scheduler class, `key=value key=value` (e.g. T_max=1000 eta_min=0).",
+        label="Scheduler class args",
+        advice="Each value is read as a Python literal, as sd-scripts reads --lr_scheduler_args.",
+    )
     max_grad_norm: float = setting(
         1.0,
         "Clip the gradient norm to this value (0 = no clipping).",
@@ -555,9 +677,17 @@ class TrainingSettings:
     )
     seed: int = setting(
         42, "Random seed; the same seed and data train the same LoRA. -1 = a random seed, drawn when "
-        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**64 - 1,
+        "the run starts and written into the run.", label="Seed", minimum=-1, maximum=2**32 - 1,
         advice="Keep it fixed while comparing settings, so differences come from the settings and "
         "not from chance. With -1 the seed drawn is in the run's config.toml and run_start event.",
+    )
+    gui_step_count: bool = setting(
+        False,
+        "With max steps 0: train as many steps as the Kohya GUI passes sd-scripts, ceil(images × repeats / batch / "
+        "accumulation × epochs, × 2 with regularisation images), instead of the per-bucket count.",
+        label="Kohya GUI step count",
+        advice="Set by the Kohya import, so an imported config trains what the GUI would have run; the plan "
+        "says where it differs from the per-bucket count (buckets give part-empty batches).",
     )
     stop_text_encoder_training: int = setting(
         0,
@@ -619,6 +749,83 @@ class TrainingSettings:
         "converges faster; 5 is a good value.",
         minimum=0.0,
         maximum=100.0,
+    )
+    noise_offset_random_strength: bool = setting(
+        False,
+        "Draw the noise offset's strength uniformly between 0 and the noise offset, each step.",
+        label="Random offset strength",
+        advice="sd-scripts' noise_offset_random_strength: softer on average than a fixed offset, with the "
+        "full offset still seen sometimes.",
+    )
+    ip_noise_gamma_random_strength: bool = setting(
+        False,
+        "Draw the input perturbation's strength uniformly between 0 and its gamma, each step.",
+        label="Random perturbation strength",
+        advice="sd-scripts' ip_noise_gamma_random_strength.",
+    )
+    debiased_estimation_loss: bool = setting(
+        False,
+        "Weight each timestep's loss by 1/√SNR (1/(SNR+1) for v-prediction), as sd-scripts' debiased "
+        "estimation loss.",
+        label="Debiased estimation",
+        advice="Evens out how much each noise level teaches (Yu et al. 2024); it can stand in for min-SNR, "
+        "or go with it.",
+    )
+    min_timestep: int = setting(
+        0,
+        "Lowest timestep trained (0 = the schedule's start).",
+        label="Min timestep",
+        minimum=0,
+        maximum=1000,
+        advice="Raise it (e.g. 100) to leave out the finest detail; timesteps are drawn from "
+        "[min, max) as sd-scripts draws them.",
+    )
+    max_timestep: int = setting(
+        1000,
+        "Highest timestep trained, exclusive (1000 = the schedule's end).",
+        label="Max timestep",
+        minimum=1,
+        maximum=1000,
+        advice="Lower it (e.g. 900) to leave out the noisiest steps, which decide composition; when it is "
+        "not above the min timestep every step trains at the max.",
+    )
+    loss_type: str = setting(
+        "l2",
+        "Loss function: l2 (squared error), l1, huber or smooth_l1 (sd-scripts' loss_type).",
+        label="Loss",
+        choices=("l2", "l1", "huber", "smooth_l1"),
+        advice="l2 is the standard; huber and smooth_l1 are l2 for small errors and l1 for large ones "
+        "(threshold huber_c, scheduled over the timesteps), which makes outliers in a dataset hurt less.",
+    )
+    huber_c: float = setting(
+        0.1,
+        "Huber / smooth-L1 threshold (sd-scripts' huber_c).",
+        label="Huber c",
+        minimum=0.0,
+        maximum=10.0,
+        advice="0.1 is sd-scripts' default; with the snr schedule it is the threshold at pure noise.",
+    )
+    huber_schedule: str = setting(
+        "snr",
+        "How the Huber threshold changes with the timestep: snr, exponential or constant.",
+        label="Huber schedule",
+        choices=("snr", "exponential", "constant"),
+        advice="snr (sd-scripts' default) is close to l2 where the image is clear and to l1 in noise.",
+    )
+    huber_scale: float = setting(
+        1.0,
+        "Scale of the Huber threshold (exponential and constant schedules).",
+        label="Huber scale",
+        minimum=0.0,
+        maximum=100.0,
+    )
+    masked_loss: bool = setting(
+        False,
+        "Weight each pixel's loss by the image's mask (sd-scripts' masked_loss): the red channel of its "
+        "conditioning image (a dataset TOML subset's conditioning_data_dir) or its transparency "
+        "(dataset.alpha_mask); white or opaque trains, black or transparent does not.",
+        label="Masked loss",
+        advice="Masks keep a subject's background, or a watermark, out of what the LoRA learns.",
     )
 
 
@@ -911,6 +1118,33 @@ class FluxSettings:
 
 
 @dataclass(frozen=True)
+class MetadataSettings:
+    title: str = setting(
+        "", "Title written into the LoRA file (modelspec.title; empty: the output name).", label="Title",
+        advice="AUTOMATIC1111, ComfyUI and Civitai show it instead of the file name.",
+    )
+    author: str = setting("", "Author written into the LoRA file (modelspec.author).", label="Author")
+    description: str = setting(
+        "", "Description written into the LoRA file (modelspec.description).", label="Description", multiline=True,
+    )
+    license: str = setting(
+        "", "Licence written into the LoRA file (modelspec.license), e.g. CreativeML OpenRAIL-M.", label="Licence",
+    )
+    tags: str = setting("", "Comma-separated tags written into the LoRA file (modelspec.tags).", label="Tags")
+    trigger_phrase: str = setting(
+        "", "Trigger phrase written into the LoRA file (modelspec.trigger_phrase).", label="Trigger phrase",
+        advice="The words that call the LoRA up, so that users of the file do not have to guess them.",
+    )
+    usage_hint: str = setting(
+        "", "A short usage hint written into the LoRA file (modelspec.usage_hint), e.g. weight 0.8.",
+        label="Usage hint",
+    )
+    training_comment: str = setting(
+        "", "A comment written into the LoRA file (ss_training_comment).", label="Training comment",
+    )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     version: int = CONFIG_VERSION
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -926,6 +1160,7 @@ class TrainConfig:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     flux: FluxSettings = field(default_factory=FluxSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
 
     # derived views (never stored)
     @property
@@ -976,6 +1211,7 @@ GROUPS: dict[str, str] = {
     "logging": "Logging",
     "validation": "Validation",
     "flux": "Flux.1",
+    "metadata": "Metadata",
 }
 
 
@@ -1124,6 +1360,9 @@ def _coerce(spec: FieldSpec, value: Any, source: str) -> Any:
         return f"{int(value)},{int(value)}"
     if not isinstance(value, str):
         raise ConfigError(spec.key, f"expected text, got {value!r}", source)
+    if "\x00" in value:
+        # no file name, prompt or argument holds one; the OS refuses it in a path
+        raise ConfigError(spec.key, "holds a NUL character (\\u0000)", source)
     return value
 
 
@@ -1135,16 +1374,28 @@ def _check_field(spec: FieldSpec, value: Any) -> str | None:
         allowed = ", ".join(str(c) for c in spec.choices)
         return f"{value!r} is not one of: {allowed}"
     if spec.minimum is not None and value < spec.minimum:
-        return f"must be at least {spec.minimum:g}, got {value:g}"
+        return f"must be at least {_number(spec.minimum)}, got {_number(value)}"
     if spec.maximum is not None and value > spec.maximum:
-        return f"must be at most {spec.maximum:g}, got {value:g}"
+        return f"must be at most {_number(spec.maximum)}, got {_number(value)}"
     return None
 
 
-def config_from_dict(data: dict[str, Any], source: str = "", notes: list[str] | None = None) -> TrainConfig:
+def _number(value: float) -> str:
+    """A limit as written: whole numbers in full (a seed's 4294967295), others short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+# what a partial config (a Kohya GUI preset, imported before a base model is chosen) may leave unset;
+# `loradeck plan` and `train` refuse it until it is set
+PARTIAL_SETTINGS = ("model.pretrained_model",)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "", notes: list[str] | None = None, *,
+                     partial: bool = False) -> TrainConfig:
     """Build a config from TOML-shaped data (migrating old versions). Raises ConfigError.
 
-    Checks types, choices and ranges field by field, then the rules between fields.
+    Checks types, choices and ranges field by field, then the rules between fields
+    (with `partial`, the settings of PARTIAL_SETTINGS may be left empty).
     """
     data = migrate(data, source, notes)
     specs: dict[str, dict[str, FieldSpec]] = {}
@@ -1175,7 +1426,8 @@ def config_from_dict(data: dict[str, Any], source: str = "", notes: list[str] | 
         group_class = type(getattr(TrainConfig(), group_name))
         groups[group_name] = group_class(**kwargs)
     config = TrainConfig(**groups)
-    problems = cross_field_problems(config)
+    problems = [(key, reason) for key, reason in cross_field_problems(config)
+                if not (partial and key in PARTIAL_SETTINGS)]
     if problems:
         key, reason = problems[0]
         raise ConfigError(key, reason, source)
@@ -1208,6 +1460,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
                                                    f"{net.conv_dim}: use at most {net.conv_dim}"))
         if net.conv_dim and net.conv_alpha <= 0:
             problems.append(("network.conv_alpha", "must be above 0 (the update is scaled by conv alpha / conv rank)"))
+    if net.type == "dylora" and net.rank % net.block_size:
+        problems.append(("network.block_size", f"the rank {net.rank} must be a multiple of the DyLoRA block "
+                                               f"{net.block_size}"))
     if net.type == "lokr" and net.factor == 0:
         problems.append(("network.factor", "must be -1 (balanced) or a positive factor"))
     if not net.train_unet and not net.train_text_encoder:
@@ -1220,6 +1475,10 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         if not data.enable_buckets and (width % 8 or height % 8):
             # with buckets the resolution only sets the area; without, it is the image size
             problems.append(("dataset.resolution", f"{width},{height}: sides must be multiples of 8 when buckets are off"))
+        if data.enable_buckets and width * height < data.bucket_step ** 2:
+            # the square bucket would have sides of 0 pixels
+            problems.append(("dataset.resolution", f"{width},{height}: smaller than one bucket step "
+                                                   f"({data.bucket_step}x{data.bucket_step})"))
         if data.enable_buckets and max(width, height) > data.max_bucket_resolution:
             problems.append(
                 (
@@ -1237,6 +1496,8 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
             problems.append((key, f"{side} is not a multiple of the bucket step {data.bucket_step}"))
     if not config.captions.caption_extension.startswith("."):
         problems.append(("captions.caption_extension", "must start with a dot, e.g. .txt"))
+    if train.huber_c <= 0 and train.loss_type in ("huber", "smooth_l1"):
+        problems.append(("training.huber_c", f"must be above 0 for the {train.loss_type} loss"))
     if train.adaptive_noise_scale and not train.noise_offset:
         problems.append(("training.adaptive_noise_scale", "needs a noise offset (it scales the offset per channel)"))
     if opt.lr_warmup_steps and opt.lr_warmup_percent:
@@ -1244,6 +1505,16 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     arguments_problem = optimizer_args_problem(opt.optimizer, opt.optimizer_args)
     if arguments_problem:
         problems.append(("optimizer.optimizer_args", arguments_problem))
+    if opt.lr_scheduler_type:
+        try:
+            parse_optimizer_args(opt.lr_scheduler_args)
+        except ValueError as error:
+            problems.append(("optimizer.lr_scheduler_args", f"{error}; write key=value pairs separated by spaces"))
+        if opt.lr_warmup_steps or opt.lr_warmup_percent:
+            problems.append(("optimizer.lr_scheduler_type", "a scheduler class takes no warm-up (sd-scripts refuses "
+                                                            "one): set warm-up to 0 or clear the class"))
+    elif opt.lr_scheduler_args.strip():
+        problems.append(("optimizer.lr_scheduler_args", "only used with a scheduler class (lr_scheduler_type)"))
     if opt.lr_scheduler == "adafactor" and opt.optimizer != "Adafactor":
         problems.append(("optimizer.lr_scheduler", "the adafactor schedule needs the Adafactor optimizer"))
     if train.max_steps == 0 and train.epochs == 0:
@@ -1252,9 +1523,9 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
         pass  # harmless: keep tokens only matters when shuffling or dropping
     if not config.model.pretrained_model.strip():
         problems.append(("model.pretrained_model", "a base model is required (folder, .safetensors file or hub id)"))
-    name = config.saving.output_name
-    if not name or "/" in name or name in (".", "..") or name.startswith("."):
-        problems.append(("saving.output_name", f"{name!r} is not a usable folder name"))
+    name_problem = output_name_problem(config.saving.output_name)
+    if name_problem:
+        problems.append(("saving.output_name", name_problem))
     validation = config.validation
     if validation.image_dir.strip() and validation.split_fraction:
         problems.append(("validation.split_fraction", "give a validation folder or a split fraction, not both"))
@@ -1264,6 +1535,28 @@ def cross_field_problems(config: TrainConfig) -> list[tuple[str, str]]:
     if config.sampling.prompts_file and config.sampling.prompts.strip():
         problems.append(("sampling.prompts_file", "give inline prompts or a prompts file, not both"))
     return problems
+
+
+# A file name is at most 255 bytes; the longest loradeck makes from the output name adds 39:
+# `.<name>-step00000001.safetensors.XXXXXXXX.tmp`, the temporary file of a step save.
+OUTPUT_NAME_MAX_BYTES = 200
+
+
+def output_name_problem(name: str) -> str | None:
+    """Why `saving.output_name` cannot name a run folder and its LoRA files, or None."""
+    if not name.strip():
+        return f"{name!r} is blank; give the run a name, e.g. city-v1"
+    if name != name.strip():
+        return f"{name!r} starts or ends with a space"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return f"{name!r} holds a control character (a tab, a newline)"
+    if "/" in name or "\\" in name or name.startswith("."):
+        return f"{name!r} is not a usable folder name (no slash, no leading dot)"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > OUTPUT_NAME_MAX_BYTES:
+        return (f"is {size} bytes long; at most {OUTPUT_NAME_MAX_BYTES} (file names are limited to 255 bytes, "
+                "and the LoRA files add to the name)")
+    return None
 
 
 def validate(config: TrainConfig) -> list[tuple[str, str]]:
@@ -1395,6 +1688,16 @@ def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
     return dataclasses.replace(config, **{group_name: group})
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # a base model or VAE in one file
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """`owner/name`, as a model hub names models. A relative path with one slash looks the
+    same: a local path that exists is taken first."""
+    return bool(_HUB_ID.match(value)) and not value.endswith(SINGLE_FILE_SUFFIXES)
+
+
 RANDOM_SEED = -1  # `training.seed`: draw one when the run starts (the Kohya GUI's seed 0)
 
 
@@ -1422,7 +1725,7 @@ def with_absolute_paths(config: TrainConfig, base_dir: str | Path) -> TrainConfi
         resolved = resolve_path(base_dir, value)
         if resolved is None:
             continue
-        if spec.key in ("model.pretrained_model", "model.vae") and not resolved.exists() and not Path(value).is_absolute():
+        if spec.key == "model.pretrained_model" and not resolved.exists() and looks_like_hub_id(value.strip()):
             continue  # a hub id, not a local path
         config = replace_setting(config, spec.key, str(resolved.resolve()))
     return config

@@ -325,9 +325,22 @@ class CaptionSession:
         return written
 
     def apply(self, indices: Iterable[int], label: str, operation: Operation,
-              overwrite_conflicts: bool = False) -> list[FileChange]:
-        """Plan and commit in one go (the CLI)."""
-        return self.commit(self.plan_operation(indices, label, operation), overwrite_conflicts)
+              attempts: int = 5) -> tuple[list[FileChange], list[int]]:
+        """Plan and commit in one go (the CLI). A caption that changed on disk since it was
+        read (another `loradeck tags`, an editor) is read again and the operation applied
+        to what it holds now, up to `attempts` times: nothing anyone wrote is lost.
+        Returns the changes written and the entries still changing under it."""
+        written: list[FileChange] = []
+        pending = list(indices)
+        for _attempt in range(attempts):
+            plan = self.plan_operation(pending, label, operation)
+            done = self.commit(plan)
+            written += done
+            done_indices = {change.index for change in done}
+            pending = [change.index for change in plan.changes if change.index not in done_indices]
+            if not pending:
+                break
+        return written, pending
 
     # ---- undo / redo
 

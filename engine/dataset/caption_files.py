@@ -3,9 +3,13 @@
 - `list_caption_files(root)` walks the tree with os.scandir (no per-file stat: a
   10,000-image dataset lists in tens of milliseconds); images are .png .jpg .jpeg .webp
   .bmp, `_quarantine/` and hidden folders are skipped.
-- Reads return a `Stamp` (mtime_ns, size) and writes take the stamp the text was read
-  with: a caption changed on disk since then raises `CaptionChanged` instead of being
-  overwritten. Writes are atomic (engine.atomic).
+- Reads return a `Stamp` (the size and a digest of the bytes read) and every write is a
+  compare-and-swap against the stamp its text was read with: a caption changed on disk
+  since then raises `CaptionChanged` instead of being overwritten. The check and the
+  rename run under an exclusive lock on the caption's folder, so two loradeck processes
+  (two `loradeck tags`, the editor and the auto-captioner) never both pass it; another
+  program that rewrites a caption is seen whatever its timing, except in the
+  microseconds between the check and the rename. Writes are atomic (engine.atomic).
 - Review marks live beside the dataset in `<root>/.loradeck-reviewed.json`, never in
   the captions (trainers would read them as tags).
 
@@ -13,20 +17,30 @@ Light module: standard library (and engine.dataset.folders's folder rules).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from engine.atomic import atomic_write_text
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the content check alone guards writes
+    fcntl = None  # type: ignore[assignment]
+
+from engine.atomic import atomic_path, atomic_write_text
 from engine.dataset.folders import IMAGE_EXTENSIONS, QUARANTINE_DIR, decode_caption
 from engine.errors import LoradeckError
 
 REVIEW_FILE = ".loradeck-reviewed.json"
 
-# (st_mtime_ns, st_size) of a caption file; None means the file does not exist.
-Stamp = tuple[int, int] | None
+# What a caption file held: (size, digest of its bytes); None means there was no file.
+# From the bytes, not the times: a rewrite within one clock tick, or one that restores the
+# modification time, is still a change, and a file touched but not changed is not one.
+Stamp = tuple[int, bytes] | None
 
 
 class CaptionChanged(LoradeckError):
@@ -121,49 +135,85 @@ def list_caption_files(root: str | Path, caption_extension: str = ".txt") -> lis
     return found
 
 
+def _stamp_of(data: bytes) -> Stamp:
+    return (len(data), hashlib.blake2b(data, digest_size=16).digest())
+
+
 def caption_stamp(path: str | Path) -> Stamp:
+    """The stamp of the caption file as it is on disk now (None: there is none)."""
     try:
-        stat = os.stat(path)
-    except FileNotFoundError:
+        with open(path, "rb") as handle:
+            return _stamp_of(handle.read())
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return (stat.st_mtime_ns, stat.st_size)
+    except OSError as error:
+        raise LoradeckError(f"{path}: cannot read ({error.strerror})") from error
 
 
 def read_caption(path: str | Path) -> tuple[str | None, Stamp]:
     """The whole caption text (None when there is no file) and the stamp it was read at."""
     try:
         with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
             data = handle.read()
     except FileNotFoundError:
         return None, None
     except OSError as error:
         raise LoradeckError(f"{path}: cannot read ({error.strerror})") from error
-    return decode_caption(data), (stat.st_mtime_ns, stat.st_size)
+    return decode_caption(data), _stamp_of(data)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder that every loradeck caption writer takes for its
+    check-and-rename. Where the file system has no locks (some network mounts) the
+    content check still runs, unlocked."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        handle = None
+    try:
+        if handle is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        if handle is not None:
+            os.close(handle)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _unchanged_since(path: Path, expected: Stamp | str) -> Iterator[None]:
+    """Hold the folder lock while the file still has the `expected` stamp ("any": an
+    overwrite the user chose); raise CaptionChanged when it does not."""
+    with _folder_lock(path.parent):
+        if expected != "any" and caption_stamp(path) != expected:
+            raise CaptionChanged(path)
+        yield
 
 
 def write_caption(path: Path, text: str | None, expected: Stamp | str = "any") -> Stamp:
     """Write (or, with text None, remove) a caption file atomically; return the new stamp.
 
     `expected` is the stamp the caller read the file at; when the file on disk no
-    longer has it, `CaptionChanged` is raised and nothing is written. Pass "any" to
-    write regardless (the user chose to overwrite).
+    longer has it, `CaptionChanged` is raised and nothing is written (a compare-and-swap;
+    the caller re-reads and decides). Pass "any" to write regardless (the user chose to
+    overwrite).
     """
-    if expected != "any" and caption_stamp(path) != expected:
-        raise CaptionChanged(path)
+    path = Path(path)
     if text is None:
         # Only ever a caption file loradeck created (undoing "add tag" on an image
         # that had none): absent and empty mean different things to a trainer. A file
         # changed since loradeck wrote it holds someone else's words: never deleted.
-        if expected == "any" and caption_stamp(path) is not None:
-            raise CaptionChanged(path)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        with _unchanged_since(path, expected):
+            if expected == "any" and caption_stamp(path) is not None:
+                raise CaptionChanged(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         return None
-    atomic_write_text(path, text)
-    return caption_stamp(path)
+    data = text.encode("utf-8")
+    with atomic_path(path, replace_guard=lambda _temp: _unchanged_since(path, expected)) as temp:
+        temp.write_bytes(data)
+    return _stamp_of(data)
 
 
 class ReviewMarks:

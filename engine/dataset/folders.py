@@ -57,6 +57,7 @@ class ImageItem:
     is_reg: bool = False
     bucket: tuple[int, int] = (0, 0)
     resized: tuple[int, int] | None = None  # no upscale: resized to this, then cropped to the bucket
+    mask_path: Path | None = None  # its conditioning image: the loss mask (engine.train.masks)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     assigner = BucketAssigner(BucketRules.from_config(config))
     toml_path = resolve_path(base_dir, config.dataset.dataset_config)
     if toml_path is not None:
-        dataset = _scan_dataset_toml(config, toml_path, assigner)
+        dataset = _scan_dataset_toml(config, toml_path, assigner,
+                                     resolve_path(base_dir, config.dataset.dataset_config_base))
     else:
         root = resolve_path(base_dir, config.dataset.image_dir)
         if root is None or not root.is_dir():
@@ -208,12 +210,13 @@ def scan_dataset(config: TrainConfig, base_dir: str | Path) -> Dataset:
     return dataset
 
 
-def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner) -> Dataset:
+def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner, base: Path | None) -> Dataset:
     """The subsets of a Kohya dataset TOML (engine.dataset.kohya_toml), each image folder
-    with its own repeats, class tokens, caption extension and regularisation flag."""
+    with its own repeats, class tokens, caption extension and regularisation flag; relative
+    image folders start from `base` (dataset.dataset_config_base), else the TOML's folder."""
     from engine.dataset.kohya_toml import config_differences, read_dataset_toml
 
-    toml = read_dataset_toml(path)
+    toml = read_dataset_toml(path, base=base)
     differences = config_differences(config, toml)
     if differences:
         raise LoradeckError(f"dataset.dataset_config: {differences[0]}; loradeck uses one value per run, "
@@ -225,9 +228,45 @@ def _scan_dataset_toml(config: TrainConfig, path: Path, assigner: BucketAssigner
         if not subset.image_dir.is_dir():
             raise LoradeckError(f"{path}: image_dir {subset.image_dir} does not exist")
         extension = subset.caption_extension or config.captions.caption_extension
+        first = len(dataset.items)
         _scan_folder(dataset, subset.image_dir, subset.num_repeats, subset.class_tokens, subset.is_reg,
                      extension, assigner)
+        if subset.conditioning_data_dir is not None:
+            if not config.training.masked_loss:
+                raise LoradeckError(f"{path}: conditioning_data_dir {subset.conditioning_data_dir} is read for the "
+                                    "masked loss only: turn on training.masked_loss, or remove it")
+            dataset.items[first:] = _with_masks(dataset.items[first:], subset.conditioning_data_dir, path)
     return dataset
+
+
+def _with_masks(items: list[ImageItem], folder: Path, toml: Path) -> list[ImageItem]:
+    """Each image with its conditioning image (same name, any image extension), as
+    sd-scripts pairs them: every image needs one, of its own size, and none is left over."""
+    if not folder.is_dir():
+        raise LoradeckError(f"{toml}: conditioning_data_dir {folder} does not exist")
+    masks = {Path(name).stem: folder / name for name in sorted(os.listdir(folder))
+             if is_image_file(name) and not name.startswith(".")}
+    missing = [item.path.name for item in items if item.path.stem not in masks]
+    if missing:
+        raise LoradeckError(f"{folder}: no conditioning image for {len(missing)} image(s) of the subset "
+                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); each needs one of "
+                            "the same name")
+    extra = sorted(set(masks) - {item.path.stem for item in items})
+    if extra:
+        raise LoradeckError(f"{folder}: {len(extra)} conditioning image(s) with no image of the same name "
+                            f"({', '.join(masks[stem].name for stem in extra[:3])})")
+    paired = []
+    for item in items:
+        mask = masks[item.path.stem]
+        try:
+            size = upright_size(mask)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise LoradeckError(f"{mask}: cannot read the conditioning image ({error})") from None
+        if size != (item.width, item.height):
+            raise LoradeckError(f"{mask}: {size[0]}x{size[1]}, its image {item.path.name} {item.width}x{item.height}; "
+                                "a conditioning image must have its image's size")
+        paired.append(replace(item, mask_path=mask))
+    return paired
 
 
 def held_out_count(images: int, fraction: float) -> int:

@@ -21,8 +21,9 @@ train with the same repeats:
       num_repeats = 1
 
 A value is looked up in the subset, then its dataset, then `[general]`, as sd-scripts does.
-Each subset keeps its own image folder, repeats, class tokens, caption extension and
-regularisation flag. The other settings (resolution, batch size, buckets, caption shuffle,
+Each subset keeps its own image folder, repeats, class tokens, caption extension,
+regularisation flag and conditioning folder (`conditioning_data_dir`: the images' loss
+masks, by file name, for `training.masked_loss`). The other settings (resolution, batch size, buckets, caption shuffle,
 keep tokens, augmentation) are one per run in loradeck: they must agree across subsets
 and with the config (`loradeck import-kohya` copies them into the config); a difference
 is refused in one line rather than trained differently from sd-scripts.
@@ -54,11 +55,16 @@ RUN_SETTINGS = {
     "shuffle_caption": "captions.shuffle_caption",
     "keep_tokens": "captions.keep_tokens",
     "caption_dropout_rate": "captions.caption_dropout_rate",
+    "caption_tag_dropout_rate": "captions.caption_tag_dropout_rate",
+    "caption_dropout_every_n_epochs": "captions.caption_dropout_every_n_epochs",
+    "keep_tokens_separator": "captions.keep_tokens_separator",
     "flip_aug": "augmentation.flip",
     "color_aug": "augmentation.color",
     "random_crop": "augmentation.random_crop",
+    "alpha_mask": "dataset.alpha_mask",
 }
-SUBSET_KEYS = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "name"}
+SUBSET_KEYS = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "name",
+               "conditioning_data_dir"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Subset:
     class_tokens: str
     caption_extension: str | None  # None: the config's captions.caption_extension
     is_reg: bool
+    conditioning_data_dir: Path | None = None  # the images' loss masks, by file name (training.masked_loss)
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,39 @@ def _run_value(key: str, value: Any) -> Any:
     return value
 
 
-def read_dataset_toml(path: str | Path) -> DatasetToml:
-    """The subsets and per-run settings of a Kohya dataset TOML. Raises LoradeckError."""
+def relative_path(base: Path, text: str) -> Path:
+    """`text` under `base` (an absolute `text` as it is). A Windows-style relative path
+    (`.\\test\\img`, as the Kohya GUI's own test files have) that does not exist is tried
+    with forward slashes."""
+    path = expanded(text)
+    if path.is_absolute():
+        return path
+    joined = base / path
+    if "\\" in text and not exists(joined):
+        return base / Path(text.replace("\\", "/"))
+    return joined
+
+
+def expanded(text: str) -> Path:
+    """`~/x` under the home folder; `~nobody/x` of a user that does not exist stays as it is
+    (Path.expanduser raises RuntimeError there)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
+
+
+def exists(path: Path) -> bool:
+    """Path.exists() that says False, not ValueError, for a name with a NUL in it."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def read_dataset_toml(path: str | Path, *, base: Path | None = None) -> DatasetToml:
+    """The subsets and per-run settings of a Kohya dataset TOML; a relative image_dir starts
+    from `base` (default: the TOML's folder). Raises LoradeckError."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -123,15 +161,15 @@ def read_dataset_toml(path: str | Path) -> DatasetToml:
 
             if "image_dir" not in subset:
                 raise LoradeckError(f"{where}: image_dir is missing")
-            image_dir = Path(str(subset["image_dir"])).expanduser()
-            if not image_dir.is_absolute():
-                image_dir = path.parent / image_dir
+            image_dir = relative_path(base or path.parent, str(subset["image_dir"]))
             repeats = lookup("num_repeats", 1)
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
                 raise LoradeckError(f"{where}: num_repeats must be a whole number, got {repeats!r}")
             extension = lookup("caption_extension")
+            masks = subset.get("conditioning_data_dir")
             subsets.append(Subset(image_dir, repeats, str(lookup("class_tokens", "") or ""),
-                                  str(extension) if extension is not None else None, bool(lookup("is_reg", False))))
+                                  str(extension) if extension is not None else None, bool(lookup("is_reg", False)),
+                                  relative_path(base or path.parent, str(masks)) if masks else None))
             for key, setting in RUN_SETTINGS.items():
                 value = lookup(key)
                 if value is None:

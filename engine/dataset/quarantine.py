@@ -8,6 +8,10 @@
 Two kinds of entries: "moved" (an image or caption taken out of the dataset) and
 "original" (the untouched original of a file that a fix rewrote in place, e.g. the
 EXIF orientation baked into the pixels). Undo puts both back. Nothing is ever deleted.
+
+Entries carry the number of the user's action that made them (one `x`, one "fix all"):
+`undo_last_action` takes back the newest action only, so undo works as a stack;
+`undo_quarantine` takes back everything.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import os
 import posixpath
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.atomic import atomic_path, atomic_write_text
@@ -38,12 +42,16 @@ class QuarantineEntry:
     # never overwrites a file edited since.
     fixed_size: int = -1
     fixed_mtime_ns: int = -1
+    # The user action it belongs to (next_action); 0 for manifests written before actions
+    # were numbered, and for entries an undo had to leave behind.
+    action: int = 0
 
 
 @dataclass
 class UndoResult:
     restored: list[str]
     skipped: list[tuple[str, str]]  # (path, why)
+    actions_left: int = 0  # actions still on the undo stack
 
 
 def quarantine_dir(root: Path) -> Path:
@@ -70,6 +78,11 @@ def _write_manifest(root: Path, entries: list[QuarantineEntry]) -> None:
     atomic_write_text(quarantine_dir(root) / MANIFEST_NAME, json.dumps(document, indent=1))
 
 
+def next_action(root: Path) -> int:
+    """The number for a new user action: one more than any in the manifest."""
+    return max((entry.action for entry in read_manifest(root)), default=0) + 1
+
+
 def record(root: Path, new_entries: list[QuarantineEntry]) -> None:
     if new_entries:
         _write_manifest(root, read_manifest(root) + new_entries)
@@ -84,26 +97,29 @@ def free_spot(root: Path, relative: str) -> str:
     return candidate
 
 
-def _move(root: Path, relative: str, reason: str) -> QuarantineEntry:
+def _move(root: Path, relative: str, reason: str, action: int) -> QuarantineEntry:
     stored = free_spot(root, relative)
     (root / stored).parent.mkdir(parents=True, exist_ok=True)
     os.replace(root / relative, root / stored)
-    return QuarantineEntry("moved", relative, stored, reason, time.time())
+    return QuarantineEntry("moved", relative, stored, reason, time.time(), action=action)
 
 
-def quarantine_files(root: Path, items: list[tuple[str, str]], caption_extension: str) -> list[QuarantineEntry]:
-    """Move each (relative path, reason) and the caption beside it into the quarantine."""
-    read_manifest(root)  # a manifest we could not add to would leave the moves un-undoable: refuse first
+def quarantine_files(root: Path, items: list[tuple[str, str]], caption_extension: str,
+                     action: int | None = None) -> list[QuarantineEntry]:
+    """Move each (relative path, reason) and the caption beside it into the quarantine, as
+    one undoable action (`action`, by default a new one)."""
+    # a manifest we could not add to would leave the moves un-undoable: refuse first
+    action = next_action(root) if action is None else action
     entries: list[QuarantineEntry] = []
     try:
         for relative, reason in items:
             source = root / relative
             if not source.is_file():
                 continue  # moved already (its caption came along with an image, or twice listed)
-            entries.append(_move(root, relative, reason))
+            entries.append(_move(root, relative, reason, action))
             caption = posixpath.splitext(relative)[0] + caption_extension
             if caption != relative and (root / caption).is_file():
-                entries.append(_move(root, caption, reason))
+                entries.append(_move(root, caption, reason, action))
     except OSError as error:
         raise LoradeckError(f"{error.filename}: cannot move into {QUARANTINE_DIR}/ ({error.strerror})") from None
     finally:
@@ -121,20 +137,40 @@ def keep_original(root: Path, relative: str, reason: str) -> str:
 
 def undo_quarantine(root: Path) -> UndoResult:
     """Put every quarantined file back where it was, newest first."""
+    return _undo(root, lambda entry: True)
+
+
+def undo_last_action(root: Path) -> UndoResult:
+    """Put back what the newest action moved or replaced (the top of the undo stack).
+
+    An entry that cannot go back (its name is taken again, its fixed file was edited) stays
+    in the quarantine, off the stack (action 0): the next undo takes back the action before,
+    and `undo_quarantine` tries it again.
+    """
+    newest = max((entry.action for entry in read_manifest(root)), default=0)
+    return _undo(root, lambda entry: entry.action == newest)
+
+
+def _undo(root: Path, chosen) -> UndoResult:
     result = UndoResult([], [])
     entries = read_manifest(root)
     if not entries:
         return result
     kept: list[QuarantineEntry] = []
     for entry in reversed(entries):
+        if not chosen(entry):
+            kept.append(entry)
+            continue
         why = _restore(root, entry)
         if why:
             result.skipped.append((entry.path, why))
-            kept.append(entry)
+            kept.append(replace(entry, action=0))
         else:
             result.restored.append(entry.path)
-    _write_manifest(root, list(reversed(kept)))
+    kept.reverse()
+    _write_manifest(root, kept)
     _remove_empty_folders(quarantine_dir(root))
+    result.actions_left = len({entry.action for entry in kept if entry.action > 0})
     return result
 
 

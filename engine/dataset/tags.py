@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 KEEP_SEPARATOR = "|||"
 # CLIP's context is 77 tokens: 75 for the caption plus start and end.
@@ -32,6 +32,7 @@ CLIP_TOKEN_WINDOW = 75
 EMPHASIS = 1.1  # A1111: each ( multiplies by 1.1, each [ divides by it
 
 _WEIGHT = re.compile(r":\s*([-+]?\d*\.?\d+)\s*$")
+_ESCAPABLE = ("(", ")", "[", "]", "\\")  # A1111's escapes: `\(` is a literal bracket; `\,` is no escape
 _EDGE_SPACE = re.compile(r"^(\s*)(.*?)(\s*)$", re.DOTALL)
 
 
@@ -101,24 +102,44 @@ def parse_tag(raw: str) -> Tag:
 
 
 def split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets, so `(red, blue:1.2)` stays one tag."""
+    """Split on commas outside brackets, so `(red, blue:1.2)` stays one tag.
+
+    A bracket that is never closed (`smile (, city`) groups nothing: it is a literal
+    character, so a tag added after it stays a tag of its own."""
+    unclosed = _unclosed_openers(text)
     parts, depth, start = [], 0, 0
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char in "([":
+    for index, char in _unescaped(text):
+        if char in "([" and index not in unclosed:
             depth += 1
         elif char in ")]" and depth:
             depth -= 1
         elif char == "," and depth == 0:
             parts.append(text[start:index])
             start = index + 1
-        index += 1
     parts.append(text[start:])
     return parts
+
+
+def _unclosed_openers(text: str) -> set[int]:
+    """Positions of the brackets that no later bracket closes."""
+    open_at: list[int] = []
+    for index, char in _unescaped(text):
+        if char in "([":
+            open_at.append(index)
+        elif char in ")]" and open_at:
+            open_at.pop()
+    return set(open_at)
+
+
+def _unescaped(text: str) -> Iterator[tuple[int, str]]:
+    """(position, character) of every character that an A1111 escape (`\\(`) leaves alone."""
+    index = 0
+    while index < len(text):
+        if text[index] == "\\" and text[index + 1:index + 2] in _ESCAPABLE:
+            index += 2
+            continue
+        yield index, text[index]
+        index += 1
 
 
 def _detect_separator(text: str) -> str:
@@ -158,6 +179,11 @@ class Caption:
 
     def has(self, name: str) -> bool:
         return self.index(name) >= 0
+
+    def kept(self, keep_tokens: int = 0) -> int:
+        """How many leading tags caption shuffling never moves: the `|||` part when the
+        caption has one, else Kohya's `keep_tokens` first tags."""
+        return min(len(self.tags), self.keep_count if self.keep_count is not None else keep_tokens)
 
     def render(self) -> str:
         if self.original is not None:
@@ -243,7 +269,7 @@ class Caption:
         position = self.index(name)
         if position < 0:
             return self
-        fixed = self.keep_count if self.keep_count is not None else keep_tokens
+        fixed = self.kept(keep_tokens)
         target = 0 if position < fixed else min(fixed, len(self.tags) - 1)
         tags = list(self.tags)
         tags.insert(target, tags.pop(position))

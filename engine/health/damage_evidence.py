@@ -195,3 +195,50 @@ def _plus_offset(inner: np.ndarray, outer: np.ndarray) -> tuple[bool, np.ndarray
     explained = (fits.mean() >= FITTING_SHARE and structure.mean() >= STRUCTURE_SHARE
                  and fits[structure].mean() >= FITTING_SHARE)
     return bool(explained), offset
+
+
+
+# A cast moves every colour alike: where the picture goes on across the seam, the pixel
+# below is the one above plus one offset (a channel the cast pushed to 0 or 255 fits
+# when the offset would push it there). Overlapping shapes make the same seams with
+# colours of their own, and shading darkens each colour by its own amount; one offset
+# that fits CAST_FITTING of the pixel pairs, over at least CAST_COLOURS colours above
+# that each hold CAST_COLOUR_SHARE of them and lie DISTINCT_COLOURS apart, is damage.
+CAST_FITTING = 0.5
+CAST_COLOURS = 2
+CAST_COLOUR_SHARE = 0.1
+DISTINCT_COLOURS = 24
+CAST_COLUMN_STEP = 4
+
+
+def shared_cast(below: np.ndarray, above: np.ndarray) -> bool:
+    """One offset of at least MIN_CAST takes the pixels of a row above a seam to those of
+    the row below it, for at least CAST_COLOURS distinct colours (pixels × channels)."""
+    below = below[::CAST_COLUMN_STEP, :3].astype(np.int16)
+    above = above[::CAST_COLUMN_STEP, :3].astype(np.int16)
+    if below.shape[1] < 3 or len(below) < 16:
+        return False
+    difference = below - above
+    inside = (below > 0) & (below < 255)
+    offset = np.array([np.median(difference[inside[:, channel], channel]) if inside[:, channel].sum() >= 8 else 0
+                       for channel in range(3)])
+    if np.abs(offset).max() < MIN_CAST:
+        return False
+    expected = above + offset
+    fits = ((np.abs(difference - offset) <= OFFSET_TOLERANCE)
+            | ((below == 255) & (expected >= 255 - OFFSET_TOLERANCE))
+            | ((below == 0) & (expected <= OFFSET_TOLERANCE))).all(axis=-1)
+    if fits.mean() < CAST_FITTING:
+        return False
+    # Distinct colours among the pairs the offset explains: greedy, biggest group first.
+    colours = above[fits]
+    groups = 0
+    while len(colours) >= CAST_COLOUR_SHARE * len(below) and groups < CAST_COLOURS:
+        cells, counts = np.unique(_colour_cells(colours), return_counts=True)
+        centre = colours[_colour_cells(colours) == cells[np.argmax(counts)]][0]
+        near = np.abs(colours - centre).max(axis=-1) < DISTINCT_COLOURS
+        if near.sum() < CAST_COLOUR_SHARE * len(below):
+            break
+        groups += 1
+        colours = colours[~near]
+    return groups >= CAST_COLOURS

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from engine.atomic import atomic_path
 from engine.errors import LoradeckError
 from engine.health.image_checks import EXIF_ORIENTATION
-from engine.dataset.quarantine import QuarantineEntry, keep_original, read_manifest, record
+from engine.dataset.quarantine import QuarantineEntry, keep_original, next_action, record
 
 # The IJG standard luminance table that libjpeg scales by the quality setting.
 STANDARD_LUMINANCE = (
@@ -103,9 +103,11 @@ def _save_options(path: Path, image: Image.Image) -> tuple[str, dict[str, Any], 
     raise LoradeckError(f"{path}: {image.format} images are not fixed automatically")
 
 
-def fix_orientation(root: Path, relative: str) -> ExifFix:
-    """Rotate the pixels upright, drop the Orientation tag, keep the original in the quarantine."""
-    read_manifest(root)  # refuse before touching the image when the undo record cannot be kept
+def fix_orientation(root: Path, relative: str, action: int | None = None) -> ExifFix:
+    """Rotate the pixels upright, drop the Orientation tag, keep the original in the quarantine
+    (recorded as part of the undoable `action`, by default a new one)."""
+    # refuse before touching the image when the undo record cannot be kept
+    action = next_action(root) if action is None else action
     source = root / relative
     try:
         with Image.open(source) as image:
@@ -127,5 +129,5 @@ def fix_orientation(root: Path, relative: str) -> ExifFix:
         stored = keep_original(root, relative, "exif_rotated")
     fixed = source.stat()
     record(root, [QuarantineEntry("original", relative, stored, "exif_rotated", time.time(),
-                                  fixed.st_size, fixed.st_mtime_ns)])
+                                  fixed.st_size, fixed.st_mtime_ns, action)])
     return ExifFix(relative, stored, note)

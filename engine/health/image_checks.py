@@ -29,6 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
 from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
+from engine.health.jpeg_header import restart_interval
+from engine.health.report import MAX_PIXELS  # Pillow's decompression-bomb threshold
 from engine.health.pixel_damage import damaged_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
@@ -44,9 +46,6 @@ EXTENSION_FORMATS = {
 }
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"RIFF": "WEBP", b"BM": "BMP"}
 
-# Pillow's own decompression-bomb threshold: above it, a trainer using Pillow warns,
-# at twice it refuses, and an RGB decode needs more than 250 MB per image.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Sharpness and the perceptual hash are measured on a copy this big, so that the
 # scores of a 12 MP photo and a 1 MP crop are comparable.
 WORKING_SIDE = 512
@@ -148,7 +147,7 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw, *_mcu_size(image))
+                row = damaged_row(raw, *_mcu_size(image), restart_interval=restart_interval(data))
                 if row >= 0:
                     return _error(
                         "corrupt",

@@ -85,11 +85,15 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
               & (np.minimum(column, segments - column) >= MIN_ARM_SEGMENTS))
     for boundary, index in zip(*np.nonzero(shaped)):
         top, x = int(boundaries[boundary]), int(column[index]) * SEGMENT
-        if top + mcu_height + 2 > pixels.shape[0] or not evidence.vertical_seam(pixels, top, mcu_height, x):
+        if top + mcu_height + 2 > pixels.shape[0]:
             continue
         bottom = top + mcu_height
         above = np.concatenate([pixels[top - 2:top, x:], pixels[bottom - 2:bottom, :x]], axis=1)
         below = np.concatenate([pixels[top:top + 2, x:], pixels[bottom:bottom + 2, :x]], axis=1)
+        if not evidence.vertical_seam(pixels, top, mcu_height, x):
+            if evidence.shared_cast(below[0], above[-1]):
+                return top
+            continue
         if evidence.grainy(pixels[top - 1]):
             # On texture the picture goes on across a boundary: colours it does not have
             # just above are a cast (or other content, which the seam's shape rules out).
@@ -100,7 +104,7 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
             cast = evidence.one_cast(below[:1], above[-1:]) or (
                 evidence.unseen_share(below, above) >= UNSEEN_SHARE
                 and evidence.garbage_at(pixels, top, x, mcu_height, mcu_width))
-        if cast or evidence.moved_edges([pixels[top - 1, x:], pixels[bottom - 1, :x]],
+        if cast or evidence.shared_cast(below[0], above[-1]) or evidence.moved_edges([pixels[top - 1, x:], pixels[bottom - 1, :x]],
                                         [pixels[top, x:], pixels[bottom, :x]],
                                         [(x, pixels.shape[1]), (0, x)], mcu_width):
             return top
@@ -131,3 +135,4 @@ def _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, 
                 or evidence.garbage_at(pixels, top, x, mcu_height, mcu_width)):
             return top
     return -1
+

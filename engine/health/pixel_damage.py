@@ -24,6 +24,7 @@ import numpy as np
 from engine.health import damage_evidence
 from engine.health.mcu_seams import SEGMENT as STEP_SEGMENT
 from engine.health.mcu_seams import boundary_steps, first_seam_row
+from engine.health.restart_strips import first_strip_row
 
 BLOCK = 8
 # Columns are compared per segment of SEGMENT read columns, every OFFSET_COLUMN_STEP-th.
@@ -79,13 +80,15 @@ UNCLIPPED_ABOVE = 0.1
 CLIPPED_MIN_SPREAD = 4.0
 
 
-def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | None = None) -> int:
+def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | None = None,
+                restart_interval: int = 0) -> int:
     """The first pixel row of silent damage, or -1 when the pixels look whole.
 
     `pixels` is height × width (× channels) uint8, as decoded; `mcu_height` and
     `mcu_width` the size of the JPEG's minimum coded unit (16 × 16 with chroma halved
     both ways; the width defaults to the height): damage starts on an MCU, so only the
-    boundaries between MCU rows are read, and only seams that start on an MCU count."""
+    boundaries between MCU rows are read, and only seams that start on an MCU count.
+    `restart_interval` (MCUs, from the file's DRI segment; 0: none) is where damage ends."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     height = pixels.shape[0]
@@ -103,8 +106,11 @@ def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | No
     rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
     rows = rows.reshape(4, len(boundaries), *pixels.shape[1:])
     steps = boundary_steps(rows)
+    mcu_width = mcu_width or mcu_height
     found = [_offset_seam(rows, steps, boundaries),
-             first_seam_row(pixels, boundaries, steps, mcu_height, mcu_width or mcu_height)]
+             first_seam_row(pixels, boundaries, steps, mcu_height, mcu_width)]
+    if restart_interval:
+        found.append(first_strip_row(pixels, steps, mcu_height, mcu_width, restart_interval))
     if pixels.shape[1] >= MIN_SEAM_WIDTH:
         found.append(_clipped_seam(pixels[:, ::COLUMN_STEP, :3], boundaries))
     found = [row for row in found if row >= 0]

@@ -15,10 +15,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.config.schema import TrainConfig, parse_resolution
-from engine.health.image_checks import MAX_PIXELS
+from PIL import Image
+
+if TYPE_CHECKING:  # the config schema is read when settings are made, not to read a report
+    from engine.config.schema import TrainConfig
+
+# Pillow's own decompression-bomb threshold: above it, a trainer using Pillow warns,
+# at twice it refuses, and an RGB decode needs more than 250 MB per image. (Here, not in
+# image_checks, so that reading a report, as the health screen does, needs no numpy.)
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -156,6 +163,8 @@ class ScanSettings:
 
     @classmethod
     def from_config(cls, config: TrainConfig, *, kohya_layout: bool) -> "ScanSettings":
+        from engine.config.schema import TrainConfig, parse_resolution
+
         data = config.dataset
         try:
             resolution = parse_resolution(data.resolution)

@@ -7,12 +7,15 @@ The API the app uses (all keyword arguments optional; a scan without them behave
 it always did):
 
     scan(target, workers=None, progress=None, should_stop=None, on_file=None) -> ScanReport
-      progress(done, total)   after the cached files at once, then as each file finishes
+      progress(done, total)   (0, total) as soon as the names are listed, before any file
+                              is stat'ed; then as the cached files are found (in batches)
+                              and as each decoded file finishes
       should_stop() -> bool   checked between files; True ends the scan with ScanCancelled
                               (what was decoded is cached, so a rescan resumes from there)
       on_file(path, findings) once per image as soon as its own findings are known: the
-                              cached and unreadable ones first, at once, then each as it is
-                              decoded; `findings` are that image's decode and caption
+                              cached and unreadable ones as the listing reaches them (in
+                              the pool, all before the first decoded one), then each as it
+                              is decoded; `findings` are that image's decode and caption
                               findings (possibly none). Dataset-wide findings (duplicate,
                               near_duplicate, blurry, orphan_caption, bad_folder_name,
                               unreadable_folder) come only in the returned report, whose
@@ -43,7 +46,7 @@ from engine.errors import LoradeckError
 from engine.health.file_access import read_regular_file, reason
 from engine.health.findings import caption_path_of, dataset_findings, image_findings
 from engine.health.cache import load_cache, save_cache
-from engine.health.listing import list_files
+from engine.health.listing import list_files, stat_image
 from engine.health.report import DatasetFiles, Finding, ScanReport, ScanSettings, Skipped
 from engine.health.image_checks import ImageFacts
 from engine.health.workers import inspect_files
@@ -137,54 +140,82 @@ def scan(
 
 
 _one_scan_at_a_time = threading.Lock()
+KNOWN_BATCH = 500  # cached or unreadable images counted together in one progress call
 
 
 def _scan(target, workers, progress, should_stop, on_file) -> ScanReport:
     root, settings = target.root, target.settings
     if not root.is_dir():
         raise LoradeckError(f"{root}: image folder does not exist")
-    files = list_files(root, settings.caption_extension)
-    cached = load_cache(target.cache_path, root, settings.max_pixels)
-    # What is not a readable regular file is never opened: its reason is its finding.
-    facts: dict[str, ImageFacts] = {relative: ImageFacts(error_code="unreadable", error=files.problems[relative])
-                                    for relative in files.images if relative in files.problems}
-    todo: list[str] = []
-    for relative in files.images:
-        if relative in facts:
-            continue
-        entry = cached.get(relative)
-        if entry is not None and entry[0] == files.stats[relative]:
-            facts[relative] = entry[1]
-        else:
-            todo.append(relative)
+    # The names first (the directory says each entry's type): the total is known at once,
+    # and each image is stat'ed (the cache's key) as the scan comes to it, while the
+    # images before it are already decoding.
+    files = list_files(root, settings.caption_extension, stat_images=False)
     total = len(files.images)
-    captions = _Captions(root, files, settings)
     report = progress or (lambda done, count: None)
+    report(0, total)
+    cached = load_cache(target.cache_path, root, settings.max_pixels)
+    facts: dict[str, ImageFacts] = {}
+    captions = _Captions(root, files, settings)
 
-    def known(relative: str) -> None:
+    reported = 0
+
+    def known(relative: str, result: ImageFacts, *, batched: bool = False) -> None:
+        facts[relative] = result
         if on_file is not None:
-            on_file(relative, image_findings(relative, facts[relative], captions.texts_for(relative),
+            on_file(relative, image_findings(relative, result, captions.texts_for(relative),
                                               settings, files.problems))
+        if not batched or len(facts) % KNOWN_BATCH == 0:
+            count()
 
-    for relative in list(facts):
-        known(relative)
-    report(len(facts), total)
-    relative_of = {str(root / relative): relative for relative in todo}
+    def count() -> None:
+        nonlocal reported
+        if len(facts) != reported:
+            reported = len(facts)
+            report(reported, total)
+
+    def to_decode():
+        """The images the cache does not know, in name order. The others are known on the
+        way: what is not a readable regular file is never opened (its reason is its
+        finding), and a cached image's facts are its stamp's."""
+        for relative in files.images:
+            if relative not in files.problems and relative not in files.stats:
+                stamp, problem = stat_image(os.path.join(root, relative))
+                if stamp is None:
+                    files.problems[relative] = problem
+                else:
+                    files.stats[relative] = stamp
+            # (counted in batches: a cached dataset is known in a blink)
+            if relative in files.problems:
+                known(relative, ImageFacts(error_code="unreadable", error=files.problems[relative]), batched=True)
+                continue
+            entry = cached.get(relative)
+            if entry is not None and entry[0] == files.stats[relative]:
+                known(relative, entry[1], batched=True)
+                continue
+            count()
+            path = str(root / relative)
+            relative_of[path] = relative
+            yield path
+        count()
+
+    relative_of: dict[str, str] = {}
 
     def on_result(path: str, result: ImageFacts) -> None:
-        facts[relative_of[path]] = result
-        known(relative_of[path])
-        report(len(facts), total)
+        known(relative_of[path], result)
 
     finished = inspect_files(
-        list(relative_of), on_result, max_pixels=settings.max_pixels, workers=workers,
-        should_stop=should_stop or (lambda: False),
+        to_decode(), on_result, max_pixels=settings.max_pixels, workers=workers,
+        should_stop=should_stop or (lambda: False), expected=total,
     )
-    if todo or cached.keys() != files.stats.keys():
-        # Saved even when stopped early: the files decoded so far need no second decode.
-        save_cache(target.cache_path, root, settings.max_pixels,
-                   {relative: (files.stats[relative], facts[relative]) for relative in facts
-                    if relative in files.stats})
+    if relative_of or cached.keys() != files.stats.keys():
+        # Saved even when stopped early: the files decoded so far need no second decode
+        # (and the cached ones a stopped scan had not come to yet keep their entries).
+        listed = set(files.images)
+        entries = {relative: entry for relative, entry in cached.items() if relative in listed and relative not in facts}
+        entries.update({relative: (files.stats[relative], facts[relative]) for relative in facts
+                        if relative in files.stats})
+        save_cache(target.cache_path, root, settings.max_pixels, entries)
     if not finished:
         raise ScanCancelled()
     skipped = [Skipped(path, why) for path, why in files.skipped.items()]

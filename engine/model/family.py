@@ -162,6 +162,15 @@ class FamilyDescriptor(ABC):
     kohya_notes: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the note its `true` gets
     # GUI key -> the setting that takes its value, when this family's flag is set (else the key is ignored)
     kohya_values: Mapping[str, str] = field(default_factory=dict)
+    # GUI key -> (the values that leave it off, what it would change): this family's settings
+    # loradeck does not train, noted in one line when on (as kohya_keys.NOT_BUILT)
+    kohya_not_built: Mapping[str, tuple[tuple, str]] = field(default_factory=dict)
+
+    @property
+    def kohya_keys(self) -> frozenset[str]:
+        """Every GUI key this family reads, notes or refuses to honour."""
+        return frozenset({*self.kohya_flags, *self.kohya_settings, *self.kohya_notes, *self.kohya_values,
+                          *self.kohya_not_built})
 
     # ---- detection (registry: the first family that recognises a model is its family)
 

@@ -6,6 +6,7 @@ families whose single files use it (SD 1.x/2.x, SDXL: engine.model.families.<nam
     build_unet / build_vae / build_text_encoder(state, config_folder, path, dtype)
     load_single_file_vae(path, config_dir=...) an AutoencoderKL from a VAE file
     unet_to_ldm / vae_to_ldm / text_encoder_to_ldm, and back: unet_to_diffusers, ...
+    unet_module_to_ldm(name, ...), kohya_unet_name_to_ldm(name, ...)   LoRA keys' module names
     check_round_trip(source, components); save_ldm_file(state, out_path, dtype)
 
 Loading needs no network at all: the model configs and CLIP's BPE vocabulary ship in
@@ -402,6 +403,39 @@ def unet_to_ldm(weights: dict[str, Any], config) -> dict[str, Any]:
         raise LoradeckError("a U-Net with a different layers_per_block per block has no single-file layout")
     up_with_attention = {int(key.split(".")[1]) for key in weights if re.match(r"up_blocks\.\d+\.attentions\.", key)}
     return {UNET_PREFIX + _unet_key_to_ldm(key, layers, up_with_attention): value for key, value in weights.items()}
+
+
+# ---------------------------------------------------------------- LoRA module names in the original layout
+
+
+def unet_module_to_ldm(name: str, layers: int, up_with_attention: set[int] | frozenset[int]) -> str:
+    """A diffusers U-Net module's name in the original layout, as sd-scripts' SDXL U-Net
+    (library/sdxl_original_unet.py) names its modules: `down_blocks.1.attentions.0.proj_in`
+    -> `input_blocks.4.1.proj_in`, `down_blocks.0.resnets.0.conv1` -> `input_blocks.1.0.in_layers.2`,
+    `down_blocks.0.downsamplers.0.conv` -> `input_blocks.3.0.op`."""
+    return _unet_key_to_ldm(f"{name}.weight", layers, set(up_with_attention)).removesuffix(".weight")
+
+
+_KOHYA_TOP = {prefix[:-1].replace(".", "_"): prefix[:-1] for prefix in _UNET_TOP_TO_LDM}
+_KOHYA_BLOCK = re.compile(r"(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)")
+_KOHYA_MID = re.compile(r"mid_block_(resnets|attentions)_(\d+)_(.+)")
+
+
+def kohya_unet_name_to_ldm(name: str, layers: int, up_with_attention: set[int] | frozenset[int]) -> str | None:
+    """The module part of a Kohya U-Net key written after diffusers' module names, in the
+    original layout: `down_blocks_1_attentions_0_proj_in` -> `input_blocks_4_1_proj_in`;
+    None for a name that is not diffusers' (already the original's, or unknown). Only the
+    block part is parsed, the rest keeps its underscores (a resnet's layer is one word of
+    `_UNET_RESNET_TO_LDM`)."""
+    if name in _KOHYA_TOP:
+        dotted = _KOHYA_TOP[name]
+    elif match := _KOHYA_BLOCK.fullmatch(name):
+        dotted = ".".join(match.groups())
+    elif match := _KOHYA_MID.fullmatch(name):
+        dotted = "mid_block." + ".".join(match.groups())
+    else:
+        return None
+    return unet_module_to_ldm(dotted, layers, up_with_attention).replace(".", "_")
 
 
 _VAE_RENAMES = [

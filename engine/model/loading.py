@@ -13,27 +13,20 @@ network (`local_files_only`); a hub id does, the first time. Anything a user can
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.config.schema import TrainConfig, resolve_path
+from engine.config.schema import SINGLE_FILE_SUFFIXES, TrainConfig, looks_like_hub_id, resolve_path
 from engine.errors import LoradeckError, first_line
 from engine.model.families import check_family, default_family, family_named, folder_family
 from engine.model.family import BaseModel, FamilyDescriptor
 from engine.model.single_file import file_family_or_none
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 log = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["BaseModel", "load_base_model", "load_vae_override", "looks_like_hub_id", "model_display_name"]
-
-
-def looks_like_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value)) and not value.endswith(SINGLE_FILE_SUFFIXES)
 
 
 def model_display_name(value: str) -> str:

@@ -151,6 +151,14 @@ def text_encoder_layers(text: dict) -> list[LayerShape]:
         "num_hidden_layers"]
 
 
+def full_preset_extra_layers(unet: dict) -> list[LayerShape]:
+    """The layers LyCORIS' `full` preset adapts by name: conv_in, conv_out and the time
+    embedding's two Linears (engine.network.lycoris_network)."""
+    first = unet["block_out_channels"][0]
+    return [LayerShape(unet.get("in_channels", 4), first, 3), LayerShape(first, unet.get("out_channels", 4), 3),
+            LayerShape(first, first * 4), LayerShape(first * 4, first * 4)]
+
+
 def unet_clip_layers(spec, unet: dict, text_configs: list[dict]) -> list[LayerShape]:
     """Every layer a network of `spec` adapts on a U-Net and CLIP text encoders (3x3
     convolutions only where the spec gives them a rank)."""
@@ -159,6 +167,8 @@ def unet_clip_layers(spec, unet: dict, text_configs: list[dict]) -> list[LayerSh
         layers += transformer_layers(unet)
         if spec.adapts_resnets:
             layers += resnet_layers(unet)
+        if spec.built_by_lycoris:
+            layers += full_preset_extra_layers(unet)
     if spec.train_text_encoder:
         for encoder in text_configs:
             layers += text_encoder_layers(encoder)

@@ -243,6 +243,10 @@ def text_cache_refusal(config, train_text_encoder: bool) -> str | None:
         return "captions are shuffled (captions.shuffle_caption)"
     if config.captions.caption_dropout_rate:
         return "captions are dropped at random (captions.caption_dropout_rate)"
+    if config.captions.caption_tag_dropout_rate:
+        return "tags are dropped at random (captions.caption_tag_dropout_rate)"
+    if config.captions.caption_dropout_every_n_epochs:
+        return "captions are dropped every few epochs (captions.caption_dropout_every_n_epochs)"
     return None
 
 

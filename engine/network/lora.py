@@ -23,11 +23,13 @@ AUTOMATIC1111, ComfyUI and sd-scripts read; one key prefix per adapted module:
     lora_unet_..._to_q.lokr_w1 (or lokr_w1_a, lokr_w1_b), lokr_w2 (or lokr_w2_a, lokr_w2_b, lokr_t2)  lokr
     lora_te_text_model_encoder_layers_0_self_attn_q_proj....
 
-The key is the module's dotted path with dots turned into underscores (that is why the
-mapping back goes through the model's own module names, not by parsing the key), after the
-component's prefix: SD's `lora_unet_*` and `lora_te_*`; SDXL's two text encoders are
-`lora_te1_*` (CLIP-L) and `lora_te2_*` (OpenCLIP-bigG), as sd-scripts' SDXL networks.lora
-names them.
+The key is the component's name for the module (`LoraComponent.key`): by default its dotted
+path with dots turned into underscores (that is why the mapping back goes through the
+model's own module names, not by parsing the key), after the component's prefix: SD's
+`lora_unet_*` and `lora_te_*`; SDXL's two text encoders are `lora_te1_*` (CLIP-L) and
+`lora_te2_*` (OpenCLIP-bigG), and its U-Net's keys take the original (SGM) layout's module
+names (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`), as sd-scripts' SDXL
+networks.lora names them.
 """
 from __future__ import annotations
 
@@ -159,7 +161,12 @@ class LoraNetwork:
     def build(cls, family: FamilyDescriptor, holder, spec: NetworkSpec) -> "LoraNetwork":
         """Inject fresh adapters of the spec's type into the family's parts of `holder` (a
         loaded model, a diffusers pipeline, or a dict of parts by name); every type starts at
-        the base model's output."""
+        the base model's output. LyCORIS' own types (and DoRA per input) are LyCORIS modules:
+        engine.network.lycoris_network."""
+        if spec.built_by_lycoris:
+            from engine.network.lycoris_network import LycorisNetwork
+
+            return LycorisNetwork.build(family, holder, spec)  # type: ignore[return-value]
         from peft import LoraConfig, inject_adapter_in_model
 
         network = cls(family, _parts_of(holder, family), spec)

@@ -10,19 +10,24 @@ Light module.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from engine.dataset.buckets import batches_in_bucket
-from engine.config.schema import TrainConfig
+from engine.config.schema import TrainConfig, resolve_path
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
+from engine.plan.kohya_steps import SD_SCRIPTS_DEFAULT_STEPS, GuiStepCount, difference_note, gui_step_count
 from engine.plan.model_shapes import network_size_of
 from engine.model.families import config_family, family_named
 from engine.plan.vram import VramEstimate, estimate_vram
+from engine.run.format import format_bytes
 
 BYTES_PER_VALUE = {"float": 4, "fp16": 2, "bf16": 2}
+MAX_LISTED_CHECKPOINTS = 1000  # a run saving every step of a long run would list millions
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     epochs: int
-    checkpoints: list[dict[str, int]]
+    checkpoints: list[dict[str, int]]  # the first MAX_LISTED_CHECKPOINTS - 1 and the final one
     lora_file_bytes: int
     lora_parameters: int
     vram_estimate: VramEstimate
@@ -68,6 +73,8 @@ class Plan:
     validation_images: int = 0  # held out, never trained on (engine.dataset.folders.hold_out)
     validation_source: str = ""  # "folder", "split" or "" (no validation)
     family: str = ""  # engine.model.families' name: detected from the base model, or model.family
+    step_note: str = ""  # training.gui_step_count: the Kohya GUI's count and how it differs from the buckets'
+    checkpoint_count: int = 0  # LoRA files the run writes (all of them; `checkpoints` may list fewer)
 
     @property
     def family_label(self) -> str:
@@ -113,9 +120,15 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
     ]
     batches_per_epoch = sum(b.batches for b in buckets)
     steps_per_epoch = math.ceil(-(-batches_per_epoch // num_processes) / accumulation)
+    step_note = ""
     if config.training.max_steps:
         total_steps = config.training.max_steps
         epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+    elif config.training.gui_step_count:
+        count = _gui_count(config, base_dir)
+        total_steps = count.steps if count is not None else SD_SCRIPTS_DEFAULT_STEPS
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
+        step_note = difference_note(count, steps_per_epoch, total_steps, epochs)
     else:
         epochs = config.training.epochs
         total_steps = epochs * steps_per_epoch
@@ -125,6 +138,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
     family = config_family(config, base_dir)
     parameters, tensors, layers = network_size_of(config, base_dir)
     value_bytes = BYTES_PER_VALUE[config.precision.save_precision]
+    saves = SaveSchedule.of(config, steps_per_epoch, total_steps, epochs)
     # the weights and one alpha per layer, plus the safetensors header (about 160 bytes of
     # JSON per tensor, plus ~2 KiB of ss_* metadata)
     file_bytes = parameters * value_bytes + layers * value_bytes + tensors * 160 + 2048
@@ -141,16 +155,55 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         epochs=epochs,
-        checkpoints=SaveSchedule.of(config, steps_per_epoch, total_steps, epochs).points(),
+        checkpoints=saves.points(MAX_LISTED_CHECKPOINTS),
+        checkpoint_count=saves.count(),
         lora_file_bytes=file_bytes,
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
-        problems=[problem.message for problem in dataset.problems] + family.plan_notes(config),
+        problems=([problem.message for problem in dataset.problems] + family.plan_notes(config)
+                  + _warmup_problems(config, total_steps) + _save_count_problems(saves.count(), file_bytes)
+                  + _mask_notes(config, dataset)),
         num_processes=num_processes,
         validation_images=len(dataset.validation_items),
         validation_source=("folder" if config.validation.image_dir.strip() else "split") if config.validation.enabled else "",
         family=family.name,
+        step_note=step_note,
     )
+
+
+def _mask_notes(config: TrainConfig, dataset: Dataset) -> list[str]:
+    """A masked loss with no mask to read trains unmasked, as in sd-scripts: say so."""
+    if config.training.masked_loss and not config.dataset.alpha_mask and not any(
+            item.mask_path is not None for item in dataset.items):
+        return ["training.masked_loss is on but no image has a mask (no conditioning_data_dir in a dataset TOML "
+                "subset, dataset.alpha_mask off): the loss is not masked"]
+    return []
+
+
+def _gui_count(config: TrainConfig, base_dir: str | Path) -> GuiStepCount | None:
+    """The Kohya GUI's step count of the config's folders (None with a dataset TOML)."""
+    if config.dataset.dataset_config.strip():
+        return None
+    training = config.training
+    return gui_step_count(resolve_path(base_dir, config.dataset.image_dir) or Path(base_dir),
+                          bool(config.dataset.reg_dir.strip()), training.batch_size,
+                          training.gradient_accumulation_steps, training.epochs)
+
+
+def _warmup_problems(config: TrainConfig, total_steps: int) -> list[str]:
+    warmup = config.optimizer.lr_warmup_steps
+    if not warmup or warmup <= total_steps or not total_steps:
+        return []
+    return [f"optimizer.lr_warmup_steps: {warmup} warm-up steps, but the run has {total_steps}: the learning rate "
+            f"rises for the whole run and reaches its set value only at the end; about {max(1, total_steps // 10)} "
+            "(a tenth of the run) is usual"]
+
+
+def _save_count_problems(count: int, file_bytes: int) -> list[str]:
+    if count <= MAX_LISTED_CHECKPOINTS:
+        return []
+    return [f"saving: the run writes {count:,} LoRA files ({format_bytes(count * file_bytes)}); save less often, "
+            "or keep only the last few with saving.save_last_n"]
 
 
 def _folder_plan(folder: FolderInfo, instances, validation_items) -> FolderPlan:
@@ -185,20 +238,55 @@ class SaveSchedule:
         final = epoch >= self.epochs or step >= self.total_steps
         return bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0 and not final
 
-    def points(self) -> list[dict[str, int]]:
-        """Every LoRA file the run will write, as {"epoch", "step"}; the last is the final one."""
-        points: dict[int, int] = {}
-        for epoch in range(1, self.epochs + 1):
-            step = min(epoch * self.steps_per_epoch, self.total_steps)
-            if self.after_epoch(epoch, step):
-                points[step] = epoch
-        if self.every_n_steps:
-            for step in range(self.every_n_steps, self.total_steps + 1, self.every_n_steps):
-                if self.after_step(step):
-                    points.setdefault(step, math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else 0)
+    def points(self, limit: int | None = None) -> list[dict[str, int]]:
+        """The LoRA files the run will write, as {"epoch", "step"} in step order, the last
+        being the final one; with `limit`, the first `limit - 1` and the final (`count()`
+        says how many there are: a long run saving every step makes millions)."""
+        saves = self._intermediate()
+        listed = list(itertools.islice(saves, None if limit is None else max(0, limit - 1)))
         if self.total_steps:
-            points[self.total_steps] = self.epochs
-        return [{"epoch": epoch, "step": step} for step, epoch in sorted(points.items())]
+            listed.append((self.total_steps, self.epochs))
+        return [{"epoch": epoch, "step": step} for step, epoch in listed]
+
+    def count(self) -> int:
+        """How many LoRA files the run writes, by arithmetic (no list of them)."""
+        if not self.total_steps:
+            return 0
+        last = self.total_steps - 1  # intermediate saves come before the final step
+        by_epoch = 0
+        if self.every_n_epochs and self.steps_per_epoch:
+            every = self.every_n_epochs
+            by_epoch = max(0, min((self.epochs - 1) // every, last // (every * self.steps_per_epoch)))
+        by_step = last // self.every_n_steps if self.every_n_steps else 0
+        both = 0  # epoch saves that fall on a step save too: one file
+        if by_epoch and by_step:
+            spacing = self.every_n_epochs * self.steps_per_epoch
+            both = by_epoch // (self.every_n_steps // math.gcd(spacing, self.every_n_steps))
+        return by_epoch + by_step - both + 1
+
+    def _intermediate(self) -> Iterator[tuple[int, int]]:
+        """(step, epoch) of every save before the final one, in step order, lazily."""
+
+        def by_epoch() -> Iterator[tuple[int, int, int]]:
+            if not (self.every_n_epochs and self.steps_per_epoch):
+                return
+            for epoch in range(self.every_n_epochs, self.epochs + 1, self.every_n_epochs):
+                step = min(epoch * self.steps_per_epoch, self.total_steps)
+                if not self.after_epoch(epoch, step):
+                    return  # later epochs end later
+                yield step, 0, epoch
+
+        def by_step() -> Iterator[tuple[int, int, int]]:
+            if not self.every_n_steps:
+                return
+            for step in range(self.every_n_steps, self.total_steps, self.every_n_steps):
+                yield step, 1, math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else 0
+
+        previous = None
+        for step, _order, epoch in heapq.merge(by_epoch(), by_step()):  # an epoch save names a shared step
+            if step != previous:
+                previous = step
+                yield step, epoch
 
 
 def family_name_of(config, base_dir) -> str:

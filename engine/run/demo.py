@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from engine.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from engine.config.schema import config_from_dict, save_config
 from engine.config.workspace import Workspace
+from engine.run.next_steps import DEMO_STATE
 
 DEMO_PROMPTS = (
     "sunset lake, orange sky, calm water --w 96 --h 64 --d 1 --s 8\n"
@@ -166,6 +167,7 @@ def create_demo_workspace(root: str | Path, *, epochs: int = 4) -> Workspace:
 
         make_tiny_model(model_dir)
     save_config(demo_config(epochs), workspace.config_path)
+    workspace.save_state(DEMO_STATE, {"demo": True})  # the end of a run points at the demo's problems
     return workspace
 
 
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
+    from engine.library_noise import silence_library_noise
+
+    silence_library_noise()
     parser = argparse.ArgumentParser(prog="python -m engine.run.demo")
     parser.add_argument("dir", type=Path)
     parser.add_argument("--epochs", type=int, default=4)

@@ -19,7 +19,12 @@ Every event carries `v` (schema version), `seq` (0, 1, 2... within the file), `t
     validation  step, epoch, loss, train_loss (or null), bands {"t125": loss, ...}, images,
                 train_images, seconds, best (bool: a new best), best_step, best_epoch,
                 best_loss, evaluations_since_best, best_path (relative; "" if none)
-    control     request ("stop", "save", "sample"), outcome (text)
+    control     request ("stop", "save", "sample", "skip"), outcome (text)
+    phase       phase (PHASES), step, epoch, done, total (0: not known), since (when the
+                phase began); optional detail ("image 2/4"), steps_per_s (training). Said
+                when a phase begins, as it progresses (at most every second) and every few
+                seconds while nothing moves (a heartbeat: the same numbers again), whatever
+                the logging interval (engine.train.phase)
     warning     message; optional code, path
     error       message, traceback
     run_end     status ("finished", "stopped", "failed"), step, epoch, message
@@ -58,8 +63,14 @@ VALIDATION = "validation"
 WARNING = "warning"
 ERROR = "error"
 RUN_END = "run_end"
+PHASE = "phase"
 
-EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END)
+EVENT_TYPES = (RUN_START, STEP, EPOCH_END, SAMPLE, CHECKPOINT, VALIDATION, CONTROL, WARNING, ERROR, RUN_END, PHASE)
+
+# what the engine is doing (phase events), in the order a run goes through them
+LOADING_MODEL, CACHING_LATENTS, CACHING_TEXT = "loading_model", "caching_latents", "caching_text"
+TRAINING, SAMPLING, SAVING, VALIDATING = "training", "sampling", "saving", "validating"
+PHASES = (LOADING_MODEL, CACHING_LATENTS, CACHING_TEXT, TRAINING, SAMPLING, SAVING, VALIDATING)
 CAPTION_START = "caption_start"
 CAPTION_PROGRESS = "caption_progress"
 CAPTION_DONE = "caption_done"

@@ -13,12 +13,12 @@ progress. Bad fields (missing, wrong type) keep the previous value. Light module
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, FINISHED, RUN_END, RUN_START, RUNNING,
-                               SAMPLE, STARTING, STEP, VALIDATION, WARNING, as_float, as_int)
+from engine.run.events import (CHECKPOINT, CONTROL, EPOCH_END, ERROR, FINISHED, PHASE, RUN_END, RUN_START, RUNNING,
+                               SAMPLE, STARTING, STEP, TRAINING, VALIDATION, WARNING, as_float, as_int)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class RunProgress:
     last_sample: SampleRecord | None = None
     last_checkpoint: CheckpointRecord | None = None
     lora_checkpoints: int = 0
+    last_lora: str = ""  # the newest LoRA file (relative to the run folder), "" before the first
     latest_validation: dict[str, Any] | None = None  # {step, epoch, loss, train_loss}
     best_validation_so_far: dict[str, Any] | None = None  # {step, epoch, loss, path}
     last_control: str = ""  # "stop: stopped at step 7"
@@ -86,6 +87,16 @@ class RunProgress:
     error_message: str = ""
     error_traceback: str = ""
     last_event_time: float | None = None
+    # what the engine is doing now (phase events, engine.train.phase); "" when not known
+    phase: str = ""
+    phase_done: int = 0
+    phase_total: int = 0
+    phase_detail: str = ""
+    phase_since: float | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # the last whole duration of each phase
+    phase_cut_short: bool = False  # a skip ended the phase in progress: its length says nothing
+    # the newest event that moved something (a heartbeat that repeats its numbers does not)
+    last_progress_time: float | None = None
     ended: float | None = None
     end_message: str = ""
     events: int = 0  # folded (a reader that skips steps counts fewer)
@@ -119,6 +130,8 @@ class RunProgress:
             when = as_float(when)
         if when is not None:
             self.last_event_time = when
+            if kind != PHASE:
+                self.last_progress_time = when
         if kind == RUN_START:
             plan = event.get("plan") or {}
             if not isinstance(plan, dict):
@@ -139,6 +152,7 @@ class RunProgress:
                 self.started = when
             # a resumed run is live again: forget the previous end and its failure
             self.status = RUNNING
+            self.phase = ""
             self.ended = None
             self.end_message = ""
             self.error_message = ""
@@ -170,6 +184,7 @@ class RunProgress:
             )
             if self.last_checkpoint.kind == "lora":
                 self.lora_checkpoints += 1
+                self.last_lora = self.last_checkpoint.path
         elif kind == VALIDATION:
             loss = as_float(event.get("loss"))
             if loss is None:
@@ -183,6 +198,7 @@ class RunProgress:
         elif kind == CONTROL:
             request = event.get("request", "?")
             self.last_control = f"{request}: {event.get('outcome', '')}".rstrip(": ")
+            self.phase_cut_short = self.phase_cut_short or request == "skip"
         elif kind == WARNING:
             self.warnings += 1
             message = str(event.get("message", ""))
@@ -192,7 +208,11 @@ class RunProgress:
         elif kind == ERROR:
             self.error_message = str(event.get("message", "")) or "error"
             self.error_traceback = str(event.get("traceback") or "")
+        elif kind == PHASE:
+            if self.status == RUNNING:  # a late heartbeat after the run end says nothing
+                self._fold_phase(event, when)
         elif kind == RUN_END:
+            self.phase = ""
             self.status = str(event.get("status") or FINISHED)
             self.ended = when
             self.step = as_int(event.get("step"), self.step)
@@ -201,6 +221,25 @@ class RunProgress:
         else:
             self.unknown_events += 1  # newer engines may add types: ignore, but count
         self._folded(event, kind, when)
+
+    def _fold_phase(self, event: dict[str, Any], when: float | None) -> None:
+        phase = str(event.get("phase") or "")
+        numbers = (phase, as_int(event.get("step"), self.step), as_int(event.get("done"), 0),
+                   as_int(event.get("total"), 0), str(event.get("detail") or ""))
+        if numbers != (self.phase, self.step, self.phase_done, self.phase_total, self.phase_detail) and when:
+            self.last_progress_time = when  # not a bare heartbeat: the run moved
+        since = as_float(event.get("since"))
+        if phase != self.phase and self.phase and self.phase_since is not None and since is not None:
+            if not self.phase_cut_short:
+                self.phase_seconds[self.phase] = max(0.0, since - self.phase_since)
+            self.phase_cut_short = False
+        self.phase, step, self.phase_done, self.phase_total, self.phase_detail = numbers
+        self.phase_since = since
+        # the step and the speed, every few seconds whatever the logging interval
+        self.step = max(self.step, step)
+        self.epoch = max(self.epoch, as_int(event.get("epoch"), 0))
+        if phase == TRAINING and as_float(event.get("steps_per_s")):
+            self.steps_per_s = as_float(event.get("steps_per_s"))
 
     def fold_steps(self, steps: list[dict[str, Any]]) -> None:
         """A run of step events: the hot path (100,000s of them when attaching)."""
@@ -211,7 +250,7 @@ class RunProgress:
             if type(when) is not float:
                 when = as_float(when)
             if when is not None:
-                self.last_event_time = when
+                self.last_event_time = self.last_progress_time = when
                 break
         self.step = as_int(last.get("step"), self.step)
         self.epoch = as_int(last.get("epoch"), self.epoch)

@@ -6,7 +6,7 @@
       engine.log     the engine's stdout/stderr
       engine.pid     {"pid", "start_ticks", "started", "host"} while the engine lives
                      (start_ticks: the process's start time as psutil reports it)
-      control/       request files: stop, save, sample (the engine removes them when done)
+      control/       request files: stop, save, sample, skip (the engine removes them when done)
       samples/ checkpoints/ state/ tb/
 
 Light module: the TUI reads runs through it.
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from engine.atomic import atomic_write_text
+from engine.errors import LoradeckError
 from engine.run.events import CRASHED, EVENTS_FILE, RUNNING, STARTING, STEP, EventTail, _json_safe, parse_lines
 from engine.run.fold import RunProgress
 
@@ -36,7 +37,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_DIR = "state"
 TENSORBOARD_DIR = "tb"
 
-CONTROL_REQUESTS = ("stop", "save", "sample")
+CONTROL_REQUESTS = ("stop", "save", "sample", "skip")  # skip: the sampling in progress
 
 class RunDir:
     """Paths of one run folder."""
@@ -90,6 +91,44 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.exists() or self.events.exists()
+
+    # ---- saved state and leftovers (engine.train.state and engine.atomic write them)
+
+    def saved_state_step(self) -> int | None:
+        """The step a resume starts from: the complete state `latest.json` names, else the
+        newest complete one; None when there is none (killed before its first save)."""
+        name = latest_state_name(self.state)
+        if name is None:
+            complete = [path.name for path in self.state.glob("step-*") if (path / "state.json").is_file()]
+            name = max(complete, default=None)
+        match = _STATE_FOLDER.match(name or "")
+        return int(match.group(1)) if match else None
+
+    def start_over_note(self) -> str:
+        """For a resume: "" when a saved state is there to continue from, else the note that
+        the run starts again from step 0 (it ended before its first save: nothing is lost).
+        Raises LoradeckError when it can do neither: LoRA files but no state (saving.save_state
+        off, or the first state save failed) would be overwritten by a new start."""
+        if self.saved_state_step() is not None:
+            return ""
+        if any(self.checkpoints.glob("*.safetensors")):
+            raise LoradeckError(f"{self.path}: no saved trainer state to resume from, and starting it again from "
+                                f"step 0 would overwrite its LoRA files; move them out of {self.checkpoints} to "
+                                "start again, or train a new run under another saving.output_name")
+        return f"{self.path} has no saved state (it ended before its first save): training starts again from step 0"
+
+    def remove_temporary_files(self) -> int:
+        """Remove what saves killed half-way left (temporary LoRA files and samples, state
+        folders not yet renamed); how many. Only the engine writes those, so only an engine
+        starting (or resuming) calls this."""
+        leftovers = [path for folder in (self.checkpoints, self.samples) for path in folder.glob(".*.tmp")]
+        leftovers += list(self.state.glob(".step-*.tmp-*"))
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(leftovers)
 
     # ---- engine process
 
@@ -157,6 +196,18 @@ class RunDir:
 
 
 START_TIME_SLACK = 1.0  # seconds
+LATEST_STATE_FILE = "latest.json"  # in state/: {"folder": "step-00000120", "step": 120}
+_STATE_FOLDER = re.compile(r"^step-(\d+)$")
+
+
+def latest_state_name(state_dir: Path) -> str | None:
+    """The state folder `latest.json` names, when that folder holds a complete state."""
+    try:
+        data = json.loads((state_dir / LATEST_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("folder") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and (state_dir / name / "state.json").is_file() else None
 
 
 def process_start_time(pid: int) -> float | None:
@@ -165,6 +216,8 @@ def process_start_time(pid: int) -> float | None:
     Comparing it with the recorded value tells our engine from a new process that got
     the same pid. A zombie has finished; a process we may not inspect counts as 0.
     """
+    import psutil  # on first use: reading a run folder needs no process table
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -221,6 +274,7 @@ class RunSummary(RunProgress):
             "duration": self.duration,
             "message": self.message,
             "checkpoints": self.checkpoints,
+            "lora": str(self.path / self.last_lora) if self.last_lora else None,
             "validation": self.latest_validation,
             "best_validation": self.best_validation_so_far,
         })

@@ -84,7 +84,7 @@ def format_progress(step: int, total: int) -> str:
 
 
 # One row of `loradeck runs` and of the runs screen.
-COLUMNS = ("STATUS", "PROGRESS", "LOSS", "AVG LOSS", "SPEED", "STARTED", "DURATION", "NAME")
+COLUMNS = ("STATUS", "PROGRESS", "LOSS", "AVG LOSS", "SPEED", "STARTED", "DURATION", "NAME", "LORA")
 
 
 def summary_row(summary: RunSummary) -> tuple[str, ...]:
@@ -97,4 +97,5 @@ def summary_row(summary: RunSummary) -> tuple[str, ...]:
         format_clock(summary.started),
         format_duration(summary.duration),
         summary.name,
+        summary.last_lora.rsplit("/", 1)[-1] or MISSING,  # the newest LoRA file, in the run's checkpoints/
     )

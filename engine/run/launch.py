@@ -26,6 +26,7 @@ from engine.config.schema import (
     with_drawn_seed,
 )
 from engine.errors import LoradeckError
+from engine.plan.preflight import check_before_run, check_paths
 from engine.run.events import ERROR, read_events
 from engine.run.folder import RunDir
 
@@ -36,27 +37,17 @@ def run_folder_for(config: TrainConfig, base_dir: Path) -> Path:
 
 
 def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = None) -> RunDir:
-    """A run folder with its frozen config, ready for the engine. Refuses to overwrite a run."""
+    """A run folder with its frozen config, ready for the engine. Refuses to overwrite a run.
+
+    Everything a run needs that can be checked before it starts is checked here, before a
+    new run folder takes its name (engine.plan.preflight) and before a resume is detached."""
     if resume is not None:
-        run = RunDir(Path(resume).expanduser().resolve())
-        if not run.config.is_file():
-            raise LoradeckError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
-        if run.engine_alive():
-            raise LoradeckError(f"{run.path}: its engine is still running (pid {run.read_pid()['pid']})")
-        if config_path is not None:
-            # new settings for the rest of the run (say, more epochs), frozen in place of the old
-            path = Path(config_path).expanduser().resolve()
-            frozen = with_drawn_seed(with_absolute_paths(load_config(path), path.parent),
-                                     load_config(run.config).training.seed)  # a random seed stays the one drawn
-            save_config(frozen, run.config)
-        else:
-            load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
-        return run
+        return _prepare_resume(Path(resume).expanduser().resolve(), config_path)
     if config_path is None:
         raise LoradeckError("a config file is needed to start a run (or --resume RUN_DIR)")
     path = Path(config_path).expanduser().resolve()
     config = load_config(path)
-    check_local_paths(config, path.parent)
+    check_before_run(config, path.parent)
     run = RunDir(run_folder_for(config, path.parent))
     if run.is_run():
         raise LoradeckError(
@@ -73,29 +64,44 @@ def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = N
     return run
 
 
-def _looks_local(value: str) -> bool:
-    """A path rather than a hub id (`owner/name`)."""
-    return value.startswith(("/", ".", "~")) or Path(value).suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin")
+ENGINE_EXIT_SECONDS = 60.0
 
 
-def check_local_paths(config: TrainConfig, base_dir: Path) -> None:
-    """Refuse to start (before a run folder takes the name) when a local file is missing."""
-    for key, value in (("model.pretrained_model", config.model.pretrained_model), ("model.vae", config.model.vae)):
-        resolved = resolve_path(base_dir, value.strip())
-        if resolved is not None and _looks_local(value.strip()) and not resolved.exists():
-            raise LoradeckError(f"{key}: {resolved} does not exist")
-    image_dir = resolve_path(base_dir, config.dataset.image_dir)
-    if config.dataset.dataset_config.strip():
-        from engine.dataset.folders import scan_dataset
+def _ended_engine_exits(run: RunDir) -> bool:
+    """A run that has written its run end but whose engine is still closing (releasing the
+    GPU, tearing down torch): wait for it, so `resume` right after a stop just works.
+    True when the engine has gone; False at once for a run that has not ended."""
+    from engine.run.events import RUN_END_STATUSES
+    from engine.run.folder import summarize_run
 
-        scan_dataset(config, base_dir)  # the TOML, its image folders, its settings against the config
-    elif image_dir is None or not image_dir.is_dir():
-        raise LoradeckError(f"dataset.image_dir: image folder {image_dir} does not exist")
-    if config.sampling.prompts_file.strip():
-        # A typo here would otherwise surface only as a warning once the first samples are due.
-        from engine.config.prompts import load_prompts
+    if summarize_run(run.path).status not in RUN_END_STATUSES:
+        return False
+    deadline = time.monotonic() + ENGINE_EXIT_SECONDS
+    while run.engine_alive():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
-        load_prompts(config, base_dir)
+
+def _prepare_resume(folder: Path, config_path: str | Path | None) -> RunDir:
+    run = RunDir(folder)
+    if not run.config.is_file():
+        raise LoradeckError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
+    if run.engine_alive() and not _ended_engine_exits(run):
+        raise LoradeckError(f"{run.path}: its engine is still running (pid {run.read_pid()['pid']})")
+    frozen = load_config(run.config)  # a damaged frozen config: its own error, not "the engine failed"
+    if config_path is None:
+        check_paths(frozen, run.path, new_run=False)  # the frozen paths are absolute: the model may have moved
+        run.start_over_note()  # refuses a run that can neither continue nor start again
+        return run
+    # new settings for the rest of the run (say, more epochs), frozen in place of the old
+    path = Path(config_path).expanduser().resolve()
+    config = load_config(path)
+    check_paths(config, path.parent, new_run=False)
+    run.start_over_note()
+    save_config(with_drawn_seed(with_absolute_paths(config, path.parent), frozen.training.seed), run.config)
+    return run
 
 
 def engine_command(run: RunDir, *, resume: bool) -> list[str]:

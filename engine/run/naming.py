@@ -89,7 +89,9 @@ def existing_run_names(runs_dir: str | Path) -> set[str]:
     """Names of every folder in the runs folder (finished, failed or half-made)."""
     try:
         return {entry.name for entry in os.scandir(runs_dir) if entry.is_dir()}
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
+        # missing, a file, unreadable, a loop of links: no names known here. The names only
+        # steer the suggestions; starting a run checks the folder itself and says what is wrong.
         return set()
 
 

@@ -21,14 +21,14 @@ import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from engine.atomic import atomic_path
 from engine.config.schema import TrainConfig
 from engine.errors import LoradeckError
-from engine.run.events import SAMPLE, WARNING, EventWriter
+from engine.run.events import CONTROL, SAMPLE, WARNING, EventWriter
 from engine.config.prompts import SamplePrompt, load_prompts
 from engine.run.folder import RunDir
 from engine.train.state import capture_rng, restore_rng
@@ -63,6 +63,10 @@ def build_pipeline(model: Any, scheduler: Any) -> Any:
     return pipeline
 
 
+class SampleInterrupted(Exception):
+    """`on_step` asked to end the image early (a skip request, a stop signal)."""
+
+
 def render(
     pipeline: Any,
     prompt: SamplePrompt,
@@ -73,12 +77,15 @@ def render(
     v_prediction: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    on_step: Callable[[int], bool] | None = None,
 ) -> "Image.Image":
     """One image for one prompt, with the prompt's sampler, seed, size, steps and CFG, through
     the pipeline of `runtime`'s family (engine.model.family.FamilyRuntime).
 
     The noise comes from a CPU generator seeded with the prompt's seed, so a seed gives
     the same starting noise on any GPU or on the CPU (in A1111: RNG source = CPU).
+    `on_step(steps_done)` is called after each denoising step; True ends the image there
+    (the pipeline's own interrupt) and raises SampleInterrupted.
     """
     pipeline.scheduler = runtime.sampling_scheduler(prompt.sampler, base_scheduler_config, v_prediction=v_prediction)
     generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
@@ -88,7 +95,22 @@ def render(
     with torch.no_grad():
         with autocast:
             arguments = runtime.sample_arguments(pipeline, prompt, clip_skip)
-            latents = pipeline(**arguments, generator=generator, output_type="latent").images
+            interrupted = []
+
+            def after_step(pipe, index, _timestep, tensors):
+                if on_step(index + 1):
+                    interrupted.append(index + 1)
+                    pipe._interrupt = True  # the pipelines skip the steps left
+                return tensors
+
+            latents = pipeline(
+                **arguments,
+                generator=generator,
+                output_type="latent",
+                **({"callback_on_step_end": after_step} if on_step is not None else {}),
+            ).images
+            if interrupted:
+                raise SampleInterrupted(f"interrupted after {interrupted[0]} of {prompt.steps} steps")
         # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
         # fp32 under fp16 training when the family's overflows in fp16.
         pixels = runtime.decode(pipeline, latents, width=arguments["width"], height=arguments["height"])
@@ -224,23 +246,42 @@ class TrainingSampler:
         seed = self._chosen_seeds.setdefault(key, prompt.seed)
         return prompt if seed == prompt.seed else dataclasses.replace(prompt, seed=seed)
 
-    def sample(self, epoch: int, step: int) -> list[Path]:
+    def sample(self, epoch: int, step: int, *, progress: Callable[[int, int, str], None] | None = None,
+               interrupted: Callable[[], str | None] | None = None) -> list[Path]:
         """One PNG per prompt in `samples/`, and a `sample` event for each; their paths.
 
         Asked again at the same epoch and step with the same prompts (a step that is also
         an epoch end, a sample-now request), the images would be identical: the files
-        already written are returned.
+        already written are returned. `progress(done, total, detail)` hears every
+        denoising step (of all prompts together); `interrupted()` is asked after each and
+        ends the sampling when it names a reason: "skip" (a skip request: a control event
+        says where it ended, training goes on) or anything else (a stop signal).
         """
         prompts = self.prompts()
         if not prompts:
             return []
         if self._last is not None and self._last[:2] == ((epoch, step), prompts):
             return list(self._last[2])
+        self.run_dir.clear_request("skip")  # a skip meant for an earlier sampling
         modules = [unwrap_module(m) for m in self.model.modules()]
         paths: list[Path] = []
+        total = sum(prompt.steps for prompt in prompts)
+        done = 0
         with inference_mode_for(modules, self.device):
             pipeline = self._get_pipeline()
             for index, prompt in enumerate(prompts):
+                detail = f"image {index + 1}/{len(prompts)}"
+                reason: list[str] = []
+
+                def on_step(steps: int, before: int = done, detail: str = detail) -> bool:
+                    if progress is not None:
+                        progress(before + steps, total, detail)
+                    why = interrupted() if interrupted is not None else None
+                    if why:
+                        reason.append(why)
+                    return bool(why)
+
+                done += prompt.steps
                 try:
                     image = render(
                         pipeline,
@@ -251,7 +292,14 @@ class TrainingSampler:
                         v_prediction=self.config.model.v_parameterization,
                         device=self.device,
                         dtype=self.dtype,
+                        on_step=on_step if (progress or interrupted) else None,
                     )
+                except SampleInterrupted:
+                    if reason and reason[0] == "skip":
+                        self.run_dir.clear_request("skip")
+                        self.events.emit(CONTROL, request="skip",
+                                         outcome=f"sampling skipped at {detail} ({len(paths)} written)")
+                    return paths  # not remembered: asked again, the samples are made
                 except torch.cuda.OutOfMemoryError:
                     # a sample too large for what training leaves free must not end the run
                     torch.cuda.empty_cache()

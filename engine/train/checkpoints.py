@@ -9,9 +9,11 @@ File names follow sd-scripts, and keep counting across a resume (the step is glo
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from engine.errors import LoradeckError, no_space_reason
 from engine.run.events import CHECKPOINT
 from engine.network.lora import SAVE_DTYPES, LoraNetwork, save_lora_file
 from engine.network.metadata import with_file_hashes
@@ -57,8 +59,12 @@ class Checkpointer:
 
     def save(self, *, epoch: int, step: int, name: str, final: bool,
              optimizer, lr_scheduler, progress: dict[str, Any], validation_loss: float | None = None) -> Path:
-        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files."""
-        path, size = self.write_lora(name, epoch=epoch, step=step)
+        """Write the LoRA (in the save precision) and, if enabled, the state; prune old files.
+
+        A full disk is one LoradeckError naming the step and the last good checkpoint; what
+        the failed save had written is gone (engine.atomic, engine.train.state)."""
+        with self._out_of_space_is_one_line("the LoRA file", step):
+            path, size = self.write_lora(name, epoch=epoch, step=step)
         scored = {} if validation_loss is None else {"validation_loss": validation_loss}
         self.events.emit(CHECKPOINT, path=_relative(path, self.run), epoch=epoch, step=step, bytes=size,
                          kind="lora", final=final, **scored)
@@ -69,13 +75,32 @@ class Checkpointer:
         self.last_saved_step = step
         if self.config.saving.save_state:
             progress = {**progress, "checkpoints": self.saved}
-            folder = save_state(
-                self.run.state, step=step, lora=self.network.state_dict(), optimizer=optimizer.state_dict(),
-                lr_scheduler=lr_scheduler.state_dict(), progress=progress,
-            )
+            with self._out_of_space_is_one_line("the state", step):
+                folder = save_state(
+                    self.run.state, step=step, lora=self.network.state_dict(), optimizer=optimizer.state_dict(),
+                    lr_scheduler=lr_scheduler.state_dict(), progress=progress,
+                )
             self.events.emit(CHECKPOINT, path=_relative(folder, self.run), epoch=epoch, step=step,
                              bytes=folder_bytes(folder), kind="state", final=final)
         return path
+
+    @contextlib.contextmanager
+    def _out_of_space_is_one_line(self, what: str, step: int) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:
+            reason = no_space_reason(error)
+            if reason is None:
+                raise
+            raise LoradeckError(f"{reason} while saving {what} at step {step}; {self._last_good()}") from None
+
+    def _last_good(self) -> str:
+        """The checkpoint a user falls back on: the state a resume starts from, else the newest LoRA file."""
+        if self.config.saving.save_state:
+            step = self.run.saved_state_step()
+            return f"the last good checkpoint is step {step}" if step is not None else "no state was saved before"
+        written = [entry for entry in self.saved if (self.run.checkpoints / entry[1]).is_file()]
+        return f"the last good checkpoint is step {written[-1][0]}" if written else "no LoRA file was saved before"
 
     def _prune(self) -> None:
         keep = self.config.saving.save_last_n

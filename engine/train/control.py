@@ -59,6 +59,10 @@ def obey_requests(training, epoch_end: bool = False) -> bool:
         box = [sorted(requests)]
         broadcast_object_list(box)
         requests = set(box[0])
+    if "skip" in requests:  # meant for a sampling that has ended since: nothing to skip now
+        requests.discard("skip")
+        if accelerator.is_main_process:
+            run.clear_request("skip")
     if not requests:
         return False
     name = lora_file_name(training.config.saving.output_name, step=progress.step)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from engine.dataset.buckets import epoch_batches
+from engine.train.masks import loss_mask
 
 HUE_SHIFT = 11  # of 256 hue steps, about ±16°, as sd-scripts' colour augmentation
 PREFETCH_BATCHES = 4  # per loader worker: covers a slow image (a big PNG) without an empty queue
@@ -169,17 +170,35 @@ def prepare_pixels(item, *, flip: bool, hue_shift: int, rng_crop: random.Random 
 # --------------------------------------------------------------------------- captions
 
 
-def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tokens: int, dropout: float) -> str:
-    """sd-scripts' rules: drop the whole caption with probability `dropout`, else shuffle
-    the comma-separated tags after the first `keep_tokens`."""
-    if dropout and rng.random() < dropout:
+def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tokens: int, dropout: float,
+                    tag_dropout: float = 0.0, drop_this_epoch: bool = False, separator: str = "") -> str:
+    """sd-scripts' process_caption (its random draws, in its order): drop the whole caption
+    with probability `dropout` or in a dropped epoch; else its first line, and when shuffling
+    or dropping tags, the comma-separated tags split into kept ones (the first `keep_tokens`,
+    or those before `separator`, and after a second one) and the rest, which are shuffled,
+    then each dropped with probability `tag_dropout`."""
+    dropped = dropout > 0 and rng.random() < dropout
+    if dropped or drop_this_epoch:
         return ""
-    if not shuffle:
+    caption = caption.split("\n")[0]
+    if not (shuffle or tag_dropout > 0):
         return caption
-    tags = [tag.strip() for tag in caption.split(",") if tag.strip()]
-    fixed, rest = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(rest)
-    return ", ".join(fixed + rest)
+    suffix: list[str] = []
+    if separator and separator in caption:
+        fixed_part, flex_part = caption.split(separator, 1)
+        if separator in flex_part:
+            flex_part, suffix_part = flex_part.split(separator, 1)
+            suffix = [tag.strip() for tag in suffix_part.split(",") if tag.strip()]
+        fixed = [tag.strip() for tag in fixed_part.split(",") if tag.strip()]
+        flex = [tag.strip() for tag in flex_part.split(",") if tag.strip()]
+    else:
+        tags = [tag.strip() for tag in caption.strip().split(",")]
+        fixed, flex = (tags[:keep_tokens], tags[keep_tokens:]) if keep_tokens > 0 else ([], tags)
+    if shuffle:
+        rng.shuffle(flex)
+    if tag_dropout > 0:
+        flex = [tag for tag in flex if rng.random() >= tag_dropout]
+    return ", ".join(fixed + flex + suffix)
 
 
 # --------------------------------------------------------------------------- latent cache
@@ -294,6 +313,11 @@ class ExampleRules:
     color: bool
     random_crop: bool
     size_conditioning: bool = False  # the family's: each example carries its size and crop
+    tag_dropout: float = 0.0
+    dropout_every_n_epochs: int = 0
+    keep_tokens_separator: str = ""
+    loss_masks: bool = False  # each example carries its loss mask (engine.train.masks)
+    alpha_mask: bool = False  # ... from the image's alpha when it has no conditioning image
 
     @classmethod
     def from_config(cls, config, size_conditioning: bool = False) -> "ExampleRules":
@@ -306,6 +330,10 @@ class ExampleRules:
             color=config.augmentation.color,
             random_crop=config.augmentation.random_crop,
             size_conditioning=size_conditioning,
+            tag_dropout=config.captions.caption_tag_dropout_rate,
+            dropout_every_n_epochs=config.captions.caption_dropout_every_n_epochs,
+            keep_tokens_separator=config.captions.keep_tokens_separator,
+            **mask_rules(config),
         )
 
     @classmethod
@@ -313,7 +341,13 @@ class ExampleRules:
         """Every example as it is: captions whole and unshuffled, no flip, colour or random
         crop (validation scores the same images the same way every time)."""
         return cls(seed=config.training.seed, shuffle_caption=False, keep_tokens=0, caption_dropout=0.0, flip=False,
-                   color=False, random_crop=False, size_conditioning=size_conditioning)
+                   color=False, random_crop=False, size_conditioning=size_conditioning, **mask_rules(config))
+
+
+def mask_rules(config) -> dict[str, bool]:
+    """sd-scripts masks the loss with `masked_loss`, and with alpha masks whenever they are on."""
+    return {"loss_masks": config.training.masked_loss or config.dataset.alpha_mask,
+            "alpha_mask": config.dataset.alpha_mask}
 
 
 class TrainingImages(torch.utils.data.Dataset):
@@ -350,9 +384,12 @@ class TrainingImages(torch.utils.data.Dataset):
         hue_shift = rng.randint(-HUE_SHIFT, HUE_SHIFT) if rules.color else 0
         crop_seed = rng.random() if rules.random_crop else None
         crop_rng = random.Random(crop_seed) if crop_seed is not None else None
+        every = rules.dropout_every_n_epochs
         caption = process_caption(
             item.caption, rng, shuffle=rules.shuffle_caption, keep_tokens=rules.keep_tokens,
-            dropout=rules.caption_dropout,
+            dropout=rules.caption_dropout, tag_dropout=rules.tag_dropout,
+            drop_this_epoch=every > 0 and (epoch + 1) % every == 0,  # sd-scripts counts epochs from 1
+            separator=rules.keep_tokens_separator,
         )
         if item.path in self.skip:
             return {"failed": (str(item.path), f"{item.path}: unreadable; skipped")}
@@ -363,6 +400,12 @@ class TrainingImages(torch.utils.data.Dataset):
                 image = {"pixels": prepare_pixels(item, flip=flip, hue_shift=hue_shift, rng_crop=crop_rng)}
         except Exception as error:  # the file changed or broke after the pre-flight check
             return {"failed": (str(item.path), f"{item.path}: cannot read image ({error}); skipped")}
+        if rules.loss_masks:
+            try:  # cached latents are of the centred crop
+                image["loss_mask"] = loss_mask(item, alpha=rules.alpha_mask, flip=flip,
+                                               crop_seed=crop_seed if self.latents is None else None)
+            except Exception as error:
+                return {"failed": (str(item.path), f"{item.path}: cannot read its loss mask ({error}); skipped")}
         text = self.captions.example(caption)
         if rules.size_conditioning:
             text.update(size_conditioning(item, crop_seed, flip))

@@ -11,7 +11,9 @@ is that share of the interval (near 0 when the loader keeps up).
 
 TensorBoard tags are the ones sd-scripts users know: loss/current, loss/average
 (mean over the last epoch's worth of steps), loss/epoch, lr/unet, lr/textencoder; with
-validation on also loss/validation, loss/validation_t<timestep> and loss/train_fixed.
+validation on also loss/validation, loss/validation_t<timestep> and loss/train_fixed; with
+network.scale_weight_norms max_norm/keys_scaled, norm/avg_key_norm, max_norm/max_key_norm
+(and the step event's keys_scaled, mean_norm, max_norm).
 """
 from __future__ import annotations
 
@@ -25,6 +27,26 @@ from typing import Any
 import torch
 
 from engine.run.events import EPOCH_END, STEP
+
+
+# step-event field -> sd-scripts' TensorBoard tag (network.scale_weight_norms)
+NORM_TAGS = {"keys_scaled": "max_norm/keys_scaled", "mean_norm": "norm/avg_key_norm", "max_norm": "max_norm/max_key_norm"}
+
+
+def _host_norms(pending: list) -> list[dict[str, float]]:
+    """Each pending step's max-norm numbers as host values, in one copy ({} where none)."""
+    with_norms = [entry.norms for entry in pending if entry.norms is not None]
+    if not with_norms:
+        return [{} for _ in pending]
+    values = iter(torch.stack([torch.stack([v.float() for v in norms]) for norms in with_norms]).cpu().tolist())
+    result = []
+    for entry in pending:
+        if entry.norms is None:
+            result.append({})
+            continue
+        keys_scaled, mean_norm, max_norm = next(values)
+        result.append({"keys_scaled": int(keys_scaled), "mean_norm": mean_norm, "max_norm": max_norm})
+    return result
 
 
 class NonFiniteLoss(Exception):
@@ -41,6 +63,7 @@ class _Pending:
     loss: torch.Tensor
     lr_unet: float
     lr_text_encoder: float
+    norms: tuple | None = None  # network.scale_weight_norms: (layers scaled, mean norm, largest norm) tensors
 
 
 class StepLog:
@@ -91,23 +114,25 @@ class StepLog:
             self._data_wait += time.perf_counter() - start
             yield batch
 
-    def add(self, step: int, epoch: int, loss: torch.Tensor, lr_unet: float, lr_text_encoder: float) -> None:
+    def add(self, step: int, epoch: int, loss: torch.Tensor, lr_unet: float, lr_text_encoder: float,
+            norms: tuple | None = None) -> None:
         if self._interval_start is None:
             self._interval_start = time.perf_counter()
-        self.pending.append(_Pending(step, epoch, loss.detach(), lr_unet, lr_text_encoder))
+        self.pending.append(_Pending(step, epoch, loss.detach(), lr_unet, lr_text_encoder, norms))
 
     def flush(self) -> None:
         """Write the pending steps (one device-to-host copy). Raises NonFiniteLoss."""
         if not self.pending:
             return
         values = torch.stack([p.loss.float().reshape(()) for p in self.pending]).cpu().tolist()
+        norms = _host_norms(self.pending)
         now = time.perf_counter()
         elapsed = max(now - (self._interval_start or now), 1e-9)
         steps_per_s = len(self.pending) / elapsed
         data_wait = min(1.0, self._data_wait / elapsed)
         extra = _gpu_memory()
         pending, self.pending, self._interval_start, self._data_wait = self.pending, [], now, 0.0
-        for entry, value in zip(pending, values):
+        for entry, value, norm in zip(pending, values, norms):
             if not math.isfinite(value):
                 raise NonFiniteLoss(entry.step, value)
             self.window.append(value)
@@ -125,9 +150,13 @@ class StepLog:
                 steps_per_s=steps_per_s,
                 images_per_s=steps_per_s * self.images_per_step,
                 data_wait=data_wait,
+                **norm,
                 **extra,
             )
             if self._writer is not None:
+                for key, tag in NORM_TAGS.items():
+                    if key in norm:
+                        self._writer.add_scalar(tag, norm[key], entry.step)
                 self._writer.add_scalar("loss/current", value, entry.step)
                 self._writer.add_scalar("loss/average", average, entry.step)
                 self._writer.add_scalar("lr/unet", entry.lr_unet, entry.step)

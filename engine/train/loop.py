@@ -27,10 +27,12 @@ import torch
 
 from engine.train.checkpoints import Checkpointer, lora_file_name
 from engine.config.schema import RANDOM_SEED, TrainConfig, config_to_dict, load_config, save_config, with_drawn_seed
-from engine.errors import LoradeckError
-from engine.run.events import ERROR, RUN_END, RUN_START, WARNING, EventWriter
-from engine.network.metadata import training_metadata
+from engine.errors import LoradeckError, first_line, no_space_reason
+from engine.run.events import (CACHING_LATENTS, CACHING_TEXT, ERROR, LOADING_MODEL, RUN_END, RUN_START, SAMPLING,
+                               SAVING, TRAINING, VALIDATING, WARNING, EventWriter)
+from engine.network.metadata import optimizer_class_path, training_metadata
 from engine.network.lora import LoraNetwork, learning_rates
+from engine.network.max_norm import apply_max_norm
 from engine.model.loading import BaseModel, load_base_model
 from engine.train.optimizers import make_lr_scheduler, make_optimizer, optimizer_kernel, scheduler_name
 from engine.run.folder import CONTROL_REQUESTS, RunDir
@@ -38,6 +40,7 @@ from engine.model.text_conditioning import text_cache_refusal
 from engine.train.control import StopSignal, obey_requests
 from engine.train.data import EpochBatchSampler, ExampleRules, LatentCache, TrainingImages, check_images, make_loader
 from engine.train.log import NonFiniteLoss, StepLog
+from engine.train.phase import PhaseReporter
 from engine.train.state import load_state, restore_rng
 from engine.train.step import TrainStep, apply_speed_settings
 from engine.train.validation import Evaluator, ValidationRun, due_after_epoch, due_after_step
@@ -85,42 +88,59 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
         return error.exit_status
     main = accelerator.is_main_process
     events = EventWriter(run.path) if main else _NoEvents()
+    phases = PhaseReporter(events)  # what the engine is doing, every few seconds (engine.train.phase)
+    if main:
+        phases.start()
     stop_signal = StopSignal().install()
     progress = Progress()
     if main:
         run.create()
         run.write_pid()
+        if run.remove_temporary_files():
+            print("removed the temporary files of a save that was interrupted", flush=True)
         if resume:
             for action in CONTROL_REQUESTS:
                 run.clear_request(action)  # meant for the engine that is gone, not for this one
     try:
-        training = Training(run, config, accelerator, events, stop_signal, progress, resume)
+        training = Training(run, config, accelerator, events, stop_signal, progress, resume, phases)
         training.setup()
         return training.run_loop()
     except LoradeckError as error:
+        phases.close()
         _fail(events, progress, str(error), "")
         print(f"loradeck train: {error}", file=sys.stderr, flush=True)
         return error.exit_status
     except NonFiniteLoss as error:
+        phases.close()
         message = (f"{error}; stopped instead of training on garbage. Lower the learning rate, or use bf16 "
                    f"instead of fp16; the last good checkpoint is in {run.checkpoints}")
         _fail(events, progress, message, "")
         print(f"loradeck train: {message}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
+        phases.close()
         _fail(events, progress, "interrupted twice: stopped without saving", "")
         return 130
     except torch.cuda.OutOfMemoryError:
         # one line that says what to change, not a CUDA allocator traceback
+        phases.close()
         message = out_of_memory_advice(config, run.path, progress.step)
         _fail(events, progress, message, "")
         print(f"loradeck train: {message}", file=sys.stderr, flush=True)
         return 1
     except Exception as error:
+        phases.close()
+        reason = no_space_reason(error)
+        if reason is not None:  # a full disk outside a save (events, cache, TensorBoard): one line too
+            message = f"{reason} at step {progress.step} ({first_line(error)})"
+            _fail(events, progress, message, "")
+            print(f"loradeck train: {message}", file=sys.stderr, flush=True)
+            return 1
         _fail(events, progress, f"{type(error).__name__}: {error}", traceback.format_exc())
         traceback.print_exc()
         return 1
     finally:
+        phases.close()  # before the file closes: no heartbeat after the run end
         stop_signal.uninstall()
         events.close()
         if main:
@@ -128,8 +148,11 @@ def train(run_dir: str | Path, *, resume: bool = False) -> int:
 
 
 def _fail(events, progress: Progress, message: str, trace: str) -> None:
-    events.emit(ERROR, message=message, traceback=trace)
-    events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.last_epoch, message=message)
+    try:
+        events.emit(ERROR, message=message, traceback=trace)
+        events.emit(RUN_END, status="failed", step=progress.step, epoch=progress.last_epoch, message=message)
+    except OSError:
+        pass  # a full disk can refuse even these lines; the caller prints the message to stderr
 
 
 def make_accelerator(config: TrainConfig):
@@ -156,7 +179,7 @@ class Training:
     what they do; nothing else keeps state between steps."""
 
     def __init__(self, run: RunDir, config: TrainConfig, accelerator, events, stop_signal: StopSignal,
-                 progress: Progress, resume: bool):
+                 progress: Progress, resume: bool, phases: PhaseReporter | None = None):
         if config.training.seed == RANDOM_SEED:
             # a run folder not made by prepare_run: draw the seed here and freeze it, so a resume reuses it
             config = with_drawn_seed(config)
@@ -164,6 +187,7 @@ class Training:
                 save_config(config, run.config)
         self.run, self.config, self.accelerator, self.events = run, config, accelerator, events
         self.stop_signal, self.progress, self.resume = stop_signal, progress, resume
+        self.phases = phases or PhaseReporter(events)  # without a thread: phase changes only
         self.main = accelerator.is_main_process
         self.base_dir = run.path  # the frozen config's paths are absolute; anything relative is the run's
         self.device = accelerator.device
@@ -172,6 +196,7 @@ class Training:
         self.warned: set[str] = set()  # unreadable images already reported
         self.early_stop = False  # validation stopped improving (validation.early_stop_patience)
         self.evaluated_step: int | None = None  # the step of the last evaluation, on every process
+        self.stop_pending = False  # a stop was asked for before the sampling in progress began
         self.saved_validation: dict[str, Any] = {}  # the validation curve of the state resumed from
 
     def log(self, text: str) -> None:
@@ -202,8 +227,7 @@ class Training:
         self.saves = SaveSchedule.of(config, plan.steps_per_epoch, plan.total_steps, plan.epochs)
 
         saved = load_state(self.run.state) if self.resume else None
-        if self.resume and saved is None:
-            raise LoradeckError(f"{self.run.path}: nothing to resume, {self.run.state} holds no saved state")
+        start_over = self.run.start_over_note() if self.resume and saved is None else ""
         if saved is not None:
             for name in ("step", "epoch", "batch_in_epoch", "started_at", "session_id"):
                 setattr(progress, name, saved.progress[name])
@@ -214,6 +238,9 @@ class Training:
             device=str(self.device),
             precision=accelerator.mixed_precision, pid=os.getpid(), vram_estimate_gb=round(vram.total_gb, 3),
         )
+        if start_over:
+            self.events.emit(WARNING, message=start_over, code="started_over")
+            self.log(start_over)
         self.log(f"{plan.images} images, {len(self.instances)} instances per epoch in {len(plan.buckets)} buckets; "
                  f"batch {config.training.batch_size} x {config.training.gradient_accumulation_steps} accumulation x "
                  f"{accelerator.num_processes} processes; {plan.steps_per_epoch} steps per epoch, "
@@ -224,6 +251,7 @@ class Training:
     def _build_network(self) -> None:
         """Base model, LoRA, optimizer, schedule, step log and checkpointer."""
         config, accelerator = self.config, self.accelerator
+        self.phases.enter(LOADING_MODEL)
         model = self.model = load_base_model(config, self.base_dir, device=self.device, dtype=self.weight_dtype)
         self.train_text_encoder = config.network.train_text_encoder and config.text_encoder_learning_rate > 0
         self.network = LoraNetwork.from_config(model, config, base_dir=self.base_dir,
@@ -248,7 +276,7 @@ class Training:
         return training_metadata(
             self.config, self.plan, self.dataset, model_name=self.model.name, session_id=self.progress.session_id,
             started_at=self.progress.started_at, epoch=epoch, step=step,
-            optimizer_name=self.config.optimizer.optimizer, scheduler_name=scheduler_name(self.config),
+            optimizer_name=optimizer_class_path(self.optimizer), scheduler_name=scheduler_name(self.config),
             num_processes=self.accelerator.num_processes,
         )
 
@@ -289,9 +317,10 @@ class Training:
         from accelerate.data_loader import prepare_data_loader
 
         config, accelerator = self.config, self.accelerator
-        latents, skip = _cache_latents(self.run, config, self.model, self.dataset, accelerator, self.events, self.log)
+        latents, skip = _cache_latents(self.run, config, self.model, self.dataset, accelerator, self.events, self.log,
+                                       self.phases)
         text_states = _cache_text_states(config, self.model, self.instances, self.train_text_encoder, accelerator,
-                                         self.log)
+                                         self.log, self.phases)
         model = self.model
         rules = ExampleRules.from_config(config, size_conditioning=model.family.size_conditioning)
         captions = text_states if text_states is not None else model.runtime.caption_tokens(
@@ -312,6 +341,7 @@ class Training:
 
     def _make_validation(self):
         """The held-out images and the train-set sample, encoded once (engine.train.validation)."""
+        self.phases.enter(VALIDATING, detail="encoding the held-out images")
         evaluator = Evaluator.build(self.config, self.model, self.dataset, device=self.device,
                                     autocast=self.accelerator.autocast)
         validation = ValidationRun(self.config.validation, evaluator, self.events, self.log,
@@ -327,15 +357,17 @@ class Training:
     def run_loop(self) -> int:
         """Train to the end (0), or until a stop request (0, resumable)."""
         config, progress, plan = self.config, self.progress, self.plan
+        self.phases.step, self.phases.epoch = progress.step, progress.last_epoch
         if config.sampling.at_start and progress.step == 0:
             self.sample(0, 0)
+        self.phases.enter(TRAINING, total=plan.total_steps)
         self.generator = torch.Generator(device=self.device)
         self.step_log.restart_clock()
         while progress.epoch < plan.epochs and progress.step < plan.total_steps:
             if self.train_epoch():
                 return self.finish() if self.early_stop else self.stopped()
-            if progress.batch_in_epoch < plan.batches_per_process:
-                break  # an epoch cut short by max_steps does not count as done
+            # an epoch cut short by the step limit still ends as sd-scripts ends it: validation and
+            # samples of the epoch (its save is the final file's)
             if self.end_epoch():
                 return self.finish() if self.early_stop else self.stopped()
         return self.finish()
@@ -383,9 +415,12 @@ class Training:
         True when a stop request ends the run."""
         config, progress = self.config, self.progress
         epoch = progress.epoch + 1  # the 1-based epoch in progress, as events and file names count
+        self.phases.step, self.phases.epoch = progress.step, epoch  # said every few seconds, whatever the log interval
         lr_unet, lr_text_encoder = _learning_rates(self.optimizer, self.lr_scheduler, self.network,
                                                    self.train_step.text_encoder_active)
-        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder)
+        # sd-scripts' scale_weight_norms: each layer's update held to the norm after the optimizer step
+        norms = apply_max_norm(self.network, config.network.scale_weight_norms)
+        self.step_log.add(progress.step, epoch, loss, lr_unet, lr_text_encoder, norms)
         if (self.train_step.text_encoder_active and self.stop_text_encoder_at
                 and progress.step >= self.stop_text_encoder_at):
             self.train_step.stop_text_encoder()
@@ -416,11 +451,35 @@ class Training:
         return not final_epoch and (self.early_stop or obey_requests(self, epoch_end=True))
 
     def sample(self, epoch: int, step: int) -> int:
-        """Write the configured samples (main process); the number written."""
-        count = len(self.sampler.sample(epoch, step)) if self.sampler is not None else 0
+        """Write the configured samples (main process); the number written. A skip request
+        or a stop signal ends the sampling after the current denoising step."""
+        count = 0
+        if self.sampler is not None:
+            self.phases.enter(SAMPLING)
+            # a stop asked for before this sampling began waits for it (the epoch's samples
+            # are part of what a stopped run leaves); one that comes during it ends it
+            self.stop_pending = self._stop_asked()
+            count = len(self.sampler.sample(epoch, step, progress=self.phases.advance,
+                                            interrupted=self._sampling_interrupted))
         self.accelerator.wait_for_everyone()
-        self.step_log.restart_clock()
+        self._resume_training()
         return count
+
+    def _stop_asked(self) -> bool:
+        return self.stop_signal.triggered or (self.run.control / "stop").exists()
+
+    def _sampling_interrupted(self) -> str | None:
+        """Why the sampling in progress must end now: "stop" (a signal or a stop request
+        that came during it; the stop itself follows at the step boundary) or "skip" (the
+        user's request), else None. Asked after every denoising step: a stat or two."""
+        if not self.stop_pending and self._stop_asked():
+            return "stop"
+        return "skip" if (self.run.control / "skip").exists() else None
+
+    def _resume_training(self) -> None:
+        """After a pause (sample, evaluate, save): training again, timed from now."""
+        self.phases.enter(TRAINING, total=self.plan.total_steps)
+        self.step_log.restart_clock()
 
     def evaluate(self, epoch: int) -> None:
         """Score the LoRA on the held-out images, once per step (the main process; the others
@@ -431,6 +490,7 @@ class Training:
         self.evaluated_step = step
         stop = False
         if self.validation is not None:
+            self.phases.enter(VALIDATING)
             self.validation.evaluate(self.model.denoiser, self.model.text_encoders, step=step, epoch=epoch)
             stop = self.validation.early_stop
         if self.accelerator.num_processes > 1:
@@ -440,7 +500,7 @@ class Training:
             broadcast_object_list(box)  # every process stops together
             stop = bool(box[0])
         self.early_stop = stop
-        self.step_log.restart_clock()
+        self._resume_training()
 
     def save(self, name: str, *, final: bool = False) -> None:
         """Save the LoRA file (and the state) under `name`, once per step; with validation
@@ -453,6 +513,7 @@ class Training:
             self.evaluate(progress.last_epoch)
         if self.main:
             validation = self.validation
+            self.phases.enter(SAVING)
             self.checkpointer.save(
                 epoch=progress.last_epoch, step=progress.step, name=name, final=final,
                 optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
@@ -462,12 +523,13 @@ class Training:
             )
         self.checkpointer.last_saved_step = progress.step  # on every process: they must skip the same saves
         self.accelerator.wait_for_everyone()
-        self.step_log.restart_clock()
+        self._resume_training()
 
     def finish(self) -> int:
         progress = self.progress
         self.save(lora_file_name(self.config.saving.output_name), final=True)
         self.step_log.close()
+        self.phases.close()  # no heartbeat after the run end
         message = ""
         if self.early_stop:
             best = self.validation.best_point if self.validation is not None else None
@@ -481,6 +543,7 @@ class Training:
     def stopped(self) -> int:
         progress = self.progress
         self.step_log.close()
+        self.phases.close()
         self.events.emit(RUN_END, status="stopped", step=progress.step, epoch=progress.last_epoch,
                          message=f"stopped at step {progress.step}; resume with --resume")
         self.log(f"stopped at step {progress.step}")
@@ -494,23 +557,15 @@ def load_dataset(config: TrainConfig, base_dir: Path):
     """The dataset and one epoch's instances; refuses to start on images that cannot be
     read (a corrupt file must stop the run now, not hours in)."""
     from engine.dataset.folders import scan_dataset
+    from engine.plan.preflight import check_dataset
 
     dataset = scan_dataset(config, base_dir)
-    unreadable = dataset.unreadable + check_images([item.path for item in dataset.items + dataset.validation_items])
-    if unreadable:
-        listed = "; ".join(message for _, message in unreadable)
-        raise LoradeckError(f"{len(unreadable)} unreadable image(s), training not started (fix or remove them): {listed}")
-    instances = dataset.training_instances()
-    if not instances:
-        raise LoradeckError(f"dataset.image_dir: no training images in {dataset.root} (folders must be named <repeats>_<name>)")
-    if config.validation.enabled and not dataset.validation_items:
-        where = (f"validation.image_dir: no images in {config.validation.image_dir}" if config.validation.image_dir
-                 else f"validation.split_fraction: {len(dataset.train_items)} training image(s) cannot be split")
-        raise LoradeckError(f"{where}; validation needs at least one held-out image")
-    return dataset, instances
+    check_dataset(config, dataset, check_images([item.path for item in dataset.items + dataset.validation_items]))
+    return dataset, dataset.training_instances()
 
 
-def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log):
+def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, accelerator, events, log,
+                   phases: PhaseReporter):
     """(LatentCache or None, paths that failed to encode). On disk, the main process writes."""
     if not config.latents_cacheable:
         reason = ("precision.cache_latents is none" if config.precision.cache_latents == "none"
@@ -522,9 +577,11 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
     failed: set[Path] = set()
     if accelerator.is_main_process or not on_disk:
         log(f"caching latents of {len(dataset.items)} images ({config.precision.cache_latents})")
+        phases.enter(CACHING_LATENTS, total=len(dataset.items))
         last_report = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
+            phases.advance(done, total)
             if time.monotonic() - last_report[0] > 10:
                 last_report[0] = time.monotonic()
                 log(f"cached {done}/{total} latents")
@@ -540,14 +597,18 @@ def _cache_latents(run: RunDir, config: TrainConfig, model: BaseModel, dataset, 
     return cache, failed
 
 
-def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_text_encoder: bool, accelerator, log):
+def _cache_text_states(config: TrainConfig, model: BaseModel, instances, train_text_encoder: bool, accelerator, log,
+                       phases: PhaseReporter):
     """A TextStateCache of every caption, or None (with the reason in the log)."""
     refusal = text_cache_refusal(config, train_text_encoder)
     if refusal:
         log(f"text encoder outputs computed every step: {refusal}")
         return None
-    captions = (item.caption for item in instances)
+    captions = [item.caption for item in instances]
+    # the families encode in one call: the phase says how many, its heartbeat that it lives
+    phases.enter(CACHING_TEXT, total=len(set(captions)))
     cache = model.runtime.text_state_cache(model, captions, config, autocast=accelerator.autocast)
+    phases.advance(len(set(captions)))
     log(f"cached the text encoder's outputs for {len(cache)} captions")
     return cache
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from engine.config.schema import TrainConfig
+from engine.config.schema import DADAPTATION_OPTIMIZERS, TrainConfig
 from engine.errors import LoradeckError
 
 
@@ -42,16 +42,13 @@ def make_optimizer(config: TrainConfig, param_groups: list[dict[str, Any]], devi
                 groups = [{**group, "lr": None} for group in param_groups]
                 return Adafactor(groups, lr=None, **kwargs)
             return Adafactor(param_groups, lr=lr, **kwargs)
-        if name == "Prodigy":
-            from prodigyopt import Prodigy
-
+        if name == "Prodigy" or name in DADAPTATION_OPTIMIZERS:
             if len({group["lr"] for group in param_groups}) > 1:
                 raise LoradeckError(
-                    "optimizer: Prodigy needs one learning rate for U-Net and text encoder (usually 1.0); "
+                    f"optimizer: {name} needs one learning rate for U-Net and text encoder (usually 1.0); "
                     "leave unet_lr and text_encoder_lr unset"
                 )
-
-            return Prodigy(param_groups, lr=lr, **kwargs)
+            return optimizer_class(name)(param_groups, lr=lr, **kwargs)
         if name == "Lion":
             from lion_pytorch import Lion
 
@@ -64,6 +61,21 @@ def make_optimizer(config: TrainConfig, param_groups: list[dict[str, Any]], devi
     except (ValueError, AssertionError) as error:
         raise LoradeckError(f"optimizer: {name} refused its settings ({error or 'invalid value'})") from None
     raise LoradeckError(f"optimizer.optimizer: unknown optimizer {name!r}")
+
+
+def optimizer_class(name: str) -> type:
+    """The class of a step-size-finding optimizer (Prodigy, the D-Adaptation family), as sd-scripts picks it."""
+    if name == "Prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy
+    try:
+        import dadaptation
+        import dadaptation.experimental as experimental
+    except ImportError:
+        raise LoradeckError(f"optimizer.optimizer: {name} needs the dadaptation package (pip install dadaptation)") from None
+    # sd-scripts takes the preprint's Adam and AdanIP from the package's experimental module
+    return getattr(experimental if name in ("DAdaptAdamPreprint", "DAdaptAdanIP") else dadaptation, name)
 
 
 def _kernel_choice(config: TrainConfig, kwargs: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
@@ -98,15 +110,20 @@ def _adamw_8bit(param_groups, lr: float, kwargs: dict[str, Any], on_cuda: bool) 
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """Warm-up steps; a percentage is sd-scripts' ratio of the total, rounded down
+    (`int(lr_warmup_steps * num_training_steps)`, as the Kohya GUI passes it)."""
     optimizer = config.optimizer
     if optimizer.lr_warmup_steps:
         return min(optimizer.lr_warmup_steps, total_steps)
-    return int(round(total_steps * optimizer.lr_warmup_percent / 100.0))
+    return int(optimizer.lr_warmup_percent / 100 * total_steps)
 
 
 def scheduler_name(config: TrainConfig) -> str:
-    """The schedule actually used: relative-step Adafactor always runs its own."""
+    """The schedule actually used: relative-step Adafactor always runs its own; a scheduler
+    class (optimizer.lr_scheduler_type) replaces the named schedule."""
     name = config.optimizer.lr_scheduler
+    if config.optimizer.lr_scheduler_type:
+        return config.optimizer.lr_scheduler_type
     if config.optimizer.optimizer == "Adafactor" and adafactor_uses_relative_step(config):
         return "adafactor"
     if name == "constant" and (config.optimizer.lr_warmup_steps or config.optimizer.lr_warmup_percent):
@@ -117,6 +134,15 @@ def scheduler_name(config: TrainConfig) -> str:
 def make_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
     """Steps once per optimizer step; `total_steps` is the plan's optimizer-step count."""
     name = scheduler_name(config)
+    if config.optimizer.lr_scheduler_type:
+        from engine.config.optimizer_args import parse_optimizer_args
+
+        # sd-scripts' lr_scheduler_type: the class with its --lr_scheduler_args, stepped once per optimizer step
+        arguments = parse_optimizer_args(config.optimizer.lr_scheduler_args)
+        try:
+            return getattr(torch.optim.lr_scheduler, name)(optimizer, **arguments)
+        except (TypeError, ValueError) as error:
+            raise LoradeckError(f"optimizer.lr_scheduler_args: {name} refused them ({error})") from None
     if name == "adafactor":
         from transformers.optimization import AdafactorSchedule
 

@@ -15,6 +15,9 @@ from engine.errors import LoradeckError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.library_noise import silence_library_noise
+
+    silence_library_noise()  # engine.log is the user's: no import-time chatter of the libraries
     parser = argparse.ArgumentParser(prog="python -m engine.train.process")
     parser.add_argument("run_dir", nargs="?", type=Path, help="prepared run folder (holds config.toml)")
     parser.add_argument("--resume", nargs="?", const=True, default=None,

@@ -26,8 +26,8 @@ import torch
 
 from engine.atomic import atomic_path, atomic_write_text
 from engine.errors import LoradeckError
+from engine.run.folder import LATEST_STATE_FILE, latest_state_name
 
-LATEST_FILE = "latest.json"
 STATE_VERSION = 1
 STATES_KEPT = 2
 
@@ -134,7 +134,7 @@ def save_state(
     state_dir.mkdir(parents=True, exist_ok=True)
     name = state_folder_name(step)
     final = state_dir / name
-    latest = read_latest_name(state_dir)
+    latest = latest_state_name(state_dir)
     if final.exists():
         if latest == name:
             return final  # this step's state is already the latest (e.g. save and stop together)
@@ -150,13 +150,21 @@ def save_state(
         "lr_scheduler": split_tensors(lr_scheduler, "lr_scheduler", tensors),
         "rng": split_tensors(capture_rng(), "rng", tensors),
     }
-    with atomic_path(temp / "lora.safetensors") as path:
-        save_file({k: v.float().contiguous() for k, v in lora.items()}, str(path))
-    with atomic_path(temp / "tensors.safetensors") as path:
-        save_file(tensors, str(path))
-    atomic_write_text(temp / "state.json", json.dumps(tree))
-    os.replace(temp, final)
-    atomic_write_text(state_dir / LATEST_FILE, json.dumps({"folder": name, "step": step}))
+    try:
+        with atomic_path(temp / "lora.safetensors") as path:
+            save_file({k: v.float().contiguous() for k, v in lora.items()}, str(path))
+        with atomic_path(temp / "tensors.safetensors") as path:
+            save_file(tensors, str(path))
+        atomic_write_text(temp / "state.json", json.dumps(tree))
+        os.replace(temp, final)
+        atomic_write_text(state_dir / LATEST_STATE_FILE, json.dumps({"folder": name, "step": step}))
+    except BaseException:
+        # A full disk (or a stop mid-save): the half-written state goes, the one latest.json
+        # names stays, and the space the attempt took is free again.
+        shutil.rmtree(temp, ignore_errors=True)
+        if latest_state_name(state_dir) != name:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
     _prune(state_dir, keep=name)
     return final
 
@@ -171,20 +179,11 @@ def _prune(state_dir: Path, keep: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)  # half-written by a killed run
 
 
-def read_latest_name(state_dir: Path) -> str | None:
-    try:
-        data = json.loads((state_dir / LATEST_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    name = data.get("folder") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and (state_dir / name / "state.json").is_file() else None
-
-
 def load_state(state_dir: Path) -> SavedState | None:
     """The state `latest.json` names (or the newest complete one); None when there is none."""
     from safetensors.torch import load_file
 
-    name = read_latest_name(state_dir)
+    name = latest_state_name(state_dir)
     if name is None:
         candidates = sorted(
             p.name for p in state_dir.glob("step-*") if (p / "state.json").is_file()

@@ -11,25 +11,27 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from engine.dataset.caption_edits import CaptionSession, EditPlan, operation_for
 from engine.dataset.caption_files import caption_folder_of
 from engine.errors import LoradeckError
-from engine.dataset.tags import CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tags_past_window
+from engine.dataset.tags import (CLIP_TOKEN_WINDOW, approximate_clip_tokens, tag_frequency, tag_key,
+                                 tags_past_window)
 from engine.config.workspace import Workspace
 from tui.widgets.captions.dialogs import AutoCaptionDialog, CaptionTextEditor, ConflictDialog, TagPrompt
 from tui.widgets.captions.caption_job import CaptionJobBar, caption_command
 from tui.widgets.captions.caption_list import CaptionFileList
 from tui.widgets.shared.image_preview import ImagePreview
+from tui.widgets.shared.key_footer import KeyFooter
 
 FREQUENCY_SHOWN = 300
 PREFETCH_AHEAD = 2
@@ -56,18 +58,19 @@ class CaptionsScreen(Screen):
     # The footer has room for the review loop; the other keys are named in the panel
     # headings beside what they act on (and all are listed by `?`).
     BINDINGS = [
+        # most used first: at 80 columns the footer shows what fits, `?` lists them all
         Binding("j", "step(1)", "Next", group=MOVE_KEYS),
         Binding("k", "step(-1)", "Prev", group=MOVE_KEYS),
-        Binding("n", "next_unreviewed", "Unreviewed"),
         Binding("space", "accept", "Accept"),
         Binding("a", "add_tag", "Add"),
         Binding("x", "remove_tag", "Remove"),
-        Binding("e", "edit_raw", "Edit"),
-        Binding("b", "bulk", "Bulk"),
         Binding("slash", "focus_filter", "Filter"),
         Binding("ctrl+z", "undo", "Undo"),
         Binding("c", "auto_caption", "Caption"),
         Binding("C", "stop_job", "Stop captioning"),
+        Binding("e", "edit_raw", "Edit"),
+        Binding("b", "bulk", "Bulk"),
+        Binding("n", "next_unreviewed", "Unreviewed"),
         Binding("left_square_bracket", "move_tag(-1)", "Tag up", show=False),
         Binding("right_square_bracket", "move_tag(1)", "Tag down", show=False),
         Binding("f", "move_tag_first", "Tag first", show=False),
@@ -76,6 +79,7 @@ class CaptionsScreen(Screen):
         Binding("t", "focus_frequency", "Tag counts", show=False),
         Binding("ctrl+y", "redo", "Redo", show=False),
         Binding("ctrl+r", "rescan", "Read the folder again", show=False),
+        Binding("z", "zoom", "Zoom the image", show=False),
     ]
 
     def __init__(self, workspace: Workspace):
@@ -107,7 +111,7 @@ class CaptionsScreen(Screen):
                             id="captions-frequency-title", classes="captions-keys")
                 yield OptionList(id="captions-frequency")
         yield CaptionJobBar(id="captions-job")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._open()
@@ -234,12 +238,14 @@ class CaptionsScreen(Screen):
             (" · past the window", "bold") if tokens > CLIP_TOKEN_WINDOW else "",
         ))
         past = tags_past_window(caption)
+        kept = caption.kept(self.keep_tokens)
         if isinstance(tag_highlight, str):
             tag_highlight = max(0, caption.index(tag_highlight))
         previous = tags.highlighted if tag_highlight is None else tag_highlight
         tags.clear_options()
+        # the keep_tokens prefix (never shuffled) in bold, tags past the CLIP window struck
         tags.add_options(
-            Option(Text(tag.raw, style="dim strike" if position >= past else ""))
+            Option(Text(tag.raw, style="dim strike" if position >= past else "bold" if position < kept else ""))
             for position, tag in enumerate(caption.tags)
         )
         if caption.tags:
@@ -472,6 +478,9 @@ class CaptionsScreen(Screen):
     def _write(self, plan: EditPlan, overwrite: bool, kind: str, tag_highlight: int | str | None) -> None:
         commit = {"edit": self.session.commit, "undo": self.session.commit_undo,
                   "redo": self.session.commit_redo}[kind]
+        index = self.current_index
+        before = self.session.entries[index].caption if index is not None else None
+        highlighted = self._highlighted_tag()  # (row, name) before the edit
         try:
             written = commit(plan, overwrite)
         except LoradeckError as error:
@@ -487,9 +496,32 @@ class CaptionsScreen(Screen):
         if skipped:
             message += f", {skipped:,} kept as on disk"
         self.notify(message, timeout=3)
+        if before is not None:
+            after = self.session.entries[index].caption
+            if kind != "edit" and tag_highlight is None:  # the tag the undone edit touched
+                tag_highlight = changed_tag(before, after, tag_key(highlighted[1]) if highlighted else None)
+            self._warn_prefix(before, after)
         self._show_current(tag_highlight)
         self.files.refresh()
         self._schedule_frequency_update()
+
+    def _warn_prefix(self, before, after) -> None:
+        """Tell the user when an edit changed the tags caption shuffling keeps in front."""
+        kept_before = [tag.raw for tag in before.tags[: before.kept(self.keep_tokens)]]
+        kept_after = [tag.raw for tag in after.tags[: after.kept(self.keep_tokens)]]
+        if kept_before != kept_after and (kept_before or kept_after):
+            self.notify(f"The kept prefix (keep_tokens {self.keep_tokens}: never shuffled, in bold) is now "
+                        f"{', '.join(kept_after) or 'empty'}; it was {', '.join(kept_before) or 'empty'}. "
+                        "ctrl+z undoes.", title="keep_tokens prefix changed", severity="warning", timeout=8)
+
+    def action_zoom(self) -> None:
+        """The current image on the whole terminal, with zoom and pan."""
+        index = self.current_index
+        if index is not None:
+            from tui.screens.image_view import ImageViewScreen
+
+            entry = self.session.entries[index]
+            self.app.push_screen(ImageViewScreen(entry.file.image, entry.relative))
 
     def action_undo(self) -> None:
         if self.session is not None:
@@ -568,3 +600,25 @@ def _bulk_action(value: str) -> tuple[str, str]:
     if "=" in value:
         return "replace", value
     raise LoradeckError(f"bulk `{value}`: start with + (add), - (remove), ^ (move first) or write old=new")
+
+
+def changed_tag(before, after, highlighted: str | None = None) -> int | str | None:
+    """Where the tag cursor goes after an undo or redo: on the tag it brought back or moved
+    (its name), at the place of the one it took away (a row), else where it was (None).
+    Two neighbours swapped are both "moved": the cursor stays with the one it was on."""
+    before_keys, after_keys = before.keys(), after.keys()
+    added = [tag.name for tag in after.tags if tag.key not in before_keys]
+    if added:
+        return added[0]
+    removed = [position for position, key in enumerate(before_keys) if key not in after_keys]
+    if removed:
+        return min(removed[0], max(0, len(after_keys) - 1))
+    if before_keys == after_keys:
+        return None
+    # the tags whose move alone explains the new order
+    moved = [key for key in before_keys
+             if [k for k in before_keys if k != key] == [k for k in after_keys if k != key]]
+    if not moved:  # several tags moved (a bulk edit): the one that moved farthest
+        moved = [max(before_keys, key=lambda key: abs(after_keys.index(key) - before_keys.index(key)))]
+    chosen = highlighted if highlighted in moved else moved[0]
+    return after.tags[after_keys.index(chosen)].name

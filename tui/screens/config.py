@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from textual import work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -30,15 +30,18 @@ from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static
+from textual.widgets import Input, Static, TextArea
 
-from engine.config.schema import GROUPS, FieldSpec, resolve_path, save_config
+from engine.config.schema import GROUPS, FieldSpec, replace_setting, resolve_path, save_config
 from engine.errors import LoradeckError
 from engine.run.naming import existing_run_names, run_folder_problem, suggest_names
 from engine.config.presets import list_presets, load_preset
+from engine.config.prompts import parse_prompts
 from tui.config_state import MULTILINE, SELECT, SWITCH, ConfigFormState, editor_kind
-from tui.widgets.config.form import ConfigForm
+from tui.widgets.config.form import ConfigForm, SettingLine
 from tui.widgets.config.plan_panel import PlanPanel, RunSpeed, recent_speed
+from tui.workers import work
+from tui.widgets.shared.key_footer import KeyFooter
 
 DRAFT_STATE = "config_draft"
 DRAFT_DELAY_S = 0.5
@@ -50,6 +53,7 @@ LOCATION_KEYS = (
     "saving.output_dir", "saving.output_name",
 )
 NAME_KEY = "saving.output_name"
+PROMPTS_KEY = "sampling.prompts"
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:
@@ -115,14 +119,24 @@ class SettingsProvider(Provider):
 class ConfigScreen(Screen):
     CSS_PATH = "config.tcss"
     COMMANDS = {SettingsProvider}
+    # Keys that move the focus are priority bindings: the app runs them as it reads them,
+    # so the keys typed after them go where the user sees the focus (tui.key_order).
     BINDINGS = [
-        Binding("slash", "jump", "Jump to setting"),
-        Binding("ctrl+g", "jump", "Jump to setting", show=False, priority=True),
+        Binding("slash", "jump", "Jump", priority=True),
+        Binding("ctrl+g", "jump_anywhere", "Jump", priority=True),
+        Binding("enter", "edit", "Edit", priority=True),
+        Binding("escape", "leave_field", "Leave field", priority=True),
+        Binding("space", "toggle", "Toggle", show=False, priority=True),
+        Binding("tab", "step(1)", "Next setting", show=False, priority=True),
+        Binding("shift+tab", "step(-1)", "Previous setting", show=False, priority=True),
+        Binding("down", "arrow(1)", "Next setting", show=False, priority=True),
+        Binding("up", "arrow(-1)", "Previous setting", show=False, priority=True),
+        Binding("right", "choice(1)", "Next choice", show=False, priority=True),
+        Binding("left", "choice(-1)", "Previous choice", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+o", "open", "Preset/import", priority=True),
-        Binding("ctrl+n", "next_name", "Next name", priority=True),
+        Binding("ctrl+o", "open", "Import", priority=True),
+        Binding("ctrl+n", "next_name", "Next name", show=False, priority=True),  # in `?` and the palette: 80 columns keep the main keys
         Binding("ctrl+t", "start", "Train", priority=True),
-        Binding("escape", "leave_field", "Leave field", show=False),
     ]
 
     class RunsScanned(Message):
@@ -163,6 +177,7 @@ class ConfigScreen(Screen):
         self._draft_timer: Timer | None = None
         self._loaded_raw = dict(self.state.raw)  # what the screen opened with (file + draft)
         self._left = False
+        self._prompt_check = (None, "")  # (prompts text, its warnings)
 
     # ---- loading
 
@@ -195,7 +210,7 @@ class ConfigScreen(Screen):
                 yield Static("", id="setting-help")
                 yield PlanPanel(self.base_dir, id="plan-panel")
         yield Static("", id="config-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     @property
     def form(self) -> ConfigForm:
@@ -208,13 +223,14 @@ class ConfigScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#setting-help").border_title = "Setting"
         self.plan_panel.border_title = "Plan"
-        self.form.focus()
+        self.set_focus(self.form.shown_lines()[0])
         self.form.network_type = str(self.state.raw["network.type"])
         self._show_family()
         self._refresh_messages()
         self._render_help()
-        self.plan_panel.schedule(self.state.config, now=True)
-        self._scan_runs()
+        # planning and the runs scan start once the screen is drawn (its first frame first)
+        self.call_after_refresh(self.plan_panel.schedule, self.state.config, now=True)
+        self.call_after_refresh(self._scan_runs)
         for note in self._notes:
             self.notify(note, title="Config", timeout=8)
         if self.state.dirty:
@@ -287,12 +303,15 @@ class ConfigScreen(Screen):
         """Inline reasons under every setting, the help panel and the status line."""
         problems = self.state.problems()
         self._blockers = self._start_blockers()
+        warnings = self._warnings()
         form = self.form
         for key in self.state.specs:
             if key in problems:
                 form.show_message(key, problems[key], "error")
             elif key in self._blockers:
                 form.show_message(key, self._blockers[key], "error")
+            elif key in warnings:
+                form.show_message(key, warnings[key], "warning")
             elif key == NAME_KEY:
                 saving = self.state.config.saving
                 form.show_message(key, f"a new run folder: {Path(saving.output_dir) / saving.output_name} · "
@@ -301,6 +320,16 @@ class ConfigScreen(Screen):
                 form.show_message(key, "")
         self._render_help(problems)
         self._render_status(problems)
+
+    def _warnings(self) -> dict[str, str]:
+        """What would not stop a run but would not do what was meant: sample prompts with
+        flags the sampler ignores (`--q 3`), checked as they are typed."""
+        raw = str(self.state.raw.get(PROMPTS_KEY, ""))
+        if self._prompt_check[0] != raw:
+            _prompts, found = parse_prompts(raw, default_sampler=self.state.config.sampling.sampler,
+                                            source="sample prompts")
+            self._prompt_check = (raw, "; ".join(found))
+        return {PROMPTS_KEY: self._prompt_check[1]} if self._prompt_check[1] else {}
 
     def _start_blockers(self) -> dict[str, str]:
         blockers: dict[str, str] = {}
@@ -336,6 +365,8 @@ class ConfigScreen(Screen):
         reason = problems.get(key) or self._blockers.get(key)
         if reason:
             lines.append(f"[$error]✗ {escape(reason)}[/]")
+        elif key in self._warnings():
+            lines.append(f"[$warning]! {escape(self._warnings()[key])}[/]")
         help_panel.update("\n".join(lines))
 
     def _render_status(self, problems: dict[str, str]) -> None:
@@ -353,7 +384,82 @@ class ConfigScreen(Screen):
         status.set_class(bool(blockers), "-blocked")
 
     def focus_setting(self, key: str) -> None:
-        self.form.focus_setting(key)
+        self.form.when_complete(lambda: self.form.focus_setting(key))
+
+    # ---- where the keys go: a setting's line (screen keys work) or its editor (keys type)
+
+    @property
+    def editing(self) -> bool:
+        """An editor has focus: keys type into it until escape."""
+        return isinstance(self.focused, (Input, TextArea)) and self.form.line_of(self.focused) is not None
+
+    def _focused_line(self) -> SettingLine | None:
+        return self.form.line_of(self.focused)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # the footer shows what the keys do now: leave the field while editing, else edit it
+        if action == "leave_field":
+            return self.editing
+        if action in ("edit", "jump"):
+            return not self.editing
+        if action == "jump_anywhere":
+            return self.editing  # on a line, `/` does it (and says so)
+        return True
+
+    def action_edit(self) -> None:
+        line = self._focused_line()
+        if line is None or isinstance(self.focused, TextArea):
+            raise SkipAction()  # enter in the prompts is a new line; elsewhere not ours
+        if self.editing:
+            self.action_leave_field()
+        elif line.editable:
+            line.start_editing()
+        elif line.kind == SWITCH:
+            line.toggle()
+        else:
+            self._open_choices(line)
+
+    def action_toggle(self) -> None:
+        line = self._focused_line()
+        if line is None or self.editing:
+            raise SkipAction()
+        self.action_edit()
+
+    def action_leave_field(self) -> None:
+        line = self._focused_line()
+        if line is None or not self.editing:
+            raise SkipAction()
+        line.stop_editing()
+        self.set_focus(line)
+
+    def action_step(self, step: int) -> None:
+        if self._focused_line() is None:
+            raise SkipAction()
+        self.form.step(self.focused, step)
+
+    def action_arrow(self, step: int) -> None:
+        if self._focused_line() is None or isinstance(self.focused, TextArea):
+            raise SkipAction()  # the arrows move the cursor in the prompts
+        self.form.step(self.focused, step)
+
+    def action_choice(self, step: int) -> None:
+        line = self._focused_line()
+        if line is None or self.editing or line.kind != SELECT:
+            raise SkipAction()
+        line.step_choice(step)
+
+    def on_config_form_choices_requested(self, message: ConfigForm.ChoicesRequested) -> None:
+        self._open_choices(self.form.rows[message.key])
+
+    def _open_choices(self, line: SettingLine) -> None:
+        from tui.screens.config_dialogs import ChoicesDialog
+
+        def picked(value) -> None:
+            self.set_focus(line)
+            if value != line.raw:
+                line._user_changed(value)
+
+        ChoicesDialog.open(self.app, line.spec.label, list(line.spec.choices), line.raw, picked)
 
     # ---- plan and runs
 
@@ -393,12 +499,20 @@ class ConfigScreen(Screen):
     # ---- actions
 
     def action_jump(self) -> None:
-        from textual.command import CommandPalette
+        from tui.screens.config_dialogs import JumpDialog
 
-        self.app.push_screen(CommandPalette(providers=[SettingsProvider], placeholder="Jump to a setting…"))
+        def open_dialog() -> None:
+            specs = [line.spec for line in self.form.shown_lines()]
+            JumpDialog.open(self.app, specs, lambda key: self.form.focus_setting(key, edit=True))
 
-    def action_leave_field(self) -> None:
-        self.form.focus()
+        if self.form.complete:
+            open_dialog()
+        else:  # just after the first frame: the keys typed meanwhile wait for the whole form
+            self.app.hold_keys()
+            self.form.when_complete(lambda: (open_dialog(), self.app.release_keys()))
+
+    def action_jump_anywhere(self) -> None:
+        self.action_jump()
 
     def action_save(self) -> bool:
         problems = self.state.problems()
@@ -478,7 +592,7 @@ class ConfigScreen(Screen):
         from engine.config.kohya_import import import_kohya_file
 
         try:
-            result = import_kohya_file(path, dataset_base=self.base_dir)
+            result = import_kohya_file(path)
         except LoradeckError as error:
             self.post_message(self.Failed("Kohya import failed", str(error)))
         else:
@@ -486,7 +600,11 @@ class ConfigScreen(Screen):
 
     def on_config_screen_imported(self, message: Imported) -> None:
         result = message.result
-        changed = self.state.apply(result.config)
+        config = result.config
+        for key in result.left_to_set:  # a preset: the model (and what else it leaves unset) stays as it is
+            group, name = key.split(".")
+            config = replace_setting(config, key, getattr(getattr(self.state.config, group), name))
+        changed = self.state.apply(config)
         self._show_values(changed)
         lines = [f"{len(changed)} setting(s) changed; not saved yet (ctrl+s).",
                  f"{len(result.mapped)} Kohya key(s) mapped."]

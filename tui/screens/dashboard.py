@@ -12,29 +12,32 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Log, Static, TabbedContent, TabPane
 
 from engine.errors import LoradeckError
 from engine.run.format import format_bytes, format_clock, format_duration, format_loss, format_speed
-from engine.run.events import CRASHED, FAILED, RUNNING, STARTING
+from engine.run.events import CRASHED, FAILED, FINISHED, RUNNING, SAMPLING, STARTING, STOPPED, TRAINING
 from engine.run.folder import RunDir
+from engine.run.next_steps import ending_lines, is_demo
 from engine.config.workspace import Workspace
 from engine.run.fold import SampleRecord
 from tui.run_state import RunState
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.run_plot import RunPlotScreen
 from tui.widgets.dashboard.notice_list import NoticeList
+from tui.widgets.dashboard.phase_row import PHASE_WORDS, PhaseRow
 from tui.widgets.dashboard.progress_row import ProgressRow
 from tui.widgets.dashboard.run_tailer import LOG_TAIL_LINES, RunTailer, RunView
 from tui.widgets.dashboard.sample_panel import SamplePanel
 from tui.widgets.dashboard.sparkline_panel import SparklinePanel
 from tui.widgets.dashboard.validation_panel import ValidationPanel
 from tui.widgets.shared.text_line import TextLine
+from tui.widgets.shared.key_footer import KeyFooter
 
 TABS = ("tab-notices", "tab-checkpoints", "tab-log")
 # actions that need a live engine / a finished-but-resumable run
@@ -66,6 +69,7 @@ class DashboardScreen(Screen):
         Binding("x", "stop", "Stop"),
         Binding("c", "save", "Save"),
         Binding("n", "sample", "Sample"),
+        Binding("s", "skip_sample", "Skip sample"),
         Binding("r", "resume", "Resume"),
         Binding("g", "plot", "Plot"),
         # one footer entry per pair (the footer must fit 80 columns); `?` lists both keys
@@ -90,7 +94,9 @@ class DashboardScreen(Screen):
         self._checkpoints_key: tuple | None = None
         self._log_version = -1
         self._status: str | None = None
+        self._phase = ""
         self._alerts_key: tuple | None = None
+        self._ending_key: tuple | None = None
         self._plot: RunPlotScreen | None = None
 
     # ------------------------------------------------------------------ layout
@@ -100,9 +106,11 @@ class DashboardScreen(Screen):
             yield TextLine("…", id="dash-badge")
             yield TextLine(f"{self.run.name} · reading events…", id="dash-status")
         yield Static("", id="dash-alerts")
+        yield Static("", id="dash-ending")
         with Vertical(id="dash-top"):
             yield ProgressRow("epoch", id="dash-epoch")
             yield ProgressRow("step", id="dash-step")
+            yield PhaseRow(id="dash-phase")
             yield SparklinePanel(id="dash-sparklines")
             yield ValidationPanel(id="dash-validation")
             yield TextLine("", id="dash-speed")
@@ -116,7 +124,7 @@ class DashboardScreen(Screen):
                 with TabPane("Log", id="tab-log"):
                     yield Log(id="dash-log", max_lines=LOG_TAIL_LINES, auto_scroll=True)
         yield RunTailer(self.run.path, id="dash-tailer")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#dash-checkpoints", DataTable)
@@ -125,16 +133,25 @@ class DashboardScreen(Screen):
         self.query_one("#dash-samples", SamplePanel).border_title = "samples"
         # elapsed time and "last step Ns ago" move with the clock, not with events
         self.set_interval(1.0, self._tick)
+        # a long history's preview is in the first frame (its replay follows)
+        preview = self._tailer.first_view()
+        if preview is not None:
+            self._show_view(preview)
 
     # ------------------------------------------------------------------ updates
 
     def on_run_tailer_updated(self, message: RunTailer.Updated) -> None:
         message.stop()
-        self.view = view = message.view
+        self._show_view(message.view)
+
+    def _show_view(self, view: RunView) -> None:
+        self.view = view
         state = view.state
         self._show_status(view)
         self._show_alerts(view)
+        self._show_ending(view)
         self._show_progress(state, view.health.status)
+        self._show_phase(view)
         self.query_one("#dash-sparklines", SparklinePanel).show(state)
         self.query_one("#dash-validation", ValidationPanel).show(state)
         self._show_speed(state)
@@ -149,6 +166,9 @@ class DashboardScreen(Screen):
                 self.query_one("#dash-tabs", TabbedContent).active = "tab-log"
             self._status = status
             self.refresh_bindings()
+        if state.phase != self._phase:
+            self._phase = state.phase  # skip is offered while sampling only
+            self.refresh_bindings()
         if self._plot is not None and self._plot.is_attached:
             self._plot.show_state(state)
         if view.replayed is not None:
@@ -157,6 +177,10 @@ class DashboardScreen(Screen):
     def _tick(self) -> None:
         if self.view is not None and self.view.health.status in (RUNNING, STARTING):
             self._show_status(self.view)
+            self._show_phase(self.view)
+
+    def _show_phase(self, view: RunView) -> None:
+        self.query_one("#dash-phase", PhaseRow).show_phase(view.state, view.health.status in (RUNNING, STARTING))
 
     def _show_status(self, view: RunView) -> None:
         state, status = view.state, view.health.status
@@ -173,7 +197,11 @@ class DashboardScreen(Screen):
         if state.started is not None:
             end = state.ended if state.ended is not None else (time.time() if status == RUNNING else state.last_event_time)
             parts.append(f"started {format_clock(state.started)}, {format_duration((end or state.started) - state.started)}")
-        if status == RUNNING and state.last_step_time is not None and state.step:
+        if status == RUNNING and state.phase not in ("", TRAINING) and state.phase_since is not None:
+            # caching or sampling for minutes is not a stall: say what it is doing instead
+            parts.append(f"{PHASE_WORDS.get(state.phase, (state.phase,))[0]} for "
+                         f"{format_duration(time.time() - state.phase_since)}")
+        elif status == RUNNING and state.last_step_time is not None and state.step:
             parts.append(f"last step {format_duration(time.time() - state.last_step_time)} ago")
         if state.starts > 1:
             parts.append(f"resumed ×{state.starts - 1}")
@@ -201,6 +229,21 @@ class DashboardScreen(Screen):
             lines[0] += "  —  press r to resume"
         alerts.update(Text("\n".join(lines)))
         alerts.set_classes(f"-{level}")
+
+    def _show_ending(self, view: RunView) -> None:
+        """A finished or stopped run: where its LoRA is, how to load it, what to try next."""
+        status = view.health.status
+        key = (status, view.state.last_lora, view.state.checkpoints_version)
+        if key == self._ending_key:
+            return
+        self._ending_key = key
+        ending = self.query_one("#dash-ending", Static)
+        ending.display = status in (FINISHED, STOPPED) and view.replayed is None
+        if ending.display:
+            lines = ending_lines(self.run, view.state, root=self.workspace.root, demo=is_demo(self.workspace))
+            if status == STOPPED:
+                lines[-1] = "Next: r resumes the run where it stopped"
+            ending.update(Text("\n".join(lines)))
 
     def _show_progress(self, state: RunState, status: str) -> None:
         done, per_epoch = state.epoch_step
@@ -330,6 +373,8 @@ class DashboardScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in LIVE_ACTIONS:  # a starting engine handles them at its first step
             return self.view is not None and self.view.health.status in (RUNNING, STARTING)
+        if action == "skip_sample":
+            return self.view is not None and self.view.health.status == RUNNING and self.view.state.phase == SAMPLING
         if action == "resume":
             return self.view is not None and self.view.health.can_resume
         return True
@@ -351,6 +396,9 @@ class DashboardScreen(Screen):
         self.app.push_screen(ConfirmScreen(
             f"Stop {self.run.name} gracefully?\n\nThe engine finishes the current step, saves the "
             "LoRA and its state, and exits. `r` resumes it later."), answered)
+
+    def action_skip_sample(self) -> None:
+        self._request("skip", "Skip requested: the sampling ends after its current denoising step.")
 
     def action_save(self) -> None:
         self._request("save", "Save requested: a checkpoint follows at the next step.")
@@ -383,5 +431,5 @@ class DashboardScreen(Screen):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
-        else:
-            self.app.switch_mode("runs")
+        else:  # the dashboard `loradeck attach` opened
+            self.app.leave_attached_run()

@@ -9,12 +9,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui.run_state import RunState
 from tui.widgets.dashboard.loss_plot import LossPlot
 from tui.widgets.dashboard.sparkline_panel import RUN_SERIES
 from tui.widgets.dashboard.validation_panel import VALIDATION_SERIES
+from tui.widgets.shared.key_footer import KeyFooter
 
 
 class RunPlotScreen(ModalScreen[None]):
@@ -35,7 +36,7 @@ class RunPlotScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         yield Static("", id="plot-title")
         yield LossPlot(id="plot")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._draw()

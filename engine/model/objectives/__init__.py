@@ -21,7 +21,8 @@ order, so a resumed run draws the same noise (engine.train.loop seeds it per bat
 Where the loss settings live: everything between "a batch of latents" and "one number"
 (noise recipes, the timestep range, input perturbation, the loss function and its
 per-timestep weighting, a per-pixel mask) belongs to the objective, never to the loop.
-`loss` receives the batch so a masked loss can read its mask.
+`loss` receives the batch so a masked loss can read its mask (`apply_loss_mask`, which
+every objective calls on its per-element loss).
 
     engine.model.objectives.ddpm    DdpmObjective: epsilon / v-prediction, min-SNR, sd-scripts' noise
     engine.model.objectives.noise   sd-scripts' noise recipes (offset, adaptive scale, multires)
@@ -75,8 +76,9 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, prediction: "torch.Tensor", target: "torch.Tensor", timesteps: "torch.Tensor",
              batch: Mapping[str, Any]) -> "torch.Tensor":
-        """The batch's loss, one number on the device: each example's loss, weighted by its
-        timestep as the objective says, averaged over the batch."""
+        """The batch's loss, one number on the device: each example's loss (its per-element
+        loss times the batch's `loss_mask` when it has one: `apply_loss_mask`), weighted by
+        its timestep as the objective says, averaged over the batch."""
 
     @abstractmethod
     def validation_timesteps(self, count: int) -> Sequence[float]:
@@ -86,3 +88,20 @@ class Objective(ABC):
     @abstractmethod
     def timesteps_tensor(self, point: float, size: int, device: Any) -> "torch.Tensor":
         """`size` copies of one validation point as the `timesteps` this objective takes."""
+
+
+def apply_loss_mask(per_element: "torch.Tensor", batch: Mapping[str, Any]) -> "torch.Tensor":
+    """The per-element loss (batch, channels, height, width) times the batch's pixel masks
+    (`loss_mask`, (batch, H, W) in [0, 1], engine.train.masks), each area-averaged to the
+    latent grid, as sd-scripts' apply_masked_loss; unchanged without masks. Every channel
+    of a position gets its mask, and the mean over the elements that follows counts the
+    masked ones as zeros (sd-scripts divides by every element too)."""
+    mask = batch.get("loss_mask")
+    if mask is None:
+        return per_element
+    import torch.nn.functional as F
+
+    mask = F.interpolate(mask.to(per_element.device, per_element.dtype).unsqueeze(1), size=per_element.shape[2:],
+                         mode="area")
+    return per_element * mask
+

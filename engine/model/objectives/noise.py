@@ -15,6 +15,8 @@ def training_noise(latents: torch.Tensor, generator: torch.Generator, training) 
         # Offset noise (Guttenberg 2023): a per-channel shift teaches the model to change
         # an image's mean brightness, which plain noise almost never asks of it
         offset: float | torch.Tensor = training.noise_offset
+        if training.noise_offset_random_strength:  # sd-scripts: rand(1) × noise_offset, drawn first
+            offset = torch.rand(1, generator=generator, device=device) * training.noise_offset
         if training.adaptive_noise_scale:
             # brighter or darker latents get a larger offset (sd-scripts' adaptive noise scale)
             channel_mean = latents.mean(dim=(2, 3), keepdim=True).abs()

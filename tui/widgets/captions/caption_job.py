@@ -1,7 +1,8 @@
 """The auto-caption job bar: runs `loradeck caption ... --progress-json` (as `python -m tui.cli`) as a
 subprocess (the TUI never imports torch), reads its JSON progress lines in a thread
 worker and shows a progress bar. Posts `Progress` (merged when they come fast) and
-`Finished`; the screen decides what to reload."""
+`Finished`; the screen decides what to reload. A failed job's reason stays in the bar (in
+the error colour) until the next job starts: a toast alone is gone before it is read."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.text import Text
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
@@ -42,8 +43,15 @@ class CaptionJobBar(Horizontal):
         padding: 0 1;
         background: $panel;
     }
-    CaptionJobBar.-running {
+    CaptionJobBar.-running, CaptionJobBar.-failed {
         display: block;
+    }
+    CaptionJobBar.-failed > ProgressBar {
+        display: none;
+    }
+    CaptionJobBar.-failed > Static {
+        color: $error;
+        padding-left: 0;
     }
     CaptionJobBar > ProgressBar {
         width: auto;
@@ -83,6 +91,7 @@ class CaptionJobBar(Horizontal):
         self.set_class(running, "-running")
 
     def start(self, command: list[str]) -> None:
+        self.remove_class("-failed")
         self.running = True
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.query_one(Static).update("starting…")
@@ -136,5 +145,8 @@ class CaptionJobBar(Horizontal):
         self.query_one(ProgressBar).update(total=message.total or None, progress=message.done)
         self.query_one(Static).update(Text(f"{message.done:,}/{message.total:,} {message.path}"))
 
-    def on_caption_job_bar_finished(self, _message: Finished) -> None:
+    def on_caption_job_bar_finished(self, message: Finished) -> None:
         self.running = False
+        if message.status != 0:
+            self.query_one(Static).update(Text(f"{message.summary} · c tries again"))
+            self.add_class("-failed")

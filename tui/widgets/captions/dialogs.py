@@ -8,8 +8,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Input, Label, OptionList, Select, Static, TextArea
+from textual.widgets import Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
+from tui.widgets.shared.key_footer import KeyFooter
 
 SUGGESTION_COUNT = 8
 OPERATOR_CHARS = "+-^"
@@ -80,7 +81,7 @@ class TagPrompt(ModalScreen[str | None]):
             yield Static(self.hint, id="dialog-hint")
             yield Input(self.initial, id="prompt-input")
             yield OptionList(id="prompt-suggestions")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -163,7 +164,7 @@ class CaptionTextEditor(ModalScreen[str | None]):
         with Vertical(id="dialog", classes="caption-editor"):
             yield Label(self.title_text, id="dialog-title")
             yield TextArea(self.text, id="caption-text", soft_wrap=True, show_line_numbers=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         area = self.query_one(TextArea)
@@ -201,7 +202,7 @@ class ConflictDialog(ModalScreen[str]):
                         id="dialog-title")
             yield Static(f"{shown}{more}\n\n{self.action_label}: overwrite them (o), keep what is on "
                          "disk for these files (k), or cancel (escape)?", id="dialog-hint")
-        yield Footer()
+        yield KeyFooter()
 
     def action_answer(self, answer: str) -> None:
         self.dismiss(answer)
@@ -243,7 +244,7 @@ class AutoCaptionDialog(ModalScreen[dict | None]):
                 yield Input(value("suffix", ""), placeholder="suffix", id="auto-suffix")
             yield Input(value("extra", ""), placeholder="more options, e.g. --general-threshold 0.4 "
                         "--undesired-tags 'text, watermark'", id="auto-extra")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#auto-model", Input).focus()

@@ -1,9 +1,10 @@
 """PlanPanel: what the run in the form will do, recomputed as the form changes.
 
-The numbers are `engine.plan.training_plan.make_plan` on the form's config, exactly what
+The numbers are `engine.plan.preflight.plan_with_warnings` on the form's config, exactly what
 `loradeck plan` prints: images per folder × repeats, buckets, steps per epoch, total
 steps, the checkpoints, the LoRA file size, and a duration estimated from the speed of
-the most recent run on this machine.
+the most recent run on this machine, scaled to the plan's pixels and batch
+(engine.plan.duration).
 
 Planning runs in a thread worker after a short pause in typing (debounced), so the form
 never waits on the dataset scan. The scanned dataset is reused while the settings that
@@ -14,12 +15,10 @@ from __future__ import annotations
 
 import math
 
-import statistics
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
@@ -32,34 +31,14 @@ from textual.worker import get_current_worker
 from engine.config.schema import TrainConfig
 from engine.dataset.folders import Dataset, scan_dataset
 from engine.errors import LoradeckError
-from engine.run.events import STEP, as_float, read_events
-from engine.plan.training_plan import Plan, make_plan
+from engine.plan.duration import RunSpeed, estimate_duration, recent_speed  # noqa: F401 - the config screen's
+from engine.plan.preflight import plan_with_warnings
+from engine.plan.training_plan import Plan
 from engine.run.format import format_bytes
-from engine.run.folder import RunDir, list_runs
 
 PLAN_DELAY_S = 0.3  # pause in typing before planning
 MAX_BUCKET_LINES = 8
 MAX_CHECKPOINT_LINES = 6
-
-
-@dataclass(frozen=True)
-class RunSpeed:
-    """Optimizer steps per second measured by a finished or running run."""
-
-    run_name: str
-    steps_per_s: float
-
-
-def recent_speed(runs_dir: str | Path) -> RunSpeed | None:
-    """The median `steps_per_s` of the step events of the most recent run that has any."""
-    for run in list_runs(runs_dir):
-        speeds = [
-            speed for event in read_events(RunDir(run.path).events)
-            if event.get("type") == STEP and (speed := as_float(event.get("steps_per_s"))) and speed > 0
-        ]
-        if speeds:
-            return RunSpeed(run.name, statistics.median(speeds))
-    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -146,10 +125,10 @@ class PlanPanel(VerticalScroll):
         worker = get_current_worker()
         try:
             dataset = self._dataset_for(config)
-            plan = make_plan(config, self.base_dir, dataset)
+            plan = plan_with_warnings(config, self.base_dir, dataset)
         except LoradeckError as error:
             message: Message = self.Failed(str(error), config, serial)
-        except (ValueError, ArithmeticError) as error:  # a config the form already flags
+        except (ValueError, ArithmeticError, OSError) as error:  # a config the form already flags
             message = self.Failed(f"cannot plan these settings yet ({error})", config, serial)
         else:
             message = self.Planned(plan, config, serial)
@@ -224,22 +203,21 @@ def render_plan(plan: Plan, speed: RunSpeed | None) -> str:
     lines.append(f"Steps per epoch [b]{plan.steps_per_epoch}[/b]")
     lines.append(f"Epochs [b]{plan.epochs}[/b]")
     lines.append(f"Total steps [b $accent]{plan.total_steps}[/]")
+    if plan.step_note:
+        lines.append(f"[$text-muted]{escape(plan.step_note)}[/]")
     saves = plan.checkpoints
     shown = saves if len(saves) <= MAX_CHECKPOINT_LINES else saves[:MAX_CHECKPOINT_LINES - 1] + [saves[-1]]
     listed = ", ".join(f"e{c['epoch']}/s{c['step']}" for c in shown)
-    if len(shown) < len(saves):
+    if len(shown) < plan.checkpoint_count:
         head, last = listed.rsplit(", ", 1)
         listed = f"{head}, … {last}"
-    lines.append(f"Checkpoints [b]{len(saves)}[/b]: {listed}")
+    lines.append(f"Checkpoints [b]{plan.checkpoint_count}[/b]: {listed}")
     lines.append(f"LoRA file [b]{format_bytes(plan.lora_file_bytes)}[/b] ({plan.lora_parameters:,} parameters)")
     vram = plan.vram_estimate
     lines.append(f"VRAM [b]≈{vram.total_gb:.1f} GiB[/b] [$text-muted]at the peak; a {math.ceil(vram.card_gb)} GB card or more[/]")
-    if speed is not None and plan.total_steps:
-        duration = format_duration(plan.total_steps / speed.steps_per_s)
-        lines.append(
-            f"Estimated [b]{duration}[/b] [$text-muted]at {speed.steps_per_s:.2f} steps/s "
-            f"({escape(speed.run_name)} on this machine)[/]"
-        )
+    estimate = estimate_duration(plan, speed) if speed is not None else None
+    if estimate is not None:
+        lines.append(f"Estimated [b]{format_duration(estimate.seconds)}[/b] [$text-muted]{escape(estimate.note)}[/]")
     else:
         lines.append("Estimated [$text-muted]after a first run on this machine[/]")
     for problem in plan.problems:

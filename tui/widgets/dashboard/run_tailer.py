@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import work
+from tui.workers import work
 from textual.message import Message
 from textual.widget import Widget
 from textual.worker import get_current_worker
@@ -27,11 +27,19 @@ from engine.run.folder import RunDir
 from tui.run_state import Health, RunState, check_health
 
 POLL_SECONDS = 0.5
+# while following, new steps alone are shown at most this often (a redraw of the dashboard
+# costs ~10 ms: twice a second was 2% of a core at 10 steps/s); anything else at once
+STEP_PUBLISH_SECONDS = 1.0
 REPLAY_CHUNK_BYTES = 1024 * 1024
 # histories bigger than this (about 8,000 steps) get a preview while they replay
 PREVIEW_MIN_BYTES = 2 * 1024 * 1024
 PREVIEW_HEAD_BYTES = 64 * 1024
-PREVIEW_TAIL_BYTES = 512 * 1024
+PREVIEW_TAIL_BYTES = 128 * 1024
+# ...and between head and tail, this many evenly spaced samples of the history, so the
+# preview's curves already span the whole run (about 2,000 of its steps: 0.02-0.05 s, in
+# the dashboard's first frame)
+PREVIEW_SAMPLES = 128
+PREVIEW_SAMPLE_BYTES = 4 * 1024
 # how long the replay waits for the preview to be painted (see `drawn`)
 PREVIEW_DRAW_SECONDS = 1.0
 # while a long history replays, say how far it got this often
@@ -108,10 +116,25 @@ class RunTailer(Widget):
         self.poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
         self._wake = threading.Event()
         self._drawn = threading.Event()
+        self._watcher = _FolderWatcher(RunDir(self.run_dir))
+        self._preview: RunState | None = None  # a long history's preview, shown before the replay
 
     def on_mount(self) -> None:
         # start once the screen has painted: its first frame need not share the CPU
         self.call_after_refresh(self._follow)
+
+    def first_view(self) -> RunView | None:
+        """A long history's preview (its head, evenly spaced samples and tail: a few
+        hundred KB, ~0.05 s), read now so that the owner's first frame already shows the
+        whole run's curves; None for a short history (its replay, right after the first
+        frame, takes no longer). Call before the first frame; the replay follows it."""
+        run = self._watcher.run
+        size = _file_size(run.events)
+        if size <= PREVIEW_MIN_BYTES:
+            return None
+        self._preview = preview_state(run, size)
+        self._watcher.check(self._preview, force=True)
+        return self._watcher.view(self._preview, 0, 0.0)
 
     def on_unmount(self) -> None:
         self._wake.set()  # let the worker see its cancellation now, not after a poll
@@ -127,22 +150,25 @@ class RunTailer(Widget):
     @work(thread=True, exclusive=True, group="run-tailer")
     def _follow(self) -> None:
         worker = get_current_worker()
-        run = RunDir(self.run_dir)
+        watcher = self._watcher
+        run = watcher.run
         state = RunState(path=run.path)
         tail = EventTail(run.events)
-        watcher = _FolderWatcher(run)
 
         def publish(shown: RunState, replayed: float | None) -> None:
-            self.post_message(self.Updated(watcher.view(shown, tail, replayed)))
+            self.post_message(self.Updated(watcher.view(shown, tail.skipped_lines, replayed)))
 
-        # ---- history. A long one first gets a quick preview from its head (the plan)
-        # and tail (where the run is now), so the dashboard paints at once; then every
+        # ---- history. A long one first gets a quick preview from its head (the plan),
+        # samples of its middle and its tail (where the run is now), so the dashboard
+        # paints at once (the owner may have shown it already: `first_view`); then every
         # event is folded, in big chunks, and the full picture replaces the preview.
         size = _file_size(run.events)
-        preview = preview_state(run, size) if size > PREVIEW_MIN_BYTES else None
-        if preview is not None:
+        preview = self._preview
+        if preview is None and size > PREVIEW_MIN_BYTES:
+            preview = preview_state(run, size)
             watcher.check(preview, force=True)
             publish(preview, 0.0)
+        if preview is not None:
             self._drawn.wait(PREVIEW_DRAW_SECONDS)
         last_progress = time.monotonic()
         while not worker.is_cancelled:
@@ -163,32 +189,54 @@ class RunTailer(Widget):
         publish(state, None)
 
         # ---- following: cheap polls, a message only when something changed
+        published = time.monotonic()
+        steps_waiting = False
         while not worker.is_cancelled:
-            self._wake.wait(self.poll_seconds)
+            woken = self._wake.wait(self.poll_seconds)
             self._wake.clear()
             if worker.is_cancelled:
                 return
-            before = state.events
+            before = (state.events, state.step)
             state.fold_all(tail.read_new())
-            if watcher.check(state) or state.events != before:
+            changed = watcher.check(state)
+            if state.events != before[0]:
+                only_steps = state.events - before[0] == state.step - before[1]
+                changed |= not only_steps
+                steps_waiting = steps_waiting or only_steps
+            due = steps_waiting and time.monotonic() - published >= STEP_PUBLISH_SECONDS
+            if changed or due or (woken and steps_waiting):
                 publish(state, None)
+                published, steps_waiting = time.monotonic(), False
 
 
 def preview_state(run: RunDir, size: int) -> RunState:
-    """The run folded from the head and the tail of its events only (a few ms)."""
+    """The run folded from the head of its events (the plan), evenly spaced samples of the
+    middle (the curves' shape over the whole run) and the tail (where the run is now)."""
     state = RunState(path=run.path)
+    blocks: list[bytes] = []
     try:
         with open(run.events, "rb") as handle:
             head = handle.read(PREVIEW_HEAD_BYTES)
-            handle.seek(max(len(head), size - PREVIEW_TAIL_BYTES))
-            end = handle.read(PREVIEW_TAIL_BYTES)
+            blocks.append(head[: head.rfind(b"\n") + 1])
+            tail_start = max(len(head), size - PREVIEW_TAIL_BYTES)
+            middle = tail_start - len(head)
+            # samples at most half the middle: a shorter history is read through in the replay
+            samples = min(PREVIEW_SAMPLES, middle // (2 * PREVIEW_SAMPLE_BYTES))
+            for index in range(1, samples + 1):
+                handle.seek(len(head) + index * middle // (samples + 1))
+                blocks.append(_whole_lines(handle.read(PREVIEW_SAMPLE_BYTES)))
+            handle.seek(tail_start)
+            blocks.append(_whole_lines(handle.read(PREVIEW_TAIL_BYTES)))
     except OSError:
         return state
-    head = head[: head.rfind(b"\n") + 1]
-    end = end[end.find(b"\n") + 1: end.rfind(b"\n") + 1]  # from the first whole line
-    for block in (head, end):
+    for block in blocks:
         state.fold_all(parse_lines(block)[0])
     return state
+
+
+def _whole_lines(block: bytes) -> bytes:
+    """The whole lines of a block read from the middle of a file."""
+    return block[block.find(b"\n") + 1: block.rfind(b"\n") + 1]
 
 
 def _file_size(path: Path) -> int:
@@ -199,7 +247,8 @@ def _file_size(path: Path) -> int:
 
 
 class _FolderWatcher:
-    """The run folder's other signals, each checked at its own pace (worker thread only)."""
+    """The run folder's other signals, each checked at its own pace (by the worker, or
+    before it starts by `RunTailer.first_view`)."""
 
     def __init__(self, run: RunDir):
         self.run = run
@@ -258,7 +307,7 @@ class _FolderWatcher:
         self.log_version += 1
         return True
 
-    def view(self, state: RunState, tail: EventTail, replayed: float | None) -> RunView:
+    def view(self, state: RunState, skipped_lines: int, replayed: float | None) -> RunView:
         return RunView(
             run_dir=self.run.path,
             state=state.snapshot(),
@@ -269,7 +318,7 @@ class _FolderWatcher:
             missing_checkpoints=self.missing,
             free_bytes=self.free_bytes,
             replayed=replayed,
-            skipped_lines=tail.skipped_lines,
+            skipped_lines=skipped_lines,
         )
 
 

@@ -4,11 +4,14 @@ Set `preview.path` and the file is decoded, EXIF-transposed (unless `apply_exif`
 False, which shows the pixels the way a trainer that ignores EXIF sees them) and shrunk
 to the widget's pixel size in a thread worker, so the UI never waits on a decode. The
 picture is drawn with textual-image: Kitty graphics or Sixel where the terminal has them,
-coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal.
+coloured half cells otherwise (also inside tmux), plain unicode when there is no terminal
+(`tui.terminal_graphics` asks the terminal once and imports textual-image on first use).
 `app.image_protocol` forces one: None/"auto", "kitty", "sixel", "halfcell", "unicode",
 or "none" for the text line only.
 `marked_row` (a pixel row of the file as stored, -1 for none) draws a red line across
 the picture there, on the shown copy only: the health screen marks where damage starts.
+`crop` (left, top, right, bottom as fractions of the upright picture, None for all of
+it) shows a part of the picture at the widget's full size: the zoom of the image viewer.
 A one-line label under the picture names the file, its pixel size and bytes; when no
 picture can be drawn (undecodable file, textual-image missing) that text is all there is.
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from textual import work
+from tui.workers import work
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.reactive import reactive
@@ -31,14 +34,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.run.format import format_bytes
-
-# Importing textual_image.widget asks the terminal for its cell size and graphics
-# support; that only works before Textual owns stdin, which is why the app imports
-# this module before it starts.
-try:
-    from textual_image import widget as _image_widgets
-except Exception:  # pragma: no cover - textual-image missing or the terminal query failed
-    _image_widgets = None
+from tui import terminal_graphics
 
 # Never decode bigger than this: a full-screen Sixel on a 4K terminal is about this size.
 MAX_DECODE_PIXELS = 1600
@@ -49,27 +45,6 @@ MARK_COLOR = (255, 0, 0)
 # The marker is this share of the shown height thick (at least 2 pixels), so that it
 # survives the half-cell renderer's two pixel rows per terminal line.
 MARK_THICKNESS = 0.01
-
-PROTOCOL_NAMES = ("auto", "kitty", "sixel", "halfcell", "unicode", "none")
-
-
-def image_widget_class(protocol: str | None):
-    """The textual-image widget class for a protocol name, or None when none can draw."""
-    if _image_widgets is None:
-        return None
-    name = (protocol or "auto").lower()
-    if name == "none":
-        return None  # the user asked for text only
-    classes = {
-        "auto": _image_widgets.Image,
-        "kitty": _image_widgets.TGPImage,
-        "tgp": _image_widgets.TGPImage,
-        "sixel": _image_widgets.SixelImage,
-        "halfcell": _image_widgets.HalfcellImage,
-        "unicode": _image_widgets.UnicodeImage,
-    }
-    # An unknown name is a user typo: draw with what the terminal supports.
-    return classes.get(name, _image_widgets.Image)
 
 
 @dataclass(frozen=True)
@@ -120,22 +95,26 @@ class _DecodeCache:
 _cache = _DecodeCache(CACHE_SIZE)
 
 
-def _cache_key(path: Path, apply_exif: bool, box: tuple[int, int]) -> tuple | None:
+Crop = tuple[float, float, float, float]
+
+
+def _cache_key(path: Path, apply_exif: bool, box: tuple[int, int], crop: Crop | None = None) -> tuple | None:
     try:
         stat = path.stat()
     except OSError:
         return None
     # mtime and size in the key: a file fixed on disk (health screen) is decoded again.
-    return (str(path), apply_exif, box, stat.st_mtime_ns, stat.st_size)
+    return (str(path), apply_exif, box, crop, stat.st_mtime_ns, stat.st_size)
 
 
-def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedImage:
-    """Open, optionally EXIF-transpose and shrink one image to fit `box` pixels.
+def decode_image(path: Path, apply_exif: bool, box: tuple[int, int], crop: Crop | None = None) -> DecodedImage:
+    """Open, optionally EXIF-transpose, optionally crop (fractions of the upright picture)
+    and shrink one image to fit `box` pixels.
 
     Never raises for a bad file: the error is carried in the result so the widget can
     show it as text.
     """
-    key = _cache_key(path, apply_exif, box)
+    key = _cache_key(path, apply_exif, box, crop)
     if key is not None:
         cached = _cache.get(key)
         if cached is not None:
@@ -153,8 +132,10 @@ def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedI
             if apply_exif and orientation in (5, 6, 7, 8):
                 full_width, full_height = full_height, full_width
             # JPEG draft decodes at 1/2, 1/4 or 1/8 scale: a 24 MP photo in a few ms.
-            # The square box keeps enough pixels whichever way EXIF turns it.
-            side = max(box)
+            # The square box keeps enough pixels whichever way EXIF turns it; a crop
+            # needs as many more as it magnifies.
+            magnify = 1.0 if crop is None else 1.0 / max(1e-3, min(crop[2] - crop[0], crop[3] - crop[1]))
+            side = int(max(box) * magnify)
             opened.draft("RGB", (side, side))
             picture = ImageOps.exif_transpose(opened) if apply_exif else opened
             picture.load()
@@ -163,6 +144,10 @@ def decode_image(path: Path, apply_exif: bool, box: tuple[int, int]) -> DecodedI
                 background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
                 picture = Image.alpha_composite(background, rgba)
             picture = picture.convert("RGB")
+            if crop is not None:
+                left, top, right, bottom = crop
+                picture = picture.crop((int(left * picture.width), int(top * picture.height),
+                                        max(1, round(right * picture.width)), max(1, round(bottom * picture.height))))
             picture.thumbnail(box, Image.Resampling.BILINEAR)
         result = DecodedImage(path, picture, full_width, full_height, file_bytes, orientation)
     except Exception as error:  # any decoder failure is shown, not raised
@@ -208,6 +193,7 @@ class ImagePreview(Widget):
     path: reactive[Path | None] = reactive(None)
     apply_exif: reactive[bool] = reactive(True)
     marked_row: reactive[int] = reactive(-1)
+    crop: reactive[Crop | None] = reactive(None)
 
     class Decoded(Message):
         """A decode finished (posted by the worker)."""
@@ -267,6 +253,9 @@ class ImagePreview(Widget):
     def watch_marked_row(self, _old: int, _new: int) -> None:
         self._start_decode()
 
+    def watch_crop(self, _old: Crop | None, _new: Crop | None) -> None:
+        self._start_decode()
+
     # ---- decoding
 
     def _decode_box(self) -> tuple[int, int]:
@@ -274,7 +263,7 @@ class ImagePreview(Widget):
         columns, rows = self.content_size.width, max(self.content_size.height - 1, 0)
         if columns <= 0 or rows <= 0:
             return (DEFAULT_DECODE_PIXELS, DEFAULT_DECODE_PIXELS)
-        cell_width, cell_height = _cell_size()
+        cell_width, cell_height = terminal_graphics.cell_size()
         return (min(MAX_DECODE_PIXELS, max(64, columns * cell_width)),
                 min(MAX_DECODE_PIXELS, max(64, rows * cell_height)))
 
@@ -287,18 +276,21 @@ class ImagePreview(Widget):
             return
         path = Path(self.path)
         box = self._decode_box()
-        key = _cache_key(path, self.apply_exif, box)
+        key = _cache_key(path, self.apply_exif, box, self.crop)
         cached = _cache.get(key) if key is not None else None
         if cached is not None:
             # Already decoded (prefetched): draw now, no worker round trip.
             self._show(cached)
             return
         self.query_one("#image-preview-label", Static).update(f"{path.name} · loading…")
-        self._decode_worker(self._generation, path, self.apply_exif, box)
+        self._decode_worker(self._generation, path, self.apply_exif, box, self.crop)
 
     @work(thread=True, exclusive=True, group="image-preview-decode")
-    def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int]) -> None:
-        result = decode_image(path, apply_exif, box)
+    def _decode_worker(self, generation: int, path: Path, apply_exif: bool, box: tuple[int, int],
+                       crop: Crop | None) -> None:
+        result = decode_image(path, apply_exif, box, crop)
+        if self.protocol != "none":
+            terminal_graphics.image_widgets()  # its first import here, not in the UI's thread
         self.post_message(self.Decoded(generation, result))
 
     @work(thread=True, exclusive=True, group="image-preview-prefetch")
@@ -329,7 +321,7 @@ class ImagePreview(Widget):
         label = self.query_one("#image-preview-label", Static)
         message = self.query_one("#image-preview-message", Static)
         label.update(result.describe())
-        widget_class = image_widget_class(self.protocol)
+        widget_class = terminal_graphics.widget_class(self.protocol)
         if result.picture is None or widget_class is None:
             self._remove_picture()
             message.display = True
@@ -337,7 +329,7 @@ class ImagePreview(Widget):
             message.update(f"{result.path.name}\n{format_bytes(result.file_bytes)}\n{reason}")
             return
         message.display = False
-        picture = marked(result, self.marked_row, self.apply_exif)
+        picture = marked(result, self.marked_row, self.apply_exif) if self.crop is None else result.picture
         if self._picture_widget is not None and type(self._picture_widget) is widget_class:
             self._picture_widget.image = picture
             return
@@ -376,14 +368,3 @@ def marked(result: DecodedImage, row: int, apply_exif: bool):
     ImageDraw.Draw(copy).rectangle((0, y, copy.width - 1, min(copy.height - 1, y + thickness - 1)), fill=MARK_COLOR)
     return copy
 
-
-def _cell_size() -> tuple[int, int]:
-    try:
-        from textual_image._terminal import get_cell_size
-
-        size = get_cell_size()
-        if size.width > 0 and size.height > 0:
-            return size.width, size.height
-    except Exception:
-        pass
-    return 10, 20

@@ -345,5 +345,14 @@ FLUX = Flux(
         "mem_eff_save": "mem_eff_save: not needed; a LoRA file is small",
         "enable_all_linear": "enable_all_linear: not honoured; every Linear of the blocks trains, as sd-scripts' default",
     },
+    # networks.lora_flux's network_args the GUI passes for LoRA_type Flux1
+    kohya_not_built={
+        "train_blocks": (("all", ""), "training only the double or single blocks"),
+        **{key: (("", 0), "per-block ranks") for key in (
+            "img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim",
+            "single_mod_dim", "in_dims")},
+        "train_double_block_indices": (("", "all"), "training only some double blocks"),
+        "train_single_block_indices": (("", "all"), "training only some single blocks"),
+    },
 )
 DESCRIPTORS = (FLUX,)

@@ -11,7 +11,11 @@
   actually applied, and the bucket (engine.train.data carries them per example:
   `size_conditioning`).
 * Objective: DDPM, as SD's (engine.model.objectives.ddpm).
-* Files: LoRA keys `lora_unet_*`, `lora_te1_*`, `lora_te2_*`; `ss_base_model_version`
+* Files: LoRA keys `lora_te1_*`, `lora_te2_*` and `lora_unet_*` after the original (SGM)
+  U-Net's module names, key for key as sd-scripts writes them
+  (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`; `SgmUNetComponent`); a
+  file keyed by diffusers' module names (`lora_unet_down_blocks_1_...`, loradeck's SDXL
+  files before) is read too (runtime.py: `lora_network_tensors`); `ss_base_model_version`
   `sdxl_base_v1-0`; single files in the original SGM layout (single_file.py). 1024² by
   default. The VAE overflows in fp16, so under fp16 it runs in fp32 unless `model.vae`
   gives a fixed one.
@@ -20,10 +24,12 @@ Light module (the descriptor); the heavy half is runtime.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from engine.model.family import FamilyDescriptor, LoraComponent, descriptor_dataclass
+from engine.model.ldm_checkpoints import kohya_unet_name_to_ldm, unet_module_to_ldm
 from engine.model.shapes import (CLIP_BLOCKS, CLIP_TARGET_MODULES, UNET_BLOCKS, UNET_CONV_BLOCKS, UNET_TARGET_MODULES,
                                  ModelShapes, UNetClipShapes, read_json)
 
@@ -41,6 +47,36 @@ RECOMMENDED = {
     "precision.cache_text_encoder_outputs": (True, "captions are encoded once instead of by both text "
                                              "encoders (0.8 G parameters) every step"),
 }
+
+
+# SDXL's U-Net as sd-scripts builds it (library/sdxl_original_unet.py), which every SDXL model
+# shares: two (resnet, attention) layers per block, the upsamplers of up blocks 0 and 1 after
+# their attention (up block 2 has none)
+SGM_LAYERS, SGM_UP_WITH_ATTENTION = 2, frozenset({0, 1})
+
+
+@dataclass(frozen=True)
+class SgmUNetComponent(LoraComponent):
+    """SDXL's U-Net adapters, keyed by the original layout's module names, as sd-scripts trains
+    SDXL (on its own SGM-layout U-Net) and A1111, ComfyUI and diffusers read them."""
+
+    def key(self, module_name: str) -> str:
+        return f"{self.prefix}_{unet_module_to_ldm(module_name, SGM_LAYERS, SGM_UP_WITH_ATTENTION).replace('.', '_')}"
+
+
+def sgm_named(tensors: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA file's tensors with every U-Net key in the original layout: a key named after
+    diffusers' modules (`lora_unet_down_blocks_1_attentions_0_proj_in.alpha`) is renamed to
+    sd-scripts' (`lora_unet_input_blocks_4_1_proj_in.alpha`); the others are kept."""
+    renamed = {}
+    for key, value in tensors.items():
+        module, dot, rest = key.partition(".")
+        if module.startswith("lora_unet_"):
+            sgm = kohya_unet_name_to_ldm(module.removeprefix("lora_unet_"), SGM_LAYERS, SGM_UP_WITH_ATTENTION)
+            if sgm is not None:
+                key = f"lora_unet_{sgm}{dot}{rest}"
+        renamed[key] = value
+    return renamed
 
 
 @descriptor_dataclass
@@ -95,7 +131,9 @@ class StableDiffusionXL(UNetClipShapes, FamilyDescriptor):
 
     def lora_metadata(self, config) -> dict[str, Any]:
         return {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": False,
-                "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}
+                "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+                # sd-scripts' word for an SDXL LoRA in the original layout (library/sai_model_spec.py)
+                "modelspec.implementation": "https://github.com/Stability-AI/generative-models"}
 
 
 SDXL = StableDiffusionXL(
@@ -103,7 +141,7 @@ SDXL = StableDiffusionXL(
     default_resolution=1024, config_folder=CONFIG_FOLDER,
     text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
     lora_components=(
-        LoraComponent("unet", "lora_unet", "unet", UNET_TARGET_MODULES, UNET_BLOCKS, UNET_CONV_BLOCKS),
+        SgmUNetComponent("unet", "lora_unet", "unet", UNET_TARGET_MODULES, UNET_BLOCKS, UNET_CONV_BLOCKS),
         LoraComponent("text_encoder", "lora_te1", "text_encoder", CLIP_TARGET_MODULES, CLIP_BLOCKS,
                       text_model_level=True),
         LoraComponent("text_encoder_2", "lora_te2", "text_encoder_2", CLIP_TARGET_MODULES, CLIP_BLOCKS,

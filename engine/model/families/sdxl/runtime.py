@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from engine.model.families.sdxl import conditioning, single_file
+from engine.model.families.sdxl import conditioning, sgm_named, single_file
 from engine.model.families.sdxl.conditioning import TextStateCache, encode_tokens, time_ids
 from engine.model.family import BaseModel, FamilyRuntime
 from engine.model.parts import load_parts, pretrained
@@ -46,6 +46,11 @@ class StableDiffusionXLRuntime(UNetClipRuntime, FamilyRuntime):
             "tokenizer_2": pretrained(CLIPTokenizer, source, "tokenizer_2", local_only),
             "scheduler": pretrained(DDPMScheduler, source, "scheduler", local_only),
         })
+
+    # ---- the LoRA file: U-Net keys in the original layout (sd-scripts'), older diffusers-named ones renamed on reading
+
+    def lora_network_tensors(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        return sgm_named(tensors)
 
     # single files in the family's original layout (single_file.py), offline
     load_single_file = staticmethod(single_file.load_single_file)

@@ -23,7 +23,7 @@ from tests.test_network_types import delta_weight
 SPECS = {
     "lora": NetworkSpec(type="lora", rank=4, alpha=2.0),
     "lora-rank-3": NetworkSpec(type="lora", rank=3, alpha=3.0),  # rank divisible by q, k, v
-    "dora": NetworkSpec(type="dora", rank=4, alpha=2.0),
+    "dora": NetworkSpec(type="dora", rank=4, alpha=2.0, dora_layout="output"),  # Flux: per output only
     "loha": NetworkSpec(type="loha", rank=4, alpha=2.0),
     "lokr": NetworkSpec(type="lokr", rank=4, alpha=2.0),
     "lokr-full": NetworkSpec(type="lokr", rank=100000, alpha=1.0, factor=8),

@@ -46,3 +46,37 @@ def test_notes_and_out_of_memory_advice():
     advice = out_of_memory_advice(config, ".", 0)
     assert "turn on precision.fp8_base" in advice and "precision.blocks_to_swap" in advice
     assert "lower dataset.resolution (now 1024)" in advice
+
+
+def test_ddpm_and_unfused_settings_are_said_in_one_line_each():
+    """sd-scripts' loss settings that flow matching has no use for (noise offset, SNR weights,
+    the DDPM timestep range), the huber snr schedule, the network types Flux's fused qkv
+    cannot take and the max norm: one line each in the plan; the run refuses what it cannot
+    train."""
+    from engine.errors import LoradeckError
+    from engine.model.families import family_named
+    from engine.model.objectives.flow_matching import FlowMatchingObjective
+
+    flux = family_named("flux")
+    assert len(flux.plan_notes(flux_config(fp8_base=True))) == 1  # the defaults: the card note alone
+    config = config_from_dict({
+        "model": {"pretrained_model": "black-forest-labs/FLUX.1-dev", "family": "flux"},
+        "network": {"type": "ia3", "scale_weight_norms": 1.0},
+        "training": {"min_timestep": 100, "debiased_estimation_loss": True, "noise_offset": 0.05,
+                     "noise_offset_random_strength": True, "loss_type": "huber"},
+        "precision": {"fp8_base": True},
+    })
+    notes = flux.plan_notes(config)
+    unused = next(note for note in notes if "not used" in note)
+    for name in ("training.debiased_estimation_loss", "training.noise_offset", "training.noise_offset_random_strength",
+                 "training.min_timestep / max_timestep"):
+        assert name in unused
+    assert any(note.startswith("Flux.1: training.huber_schedule snr needs a DDPM schedule") for note in notes)
+    assert any(note.startswith("Flux.1: network.type: ia3 is not trained on Flux.1") for note in notes)
+    assert any(note.startswith("Flux.1: network.scale_weight_norms: not trained on Flux.1") for note in notes)
+    assert all("\n" not in note for note in notes)
+    with pytest.raises(LoradeckError, match="^training.huber_schedule: snr"):
+        FlowMatchingObjective(config.flux, config.training)
+    exponential = config_from_dict({**{"model": {"pretrained_model": "x", "family": "flux"}},
+                                    "training": {"loss_type": "huber", "huber_schedule": "exponential"}})
+    FlowMatchingObjective(exponential.flux, exponential.training)  # trains

@@ -237,7 +237,7 @@ def test_flux_preset_imports_and_plans(tmp_path):
     data = json.loads((FIXTURES / "flux1D - adamw8bit fp8.json").read_text())
     data.update(pretrained_model_name_or_path="black-forest-labs/FLUX.1-dev", train_data_dir=str(tmp_path / "img"),
                 max_resolution="1024,1024", split_mode=True, ae="ae.safetensors")
-    result = import_kohya(data, source="flux1D", dataset_base=tmp_path)
+    result = import_kohya(data, source="flux1D", json_folder=tmp_path)
     config = result.config
     assert config.model.family == "flux" and config.model.ae == "ae.safetensors"
     assert (config.precision.fp8_base, config.precision.cache_text_encoder_outputs) == (True, True)
@@ -252,4 +252,9 @@ def test_flux_preset_imports_and_plans(tmp_path):
     sdxl = import_kohya({**json.loads((FIXTURES / "flux1D - adamw8bit fp8.json").read_text()), "flux1_checkbox": False,
                          "sdxl": True, "pretrained_model_name_or_path": "x"})
     assert sdxl.config.model.family == "sdxl" and not sdxl.config.precision.fp8_base
-    assert {"fp8_base", "t5xxl", "timestep_sampling"} <= set(sdxl.ignored)
+    assert {"t5xxl", "timestep_sampling", "flux1_checkbox"} <= set(sdxl.ignored)
+    assert any(note.startswith("fp8_base True not trained") for note in sdxl.notes)  # SD/SDXL: no fp8 storage
+    # LoRA_type Flux1's own network_args, when set, are said (sd-scripts' per-block ranks, block choice)
+    blocks = import_kohya({**data, "train_blocks": "single", "img_attn_dim": "8"}, json_folder=tmp_path)
+    assert any(note.startswith("train_blocks 'single' not trained") for note in blocks.notes)
+    assert any(note.startswith("img_attn_dim '8' not trained") for note in blocks.notes)

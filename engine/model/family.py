@@ -165,6 +165,14 @@ class FamilyDescriptor(ABC):
     # GUI key -> (the values that leave it off, what it would change): this family's settings
     # loradeck does not train, noted in one line when on (as kohya_keys.NOT_BUILT)
     kohya_not_built: Mapping[str, tuple[tuple, str]] = field(default_factory=dict)
+    # export-kohya: sd-scripts' script, the GUI's LoRA_type and network module of a plain LoRA
+    # ("" keeps the SD ones: Standard, networks.lora), and GUI key -> sd-scripts option for
+    # the kohya_values the command line passes ("flux1_cache_text_encoder_outputs" ->
+    # "cache_text_encoder_outputs")
+    kohya_script: str = "train_network.py"
+    kohya_lora_type: str = ""
+    kohya_lora_module: str = ""
+    kohya_options: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kohya_keys(self) -> frozenset[str]:
@@ -234,6 +242,11 @@ class FamilyDescriptor(ABC):
         """One line per setting that departs from what this family needs (shown by the plan
         and the config screen before a run starts)."""
         return []
+
+    def network_problem(self, spec) -> str | None:
+        """Why this family cannot train a network of `spec` (engine.config.network_types.NetworkSpec),
+        in one line naming the setting; None when it can. The plan shows it, the run refuses it."""
+        return None
 
     def step_activations(self, config, shapes: ModelShapes, *, width: int, height: int, batch: int) -> float | None:
         """GiB of a training step's activations at bf16/fp16 for images of this size, or None

@@ -163,6 +163,9 @@ class LoraNetwork:
         loaded model, a diffusers pipeline, or a dict of parts by name); every type starts at
         the base model's output. LyCORIS' own types (and DoRA per input) are LyCORIS modules:
         engine.network.lycoris_network."""
+        problem = family.network_problem(spec)
+        if problem:
+            raise LoradeckError(problem)
         if spec.built_by_lycoris:
             from engine.network.lycoris_network import LycorisNetwork
 

@@ -125,20 +125,58 @@ def read_prediction(prediction, noisy, sigmas, prediction_type: str = "raw"):
     raise ValueError(f"model prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
+def huber_threshold(training, sigmas):
+    """sd-scripts' get_huber_threshold_if_needed for a flow model, whose timesteps are
+    sigma · 1000 of 1000: exponential exp(-ln(huber_c) / 1000 · t) · huber_scale, or the
+    constant huber_c · huber_scale (None for l2 and l1)."""
+    import torch
+
+    if training.loss_type not in ("huber", "smooth_l1"):
+        return None
+    timesteps = model_timesteps(sigmas)
+    if training.huber_schedule == "exponential":
+        rate = -math.log(training.huber_c) / NUM_TRAIN_TIMESTEPS
+        return torch.exp(-rate * timesteps) * training.huber_scale
+    return torch.full(timesteps.shape, training.huber_c * training.huber_scale, device=timesteps.device)
+
+
+def flow_matching_unused(training) -> list[str]:
+    """The `[training]` settings a flow-matching run does not use, as sd-scripts' Flux
+    training does not (set to something else than their default), by key."""
+    unused = [f"training.{name}" for name in ("min_snr_gamma", "debiased_estimation_loss", "noise_offset",
+                                              "noise_offset_random_strength", "adaptive_noise_scale",
+                                              "multires_noise_iterations") if getattr(training, name)]
+    if training.min_timestep or training.max_timestep < NUM_TRAIN_TIMESTEPS:
+        unused.append("training.min_timestep / max_timestep")
+    return unused
+
+
 def euler_step(sample, velocity, sigma: float, sigma_next: float):
     """One Euler step of the flow ODE from sigma to sigma_next (sampling)."""
     return sample + (sigma_next - sigma) * velocity
 
 
 class FlowMatchingObjective(Objective):
-    """engine.model.objectives.Objective for flow matching, with `[flux]`'s sampler settings
-    (timestep_sampling, sigmoid_scale, discrete_flow_shift) and `[training]`'s ip_noise_gamma
-    (input perturbation, as sd-scripts' flux training has it). Timesteps are sigmas in (0, 1);
-    the family reads the model output by `model_prediction_type` in its `predict`.
-    sd-scripts' flux training adds no noise offset, multires noise or min-SNR weighting
-    (flow matching has no SNR schedule), so neither does this."""
+    """engine.model.objectives.Objective for flow matching, as sd-scripts' flux_train_network
+    trains: `[flux]`'s sampler settings (timestep_sampling, sigmoid_scale, discrete_flow_shift)
+    and `[training]`'s input perturbation (ip_noise_gamma, its random strength drawn after
+    the extra noise, as flux_train_utils draws it), loss type (l2, l1, huber, smooth_l1, the
+    threshold on the exponential or constant schedule of sigma · 1000) and masked loss.
+    Timesteps are sigmas in (0, 1); the family reads the model output by
+    `model_prediction_type` in its `predict`.
+
+    What sd-scripts' Flux training does not do, neither does this: noise offset and multires
+    noise, min-SNR and debiased weighting (flow matching has no SNR schedule; its
+    post_process_loss returns the loss as it is), the DDPM timestep range, and the huber
+    `snr` schedule (sd-scripts raises on it). The family's plan says so in one line each
+    (`flow_matching_unused`), and the snr schedule is refused."""
 
     def __init__(self, settings, training):
+        if training.loss_type in ("huber", "smooth_l1") and training.huber_schedule == "snr":
+            from engine.errors import LoradeckError
+
+            raise LoradeckError("training.huber_schedule: snr needs a DDPM noise schedule; flow matching trains "
+                                "with exponential or constant (sd-scripts refuses snr for Flux too)")
         self.settings, self.training = settings, training
 
     def to(self, device) -> None:
@@ -153,9 +191,13 @@ class FlowMatchingObjective(Objective):
                                discrete_flow_shift=self.settings.discrete_flow_shift,
                                latent_size=tuple(latents.shape[-2:]))
         input_noise = noise
-        gamma = getattr(self.training, "ip_noise_gamma", 0.0)
+        gamma = self.training.ip_noise_gamma
         if gamma:
-            input_noise = noise + gamma * torch.randn(latents.shape, generator=generator, device=generator.device)
+            extra = torch.randn(latents.shape, generator=generator, device=generator.device)
+            strength = gamma
+            if self.training.ip_noise_gamma_random_strength:  # rand(1) × gamma, after the extra noise
+                strength = torch.rand(1, generator=generator, device=generator.device) * gamma
+            input_noise = noise + strength * extra
         return NoiseDraw(noise.to(latents.device), sigmas, input_noise.to(latents.device))
 
     def noisy(self, latents, noise, timesteps):
@@ -165,10 +207,13 @@ class FlowMatchingObjective(Objective):
         return velocity_target(latents, noise)
 
     def loss(self, prediction, target, timesteps, batch):
-        import torch.nn.functional as F
+        from engine.model.objectives import apply_loss_mask
+        from engine.model.objectives.ddpm import elementwise_loss
 
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none")
-        return per_example.mean(dim=tuple(range(1, per_example.dim()))).mean()
+        threshold = huber_threshold(self.training, timesteps)
+        per_element = apply_loss_mask(
+            elementwise_loss(prediction.float(), target.float(), self.training.loss_type, threshold), batch)
+        return per_element.mean(dim=tuple(range(1, per_element.dim()))).mean()
 
     def validation_timesteps(self, count: int):
         """The middles of `count` equal slices of (0, 1), to 3 places: 4 are 0.125, 0.375, 0.625, 0.875."""

@@ -24,8 +24,10 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from engine.config.network_types import NetworkSpec
 from engine.model.families.flux import layout
 from engine.model.family import FamilyDescriptor, LoraComponent, descriptor_dataclass
+from engine.model.objectives.flow_matching import flow_matching_unused
 from engine.model.shapes import CLIP_BLOCKS, CLIP_TARGET_MODULES, LayerShape, ModelShapes, text_encoder_layers
 
 NAME = "flux"
@@ -256,6 +258,17 @@ class Flux(FamilyDescriptor):
     def fp32_under_fp16(self, config) -> tuple[str, ...]:
         return ("vae",)
 
+    def network_problem(self, spec) -> str | None:
+        if spec.type == "locon":
+            return "network.type: locon adds LoRA to convolutions, and Flux.1's transformer has none; use lora"
+        if spec.type not in layout.FLUX_NETWORK_TYPES:
+            return (f"network.type: {spec.type} is not trained on Flux.1 (sd-scripts' Flux file fuses q, k and v, "
+                    f"which loradeck writes exactly for {', '.join(layout.FLUX_NETWORK_TYPES)})")
+        if spec.type == "dora" and spec.dora_layout != "output":
+            return ("network.dora_layout: Flux.1's fused qkv takes DoRA's magnitude per output only; set "
+                    "network.dora_layout = \"output\"")
+        return None
+
     def plan_notes(self, config) -> list[str]:
         notes = [CARD_NOTE]
         precision = config.precision
@@ -267,11 +280,18 @@ class Flux(FamilyDescriptor):
         if precision.fp8_base and config.network.type == "dora":
             notes.append("Flux.1: DoRA cannot train over fp8_base weights (the run refuses it); use lora, loha or lokr")
         training = config.training
-        unused = [name for name in ("min_snr_gamma", "noise_offset", "adaptive_noise_scale", "multires_noise_iterations")
-                  if getattr(training, name)]
+        unused = flow_matching_unused(training)
         if unused:
-            notes.append(f"Flux.1: training.{', training.'.join(unused)} not used: flow matching has no SNR "
-                         "schedule or noise offset (sd-scripts' Flux training ignores them too)")
+            notes.append(f"Flux.1: {', '.join(unused)} not used: flow matching draws sigmas by flux.timestep_sampling "
+                         "and has no SNR schedule or noise offset (sd-scripts' Flux training ignores them too)")
+        if training.loss_type in ("huber", "smooth_l1") and training.huber_schedule == "snr":
+            notes.append("Flux.1: training.huber_schedule snr needs a DDPM schedule (the run refuses it); use "
+                         "exponential or constant")
+        if config.network.scale_weight_norms:
+            notes.append(f"Flux.1: {SCALE_WEIGHT_NORMS_REFUSAL} (the run refuses it)")
+        network_problem = self.network_problem(NetworkSpec.of(config))
+        if network_problem:
+            notes.append(f"Flux.1: {network_problem} (the run refuses it)")
         if precision.blocks_to_swap and not precision.gradient_checkpointing:
             notes.append("Flux.1: precision.blocks_to_swap needs precision.gradient_checkpointing (the run refuses it)")
         return notes
@@ -299,6 +319,10 @@ class Flux(FamilyDescriptor):
                     discrete_flow_shift=settings.discrete_flow_shift,
                     model_prediction_type=settings.model_prediction_type, guidance_scale=settings.guidance_scale,
                     apply_t5_attn_mask=settings.apply_t5_attn_mask)}
+
+
+SCALE_WEIGHT_NORMS_REFUSAL = ("network.scale_weight_norms: not trained on Flux.1 yet (sd-scripts holds each fused "
+                              "qkv Linear to the norm as one); set it to 0")
 
 
 def _text_encoders_run(config) -> bool:
@@ -345,6 +369,11 @@ FLUX = Flux(
         "mem_eff_save": "mem_eff_save: not needed; a LoRA file is small",
         "enable_all_linear": "enable_all_linear: not honoured; every Linear of the blocks trains, as sd-scripts' default",
     },
+    kohya_script="flux_train_network.py", kohya_lora_type="Flux1", kohya_lora_module="networks.lora_flux",
+    kohya_options={key: key for key in (
+        "ae", "clip_l", "t5xxl", "fp8_base", "blocks_to_swap", "timestep_sampling", "sigmoid_scale",
+        "discrete_flow_shift", "model_prediction_type", "guidance_scale", "t5xxl_max_token_length",
+        "apply_t5_attn_mask")} | {"flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs"},
     # networks.lora_flux's network_args the GUI passes for LoRA_type Flux1
     kohya_not_built={
         "train_blocks": (("all", ""), "training only the double or single blocks"),

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+# the network types whose adapters fuse exactly into sd-scripts' fused Linears (engine.model.families.flux.network)
+FLUX_NETWORK_TYPES = ("lora", "dora", "loha", "lokr")
 PREFIX = "model.diffusion_model."  # ComfyUI's full checkpoints put the transformer under it
 
 # BFL module of a double block -> diffusers modules, in the order of the fused output rows

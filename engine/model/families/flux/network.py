@@ -39,7 +39,7 @@ from engine.model.adapters import ADAPTER_NAME, TENSORS, peft_config
 from engine.model.families.flux import layout
 from engine.model.shapes import LayerShape, lokr_layout
 
-FLUX_NETWORK_TYPES = ("lora", "dora", "loha", "lokr")
+FLUX_NETWORK_TYPES = layout.FLUX_NETWORK_TYPES
 # Which side of ΔW = (out x in) each file tensor holds: "in" tensors are shared by a fused
 # group's modules, "out" tensors are the group's rows, one slice per module
 SIDES = {
@@ -51,11 +51,11 @@ _SHARED_ATTRIBUTES = {"lora": ("lora_A",), "dora": ("lora_A",), "loha": ("hada_w
 
 
 def check_type(spec) -> None:
-    if spec.type == "locon":
-        raise LoradeckError("network.type: locon adds LoRA to convolutions, and Flux.1's transformer has none; "
-                            "use lora")
-    if spec.type not in FLUX_NETWORK_TYPES:
-        raise LoradeckError(f"network.type: {spec.type!r} is not one of {', '.join(FLUX_NETWORK_TYPES)} for Flux.1")
+    from engine.model.families.flux import FLUX
+
+    problem = FLUX.network_problem(spec)
+    if problem:
+        raise LoradeckError(problem)
 
 
 def module_groups(transformer) -> list[tuple[str, tuple[str, ...]]]:

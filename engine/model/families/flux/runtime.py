@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from engine.errors import LoradeckError
-from engine.model.families.flux import DEFAULT_GUIDANCE, T5_MAX_TOKENS, loading, t5_tokens
+from engine.model.families.flux import DEFAULT_GUIDANCE, SCALE_WEIGHT_NORMS_REFUSAL, T5_MAX_TOKENS, loading, t5_tokens
 from engine.model.families.flux import latents as flux_latents
 from engine.model.families.flux import network as flux_network
 from engine.model.families.flux import sampling, single_files
@@ -159,6 +159,10 @@ class FluxRuntime(FamilyRuntime):
         return scheduler  # flow matching draws its own sigmas; the schedule seeds the sampler
 
     def objective(self, scheduler, config):
+        if config.network.scale_weight_norms:
+            # sd-scripts holds each fused Linear (q, k and v as one) to the norm; the max norm
+            # here scales each diffusers module, and its shared down factor more than once
+            raise LoradeckError(SCALE_WEIGHT_NORMS_REFUSAL)
         return FlowMatchingObjective(config.flux, config.training)
 
     # ---- speed

@@ -125,7 +125,7 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_into(pilot, "rank", "network.rank", "48")
-        await type_into(pilot, "alpha", "network.alpha", "24")
+        await type_into(pilot, "network.alpha", "network.alpha", "24")
         await type_into(pilot, "resolution", "dataset.resolution", "640,512")
         await jump(pilot, "optimizer", "optimizer.optimizer")
         await pilot.press("enter", "down", "down", "enter")  # AdamW -> AdamW8bit -> Adafactor
@@ -165,8 +165,8 @@ async def test_invalid_values_are_flagged_inline_and_block_start(workspace, laun
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await type_into(pilot, "alpha", "network.alpha", "64")
-        await type_into(pilot, "epochs", "training.epochs", "ten")
+        await type_into(pilot, "network.alpha", "network.alpha", "64")
+        await type_into(pilot, "training.epochs", "training.epochs", "ten")
         form = app.screen.form
         assert form.rows["network.alpha"].has_class("-invalid")
         assert "alpha 64 is above rank 32" in row_message(app, "network.alpha")
@@ -186,8 +186,8 @@ async def test_invalid_values_are_flagged_inline_and_block_start(workspace, laun
         await pilot.pause()
         assert path.read_text() == before
 
-        await type_into(pilot, "alpha", "network.alpha", "16")
-        await type_into(pilot, "epochs", "training.epochs", "3")
+        await type_into(pilot, "network.alpha", "network.alpha", "16")
+        await type_into(pilot, "training.epochs", "training.epochs", "3")
         assert not form.rows["network.alpha"].has_class("-invalid")
         assert row_message(app, "training.epochs") == ""
 
@@ -244,7 +244,7 @@ async def test_kohya_preset_import_keeps_the_base_model(workspace):
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        model = editor(app, "model.pretrained_model").value
+        model = shown(app, "model.pretrained_model")
         assert model
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -252,8 +252,8 @@ async def test_kohya_preset_import_keeps_the_base_model(workspace):
         await pilot.pause()
         await pilot.press(*"preset.json", "enter")
         await settle(pilot)
-        assert editor(app, "model.pretrained_model").value == model
-        assert editor(app, "network.type").value == "lokr" and editor(app, "network.factor").value == "6"
+        assert shown(app, "model.pretrained_model") == model
+        assert shown(app, "network.type") == "lokr" and shown(app, "network.factor") == "6"
         assert app.screen.state.dirty
 
 
@@ -333,7 +333,7 @@ async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_into(pilot, "rank", "network.rank", "40")
-        await type_into(pilot, "epochs", "training.epochs", "1x")  # even an invalid value is kept
+        await type_into(pilot, "training.epochs", "training.epochs", "1x")  # even an invalid value is kept
         await pilot.press("escape", "q")
         await pilot.pause()
     assert path.read_text() == before
@@ -345,7 +345,7 @@ async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
         assert shown(again, "training.epochs") == "1x"
         assert again.screen.state.dirty
         assert "Restored unsaved changes" in notifications(again)
-        await type_into(pilot, "epochs", "training.epochs", "12")
+        await type_into(pilot, "training.epochs", "training.epochs", "12")
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert load_config(path).network.rank == 40

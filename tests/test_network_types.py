@@ -244,11 +244,16 @@ def one_repeat_dataset(tmp_path):
 def test_each_type_trains_stops_and_resumes_bit_exactly(one_repeat_dataset, family, family_run, monkeypatch, name):
     network = TYPE_SETTINGS[name]
     reference = family_run(one_repeat_dataset, "reference", network=network, sampling=SAMPLING)
-    if refused_by_the_family(family, NetworkSpec.of(load_config(reference.config))):
+    config = load_config(reference.config)
+    if refused_by_the_family(family, NetworkSpec.of(config)):
         assert train(reference.path) == 1  # refused before the first step
         return
+    if any(note.startswith("Flux.1: network.scale_weight_norms") for note in family_named(family).plan_notes(config)):
+        assert train(reference.path) == 1  # Flux refuses the max norm (tests/test_flux_plan.py): train without it
+        network = {key: value for key, value in network.items() if key != "scale_weight_norms"}
+        reference = family_run(one_repeat_dataset, "reference-unscaled", network=network, sampling=SAMPLING)
     assert train(reference.path) == 0
-    expected, metadata = read_lora_file(reference.checkpoints / "reference.safetensors")
+    expected, metadata = read_lora_file(reference.checkpoints / f"{reference.path.name}.safetensors")
     spec = NetworkSpec.of(load_config(reference.config))
     assert metadata["ss_network_module"] == spec.metadata()["ss_network_module"]
     assert any(value.abs().sum() > 0 for key, value in expected.items() if not key.endswith(".alpha"))

@@ -158,7 +158,8 @@ class Args:
                      "loss_type", "huber_c", "huber_schedule", "huber_scale", "min_snr_gamma",
                      "debiased_estimation_loss"):
             setattr(self, name, getattr(training, name))
-        self.sigmoid_scale = 1.0  # [flux]'s default        self.min_timestep = training.min_timestep or None
+        self.sigmoid_scale = 1.0  # [flux]'s default
+        self.min_timestep = training.min_timestep or None
         self.max_timestep = training.max_timestep if training.max_timestep != 1000 else None
 
 

@@ -155,6 +155,11 @@ class FamilyDescriptor(ABC):
     vae_encode_per_image: float = 0.44  # GiB per 512² image while the VAE encodes
     fp16_vae_note: str = ""  # said once when the family's VAE has to run in fp32 under fp16
 
+    # diffusers' load_lora_weights reads this family's LoRA files at any size (the grid uses
+    # it); Flux's Kohya converter assumes the real model's sizes, so a tiny Flux's files go
+    # through the trainer's own network there
+    lora_loads_in_diffusers: bool = True
+
     # ---- the Kohya GUI
     kohya_flags: tuple[str, ...] = ()  # GUI JSON keys that, when true, select this family ("sdxl", "v2")
     kohya_settings: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the boolean setting it turns

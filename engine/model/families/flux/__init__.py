@@ -369,6 +369,7 @@ FLUX = Flux(
         "mem_eff_save": "mem_eff_save: not needed; a LoRA file is small",
         "enable_all_linear": "enable_all_linear: not honoured; every Linear of the blocks trains, as sd-scripts' default",
     },
+    lora_loads_in_diffusers=False,
     kohya_script="flux_train_network.py", kohya_lora_type="Flux1", kohya_lora_module="networks.lora_flux",
     kohya_options={key: key for key in (
         "ae", "clip_l", "t5xxl", "fp8_base", "blocks_to_swap", "timestep_sampling", "sigmoid_scale",

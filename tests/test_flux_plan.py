@@ -53,6 +53,7 @@ def test_ddpm_and_unfused_settings_are_said_in_one_line_each():
     the DDPM timestep range), the huber snr schedule, the network types Flux's fused qkv
     cannot take and the max norm: one line each in the plan; the run refuses what it cannot
     train."""
+    from engine.config.network_types import NetworkSpec
     from engine.errors import LoradeckError
     from engine.model.families import family_named
     from engine.model.objectives.flow_matching import FlowMatchingObjective
@@ -72,7 +73,7 @@ def test_ddpm_and_unfused_settings_are_said_in_one_line_each():
                  "training.min_timestep / max_timestep"):
         assert name in unused
     assert any(note.startswith("Flux.1: training.huber_schedule snr needs a DDPM schedule") for note in notes)
-    assert any(note.startswith("Flux.1: network.type: ia3 is not trained on Flux.1") for note in notes)
+    assert flux.network_problem(NetworkSpec.of(config)).startswith("network.type: ia3 is not trained on Flux.1")
     assert any(note.startswith("Flux.1: network.scale_weight_norms: not trained on Flux.1") for note in notes)
     assert all("\n" not in note for note in notes)
     with pytest.raises(LoradeckError, match="^training.huber_schedule: snr"):

@@ -24,7 +24,6 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from engine.config.network_types import NetworkSpec
 from engine.model.families.flux import layout
 from engine.model.family import FamilyDescriptor, LoraComponent, descriptor_dataclass
 from engine.model.objectives.flow_matching import flow_matching_unused
@@ -289,9 +288,6 @@ class Flux(FamilyDescriptor):
                          "exponential or constant")
         if config.network.scale_weight_norms:
             notes.append(f"Flux.1: {SCALE_WEIGHT_NORMS_REFUSAL} (the run refuses it)")
-        network_problem = self.network_problem(NetworkSpec.of(config))
-        if network_problem:
-            notes.append(f"Flux.1: {network_problem} (the run refuses it)")
         if precision.blocks_to_swap and not precision.gradient_checkpointing:
             notes.append("Flux.1: precision.blocks_to_swap needs precision.gradient_checkpointing (the run refuses it)")
         return notes

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One prepared run of issue 20's GPU checks; every result lands under $OUT (at most 8 files):
+# One prepared run of issue 20's GPU checks; every result lands under $OUT (at most 9 files):
 #   tests.log      trainer / resume / sampling / speed-switch tests on CUDA in bf16 and fp16
 #   sync.json      host syncs in the step under torch.cuda.set_sync_debug_mode("warn")
 #   bench.json     bench/train_speed.py at SD1.5 size, eager (and profile.txt: 3 profiled steps)
 #   bench-compile.json   the same 512² batch 16 with --compile
+#   bench-flux.json      bench/train_speed.py --family flux at FLUX.1-dev size: 1024², batch 1 and 2,
+#                        rank 16 and 32, fp8_base on and off, checkpointing on (peak VRAM beside the plan's estimate)
 #   run.json       a real `loradeck train` at SD1.5 size: it/s, samples, the LoRA in diffusers, and the OOM line
 #   summary.md     the table; gpu_check.log: everything else the parts printed
 #
-#   bash bench/gpu_check.sh            on the GPU (about 7 minutes on an H200)
+#   bash bench/gpu_check.sh            on the GPU (about 7 minutes on an H200, 10 with the Flux part)
 #   bash bench/gpu_check.sh --quick    tiny model, tiny sizes, CPU: checks the script itself
 # Each part runs under its own `timeout` and a failed part does not stop the next.
 # PARTS="tests sync bench compile train oom" picks some (default: all).
@@ -16,17 +18,17 @@ QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu_check_out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/gpu_check_work}; rm -rf "$WORK"; mkdir -p "$WORK"
-PARTS=${PARTS:-"tests sync bench compile train oom"}
+PARTS=${PARTS:-"tests sync bench compile flux train oom"}
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 say() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 part() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 if [ $QUICK = 1 ]; then
-  T_TESTS=900; T_SYNC=60; T_BENCH=120; T_COMPILE=60; T_MODEL=120; T_TRAIN=60; T_OOM=120
+  T_TESTS=900; T_SYNC=60; T_BENCH=120; T_COMPILE=60; T_MODEL=120; T_TRAIN=60; T_OOM=120; T_FLUX=120
   BENCH="--quick --steps 2 --warmup 1"; MODEL="--quick"; WS="--images 8 --size 64 --batch 2 --epochs 3 --sample-every 1 --oom-batch 4"
   TESTS="tests/test_trainer_resume.py"; TRAIN_SECONDS=25
 else
-  T_TESTS=75; T_SYNC=30; T_BENCH=70; T_COMPILE=90; T_MODEL=50; T_TRAIN=130; T_OOM=40
+  T_TESTS=75; T_SYNC=30; T_BENCH=70; T_COMPILE=90; T_MODEL=50; T_TRAIN=130; T_OOM=40; T_FLUX=150
   BENCH="--steps 10 --warmup 3"; MODEL=""; WS="--images 320 --size 512 --batch 8 --epochs 100 --sample-every 4 --oom-batch 256"
   TESTS="tests/test_trainer.py tests/test_trainer_resume.py tests/test_samples_training.py tests/test_speed_switches.py"
   TRAIN_SECONDS=95
@@ -57,6 +59,18 @@ if part bench; then
       --resolutions 512 768 --batches 16 4 8 --profile "$OUT/profile.txt" >"$OUT/bench.json" 2>>"$LOG"
   fi
   echo "bench exit $?" | tee -a "$LOG"
+fi
+if part flux; then
+  say "bench flux"
+  if [ $QUICK = 1 ]; then
+    timeout -k 5 $T_BENCH $PY bench/train_speed.py $BENCH --json --family flux --checkpointing on --ranks 4 \
+      --resolutions 64 --batches 1 >"$OUT/bench-flux.json" 2>>"$LOG"
+  else
+    # the real architecture with random weights: 12 B + T5 made on the GPU (about 35 GB in bf16)
+    timeout -k 5 $T_FLUX $PY bench/train_speed.py --steps 5 --warmup 2 --json --family flux --checkpointing on \
+      >"$OUT/bench-flux.json" 2>>"$LOG"
+  fi
+  echo "bench flux exit $?" | tee -a "$LOG"
 fi
 if part compile; then
   say "bench compiled"

@@ -8,6 +8,7 @@
     ... --loader [--workers 0 2 4 8]    can the data loader feed the GPU when latents are not cached?
     ... --memory-model                  re-measure engine/plan/vram.py's activation constants (meta device)
     ... --family sdxl                   SDXL base's architecture (1024², batch 1/4/8; --quick: the tiny SDXL)
+    ... --family flux                   FLUX.1-dev's (1024², batch 1/2, rank 16/32, --fp8 both, text encoders frozen)
 
 The model is SD1.5's (or with --family sdxl SDXL base 1.0's) real architecture built from
 `engine/model/assets/sd15` (`.../sdxl`) with random weights
@@ -44,8 +45,9 @@ FULL = {"resolutions": [512, 768], "batches": [1, 4, 16], "ranks": [16, 64], "st
 FULL_SDXL = {"resolutions": [1024], "batches": [1, 4, 8], "ranks": [16, 64], "steps": 10, "warmup": 3}
 FAMILY = "sd15"  # set by --family
 # a family's own full-size matrix and memory-model sizes, where they differ from SD1.5's
-FULL_BY_FAMILY = {"sdxl": FULL_SDXL}
-MEMORY_MODEL_SIZES = {"sdxl": {"resolutions": [1024], "batches": [2]}}
+FULL_FLUX = {"resolutions": [1024], "batches": [1, 2], "ranks": [16, 32], "steps": 5, "warmup": 2}
+FULL_BY_FAMILY = {"sdxl": FULL_SDXL, "flux": FULL_FLUX}
+MEMORY_MODEL_SIZES = {"sdxl": {"resolutions": [1024], "batches": [2]}, "flux": {"resolutions": [512, 1024], "batches": [1]}}
 
 
 def _assets():
@@ -95,6 +97,8 @@ def build_model(quick: bool, device, dtype, config):
         pipeline = runtime.tiny_pipeline()
         parts = {name: part for name, part in pipeline.components.items() if part is not None}
         scheduler = parts.pop("scheduler")
+    elif FAMILY == "flux":
+        parts, scheduler = _full_flux_parts(device)
     else:
         read = lambda part: json.loads((_assets() / part / "config.json").read_text())  # noqa: E731
         text_classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
@@ -105,17 +109,37 @@ def build_model(quick: bool, device, dtype, config):
                 parts[name] = text_classes[name](CLIPTextConfig.from_dict(read(name)))
         parts.update({name: load_tokenizer(_assets(), name) for name in family.tokenizers})
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(str(_assets() / "scheduler")))
-    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
-    for name, module in parts.items():
-        if isinstance(module, torch.nn.Module):
-            module.to(device=device, dtype=vae_dtype if name == "vae" else dtype).requires_grad_(False)
+    in_fp32 = ("vae",) if dtype == torch.float16 else ()
+    runtime.place_parts(parts, config, device=device, dtype=dtype, in_fp32=in_fp32)  # fp8 storage where asked
     schedule = runtime.training_scheduler(scheduler, config)
     return BaseModel(family=family, parts=parts, noise_scheduler=schedule, objective=runtime.objective(schedule, config),
                      name="random", source="random")
 
 
+def _full_flux_parts(device):
+    """FLUX.1-dev's architecture from the shipped configs, random weights, made on `device`
+    (the tiny T5 tokenizer: the ids' values do not matter to speed)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from engine.model.families.flux.tiny import tiny_t5_tokenizer
+    from engine.model.ldm_checkpoints import load_tokenizer
+
+    read = lambda part: json.loads((_assets() / part / "config.json").read_text())  # noqa: E731
+    with torch.device(device):
+        parts = {"transformer": FluxTransformer2DModel.from_config(read("transformer")),
+                 "vae": AutoencoderKL.from_config(read("vae")),
+                 "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(read("text_encoder"))),
+                 "text_encoder_2": T5EncoderModel(T5Config.from_dict(read("text_encoder_2")))}
+    parts.update(tokenizer=load_tokenizer(_assets()), tokenizer_2=tiny_t5_tokenizer())
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        FlowMatchEulerDiscreteScheduler.load_config(str(_assets() / "scheduler")))
+    return parts, scheduler
+
+
 def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precision: str, compile_unet: bool,
-                 batch: int, resolution: int):
+                 batch: int, resolution: int, fp8: bool = False):
     from engine.config.schema import config_from_dict
 
     return config_from_dict({
@@ -125,29 +149,25 @@ def bench_config(*, rank: int, text_encoder: bool, checkpointing: bool, precisio
         "optimizer": {"optimizer": "AdamW", "learning_rate": 1e-4, "lr_scheduler": "constant"},
         "training": {"batch_size": batch},
         "precision": {"mixed_precision": precision, "gradient_checkpointing": checkpointing,
-                      "compile_unet": compile_unet},
+                      "compile_unet": compile_unet, "fp8_base": fp8},
+        "flux": {"t5xxl_max_token_length": 512},  # Flux only: [dev]'s T5 tokens
     })
 
 
-def unet_flops_per_image(quick: bool, resolution: int, rank: int) -> float:
-    """Forward + backward FLOPs of one image through the LoRA'd U-Net, counted on the meta device."""
-    import torch
+def flops_per_image(quick: bool, resolution: int, rank: int) -> float:
+    """Forward + backward FLOPs of one image through the family's LoRA'd denoiser, counted on
+    the meta device (the memory model's step builders)."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.model.families import family_named
-    from engine.network.lora import LoraNetwork
+    import torch
 
-    unet = _meta_unet(quick)
-    LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
-    side = resolution // 8
-    latents = torch.empty(1, 4, side, side, device="meta")
-    states = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
+    model, run = (_meta_flux_step if FAMILY == "flux" else _meta_unet_step)(resolution, 1, rank, quick=quick,
+                                                                             dtype=torch.float32)
     counter = FlopCounterMode(display=False)
     with counter:
-        prediction = unet(latents, torch.zeros(1, dtype=torch.long, device="meta"), states,
-                          **unet_conditioning_extras(unet, 1, "meta")).sample
-        F.mse_loss(prediction, latents).backward()
+        prediction, target = run()
+        F.mse_loss(prediction.float(), target.float()).backward()
     return float(counter.get_total_flops())
 
 
@@ -182,7 +202,7 @@ def synthetic_batch(model, config, *, batch: int, resolution: int, text_encoder:
     generator = torch.Generator().manual_seed(0)
     runtime = model.runtime
     if text_encoder:
-        captions = runtime.caption_tokens(model.tokenizers, max_token_length=75, weighted=False)
+        captions = runtime.caption_tokens(model.tokenizers, max_token_length=75, weighted=False, config=config)
     else:
         captions = runtime.text_state_cache(model, [CAPTION], config, autocast=accelerator.autocast)
     example = {"latents": torch.zeros(model.vae.config.latent_channels, side, side), **captions.example(CAPTION),
@@ -210,12 +230,12 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
     quick = args.quick or not cuda
     precision = args.precision if cuda else "no"
     results, flops = [], {}
-    for rank in args.ranks:
+    for rank, fp8 in ((rank, fp8) for rank in args.ranks for fp8 in _switch(args.fp8)):
         for text_encoder in _switch(args.text_encoder):
             for checkpointing in _switch(args.checkpointing):
                 first = bench_config(rank=rank, text_encoder=text_encoder, checkpointing=checkpointing,
                                      precision=precision, compile_unet=args.compile, batch=args.batches[0],
-                                     resolution=args.resolutions[0])
+                                     resolution=args.resolutions[0], fp8=fp8)
                 accelerator = make_accelerator(first)
                 device = accelerator.device
                 model = build_model(quick, device, WEIGHT_DTYPES[accelerator.mixed_precision], first)
@@ -231,14 +251,15 @@ def run_matrix(args, on_row=lambda row: None) -> dict:
                 for resolution in args.resolutions:
                     key = (resolution, rank)
                     if key not in flops:
-                        flops[key] = unet_flops_per_image(quick, resolution, rank)
+                        flops[key] = flops_per_image(quick, resolution, rank)
                     for batch in args.batches:
                         config = bench_config(rank=rank, text_encoder=text_encoder, checkpointing=checkpointing,
                                               precision=precision, compile_unet=args.compile, batch=batch,
-                                              resolution=resolution)
+                                              resolution=resolution, fp8=fp8)
                         # the estimate is for the real family; the tiny model of --quick has nothing to compare it with
                         estimate = None if quick else round(estimate_vram(config).total_gb, 2)
-                        row = {"resolution": resolution, "batch": batch, "rank": rank, "text_encoder": text_encoder,
+                        row = {"resolution": resolution, "batch": batch, "rank": rank, "fp8_base": fp8,
+                               "text_encoder": text_encoder,
                                "gradient_checkpointing": checkpointing, "tflop_per_image": flops[key] / 1e12,
                                "vram_estimate_gb": estimate}
                         row.update(time_steps(step, model, config, batch, resolution, text_encoder, accelerator, args,
@@ -334,11 +355,12 @@ def _row_text(row: dict) -> str:
     return (f"{row['resolution']:>5} {row['batch']:>5} {row['rank']:>4} {yes_no(row['text_encoder']):>4} "
             f"{yes_no(row['gradient_checkpointing']):>5} {number('images_per_s', 10, '.2f')} "
             f"{number('step_ms', 9, '.1f')} {number('peak_vram_gb', 8, '.2f')} {number('vram_estimate_gb', 8, '.2f')} "
-            f"{number('tflop_per_image', 9, '.3g')} {number('mfu', 8, '.2f', 100, '%')}{status}")
+            f"{number('tflop_per_image', 9, '.3g')} {number('mfu', 8, '.2f', 100, '%')} "
+            f"{yes_no(row.get('fp8_base')):>4}{status}")
 
 
 HEADER = (f"{'res':>5} {'batch':>5} {'rank':>4} {'TE':>4} {'ckpt':>5} {'images/s':>10} {'step ms':>9} "
-          f"{'peak GB':>8} {'est GB':>8} {'TFLOP/img':>9} {'bf16 pk':>8}")
+          f"{'peak GB':>8} {'est GB':>8} {'TFLOP/img':>9} {'bf16 pk':>8} {'fp8':>4}")
 
 
 def print_banner(report: dict) -> None:
@@ -403,6 +425,62 @@ def run_loader(args) -> dict:
 # --------------------------------------------------------------------------- the memory model
 
 
+def _meta_unet_step(resolution: int, batch: int, rank: int, quick: bool = False, dtype=None):
+    """The LoRA'd U-Net of the family on the meta device, and its step's (prediction, target)."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from engine.model.families import family_named
+    from engine.network.lora import LoraNetwork
+
+    dtype = dtype or torch.bfloat16
+    unet = _meta_unet(quick).to(dtype)
+    LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
+    unet.set_attn_processor(AttnProcessor2_0())
+    side = resolution // 8
+    latents = torch.empty(batch, 4, side, side, device="meta", dtype=torch.float32 if dtype == torch.bfloat16 else dtype)
+    states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=dtype)
+    extras = unet_conditioning_extras(unet, batch, "meta", dtype)
+    timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
+    return unet, lambda: (unet(latents, timesteps, states, **extras).sample, latents)
+
+
+FLUX_TEXT_TOKENS = 512  # t5xxl_max_token_length of Flux.1 [dev]
+
+
+def _meta_flux_step(resolution: int, batch: int, rank: int, quick: bool = False, dtype=None):
+    """FLUX.1 [dev]'s transformer with the family's LoRA on the meta device, on packed latents
+    with cached T5 states (512 tokens) and CLIP's pooled output, and its step's (prediction, target)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from engine.config.network_types import NetworkSpec
+    from engine.model.families.flux import latents as flux_latents
+    from engine.model.families.flux import network as flux_network
+
+    if quick:
+        from engine.model.tiny import make_tiny_pipeline
+
+        config = dict(make_tiny_pipeline(FAMILY).transformer.config)
+    else:
+        config = json.loads((_assets() / "transformer" / "config.json").read_text())
+    dtype = dtype or torch.bfloat16
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(config).to(dtype)
+    flux_network.inject(transformer, NetworkSpec(rank=rank, alpha=float(rank), train_text_encoder=False))
+    side = resolution // 16  # packed: 2x2 patches of the 8x-downsampled latent
+    tokens = side * side
+    meta = dict(device="meta")
+    packed = torch.empty(batch, tokens, config["in_channels"], **meta)
+    states = torch.empty(batch, FLUX_TEXT_TOKENS, config["joint_attention_dim"], dtype=dtype, **meta)
+    pooled = torch.empty(batch, config["pooled_projection_dim"], dtype=dtype, **meta)
+    inputs = dict(hidden_states=packed, encoder_hidden_states=states, pooled_projections=pooled,
+                  timestep=torch.empty(batch, **meta), guidance=torch.empty(batch, **meta),
+                  img_ids=flux_latents.image_ids(2 * side, 2 * side, device="meta"),
+                  txt_ids=flux_latents.text_ids(FLUX_TEXT_TOKENS, device="meta"))
+    return transformer, lambda: (transformer(**inputs).sample, packed)
+
+
 def memory_model(args) -> dict:
     """engine/plan/vram.py's activation constants, measured: every tensor the U-Net step allocates
     is tracked until freed, on the meta device (no memory, no GPU), under CUDA autocast's bf16
@@ -413,14 +491,10 @@ def memory_model(args) -> dict:
 
     import torch
     import torch.nn.functional as F
-    from diffusers.models.attention_processor import AttnProcessor2_0
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
     from torch.utils.checkpoint import checkpoint
-
-    from engine.model.families import family_named
-    from engine.network.lora import LoraNetwork
 
     low = {F.conv2d, F.linear, torch.matmul, torch.bmm, torch.baddbmm, torch.mm, torch.addmm}
     high = {F.group_norm, F.layer_norm, F.softmax}
@@ -448,7 +522,8 @@ def memory_model(args) -> dict:
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func is F.scaled_dot_product_attention:
-                return FlashStandIn.apply(*cast(args[:3], torch.bfloat16))
+                qkv = [*args[:3], *(kwargs[name] for name in ("query", "key", "value")[len(args[:3]):])]
+                return FlashStandIn.apply(*cast(qkv, torch.bfloat16))
             if func in low:
                 return func(*cast(args, torch.bfloat16), **kwargs)
             if func in high:
@@ -479,35 +554,30 @@ def memory_model(args) -> dict:
             return out
 
     def peak_gib(resolution: int, batch: int, checkpointing: bool, rank: int) -> float:
-        unet = _meta_unet(False).to(torch.bfloat16)
-        LoraNetwork.attach(family_named(FAMILY), {"unet": unet}, rank=rank, alpha=rank, train_text_encoder=False)
-        unet.set_attn_processor(AttnProcessor2_0())
+        model, run = (_meta_flux_step if FAMILY == "flux" else _meta_unet_step)(resolution, batch, rank)
         if checkpointing:  # recomputation must run under the same autocast rules
-            unet.enable_gradient_checkpointing(functools.partial(
+            model.enable_gradient_checkpointing(functools.partial(
                 checkpoint, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), Autocast())))
-        unet.train()
-        known = {p.untyped_storage()._cdata for p in [*unet.parameters(), *unet.buffers()]}
-        side = resolution // 8
-        latents = torch.empty(batch, 4, side, side, device="meta")
-        states = torch.empty(batch, 77, unet.config.cross_attention_dim, device="meta", dtype=torch.bfloat16)
-        extras = unet_conditioning_extras(unet, batch, "meta", torch.bfloat16)
+        model.train()
+        known = {p.untyped_storage()._cdata for p in [*model.parameters(), *model.buffers()]}
         tracker = LiveBytes(known)
         with tracker, Autocast():
-            prediction = unet(latents, torch.zeros(batch, dtype=torch.long, device="meta"), states, **extras).sample
-            F.mse_loss(prediction.float(), latents).backward()
+            prediction, target = run()
+            F.mse_loss(prediction.float(), target).backward()
         return tracker.peak / 2**30
 
     rows = []
     for checkpointing in (False, True):
         for resolution in args.resolutions:
-            batch = args.batches[-1]
-            peak = peak_gib(resolution, batch, checkpointing, 16)
-            per_image = peak / batch / (resolution**2 / 512**2)
-            rows.append({"resolution": resolution, "batch": batch, "gradient_checkpointing": checkpointing,
-                         "rank": 16, "peak_gib": peak, "per_512_image_gib": per_image})
-            print(f"{resolution:>5}² batch {batch:>2} checkpointing {'on ' if checkpointing else 'off'}: "
-                  f"peak {peak:6.2f} GiB = {per_image:.3f} GiB per 512² image (LoRA gradients included)",
-                  file=sys.stderr, flush=True)
+            for rank in args.ranks or [16]:
+                batch = args.batches[-1]
+                peak = peak_gib(resolution, batch, checkpointing, rank)
+                per_image = peak / batch / (resolution**2 / 512**2)
+                rows.append({"resolution": resolution, "batch": batch, "gradient_checkpointing": checkpointing,
+                             "rank": rank, "peak_gib": peak, "per_512_image_gib": per_image})
+                print(f"{resolution:>5}² batch {batch:>2} rank {rank:>3} checkpointing {'on ' if checkpointing else 'off'}: "
+                      f"peak {peak:6.2f} GiB = {per_image:.3f} GiB per 512² image (LoRA gradients included)",
+                      file=sys.stderr, flush=True)
     return {"unit": "GiB", "results": rows}
 
 
@@ -526,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, nargs="+")
     parser.add_argument("--text-encoder", choices=("both", "on", "off"), default="both")
     parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--fp8", choices=("both", "on", "off"), default="off",
+                        help="precision.fp8_base (Flux.1: the frozen weights in fp8); --family flux: both by default")
     parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (precision.compile_unet)")
     parser.add_argument("--steps", type=int, help="timed steps per configuration")
@@ -539,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=tiny_families(), default=tiny_families()[0],
                         help=f"model architecture (default {tiny_families()[0]})")
     args = parser.parse_args(argv)
+    given = argv if argv is not None else sys.argv
+    if args.family == "flux":  # the rows Flux users train: fp8 on and off, T5 and CLIP-L frozen and cached
+        args.fp8 = args.fp8 if "--fp8" in given else "both"
+        args.text_encoder = args.text_encoder if "--text-encoder" in given else "off"
 
     import torch
 

@@ -55,6 +55,7 @@ def small_run_settings(model_dir: Path) -> dict[str, dict]:
         "sampling": {"every_n_epochs": 0},
         "saving": {"save_every_n_epochs": 1},
         "logging": {"tensorboard": False, "log_every_n_steps": 1},
+        "flux": {"t5xxl_max_token_length": 16},  # Flux only: T5 tokens per caption (512 on the real model)
     }
 
 
@@ -184,3 +185,17 @@ def stop_when_epoch_ends(run, monkeypatch, epoch: int = 1) -> None:
         return event
 
     monkeypatch.setattr(EventWriter, "emit", emit)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tiny_model_dirs) -> Path:
+    """The tiny Flux.1 [dev] as a diffusers folder."""
+    return tiny_model_dirs("flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_files(tiny_flux_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny Flux.1 as BFL's single files: transformer (bf16), clip_l, t5xxl, ae."""
+    from engine.model.families.flux.tiny import write_tiny_single_files
+
+    return write_tiny_single_files(tiny_flux_dir, tmp_path_factory.mktemp("tiny-flux-files"))

@@ -117,7 +117,7 @@ async def test_a_choice_picked_in_a_burst_and_the_next_value_both_land(workspace
         await pilot.pause(0.5)
         # the optimizer list opens, two down, enter; then a jump to alpha and a value
         burst(app, "slash", *"optimizer", "enter", "enter", "down", "down", "enter",
-              "slash", *"alpha", "enter", "end", "ctrl+u", "8", "escape")
+              "slash", *"network.alpha", "enter", "end", "ctrl+u", "8", "escape")
         await settled(pilot)
         screen = app.screen
         assert screen.state.raw["optimizer.optimizer"] == "Adafactor"  # AdamW -> AdamW8bit -> Adafactor
@@ -129,7 +129,7 @@ async def test_tab_moves_on_without_dropping_the_last_keys(workspace, load):
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.5)
-        burst(app, "slash", *"epochs", "enter", "end", "ctrl+u", "7", "tab", "enter", "end", "ctrl+u", "2", "escape")
+        burst(app, "slash", *"training.epochs", "enter", "end", "ctrl+u", "7", "tab", "enter", "end", "ctrl+u", "2", "escape")
         await settled(pilot)
         screen = app.screen
         lines = screen.form.shown_lines()

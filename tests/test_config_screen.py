@@ -125,7 +125,7 @@ async def test_keyboard_edits_save_and_reload_to_identical_toml(workspace):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_into(pilot, "rank", "network.rank", "48")
-        await type_into(pilot, "alpha", "network.alpha", "24")
+        await type_into(pilot, "network.alpha", "network.alpha", "24")
         await type_into(pilot, "resolution", "dataset.resolution", "640,512")
         await jump(pilot, "optimizer", "optimizer.optimizer")
         await pilot.press("enter", "down", "down", "enter")  # AdamW -> AdamW8bit -> Adafactor
@@ -165,8 +165,8 @@ async def test_invalid_values_are_flagged_inline_and_block_start(workspace, laun
     app = make_app(workspace, start_screen="config")
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await type_into(pilot, "alpha", "network.alpha", "64")
-        await type_into(pilot, "epochs", "training.epochs", "ten")
+        await type_into(pilot, "network.alpha", "network.alpha", "64")
+        await type_into(pilot, "training.epochs", "training.epochs", "ten")
         form = app.screen.form
         assert form.rows["network.alpha"].has_class("-invalid")
         assert "alpha 64 is above rank 32" in row_message(app, "network.alpha")
@@ -186,8 +186,8 @@ async def test_invalid_values_are_flagged_inline_and_block_start(workspace, laun
         await pilot.pause()
         assert path.read_text() == before
 
-        await type_into(pilot, "alpha", "network.alpha", "16")
-        await type_into(pilot, "epochs", "training.epochs", "3")
+        await type_into(pilot, "network.alpha", "network.alpha", "16")
+        await type_into(pilot, "training.epochs", "training.epochs", "3")
         assert not form.rows["network.alpha"].has_class("-invalid")
         assert row_message(app, "training.epochs") == ""
 
@@ -333,7 +333,7 @@ async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_into(pilot, "rank", "network.rank", "40")
-        await type_into(pilot, "epochs", "training.epochs", "1x")  # even an invalid value is kept
+        await type_into(pilot, "training.epochs", "training.epochs", "1x")  # even an invalid value is kept
         await pilot.press("escape", "q")
         await pilot.pause()
     assert path.read_text() == before
@@ -345,7 +345,7 @@ async def test_unsaved_changes_survive_quit_as_a_draft(workspace):
         assert shown(again, "training.epochs") == "1x"
         assert again.screen.state.dirty
         assert "Restored unsaved changes" in notifications(again)
-        await type_into(pilot, "epochs", "training.epochs", "12")
+        await type_into(pilot, "training.epochs", "training.epochs", "12")
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert load_config(path).network.rank == 40
@@ -425,13 +425,16 @@ async def test_a_missing_image_folder_is_flagged_and_blocks_start(workspace, lau
         assert app.focused is line(app, "dataset.image_dir")
 
 
+def row_shown(app):
+    """Whether a setting's row is shown on the app's config screen, by key."""
+    return lambda key: app.screen.form.rows[key].display
+
+
 @pytest.mark.slow
 async def test_network_type_shows_only_its_settings_with_advice(workspace):
     path = workspace / "loradeck.toml"
     app = make_app(workspace, start_screen="config")
-
-    def displayed(key: str) -> bool:
-        return app.screen.form.rows[key].display
+    displayed = row_shown(app)
 
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -497,3 +500,26 @@ async def test_processes_setting_plans_each_ones_share_and_ctrl_t_starts_torchru
     (command,) = commands
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert command[5:] == ["-m", "engine.train.process", str(workspace.resolve() / "runs" / "lora-v1")]
+async def test_flux_settings_show_only_for_flux(workspace):
+    """Flux.1's settings ([flux], its files, fp8 and block swap) appear once the model is Flux,
+    as the network types' settings appear for their type; saved from the form."""
+    path = workspace / "loradeck.toml"
+    app = make_app(workspace, start_screen="config")
+    shown = row_shown(app)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert not shown("flux.timestep_sampling") and not shown("precision.fp8_base") and not shown("model.t5xxl")
+        assert not app.screen.query_one("#group-flux").display
+        await jump(pilot, "model family", "model.family")
+        choices = list(app.screen.form.rows["model.family"].spec.choices)
+        await pilot.press("enter", *["down"] * (choices.index("flux") - choices.index("auto")), "enter")
+        await pilot.pause()
+        assert app.screen.state.config.model.family == "flux"
+        assert shown("flux.timestep_sampling") and shown("precision.fp8_base") and shown("model.t5xxl")
+        assert app.screen.query_one("#group-flux").display and shown("optimizer.text_encoder_2_lr")
+        await type_into(pilot, "discrete flow shift", "flux.discrete_flow_shift", "2.5")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    config = load_config(path)
+    assert (config.model.family, config.flux.discrete_flow_shift) == ("flux", 2.5)

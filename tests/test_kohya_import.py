@@ -234,3 +234,36 @@ def test_a_kohya_config_of_each_family_imports_and_plans(tmp_path, family, famil
     assert plan.lora_parameters > 0 and plan.vram_estimate.total_gb > 0
     local = import_kohya({**data, "pretrained_model_name_or_path": str(family_model_dir)}, json_folder=tmp_path)
     assert make_plan(local.config, tmp_path).family == family
+
+
+def test_flux_preset_imports_and_plans(tmp_path):
+    """The Kohya GUI's shipped Flux preset (presets/lora/flux1D - adamw8bit fp8.json): Flux.1 from
+    flux1_checkbox, its files and settings mapped, what cannot be honoured said, and a plan with
+    VRAM and RAM at 1024²; the same keys in an SD config (flux1_checkbox false) are ignored."""
+    from engine.plan.training_plan import make_plan
+
+    plan_dataset(tmp_path)
+    data = json.loads((FIXTURES / "flux1D - adamw8bit fp8.json").read_text())
+    data.update(pretrained_model_name_or_path="black-forest-labs/FLUX.1-dev", train_data_dir=str(tmp_path / "img"),
+                max_resolution="1024,1024", split_mode=True, ae="ae.safetensors")
+    result = import_kohya(data, source="flux1D", json_folder=tmp_path)
+    config = result.config
+    assert config.model.family == "flux" and config.model.ae == "ae.safetensors"
+    assert (config.precision.fp8_base, config.precision.cache_text_encoder_outputs) == (True, True)
+    assert (config.flux.timestep_sampling, config.flux.guidance_scale, config.flux.model_prediction_type) == (
+        "sigmoid", 1.0, "raw")
+    assert config.flux.apply_t5_attn_mask and config.flux.t5xxl_max_token_length == 512
+    assert config.optimizer.optimizer == "AdamW8bit" and config.network.type == "lora"
+    assert any(note.startswith("split_mode: not honoured") for note in result.notes)
+    plan = make_plan(config, tmp_path)
+    assert plan.family == "flux" and 13 < plan.vram_estimate.total_gb < 20 and plan.vram_estimate.ram_gb > 20
+    assert any("min_snr_gamma" in problem for problem in plan.problems)  # the preset's 7 does nothing for Flux
+    sdxl = import_kohya({**json.loads((FIXTURES / "flux1D - adamw8bit fp8.json").read_text()), "flux1_checkbox": False,
+                         "sdxl": True, "pretrained_model_name_or_path": "x"})
+    assert sdxl.config.model.family == "sdxl" and not sdxl.config.precision.fp8_base
+    assert {"t5xxl", "timestep_sampling", "flux1_checkbox"} <= set(sdxl.ignored)
+    assert any(note.startswith("fp8_base True not trained") for note in sdxl.notes)  # SD/SDXL: no fp8 storage
+    # LoRA_type Flux1's own network_args, when set, are said (sd-scripts' per-block ranks, block choice)
+    blocks = import_kohya({**data, "train_blocks": "single", "img_attn_dim": "8"}, json_folder=tmp_path)
+    assert any(note.startswith("train_blocks 'single' not trained") for note in blocks.notes)
+    assert any(note.startswith("img_attn_dim '8' not trained") for note in blocks.notes)

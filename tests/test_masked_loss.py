@@ -16,7 +16,7 @@ from PIL import Image
 from engine.config.schema import config_from_dict
 from tests.conftest import small_run_settings
 from tests.datasets import write_caption
-from tests.test_objective_loss_settings import Args, objective_of, sd_scripts_all_snr
+from tests.test_objective_loss_settings import Args, flow_matching, objective_of, sd_scripts_all_snr
 
 GUI_CONFIGS = Path(__file__).parent / "fixtures" / "kohya_gui" / "test" / "config"
 
@@ -37,7 +37,7 @@ def sd_scripts_apply_masked_loss(loss, batch):
     return loss * mask_image
 
 
-def sd_scripts_masked_step_loss(args, scheduler, prediction, target, timesteps, batch):
+def sd_scripts_masked_step_loss(args, scheduler, prediction, target, timesteps, batch, min_snr=True):
     """train_network.process_batch: conditional_loss (l2 / huber with a constant threshold),
     the mask, the mean per example, min-SNR (post_process_loss), the batch mean."""
     if args.loss_type == "huber":
@@ -47,7 +47,7 @@ def sd_scripts_masked_step_loss(args, scheduler, prediction, target, timesteps, 
         loss = torch.nn.functional.mse_loss(prediction, target, reduction="none")
     loss = sd_scripts_apply_masked_loss(loss, batch)
     loss = loss.mean([1, 2, 3])
-    if args.min_snr_gamma:
+    if args.min_snr_gamma and min_snr:  # FluxNetworkTrainer.post_process_loss leaves it out
         snr = torch.stack([sd_scripts_all_snr(scheduler)[t] for t in timesteps])
         loss = loss * torch.minimum(snr, torch.full_like(snr, args.min_snr_gamma)) / snr
     return loss.mean()
@@ -66,9 +66,11 @@ def test_masked_loss_is_sd_scripts(family, family_model_dir, settings, source):
     mask[2] = 1.0
     theirs_batch = ({"conditioning_images": (mask * 2 - 1).unsqueeze(1).expand(-1, 3, -1, -1)}
                     if source == "conditioning" else {"alpha_masks": mask})
+    if flow_matching(objective):  # sigmas; sd-scripts' Flux loss has no min-SNR weighting
+        timesteps = timesteps / 1000
     ours = objective.loss(prediction, target, timesteps, {"loss_mask": mask})
-    theirs = sd_scripts_masked_step_loss(Args(config.training), objective.scheduler, prediction, target, timesteps,
-                                         theirs_batch)
+    theirs = sd_scripts_masked_step_loss(Args(config.training), getattr(objective, "scheduler", None), prediction,
+                                         target, timesteps, theirs_batch, min_snr=not flow_matching(objective))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     unmasked = objective.loss(prediction, target, timesteps, {})
     assert not torch.isclose(ours, unmasked)

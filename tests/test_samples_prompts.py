@@ -36,6 +36,7 @@ def test_every_flag():
         seed_given=True,
         sampler="ddim",
         line=1,
+        cfg_given=True,
     )
 
 
@@ -114,11 +115,22 @@ def test_comments_and_blank_lines_are_skipped_and_lines_numbered():
 
 
 def test_unknown_flags_are_named_in_a_warning():
-    prompt, warnings = one("a cat --cn control.png --d 5 --g 3.5", source="prompts.txt")
+    prompt, warnings = one("a cat --cn control.png --d 5 --am 0.5", source="prompts.txt")
     assert prompt.seed == 5 and prompt.prompt == "a cat"
     assert len(warnings) == 2
     assert warnings[0].startswith("prompts.txt line 1: unknown flag --cn")
-    assert warnings[1].startswith("prompts.txt line 1: unknown flag --g")
+    assert warnings[1].startswith("prompts.txt line 1: unknown flag --am")
+
+
+def test_guidance_flag_of_flux():
+    """sd-scripts' --g: the guidance Flux.1 [dev] embeds, apart from --l (true CFG)."""
+    prompt, warnings = one("a cat --g 4.5 --d 5")
+    assert (prompt.guidance, prompt.cfg_given, warnings) == (4.5, False, [])
+    prompt, _ = one("a cat --l 3 --g 2.5x")
+    assert prompt.guidance == 2.5 and prompt.cfg == 3.0 and prompt.cfg_given
+    assert one("a cat")[0].guidance is None
+    _, warnings = one("a cat --g lots")
+    assert warnings == ["prompts line 1: --g expects a number, got 'lots' (ignored)"]
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,28 @@ def sd15_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch):
     return root
 
 
+async def train_with_ctrl_t(pilot, app, run, title: str, *, steps: int) -> None:
+    """Press ctrl+t on the config screen; the dashboard opens on `run`, which finishes after
+    `steps` steps with `title` (name · family) on its status line."""
+    await pilot.press("ctrl+t")
+    await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), ENGINE_TIMEOUT, "the dashboard")
+    screen = app.screen
+    assert screen.run.path == run.path
+    await wait_until(pilot, lambda: screen.view is not None and screen.view.health.status == "finished",
+                     ENGINE_TIMEOUT, "the run to finish")
+    await pilot.pause()
+    text = screen_text(app)
+    assert "FINISHED" in text and title in text
+    assert screen.view.state.step == steps
+
+
+def kill_engine(run) -> None:
+    """End a run's engine left behind by a failed test (by its recorded pid)."""
+    record = run.read_pid()
+    if record and run.engine_alive():
+        os.kill(record["pid"], signal.SIGKILL)
+
+
 @pytest.mark.slow
 async def test_sdxl_model_shows_on_the_config_screen_trains_with_ctrl_t_and_shows_on_the_dashboard(
         sd15_workspace, tiny_sdxl_dir, sdxl_pipeline):  # noqa: F811
@@ -60,21 +82,10 @@ async def test_sdxl_model_shows_on_the_config_screen_trains_with_ctrl_t_and_show
             assert "! SDXL: dataset.resolution is '64'; 1024,1024 is recommended" in text
             assert "Model SDXL" in screen_text(app)
 
-            await pilot.press("ctrl+t")
-            await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), ENGINE_TIMEOUT, "the dashboard")
-            screen = app.screen
-            assert screen.run.path == run.path
-            await wait_until(pilot, lambda: screen.view is not None and screen.view.health.status == "finished",
-                             ENGINE_TIMEOUT, "the run to finish")
-            await pilot.pause()
-            text = screen_text(app)
-            assert "FINISHED" in text and "xl-tui · SDXL" in text
-            assert screen.view.state.step == 4
+            await train_with_ctrl_t(pilot, app, run, "xl-tui · SDXL", steps=4)
         assert load_config(root / "loradeck.toml").model.pretrained_model == str(tiny_sdxl_dir)
     finally:
-        record = run.read_pid()
-        if record and run.engine_alive():
-            os.kill(record["pid"], signal.SIGKILL)
+        kill_engine(run)
 
     events = list(read_events(run.events))
     start = next(event for event in events if event["type"] == "run_start")

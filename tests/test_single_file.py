@@ -326,12 +326,29 @@ def test_a_single_file_of_each_family_is_that_family_whatever_its_name(tmp_path,
 
     # trained from: the family's loader with its offline configs (the tiny model's, here)
     monkeypatch.setitem(descriptor.__dict__, "config_folder", family_model_dir)
-    model = load_base_model(config_from_dict({"model": {"pretrained_model": str(path)}}), ".", device="cpu",
-                            dtype=torch.float32)
+    model_settings = {"pretrained_model": str(path), **companion_files(family, family_model_dir, tmp_path)}
+    model = load_base_model(config_from_dict({"model": model_settings}), ".", device="cpu", dtype=torch.float32)
     assert model.family is descriptor and model.name == f"{others[0].name}-base"
     reference = pipelines_of(family_model_dir)()
     for part in (descriptor.denoiser, *descriptor.text_encoders, "vae"):
         assert_same_weights(getattr(reference, part), model.parts[part])
+
+
+def companion_files(family: str, model_dir, folder) -> dict[str, str]:
+    """Flux.1's transformer file comes with three more (model.clip_l, t5xxl, ae), as BFL ships it."""
+    if family != "flux":
+        return {}
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    from engine.model.families.flux import single_files
+
+    parts = {"clip_l": single_files.clip_l_state(CLIPTextModel.from_pretrained(model_dir / "text_encoder")),
+             "t5xxl": single_files.t5xxl_state(T5EncoderModel.from_pretrained(model_dir / "text_encoder_2")),
+             "ae": single_files.vae_to_bfl(AutoencoderKL.from_pretrained(model_dir, subfolder="vae"))}
+    return {name: str(single_files.save_file(state, folder / f"{name}.safetensors", torch.float32))
+            for name, state in parts.items()}
 
 
 def test_incomplete_checkpoint_names_the_missing_weight(tiny_file, tiny, tmp_path):

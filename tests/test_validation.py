@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config.schema import config_from_dict
+from engine.config.schema import config_from_dict, load_config
 from engine.dataset.folders import held_out_count, scan_dataset
 from engine.errors import ConfigError
 from engine.network.lora import read_lora_file
@@ -154,8 +154,22 @@ def reference(tmp_path_factory, family_model_dir):
     return run
 
 
-def test_run_with_validation_writes_a_curve_checkpoint_losses_tensorboard_and_best_file(reference):
+def family_bands(run, count: int) -> list[str]:
+    """The band names of the run's family's objective: DDPM's steps (t166, t500, t833 of
+    1000), flow matching's sigmas (t0.167, t0.5, t0.833)."""
+    import torch
+
+    from engine.model.loading import load_base_model
+    from engine.train.validation import band_name
+
+    model = load_base_model(load_config(run.config), run.path, device="cpu", dtype=torch.float32)
+    return sorted(band_name(point) for point in model.objective.validation_timesteps(count))
+
+
+def test_run_with_validation_writes_a_curve_checkpoint_losses_tensorboard_and_best_file(reference, family):
     run = reference
+    bands = family_bands(run, 3)
+    assert bands == (["t0.167", "t0.5", "t0.833"] if family == "flux" else ["t166", "t500", "t833"])
     start = events_of(run, "run_start")[0]
     # 4 images, one held out: 3 x 2 repeats / batch 2 = 3 steps per epoch
     assert start["plan"]["validation_images"] == 1 and start["plan"]["steps_per_epoch"] == 3
@@ -166,7 +180,7 @@ def test_run_with_validation_writes_a_curve_checkpoint_losses_tensorboard_and_be
     assert (3, 3) in {(e["done"], e["total"]) for e in counted}  # each evaluation counts its 1 + 2 images
     for event in validations:
         assert (event["images"], event["train_images"]) == (1, 2)
-        assert sorted(event["bands"]) == ["t166", "t500", "t833"] and event["seconds"] >= 0
+        assert sorted(event["bands"]) == bands and event["seconds"] >= 0
     loras = [e for e in events_of(run, "checkpoint") if e["kind"] == "lora"]
     assert [e["validation_loss"] for e in loras] == [e["loss"] for e in validations]
     best = min(validations, key=lambda e: e["loss"])
@@ -183,7 +197,7 @@ def test_run_with_validation_writes_a_curve_checkpoint_losses_tensorboard_and_be
     tensorboard = EventAccumulator(str(run.tensorboard))
     tensorboard.Reload()
     tags = tensorboard.Tags()["scalars"]
-    assert {"loss/validation", "loss/validation_t166", "loss/train_fixed"} <= set(tags)
+    assert {"loss/validation", f"loss/validation_{bands[0]}", "loss/train_fixed"} <= set(tags)
     values = [round(s.value, 5) for s in tensorboard.Scalars("loss/validation")]
     assert values == [round(e["loss"], 5) for e in validations]
 

@@ -6,8 +6,9 @@ import gives the same config. It says what the GUI passes sd-scripts, not only w
 store: a max grad norm of 0 goes into additional_parameters (the GUI drops zeros), the step
 count is max_train_epochs (sd-scripts' per-bucket count, as loradeck's), max_train_steps, or
 0 for the GUI's own count (training.gui_step_count). What neither can express is listed in
-`notes`. The command line is sd-scripts' (`accelerate launch train_network.py` or
-`sdxl_train_network.py`) with the arguments the GUI would write into its config TOML.
+`notes`. The command line is sd-scripts' (`accelerate launch train_network.py`,
+`sdxl_train_network.py` or `flux_train_network.py`: the family's `kohya_script`) with the
+arguments the GUI would write into its config TOML.
 
 Light module: standard library only.
 """
@@ -61,12 +62,11 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
     net, opt, train, precision = config.network, config.optimizer, config.training, config.precision
     sampling, saving, meta = config.sampling, config.saving, config.metadata
     family = config_family(config, base_dir)
-    sdxl = "sdxl" in family.kohya_flags  # sd-scripts' script for it: sdxl_train_network.py
     spec = NetworkSpec.of(config)
     width, height = parse_resolution(data.resolution)
 
     gui: dict[str, Any] = {
-        "LoRA_type": GUI_TYPES[net.type],
+        "LoRA_type": family.kohya_lora_type if net.type == "lora" and family.kohya_lora_type else GUI_TYPES[net.type],
         # the GUI's model checkboxes: the family's own on, every other family's off
         **{flag: flag in family.kohya_flags for other in FAMILIES for flag in other.kohya_flags},
         "pretrained_model_name_or_path": _path(model.pretrained_model, base_dir),
@@ -129,6 +129,7 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
         "metadata_trigger_phrase": meta.trigger_phrase, "metadata_usage_hint": meta.usage_hint,
         "stop_text_encoder_training": 0, "additional_parameters": "",
     }
+    gui.update(_family_values(config, family, base_dir))
     _steps(config, gui)
     # what the GUI has no field for goes on sd-scripts' command line after its config
     gui["additional_parameters"] = " ".join(
@@ -138,7 +139,17 @@ def export_kohya(config: TrainConfig, base_dir: str | Path, prompts_file: str = 
     if net.type == "dora" and net.dora_layout == "input":
         notes.append("network.dora_layout input: the GUI has no setting for it and trains DoRA per output; the "
                      "command line passes wd_on_output=False")
-    return KohyaExport(gui, _command(config, gui, spec, sdxl, prompts_file, base_dir), notes)
+    return KohyaExport(gui, _command(config, gui, spec, family, prompts_file, base_dir), notes)
+
+
+def _family_values(config: TrainConfig, family, base_dir: Path) -> dict[str, Any]:
+    """The family's own GUI keys (engine.model.family: kohya_values), read back from the config."""
+    values = {}
+    for key, setting in family.kohya_values.items():
+        group, name = setting.split(".")
+        value = getattr(getattr(config, group), name)
+        values[key] = _path(value, base_dir) if group == "model" else value
+    return values
 
 
 def _steps(config: TrainConfig, gui: dict[str, Any]) -> None:
@@ -171,10 +182,11 @@ def _notes(config: TrainConfig, notes: list[str]) -> None:
 
 def _network_args(spec: NetworkSpec) -> list[str]:
     """network_args as lora_gui.py builds them (key=value), for sd-scripts' networks.lora or lycoris.kohya."""
+    t5 = ["train_t5xxl=True"] if spec.train_t5xxl and spec.train_text_encoder else []  # Flux.1 (networks.lora_flux)
     if spec.type in ("lora", "locon"):
         args = [f"conv_dim={spec.conv_dim}", f"conv_alpha={spec.conv_alpha:g}"] if spec.type == "locon" else []
-        return args + [f"{name}={getattr(spec, name):g}" for name in ("rank_dropout", "module_dropout")
-                       if getattr(spec, name)]
+        return args + t5 + [f"{name}={getattr(spec, name):g}" for name in ("rank_dropout", "module_dropout")
+                            if getattr(spec, name)]
     args = [f"preset=full", f"algo={LYCORIS_ALGOS[spec.type]}", f"conv_dim={spec.conv_dim}",
             f"conv_alpha={spec.conv_alpha:g}"]
     extra = {"lokr": {"factor": spec.factor}, "dora": {"dora_wd": True, "wd_on_output": spec.dora_layout == "output"},
@@ -188,7 +200,7 @@ def _network_args(spec: NetworkSpec) -> list[str]:
     return args + [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in extra.items()]
 
 
-def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: bool, prompts_file: str,
+def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, family, prompts_file: str,
              base_dir: Path) -> list[str]:
     """accelerate launch ... with the arguments the GUI writes into sd-scripts' config TOML."""
     opt, train = config.optimizer, config.training
@@ -208,7 +220,8 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
         "keep_tokens_separator": gui["keep_tokens_separator"],
         "max_token_length": gui["max_token_length"] if gui["max_token_length"] != 75 else None,
         "flip_aug": gui["flip_aug"], "color_aug": gui["color_aug"], "random_crop": gui["random_crop"],
-        "network_module": "networks.lora" if spec.type in ("lora", "locon") else "lycoris.kohya",
+        "network_module": (family.kohya_lora_module or "networks.lora") if spec.type == "lora" else
+        "networks.lora" if spec.type == "locon" else "lycoris.kohya",
         "network_dim": spec.rank, "network_alpha": spec.alpha, "network_dropout": spec.network_dropout or None,
         "scale_weight_norms": config.network.scale_weight_norms or None,
         "network_args": _network_args(spec), "network_weights": gui["lora_network_weights"],
@@ -242,7 +255,8 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
         "gradient_checkpointing": gui["gradient_checkpointing"], "xformers": gui["xformers"] == "xformers",
         "sdpa": gui["xformers"] == "sdpa", "cache_latents": gui["cache_latents"],
         "cache_latents_to_disk": gui["cache_latents_to_disk"],
-        "cache_text_encoder_outputs": gui.get("sdxl_cache_text_encoder_outputs", False),
+        "cache_text_encoder_outputs": any(gui.get(key) for key, setting in family.kohya_settings.items()
+                                          if setting == "precision.cache_text_encoder_outputs"),
         "max_data_loader_n_workers": gui["max_data_loader_n_workers"],
         "sample_prompts": prompts_file if gui["sample_prompts"].strip() else None,
         "sample_every_n_epochs": gui["sample_every_n_epochs"] or None,
@@ -270,11 +284,12 @@ def _command(config: TrainConfig, gui: dict[str, Any], spec: NetworkSpec, sdxl: 
                                                           train.epochs).steps
     else:
         arguments["max_train_epochs"] = train.epochs
-    script = "sdxl_train_network.py" if sdxl else "train_network.py"
+    # the family's options; a 0 is sd-scripts' default (no block swap, the model's T5 length)
+    arguments.update({option: gui[key] for key, option in family.kohya_options.items() if gui[key] != 0})
     command = ["accelerate", "launch", "--num_cpu_threads_per_process=2"]
     if train.processes > 1:  # sd-scripts shares each epoch among them as training.processes does
         command += ["--multi_gpu", f"--num_processes={train.processes}"]
-    command.append(script)
+    command.append(family.kohya_script)
     for name, value in arguments.items():
         if value is None or value is False or value == "" or value == []:
             continue

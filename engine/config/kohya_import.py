@@ -53,12 +53,15 @@ from engine.config.schema import (
     config_from_dict,
     config_to_dict,
     parse_resolution,
+    field_spec,
     schema,
 )
 from engine.errors import ConfigError, LoradeckError
 from engine.model.families import FAMILIES
 
 UNSET = value.UNSET
+# a family's kohya_values are read by the type of the setting they fill
+VALUE_CONVERTERS = {str: value.text, int: value.integer, float: value.number, bool: value.flag}
 GUI_DEFAULT_STEPS = 1600  # the GUI's max_train_steps when a config has none, and sd-scripts' default
 # a JSON nested deeper than this is no GUI config (the GUI's are flat); json itself would
 # raise RecursionError on a few thousand levels
@@ -75,25 +78,26 @@ NETWORK_TYPES = {
     "standard": "lora", "": "lora", "kohya locon": "locon", "locon": "locon", "lycoris/locon": "locon",
     "lycoris/loha": "loha", "lycoris/lokr": "lokr", "kohya loha": "loha", "kohya lokr": "lokr",
     "lycoris/ia3": "ia3", "lycoris/diag-oft": "diag-oft", "lycoris/dylora": "dylora", "lycoris/glora": "glora",
+    "flux1": "lora",
 }
 # the GUI's types loradeck does not train, and why, in words
 REFUSED_TYPES = {
-    "flux1": "a Flux.1 LoRA", "flux1 oft": "a Flux.1 OFT network",
+    "flux1 oft": "a Flux.1 OFT network",
     "lycoris/native fine-tuning": "a full fine-tune, not a LoRA",
     "hunyuanimage-2.1": "a HunyuanImage LoRA", "anima": "an Anima LoRA", "lumina": "a Lumina LoRA",
     "kohya dylora": "sd-scripts' own DyLoRA (LyCORIS/DyLoRA is trained)",
     "lora-fa": "LoRA-FA (a frozen down matrix)", "lycoris/boft": "LyCORIS' butterfly OFT (Diag-OFT is trained)",
 }
 TRAINED_TYPES = ("Standard, Kohya LoCon, LyCORIS/LoCon (dora_wd: DoRA), LyCORIS/LoHa, LyCORIS/LoKr, LyCORIS/iA3, "
-                 "LyCORIS/Diag-OFT, LyCORIS/DyLoRA and LyCORIS/GLoRA, for SD 1.x, SD 2.x and SDXL")
+                 "LyCORIS/Diag-OFT, LyCORIS/DyLoRA and LyCORIS/GLoRA, for SD 1.x, SD 2.x and SDXL; Flux1 for Flux.1")
 
 # sd-scripts' option names (additional_parameters) that the GUI's JSON calls otherwise
 SD_SCRIPTS_NAMES = {"optimizer_type": "optimizer", "resolution": "max_resolution", "network_weights": "lora_network_weights"}
 
 # keys handled by hand below
-# each family's GUI keys (engine.model.family: kohya_flags, kohya_settings, kohya_notes): "v2", "sdxl", ...
-FAMILY_KEYS = frozenset(key for family in FAMILIES
-                        for key in (*family.kohya_flags, *family.kohya_settings, *family.kohya_notes))
+# each family's GUI keys (engine.model.family: kohya_flags, kohya_settings, kohya_notes, kohya_values,
+# kohya_not_built): "v2", "sdxl", "flux1_checkbox", "t5xxl", ...
+FAMILY_KEYS = frozenset(key for family in FAMILIES for key in family.kohya_keys)
 SPECIAL_KEYS = frozenset({
     "LoRA_type", *FAMILY_KEYS, "max_resolution", "xformers", "cache_latents", "optimizer", "lr_scheduler", "lr_warmup",
     "stop_text_encoder_training", "stop_text_encoder_training_pct", "max_train_epochs", "max_train_steps",
@@ -289,6 +293,8 @@ class _Reader:
         if noise_type not in NOISE_TYPE_KEYS:
             raise LoradeckError(f"{where}noise_offset_type {data['noise_offset_type']!r} is not Original or Multires")
         self.noise_type = noise_type
+        # the family the GUI's checkboxes choose (its own keys are read by _family, not classify)
+        self.family = next((family for family in FAMILIES if any(self.is_on(key) for key in family.kohya_flags)), None)
 
     # ---- small helpers
 
@@ -334,6 +340,10 @@ class _Reader:
                     UNSET, 0, False):
                 self.notes.append(f"{key} not used: noise_offset_type is {self.noise_type.title()}, as in the GUI")
             return
+        if self.family is not None and key in self.family.kohya_keys:
+            if key in self.family.kohya_not_built:
+                self._not_built(key, self.family.kohya_not_built[key])
+            return  # the family's own key: _family reads it
         if key in SIMPLE_KEYS:
             setting, converter = SIMPLE_KEYS[key]
             self.put(setting, self.convert(key, converter), key)
@@ -344,8 +354,8 @@ class _Reader:
         elif key not in SPECIAL_KEYS:
             self.unknown.append(key)
 
-    def _not_built(self, key: str) -> None:
-        off_values, what = NOT_BUILT[key]
+    def _not_built(self, key: str, table: tuple[tuple, str] | None = None) -> None:
+        off_values, what = table or NOT_BUILT[key]
         raw = self.data[key]
         if isinstance(raw, (dict, list)):
             raise LoradeckError(f"{self.where}{key}: {value.shown(raw)} where a single value belongs")
@@ -448,26 +458,25 @@ class _Reader:
         self._text_encoder_stop()
 
     def _family(self) -> None:
-        """The GUI's model checkboxes ("v2", "sdxl"): each family's own keys and notes."""
-        chosen = None
-        for family in FAMILIES:
-            flag = next((key for key in family.kohya_flags if self.is_on(key)), None)
-            if flag is None or chosen is not None:
-                continue
-            chosen = family
-            self.put("model.family", family.name, flag)
-            for key, setting in family.kohya_settings.items():
+        """The GUI's model checkboxes ("v2", "sdxl", "flux1_checkbox"): each family's own keys and notes."""
+        chosen = self.family
+        if chosen is not None:
+            flag = next(key for key in chosen.kohya_flags if self.is_on(key))
+            self.put("model.family", chosen.name, flag)
+            for key, setting in chosen.kohya_settings.items():
                 if self.is_on(key):
                     self.put(setting, True, key)
-            self.notes.extend(note for key, note in family.kohya_notes.items() if self.is_on(key))
+            for key, setting in chosen.kohya_values.items():
+                if key in self.data:
+                    self.put(setting, self.convert(key, VALUE_CONVERTERS[field_spec(setting).type]), key)
+            self.notes.extend(note for key, note in chosen.kohya_notes.items() if self.is_on(key))
         for key in FAMILY_KEYS:  # another family's switch and settings, off here
-            if key in self.data and (chosen is None or not self._belongs(chosen, key)):
-                self.convert(key, value.flag)  # a path where a switch belongs is still refused
-                self.ignored.append(key)
-
-    @staticmethod
-    def _belongs(family, key: str) -> bool:
-        return key in family.kohya_flags or key in family.kohya_settings or key in family.kohya_notes
+            if key in self.data and (chosen is None or key not in chosen.kohya_keys):
+                if any(key in family.kohya_flags or key in family.kohya_settings or key in family.kohya_notes
+                       for family in FAMILIES):
+                    self.convert(key, value.flag)  # a path where a switch belongs is still refused
+                if key not in NOT_BUILT:  # those are noted by classify when on
+                    self.ignored.append(key)
 
     def _sd_scripts_defaults(self) -> None:
         """Values the GUI leaves out when they are 0: sd-scripts' default applies."""

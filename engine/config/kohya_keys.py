@@ -7,7 +7,9 @@ Every key the GUI's LoRA tab saves falls in one of these tables:
     NOT_BUILT       changes training, loradeck does not train it: a note when it is on
     NO_EFFECT       does not change the LoRA (logging, uploads, speed, the GUI's own state)
     OTHER_TABS      belongs to the DreamBooth, fine-tuning or Textual Inversion tab
-    OTHER_FAMILY_KEYS  a model family loradeck does not train (Flux.1, SD3, ...): refused when its switch is on
+    OTHER_FAMILY_KEYS  other families' settings (Flux.1, SD3, ...): no effect on an SD/SDXL LoRA; a family
+                       loradeck does not train (SD3, ...) is refused when its switch is on; Flux.1's own
+                       keys are the Flux family's (engine.model.families.flux: kohya_values, ...)
 
 The keys the importer reads by hand are in kohya_import (SPECIAL_KEYS). A key in none
 of them is reported as unknown, never silently dropped.
@@ -182,11 +184,12 @@ OTHER_TABS = frozenset({
 TEXTUAL_INVERSION_KEYS = ("token_string", "init_word", "num_vectors_per_token")
 
 # the family switches of the GUI that loradeck does not train, and the family each one means
-FAMILY_SWITCHES = {"flux1_checkbox": "Flux.1", "sd3_checkbox": "SD3", "hunyuan_image_checkbox": "HunyuanImage",
+# (flux1_checkbox selects the Flux.1 family: engine.model.families.flux)
+FAMILY_SWITCHES = {"sd3_checkbox": "SD3", "hunyuan_image_checkbox": "HunyuanImage",
                    "anima_checkbox": "Anima", "lumina_checkbox": "Lumina"}
 # settings of those families (no effect on an SD 1.x/2.x or SDXL LoRA)
 OTHER_FAMILY_KEYS = frozenset({
-    *FAMILY_SWITCHES, "ae", "apply_t5_attn_mask", "blocks_to_swap", "clip_g", "clip_l", "cpu_offload_checkpointing",
+    *FAMILY_SWITCHES, "flux1_checkbox", "ae", "apply_t5_attn_mask", "blocks_to_swap", "clip_g", "clip_l", "cpu_offload_checkpointing",
     "discrete_flow_shift", "double_blocks_to_swap", "flux1_cache_text_encoder_outputs",
     "flux1_cache_text_encoder_outputs_to_disk", "flux1_clip_l", "flux1_t5xxl", "flux_fused_backward_pass",
     "guidance_scale", "logit_mean", "logit_std", "mode_scale", "model_prediction_type", "save_clip", "save_t5xxl",
@@ -236,5 +239,8 @@ GUI_PASSES: dict[str, frozenset] = {
                                                   "train_norm"}),
 }
 GUI_PASSES["locon"] = GUI_PASSES["lycoris/locon"]
+# Flux1 (networks.lora_flux): the GUI passes only its Flux block settings (the Flux family's keys)
+# and, as for every type, --network_dropout
+GUI_PASSES["flux1"] = frozenset({"network_dropout"})
 # --scale_weight_norms goes to sd-scripts for every type (it calls the network's max norm)
 GUI_PASSES = {gui_type: keys | {"scale_weight_norms"} for gui_type, keys in GUI_PASSES.items()}

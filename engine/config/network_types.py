@@ -56,6 +56,7 @@ class NetworkSpec:
     module_dropout: float = 0.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    train_t5xxl: bool = False  # Flux.1: T5 gets adapters too (with the text encoder); sd-scripts' train_t5xxl
     dora_layout: str = "input"  # dora: "input" (LyCORIS wd_on_output=False) or "output" (peft's)
     train_on_input: bool = False  # ia3: scale each layer's inputs instead of its outputs
     block_size: int = 4  # dylora: ranks trained together (the GUI's "unit")
@@ -79,6 +80,7 @@ class NetworkSpec:
             module_dropout=net.module_dropout if net.type in DROPOUT_TYPES else 0.0,
             train_unet=net.train_unet,
             train_text_encoder=net.train_text_encoder if train_text_encoder is None else train_text_encoder,
+            train_t5xxl=getattr(net, "train_t5xxl", False),
             dora_layout=net.dora_layout if net.type == "dora" else "input",
             train_on_input=net.train_on_input and net.type == "ia3",
             block_size=net.block_size if net.type == "dylora" else 4,
@@ -128,6 +130,8 @@ class NetworkSpec:
         if self.type == "diag-oft":
             args["constraint"] = _number(self.constraint)
             args["rescaled"] = str(self.rescaled)
+        if self.train_t5xxl and self.train_text_encoder:
+            args["train_t5xxl"] = "True"
         if self.network_dropout and self.type in LYCORIS_TYPES:
             args["dropout"] = _number(self.network_dropout)
         for name in ("rank_dropout", "module_dropout"):
@@ -170,7 +174,7 @@ class NetworkSpec:
             conv_alpha=float(args.get("conv_alpha", alpha)) if conv else 1.0,
             factor=int(args.get("factor", -1)) if kind == "lokr" else -1,
             use_tucker=_true(args.get("use_tucker")) or _true(args.get("use_cp")),
-            train_unet=train_unet, train_text_encoder=train_text_encoder,
+            train_unet=train_unet, train_text_encoder=train_text_encoder, train_t5xxl=_true(args.get("train_t5xxl")),
             # LyCORIS' own default is per output; files of ours always say which
             dora_layout="output" if kind == "dora" and _true(args.get("wd_on_output", "True")) else "input",
             train_on_input=_true(args.get("train_on_input")),

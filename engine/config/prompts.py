@@ -5,7 +5,9 @@
 
 Flags (case-insensitive, as in sd-scripts' `line_to_prompt_dict`): `--n` negative prompt,
 `--w`/`--h` size in pixels (rounded down to a multiple of 8, as sd-scripts does), `--s`
-steps, `--l` CFG scale, `--d` seed, `--ss` sampler. A prompt without `--d` gets a random
+steps, `--l` CFG scale, `--d` seed, `--ss` sampler, `--g` the guidance a guidance-distilled
+model embeds (Flux.1 [dev]; sd-scripts' `guidance_scale`, 3.5 when not given, where `--l`
+is true CFG with the negative prompt, off at its Flux default 1.0). A prompt without `--d` gets a random
 seed, chosen here and carried in `SamplePrompt.seed` so it is written down with the image.
 A flag glued to the value before it (`--w 768--h 640`, which sd-scripts reads as a width
 only) is read as its own flag; a number with junk after it (`--w 768px`, `--d 123abc`) gives
@@ -65,7 +67,7 @@ SAMPLER_LABELS = {
     "pndm": "PLMS",
 }
 
-FLAGS = ("n", "w", "h", "s", "l", "d", "ss")
+FLAGS = ("n", "w", "h", "s", "l", "d", "ss", "g")
 
 # a flag glued to the value before it, as people type it: `--w 768--h 640`
 _GLUED_FLAG = re.compile(r"--(?=(?:%s)(?:\s|$))" % "|".join(sorted(FLAGS, key=len, reverse=True)), re.IGNORECASE)
@@ -88,6 +90,8 @@ class SamplePrompt:
     seed_given: bool = True  # False: no --d on the line, `seed` was chosen at random
     sampler: str = "euler_a"  # one of engine.config.schema.SAMPLERS
     line: int = 0  # 1-based line number in its source
+    guidance: float | None = None  # --g: embedded guidance (Flux.1 [dev]); None: the family's default
+    cfg_given: bool = False  # whether --l was on the line (Flux runs true CFG only then; SD always uses cfg)
 
     @property
     def sampler_label(self) -> str:
@@ -158,6 +162,8 @@ def _parse_line(
         seed_given=seed is not None,
         sampler=str(values.get("ss", default_sampler)),
         line=number,
+        guidance=values.get("g"),  # type: ignore[arg-type]
+        cfg_given="l" in values,
     )
 
 
@@ -175,18 +181,18 @@ def _parse_value(
                 f"known: {', '.join(SAMPLERS)})"
             )
         return sampler
-    leading = (_LEADING_NUMBER if name == "l" else _LEADING_WHOLE).match(value)
+    leading = (_LEADING_NUMBER if name in ("l", "g") else _LEADING_WHOLE).match(value)
     if leading:
         warnings.append(f"{where}: --{name} {value!r} is not a plain number; using its leading {leading.group(1)}")
         value = leading.group(1)
-    if name == "l":
+    if name in ("l", "g"):
         try:
             cfg = float(value)
         except ValueError:
-            warnings.append(f"{where}: --l expects a number, got {value!r} (ignored)")
+            warnings.append(f"{where}: --{name} expects a number, got {value!r} (ignored)")
             return None
         if not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
-            warnings.append(f"{where}: --l {value} is outside 0..{MAX_CFG:g} (ignored)")
+            warnings.append(f"{where}: --{name} {value} is outside 0..{MAX_CFG:g} (ignored)")
             return None
         return cfg
     try:

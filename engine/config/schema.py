@@ -55,10 +55,12 @@ def setting(
     multiline: bool = False,
     path: bool = False,
     network_types: tuple = (),
+    families: tuple = (),
 ) -> Any:
     """A config field with its documentation and limits, read by validation and the TUI form.
 
-    `network_types`: the network types the setting applies to (empty: it always applies).
+    `network_types`: the network types the setting applies to (empty: it always applies);
+    `families`: the model families it applies to (engine.model.families' names; empty: every one).
     """
     meta = {
         "help": help,
@@ -70,6 +72,7 @@ def setting(
         "multiline": multiline,
         "path": path,
         "network_types": tuple(network_types),
+        "families": tuple(families),
     }
     return field(default=default, metadata=meta)
 
@@ -118,6 +121,32 @@ class ModelSettings:
         "models. Samples and inference should use the same value.",
         minimum=1,
         maximum=12,
+    )
+    clip_l: str = setting(
+        "",
+        "Flux.1: the CLIP-L text encoder file (clip_l.safetensors) beside a single-file transformer.",
+        label="CLIP-L file",
+        path=True,
+        families=("flux",),
+        advice="Only for a single-file Flux.1 transformer (flux1-dev.safetensors); a diffusers folder "
+        "or hub id has its own. sd-scripts' --clip_l.",
+    )
+    t5xxl: str = setting(
+        "",
+        "Flux.1: the T5-XXL text encoder file (t5xxl_fp16 or t5xxl_fp8_e4m3fn.safetensors).",
+        label="T5-XXL file",
+        path=True,
+        families=("flux",),
+        advice="Only for a single-file Flux.1 transformer. The fp8 file halves the memory T5 takes "
+        "while captions are encoded. sd-scripts' --t5xxl.",
+    )
+    ae: str = setting(
+        "",
+        "Flux.1: the autoencoder file (ae.safetensors).",
+        label="Autoencoder file",
+        path=True,
+        families=("flux",),
+        advice="Only for a single-file Flux.1 transformer. sd-scripts' --ae.",
     )
     allow_ckpt: bool = setting(
         False,
@@ -480,7 +509,15 @@ class NetworkSettings:
         "Train LoRA on the CLIP text encoder as well.",
         label="Train text encoder",
         advice="Helps a new trigger word bind; turn it off for pure styles, or stop it "
-        "early with `stop text encoder at`.",
+        "early with `stop text encoder at`. Flux.1: this is CLIP-L only (T5 below).",
+    )
+    train_t5xxl: bool = setting(
+        False,
+        "Flux.1: train LoRA on T5-XXL too (lora_te3_), when the text encoder trains.",
+        label="Train T5-XXL",
+        families=("flux",),
+        advice="Off, as sd-scripts has it: T5 is 4.7 G parameters, its outputs can then not be cached, "
+        "and diffusers' loader does not read T5 LoRA keys (ComfyUI does). Its rate is text encoder 2 LR.",
     )
 
 
@@ -549,11 +586,12 @@ class OptimizerSettings:
     )
     text_encoder_2_lr: float | None = setting(
         None,
-        "SDXL's second text encoder (OpenCLIP-bigG) learning rate (unset = text-encoder LR).",
+        "The second text encoder's learning rate: SDXL's OpenCLIP-bigG, Flux.1's T5 (unset = text-encoder LR).",
         label="Text encoder 2 LR",
         minimum=0.0,
         maximum=10.0,
-        advice="SDXL only. The larger encoder usually wants the same or a lower rate than CLIP-L; "
+        families=("sdxl", "flux"),
+        advice="The larger encoder usually wants the same or a lower rate than CLIP-L; "
         "leave empty to use the text-encoder LR for both.",
     )
     lr_scheduler: str = setting(
@@ -838,6 +876,24 @@ class PrecisionSettings:
         advice="Skips CLIP in every step; it is turned off automatically (and the log says why) when "
         "the text encoder trains or captions are shuffled or dropped.",
     )
+    fp8_base: bool = setting(
+        False,
+        "Flux.1: keep the frozen transformer (and T5) weights in fp8 e4m3fn, computing in bf16.",
+        label="fp8 base weights",
+        families=("flux",),
+        advice="Halves the transformer's 22 GiB to 11, what a 24 GB card needs; an fp8 file loads as it "
+        "is. Not with DoRA (it reads the frozen weights itself). sd-scripts' --fp8_base.",
+    )
+    blocks_to_swap: int = setting(
+        0,
+        "Flux.1: keep the last N of the transformer's 57 blocks in CPU memory, visiting the GPU in turn.",
+        label="Blocks to swap",
+        minimum=0,
+        maximum=56,
+        families=("flux",),
+        advice="For 16 GB cards: each swapped block frees about 0.2 GB (fp8) for PCIe traffic every "
+        "step; needs gradient checkpointing. sd-scripts' --blocks_to_swap.",
+    )
     attention: str = setting(
         "sdpa",
         "Attention kernel: PyTorch SDPA (flash / memory-efficient) or xformers.",
@@ -1024,6 +1080,51 @@ class ValidationSettings:
 
 
 @dataclass(frozen=True)
+class FluxSettings:
+    """How Flux.1 trains (engine.model.objectives.flow_matching, engine.model.families.flux);
+    the names are sd-scripts' flux_train_network options."""
+
+    timestep_sampling: str = setting(
+        "sigmoid",
+        "Where the noise levels fall: sigmoid (default), shift, flux_shift, uniform or sigma (sd-scripts').",
+        label="Timestep sampling",
+        choices=("sigmoid", "shift", "flux_shift", "uniform", "sigma"),
+        families=("flux",),
+        advice="sigmoid centres on mid noise; shift (with discrete flow shift 3.1582, sd-scripts' "
+        "recommendation) and flux_shift lean towards noise, flux_shift more for larger images.",
+    )
+    sigmoid_scale: float = setting(
+        1.0, "Spread of the sigmoid (and shift) sampling: larger is closer to uniform.", label="Sigmoid scale",
+        minimum=0.01, maximum=100.0, families=("flux",),
+    )
+    discrete_flow_shift: float = setting(
+        3.1582, "The shift of `shift` and `sigma` sampling: shift·s / (1 + (shift - 1)·s).",
+        label="Discrete flow shift", minimum=0.01, maximum=100.0, families=("flux",),
+        advice="3.1582 is what sd-scripts recommends for Flux.1 dev; 1.0 is no shift.",
+    )
+    model_prediction_type: str = setting(
+        "raw", "How the model's output is read before the loss: raw, additive or sigma_scaled.",
+        label="Model prediction type", choices=("raw", "additive", "sigma_scaled"), families=("flux",),
+        advice="raw is what Flux predicts (the velocity); the others are sd-scripts' variants.",
+    )
+    guidance_scale: float = setting(
+        1.0, "The guidance Flux.1 [dev] embeds while training (samples use --g).", label="Guidance scale",
+        minimum=0.0, maximum=100.0, families=("flux",),
+        advice="1.0 trains best, as sd-scripts advises; [schnell] has no guidance embedding.",
+    )
+    t5xxl_max_token_length: int = setting(
+        0, "T5 tokens per caption; 0 = the model's (512 for [dev], 256 for [schnell]).",
+        label="T5 max tokens", minimum=0, maximum=512, families=("flux",),
+        advice="Captions longer than this are cut; shorter saves memory and time per step.",
+    )
+    apply_t5_attn_mask: bool = setting(
+        False, "Mask T5's padding in T5 and in the transformer's attention.", label="Apply T5 attention mask",
+        families=("flux",),
+        advice="The Kohya GUI's Flux preset turns it on; the released models were trained without it.",
+    )
+
+
+@dataclass(frozen=True)
 class MetadataSettings:
     title: str = setting(
         "", "Title written into the LoRA file (modelspec.title; empty: the output name).", label="Title",
@@ -1065,6 +1166,7 @@ class TrainConfig:
     saving: SavingSettings = field(default_factory=SavingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    flux: FluxSettings = field(default_factory=FluxSettings)
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
 
     # derived views (never stored)
@@ -1115,6 +1217,7 @@ GROUPS: dict[str, str] = {
     "saving": "Saving and resume",
     "logging": "Logging",
     "validation": "Validation",
+    "flux": "Flux.1",
     "metadata": "Metadata",
 }
 
@@ -1140,6 +1243,7 @@ class FieldSpec:
     multiline: bool
     path: bool
     network_types: tuple = ()
+    families: tuple = ()
 
     @property
     def key(self) -> str:
@@ -1148,6 +1252,10 @@ class FieldSpec:
     def applies_to(self, network_type: str) -> bool:
         """Whether the setting means anything for a network of this type."""
         return not self.network_types or network_type in self.network_types
+
+    def applies_to_family(self, family: str) -> bool:
+        """Whether the setting means anything for a model of this family (engine.model.families' name)."""
+        return not self.families or family in self.families
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -1184,6 +1292,7 @@ def schema() -> Iterator[FieldSpec]:
                 multiline=meta["multiline"],
                 path=meta["path"],
                 network_types=meta["network_types"],
+                families=meta["families"],
             )
 
 

@@ -92,6 +92,7 @@ class LoraComponent:
     blocks: tuple[str, ...]  # the other network types: every Linear/Conv2d inside modules of these classes
     conv_blocks: tuple[str, ...] = ()  # the conv types (LoCon, LoHa, ...) add these blocks' layers
     text_model_level: bool = False  # CLIP: Kohya keys keep the `text_model.` level transformers 5 dropped
+    switch: str = ""  # a NetworkSpec flag that must be on as well ("train_t5xxl": Flux's T5); empty: none
 
     @property
     def is_denoiser(self) -> bool:
@@ -154,11 +155,35 @@ class FamilyDescriptor(ABC):
     vae_encode_per_image: float = 0.44  # GiB per 512² image while the VAE encodes
     fp16_vae_note: str = ""  # said once when the family's VAE has to run in fp32 under fp16
 
+    # diffusers' load_lora_weights reads this family's LoRA files at any size (the grid uses
+    # it); Flux's Kohya converter assumes the real model's sizes, so a tiny Flux's files go
+    # through the trainer's own network there
+    lora_loads_in_diffusers: bool = True
+
     # ---- the Kohya GUI
     kohya_flags: tuple[str, ...] = ()  # GUI JSON keys that, when true, select this family ("sdxl", "v2")
     kohya_settings: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the boolean setting it turns
     # on when this family is selected ("sdxl_cache_text_encoder_outputs" -> precision.cache_text_encoder_outputs)
     kohya_notes: Mapping[str, str] = field(default_factory=dict)  # GUI key -> the note its `true` gets
+    # GUI key -> the setting that takes its value, when this family's flag is set (else the key is ignored)
+    kohya_values: Mapping[str, str] = field(default_factory=dict)
+    # GUI key -> (the values that leave it off, what it would change): this family's settings
+    # loradeck does not train, noted in one line when on (as kohya_keys.NOT_BUILT)
+    kohya_not_built: Mapping[str, tuple[tuple, str]] = field(default_factory=dict)
+    # export-kohya: sd-scripts' script, the GUI's LoRA_type and network module of a plain LoRA
+    # ("" keeps the SD ones: Standard, networks.lora), and GUI key -> sd-scripts option for
+    # the kohya_values the command line passes ("flux1_cache_text_encoder_outputs" ->
+    # "cache_text_encoder_outputs")
+    kohya_script: str = "train_network.py"
+    kohya_lora_type: str = ""
+    kohya_lora_module: str = ""
+    kohya_options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def kohya_keys(self) -> frozenset[str]:
+        """Every GUI key this family reads, notes or refuses to honour."""
+        return frozenset({*self.kohya_flags, *self.kohya_settings, *self.kohya_notes, *self.kohya_values,
+                          *self.kohya_not_built})
 
     # ---- detection (registry: the first family that recognises a model is its family)
 
@@ -202,7 +227,7 @@ class FamilyDescriptor(ABC):
         `windows` 75-token windows (engine.plan.vram)."""
         return 0.0
 
-    def system_ram_bytes(self, parameters: Mapping[str, int], weight_bytes: int) -> int:
+    def system_ram_bytes(self, parameters: Mapping[str, int], weight_bytes: int, config=None) -> int:
         """System memory the model passes through while it loads, for the plan (by default
         every frozen part once, in the compute precision). A family whose loading needs more
         (a text encoder read in fp32 and cast, parts kept on the CPU while training) says so."""
@@ -222,6 +247,25 @@ class FamilyDescriptor(ABC):
         """One line per setting that departs from what this family needs (shown by the plan
         and the config screen before a run starts)."""
         return []
+
+    def network_problem(self, spec) -> str | None:
+        """Why this family cannot train a network of `spec` (engine.config.network_types.NetworkSpec),
+        in one line naming the setting; None when it can. The plan shows it, the run refuses it."""
+        return None
+
+    def step_activations(self, config, shapes: ModelShapes, *, width: int, height: int, batch: int) -> float | None:
+        """GiB of a training step's activations at bf16/fp16 for images of this size, or None
+        for engine.plan.vram's rule (pixels × `activations_per_image` × `activation_scale`,
+        plus the rank's intermediate and the text encoders'). A family whose activations do
+        not follow pixels (a transformer attending over image and text tokens) says here."""
+        return None
+
+    def resident_weights(self, config, parameters: Mapping[str, int], weight_bytes: int,
+                         in_fp32: tuple[str, ...]) -> float:
+        """Bytes of the frozen weights on the GPU while training steps run (by default every
+        part, in the compute precision, `in_fp32` parts in fp32). A family that stores
+        weights in fp8 or moves parts off the GPU after use says so."""
+        return sum(count * (4 if part in in_fp32 else weight_bytes) for part, count in parameters.items())
 
     def memory_advice(self, config) -> list[str]:
         """Family-specific changes for the out-of-memory message, after the general ones
@@ -326,6 +370,26 @@ class FamilyRuntime(ABC):
         `config_dir` (a diffusers folder) or the descriptor's `config_folder`; a .ckpt only
         when `allow_ckpt` (weights-only). `prediction_type` overrides the schedule's."""
 
+    def single_file_companions(self, config, base_dir) -> dict[str, Any]:
+        """Extra keyword arguments for `load_single_file` from the config (a family shipped as
+        several files names the others here: Flux's clip_l, t5xxl and ae); none by default."""
+        return {}
+
+    def place_parts(self, parts: dict[str, Any], config, *, device, dtype, in_fp32: tuple[str, ...]) -> None:
+        """Put the loaded parts where training wants them, frozen: by default every module in
+        `dtype` (`in_fp32` parts in fp32) on `device`. A family that stores weights otherwise
+        (fp8) or keeps parts off the device says so."""
+        import torch
+
+        for part, module in parts.items():
+            if not isinstance(module, torch.nn.Module):
+                continue  # tokenizers and the schedule
+            wanted = torch.float32 if part in in_fp32 else dtype
+            if module.dtype != wanted:
+                module.to(dtype=wanted)
+            module.to(device)
+            module.requires_grad_(False)
+
     @abstractmethod
     def export_single_file(self, diffusers_dir: Path, out_path: Path, *, dtype=None) -> Path:
         """Write this family's diffusers folder as one original-layout .safetensors that
@@ -353,9 +417,11 @@ class FamilyRuntime(ABC):
     # ---- data (engine.train.data, when the dataset is built)
 
     @abstractmethod
-    def caption_tokens(self, tokenizers: Sequence[Any], *, max_token_length: int, weighted: bool) -> CaptionTensors:
+    def caption_tokens(self, tokenizers: Sequence[Any], *, max_token_length: int, weighted: bool,
+                       config=None) -> CaptionTensors:
         """What each example carries for its caption when text is encoded every step: the
-        token ids of each tokenizer (and emphasis weights). Validation uses the same."""
+        token ids of each tokenizer (and emphasis weights). Validation uses the same.
+        `config` for a family whose token lengths are its own settings."""
 
     @abstractmethod
     def text_state_cache(self, model: BaseModel, captions, config, *, autocast: Callable | None = None,
@@ -394,6 +460,10 @@ class FamilyRuntime(ABC):
         """The inverse of `lora_file_tensors`: a file's tensors, one key per adapted module."""
         return tensors
 
+    def adapters_attached(self, component: LoraComponent, module, spec) -> None:
+        """Called once a component's adapters are injected, before anything trains: a layout
+        that fuses modules ties their adapters here (the default does nothing)."""
+
     # ---- sampling (engine.sampling: samples during training and `loradeck grid`)
 
     @abstractmethod
@@ -411,10 +481,19 @@ class FamilyRuntime(ABC):
         """The pipeline's prompt keyword arguments for a prompt and its negative, with A1111
         emphasis and long-prompt windows as this family's text encoders allow."""
 
-    def decode(self, pipeline, latents):
+    def sample_arguments(self, pipeline, prompt, clip_skip: int) -> dict[str, Any]:
+        """The pipeline's keyword arguments for one SamplePrompt (engine.config.prompts), all but
+        the generator and the output type: its embeddings, size, steps and guidance (`--l`
+        as classifier-free guidance by default)."""
+        return {**self.prompt_embeddings(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip),
+                "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps,
+                "guidance_scale": prompt.cfg}
+
+    def decode(self, pipeline, latents, *, width: int | None = None, height: int | None = None):
         """Pixels in [-1, 1] of the latents a pipeline returned with output_type="latent",
         in the VAE's own dtype (outside autocast): scale and shift from the VAE's config.
-        A family whose pipeline returns packed latents unpacks them first."""
+        A family whose pipeline returns packed latents unpacks them first (to `width` x `height`
+        pixels)."""
         vae = pipeline.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None)

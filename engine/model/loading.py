@@ -57,7 +57,7 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         parts = family.runtime().load_diffusers(str(path), local_only=True, dtype=dtype, vae_dtype=vae_dtype)
         source = str(path)
     elif path is not None and path.is_file():
-        family, parts = _load_single_file(path, config, dtype)
+        family, parts = _load_single_file(path, config, dtype, base_dir)
         source = str(path)
     elif looks_like_hub_id(value) and not Path(value).expanduser().is_absolute():
         family = _hub_family(value) or _named_family(config)
@@ -76,15 +76,8 @@ def load_base_model(config: TrainConfig, base_dir: str | Path, *, device: Any, d
         )
 
     in_fp32 = family.fp32_under_fp16(config) if dtype == torch.float16 else ()
-    for part, module in parts.items():
-        if not isinstance(module, torch.nn.Module):
-            continue  # tokenizers and the schedule
-        wanted = torch.float32 if part in in_fp32 else dtype
-        if module.dtype != wanted:
-            module.to(dtype=wanted)
-        module.to(device)
-        module.requires_grad_(False)
     runtime = family.runtime()
+    runtime.place_parts(parts, config, device=device, dtype=dtype, in_fp32=in_fp32)
     schedule = runtime.training_scheduler(parts.pop("scheduler"), config)
     return BaseModel(family=family, parts=parts, noise_scheduler=schedule, objective=runtime.objective(schedule, config),
                      name=model_display_name(value), source=source)
@@ -101,7 +94,8 @@ def _hub_family(source: str) -> FamilyDescriptor | None:
         return None
 
 
-def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> tuple[FamilyDescriptor, dict[str, Any]]:
+def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype,
+                      base_dir) -> tuple[FamilyDescriptor, dict[str, Any]]:
     allow_ckpt = config.model.allow_ckpt
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise LoradeckError(f"model.pretrained_model: {path} is neither a folder, a .safetensors nor a .ckpt file")
@@ -115,8 +109,9 @@ def _load_single_file(path: Path, config: TrainConfig, dtype: torch.dtype) -> tu
     load_dtype = torch.float32 if dtype == torch.float16 else dtype
     # the family from the file's tensor names; a .ckpt's keys are read by its family's loader
     family = file_family_or_none(path) or _named_family(config)
-    parts = family.runtime().load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None,
-                                              prediction_type=prediction, dtype=load_dtype)
+    runtime = family.runtime()
+    parts = runtime.load_single_file(path, allow_ckpt=allow_ckpt, config_dir=None, prediction_type=prediction,
+                                     dtype=load_dtype, **runtime.single_file_companions(config, base_dir))
     return family, parts
 
 

@@ -7,6 +7,7 @@
     UNetClipShapes                              those as descriptor methods, for such families
     UNET_TARGET_MODULES, CLIP_TARGET_MODULES, ...    the same layers, as peft targets
     read_json(path)                             a config file, or None
+    factorization(side, factor), lokr_layout(layer, rank, factor)   LoKr's split of a layer
 
 The layers are sd-scripts' choice for SD 1.x/2.x and SDXL: every Linear and 1x1 conv of the
 U-Net's transformer blocks (`Transformer2DModel`) and of CLIP's attention and MLP, and for
@@ -38,6 +39,7 @@ class LayerShape:
     fan_in: int  # input features or channels
     fan_out: int
     kernel: int = 1  # side of a square conv kernel; 1 for Linear and 1x1 convs
+    parts: tuple[int, ...] = ()  # a fused layer's modules' output rows (Flux's qkv, linear1); () for one module
 
 
 @dataclass(frozen=True)
@@ -183,3 +185,41 @@ class UNetClipShapes:
     def activation_scale(self, shapes: ModelShapes) -> float:
         # the constants were measured at the released widths; the tiny test models are narrower
         return shapes.denoiser.get("block_out_channels", [320])[0] / 320
+
+
+# --------------------------------------------------------------------------- LoKr's factors
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """LoKr's split of a side into (m, n), m * n = dimension: m = factor when it divides,
+    else the divisor pair nearest the square root with m at most the factor (peft's and
+    LyCORIS' rule)."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    while m < n:
+        candidate = m + 1
+        while dimension % candidate:
+            candidate += 1
+        other = dimension // candidate
+        if candidate + other > m + n or candidate > factor:
+            break
+        m, n = candidate, other
+    return (n, m) if m > n else (m, n)
+
+
+def lokr_layout(layer: LayerShape, rank: int, factor: int) -> tuple[tuple[int, int, int, int], bool]:
+    """((a, b, c, d), w2 stored full): out = a*b, in = c*d; w1 is a x c, w2 is b x d (x kernel).
+
+    A fused layer's Kronecker rows split between its modules only at multiples of w2's b
+    rows, so where only the swapped order (a, b) = (b, a) fits that, it is taken (LyCORIS'
+    readers take the shapes a file has); where neither fits, b is 0 (the caller refuses)."""
+    a, b = factorization(layer.fan_out, factor)
+    if layer.parts and any(part % b for part in layer.parts):
+        a, b = b, a
+        if any(part % b for part in layer.parts):
+            b = 0
+    c, d = factorization(layer.fan_in, factor)
+    return (a, b, c, d), rank >= max(b, d) / 2

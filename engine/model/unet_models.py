@@ -99,7 +99,7 @@ class UNetClipRuntime:
         apply_unet_speed_settings(model.denoiser, model.vae, model.text_encoders, precision,
                                   train_text_encoder=train_text_encoder, network_type=network_type)
 
-    def caption_tokens(self, tokenizers, *, max_token_length: int, weighted: bool):
+    def caption_tokens(self, tokenizers, *, max_token_length: int, weighted: bool, config=None):
         from engine.model.text_conditioning import CaptionTokens
 
         return CaptionTokens(tokenizers, max_token_length=max_token_length, weighted=weighted)

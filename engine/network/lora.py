@@ -43,24 +43,13 @@ import torch
 from engine.atomic import atomic_path
 from engine.config.network_types import NetworkSpec
 from engine.errors import LoradeckError
+from engine.model.adapters import ADAPTER_NAME, TENSORS, peft_config
 from engine.model.families import lora_prefixes
 from engine.model.family import FamilyDescriptor, LoraComponent
 from engine.network.dropout import add_lora_dropouts
 from engine.plan.network_size import LayerShape, lokr_layout
 
-ADAPTER_NAME = "loradeck"
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# file name of each tensor -> the peft attribute (a dict by adapter name) that holds it
-_LORA = (("lora_down.weight", "lora_A"), ("lora_up.weight", "lora_B"))
-TENSORS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lora": _LORA,
-    "locon": _LORA,
-    "dora": _LORA + (("dora_scale", "lora_magnitude_vector"),),
-    "loha": tuple((name, name) for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")),
-    "lokr": tuple((name, name) for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-                                             "lokr_t2")),
-}
 
 
 def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -91,7 +80,7 @@ def _targets(model: torch.nn.Module, spec: NetworkSpec, component: LoraComponent
     Standard LoRA targets by name suffix, as it always has; the other types list every
     layer by its full name, with the layers whose rank or alpha differ from the spec's
     (the 3x3 convolutions, LoKr's full-matrix layers) in the patterns."""
-    if not spec.adapts_resnets and spec.type == "lora":
+    if not spec.adapts_resnets and spec.type == "lora" and component.target_names:
         return list(component.target_names), {}, {}
     blocks = component.blocks + (component.conv_blocks if spec.adapts_resnets else ())
     names, ranks, alphas = [], {}, {}
@@ -110,28 +99,6 @@ def _targets(model: torch.nn.Module, spec: NetworkSpec, component: LoraComponent
             ranks[re.escape(name)] = rank
             alphas[re.escape(name)] = alpha
     return names, ranks, alphas
-
-
-def _peft_config(spec: NetworkSpec, targets, ranks: dict, alphas: dict):
-    common = dict(target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
-    if spec.type in ("lora", "locon", "dora"):
-        from peft import LoraConfig
-
-        return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, init_lora_weights=True, use_dora=spec.type == "dora",
-                          **common)
-    if spec.type == "loha":
-        from peft import LoHaConfig
-
-        return LoHaConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker, init_weights=True,
-                          **common)
-    if spec.type == "lokr":
-        from peft import LoKrConfig
-
-        return LoKrConfig(r=spec.rank, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, use_effective_conv2d=spec.use_tucker,
-                          decompose_factor=spec.factor, init_weights="lycoris", **common)
-    raise LoradeckError(f"network.type: {spec.type!r} is not a network type loradeck builds")
 
 
 @dataclass
@@ -162,7 +129,8 @@ class LoraNetwork:
     def adapted(self) -> list[tuple[LoraComponent, torch.nn.Module]]:
         """(component, module) of every part this network adapts, denoiser first."""
         return [(component, self.modules[component.part]) for component in self.family.lora_components
-                if (self.has_unet if component.is_denoiser else self.has_text_encoder)]
+                if (self.has_unet if component.is_denoiser else self.has_text_encoder)
+                and (not component.switch or getattr(self.spec, component.switch, False))]
 
     @classmethod
     def attach(cls, family: FamilyDescriptor, holder, *, rank: int, alpha: float, train_unet: bool = True,
@@ -195,6 +163,9 @@ class LoraNetwork:
         loaded model, a diffusers pipeline, or a dict of parts by name); every type starts at
         the base model's output. LyCORIS' own types (and DoRA per input) are LyCORIS modules:
         engine.network.lycoris_network."""
+        problem = family.network_problem(spec)
+        if problem:
+            raise LoradeckError(problem)
         if spec.built_by_lycoris:
             from engine.network.lycoris_network import LycorisNetwork
 
@@ -205,13 +176,14 @@ class LoraNetwork:
         for module in network.modules.values():
             module.requires_grad_(False)
         for component, module in network.adapted():
-            config = _peft_config(spec, *_targets(module, spec, component))
+            config = peft_config(spec, *_targets(module, spec, component))
             if component.is_denoiser and isinstance(config, LoraConfig) and hasattr(module, "add_adapter"):
                 # diffusers' own entry point, so set_adapters()/disable_adapters() work on it later
                 module.add_adapter(config, adapter_name=ADAPTER_NAME)
             else:
                 # peft directly: transformers' add_adapter insists on a newer peft than diffusers
                 inject_adapter_in_model(config, module, ADAPTER_NAME)
+            family.runtime().adapters_attached(component, module, spec)
         # adapter weights train in fp32 even when the frozen base is fp16/bf16: small updates
         # to low-precision weights round away (diffusers' cast_training_params does the same).
         for parameter in network.parameters():
@@ -227,7 +199,9 @@ class LoraNetwork:
             yield layer
 
     def _component_parameters(self, module: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return [p for _, layer in lora_layers(module) for p in self._layer_parameters(layer)]
+        """Every adapter parameter once (a family may share one between modules it fuses)."""
+        unique = {id(p): p for _, layer in lora_layers(module) for p in self._layer_parameters(layer)}
+        return list(unique.values())
 
     def unet_parameters(self) -> list[torch.nn.Parameter]:
         return [p for component, module in self.adapted() if component.is_denoiser

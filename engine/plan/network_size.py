@@ -10,27 +10,7 @@ Light module: the standard library only.
 from __future__ import annotations
 
 from engine.config.network_types import NetworkSpec
-from engine.model.shapes import LayerShape
-
-
-def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """LoKr's split of a side into (m, n), m * n = dimension: m = factor when it divides,
-    else the divisor pair nearest the square root with m at most the factor (peft's and
-    LyCORIS' rule)."""
-    if factor > 0 and dimension % factor == 0:
-        return factor, dimension // factor
-    if factor == -1:
-        factor = dimension
-    m, n = 1, dimension
-    while m < n:
-        candidate = m + 1
-        while dimension % candidate:
-            candidate += 1
-        other = dimension // candidate
-        if candidate + other > m + n or candidate > factor:
-            break
-        m, n = candidate, other
-    return (n, m) if m > n else (m, n)
+from engine.model.shapes import LayerShape, factorization, lokr_layout  # noqa: F401 (callers import them from here)
 
 
 def lycoris_factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -49,13 +29,6 @@ def lycoris_factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
             break
         m, n = candidate, dimension // candidate
     return (n, m) if m > n else (m, n)
-
-
-def lokr_layout(layer: LayerShape, rank: int, factor: int) -> tuple[tuple[int, int, int, int], bool]:
-    """((a, b, c, d), w2 stored full): out = a*b, in = c*d; w1 is a x c, w2 is b x d (x kernel)."""
-    a, b = factorization(layer.fan_out, factor)
-    c, d = factorization(layer.fan_in, factor)
-    return (a, b, c, d), rank >= max(b, d) / 2
 
 
 def layer_size(spec: NetworkSpec, layer: LayerShape) -> tuple[int, int]:

@@ -73,7 +73,7 @@ def _kind(key: str, path: Path) -> str:
 
 
 def _check_base_model(config: TrainConfig, base_dir: Path) -> None:
-    from engine.model.families import check_family, file_family, folder_family
+    from engine.model.families import FAMILIES, check_family, file_family, folder_family
 
     key, value = "model.pretrained_model", config.model.pretrained_model.strip()
     path = resolve_path(base_dir, value)
@@ -86,8 +86,10 @@ def _check_base_model(config: TrainConfig, base_dir: Path) -> None:
         raise LoradeckError(f"{key}: {path} does not exist")
     _check_readable(key, path, kind)
     if kind == FOLDER:
-        if _kind(key, path / "unet") != FOLDER:
-            raise LoradeckError(f"{key}: {path} is a folder but not a diffusers model (no unet/ inside)")
+        denoisers = sorted({family.denoiser for family in FAMILIES})  # unet/, transformer/
+        if not any(_kind(key, path / denoiser) == FOLDER for denoiser in denoisers):
+            raise LoradeckError(f"{key}: {path} is a folder but not a diffusers model (no "
+                                f"{' or '.join(name + '/' for name in denoisers)} inside)")
         found = folder_family(path)
     else:
         _check_model_file(key, path, config.model.allow_ckpt)

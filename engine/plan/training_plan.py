@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from engine.dataset.buckets import batches_in_bucket
 from engine.config.schema import TrainConfig, resolve_path
+from engine.config.network_types import NetworkSpec
 from engine.dataset.folders import Dataset, FolderInfo, scan_dataset
 from engine.plan.kohya_steps import SD_SCRIPTS_DEFAULT_STEPS, GuiStepCount, difference_note, gui_step_count
 from engine.plan.model_shapes import network_size_of
@@ -170,6 +171,7 @@ def make_plan(config: TrainConfig, base_dir: str | Path, dataset: Dataset | None
         lora_parameters=parameters,
         vram_estimate=estimate_vram(config, base_dir, lora_parameters=parameters),
         problems=([problem.message for problem in dataset.problems] + family.plan_notes(config)
+                  + _network_problems(family, config)
                   + _warmup_problems(config, total_steps) + _save_count_problems(saves.count(), file_bytes)
                   + _mask_notes(config, dataset)),
         num_processes=num_processes,
@@ -197,6 +199,13 @@ def _gui_count(config: TrainConfig, base_dir: str | Path) -> GuiStepCount | None
     return gui_step_count(resolve_path(base_dir, config.dataset.image_dir) or Path(base_dir),
                           bool(config.dataset.reg_dir.strip()), training.batch_size,
                           training.gradient_accumulation_steps, training.epochs)
+
+
+def _network_problems(family, config: TrainConfig) -> list[str]:
+    """The family's word on the network it is asked to train (Flux.1's fused qkv takes only
+    some types), which the run refuses."""
+    problem = family.network_problem(NetworkSpec.of(config))
+    return [f"{problem} (the run refuses it)"] if problem else []
 
 
 def _warmup_problems(config: TrainConfig, total_steps: int) -> list[str]:
@@ -296,3 +305,11 @@ class SaveSchedule:
             if step != previous:
                 previous = step
                 yield step, epoch
+
+
+def family_name_of(config, base_dir) -> str:
+    """The family a config trains (engine.model.families: detected from the base model, else
+    model.family), for the config form's family-only settings. Light: reads configs only."""
+    from engine.model.families import config_family
+
+    return config_family(config, base_dir).name

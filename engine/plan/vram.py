@@ -105,7 +105,7 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     channels = family.activation_scale(shapes)  # 1 for every released model; less for the tiny test models
     weight_bytes = BYTES[precision]
     in_fp32 = family.fp32_under_fp16(config) if precision == "fp16" else ()  # parts that overflow in fp16
-    weights = sum(count * (4 if part in in_fp32 else weight_bytes) for part, count in counts.items())
+    weights = family.resident_weights(config, counts, weight_bytes, in_fp32)
 
     if lora_parameters is None:
         lora_parameters, _ = lora_parameter_count(config, base_dir or ".")
@@ -120,10 +120,12 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     images = batch * width * height / 512**2
     scale = 2.0 if precision == "no" else 1.0
     checkpointing = config.precision.gradient_checkpointing
-    per_image = family.activations_per_image[checkpointing]
-    # the `x · down` intermediate exists for the types that run through the rank
-    rank = config.network.rank if config.network.type in ("lora", "locon", "dora") else 0
-    activations = images * channels * (per_image + rank * ACTIVATIONS_PER_RANK)
+    activations = family.step_activations(config, shapes, width=width, height=height, batch=batch)
+    if activations is None:
+        per_image = family.activations_per_image[checkpointing]
+        # the `x · down` intermediate exists for the types that run through the rank
+        rank = config.network.rank if config.network.type in ("lora", "locon", "dora") else 0
+        activations = images * channels * (per_image + rank * ACTIVATIONS_PER_RANK)
     trains_text_encoder = (config.network.train_text_encoder and config.text_encoder_learning_rate > 0)
     if trains_text_encoder:
         activations += batch * family.text_encoder_activations(shapes, config.captions.max_token_length // 75)
@@ -135,7 +137,7 @@ def estimate_vram(config, base_dir: str | Path | None = None, *, width: int | No
     return VramEstimate(
         weights_gb=weights / GIB, lora_gb=lora / GIB, activations_gb=activations / GIB,
         vae_encode_gb=vae_encode / GIB, total_gb=total, card_gb=total + CUDA_CONTEXT,
-        ram_gb=family.system_ram_bytes(counts, weight_bytes) / GIB,
+        ram_gb=family.system_ram_bytes(counts, weight_bytes, config) / GIB,
     )
 
 

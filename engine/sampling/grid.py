@@ -284,7 +284,8 @@ class CheckpointAdapters:
     Standard LoRA and LoCon go through diffusers' `load_lora_weights` and `set_adapters`
     (the loader users run later). diffusers' SD1.5 Kohya converter does not read LoHa,
     LoKr or DoRA files, so those are attached as the trainer's own network (peft's layers
-    of the file's type, engine.network.lora), built once per run and refilled per file; a
+    of the file's type, engine.network.lora), built once per run and refilled per file (so
+    are a family's whose files diffusers reads only at the real sizes: Flux.1); a
     weight scales the update and 0 switches the adapters off (the base model)."""
 
     DIFFUSERS_TYPES = ("lora", "locon")
@@ -302,7 +303,7 @@ class CheckpointAdapters:
             spec = file_spec(tensors, metadata)
         except LoradeckError as error:
             raise LoradeckError(f"{path}: {error}") from None
-        if spec.type in self.DIFFUSERS_TYPES:
+        if spec.type in self.DIFFUSERS_TYPES and self.family.lora_loads_in_diffusers:
             self.adapter = f"checkpoint_{number}"
             self.pipeline.load_lora_weights(str(path), adapter_name=self.adapter)
             return

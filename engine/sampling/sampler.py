@@ -94,7 +94,7 @@ def render(
     autocast = torch.autocast("cuda", dtype=dtype) if use_autocast else contextlib.nullcontext()
     with torch.no_grad():
         with autocast:
-            embeddings = runtime.prompt_embeddings(pipeline, prompt.prompt, prompt.negative_prompt, clip_skip)
+            arguments = runtime.sample_arguments(pipeline, prompt, clip_skip)
             interrupted = []
 
             def after_step(pipe, index, _timestep, tensors):
@@ -104,11 +104,7 @@ def render(
                 return tensors
 
             latents = pipeline(
-                **embeddings,
-                width=prompt.width,
-                height=prompt.height,
-                num_inference_steps=prompt.steps,
-                guidance_scale=prompt.cfg,
+                **arguments,
                 generator=generator,
                 output_type="latent",
                 **({"callback_on_step_end": after_step} if on_step is not None else {}),
@@ -117,7 +113,7 @@ def render(
                 raise SampleInterrupted(f"interrupted after {interrupted[0]} of {prompt.steps} steps")
         # Decoded outside autocast, in the VAE's own dtype: the loader keeps the VAE in
         # fp32 under fp16 training when the family's overflows in fp16.
-        pixels = runtime.decode(pipeline, latents)
+        pixels = runtime.decode(pipeline, latents, width=arguments["width"], height=arguments["height"])
     return pipeline.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True])[0]
 
 

@@ -355,7 +355,7 @@ class Training:
         rules = ExampleRules.from_config(config, size_conditioning=model.family.size_conditioning)
         captions = text_states if text_states is not None else model.runtime.caption_tokens(
             model.tokenizers, max_token_length=config.captions.max_token_length,
-            weighted=config.captions.weighted_captions)
+            weighted=config.captions.weighted_captions, config=config)
         images = TrainingImages(self.instances, rules, captions, latents, skip)
         workers = _loader_workers(config, latents)
         # accelerate's loader wrapper tells `accumulate` where the epoch ends, so a short last

@@ -104,7 +104,7 @@ class Evaluator:
         if failed:  # the pre-flight check read them; they broke since
             raise OSError(f"cannot read validation image(s): {', '.join(sorted(map(str, failed)))}")
         captions = model.runtime.caption_tokens(model.tokenizers, max_token_length=config.captions.max_token_length,
-                                                weighted=config.captions.weighted_captions)
+                                                weighted=config.captions.weighted_captions, config=config)
         rules = ExampleRules.fixed(config, size_conditioning=model.family.size_conditioning)
 
         def batches(group: list) -> list[_Batch]:

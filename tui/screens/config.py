@@ -225,6 +225,7 @@ class ConfigScreen(Screen):
         self.plan_panel.border_title = "Plan"
         self.set_focus(self.form.shown_lines()[0])
         self.form.network_type = str(self.state.raw["network.type"])
+        self._show_family()
         self._refresh_messages()
         self._render_help()
         # planning and the runs scan start once the screen is drawn (its first frame first)
@@ -277,11 +278,23 @@ class ConfigScreen(Screen):
 
     def _after_change(self, keys: list[str]) -> None:
         self.form.network_type = str(self.state.raw["network.type"])  # shows that type's settings only
+        if {"model.pretrained_model", "model.family"} & set(keys):
+            self._show_family()
         self._refresh_messages()
         if "saving.output_dir" in keys:
             self._scan_runs()
         self.plan_panel.schedule(self.state.config)
         self._schedule_draft()
+
+    def _show_family(self) -> None:
+        """Show the settings of the family the config trains only (Flux's for Flux, ...)."""
+        from engine.errors import LoradeckError
+        from engine.plan.training_plan import family_name_of
+
+        try:
+            self.form.family = family_name_of(self.state.config, self.base_dir)
+        except LoradeckError:  # a model.family being typed: keep showing what was shown
+            pass
 
     def _runs_dir(self) -> Path:
         return resolve_path(self.base_dir, self.state.config.saving.output_dir) or self.base_dir

@@ -32,6 +32,7 @@ from engine.paths import resolve_path
 FAMILIES: tuple[FamilyDescriptor, ...] = (
     *import_module("engine.model.families.sd").DESCRIPTORS,  # SD 1.x, SD 2.x
     *import_module("engine.model.families.sdxl").DESCRIPTORS,  # SDXL
+    *import_module("engine.model.families.flux").DESCRIPTORS,  # Flux.1 [dev] and [schnell]
 )
 FAMILY_NAMES = tuple(family.name for family in FAMILIES)
 

@@ -319,6 +319,9 @@ class ConfigForm(VerticalScroll, can_focus=False):
 
     network_type: reactive[str] = reactive("lora")
     """The chosen network type: settings of other types are hidden (FieldSpec.applies_to)."""
+    family: reactive[str] = reactive("")
+    """The model family the config trains: other families' settings (and a group left empty)
+    are hidden (FieldSpec.applies_to_family)."""
 
     def __init__(self, specs: Iterable[FieldSpec], raw: dict[str, Any], base_dir: Path, **kwargs):
         super().__init__(**kwargs)
@@ -370,6 +373,16 @@ class ConfigForm(VerticalScroll, can_focus=False):
         for line in self.rows.values():
             line.set_class(not line.spec.applies_to(network_type), "-other-network")
 
+    def watch_family(self, family: str) -> None:
+        shown_groups = set()
+        for row in self.rows.values():
+            other = bool(family) and not row.spec.applies_to_family(family)
+            row.set_class(other, "-other-family")
+            if not other:
+                shown_groups.add(row.spec.group)
+        for title, *_ in self._groups:  # mounted or not yet (the form mounts in two parts)
+            title.set_class(title.id.removeprefix("group-") not in shown_groups, "-other-family")
+
     def set_raw(self, key: str, raw: Any) -> None:
         self.rows[key].set_raw(raw)
 
@@ -378,7 +391,11 @@ class ConfigForm(VerticalScroll, can_focus=False):
 
     def shown_lines(self) -> list[SettingLine]:
         """The lines of the settings that apply, in order (what tab and the arrows step through)."""
-        return [line for line in self.rows.values() if line.is_attached and not line.has_class("-other-network")]
+        return [
+            line
+            for line in self.rows.values()
+            if line.is_attached and not line.has_class("-other-network") and not line.has_class("-other-family")
+        ]
 
     def line_of(self, widget: Widget | None) -> SettingLine | None:
         """The line a focused widget (a line or its editor) belongs to."""

@@ -160,6 +160,7 @@ SDXL = StableDiffusionXL(
     fp16_vae_note=FP16_VAE_NOTE,
     kohya_flags=("sdxl",),
     kohya_settings={"sdxl_cache_text_encoder_outputs": "precision.cache_text_encoder_outputs"},
+    kohya_script="sdxl_train_network.py",
     kohya_notes={"sdxl_no_half_vae": "sdxl_no_half_vae: loradeck runs SDXL's VAE in fp32 under fp16 unless "
                  "model.vae gives an fp16-fixed one (under bf16 it cannot overflow)"},
 )

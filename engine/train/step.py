@@ -64,10 +64,15 @@ class TrainStep:
     def prepare(cls, accelerator, model, network, optimizer, lr_scheduler, config, *, train_text_encoder: bool,
                 text_encoder_active: bool) -> "TrainStep":
         denoiser = accelerator.prepare(model.denoiser) if network.has_unet else model.denoiser
-        text_encoders = [accelerator.prepare(encoder) if train_text_encoder else encoder
-                         for encoder in model.text_encoders]
+        # an encoder without adapters (Flux's T5 unless train_t5xxl) stays as it is: DDP
+        # refuses a module with nothing to train
+        adapted = [train_text_encoder and any(p.requires_grad for p in encoder.parameters())
+                   for encoder in model.text_encoders]
+        text_encoders = [accelerator.prepare(encoder) if trains else encoder
+                         for encoder, trains in zip(model.text_encoders, adapted)]
         optimizer = accelerator.prepare(optimizer)
-        trained = ([denoiser] if network.has_unet else []) + (text_encoders if train_text_encoder else [])
+        trained = ([denoiser] if network.has_unet else []) + [
+            encoder for encoder, trains in zip(text_encoders, adapted) if trains]
         denoiser.train()
         for encoder in text_encoders:
             encoder.train(text_encoder_active)

@@ -267,3 +267,8 @@ def test_flux_preset_imports_and_plans(tmp_path):
     blocks = import_kohya({**data, "train_blocks": "single", "img_attn_dim": "8"}, json_folder=tmp_path)
     assert any(note.startswith("train_blocks 'single' not trained") for note in blocks.notes)
     assert any(note.startswith("img_attn_dim '8' not trained") for note in blocks.notes)
+    # Flux's own files start from the GUI's folder, as its other relative paths do
+    given = import_kohya({**data, "clip_l": "models/clip_l.safetensors"}, json_folder=tmp_path,
+                         kohya_dir=tmp_path / "kohya_ss")
+    assert given.config.model.ae == str(tmp_path / "kohya_ss" / "ae.safetensors")
+    assert given.config.model.clip_l == str(tmp_path / "kohya_ss" / "models" / "clip_l.safetensors")

@@ -182,6 +182,7 @@ def import_kohya(data: dict[str, Any], source: str = "", *, json_folder: str | P
         reader.classify(key)
     reader.paths(gui, model)
     reader.special_keys()
+    reader.family_paths(gui)
     reader.steps(gui)
     _network_settings(reader, network_type)
     reader.dataset_toml(gui)
@@ -477,6 +478,15 @@ class _Reader:
                     self.convert(key, value.flag)  # a path where a switch belongs is still refused
                 if key not in NOT_BUILT:  # those are noted by classify when on
                     self.ignored.append(key)
+
+    def family_paths(self, gui: GuiFolder) -> None:
+        """The family's own files (Flux.1's ae, clip_l, t5xxl) read from the GUI's folder, as
+        its other paths are."""
+        chosen = self.family
+        for key, setting in (chosen.kohya_values.items() if chosen is not None else ()):
+            text = self.get(setting)
+            if isinstance(text, str) and text and field_spec(setting).path and self.mapped.get(setting) == key:
+                self.put(setting, gui.resolve(text), key)
 
     def _sd_scripts_defaults(self) -> None:
         """Values the GUI leaves out when they are 0: sd-scripts' default applies."""

@@ -57,7 +57,7 @@ def build_parser(commands: dict[str, tuple[str, str]] = COMMANDS, *,
     arguments, which imports their modules; the others are listed by name and help."""
     parser = argparse.ArgumentParser(
         prog="loradeck",
-        description="Train Stable Diffusion LoRAs from the terminal. "
+        description="Train Stable Diffusion and Flux LoRAs from the terminal. "
         "Run `loradeck [WORKSPACE]` to open the app, or a command below.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -158,3 +158,15 @@ def test_upward_and_sideways_imports_are_caught():
                                                "engine.model.objectives", "torch"}) == []
     assert wrong_imports("engine.model.families.sd.runtime", {"engine.model.families.sd", "engine.model.family",
                                                               "engine.model.ldm_checkpoints"}) == []
+
+
+def test_reading_a_health_report_imports_no_pillow_and_keeps_pillows_limit():
+    """The health screen's first frame reads a report: Pillow (11 ms) and numpy stay out of
+    it, and the written-out decompression-bomb limit is Pillow's own."""
+    modules = _modules_after("import engine.health.report")
+    assert not [name for name in modules if name.split(".")[0] in ("PIL", "numpy")]
+    from PIL import Image
+
+    from engine.health.report import MAX_PIXELS
+
+    assert MAX_PIXELS == Image.MAX_IMAGE_PIXELS

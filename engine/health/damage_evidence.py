@@ -78,10 +78,21 @@ def column_step(pixels: np.ndarray, top: int, bottom: int, x: int) -> float:
 def vertical_seam(pixels: np.ndarray, top: int, mcu_height: int, x: int) -> bool:
     """A step at column x through the MCU row from `top`, and not in the MCU rows above
     and below (where an object's edge would go on)."""
-    step = column_step(pixels, top, top + mcu_height, x)
-    beside = max(column_step(pixels, top - mcu_height, top, x),
-                 column_step(pixels, top + mcu_height, top + 2 * mcu_height, x))
-    return step >= SEAM_MIN and step >= SEAM_RATIO * beside + SEAM_MARGIN
+    # The three MCU rows' columns are read at once (the same numbers as column_step's).
+    first = max(0, top - mcu_height)
+    columns = pixels[first:top + 2 * mcu_height, x - 1:x + 1, :3].astype(np.int16)
+    per_row = np.abs(columns[:, 1] - columns[:, 0]).max(axis=-1)
+
+    def mean_step(row_top: int) -> float:
+        if row_top < 0 or row_top + mcu_height > pixels.shape[0]:
+            return 0.0
+        return float(per_row[row_top - first:row_top - first + mcu_height].mean())
+
+    step = mean_step(top)
+    if step < SEAM_MIN:
+        return False
+    beside = max(mean_step(top - mcu_height), mean_step(top + mcu_height))
+    return step >= SEAM_RATIO * beside + SEAM_MARGIN
 
 
 def unseen_share(pixels: np.ndarray, seen_in: np.ndarray) -> float:
@@ -220,8 +231,7 @@ def shared_cast(below: np.ndarray, above: np.ndarray) -> bool:
         return False
     difference = below - above
     inside = (below > 0) & (below < 255)
-    offset = np.array([np.median(difference[inside[:, channel], channel]) if inside[:, channel].sum() >= 8 else 0
-                       for channel in range(3)])
+    offset = median_where(difference, inside) * (inside.sum(axis=0) >= 8)
     if np.abs(offset).max() < MIN_CAST:
         return False
     expected = above + offset
@@ -232,13 +242,28 @@ def shared_cast(below: np.ndarray, above: np.ndarray) -> bool:
         return False
     # Distinct colours among the pairs the offset explains: greedy, biggest group first.
     colours = above[fits]
+    if np.ptp(colours, axis=0).max() < DISTINCT_COLOURS:
+        return False  # every colour is near any one of them: one group (the usual answer in flat content)
     groups = 0
     while len(colours) >= CAST_COLOUR_SHARE * len(below) and groups < CAST_COLOURS:
-        cells, counts = np.unique(_colour_cells(colours), return_counts=True)
-        centre = colours[_colour_cells(colours) == cells[np.argmax(counts)]][0]
+        colour_cells = _colour_cells(colours)
+        cells, counts = np.unique(colour_cells, return_counts=True)
+        centre = colours[colour_cells == cells[np.argmax(counts)]][0]
         near = np.abs(colours - centre).max(axis=-1) < DISTINCT_COLOURS
         if near.sum() < CAST_COLOUR_SHARE * len(below):
             break
         groups += 1
         colours = colours[~near]
     return groups >= CAST_COLOURS
+
+
+def median_where(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """The median along axis 0 of the chosen values (an integer type), 0 where none is
+    chosen: np.median's numbers for each selection, from one sort instead of a call per
+    selection (this runs for every seam candidate, and flat content has many)."""
+    count = chosen.sum(axis=0)
+    ordered = np.sort(np.where(chosen, values, np.iinfo(values.dtype).max), axis=0)
+    rest = np.indices(count.shape, sparse=True)
+    low = ordered[(np.maximum(count - 1, 0) // 2, *rest)]
+    high = ordered[(np.minimum(count // 2, len(values) - 1), *rest)]
+    return np.where(count > 0, (low.astype(np.float64) + high) / 2, 0)

@@ -65,14 +65,20 @@ def boundary_steps(rows: np.ndarray) -> np.ndarray:
     over, above, below, under = rows[:, :, :segments * SEGMENT].reshape(*rows.shape[:2], segments, -1)
     values = SEGMENT * min(rows.shape[3], 3)
     across = _difference_sum(below, above)
-    beside = np.maximum(_difference_sum(above, over), _difference_sum(under, below))
-    return across > STEP_RATIO * beside + STEP_MARGIN * values
+    # Only a step across of more than STEP_MARGIN can count, and few segments have one
+    # (most of a picture goes on across a boundary): the steps beside are summed for those.
+    steps = across > STEP_MARGIN * values
+    if steps.any():
+        beside = np.maximum(_difference_sum(above[steps], over[steps]), _difference_sum(under[steps], below[steps]))
+        steps[steps] = across[steps] > STEP_RATIO * beside + STEP_MARGIN * values
+    return steps
 
 
 def _difference_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Sum over the last axis of |first - second| (uint8 in, float32 out); a product with
     ones runs on BLAS, twice as fast as numpy's integer sum."""
-    difference = np.maximum(first, second) - np.minimum(first, second)
+    difference = np.maximum(first, second)
+    difference -= np.minimum(first, second)
     return difference @ np.ones(difference.shape[-1], np.float32)
 
 

@@ -163,7 +163,7 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     # the cast did not push out of range, and what it leaves unexplained.
     inside = (below > 0) & (below < 255)
     known = inside.sum(axis=1) >= MIN_INSIDE  # candidate, channel
-    offset = damage_evidence.median_where((below - above).transpose(1, 0, 2), inside.transpose(1, 0, 2))
+    offset = damage_evidence.median_where((below - above).transpose(0, 2, 1), inside.transpose(0, 2, 1))
     offset = np.where(known, np.round(offset), 0)
     weight = known[:, None, :]
     counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)

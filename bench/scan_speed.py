@@ -3,11 +3,13 @@ against a one-process Pillow decode of the same files measured in the same run.
 
     python bench/scan_speed.py [--count 2000] [--size 1024x768] [--dir FOLDER] [--keep]
                                [--repeats 3] [--cores N] [--workers N] [--before TREE]
-                               [--pixel-checks-only]
+                               [--pixel-checks-only] [--scene photo|flat|screenshot]
 
 1. Writes COUNT photo-like JPEGs of SIZE (smooth colour fields, hard-edged discs and
    grain, quality 90, about 100 KB each at 1024x768, each with a caption) into a
-   temporary folder, or uses --dir as it is. Every file is read once first, so both
+   temporary folder, or uses --dir as it is; --scene flat or screenshot writes the
+   flat-colour scenes or screenshots of tests/health_corpus.py instead (the pixel
+   checks cost most on flat content, which has many stepping boundaries). Every file is read once first, so both
    sides start with the files in the page cache.
 2. Baseline, in its own process from interpreter start: Pillow's default full decode
    (`Image.open` + `load`: libjpeg-turbo, accurate integer DCT, fancy upsampling) of
@@ -40,7 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.health_corpus import photo  # noqa: E402  (the same photos the damage bench and tests use)
+from tests.health_corpus import flat_scene, photo, screenshot  # noqa: E402  (as the damage bench and tests use)
+
+SCENES = {"photo": photo, "flat": flat_scene, "screenshot": screenshot}
 
 PILLOW_DECODE = """
 import sys
@@ -52,19 +56,19 @@ for path in sorted(Path(sys.argv[1]).glob("*.jpg")):
 """
 
 
-def _write_some(args: tuple[Path, range, tuple[int, int]]) -> None:
-    folder, seeds, size = args
+def _write_some(args: tuple[Path, range, tuple[int, int], str]) -> None:
+    folder, seeds, size, scene = args
     for seed in seeds:
         path = folder / f"{seed:06d}.jpg"
-        photo(seed, size).save(path, quality=90)
-        path.with_suffix(".txt").write_text("a photo", encoding="utf-8")
+        SCENES[scene](seed, size).save(path, quality=90)
+        path.with_suffix(".txt").write_text(f"a {scene}", encoding="utf-8")
 
 
-def generate(folder: Path, count: int, size: tuple[int, int]) -> None:
+def generate(folder: Path, count: int, size: tuple[int, int], scene: str = "photo") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     workers = os.cpu_count() or 1
     step = max(1, count // (workers * 4))
-    parts = [(folder, range(start, min(start + step, count)), size) for start in range(0, count, step)]
+    parts = [(folder, range(start, min(start + step, count)), size, scene) for start in range(0, count, step)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_some, parts))
 
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=None, help="pin both sides to this many cores")
     parser.add_argument("--workers", type=int, default=None, help="scan workers (default: one per core it may use)")
     parser.add_argument("--before", type=Path, help="another checkout whose cold scan is timed too")
+    parser.add_argument("--scene", choices=sorted(SCENES), default="photo", help="what the generated images show")
     parser.add_argument("--pixel-checks-only", action="store_true",
                         help="only compare the per-image cost with and without the silent-damage pixel checks")
     args = parser.parse_args()
@@ -156,8 +161,8 @@ def main() -> None:
         folder = temporary / "pictures"
         width, height = (int(side) for side in args.size.lower().split("x"))
         started = time.perf_counter()
-        generate(folder, args.count, (width, height))
-        print(f"generated {args.count} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
+        generate(folder, args.count, (width, height), args.scene)
+        print(f"generated {args.count} {args.scene} JPEGs of {width}x{height} in {time.perf_counter() - started:.1f} s")
     try:
         paths = sorted(folder.glob("*.jpg"))
         if args.pixel_checks_only:

@@ -78,10 +78,21 @@ def column_step(pixels: np.ndarray, top: int, bottom: int, x: int) -> float:
 def vertical_seam(pixels: np.ndarray, top: int, mcu_height: int, x: int) -> bool:
     """A step at column x through the MCU row from `top`, and not in the MCU rows above
     and below (where an object's edge would go on)."""
-    step = column_step(pixels, top, top + mcu_height, x)
-    beside = max(column_step(pixels, top - mcu_height, top, x),
-                 column_step(pixels, top + mcu_height, top + 2 * mcu_height, x))
-    return step >= SEAM_MIN and step >= SEAM_RATIO * beside + SEAM_MARGIN
+    # The three MCU rows' columns are read at once (the same numbers as column_step's).
+    first = max(0, top - mcu_height)
+    columns = pixels[first:top + 2 * mcu_height, x - 1:x + 1, :3].astype(np.int16)
+    per_row = np.abs(columns[:, 1] - columns[:, 0]).max(axis=-1)
+
+    def mean_step(row_top: int) -> float:
+        if row_top < 0 or row_top + mcu_height > pixels.shape[0]:
+            return 0.0
+        return float(per_row[row_top - first:row_top - first + mcu_height].mean())
+
+    step = mean_step(top)
+    if step < SEAM_MIN:
+        return False
+    beside = max(mean_step(top - mcu_height), mean_step(top + mcu_height))
+    return step >= SEAM_RATIO * beside + SEAM_MARGIN
 
 
 def unseen_share(pixels: np.ndarray, seen_in: np.ndarray) -> float:
@@ -214,31 +225,57 @@ CAST_COLUMN_STEP = 4
 def shared_cast(below: np.ndarray, above: np.ndarray) -> bool:
     """One offset of at least MIN_CAST takes the pixels of a row above a seam to those of
     the row below it, for at least CAST_COLOURS distinct colours (pixels × channels)."""
-    below = below[::CAST_COLUMN_STEP, :3].astype(np.int16)
-    above = above[::CAST_COLUMN_STEP, :3].astype(np.int16)
-    if below.shape[1] < 3 or len(below) < 16:
-        return False
+    return bool(shared_casts(below[None], above[None])[0])
+
+
+def shared_casts(below: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """`shared_cast` for several seams at once (seam × pixels × channels): an L-shaped seam
+    in flat content is common, and one pass over all of them costs little more than one."""
+    # Seam × channel × pixel: numpy reduces a contiguous last axis several times faster
+    # than across 3 channels.
+    below = below[:, ::CAST_COLUMN_STEP, :3].transpose(0, 2, 1).astype(np.int16, order="C")
+    above = above[:, ::CAST_COLUMN_STEP, :3].transpose(0, 2, 1).astype(np.int16, order="C")
+    pixels = below.shape[2]
+    if below.shape[1] < 3 or pixels < 16:
+        return np.zeros(len(below), bool)
     difference = below - above
     inside = (below > 0) & (below < 255)
-    offset = np.array([np.median(difference[inside[:, channel], channel]) if inside[:, channel].sum() >= 8 else 0
-                       for channel in range(3)])
-    if np.abs(offset).max() < MIN_CAST:
-        return False
+    offset = (median_where(difference, inside) * (inside.sum(axis=-1) >= 8))[..., None]
     expected = above + offset
     fits = ((np.abs(difference - offset) <= OFFSET_TOLERANCE)
             | ((below == 255) & (expected >= 255 - OFFSET_TOLERANCE))
-            | ((below == 0) & (expected <= OFFSET_TOLERANCE))).all(axis=-1)
-    if fits.mean() < CAST_FITTING:
-        return False
-    # Distinct colours among the pairs the offset explains: greedy, biggest group first.
-    colours = above[fits]
+            | ((below == 0) & (expected <= OFFSET_TOLERANCE))).all(axis=1)
+    cast = (np.abs(offset).max(axis=(1, 2)) >= MIN_CAST) & (fits.mean(axis=1) >= CAST_FITTING)
+    for seam in np.flatnonzero(cast):
+        cast[seam] = _distinct_colours(above[seam][:, fits[seam]].T, pixels) >= CAST_COLOURS
+    return cast
+
+
+def _distinct_colours(colours: np.ndarray, pixels: int) -> int:
+    """Groups of colours (pixels × channels), each DISTINCT_COLOURS from the others and
+    holding CAST_COLOUR_SHARE of `pixels`, up to CAST_COLOURS: greedy, biggest group first."""
+    if (colours.max(axis=0) - colours.min(axis=0)).max() < DISTINCT_COLOURS:
+        return 1  # every colour is near any one of them (the usual answer in flat content)
     groups = 0
-    while len(colours) >= CAST_COLOUR_SHARE * len(below) and groups < CAST_COLOURS:
-        cells, counts = np.unique(_colour_cells(colours), return_counts=True)
-        centre = colours[_colour_cells(colours) == cells[np.argmax(counts)]][0]
+    while len(colours) >= CAST_COLOUR_SHARE * pixels and groups < CAST_COLOURS:
+        colour_cells = _colour_cells(colours)
+        cells, counts = np.unique(colour_cells, return_counts=True)
+        centre = colours[colour_cells == cells[np.argmax(counts)]][0]
         near = np.abs(colours - centre).max(axis=-1) < DISTINCT_COLOURS
-        if near.sum() < CAST_COLOUR_SHARE * len(below):
+        if near.sum() < CAST_COLOUR_SHARE * pixels:
             break
         groups += 1
         colours = colours[~near]
-    return groups >= CAST_COLOURS
+    return groups
+
+
+def median_where(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """The median along the last axis of the chosen values (an integer type), 0 where
+    none is chosen: np.median's numbers for each selection, from one sort instead of a
+    call per selection (this runs for every seam candidate, and flat content has many)."""
+    count = chosen.sum(axis=-1)
+    ordered = np.sort(np.where(chosen, values, np.iinfo(values.dtype).max), axis=-1).reshape(-1, values.shape[-1])
+    line = np.arange(len(ordered))
+    low = ordered[line, (np.maximum(count - 1, 0) // 2).ravel()]
+    high = ordered[line, np.minimum(count // 2, values.shape[-1] - 1).ravel()]
+    return np.where(count > 0, ((low.astype(np.float64) + high) / 2).reshape(count.shape), 0)

@@ -65,14 +65,20 @@ def boundary_steps(rows: np.ndarray) -> np.ndarray:
     over, above, below, under = rows[:, :, :segments * SEGMENT].reshape(*rows.shape[:2], segments, -1)
     values = SEGMENT * min(rows.shape[3], 3)
     across = _difference_sum(below, above)
-    beside = np.maximum(_difference_sum(above, over), _difference_sum(under, below))
-    return across > STEP_RATIO * beside + STEP_MARGIN * values
+    # Only a step across of more than STEP_MARGIN can count, and few segments have one
+    # (most of a picture goes on across a boundary): the steps beside are summed for those.
+    steps = across > STEP_MARGIN * values
+    if steps.any():
+        beside = np.maximum(_difference_sum(above[steps], over[steps]), _difference_sum(under[steps], below[steps]))
+        steps[steps] = across[steps] > STEP_RATIO * beside + STEP_MARGIN * values
+    return steps
 
 
 def _difference_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Sum over the last axis of |first - second| (uint8 in, float32 out); a product with
     ones runs on BLAS, twice as fast as numpy's integer sum."""
-    difference = np.maximum(first, second) - np.minimum(first, second)
+    difference = np.maximum(first, second)
+    difference -= np.minimum(first, second)
     return difference @ np.ones(difference.shape[-1], np.float32)
 
 
@@ -83,15 +89,21 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
     shaped = ((after[:-1] >= ARM_SHARE * (segments - column)) & (before[1:] >= ARM_SHARE * column)
               & (before[:-1] <= QUIET_SHARE * column) & aligned
               & (np.minimum(column, segments - column) >= MIN_ARM_SEGMENTS))
-    for boundary, index in zip(*np.nonzero(shaped)):
-        top, x = int(boundaries[boundary]), int(column[index]) * SEGMENT
-        if top + mcu_height + 2 > pixels.shape[0]:
-            continue
+    shaped[boundaries[:-1] + mcu_height + 2 > pixels.shape[0]] = False
+    seams = np.nonzero(shaped)
+    # The first row below each seam and the last above it, for every L at once: flat
+    # content has several per picture, and the shared-cast test runs on them all.
+    tops, xs = boundaries[seams[0]], column[seams[1]] * SEGMENT
+    right = np.arange(pixels.shape[1]) >= xs[:, None]
+    first_below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), np.arange(pixels.shape[1])]
+    last_above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), np.arange(pixels.shape[1])]
+    shared = evidence.shared_casts(first_below, last_above)
+    for top, x, shared_cast in zip(tops.tolist(), xs.tolist(), shared):
         bottom = top + mcu_height
         above = np.concatenate([pixels[top - 2:top, x:], pixels[bottom - 2:bottom, :x]], axis=1)
         below = np.concatenate([pixels[top:top + 2, x:], pixels[bottom:bottom + 2, :x]], axis=1)
         if not evidence.vertical_seam(pixels, top, mcu_height, x):
-            if evidence.shared_cast(below[0], above[-1]):
+            if shared_cast:
                 return top
             continue
         if evidence.grainy(pixels[top - 1]):
@@ -104,7 +116,7 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
             cast = evidence.one_cast(below[:1], above[-1:]) or (
                 evidence.unseen_share(below, above) >= UNSEEN_SHARE
                 and evidence.garbage_at(pixels, top, x, mcu_height, mcu_width))
-        if cast or evidence.shared_cast(below[0], above[-1]) or evidence.moved_edges([pixels[top - 1, x:], pixels[bottom - 1, :x]],
+        if cast or shared_cast or evidence.moved_edges([pixels[top - 1, x:], pixels[bottom - 1, :x]],
                                         [pixels[top, x:], pixels[bottom, :x]],
                                         [(x, pixels.shape[1]), (0, x)], mcu_width):
             return top

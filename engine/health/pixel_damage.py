@@ -100,11 +100,14 @@ def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | No
         boundaries = boundaries[boundaries < filled]
     if len(boundaries) < 2:
         return filled
-    # Two rows either side of each boundary, copied whole (row copies are cheap, strided
-    # gathers are not): rows[k, boundary, column, channel]; both seam tests start from
-    # which 8-pixel segments of each boundary step.
-    rows = pixels[np.stack([boundaries - 2, boundaries - 1, boundaries, boundaries + 1]).ravel()]
-    rows = rows.reshape(4, len(boundaries), *pixels.shape[1:])
+    # Two rows either side of each boundary: rows[k, boundary, column, channel], a view of
+    # the pixels (the boundaries are evenly spaced), as a copy of them cost more than
+    # reading them: fresh memory is slow to touch. Both seam tests start from which
+    # 8-pixel segments of each boundary step.
+    row_stride = pixels.strides[0]
+    rows = np.lib.stride_tricks.as_strided(
+        pixels[boundaries[0] - 2:], shape=(4, len(boundaries), *pixels.shape[1:]),
+        strides=(row_stride, mcu_height * row_stride, *pixels.strides[1:]), writeable=False)
     steps = boundary_steps(rows)
     mcu_width = mcu_width or mcu_height
     found = [_offset_seam(rows, steps, boundaries),
@@ -133,23 +136,34 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     if not len(candidates[0]):
         return -1
     wide = rows[:, :, :segments * segment_width].reshape(4, len(boundaries), segments, segment_width, -1)
-    above, below = wide[1:3, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
+    above = wide[1, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
     # Texture, not a flat area crossed by a line or two: a line that goes on under an
     # offset explains a flat-to-flat edge just as well (rectangles in an illustration).
-    # Tested first: flat content has many stepping segments and none of them counts.
-    textured = ((np.abs(above - np.median(above, axis=1, keepdims=True)) > damage_evidence.TEXTURE_STEP).any(axis=-1)
-                .mean(axis=1) >= damage_evidence.TEXTURED_SHARE)
+    # Tested first: flat content has many stepping segments and none of them counts. Most
+    # of them span no more than TEXTURE_STEP levels, so no pixel can be further than that
+    # from their median: only the others are measured. Columns last (candidate, channel,
+    # column): numpy reduces a contiguous last axis several times faster than a middle one.
+    columns = np.ascontiguousarray(above.transpose(0, 2, 1))
+    textured = (columns.max(axis=-1) - columns.min(axis=-1)).max(axis=-1) > damage_evidence.TEXTURE_STEP
+    if textured.any():
+        varied = columns[textured]
+        ordered = np.sort(varied, axis=-1)  # the median as np.median has it, from one sort
+        count = varied.shape[-1]
+        median = (ordered[..., (count - 1) // 2, None] + ordered[..., count // 2, None].astype(np.float64)) / 2
+        textured[textured] = ((np.abs(varied - median) > damage_evidence.TEXTURE_STEP)
+                              .any(axis=1).mean(axis=-1) >= damage_evidence.TEXTURED_SHARE)
     candidates = (candidates[0][textured], candidates[1][textured])
     if not len(candidates[0]):
         return -1
-    above, below = above[textured], below[textured]
+    above = above[textured]
+    below = wide[2, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
     over, near_above, near_below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
     natural = np.maximum(np.abs(near_above - over).mean(axis=(1, 2)), np.abs(under - near_below).mean(axis=(1, 2)))
     # The offset that best explains the pixels below from those above, from the pixels
     # the cast did not push out of range, and what it leaves unexplained.
     inside = (below > 0) & (below < 255)
     known = inside.sum(axis=1) >= MIN_INSIDE  # candidate, channel
-    offset = _median_where(below - above, inside)
+    offset = damage_evidence.median_where((below - above).transpose(0, 2, 1), inside.transpose(0, 2, 1))
     offset = np.where(known, np.round(offset), 0)
     weight = known[:, None, :]
     counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)
@@ -182,15 +196,6 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
         if (near & agrees).sum() >= max(MIN_SEGMENTS, CONSISTENT_SHARE * segments):
             return int(boundary)
     return -1
-
-
-def _median_where(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """The median along axis 1 of the chosen values (candidate × column × channel); 0 where none is."""
-    count = chosen.sum(axis=1, keepdims=True)
-    ordered = np.sort(np.where(chosen, values, np.iinfo(values.dtype).max), axis=1)
-    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=1)
-    high = np.take_along_axis(ordered, count // 2, axis=1)
-    return np.where(count > 0, (low.astype(np.float64) + high) / 2, 0)[:, 0]
 
 
 def _luma_and_chroma(offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -181,8 +181,7 @@ def import_kohya(data: dict[str, Any], source: str = "", *, json_folder: str | P
     for key in data:
         reader.classify(key)
     reader.paths(gui, model)
-    reader.special_keys()
-    reader.family_paths(gui)
+    reader.special_keys(gui)
     reader.steps(gui)
     _network_settings(reader, network_type)
     reader.dataset_toml(gui)
@@ -412,7 +411,7 @@ class _Reader:
         self.notes.append(f"dataset_config {path.name}: {len(toml.subsets)} subsets ({images} of training images) "
                           f"define the images, not train_data_dir / reg_data_dir{copied}")
 
-    def special_keys(self) -> None:
+    def special_keys(self, gui: GuiFolder) -> None:
         """The keys that need more than a copy."""
         data, put = self.data, self.put
         if "bucket_reso_steps" in data:
@@ -423,7 +422,7 @@ class _Reader:
                 step = 64
             put("dataset.bucket_step", step, "bucket_reso_steps")
         self._sd_scripts_defaults()
-        self._family()
+        self._family(gui)
         if "max_resolution" in data:
             text = self.convert("max_resolution", value.text)
             if text is not UNSET:
@@ -458,8 +457,10 @@ class _Reader:
             put("training.seed", self.convert("seed", value.integer), "seed")
         self._text_encoder_stop()
 
-    def _family(self) -> None:
-        """The GUI's model checkboxes ("v2", "sdxl", "flux1_checkbox"): each family's own keys and notes."""
+    def _family(self, gui: GuiFolder) -> None:
+        """The GUI's model checkboxes ("v2", "sdxl", "flux1_checkbox"): each family's own keys and
+        notes; its own files (Flux.1's ae, clip_l, t5xxl) read from the GUI's folder, as the
+        config's other relative paths."""
         chosen = self.family
         if chosen is not None:
             flag = next(key for key in chosen.kohya_flags if self.is_on(key))
@@ -469,7 +470,9 @@ class _Reader:
                     self.put(setting, True, key)
             for key, setting in chosen.kohya_values.items():
                 if key in self.data:
-                    self.put(setting, self.convert(key, VALUE_CONVERTERS[field_spec(setting).type]), key)
+                    spec = field_spec(setting)
+                    result = self.convert(key, VALUE_CONVERTERS[spec.type])
+                    self.put(setting, gui.resolve(result) if spec.path and isinstance(result, str) else result, key)
             self.notes.extend(note for key, note in chosen.kohya_notes.items() if self.is_on(key))
         for key in FAMILY_KEYS:  # another family's switch and settings, off here
             if key in self.data and (chosen is None or key not in chosen.kohya_keys):
@@ -478,15 +481,6 @@ class _Reader:
                     self.convert(key, value.flag)  # a path where a switch belongs is still refused
                 if key not in NOT_BUILT:  # those are noted by classify when on
                     self.ignored.append(key)
-
-    def family_paths(self, gui: GuiFolder) -> None:
-        """The family's own files (Flux.1's ae, clip_l, t5xxl) read from the GUI's folder, as
-        its other paths are."""
-        chosen = self.family
-        for key, setting in (chosen.kohya_values.items() if chosen is not None else ()):
-            text = self.get(setting)
-            if isinstance(text, str) and text and field_spec(setting).path and self.mapped.get(setting) == key:
-                self.put(setting, gui.resolve(text), key)
 
     def _sd_scripts_defaults(self) -> None:
         """Values the GUI leaves out when they are 0: sd-scripts' default applies."""

@@ -16,6 +16,11 @@ from engine.errors import LoradeckError
 CONTIGUOUS_CONV_TYPES = ("dora", "glora")
 
 
+def keeps_nchw(precision, network_type: str) -> bool:
+    """Whether channels_last is asked for but the network type needs the U-Net in NCHW."""
+    return precision.channels_last and network_type in CONTIGUOUS_CONV_TYPES
+
+
 def apply_unet_speed_settings(unet, vae, text_encoders, precision, *, train_text_encoder: bool,
                               network_type: str) -> None:
     """Gradient checkpointing, the attention kernel and the memory format, from `[precision]`."""
@@ -38,7 +43,7 @@ def apply_unet_speed_settings(unet, vae, text_encoders, precision, *, train_text
         # on the GPU: attention memory grows with the tokens, not with their square
         unet.set_attn_processor(AttnProcessor2_0())
         vae.set_attn_processor(AttnProcessor2_0())
-    if precision.channels_last and network_type not in CONTIGUOUS_CONV_TYPES:
+    if precision.channels_last and not keeps_nchw(precision, network_type):
         # tensor-core convolutions (cuDNN) and oneDNN's run NHWC natively; NCHW costs a
         # transpose around each one. The numbers are the same either way.
         unet.to(memory_format=torch.channels_last)

@@ -670,11 +670,11 @@ def _loader_workers(config: TrainConfig, latents) -> int:
 
 def _speed_summary(config: TrainConfig, latents, text_states, optimizer_steps: str, workers: int) -> str:
     """One line of engine.log saying which speed settings are in effect (see docs/speed.md)."""
-    from engine.model.unet_models import CONTIGUOUS_CONV_TYPES
+    from engine.model.unet_models import keeps_nchw
 
     precision = config.precision
     channels_last = "on" if precision.channels_last else "off"
-    if precision.channels_last and config.network.type in CONTIGUOUS_CONV_TYPES:
+    if keeps_nchw(precision, config.network.type):
         channels_last = f"off ({config.network.type} needs NCHW weights)"
     return (
         f"speed: latents {'cached (' + precision.cache_latents + ')' if latents is not None else 'encoded every step'}, "

@@ -251,6 +251,25 @@ def _empty(factory):
         return factory()
 
 
+def _from_single_file(model_class, weights, to_diffusers, what: str, subfolder: str, folder: Path, path: Path,
+                      dtype):
+    """One component of an original-layout checkpoint by diffusers' single-file loader, with
+    the config of `folder/subfolder`; on failure, our conversion (`to_diffusers`) against a
+    meta-device model of that config names the weight that does not fit."""
+    part_folder = folder / subfolder
+
+    def diagnose():
+        model = _empty(lambda: model_class.from_config(read_config(part_folder / "config.json")))
+        check_fit(model, to_diffusers(weights, model.config), what, path, part_folder)
+
+    return load_component(
+        lambda: model_class.from_single_file(
+            weights, config=str(folder), subfolder=subfolder, local_files_only=True, torch_dtype=dtype
+        ),
+        diagnose, what, path, part_folder,
+    )
+
+
 def build_unet(state, folder: Path, path: Path, dtype):
     from diffusers import UNet2DConditionModel
 
@@ -258,16 +277,7 @@ def build_unet(state, folder: Path, path: Path, dtype):
     # diffusers' converter, like sd-scripts, takes the non-EMA weights.
     unet_state = {key: value for key, value in state.items() if key.startswith(UNET_PREFIX)}
 
-    def diagnose():
-        unet = _empty(lambda: UNet2DConditionModel.from_config(read_config(folder / "unet" / "config.json")))
-        check_fit(unet, unet_to_diffusers(unet_state, unet.config), "U-Net", path, folder / "unet")
-
-    return load_component(
-        lambda: UNet2DConditionModel.from_single_file(
-            unet_state, config=str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype
-        ),
-        diagnose, "U-Net", path, folder / "unet",
-    )
+    return _from_single_file(UNet2DConditionModel, unet_state, unet_to_diffusers, "U-Net", "unet", folder, path, dtype)
 
 
 def build_vae(state, folder: Path, path: Path, dtype):
@@ -283,16 +293,7 @@ def build_vae(state, folder: Path, path: Path, dtype):
                             strict=True, assign=True)
         return vae.eval()
 
-    def diagnose():
-        vae = _empty(lambda: AutoencoderKL.from_config(read_config(config)))
-        check_fit(vae, vae_to_diffusers(vae_state, vae.config), "VAE", path, folder / "vae")
-
-    return load_component(
-        lambda: AutoencoderKL.from_single_file(
-            vae_state, config=str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype
-        ),
-        diagnose, "VAE", path, folder / "vae",
-    )
+    return _from_single_file(AutoencoderKL, vae_state, vae_to_diffusers, "VAE", "vae", folder, path, dtype)
 
 
 def build_text_encoder(state, folder: Path, path: Path, dtype):

@@ -170,6 +170,11 @@ def prepare_pixels(item, *, flip: bool, hue_shift: int, rng_crop: random.Random 
 # --------------------------------------------------------------------------- captions
 
 
+def _tags(text: str) -> list[str]:
+    """The non-empty comma-separated tags of `text`, stripped."""
+    return [tag.strip() for tag in text.split(",") if tag.strip()]
+
+
 def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tokens: int, dropout: float,
                     tag_dropout: float = 0.0, drop_this_epoch: bool = False, separator: str = "") -> str:
     """sd-scripts' process_caption (its random draws, in its order): drop the whole caption
@@ -188,9 +193,8 @@ def process_caption(caption: str, rng: random.Random, *, shuffle: bool, keep_tok
         fixed_part, flex_part = caption.split(separator, 1)
         if separator in flex_part:
             flex_part, suffix_part = flex_part.split(separator, 1)
-            suffix = [tag.strip() for tag in suffix_part.split(",") if tag.strip()]
-        fixed = [tag.strip() for tag in fixed_part.split(",") if tag.strip()]
-        flex = [tag.strip() for tag in flex_part.split(",") if tag.strip()]
+            suffix = _tags(suffix_part)
+        fixed, flex = _tags(fixed_part), _tags(flex_part)
     else:
         tags = [tag.strip() for tag in caption.strip().split(",")]
         fixed, flex = (tags[:keep_tokens], tags[keep_tokens:]) if keep_tokens > 0 else ([], tags)

@@ -7,12 +7,11 @@ import pytest
 
 from engine.config.schema import config_from_dict, load_config, save_config
 from engine.network.lora import read_lora_file
-from engine.run.events import read_events
 from engine.run.folder import RunDir
 from tests.conftest import small_run_settings, write_tiny_dataset
 from tests.run_recordings import screen_text
 from tests.test_config_screen import settle, type_into
-from tests.test_sdxl_tui import SIZE, kill_engine, train_with_ctrl_t
+from tests.test_sdxl_tui import SIZE, assert_finished_with_one_sample, kill_engine, train_with_ctrl_t
 from tui.app import make_app
 
 
@@ -55,11 +54,7 @@ async def test_flux_model_shows_on_the_config_screen_trains_with_ctrl_t_and_show
     finally:
         kill_engine(run)
 
-    events = list(read_events(run.events))
-    start = next(event for event in events if event["type"] == "run_start")
-    assert start["plan"]["family"] == "flux" and start["plan"]["total_steps"] == 4
-    assert events[-1]["type"] == "run_end" and events[-1]["status"] == "finished"
-    assert [event["path"] for event in events if event["type"] == "sample"] == ["samples/e0001-s000004-p00.png"]
+    assert_finished_with_one_sample(run, "flux", steps=4)
     tensors, metadata = read_lora_file(run.checkpoints / "flux-tui.safetensors")
     assert metadata["ss_base_model_version"] == "flux1" and metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert metadata["ss_timestep_sampling"] == "sigmoid" and metadata["ss_guidance_scale"] == "1.0"

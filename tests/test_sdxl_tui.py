@@ -56,6 +56,15 @@ async def train_with_ctrl_t(pilot, app, run, title: str, *, steps: int) -> None:
     assert screen.view.state.step == steps
 
 
+def assert_finished_with_one_sample(run, family: str, *, steps: int) -> None:
+    """The run's events: planned for `family` and `steps` steps, finished, one sample at the end."""
+    events = list(read_events(run.events))
+    start = next(event for event in events if event["type"] == "run_start")
+    assert start["plan"]["family"] == family and start["plan"]["total_steps"] == steps
+    assert events[-1]["type"] == "run_end" and events[-1]["status"] == "finished"
+    assert [event["path"] for event in events if event["type"] == "sample"] == [f"samples/e0001-s{steps:06d}-p00.png"]
+
+
 def kill_engine(run) -> None:
     """End a run's engine left behind by a failed test (by its recorded pid)."""
     record = run.read_pid()
@@ -87,11 +96,7 @@ async def test_sdxl_model_shows_on_the_config_screen_trains_with_ctrl_t_and_show
     finally:
         kill_engine(run)
 
-    events = list(read_events(run.events))
-    start = next(event for event in events if event["type"] == "run_start")
-    assert start["plan"]["family"] == "sdxl" and start["plan"]["total_steps"] == 4
-    assert events[-1]["type"] == "run_end" and events[-1]["status"] == "finished"
-    assert [event["path"] for event in events if event["type"] == "sample"] == ["samples/e0001-s000004-p00.png"]
+    assert_finished_with_one_sample(run, "sdxl", steps=4)
     assert (run.path / "samples" / "e0001-s000004-p00.png").is_file()
     lora = run.checkpoints / "xl-tui.safetensors"
     tensors, metadata = read_lora_file(lora)

@@ -520,7 +520,7 @@ class Training:
         self.evaluated_step = step
         stop = False
         if self.validation is not None:
-            self.phases.enter(VALIDATING, total=self.validation.evaluator.images + self.validation.evaluator.train_images)
+            self.phases.enter(VALIDATING, total=self.validation.evaluator.scored_images)
             self.validation.evaluate(self.model.denoiser, self.model.text_encoders, step=step, epoch=epoch,
                                      progress=self.phases.advance)
             stop = self.validation.early_stop

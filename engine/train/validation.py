@@ -89,6 +89,7 @@ class Evaluator:
         self.validation, self.training = validation, training
         self.timesteps = timesteps
         self.images, self.train_images = images, train_images
+        self.scored_images = images + train_images  # per evaluation: held-out, then the training sample
         self.autocast = autocast
 
     @classmethod
@@ -139,7 +140,7 @@ class Evaluator:
             module.eval()
         try:
             with torch.no_grad():
-                total = self.images + self.train_images
+                total = self.scored_images
                 report = progress or (lambda done, total: None)
                 bands = self._score(self.validation, denoiser, text_encoders,
                                     lambda done: report(done, total))

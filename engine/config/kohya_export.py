@@ -187,7 +187,7 @@ def _network_args(spec: NetworkSpec) -> list[str]:
         args = [f"conv_dim={spec.conv_dim}", f"conv_alpha={spec.conv_alpha:g}"] if spec.type == "locon" else []
         return args + t5 + [f"{name}={getattr(spec, name):g}" for name in ("rank_dropout", "module_dropout")
                             if getattr(spec, name)]
-    args = [f"preset=full", f"algo={LYCORIS_ALGOS[spec.type]}", f"conv_dim={spec.conv_dim}",
+    args = ["preset=full", f"algo={LYCORIS_ALGOS[spec.type]}", f"conv_dim={spec.conv_dim}",
             f"conv_alpha={spec.conv_alpha:g}"]
     extra = {"lokr": {"factor": spec.factor}, "dora": {"dora_wd": True, "wd_on_output": spec.dora_layout == "output"},
              "ia3": {"train_on_input": spec.train_on_input}, "dylora": {"block_size": spec.block_size},

@@ -1,4 +1,5 @@
-"""False positives and detection rate of the silent-damage check (engine.health.pixel_damage).
+"""False positives and detection rate of the silent-damage check (engine.health.silent_damage:
+the scan's end, engine.health.scan_end, and the pixels, engine.health.pixel_damage).
 
     python bench/pixel_damage_rates.py [--clean 1000] [--damaged 400] [--tries 40] [--size 640x480]
 
@@ -8,8 +9,9 @@ textured halves on a block-row boundary (a collage, every other one with a chann
 clipped at 255 below it), and --clean each of flat-colour scenes (overlapping rectangles
 whose edges lie on MCU-row boundaries, crossed by lines), screenshots (an 8-pixel grid of
 hard vertical and horizontal edges) and anime-style flat shading; every other image
-4:2:0, the rest 4:4:4, quality 90, each tried with no restart interval, one per MCU row and one of 8-63 MCUs
-(restart markers leave the pixels as they are; the strip test reads where intervals end).
+4:2:0, the rest 4:4:4, quality 90, each encoded three times: with no restart interval, one
+per MCU row and one of 8-63 MCUs, and checked as the scan checks a file (its bytes and its
+pixels).
 
 Damaged: --damaged images, photo-like and flat-colour scenes in turn, at 4:2:0 and
 4:4:4, without restart markers (half), with one every MCU row (a quarter) or every 8-63
@@ -39,8 +41,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.health.jpeg_header import restart_interval  # noqa: E402
-from engine.health.pixel_damage import damaged_row  # noqa: E402
+from engine.health.silent_damage import silent_damage_row  # noqa: E402
 from tests.health_corpus import (  # noqa: E402
     DAMAGE_KINDS, anime_scene, damage_bytes, flat_scene, jpeg_bytes, photo, screenshot,
 )
@@ -71,11 +72,14 @@ def pillow_silent(data: bytes) -> bool:
 
 
 def encode(image: Image.Image, subsampling: int, restart: str, rng: np.random.Generator) -> bytes:
+    """`restart`: "none", "every row", "every 8-63 MCUs" (drawn) or "every N MCUs"."""
     options = {"subsampling": subsampling}
     if restart == "every row":
         options["restart_marker_rows"] = 1
-    elif restart != "none":
+    elif restart == "every 8-63 MCUs":
         options["restart_marker_blocks"] = int(rng.integers(8, 64))
+    elif restart != "none":
+        options["restart_marker_blocks"] = int(restart.split()[1])
     return jpeg_bytes(image, **options)
 
 
@@ -116,12 +120,14 @@ def clean_rates(count: int, size: tuple[int, int]) -> None:
         flagged = []
         for seed in range(images):
             subsampling = 2 if seed % 2 == 0 else 0
-            # Restart markers leave the pixels as they are; the strip test reads where each
-            # interval ends, so each picture is also tried as if it had them.
-            pixels, mcu = decode(encode(make(seed), subsampling, "none", rng)), mcu_size(subsampling)
+            mcu = mcu_size(subsampling)
             per_row = -(-size[0] // mcu)
-            if any(damaged_row(pixels, mcu, restart_interval=interval) >= 0 for interval in (0, per_row, 8 + seed % 56)):
-                flagged.append(seed)
+            image = make(seed)
+            for restart in ("none", "every row", f"every {8 + seed % 56} MCUs"):
+                data = encode(image, subsampling, restart, rng)
+                if silent_damage_row(data, decode(data), mcu, mcu) is not None:
+                    flagged.append(seed)
+                    break
         print(f"{name:48}{images:>8}{len(flagged):>9}" + (f"   seeds {flagged[:10]}" if flagged else ""))
 
 
@@ -142,7 +148,7 @@ def length_label(length: int) -> str:
 
 def damaged_rates(images: int, tries: int, size: tuple[int, int]) -> None:
     rng = np.random.default_rng(1)
-    silent, visible, found = Counter(), Counter(), Counter()
+    silent, visible, found, rowless = Counter(), Counter(), Counter(), Counter()
     tried = loud = 0
     for index in range(images):
         scene = ("photo-like", "flat-colour")[index % 2]
@@ -170,8 +176,9 @@ def damaged_rates(images: int, tries: int, size: tuple[int, int]) -> None:
                 silent[key] += 1
                 if changed >= VISIBLE_MCUS:
                     visible[key] += 1
-                    flagged = damaged_row(pixels, mcu, restart_interval=restart_interval(damaged))
-                    found[key] += flagged >= 0 and abs(flagged - row) <= mcu
+                    flagged = silent_damage_row(damaged, pixels, mcu, mcu)
+                    found[key] += flagged is not None and flagged >= 0 and abs(flagged - row) <= mcu
+                    rowless[key] += flagged is not None and flagged < 0
     print(f"\ndamaged: {images} images x {tries} tries = {tried}; {loud} reported by libjpeg or Pillow "
           f"(found by the strict decode), {tried - loud} silent")
     print("\nsilent damage by kind and length: found with the row within one MCU, of the visible ones")
@@ -194,7 +201,8 @@ def damaged_rates(images: int, tries: int, size: tuple[int, int]) -> None:
             print(f"{scene:14}{sampling:10}" + "".join(f"{cell:>18}" for cell in cells))
     key = ("headline",)
     print(f"\nall visible damage of 16 bytes or more: {found[key]} of {visible[key]} found "
-          f"({found[key] / max(visible[key], 1):.1%}), of {silent[key]} silent")
+          f"({found[key] / max(visible[key], 1):.1%}), of {silent[key]} silent; {rowless[key]} more "
+          "reported as damaged without a row")
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ from PIL import Image, ImageDraw
 from engine.health.image_checks import inspect_image
 from engine.health.jpeg_header import restart_interval
 from engine.health.pixel_damage import damaged_row
+from engine.health.restart_strips import first_cast_strip_row
+from engine.health.scan_end import picture_ends_early
+from engine.health.silent_damage import ROW_UNKNOWN, silent_damage_row
 from tests.health_corpus import anime_scene, damage_bytes, flat_scene, screenshot
 from tests.health_corpus import damage_scan as damage
 from tests.health_corpus import jpeg_bytes as jpeg
@@ -282,15 +285,106 @@ def test_restart_interval_is_read_from_the_header():
 def test_clean_flat_colour_scenes_screenshots_and_anime_shading_are_not_flagged():
     """Rectangles over a plain background with their hard horizontal edges on MCU-row
     boundaries across much of the width, crossed by lines (seeds 62-81: the colour-offset
-    seam test alone flagged 62 and 77, 2 of 20), and screenshots and flat shading."""
+    seam test alone flagged 62 and 77, 2 of 20), and screenshots and flat shading, each
+    written with no restart markers, one every MCU row and one every 8-63 MCUs, and
+    checked from the file and its pixels as the scan checks them."""
     flagged = []
     for maker, seeds in ((flat_scene, range(62, 82)), (screenshot, range(10)), (anime_scene, range(10))):
         for seed in seeds:
             subsampling = 2 if seed % 2 == 0 else 0
-            pixels, mcu = decode(jpeg(maker(seed), subsampling=subsampling)), 16 if subsampling == 2 else 8
-            # with and without restart markers (the pixels are the same; the strip test
-            # reads where each interval ends): none, one per MCU row, every 8-63 MCUs
-            for interval in (0, SIZE[0] // mcu, 8 + seed % 56):
-                if damaged_row(pixels, mcu, restart_interval=interval) >= 0:
-                    flagged.append((maker.__name__, seed, interval))
+            mcu = 16 if subsampling == 2 else 8
+            picture = maker(seed)
+            for restart in ({}, {"restart_marker_rows": 1}, {"restart_marker_blocks": 8 + seed % 56}):
+                data = jpeg(picture, subsampling=subsampling, **restart)
+                if silent_damage_row(data, decode(data), mcu, mcu) is not None:
+                    flagged.append((maker.__name__, seed, restart))
     assert flagged == []
+
+
+# Found by search: flat-colour scenes with a restart marker every MCU row whose damage
+# casts a strip over one plain colour (and a line or an edge) to the end of its row,
+# which the strip test that asks for new colours passes by.
+CAST_STRIPS = [(2, 2, "inserted", 40, 0.3), (3, 2, "dropped", 16, 0.5), (9, 0, "zeroed", 24, 0.3)]
+
+
+@pytest.mark.parametrize(("seed", "subsampling", "kind", "length", "fraction"), CAST_STRIPS)
+def test_a_restart_interval_that_ends_in_a_cast_strip_is_corrupt_from_its_row(
+        tmp_path, seed, subsampling, kind, length, fraction):
+    data = jpeg(flat_scene(seed), subsampling=subsampling, restart_marker_rows=1)
+    damaged = damage_bytes(data, kind, length, fraction, np.random.default_rng(seed))
+    pixels, clean = decode(damaged), decode(data)
+    assert pillow_is_silent(damaged)
+    mcu = 16 if subsampling == 2 else 8
+    top, left = first_changed_mcu(clean, pixels, mcu)
+    assert not (np.abs(pixels[top + mcu:].astype(np.int16) - clean[top + mcu:]) > 8).any()  # a strip
+    assert abs(first_cast_strip_row(pixels, mcu, mcu, restart_interval(damaged)) - top) <= mcu
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(damaged)
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    assert abs(facts.damaged_row - top) <= mcu
+
+
+def test_a_bar_of_one_new_colour_is_not_a_cast_strip():
+    """A bar one MCU high over a plain background is what a cast strip over that colour
+    looks like; it does not count where it goes on past its interval's end, starts
+    mid-MCU, or has an outline or a fill of its own, nor at the right edge with nothing
+    crossing it."""
+    def bar(left: int, right: int, outline=None) -> np.ndarray:
+        image = Image.new("RGB", SIZE, (200, 120, 60))
+        ImageDraw.Draw(image).rectangle((left, 160, right - 1, 175), fill=(90, 160, 200), outline=outline)
+        return decode(jpeg(image, subsampling=0))
+
+    per_row = SIZE[0] // 16  # 16-pixel MCUs: a restart interval of one MCU row
+    assert first_cast_strip_row(bar(160, 320), 16, 16, 20) >= 0  # ends where its interval does
+    assert first_cast_strip_row(bar(160, 336), 16, 16, 20) == -1  # goes on past it
+    assert first_cast_strip_row(bar(168, 320), 16, 16, 20) == -1  # starts mid-MCU
+    assert first_cast_strip_row(bar(160, 320, outline=(0, 0, 0)), 16, 16, 20) == -1
+    assert first_cast_strip_row(bar(160, SIZE[0]), 16, 16, per_row) == -1  # to the right edge
+
+
+# Found by search: flat-colour scenes whose damage ends the picture a byte or more before
+# the scan's data, which the pixels alone do not show.
+ENDS_EARLY = [(2, 2, "inserted", 16, 0.7), (3, 2, "inserted", 24, 0.3), (8, 0, "inserted", 16, 0.3),
+              (6, 2, "flipped", 16, 0.7)]
+
+
+@pytest.mark.parametrize(("seed", "subsampling", "kind", "length", "fraction"), ENDS_EARLY)
+def test_a_picture_that_ends_before_its_scan_data_is_corrupt_from_its_row(
+        tmp_path, seed, subsampling, kind, length, fraction):
+    data = jpeg(flat_scene(seed), subsampling=subsampling)
+    damaged = damage_bytes(data, kind, length, fraction, np.random.default_rng(seed))
+    pixels, clean = decode(damaged), decode(data)
+    assert pillow_is_silent(damaged)
+    mcu = 16 if subsampling == 2 else 8
+    assert damaged_row(pixels, mcu) == -1  # the pixels alone pass it
+    assert picture_ends_early(damaged, pixels, mcu, mcu) and not picture_ends_early(data, clean, mcu, mcu)
+    top, _ = first_changed_mcu(clean, pixels, mcu)
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(damaged)
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    assert abs(facts.damaged_row - top) <= mcu and f"row {facts.damaged_row} " in facts.error
+
+
+def test_the_scan_end_probe_reads_only_sequential_scans_and_passes_whole_files():
+    """A whole file needs its last byte, with or without restart markers, fill bytes before
+    its end marker or another image after it (MPO); progressive files and cut or odd ones
+    are not probed; extra bytes before the end marker that libjpeg drops are found."""
+    picture = flat_scene(4)
+    clean = jpeg(picture, subsampling=2)
+    pixels = decode(clean)
+    end = clean.rindex(b"\xff\xd9")
+    for data in (clean, jpeg(picture, subsampling=2, restart_marker_rows=1), jpeg(picture, subsampling=0),
+                 clean[:end] + b"\xff\xff" + clean[end:], clean + jpeg(flat_scene(5))):
+        assert not picture_ends_early(data, decode(data), 16, 16)
+    assert not picture_ends_early(jpeg(picture, progressive=True), pixels, 16, 16)
+    assert not picture_ends_early(clean[:end // 2], pixels, 16, 16)
+    assert not picture_ends_early(b"not a jpeg", pixels, 16, 16)
+    padded = clean[:end] + b"\x12\x34" + clean[end:]  # two bytes the picture does not need
+    assert picture_ends_early(padded, decode(padded), 16, 16)
+    assert silent_damage_row(padded, decode(padded), 16, 16) is not None
+    busy_corner = pixels.copy()
+    busy_corner[-16:, -16:] = np.random.default_rng(0).integers(0, 256, (16, 16, 3))
+    assert not picture_ends_early(padded, busy_corner, 16, 16)  # costly last MCUs: libjpeg reports
+    assert ROW_UNKNOWN < 0

@@ -29,9 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
 from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
-from engine.health.jpeg_header import restart_interval
 from engine.health.report import MAX_PIXELS  # Pillow's decompression-bomb threshold
-from engine.health.pixel_damage import damaged_row
+from engine.health.silent_damage import ROW_UNKNOWN, silent_damage_row
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
 OTHER_IMAGE_EXTENSIONS = (
@@ -147,8 +146,12 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = damaged_row(raw, *_mcu_size(image), restart_interval=restart_interval(data))
-                if row >= 0:
+                row = silent_damage_row(data, raw, *_mcu_size(image))
+                if row == ROW_UNKNOWN:
+                    return _error("corrupt", "damaged: the picture ends before its data does (bytes lost or "
+                                  "added mid-scan that libjpeg decodes without a warning)",
+                                  format=image.format, width=width, height=height)
+                if row is not None:
                     return _error(
                         "corrupt",
                         f"damaged from row {row} of {height} down: the picture below is shifted, "

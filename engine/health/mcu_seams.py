@@ -40,19 +40,46 @@ def first_seam_row(pixels: np.ndarray, boundaries: np.ndarray, steps: np.ndarray
 
     `boundaries` are the first rows of MCU rows (from the second), `steps` which segments
     of each step (`boundary_steps`)."""
-    segments = steps.shape[1]
-    if len(boundaries) < 3 or segments < 4:
+    if len(boundaries) < 3 or steps.shape[1] < 4:
         return -1
-    # before[b, c]: stepping segments of boundary b left of segment c (c = 1 .. segments-1)
-    counts = np.concatenate([np.zeros((len(boundaries), 1), int), np.cumsum(steps, axis=1)], axis=1)
-    column = np.arange(1, segments)
-    before, total = counts[:, 1:segments], counts[:, segments:]
-    after = total - before
-    aligned = column % max(1, mcu_width // SEGMENT) == 0
+    column, before, after, aligned = _step_counts(steps, mcu_width)
     rows = [row for row in (_l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width),
                             _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width))
             if row >= 0]
     return min(rows) if rows else -1
+
+
+def likeliest_seam_row(pixels: np.ndarray, boundaries: np.ndarray, steps: np.ndarray,
+                       mcu_height: int, mcu_width: int) -> int:
+    """For a picture known to be damaged (its scan ends late, `engine.health.scan_end`):
+    the top row of the L or whole-width seam across which most of the picture changes, or
+    -1 when the picture has none. Shapes only: the damage is already known."""
+    if len(boundaries) < 3 or steps.shape[1] < 4:
+        return -1
+    column, before, after, aligned = _step_counts(steps, mcu_width)
+    seams = l_shapes(pixels, boundaries, column, before, after, aligned, mcu_height)
+    tops = [*boundaries[seams[0]].tolist(), *boundaries[steps.mean(axis=1) >= ARM_SHARE].tolist()]
+    xs = [*(column[seams[1]] * SEGMENT).tolist(), *[0] * (len(tops) - len(seams[0]))]
+    if not tops:
+        return -1
+    tops, xs = np.array(tops), np.array(xs)
+    right = np.arange(pixels.shape[1]) >= xs[:, None]
+    below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), np.arange(pixels.shape[1])]
+    above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), np.arange(pixels.shape[1])]
+    # Damage changes the picture all along its seam; content's seams leave stretches alike.
+    difference = np.abs(below[:, :, :3].astype(np.int16) - above[:, :, :3])
+    changed = (difference.max(axis=-1) > evidence.OFFSET_TOLERANCE).mean(axis=-1)
+    return int(tops[np.argmax(changed)])
+
+
+def _step_counts(steps: np.ndarray, mcu_width: int):
+    """Columns 1 .. segments-1, and for each boundary the stepping segments left of each
+    (before) and from it on (after), and which columns lie on the MCU grid."""
+    segments = steps.shape[1]
+    counts = np.concatenate([np.zeros((len(steps), 1), int), np.cumsum(steps, axis=1)], axis=1)
+    column = np.arange(1, segments)
+    before, total = counts[:, 1:segments], counts[:, segments:]
+    return column, before, total - before, column % max(1, mcu_width // SEGMENT) == 0
 
 
 def boundary_steps(rows: np.ndarray) -> np.ndarray:
@@ -82,15 +109,20 @@ def _difference_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return difference @ np.ones(difference.shape[-1], np.float32)
 
 
-def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width) -> int:
-    """Damage to the end of the picture: boundary b steps from the damaged MCU to the right
-    edge, boundary b+1 from the left edge to it, boundary b left of it is quiet."""
+def l_shapes(pixels, boundaries, column, before, after, aligned, mcu_height) -> tuple[np.ndarray, np.ndarray]:
+    """(boundary index, column index) of every L: boundary b steps from the column to the
+    right edge, boundary b+1 from the left edge to it, boundary b left of it is quiet."""
     segments = len(column) + 1
     shaped = ((after[:-1] >= ARM_SHARE * (segments - column)) & (before[1:] >= ARM_SHARE * column)
               & (before[:-1] <= QUIET_SHARE * column) & aligned
               & (np.minimum(column, segments - column) >= MIN_ARM_SEGMENTS))
     shaped[boundaries[:-1] + mcu_height + 2 > pixels.shape[0]] = False
-    seams = np.nonzero(shaped)
+    return np.nonzero(shaped)
+
+
+def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width) -> int:
+    """Damage to the end of the picture: an L (`l_shapes`) with evidence in the pixels."""
+    seams = l_shapes(pixels, boundaries, column, before, after, aligned, mcu_height)
     # The first row below each seam and the last above it, for every L at once: flat
     # content has several per picture, and the shared-cast test runs on them all.
     tops, xs = boundaries[seams[0]], column[seams[1]] * SEGMENT

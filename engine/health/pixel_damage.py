@@ -23,8 +23,8 @@ import numpy as np
 
 from engine.health import damage_evidence
 from engine.health.mcu_seams import SEGMENT as STEP_SEGMENT
-from engine.health.mcu_seams import boundary_steps, first_seam_row
-from engine.health.restart_strips import first_strip_row
+from engine.health.mcu_seams import boundary_steps, first_seam_row, likeliest_seam_row
+from engine.health.restart_strips import first_cast_strip_row, first_strip_row
 
 BLOCK = 8
 # Columns are compared per segment of SEGMENT read columns, every OFFSET_COLUMN_STEP-th.
@@ -100,24 +100,41 @@ def damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | No
         boundaries = boundaries[boundaries < filled]
     if len(boundaries) < 2:
         return filled
-    # Two rows either side of each boundary: rows[k, boundary, column, channel], a view of
-    # the pixels (the boundaries are evenly spaced), as a copy of them cost more than
-    # reading them: fresh memory is slow to touch. Both seam tests start from which
-    # 8-pixel segments of each boundary step.
-    row_stride = pixels.strides[0]
-    rows = np.lib.stride_tricks.as_strided(
-        pixels[boundaries[0] - 2:], shape=(4, len(boundaries), *pixels.shape[1:]),
-        strides=(row_stride, mcu_height * row_stride, *pixels.strides[1:]), writeable=False)
-    steps = boundary_steps(rows)
+    rows, steps = _boundary_rows(pixels, boundaries, mcu_height)
     mcu_width = mcu_width or mcu_height
     found = [_offset_seam(rows, steps, boundaries),
              first_seam_row(pixels, boundaries, steps, mcu_height, mcu_width)]
     if restart_interval:
         found.append(first_strip_row(pixels, steps, mcu_height, mcu_width, restart_interval))
+        found.append(first_cast_strip_row(pixels, mcu_height, mcu_width, restart_interval))
     if pixels.shape[1] >= MIN_SEAM_WIDTH:
         found.append(_clipped_seam(pixels[:, ::COLUMN_STEP, :3], boundaries))
     found = [row for row in found if row >= 0]
     return min(found) if found else filled
+
+
+def likeliest_damaged_row(pixels: np.ndarray, mcu_height: int = BLOCK, mcu_width: int | None = None) -> int:
+    """Where damage known from the file itself (`engine.health.scan_end`) most likely
+    starts: the seam on the MCU grid across which most of the picture changes, or -1."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    boundaries = np.arange(mcu_height, pixels.shape[0] - 1, mcu_height)
+    if len(boundaries) < 3:
+        return -1
+    _, steps = _boundary_rows(pixels, boundaries, mcu_height)
+    return likeliest_seam_row(pixels, boundaries, steps, mcu_height, mcu_width or mcu_height)
+
+
+def _boundary_rows(pixels: np.ndarray, boundaries: np.ndarray, mcu_height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two rows either side of each boundary, rows[k, boundary, column, channel], and
+    which 8-pixel segments of each boundary step. The rows are a view of the pixels (the
+    boundaries are evenly spaced): a copy cost more than reading them, as fresh memory is
+    slow to touch."""
+    row_stride = pixels.strides[0]
+    rows = np.lib.stride_tricks.as_strided(
+        pixels[boundaries[0] - 2:], shape=(4, len(boundaries), *pixels.shape[1:]),
+        strides=(row_stride, mcu_height * row_stride, *pixels.strides[1:]), writeable=False)
+    return rows, boundary_steps(rows)
 
 
 def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) -> int:

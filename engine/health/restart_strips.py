@@ -104,3 +104,127 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
     return evidence.shared_cast(edges_in, edges_out) or (
         x > 0 and evidence.garbage_at(pixels, top, x, mcu_height, mcu_width)
         and evidence.vertical_seam(pixels, top, mcu_height, x))
+
+
+# A cast strip: the last MCU of a restart interval is the picture above and below it plus
+# one offset of at least MIN_CAST in some channel (the same offset at its top and its
+# bottom edge, to CAST_TOLERANCE), and so are the MCUs before it in the interval, back to
+# where the damage starts: CAST_FIT of their pixels on average (a line crossing one MCU
+# fits less) and in the first, the upper half of each MCU against the row above the strip and the lower half
+# against the row below (so a bar with an outline or a fill of its own does not fit). The
+# strip starts on an MCU: the MCU before it fits the offset for at most SHARP_START of
+# its pixels and the first EDGE_COLUMNS columns of its own first MCU fit for half or more
+# (a bar that happens to start mid-MCU fits neither way), and the interval's end is
+# its end: the MCU after it fits the offset for less than half.
+MIN_CAST = 12
+CAST_TOLERANCE = 6
+CAST_FIT = 0.8
+SHARP_START = 0.2
+EDGE_COLUMNS = 2
+# A strip that ends at the right edge is also what a bar of one new colour looks like
+# there: it counts only when the offset carries structure through it (MIN_STRUCTURE
+# pixels per sampled row that differ from the strip's surroundings by STRUCTURE_STEP:
+# a line or a shape's edge crossing it) or it starts after an MCU of garbage (one that
+# fits neither the offset nor the picture around it).
+STRUCTURE_STEP = 24
+MIN_STRUCTURE = 4
+
+
+def first_cast_strip_row(pixels: np.ndarray, mcu_height: int, mcu_width: int, interval: int) -> int:
+    """The top row of the first MCU row where a restart interval ends in a colour-cast
+    strip, or -1. Flat content: a cast over one plain colour is just a strip of a new
+    colour to `first_strip_row`, which asks for colours the picture around lacks."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    pixels = pixels[:, :, :3]
+    height, width = pixels.shape[:2]
+    rows, columns = height // mcu_height, width // mcu_width  # whole MCUs only
+    per_row = -(-width // mcu_width)
+    if rows < 3 or columns < MIN_STRIP_MCUS or interval < MIN_STRIP_MCUS:
+        return -1
+    # Every interval's last MCU with a whole MCU row above and below it: the median step
+    # across its top edge and across its bottom edge, all at once.
+    last = np.arange(interval, rows * per_row + 1, interval) - 1
+    last = last[(last // per_row >= 1) & (last // per_row < rows - 1) & (last % per_row < columns)]
+    if not len(last):
+        return -1
+    top = last // per_row * mcu_height
+    span = last[:, None] % per_row * mcu_width + np.arange(mcu_width)
+    step_top = np.median(pixels[top[:, None], span].astype(np.int16) - pixels[top[:, None] - 1, span], axis=1)
+    bottom = top + mcu_height
+    step_bottom = np.median(pixels[bottom[:, None] - 1, span].astype(np.int16) - pixels[bottom[:, None], span], axis=1)
+    offset = np.round((step_top + step_bottom) / 2)
+    cast = ((np.abs(step_top).max(axis=1) >= MIN_CAST) & (np.abs(offset).max(axis=1) >= MIN_CAST)
+            & (np.abs(step_top - step_bottom).max(axis=1) <= CAST_TOLERANCE))
+    for end, strip_offset in zip(last[cast].tolist(), offset[cast]):
+        start = _cast_start(pixels, end, strip_offset, interval, per_row, columns, mcu_height, mcu_width)
+        if start >= 0:
+            return start // per_row * mcu_height
+    return -1
+
+
+def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu_width) -> int:
+    """The first MCU of the cast strip that ends with MCU `end`, or -1 when there is none."""
+    def fit(mcu: int, strip: range, strip_offset=offset, beside=None) -> float:
+        return _offset_fit(pixels, mcu, strip, strip_offset, per_row, mcu_height, mcu_width, beside)
+
+    first = max(0, end - interval + 1)
+    fits, start, total = {}, -1, 0.0
+    for mcu in range(end, first - 1, -1):
+        if mcu % per_row >= columns:
+            break
+        fits[mcu] = fit(mcu, range(mcu, end + 1))
+        total += fits[mcu]
+        if end + 1 - mcu < MIN_STRIP_MCUS or total < CAST_FIT * (end + 1 - mcu):
+            continue
+        if _offset_fit(pixels, mcu, range(mcu, end + 1), offset, per_row, mcu_height, mcu_width,
+                       columns=EDGE_COLUMNS) < 0.5:
+            continue  # its left edge is not the MCU's: a bar that starts mid-MCU
+        before = mcu - 1
+        if before >= 0 and before % per_row < columns and fit(before, range(before, end + 1)) > SHARP_START:
+            continue
+        start = mcu  # the longest strip that fits wins
+    if start < 0:
+        return -1
+    after = end + 1
+    if (after % per_row < columns and after // per_row < pixels.shape[0] // mcu_height
+            and fit(after, range(after, after + 1)) >= 0.5):
+        return -1  # the strip goes on past the interval's end: content, not damage
+    if (end + 1) % per_row == 0 or (end + 1) % per_row >= columns:
+        around = []
+        for mcu in range(start, end + 1):
+            fit(mcu, range(start, end + 1), beside=around)
+        around = np.concatenate(around).astype(np.int16)
+        structure = int((np.abs(around - np.median(around, axis=0)).max(axis=-1) > STRUCTURE_STEP).sum())
+        before = start - 1
+        garbage = (before >= 0 and before % per_row < columns
+                   and fit(before, range(before, before + 1), np.zeros(3)) < 0.5)
+        samples = len(around) // (mcu_width * (end + 1 - start))
+        if structure < MIN_STRUCTURE * samples and not garbage:
+            return -1
+    return start
+
+
+def _offset_fit(pixels, mcu, strip, offset, per_row, mcu_height, mcu_width, beside=None, columns=None) -> float:
+    """The share of MCU `mcu`'s pixels that are the picture beside `strip` plus `offset`:
+    its upper half against the row above, its lower half against the row below (the other
+    row where the MCU above or below is in the strip too; every other row of tall MCUs);
+    of its first `columns` columns only when given."""
+    row, column = divmod(mcu, per_row)
+    y, x = row * mcu_height, column * mcu_width
+    if columns:
+        mcu_width = columns
+    above = y > 0 and mcu - per_row not in strip
+    below = y + mcu_height < pixels.shape[0] and mcu + per_row not in strip
+    if not (above or below):
+        return 0.0
+    inner = pixels[y:y + mcu_height:2 if mcu_height > 8 else 1, x:x + mcu_width].astype(np.int16)
+    upper = np.arange(y, y + mcu_height, 2 if mcu_height > 8 else 1) < y + mcu_height // 2
+    reference_row = np.where((upper & above) | (not below), y - 1, y + mcu_height)
+    outer = pixels[reference_row, x:x + mcu_width].astype(np.int16)
+    if beside is not None:
+        beside.append(outer.reshape(-1, outer.shape[-1]))
+    expected = outer + offset
+    fits = ((np.abs(inner - expected) <= CAST_TOLERANCE) | ((inner == 255) & (expected >= 255 - CAST_TOLERANCE))
+            | ((inner == 0) & (expected <= CAST_TOLERANCE))).all(axis=-1)
+    return float(fits.mean())

@@ -121,7 +121,6 @@ def clean_rates(count: int, size: tuple[int, int]) -> None:
         for seed in range(images):
             subsampling = 2 if seed % 2 == 0 else 0
             mcu = mcu_size(subsampling)
-            per_row = -(-size[0] // mcu)
             image = make(seed)
             for restart in ("none", "every row", f"every {8 + seed % 56} MCUs"):
                 data = encode(image, subsampling, restart, rng)

@@ -388,3 +388,21 @@ def test_the_scan_end_probe_reads_only_sequential_scans_and_passes_whole_files()
     busy_corner[-16:, -16:] = np.random.default_rng(0).integers(0, 256, (16, 16, 3))
     assert not picture_ends_early(padded, busy_corner, 16, 16)  # costly last MCUs: libjpeg reports
     assert ROW_UNKNOWN < 0
+
+
+@pytest.mark.parametrize(("seed", "start", "delay"), [(1, 7 * 40 + 13, 1), (2, 18 * 40 + 30, 3), (3, 3 * 40 + 2, 2)])
+def test_the_row_where_the_picture_comes_out_delayed_is_found(seed, start, delay):
+    """Damage that decoded as MCUs to spare delays the rest of the picture by whole MCUs
+    (in raster order): made here by moving a flat-colour scene's MCUs, the locator names
+    the MCU row where the delay starts (to one MCU row: where few edges cross the rows,
+    the L one row up explains them as well)."""
+    from engine.health.damage_locator import delayed_seam_row
+
+    pixels = decode(jpeg(flat_scene(seed)))
+    mcus = pixels.reshape(30, 16, 40, 16, 3).transpose(0, 2, 1, 3, 4).reshape(1200, 16, 16, 3)
+    delayed = mcus.copy()
+    delayed[start + delay:] = mcus[start:1200 - delay]
+    delayed[start:start + delay] = mcus[start - 1]  # the damaged MCUs: the colour before them
+    picture = delayed.reshape(30, 40, 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(480, 640, 3)
+    assert abs(delayed_seam_row(np.ascontiguousarray(picture), 16, 16) - start // 40 * 16) <= 16
+    assert delayed_seam_row(pixels, 16, 16) in (-1, *range(16, 480, 16))  # a whole picture: any seam, or none

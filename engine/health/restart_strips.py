@@ -113,13 +113,16 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
 # fits less) and in the first, the upper half of each MCU against the row above the strip and the lower half
 # against the row below (so a bar with an outline or a fill of its own does not fit). The
 # strip starts on an MCU: the MCU before it fits the offset for at most SHARP_START of
-# its pixels and the first EDGE_COLUMNS columns of its own first MCU fit for half or more
-# (a bar that happens to start mid-MCU fits neither way), and the interval's end is
+# its pixels unless it is garbage (its pixels fit neither the offset nor the picture
+# around for more than WHOLE together), and the first EDGE_COLUMNS columns of its own
+# first MCU fit for half or more (a bar that happens to start mid-MCU fits neither
+# way), and the interval's end is
 # its end: the MCU after it fits the offset for less than half.
 MIN_CAST = 12
 CAST_TOLERANCE = 6
 CAST_FIT = 0.8
 SHARP_START = 0.2
+WHOLE = 0.9
 EDGE_COLUMNS = 2
 # A strip that ends at the right edge is also what a bar of one new colour looks like
 # there: it counts only when the offset carries structure through it (MIN_STRUCTURE
@@ -181,8 +184,9 @@ def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu
                        columns=EDGE_COLUMNS) < 0.5:
             continue  # its left edge is not the MCU's: a bar that starts mid-MCU
         before = mcu - 1
-        if before >= 0 and before % per_row < columns and fit(before, range(before, end + 1)) > SHARP_START:
-            continue
+        if (before >= 0 and before % per_row < columns and fit(before, range(before, end + 1)) > SHARP_START
+                and fit(before, range(before, end + 1)) + fit(before, range(before, end + 1), np.zeros(3)) >= WHOLE):
+            continue  # the MCU before it is part picture, part strip: a bar that starts mid-MCU
         start = mcu  # the longest strip that fits wins
     if start < 0:
         return -1
@@ -207,9 +211,10 @@ def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu
 
 def _offset_fit(pixels, mcu, strip, offset, per_row, mcu_height, mcu_width, beside=None, columns=None) -> float:
     """The share of MCU `mcu`'s pixels that are the picture beside `strip` plus `offset`:
-    its upper half against the row above, its lower half against the row below (the other
-    row where the MCU above or below is in the strip too; every other row of tall MCUs);
-    of its first `columns` columns only when given."""
+    its upper half against the row above and its lower half against the row below, or all
+    of it against either one (a strip along a shape's edge has the shape on one side);
+    rows where the MCU above or below is in the strip too are not read, nor every other
+    row of tall MCUs; only its first `columns` columns when given."""
     row, column = divmod(mcu, per_row)
     y, x = row * mcu_height, column * mcu_width
     if columns:
@@ -220,11 +225,17 @@ def _offset_fit(pixels, mcu, strip, offset, per_row, mcu_height, mcu_width, besi
         return 0.0
     inner = pixels[y:y + mcu_height:2 if mcu_height > 8 else 1, x:x + mcu_width].astype(np.int16)
     upper = np.arange(y, y + mcu_height, 2 if mcu_height > 8 else 1) < y + mcu_height // 2
-    reference_row = np.where((upper & above) | (not below), y - 1, y + mcu_height)
-    outer = pixels[reference_row, x:x + mcu_width].astype(np.int16)
-    if beside is not None:
-        beside.append(outer.reshape(-1, outer.shape[-1]))
-    expected = outer + offset
-    fits = ((np.abs(inner - expected) <= CAST_TOLERANCE) | ((inner == 255) & (expected >= 255 - CAST_TOLERANCE))
-            | ((inner == 0) & (expected <= CAST_TOLERANCE))).all(axis=-1)
-    return float(fits.mean())
+    references = [np.where((upper & above) | (not below), y - 1, y + mcu_height)]
+    if above and below:
+        references += [np.full(len(upper), y - 1), np.full(len(upper), y + mcu_height)]
+    best = 0.0
+    for reference_row in references:
+        outer = pixels[reference_row, x:x + mcu_width].astype(np.int16)
+        expected = outer + offset
+        fits = ((np.abs(inner - expected) <= CAST_TOLERANCE) | ((inner == 255) & (expected >= 255 - CAST_TOLERANCE))
+                | ((inner == 0) & (expected <= CAST_TOLERANCE))).all(axis=-1)
+        best = max(best, float(fits.mean()))
+        if beside is not None:
+            beside.append(outer.reshape(-1, outer.shape[-1]))
+            beside = None  # the split reference's rows stand for the MCU's surroundings
+    return best

@@ -2,13 +2,15 @@
 
 Two witnesses, the file first when it can speak: a picture that ends before its scan
 does (`engine.health.scan_end`) is damaged for certain, and the pixels then only say
-where; otherwise the pixels alone must show it (`engine.health.pixel_damage`), with the
+where (`engine.health.damage_locator`: from there on the picture comes out delayed);
+otherwise the pixels alone must show it (`engine.health.pixel_damage`), with the
 restart interval from the header (`engine.health.jpeg_header`) saying where strips end.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from engine.health.damage_locator import delayed_seam_row
 from engine.health.jpeg_header import restart_interval
 from engine.health.pixel_damage import damaged_row, likeliest_damaged_row
 from engine.health.scan_end import picture_ends_early
@@ -24,5 +26,6 @@ def silent_damage_row(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_widt
     if row >= 0:
         return row
     if picture_ends_early(data, pixels, mcu_height, mcu_width):
-        return likeliest_damaged_row(pixels, mcu_height, mcu_width)
+        row = delayed_seam_row(pixels, mcu_height, mcu_width)
+        return row if row >= 0 else likeliest_damaged_row(pixels, mcu_height, mcu_width)
     return None

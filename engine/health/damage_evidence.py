@@ -78,21 +78,27 @@ def column_step(pixels: np.ndarray, top: int, bottom: int, x: int) -> float:
 def vertical_seam(pixels: np.ndarray, top: int, mcu_height: int, x: int) -> bool:
     """A step at column x through the MCU row from `top`, and not in the MCU rows above
     and below (where an object's edge would go on)."""
-    # The three MCU rows' columns are read at once (the same numbers as column_step's).
-    first = max(0, top - mcu_height)
-    columns = pixels[first:top + 2 * mcu_height, x - 1:x + 1, :3].astype(np.int16)
-    per_row = np.abs(columns[:, 1] - columns[:, 0]).max(axis=-1)
+    return bool(vertical_seams(pixels, np.array([top]), np.array([x]), mcu_height)[0])
 
-    def mean_step(row_top: int) -> float:
-        if row_top < 0 or row_top + mcu_height > pixels.shape[0]:
-            return 0.0
-        return float(per_row[row_top - first:row_top - first + mcu_height].mean())
 
-    step = mean_step(top)
-    if step < SEAM_MIN:
-        return False
-    beside = max(mean_step(top - mcu_height), mean_step(top + mcu_height))
-    return step >= SEAM_RATIO * beside + SEAM_MARGIN
+def vertical_seams(pixels: np.ndarray, tops: np.ndarray, xs: np.ndarray, mcu_height: int) -> np.ndarray:
+    """`vertical_seam` for several (top, x) at once: flat content has a dozen L-shaped
+    candidates per picture, and this test rules out most of them."""
+    if not len(tops):
+        return np.zeros(0, bool)
+    # The three MCU rows around each candidate, the two columns either side of x; rows
+    # outside the picture count as no step.
+    rows = tops[:, None] - mcu_height + np.arange(3 * mcu_height)
+    inside = (rows >= 0) & (rows < pixels.shape[0])
+    rows = np.clip(rows, 0, pixels.shape[0] - 1)
+    left = pixels[rows, np.maximum(xs - 1, 0)[:, None], :3].astype(np.int16)
+    right = pixels[rows, xs[:, None], :3].astype(np.int16)
+    per_row = np.abs(right - left).max(axis=-1) * inside
+    means = per_row.reshape(len(tops), 3, mcu_height).mean(axis=-1)  # above, the row, below
+    whole = inside.reshape(len(tops), 3, mcu_height).all(axis=-1)
+    means = np.where(whole, means, 0.0)
+    step = means[:, 1]
+    return (step >= SEAM_MIN) & (step >= SEAM_RATIO * np.maximum(means[:, 0], means[:, 2]) + SEAM_MARGIN)
 
 
 def unseen_share(pixels: np.ndarray, seen_in: np.ndarray) -> float:
@@ -228,13 +234,14 @@ def shared_cast(below: np.ndarray, above: np.ndarray) -> bool:
     return bool(shared_casts(below[None], above[None])[0])
 
 
-def shared_casts(below: np.ndarray, above: np.ndarray) -> np.ndarray:
+def shared_casts(below: np.ndarray, above: np.ndarray, column_step: int = CAST_COLUMN_STEP) -> np.ndarray:
     """`shared_cast` for several seams at once (seam × pixels × channels): an L-shaped seam
-    in flat content is common, and one pass over all of them costs little more than one."""
+    in flat content is common, and one pass over all of them costs little more than one.
+    Every `column_step`-th pixel is read (1: the caller took them already)."""
     # Seam × channel × pixel: numpy reduces a contiguous last axis several times faster
     # than across 3 channels.
-    below = below[:, ::CAST_COLUMN_STEP, :3].transpose(0, 2, 1).astype(np.int16, order="C")
-    above = above[:, ::CAST_COLUMN_STEP, :3].transpose(0, 2, 1).astype(np.int16, order="C")
+    below = below[:, ::column_step, :3].transpose(0, 2, 1).astype(np.int16, order="C")
+    above = above[:, ::column_step, :3].transpose(0, 2, 1).astype(np.int16, order="C")
     pixels = below.shape[2]
     if below.shape[1] < 3 or pixels < 16:
         return np.zeros(len(below), bool)

@@ -125,19 +125,22 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
     seams = l_shapes(pixels, boundaries, column, before, after, aligned, mcu_height)
     # The first row below each seam and the last above it, for every L at once: flat
     # content has several per picture, and the shared-cast test runs on them all.
+    # (Only the columns the shared-cast test reads are gathered.)
     tops, xs = boundaries[seams[0]], column[seams[1]] * SEGMENT
-    right = np.arange(pixels.shape[1]) >= xs[:, None]
-    first_below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), np.arange(pixels.shape[1])]
-    last_above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), np.arange(pixels.shape[1])]
-    shared = evidence.shared_casts(first_below, last_above)
-    for top, x, shared_cast in zip(tops.tolist(), xs.tolist(), shared):
-        bottom = top + mcu_height
-        above = np.concatenate([pixels[top - 2:top, x:], pixels[bottom - 2:bottom, :x]], axis=1)
-        below = np.concatenate([pixels[top:top + 2, x:], pixels[bottom:bottom + 2, :x]], axis=1)
-        if not evidence.vertical_seam(pixels, top, mcu_height, x):
+    read = np.arange(0, pixels.shape[1], evidence.CAST_COLUMN_STEP)
+    right = read >= xs[:, None]
+    first_below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), read]
+    last_above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), read]
+    shared = evidence.shared_casts(first_below, last_above, column_step=1)
+    seamed = evidence.vertical_seams(pixels, tops, xs, mcu_height)
+    for top, x, shared_cast, vertical in zip(tops.tolist(), xs.tolist(), shared, seamed):
+        if not vertical:
             if shared_cast:
                 return top
             continue
+        bottom = top + mcu_height
+        above = np.concatenate([pixels[top - 2:top, x:], pixels[bottom - 2:bottom, :x]], axis=1)
+        below = np.concatenate([pixels[top:top + 2, x:], pixels[bottom:bottom + 2, :x]], axis=1)
         if evidence.grainy(pixels[top - 1]):
             # On texture the picture goes on across a boundary: colours it does not have
             # just above are a cast (or other content, which the seam's shape rules out).

@@ -406,3 +406,21 @@ def test_the_row_where_the_picture_comes_out_delayed_is_found(seed, start, delay
     picture = delayed.reshape(30, 40, 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(480, 640, 3)
     assert abs(delayed_seam_row(np.ascontiguousarray(picture), 16, 16) - start // 40 * 16) <= 16
     assert delayed_seam_row(pixels, 16, 16) in (-1, *range(16, 480, 16))  # a whole picture: any seam, or none
+
+
+# Found by search: photos damaged in their first or last MCU row, where the L has one arm.
+EDGE_ROWS = [("zeroed", 16, 0.005, 0), ("dropped", 16, 0.01, 0), ("zeroed", 16, 0.99, 464), ("inserted", 40, 0.995, 464)]
+
+
+@pytest.mark.parametrize(("kind", "length", "fraction", "row"), EDGE_ROWS)
+def test_damage_in_the_first_or_last_mcu_row_is_corrupt_from_its_row(tmp_path, kind, length, fraction, row):
+    data = jpeg(photo(0))
+    damaged = damage_bytes(data, kind, length, fraction, np.random.default_rng(0))
+    pixels, clean = decode(damaged), decode(data)
+    assert pillow_is_silent(damaged)
+    assert first_changed_mcu(clean, pixels, 16)[0] == row
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(damaged)
+    facts = inspect_image(path)
+    assert facts.error_code == "corrupt"
+    assert abs(facts.damaged_row - row) <= 16

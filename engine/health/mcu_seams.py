@@ -44,7 +44,8 @@ def first_seam_row(pixels: np.ndarray, boundaries: np.ndarray, steps: np.ndarray
         return -1
     column, before, after, aligned = _step_counts(steps, mcu_width)
     rows = [row for row in (_l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width),
-                            _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width))
+                            _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_width),
+                            _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_height))
             if row >= 0]
     return min(rows) if rows else -1
 
@@ -183,3 +184,34 @@ def _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, 
             return top
     return -1
 
+
+
+def _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_height) -> int:
+    """Damage in the first or the last MCU row, where the L has one arm: in the first, the
+    boundary below it steps from the left edge to the damaged MCU (from there on both
+    sides are damaged alike); in the last, the boundary above it steps from the damaged MCU
+    to the right edge. Textured content only, with colours across the arm that the picture
+    on its other side lacks: a flat bar along the picture's edge is ordinary. The last row
+    asks for texture in most 8-pixel runs, not just grain between neighbours: the bottom
+    edge of windows of text at the foot of a screenshot passed the grain test."""
+    segments = len(column) + 1
+    length = segments - column
+    first = ((before[0] >= ARM_SHARE * column) & (after[0] <= QUIET_SHARE * length) & aligned
+             & (column >= MIN_STRIP_SEGMENTS))
+    for index in np.flatnonzero(first):
+        x = int(column[index]) * SEGMENT
+        top = int(boundaries[0])
+        if (evidence.vertical_seam(pixels, 0, mcu_height, x) and evidence.grainy(pixels[top - 1, :x])
+                and evidence.unseen_share(pixels[top:top + 2, :x], pixels[top - 2:top, :x]) >= UNSEEN_SHARE):
+            return 0
+    top = int(boundaries[-1])
+    if top + mcu_height < pixels.shape[0] - 1:
+        return -1  # the last boundary is not the last MCU row's
+    last = ((after[-1] >= ARM_SHARE * length) & (before[-1] <= QUIET_SHARE * column) & aligned
+            & (length >= MIN_STRIP_SEGMENTS))
+    for index in np.flatnonzero(last):
+        x = int(column[index]) * SEGMENT
+        if (evidence.vertical_seam(pixels, top, mcu_height, x) and evidence.textured(pixels[top - 1, x:])
+                and evidence.unseen_share(pixels[top:top + 2, x:], pixels[top - 2:top, x:]) >= UNSEEN_SHARE):
+            return top
+    return -1

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.health.silent_damage import silent_damage_row  # noqa: E402
+from engine.health.silent_damage import silent_damage  # noqa: E402
 from tests.health_corpus import (  # noqa: E402
     DAMAGE_KINDS, anime_scene, damage_bytes, flat_scene, jpeg_bytes, photo, screenshot,
 )
@@ -125,7 +125,7 @@ def clean_rates(count: int, size: tuple[int, int], seed: int = 0) -> None:
             image = make(seed)
             for restart in ("none", "every row", f"every {8 + seed % 56} MCUs"):
                 data = encode(image, subsampling, restart, rng)
-                if silent_damage_row(data, decode(data), mcu, mcu) is not None:
+                if silent_damage(data, decode(data), mcu, mcu) is not None:
                     flagged.append(seed)
                     break
         print(f"{name:48}{images:>8}{len(flagged):>9}" + (f"   seeds {flagged[:10]}" if flagged else ""))
@@ -176,9 +176,9 @@ def damaged_rates(images: int, tries: int, size: tuple[int, int], seed: int = 1)
                 silent[key] += 1
                 if changed >= VISIBLE_MCUS:
                     visible[key] += 1
-                    flagged = silent_damage_row(damaged, pixels, mcu, mcu)
-                    found[key] += flagged is not None and flagged >= 0 and abs(flagged - row) <= mcu
-                    rowless[key] += flagged is not None and flagged < 0
+                    flagged = silent_damage(damaged, pixels, mcu, mcu)
+                    found[key] += flagged is not None and flagged.row >= 0 and abs(flagged.row - row) <= mcu
+                    rowless[key] += flagged is not None and flagged.row < 0
     print(f"\ndamaged: {images} images x {tries} tries = {tried}; {loud} reported by libjpeg or Pillow "
           f"(found by the strict decode), {tried - loud} silent")
     print("\nsilent damage by kind and length: found with the row within one MCU, of the visible ones")

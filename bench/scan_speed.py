@@ -110,24 +110,24 @@ def cpu_per_image(paths: list[Path]) -> tuple[float, float]:
 
 def pixel_check_cost(paths: list[Path], rounds: int = 9) -> tuple[float, float]:
     """CPU milliseconds per image of inspect_image with the pixel-damage checks and without
-    them (silent_damage_row answering "whole" at once), alternating runs over the same files so
+    them (silent_damage answering "whole" at once), alternating runs over the same files so
     that a busy machine slows both alike; the lowest of `rounds` runs of each."""
     from engine.health import image_checks
 
     sample = paths[:100]
     image_checks.inspect_image(sample[0])
-    checks = image_checks.silent_damage_row
+    checks = image_checks.silent_damage
     with_checks, without = [], []
     try:
         for _ in range(rounds):
             for switched_on, times in ((True, with_checks), (False, without)):
-                image_checks.silent_damage_row = checks if switched_on else (lambda *args, **kwargs: None)
+                image_checks.silent_damage = checks if switched_on else (lambda *args, **kwargs: None)
                 started = time.process_time()
                 for path in sample:
                     image_checks.inspect_image(path)
                 times.append((time.process_time() - started) * 1000 / len(sample))
     finally:
-        image_checks.silent_damage_row = checks
+        image_checks.silent_damage = checks
     return min(with_checks), min(without)
 
 

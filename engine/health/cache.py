@@ -14,7 +14,7 @@ from engine.atomic import atomic_write_text
 from engine.health.image_checks import ImageFacts
 
 # Bump when ImageFacts or what a check measures changes: old entries are then re-decoded.
-CACHE_VERSION = 7  # 3: cut PNGs carry the row their pixels end at; 4: the colour-offset seam test (other JPEG verdicts); 5: XXH3 pixel hashes; 6: MCU-grid seams (shifted damage from any MCU, restart strips) and no offset seam on flat areas (other JPEG verdicts); 7: strips that end with their restart interval, casts shared by two colours (other JPEG verdicts)
+CACHE_VERSION = 8  # 3: cut PNGs carry the row their pixels end at; 4: the colour-offset seam test (other JPEG verdicts); 5: XXH3 pixel hashes; 6: MCU-grid seams (shifted damage from any MCU, restart strips) and no offset seam on flat areas (other JPEG verdicts); 7: strips that end with their restart interval, casts shared by two colours (other JPEG verdicts); 8: a picture that ends before its scan data, cast strips over one colour, damage in the first or last MCU row (other JPEG verdicts)
 _DEFAULTS = {item.name: item.default for item in fields(ImageFacts)}
 
 Entry = tuple[tuple[int, int], ImageFacts]  # ((size, mtime_ns), facts)

@@ -30,7 +30,7 @@ from engine.dataset.folders import IMAGE_EXTENSIONS
 from engine.errors import first_line
 from engine.health.file_access import FileTooLarge, NotRegularFile, read_regular_file, reason
 from engine.health.report import MAX_PIXELS  # Pillow's decompression-bomb threshold
-from engine.health.silent_damage import ROW_UNKNOWN, silent_damage_row
+from engine.health.silent_damage import ROW_UNKNOWN, silent_damage
 
 # Image files the trainer skips: reported as unreadable so nobody expects them trained.
 OTHER_IMAGE_EXTENSIONS = (
@@ -146,18 +146,10 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
         try:
             if image.format in ("JPEG", "MPO"):
                 raw = _decode_jpeg_strictly(data, image)
-                row = silent_damage_row(data, raw, *_mcu_size(image))
-                if row == ROW_UNKNOWN:
-                    return _error("corrupt", "damaged: the picture ends before its data does (bytes lost or "
-                                  "added mid-scan that libjpeg decodes without a warning)",
-                                  format=image.format, width=width, height=height)
-                if row is not None:
-                    return _error(
-                        "corrupt",
-                        f"damaged from row {row} of {height} down: the picture below is shifted, "
-                        "colour-cast or grey (lost or altered bytes that libjpeg decodes without a warning)",
-                        format=image.format, width=width, height=height, damaged_row=row,
-                    )
+                damage = silent_damage(data, raw, *_mcu_size(image))
+                if damage is not None:
+                    return _error("corrupt", _silent_damage_message(damage, height), format=image.format,
+                                  width=width, height=height, damaged_row=damage.row)
                 pixels = _image_over(raw)
             else:
                 pixels = _decode_with_pillow(data, image)
@@ -165,6 +157,17 @@ def _inspect_data(data: bytes, extension: str, max_pixels: int) -> ImageFacts:
             return _error("corrupt", str(error), format=image.format, width=width, height=height,
                           damaged_row=error.row)
         return _describe(image, pixels, color_mode, raw)
+
+
+def _silent_damage_message(damage, height: int) -> str:
+    how = "lost or altered bytes that libjpeg decodes without a warning"
+    if not damage.ends_early:
+        return (f"damaged from row {damage.row} of {height} down: the picture below is shifted, "
+                f"colour-cast or grey ({how})")
+    if damage.row == ROW_UNKNOWN:
+        return f"damaged: the picture ends before its data does ({how})"
+    return (f"damaged from row {damage.row} of {height} down, where the picture comes out shifted: "
+            f"it ends before its data does ({how})")
 
 
 def _unidentified(data: bytes, extension: str, error: BaseException) -> ImageFacts:

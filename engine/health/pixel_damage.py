@@ -39,10 +39,12 @@ MIN_STEP = 3.0
 # The cast explains the step: the row below is the row above plus one offset per channel
 # (estimated from at least MIN_INSIDE pixels not pushed to 0 or 255) to within
 # EXPLAINED of the row's own spread and NATURAL_RESIDUAL times the natural row-to-row
-# step. A real horizon or hard edge meets other content (or a flat side, whose spread
-# under MIN_SPREAD explains nothing), so no offset explains it.
+# step, and FITTING_SHARE of the pixels within that much. A real horizon or hard edge
+# meets other content (or a flat side, whose spread under MIN_SPREAD explains nothing),
+# so no offset explains it.
 MIN_INSIDE = 8
 MIN_SPREAD = 3.0
+FITTING_SHARE = 0.5
 EXPLAINED = 0.5
 NATURAL_RESIDUAL = 1.5
 # An offset that moves luma or chroma by MIN_OFFSET counts, in MIN_SEGMENTS segments of
@@ -187,8 +189,14 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     residual = (np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).sum(axis=(1, 2)) / counted
     spread = (np.abs(below - below.mean(axis=1, keepdims=True)) * weight).sum(axis=(1, 2)) / counted
     luma, chroma = _luma_and_chroma(offset)
+    # ... pixel by pixel, not only on average: where a few pixels carry the spread (a
+    # shape's outline on a shaded flat colour), the mean residual passes while the
+    # outline, unshaded, does not fit.
+    tolerance = np.maximum(OFFSET_TOLERANCE, NATURAL_RESIDUAL * natural + 2)[:, None]
+    fitting = ((np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).max(axis=-1) <= tolerance).mean(axis=1)
     evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
-                & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2))
+                & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2)
+                & (fitting >= FITTING_SHARE))
     # A colour gradient steps at every chroma block boundary; damage steps once.
     for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):
         neighbour = np.clip(candidates[0] + distance, 0, len(boundaries) - 1)

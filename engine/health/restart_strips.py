@@ -17,6 +17,10 @@ import numpy as np
 from engine.health import damage_evidence as evidence
 from engine.health.mcu_seams import ARM_SHARE, QUIET_SHARE, SEGMENT, UNSEEN_SHARE
 
+# A cast on texture leaves texture inside the strip, except where it pushes the picture
+# to 0 or 255: CLIPPED_INSIDE of its edge pixels with a channel there (five times the
+# share around it) stands for texture.
+CLIPPED_INSIDE = 0.25
 # A strip of fewer MCUs is too short to tell from content.
 MIN_STRIP_MCUS = 4
 # MCUs before the strip on its row, and after it, that must be quiet.
@@ -97,10 +101,12 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
     if evidence.unseen_share(inside, around) < UNSEEN_SHARE:
         return False
     top, x = start // per_row * mcu_height, start % per_row * mcu_width
-    if evidence.grainy(around):
-        return True
+    edges_in = np.concatenate(inner_top + inner_bottom)
+    if evidence.grainy(around) and (evidence.grainy(edges_in) or _clipped_share(edges_in) >= CLIPPED_INSIDE
+                                    > _clipped_share(around) * 5):
+        return True  # texture cast (a flat bar over text is grainy around, not inside; a cast flattens where it clips)
     # Flat content: a bar of a new colour is ordinary; a cast carries the colours around it.
-    edges_in, edges_out = np.concatenate(inner_top + inner_bottom), np.concatenate(outer_top + outer_bottom)
+    edges_out = np.concatenate(outer_top + outer_bottom)
     return evidence.shared_cast(edges_in, edges_out) or (
         x > 0 and evidence.garbage_at(pixels, top, x, mcu_height, mcu_width)
         and evidence.vertical_seam(pixels, top, mcu_height, x))
@@ -164,6 +170,12 @@ def first_cast_strip_row(pixels: np.ndarray, mcu_height: int, mcu_width: int, in
         if start >= 0:
             return start // per_row * mcu_height
     return -1
+
+
+def _clipped_share(pixels: np.ndarray) -> float:
+    """The share of pixels with a channel at 0 or 255."""
+    values = pixels[..., :3]
+    return float(((values == 0) | (values == 255)).any(axis=-1).mean())
 
 
 def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu_width) -> int:

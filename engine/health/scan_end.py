@@ -45,10 +45,8 @@ def picture_ends_early(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_wid
         return False
     start, end = scan
     last = end - 1
-    if data[last] == 0x00 and data[last - 1] == 0xFF:
-        last -= 1  # a stuffed 0xFF: the byte and its zero go together
-    if last <= start:
-        return False
+    if last <= start or (data[last] == 0x00 and data[last - 1] == 0xFF):
+        return False  # a last byte of all 1-bits may be padding an encoder wrote whole
     try:
         simplejpeg.decode_jpeg(data[:last] + data[end:], colorspace="GRAY", fastdct=True, strict=True,
                                min_height=1, min_width=1)

@@ -8,6 +8,8 @@ restart interval from the header (`engine.health.jpeg_header`) saying where stri
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from engine.health.damage_locator import delayed_seam_row
@@ -19,13 +21,19 @@ from engine.health.scan_end import picture_ends_early
 ROW_UNKNOWN = -1
 
 
-def silent_damage_row(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_width: int) -> int | None:
-    """The first pixel row of silent damage, ROW_UNKNOWN when the file is damaged but the
-    pixels do not say where, None when nothing shows. `pixels` as decoded from `data`."""
+@dataclass(frozen=True)
+class SilentDamage:
+    row: int  # the first pixel row of the damage, or ROW_UNKNOWN
+    ends_early: bool  # proven by the file: the picture ends before its scan's data does
+
+
+def silent_damage(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_width: int) -> SilentDamage | None:
+    """What shows of silent damage in a JPEG, None when nothing does. `pixels` as decoded
+    from `data`; the MCU size from its sampling factors."""
     row = damaged_row(pixels, mcu_height, mcu_width, restart_interval=restart_interval(data))
     if row >= 0:
-        return row
+        return SilentDamage(row, ends_early=False)
     if picture_ends_early(data, pixels, mcu_height, mcu_width):
         row = delayed_seam_row(pixels, mcu_height, mcu_width)
-        return row if row >= 0 else likeliest_damaged_row(pixels, mcu_height, mcu_width)
+        return SilentDamage(row if row >= 0 else likeliest_damaged_row(pixels, mcu_height, mcu_width), ends_early=True)
     return None

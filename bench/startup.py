@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.tmux_frames import (  # noqa: E402
-    TmuxPane, cpu_row, environment, load_line, median, minimal_app_seconds, python, row,
+    TmuxPane, cpu_row, environment, load_line, minimal_app_seconds, python, row,
 )
 
 PHOTO_SIZE = (1024, 768)

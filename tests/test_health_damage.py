@@ -368,15 +368,16 @@ def test_a_picture_that_ends_before_its_scan_data_is_corrupt_from_its_row(
 
 
 def test_the_scan_end_probe_reads_only_sequential_scans_and_passes_whole_files():
-    """A whole file needs its last byte, with or without restart markers, fill bytes before
-    its end marker or another image after it (MPO); progressive files and cut or odd ones
+    """A whole file needs its last byte, with or without restart markers, fill bytes or a
+    restart marker before its end marker, or another image after it (MPO); progressive files and cut or odd ones
     are not probed; extra bytes before the end marker that libjpeg drops are found."""
     picture = flat_scene(4)
     clean = jpeg(picture, subsampling=2)
     pixels = decode(clean)
     end = clean.rindex(b"\xff\xd9")
     for data in (clean, jpeg(picture, subsampling=2, restart_marker_rows=1), jpeg(picture, subsampling=0),
-                 clean[:end] + b"\xff\xff" + clean[end:], clean + jpeg(flat_scene(5))):
+                 clean[:end] + b"\xff\xff" + clean[end:], clean[:end] + b"\xff\xd0" + clean[end:],
+                 clean + jpeg(flat_scene(5))):
         assert not picture_ends_early(data, decode(data), 16, 16)
     assert not picture_ends_early(jpeg(picture, progressive=True), pixels, 16, 16)
     assert not picture_ends_early(clean[:end // 2], pixels, 16, 16)

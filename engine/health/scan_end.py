@@ -45,10 +45,12 @@ def picture_ends_early(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_wid
         return False
     start, end = scan
     last = end - 1
+    while last - 1 > start and data[last - 1] == 0xFF and 0xD0 <= data[last] <= 0xD7:
+        last -= 2  # a restart marker after the last interval (some encoders write one)
     if last <= start or (data[last] == 0x00 and data[last - 1] == 0xFF):
         return False  # a last byte of all 1-bits may be padding an encoder wrote whole
     try:
-        simplejpeg.decode_jpeg(data[:last] + data[end:], colorspace="GRAY", fastdct=True, strict=True,
+        simplejpeg.decode_jpeg(data[:last] + data[last + 1:], colorspace="GRAY", fastdct=True, strict=True,
                                min_height=1, min_width=1)
     except ValueError:
         return False  # the decoder needed that byte: the picture and the scan end together

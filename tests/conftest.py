@@ -120,6 +120,25 @@ def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path)
 
 
+def app_training_workspace(tmp_path: Path, model_dir: Path, one_thread_env: dict, monkeypatch,
+                           **sections: dict) -> Path:
+    """A workspace `tmp_path/ws` whose loradeck.toml trains `model_dir` on the tiny dataset
+    with the small settings, updated by `sections`, for the app to train from: the engine
+    process it starts inherits the one-thread environment, and the app's own settings live
+    under `tmp_path`."""
+    from engine.config.schema import config_from_dict, save_config
+
+    for name, value in one_thread_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    root = write_tiny_dataset(tmp_path / "ws")
+    data = small_run_settings(model_dir)
+    for group, values in sections.items():
+        data.setdefault(group, {}).update(values)
+    save_config(config_from_dict(data), root / "loradeck.toml")
+    return root
+
+
 def new_run(model_dir: Path, root: Path, name: str, **sections: dict):
     """A run folder `root/runs/<name>` whose frozen config trains `model_dir` on the
     dataset under `root` with the small settings, updated by `sections`."""

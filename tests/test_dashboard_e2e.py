@@ -10,10 +10,9 @@ import signal
 
 import pytest
 
-from engine.config.schema import config_from_dict, save_config
 from engine.run.events import read_events
 from engine.run.folder import RunDir
-from tests.conftest import small_run_settings, write_tiny_dataset
+from tests.conftest import app_training_workspace
 from tests.run_recordings import dashboard_ready, screen_text, wait_until
 from tui.app import make_app
 from tui.screens.confirm import ConfirmScreen
@@ -25,16 +24,9 @@ ENGINE_TIMEOUT = 240.0  # importing torch and loading the model on two busy core
 
 @pytest.fixture
 def training_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch):
-    for name, value in one_thread_env.items():
-        monkeypatch.setenv(name, value)  # the engine inherits the app's environment
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    root = write_tiny_dataset(tmp_path / "ws")
-    data = small_run_settings(tiny_model_dir)
     # long enough that it is still going when we stop it; no save but the stop's own
-    data["training"]["epochs"] = 500
-    data["saving"].update({"output_name": "e2e", "save_every_n_epochs": 0})
-    save_config(config_from_dict(data), root / "loradeck.toml")
-    return root
+    return app_training_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch, training={"epochs": 500},
+                                  saving={"output_name": "e2e", "save_every_n_epochs": 0})
 
 
 @pytest.mark.slow

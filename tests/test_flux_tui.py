@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config.schema import config_from_dict, load_config, save_config
+from engine.config.schema import load_config
 from engine.network.lora import read_lora_file
 from engine.run.folder import RunDir
-from tests.conftest import small_run_settings, write_tiny_dataset
+from tests.conftest import app_training_workspace
 from tests.run_recordings import screen_text
 from tests.test_config_screen import settle, type_into
 from tests.test_sdxl_tui import SIZE, assert_finished_with_one_sample, kill_engine, train_with_ctrl_t
@@ -18,18 +18,11 @@ from tui.app import make_app
 @pytest.fixture
 def sd15_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch):
     """A workspace whose config trains the tiny SD1.5 model; the test points it at Flux."""
-    for name, value in one_thread_env.items():
-        monkeypatch.setenv(name, value)  # the engine inherits the app's environment
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    root = write_tiny_dataset(tmp_path / "ws")
-    data = small_run_settings(tiny_model_dir)
-    data["training"]["epochs"] = 1
-    data["optimizer"]["learning_rate"] = 5e-3
-    data["network"]["train_text_encoder"] = False
-    data["sampling"] = {"prompts": "a dog --w 64 --h 64 --s 2 --d 5 --g 3.5", "every_n_epochs": 1}
-    data["saving"].update({"output_name": "flux-tui"})
-    save_config(config_from_dict(data), root / "loradeck.toml")
-    return root
+    return app_training_workspace(
+        tmp_path, tiny_model_dir, one_thread_env, monkeypatch, training={"epochs": 1},
+        optimizer={"learning_rate": 5e-3}, network={"train_text_encoder": False},
+        sampling={"prompts": "a dog --w 64 --h 64 --s 2 --d 5 --g 3.5", "every_n_epochs": 1},
+        saving={"output_name": "flux-tui"})
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ import signal
 import numpy as np
 import pytest
 
-from engine.config.schema import config_from_dict, load_config, save_config
+from engine.config.schema import load_config
 from engine.network.lora import read_lora_file
 from engine.run.events import read_events
 from engine.run.folder import RunDir
-from tests.conftest import small_run_settings, write_tiny_dataset
+from tests.conftest import app_training_workspace
 from tests.run_recordings import screen_text, wait_until
 from tests.test_config_screen import settle, type_into
 from tests.test_lora_file import load_in_diffusers, render
@@ -28,17 +28,11 @@ ENGINE_TIMEOUT = 300.0  # importing torch and loading two text encoders on two b
 @pytest.fixture
 def sd15_workspace(tmp_path, tiny_model_dir, one_thread_env, monkeypatch):
     """A workspace whose config trains the tiny SD1.5 model; the test points it at SDXL."""
-    for name, value in one_thread_env.items():
-        monkeypatch.setenv(name, value)  # the engine inherits the app's environment
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    root = write_tiny_dataset(tmp_path / "ws")
-    data = small_run_settings(tiny_model_dir)
-    data["training"]["epochs"] = 1
-    data["optimizer"]["learning_rate"] = 5e-3
-    data["sampling"] = {"prompts": "a dog --w 64 --h 64 --s 2 --d 5", "every_n_epochs": 1}
-    data["saving"].update({"output_name": "xl-tui"})
-    save_config(config_from_dict(data), root / "loradeck.toml")
-    return root
+    return app_training_workspace(
+        tmp_path, tiny_model_dir, one_thread_env, monkeypatch, training={"epochs": 1},
+        optimizer={"learning_rate": 5e-3},
+        sampling={"prompts": "a dog --w 64 --h 64 --s 2 --d 5", "every_n_epochs": 1},
+        saving={"output_name": "xl-tui"})
 
 
 async def train_with_ctrl_t(pilot, app, run, title: str, *, steps: int) -> None:

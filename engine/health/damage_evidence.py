@@ -248,14 +248,19 @@ def shared_casts(below: np.ndarray, above: np.ndarray, column_step: int = CAST_C
     difference = below - above
     inside = (below > 0) & (below < 255)
     offset = (median_where(difference, inside) * (inside.sum(axis=-1) >= 8))[..., None]
-    expected = above + offset
-    fits = ((np.abs(difference - offset) <= OFFSET_TOLERANCE)
-            | ((below == 255) & (expected >= 255 - OFFSET_TOLERANCE))
-            | ((below == 0) & (expected <= OFFSET_TOLERANCE))).all(axis=1)
+    fits = fits_offset(below, above + offset).all(axis=1)
     cast = (np.abs(offset).max(axis=(1, 2)) >= MIN_CAST) & (fits.mean(axis=1) >= CAST_FITTING)
     for seam in np.flatnonzero(cast):
         cast[seam] = _distinct_colours(above[seam][:, fits[seam]].T, pixels) >= CAST_COLOURS
     return cast
+
+
+def fits_offset(values: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per value: it is `expected` (the picture plus an offset) to OFFSET_TOLERANCE, or
+    pushed to 0 or 255 where the offset would push it there."""
+    return ((np.abs(values - expected) <= OFFSET_TOLERANCE)
+            | ((values == 255) & (expected >= 255 - OFFSET_TOLERANCE))
+            | ((values == 0) & (expected <= OFFSET_TOLERANCE)))
 
 
 def _distinct_colours(colours: np.ndarray, pixels: int) -> int:

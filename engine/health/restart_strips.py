@@ -114,7 +114,7 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
 
 # A cast strip: the last MCU of a restart interval is the picture above and below it plus
 # one offset of at least MIN_CAST in some channel (the same offset at its top and its
-# bottom edge, to CAST_TOLERANCE), and so are the MCUs before it in the interval, back to
+# bottom edge, to the evidence module's OFFSET_TOLERANCE), and so are the MCUs before it in the interval, back to
 # where the damage starts: CAST_FIT of their pixels on average (a line crossing one MCU
 # fits less) and in the first, the upper half of each MCU against the row above the strip and the lower half
 # against the row below (so a bar with an outline or a fill of its own does not fit). The
@@ -125,7 +125,6 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
 # way), and the interval's end is
 # its end: the MCU after it fits the offset for less than half.
 MIN_CAST = 12
-CAST_TOLERANCE = 6
 CAST_FIT = 0.8
 SHARP_START = 0.2
 WHOLE = 0.9
@@ -164,7 +163,7 @@ def first_cast_strip_row(pixels: np.ndarray, mcu_height: int, mcu_width: int, in
     step_bottom = np.median(pixels[bottom[:, None] - 1, span].astype(np.int16) - pixels[bottom[:, None], span], axis=1)
     offset = np.round((step_top + step_bottom) / 2)
     cast = ((np.abs(step_top).max(axis=1) >= MIN_CAST) & (np.abs(offset).max(axis=1) >= MIN_CAST)
-            & (np.abs(step_top - step_bottom).max(axis=1) <= CAST_TOLERANCE))
+            & (np.abs(step_top - step_bottom).max(axis=1) <= evidence.OFFSET_TOLERANCE))
     for end, strip_offset in zip(last[cast].tolist(), offset[cast]):
         start = _cast_start(pixels, end, strip_offset, interval, per_row, columns, mcu_height, mcu_width)
         if start >= 0:
@@ -196,9 +195,10 @@ def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu
                        columns=EDGE_COLUMNS) < 0.5:
             continue  # its left edge is not the MCU's: a bar that starts mid-MCU
         before = mcu - 1
-        if (before >= 0 and before % per_row < columns and fit(before, range(before, end + 1)) > SHARP_START
-                and fit(before, range(before, end + 1)) + fit(before, range(before, end + 1), np.zeros(3)) >= WHOLE):
-            continue  # the MCU before it is part picture, part strip: a bar that starts mid-MCU
+        if before >= 0 and before % per_row < columns:
+            share = fit(before, range(before, end + 1))
+            if share > SHARP_START and share + fit(before, range(before, end + 1), np.zeros(3)) >= WHOLE:
+                continue  # the MCU before it is part picture, part strip: a bar that starts mid-MCU
         start = mcu  # the longest strip that fits wins
     if start < 0:
         return -1
@@ -244,8 +244,7 @@ def _offset_fit(pixels, mcu, strip, offset, per_row, mcu_height, mcu_width, besi
     for reference_row in references:
         outer = pixels[reference_row, x:x + mcu_width].astype(np.int16)
         expected = outer + offset
-        fits = ((np.abs(inner - expected) <= CAST_TOLERANCE) | ((inner == 255) & (expected >= 255 - CAST_TOLERANCE))
-                | ((inner == 0) & (expected <= CAST_TOLERANCE))).all(axis=-1)
+        fits = evidence.fits_offset(inner, expected).all(axis=-1)
         best = max(best, float(fits.mean()))
         if beside is not None:
             beside.append(outer.reshape(-1, outer.shape[-1]))

@@ -64,13 +64,21 @@ def likeliest_seam_row(pixels: np.ndarray, boundaries: np.ndarray, steps: np.nda
     if not tops:
         return -1
     tops, xs = np.array(tops), np.array(xs)
-    right = np.arange(pixels.shape[1]) >= xs[:, None]
-    below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), np.arange(pixels.shape[1])]
-    above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), np.arange(pixels.shape[1])]
+    below, above = _across_l(pixels, tops, xs, mcu_height, np.arange(pixels.shape[1]))
     # Damage changes the picture all along its seam; content's seams leave stretches alike.
     difference = np.abs(below[:, :, :3].astype(np.int16) - above[:, :, :3])
     changed = (difference.max(axis=-1) > evidence.OFFSET_TOLERANCE).mean(axis=-1)
     return int(tops[np.argmax(changed)])
+
+
+def _across_l(pixels: np.ndarray, tops: np.ndarray, xs: np.ndarray, mcu_height: int,
+              columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each L (its damaged MCU row's top and its corner's x), the first row below it
+    and the last row above it, at `columns`: seam × column × channel each."""
+    right = columns >= xs[:, None]
+    below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), columns]
+    above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), columns]
+    return below, above
 
 
 def _step_counts(steps: np.ndarray, mcu_width: int):
@@ -128,10 +136,8 @@ def _l_seam(pixels, boundaries, column, before, after, aligned, mcu_height, mcu_
     # content has several per picture, and the shared-cast test runs on them all.
     # (Only the columns the shared-cast test reads are gathered.)
     tops, xs = boundaries[seams[0]], column[seams[1]] * SEGMENT
-    read = np.arange(0, pixels.shape[1], evidence.CAST_COLUMN_STEP)
-    right = read >= xs[:, None]
-    first_below = pixels[np.where(right, tops[:, None], (tops + mcu_height)[:, None]), read]
-    last_above = pixels[np.where(right, tops[:, None] - 1, (tops + mcu_height - 1)[:, None]), read]
+    first_below, last_above = _across_l(pixels, tops, xs, mcu_height,
+                                        np.arange(0, pixels.shape[1], evidence.CAST_COLUMN_STEP))
     shared = evidence.shared_casts(first_below, last_above, column_step=1)
     seamed = evidence.vertical_seams(pixels, tops, xs, mcu_height)
     for top, x, shared_cast, vertical in zip(tops.tolist(), xs.tolist(), shared, seamed):
@@ -185,7 +191,6 @@ def _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, 
     return -1
 
 
-
 def _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_height) -> int:
     """Damage in the first or the last MCU row, where the L has one arm: in the first, the
     boundary below it steps from the left edge to the damaged MCU (from there on both
@@ -198,9 +203,9 @@ def _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_heigh
     length = segments - column
     first = ((before[0] >= ARM_SHARE * column) & (after[0] <= QUIET_SHARE * length) & aligned
              & (column >= MIN_STRIP_SEGMENTS))
+    top = int(boundaries[0])
     for index in np.flatnonzero(first):
         x = int(column[index]) * SEGMENT
-        top = int(boundaries[0])
         if (evidence.vertical_seam(pixels, 0, mcu_height, x) and evidence.grainy(pixels[top - 1, :x])
                 and evidence.unseen_share(pixels[top:top + 2, :x], pixels[top - 2:top, :x]) >= UNSEEN_SHARE):
             return 0

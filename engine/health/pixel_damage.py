@@ -186,14 +186,15 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
     offset = np.where(known, np.round(offset), 0)
     weight = known[:, None, :]
     counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)
-    residual = (np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).sum(axis=(1, 2)) / counted
+    misfit = np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight
+    residual = misfit.sum(axis=(1, 2)) / counted
     spread = (np.abs(below - below.mean(axis=1, keepdims=True)) * weight).sum(axis=(1, 2)) / counted
     luma, chroma = _luma_and_chroma(offset)
     # ... pixel by pixel, not only on average: where a few pixels carry the spread (a
     # shape's outline on a shaded flat colour), the mean residual passes while the
     # outline, unshaded, does not fit.
     tolerance = np.maximum(OFFSET_TOLERANCE, NATURAL_RESIDUAL * natural + 2)[:, None]
-    fitting = ((np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight).max(axis=-1) <= tolerance).mean(axis=1)
+    fitting = (misfit.max(axis=-1) <= tolerance).mean(axis=1)
     evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
                 & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2)
                 & (fitting >= FITTING_SHARE))

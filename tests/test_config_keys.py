@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from textual import events
-from textual.widgets._footer import FooterKey, FooterLabel
+from textual.widgets._footer import FooterKey
 
 from engine.config.presets import load_preset
 from engine.config.schema import load_config, save_config

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from engine.run.events import EventWriter
 from engine.dataset.folders import scan_dataset
 from engine.plan.preflight import plan_with_warnings
 from engine.config.presets import load_preset
+import engine.run.launch as launch
 from tests.datasets import write_caption, write_image
 from tui.app import make_app
 from tui.cli import main as loradeck
@@ -45,7 +44,7 @@ def workspace(tmp_path) -> Path:
 
 @pytest.fixture
 def launches(monkeypatch) -> list[Path]:
-    """A stand-in for engine.run.launch: records the config it was asked to train."""
+    """A stand-in for engine.run.launch.start_training: records the config it was asked to train."""
     calls: list[Path] = []
 
     def start_training(config_path, *, detach=True, resume=None):
@@ -55,9 +54,7 @@ def launches(monkeypatch) -> list[Path]:
         run_dir.mkdir(parents=True)
         return run_dir
 
-    module = types.ModuleType("engine.run.launch")
-    module.start_training = start_training
-    monkeypatch.setitem(sys.modules, "engine.run.launch", module)
+    monkeypatch.setattr(launch, "start_training", start_training)
     return calls
 
 

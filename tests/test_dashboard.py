@@ -6,10 +6,10 @@ and 100,000-step runs; live following; control keys; sample browsing; the plot; 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
+
+import engine.run.launch as launch
 from textual.widgets import DataTable, Log, TabbedContent
 
 from tests.run_recordings import (
@@ -295,9 +295,8 @@ async def test_control_keys_write_requests_and_outcomes_show(workspace, monkeypa
 
 async def test_resume_key_starts_the_engine_on_the_run(workspace, monkeypatch):
     calls = []
-    fake_launch = types.ModuleType("engine.run.launch")
-    fake_launch.start_training = lambda config, **options: calls.append((config, options)) or options["resume"]
-    monkeypatch.setitem(sys.modules, "engine.run.launch", fake_launch)
+    monkeypatch.setattr(launch, "start_training",
+                        lambda config, **options: calls.append((config, options)) or options["resume"])
     recorded = RecordedRun(workspace, "paused").start().steps(1, 4, epoch_ends=False)
     recorded.event("run_end", status="stopped", step=4, epoch=0, message="stopped")
     recorded.write()

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from engine.config.schema import GROUPS, load_config, schema
 from engine.errors import LoradeckError, one_line
-from engine.run.launch import prepare_run, run_folder_for
+from engine.run.launch import prepare_run
+from engine.run.naming import run_folder_for
 from tests.datasets import PLANNABLE_CONFIG, plannable_workspace
 from tests.time_limit import time_limit
 from tui.cli import main

@@ -5,8 +5,6 @@ published formulas (rewritten below from their sources) make of the file, where 
 the type; where a reader computes something else, the test pins that down (docs/network_types.md)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 

@@ -257,7 +257,7 @@ async def test_the_dashboard_of_a_slowed_engine_shows_caching_steps_and_a_skippa
             await wait_until(pilot, lambda: state().phase == "training" and state().step >= 2
                              and state().loss_series.count == 0, 60, "step 2 before any step event")
             await pilot.pause()
-            assert f"/24 " in screen_text(app) and state().loss_series.count == 0
+            assert "/24 " in screen_text(app) and state().loss_series.count == 0
             # the epoch's sampling: its own bar, then s skips it and training goes on
             await wait_until(pilot, lambda: state().phase == "sampling" and state().phase_done >= 2, 60, "sampling")
             assert "s skips" in screen_text(app) and "/40 steps" in screen_text(app)

@@ -189,13 +189,11 @@ async def test_runs_screen_lists_refreshes_and_opens_the_dashboard(workspace, mo
 
 
 async def test_runs_screen_stop_and_resume_keys(workspace, monkeypatch):
-    import sys
-    import types
+    import engine.run.launch as launch
 
     calls = []
-    fake_launch = types.ModuleType("engine.run.launch")
-    fake_launch.start_training = lambda config, **options: calls.append((config, options)) or options["resume"]
-    monkeypatch.setitem(sys.modules, "engine.run.launch", fake_launch)
+    monkeypatch.setattr(launch, "start_training",
+                        lambda config, **options: calls.append((config, options)) or options["resume"])
     five_runs(workspace)
     app = make_app(workspace, start_screen="runs")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -157,7 +157,7 @@ def _check_readable(key: str, path: Path, kind: str) -> None:
 def _check_output_folder(config: TrainConfig, base_dir: Path) -> None:
     """The run folder `<output_dir>/<output_name>` can be made: nothing but folders on the
     way, and the nearest existing one writable."""
-    from engine.run.launch import run_folder_for
+    from engine.run.naming import run_folder_for
 
     run_folder = run_folder_for(config, base_dir)
     existing = next(folder for folder in (run_folder.parent, *run_folder.parent.parents)
@@ -219,7 +219,7 @@ def plan_with_warnings(config: TrainConfig, base_dir: str | Path, dataset: Datas
 def plan_warnings(config: TrainConfig, base_dir: str | Path) -> list[str]:
     """What will not stop a run but is likely not what the user meant."""
     from engine.run.folder import RunDir
-    from engine.run.launch import run_folder_for
+    from engine.run.naming import run_folder_for
 
     warnings = []
     value = config.model.pretrained_model.strip()

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.config.schema import (
-    TrainConfig,
     load_config,
-    resolve_path,
     save_config,
     with_absolute_paths,
     with_drawn_seed,
@@ -32,11 +30,7 @@ from engine.errors import LoradeckError
 from engine.plan.preflight import check_before_run, check_paths
 from engine.run.events import ERROR, FINISHED, RUN_END, RUN_START, STOPPED, read_events
 from engine.run.folder import RunDir
-
-
-def run_folder_for(config: TrainConfig, base_dir: Path) -> Path:
-    output_dir = resolve_path(base_dir, config.saving.output_dir) or base_dir
-    return output_dir / config.saving.output_name
+from engine.run.naming import run_folder_for
 
 
 def prepare_run(config_path: str | Path | None, *, resume: str | Path | None = None) -> RunDir:

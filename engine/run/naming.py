@@ -12,6 +12,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.paths import resolve_path
+
+if TYPE_CHECKING:
+    from engine.config.schema import TrainConfig
 
 _VERSIONED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<letters>[a-z]*)$")
 
@@ -93,6 +99,13 @@ def existing_run_names(runs_dir: str | Path) -> set[str]:
         # missing, a file, unreadable, a loop of links: no names known here. The names only
         # steer the suggestions; starting a run checks the folder itself and says what is wrong.
         return set()
+
+
+def run_folder_for(config: TrainConfig, base_dir: Path) -> Path:
+    """Where a config's run goes: `<output_dir>/<output_name>`, output_dir relative to the
+    config's folder."""
+    output_dir = resolve_path(base_dir, config.saving.output_dir) or base_dir
+    return output_dir / config.saving.output_name
 
 
 def run_folder_problem(name: str, runs_dir: str | Path, existing: set[str] | None = None) -> str | None:

@@ -173,11 +173,13 @@ def _strip_seam(pixels, boundaries, column, before, after, aligned, mcu_height, 
     shaped = ((after[:-1] >= ARM_SHARE * length) & (after[1:] >= ARM_SHARE * length)
               & (before[:-1] <= QUIET_SHARE * column) & (before[1:] <= QUIET_SHARE * column)
               & (length >= MIN_STRIP_SEGMENTS) & aligned)
-    for boundary, index in zip(*np.nonzero(shaped)):
-        top, x = int(boundaries[boundary]), int(column[index]) * SEGMENT
+    shaped[boundaries[:-1] + mcu_height + 2 > pixels.shape[0]] = False
+    found = np.nonzero(shaped)
+    tops, xs = boundaries[found[0]], column[found[1]] * SEGMENT
+    # The vertical seam rules out nearly every strip flat content shapes: asked of all at once.
+    seamed = evidence.vertical_seams(pixels, tops, xs, mcu_height)
+    for top, x in zip(tops[seamed].tolist(), xs[seamed].tolist()):
         bottom = top + mcu_height
-        if bottom + 2 > pixels.shape[0] or not evidence.vertical_seam(pixels, top, mcu_height, x):
-            continue
         around = np.concatenate([pixels[top - 2:top, x:], pixels[bottom:bottom + 2, x:]], axis=1)
         strip = pixels[top:bottom:max(1, mcu_height // 4), x:]
         if evidence.unseen_share(strip, around) < UNSEEN_SHARE:
@@ -204,9 +206,8 @@ def _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_heigh
     first = ((before[0] >= ARM_SHARE * column) & (after[0] <= QUIET_SHARE * length) & aligned
              & (column >= MIN_STRIP_SEGMENTS))
     top = int(boundaries[0])
-    for index in np.flatnonzero(first):
-        x = int(column[index]) * SEGMENT
-        if (evidence.vertical_seam(pixels, 0, mcu_height, x) and evidence.grainy(pixels[top - 1, :x])
+    for x in _seamed_columns(pixels, 0, column[first], mcu_height):
+        if (evidence.grainy(pixels[top - 1, :x])
                 and evidence.unseen_share(pixels[top:top + 2, :x], pixels[top - 2:top, :x]) >= UNSEEN_SHARE):
             return 0
     top = int(boundaries[-1])
@@ -214,9 +215,15 @@ def _edge_row_seam(pixels, boundaries, column, before, after, aligned, mcu_heigh
         return -1  # the last boundary is not the last MCU row's
     last = ((after[-1] >= ARM_SHARE * length) & (before[-1] <= QUIET_SHARE * column) & aligned
             & (length >= MIN_STRIP_SEGMENTS))
-    for index in np.flatnonzero(last):
-        x = int(column[index]) * SEGMENT
-        if (evidence.vertical_seam(pixels, top, mcu_height, x) and evidence.textured(pixels[top - 1, x:])
+    for x in _seamed_columns(pixels, top, column[last], mcu_height):
+        if (evidence.textured(pixels[top - 1, x:])
                 and evidence.unseen_share(pixels[top:top + 2, x:], pixels[top - 2:top, x:]) >= UNSEEN_SHARE):
             return top
     return -1
+
+
+def _seamed_columns(pixels: np.ndarray, top: int, columns: np.ndarray, mcu_height: int) -> list[int]:
+    """The x of each of `columns` (segment indexes) with a vertical seam through the MCU
+    row from `top`, left to right; asked of all at once (flat content has dozens)."""
+    xs = columns * SEGMENT
+    return xs[evidence.vertical_seams(pixels, np.full(len(xs), top), xs, mcu_height)].tolist()

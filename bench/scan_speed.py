@@ -17,7 +17,9 @@ against a one-process Pillow decode of the same files measured in the same run.
 3. `python -m tui.cli scan DIR` in its own process from interpreter start, cold (no
    scan cache: every file strictly decoded by libjpeg-turbo through simplejpeg with the
    fast DCT, checked for silent damage, hashed, measured for sharpness and pHash, on a
-   worker process per core), then warm (the cache it wrote).
+   worker process per core), then warm (the cache it wrote), then cold again without the
+   silent-damage pixel checks (they answer "whole" at once): what those checks add to
+   the scan the user waits for.
 Each repeat alternates the order; the table gives medians and the ratio Pillow / scan
 (above 1: the scan finishes first). --cores N pins both sides to N cores (as `taskset`),
 so a bigger machine measures a small one; --before TREE also times the cold scan of
@@ -53,6 +55,16 @@ from PIL import Image
 for path in sorted(Path(sys.argv[1]).glob("*.jpg")):
     with Image.open(path) as image:
         image.load()
+"""
+
+# `loradeck scan` with the silent-damage pixel checks answering "whole" at once: its scan
+# workers are forked from this process, so they inherit the switch.
+SCAN_WITHOUT_PIXEL_CHECKS = """
+import sys
+import engine.health.image_checks as checks
+checks.silent_damage = lambda *args, **kwargs: None
+from tui.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -173,7 +185,7 @@ def main() -> None:
         scan = [sys.executable, "-m", "tui.cli", "scan", str(folder)]
         if args.workers:
             scan += ["--workers", str(args.workers)]
-        pillow_times, cold_times, warm_times, before_times = [], [], [], []
+        pillow_times, cold_times, warm_times, before_times, unchecked_times = [], [], [], [], []
         for repeat in range(args.repeats):
             def run_pillow():
                 pillow_times.append(timed([sys.executable, "-c", PILLOW_DECODE, str(folder)], args.cores))
@@ -182,6 +194,8 @@ def main() -> None:
                 cache.unlink(missing_ok=True)
                 cold_times.append(timed(scan, args.cores))
                 warm_times.append(timed(scan, args.cores))
+                cache.unlink(missing_ok=True)
+                unchecked_times.append(timed([sys.executable, "-c", SCAN_WITHOUT_PIXEL_CHECKS, *scan[3:]], args.cores))
                 if args.before:
                     cache.unlink(missing_ok=True)
                     before_times.append(timed(scan, args.cores, args.before.resolve()))
@@ -199,17 +213,21 @@ def main() -> None:
         print(f"CPU per image in one process: Pillow decode {pillow_cpu:.1f} ms, "
               f"loradeck checks {ours_cpu:.1f} ms (strict decode, damage test, pixel hash, pHash, sharpness)\n")
         print(f"{'from process start to exit':48}{'seconds':>9}{'images/s':>10}{'Pillow/this':>13}{'CPU s':>8}")
-        rows = [("baseline: Pillow decode, 1 process, no checks", pillow_times),
-                (f"loradeck scan, cold (no cache), {cores} cores", cold_times),
-                (f"loradeck scan, warm (cache), {cores} cores", warm_times)]
+        rows = [("Pillow", "baseline: Pillow decode, 1 process, no checks", pillow_times),
+                ("cold", f"loradeck scan, cold (no cache), {cores} cores", cold_times),
+                ("warm", f"loradeck scan, warm (cache), {cores} cores", warm_times),
+                ("unchecked", "scan, cold, without the pixel-damage checks", unchecked_times)]
         if before_times:
-            rows.append((f"--before: scan, cold, {cores} cores", before_times))
-        for label, runs in rows:
+            rows.append(("before", f"--before: scan, cold, {cores} cores", before_times))
+        for _name, label, runs in rows:
             seconds, cpu = statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs)
             print(f"{label:48}{seconds:>9.2f}{count / seconds:>10.0f}{pillow / seconds:>12.2f}x{cpu:>8.2f}")
         print("\nruns (wall s): " + " | ".join(
-            f"{name}: " + " ".join(f"{wall:.2f}" for wall, _ in runs)
-            for name, (_label, runs) in zip(("Pillow", "cold", "warm", "before"), rows)))
+            f"{name}: " + " ".join(f"{wall:.2f}" for wall, _ in runs) for name, _label, runs in rows))
+        cold, unchecked = (statistics.median(wall for wall, _ in runs) for runs in (cold_times, unchecked_times))
+        cold_cpu, unchecked_cpu = (statistics.median(cpu for _, cpu in runs) for runs in (cold_times, unchecked_times))
+        print(f"\nthe silent-damage pixel checks in a cold scan: {cold / unchecked - 1:+.0%} wall, "
+              f"{cold_cpu / unchecked_cpu - 1:+.0%} CPU (scan with them / without, medians)")
         report_pixel_check_cost(paths)
     finally:
         if temporary and not args.keep:

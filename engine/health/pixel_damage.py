@@ -176,29 +176,40 @@ def _offset_seam(rows: np.ndarray, steps: np.ndarray, boundaries: np.ndarray) ->
         return -1
     above = above[textured]
     below = wide[2, candidates[0], candidates[1], ::OFFSET_COLUMN_STEP, :3].astype(np.int16)
-    over, near_above, near_below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
-    natural = np.maximum(np.abs(near_above - over).mean(axis=(1, 2)), np.abs(under - near_below).mean(axis=(1, 2)))
     # The offset that best explains the pixels below from those above, from the pixels
-    # the cast did not push out of range, and what it leaves unexplained.
+    # the cast did not push out of range; only an offset big enough to count is measured
+    # further (most stepping segments have none: they are content).
     inside = (below > 0) & (below < 255)
     known = inside.sum(axis=1) >= MIN_INSIDE  # candidate, channel
     offset = damage_evidence.median_where((below - above).transpose(0, 2, 1), inside.transpose(0, 2, 1))
     offset = np.where(known, np.round(offset), 0)
+    luma, chroma = _luma_and_chroma(offset)
+    chosen = known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET))
+    if not chosen.any():
+        return -1
+    candidates, above, below = (candidates[0][chosen], candidates[1][chosen]), above[chosen], below[chosen]
+    known, offset, luma, chroma = known[chosen], offset[chosen], luma[chosen], chroma[chosen]
+    # ... and what it leaves unexplained, against the natural row-to-row step beside.
+    over, near_above, near_below, under = wide[:, candidates[0], candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)
+    natural = np.maximum(np.abs(near_above - over).mean(axis=(1, 2)), np.abs(under - near_below).mean(axis=(1, 2)))
     weight = known[:, None, :]
     counted = np.maximum(known.sum(axis=1) * above.shape[1], 1)
     misfit = np.abs(below - np.clip(above + offset[:, None, :], 0, 255)) * weight
     residual = misfit.sum(axis=(1, 2)) / counted
     spread = (np.abs(below - below.mean(axis=1, keepdims=True)) * weight).sum(axis=(1, 2)) / counted
-    luma, chroma = _luma_and_chroma(offset)
     # ... pixel by pixel, not only on average: where a few pixels carry the spread (a
     # shape's outline on a shaded flat colour), the mean residual passes while the
     # outline, unshaded, does not fit.
     tolerance = np.maximum(OFFSET_TOLERANCE, NATURAL_RESIDUAL * natural + 2)[:, None]
     fitting = (misfit.max(axis=-1) <= tolerance).mean(axis=1)
-    evidence = (known.any(axis=1) & ((luma >= MIN_OFFSET) | (chroma >= MIN_OFFSET)) & (spread >= MIN_SPREAD)
-                & (residual <= EXPLAINED * spread) & (residual <= NATURAL_RESIDUAL * natural + 2)
-                & (fitting >= FITTING_SHARE))
+    evidence = ((spread >= MIN_SPREAD) & (residual <= EXPLAINED * spread)
+                & (residual <= NATURAL_RESIDUAL * natural + 2) & (fitting >= FITTING_SHARE))
+    if not evidence.any():
+        return -1
+    candidates = (candidates[0][evidence], candidates[1][evidence])
+    offset, known, luma, chroma = offset[evidence], known[evidence], luma[evidence], chroma[evidence]
     # A colour gradient steps at every chroma block boundary; damage steps once.
+    evidence = np.ones(len(offset), bool)
     for distance in (-REPEAT_ROWS // step, REPEAT_ROWS // step):
         neighbour = np.clip(candidates[0] + distance, 0, len(boundaries) - 1)
         again = (wide[2, neighbour, candidates[1], ::STEP_COLUMN_STEP, :3].astype(np.int16)

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import simplejpeg
 
-from engine.health.jpeg_header import STANDALONE, START_OF_IMAGE, START_OF_SCAN
+from engine.health.jpeg_header import START_OF_SCAN, marker_segments
 
 # Baseline and extended sequential Huffman frames: one scan holds every component, so
 # its end is the picture's end. Progressive and arithmetic-coded files are not probed.
@@ -60,20 +60,8 @@ def picture_ends_early(data: bytes, pixels: np.ndarray, mcu_height: int, mcu_wid
 def _scan_span(data: bytes) -> tuple[int, int] | None:
     """Where the entropy-coded data of a sequential JPEG's only scan starts and ends (at
     the first marker after it)."""
-    if not data.startswith(START_OF_IMAGE):
-        return None
-    position, sequential = 2, False
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker in STANDALONE:
-            position += 2
-            continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
+    sequential = False
+    for marker, position, length in marker_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             sequential = marker in SEQUENTIAL_FRAMES
         if marker == START_OF_SCAN:
@@ -85,5 +73,4 @@ def _scan_span(data: bytes) -> tuple[int, int] | None:
             # file; in a damaged one perhaps bytes that look like a marker, where libjpeg
             # stops reading too (and the probe then asks whether it needed the byte before).
             return (start, found.start()) if found else None
-        position += 2 + length
     return None

@@ -101,6 +101,15 @@ def vertical_seams(pixels: np.ndarray, tops: np.ndarray, xs: np.ndarray, mcu_hei
     return (step >= SEAM_MIN) & (step >= SEAM_RATIO * np.maximum(means[:, 0], means[:, 2]) + SEAM_MARGIN)
 
 
+def clipped(pixels: np.ndarray) -> np.ndarray:
+    """Which pixels (... × channels) have a colour channel at 0 or 255. Channel by
+    channel: numpy reduces an axis of three slowly."""
+    out = (pixels[..., :3] == 0) | (pixels[..., :3] == 255)
+    if out.shape[-1] != 3:
+        return out.any(axis=-1)  # grey
+    return out[..., 0] | out[..., 1] | out[..., 2]
+
+
 def unseen_share(pixels: np.ndarray, seen_in: np.ndarray) -> float:
     """The share of `pixels` whose colour `seen_in` does not have (both: ... × channels)."""
     seen = np.unique(_colour_cells(seen_in.reshape(-1, seen_in.shape[-1])))

@@ -248,11 +248,11 @@ def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
     # The share of clipped pixels on the first row below each boundary rules out
     # nearly all of them; the rest of the test runs on the few left.
     below = pixels[boundaries, ::4]
-    candidates = boundaries[_clipped(below).mean(axis=-1) >= CLIPPED_SHARE]
+    candidates = boundaries[damage_evidence.clipped(below).mean(axis=-1) >= CLIPPED_SHARE]
     if not len(candidates):
         return -1
     rows = pixels[np.stack([candidates - 2, candidates - 1, candidates, candidates + 1])]
-    clipped = _clipped(rows).mean(axis=-1)  # share per row
+    clipped = damage_evidence.clipped(rows).mean(axis=-1)  # share per row
     signed = rows.astype(np.int16)
     above = np.abs(signed[1] - signed[0]).mean(axis=(-1, -2))
     across = np.abs(signed[2] - signed[1]).mean(axis=(-1, -2))
@@ -265,15 +265,6 @@ def _clipped_seam(pixels: np.ndarray, boundaries: np.ndarray) -> int:
             & (grain >= damage_evidence.GRAINY_SHARE))
     found = np.flatnonzero(cast)
     return int(candidates[found[0]]) if len(found) else -1
-
-
-def _clipped(pixels: np.ndarray) -> np.ndarray:
-    """Which pixels (... × channels) have a channel at 0 or 255. Channel by channel:
-    numpy reduces an axis of three slowly."""
-    out = (pixels == 0) | (pixels == 255)
-    if out.shape[-1] != 3:
-        return out.any(axis=-1)  # grey
-    return out[..., 0] | out[..., 1] | out[..., 2]
 
 
 def _grey_fill_row(pixels: np.ndarray) -> int:

@@ -102,8 +102,8 @@ def _strip_damaged(pixels: np.ndarray, start: int, end: int, per_row: int, mcu_h
         return False
     top, x = start // per_row * mcu_height, start % per_row * mcu_width
     edges_in = np.concatenate(inner_top + inner_bottom)
-    if evidence.grainy(around) and (evidence.grainy(edges_in) or _clipped_share(edges_in) >= CLIPPED_INSIDE
-                                    > _clipped_share(around) * 5):
+    if evidence.grainy(around) and (evidence.grainy(edges_in) or evidence.clipped(edges_in).mean() >= CLIPPED_INSIDE
+                                    > evidence.clipped(around).mean() * 5):
         return True  # texture cast (a flat bar over text is grainy around, not inside; a cast flattens where it clips)
     # Flat content: a bar of a new colour is ordinary; a cast carries the colours around it.
     edges_out = np.concatenate(outer_top + outer_bottom)
@@ -169,12 +169,6 @@ def first_cast_strip_row(pixels: np.ndarray, mcu_height: int, mcu_width: int, in
         if start >= 0:
             return start // per_row * mcu_height
     return -1
-
-
-def _clipped_share(pixels: np.ndarray) -> float:
-    """The share of pixels with a channel at 0 or 255."""
-    values = pixels[..., :3]
-    return float(((values == 0) | (values == 255)).any(axis=-1).mean())
 
 
 def _cast_start(pixels, end, offset, interval, per_row, columns, mcu_height, mcu_width) -> int:

@@ -89,8 +89,12 @@ class Evaluator:
         self.validation, self.training = validation, training
         self.timesteps = timesteps
         self.images, self.train_images = images, train_images
-        self.scored_images = images + train_images  # per evaluation: held-out, then the training sample
         self.autocast = autocast
+
+    @property
+    def scored_images(self) -> int:
+        """Images scored per evaluation: the held-out ones, then the training sample."""
+        return self.images + self.train_images
 
     @classmethod
     def build(cls, config, model, dataset, *, device: torch.device, autocast: Callable | None = None) -> "Evaluator":
